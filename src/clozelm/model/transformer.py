@@ -1,0 +1,287 @@
+"""One transformer for GPT-2 and BERT.
+
+Module names follow OpenAI's GPT-2 checkpoint (wte, wpe, h.{i}.ln_1, attn.c_attn, ...), so a GPT-2
+state dict maps one to one; BERT's names are translated in `clozelm.weights.hf`. Shapes in comments:
+B batch, T new tokens, S keys (cached + new), D n_embd, H heads, Dh head_dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor | None  # [B, T, V]; None when the model has no LM head
+    hidden: torch.Tensor  # [B, T, D] last hidden state (after ln_f for GPT-2)
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer [B, H, T, S], only when asked
+    pooled: torch.Tensor | None = None  # [B, D] BERT pooler output, when the model has one
+
+
+class KVCache:
+    """Preallocated keys and values for causal decoding, plus which cached keys are padding.
+
+    Preallocating avoids a torch.cat per layer per token, which dominates small-batch decoding on CPU.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        shape = (batch_size, config.n_head, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.key_valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens per row
+        self.has_padding = False
+        self.length = 0
+        self.max_len = max_len
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep/duplicate batch rows (beam search)."""
+        for i in range(len(self.keys)):
+            self.keys[i] = self.keys[i].index_select(0, rows)
+            self.values[i] = self.values[i].index_select(0, rows)
+        self.key_valid = self.key_valid.index_select(0, rows)
+        self.seen = self.seen.index_select(0, rows)
+
+
+def _activation(name: str):
+    if name == "gelu_tanh":
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "gelu":
+        return F.gelu
+    return F.relu
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v (in that order)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x, mask, is_causal, cache: KVCache | None, layer: int, need_probs: bool):
+        B, T, D = x.shape
+        q, k, v = self.c_attn(x).split(D, dim=2)
+        q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, Dh]
+        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
+        v = v.view(B, T, self.n_head, -1).transpose(1, 2)
+        if cache is not None:
+            start, end = cache.length, cache.length + T
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # [B, H, S, Dh]
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if need_probs:
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # [B, H, T, S]
+            if mask is not None:
+                scores = scores + mask
+            elif is_causal:
+                scores = scores.masked_fill(_causal_block(T, k.size(2), x.device).logical_not(), torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            y = F.dropout(probs, dropout, self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, T, D)
+        return self.c_proj(y), probs
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
+        self.act = _activation(config.activation)
+
+    def forward(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pre_ln = config.pre_ln
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask, is_causal, cache, layer, need_probs):
+        if self.pre_ln:  # GPT-2
+            a, probs = self.attn(self.ln_1(x), mask, is_causal, cache, layer, need_probs)
+            x = x + self.drop(a)
+            x = x + self.drop(self.mlp(self.ln_2(x)))
+        else:  # BERT
+            a, probs = self.attn(x, mask, is_causal, cache, layer, need_probs)
+            x = self.ln_1(x + self.drop(a))
+            x = self.ln_2(x + self.drop(self.mlp(x)))
+        return x, probs
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense + activation + LayerNorm, then the tied decoder with its own bias."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd)
+        self.act = _activation(config.activation)
+        self.ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h, wte):
+        return F.linear(self.ln(self.act(self.dense(h))), wte, self.bias)
+
+
+def _causal_block(T: int, S: int, device) -> torch.Tensor:
+    """[T, S] bool: query i (the last T of S positions) may see key j."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+class Transformer(nn.Module):
+    """GPT-2 or BERT, by configuration. `tokenizer` is attached by `clozelm.load`."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = None
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.wtt = nn.Embedding(config.type_vocab_size, config.n_embd) if config.type_vocab_size else None
+        self.ln_emb = None if config.pre_ln else nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps) if config.pre_ln else None
+        self.mlm = MLMHead(config) if config.head == "mlm" else None
+        self.pooler = nn.Linear(config.n_embd, config.n_embd) if config.pooler else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer) (the paper's rule)."""
+        std = 0.02
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, MLMHead):
+                nn.init.zeros_(module.bias)
+        for block in self.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        return KVCache(self.config, batch_size, max_len or self.config.n_positions,
+                       device=self.device, dtype=self.wte.weight.dtype)
+
+    def forward(self, input_ids, attention_mask=None, attentions: bool = False, *, token_type_ids=None,
+                position_ids=None, cache: KVCache | None = None, last_logits_only: bool = False) -> Output:
+        """input_ids [B, T] (or [T]); attention_mask [B, T] (or [B, cached + T] with a cache), 1 = real, 0 = pad."""
+        input_ids = torch.as_tensor(input_ids, device=self.device)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.n_positions:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the model's {self.config.n_positions} positions")
+        if cache is not None and not self.config.causal:
+            raise ValueError("a KV cache only makes sense for a causal model")
+
+        new_valid = None  # [B, T] bool for the new tokens
+        if attention_mask is not None:
+            attention_mask = torch.as_tensor(attention_mask, device=self.device)
+            if attention_mask.dim() == 1:
+                attention_mask = attention_mask[None]
+            new_valid = attention_mask[:, -T:].bool()
+        if position_ids is None:
+            position_ids = self._positions(B, T, past, new_valid, cache)
+        if cache is not None:
+            if new_valid is not None:
+                cache.key_valid[:, past:past + T] = new_valid
+                cache.has_padding = cache.has_padding or not bool(new_valid.all())
+                cache.seen += new_valid.sum(1)
+            else:
+                cache.key_valid[:, past:past + T] = True
+                cache.seen += T
+        mask, is_causal = self._attention_mask(B, T, past, new_valid, cache)
+
+        x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, D]
+        if self.wtt is not None:
+            types = torch.zeros_like(input_ids) if token_type_ids is None else torch.as_tensor(token_type_ids, device=self.device)
+            x = x + self.wtt(types)
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
+        x = self.drop(x)
+        probs_per_layer = []
+        for i, block in enumerate(self.h):
+            x, probs = block(x, mask, is_causal, cache, i, attentions)
+            if attentions:
+                probs_per_layer.append(probs)
+        if cache is not None:
+            cache.length += T
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+        hidden = x
+        h = hidden[:, -1:] if last_logits_only else hidden
+        if self.config.head == "tied":
+            logits = F.linear(h, self.wte.weight)  # no output bias, as in GPT-2
+        elif self.config.head == "mlm":
+            logits = self.mlm(h, self.wte.weight)
+        else:
+            logits = None
+        pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else None
+        return Output(logits=logits, hidden=hidden, attentions=tuple(probs_per_layer) if attentions else None,
+                      pooled=pooled)
+
+    def _positions(self, B, T, past, new_valid, cache):
+        """Positions count real tokens only, so a left-padded row starts at position 0 like an unpadded one."""
+        if new_valid is None and (cache is None or not cache.has_padding):
+            return torch.arange(past, past + T, device=self.device).expand(B, T)
+        valid = new_valid.long() if new_valid is not None else torch.ones(B, T, dtype=torch.long, device=self.device)
+        start = cache.seen[:, None] if cache is not None else 0
+        return (start + valid.cumsum(1) - 1).clamp(min=0)
+
+    def _attention_mask(self, B, T, past, new_valid, cache):
+        """Returns (additive float mask [B, 1, T, S] or None, is_causal flag for the fast path)."""
+        causal = self.config.causal
+        padded = (new_valid is not None and not bool(new_valid.all())) or (cache is not None and cache.has_padding)
+        if not padded:
+            if not causal or T == 1:
+                return None, False  # every key is visible
+            if past == 0:
+                return None, True  # plain causal: let SDPA use its fused causal kernel
+        S = past + T
+        allowed = torch.ones(B, 1, T, S, dtype=torch.bool, device=self.device)
+        if causal:
+            allowed = allowed & _causal_block(T, S, self.device)
+        if cache is not None:
+            allowed = allowed & cache.key_valid[:, None, None, :S]
+        elif new_valid is not None:
+            allowed = allowed & new_valid[:, None, None, :]
+        dtype = self.wte.weight.dtype
+        # A large negative number rather than -inf: a fully masked (padding) query row then gets a
+        # harmless uniform distribution instead of NaN, as in the reference implementations.
+        return torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min), False
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # High-level conveniences; the work lives in the modules named.
+    def save_pretrained(self, out_dir, overwrite: bool = False) -> None:
+        from ..weights.hf import save_pretrained
+        save_pretrained(self, out_dir, overwrite=overwrite)
