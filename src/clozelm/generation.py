@@ -1,33 +1,75 @@
-"""Decoding with the KV cache: greedy, temperature, top-k, top-p."""
+"""Continuing a text with a causal model and its KV cache: greedy, sampling (temperature, top-k, top-p),
+beam search, repetition penalty, stop strings, and streaming that never splits a UTF-8 character."""
 
 from __future__ import annotations
 
-import torch
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
+
+from .errors import ClozelmError
 from .model.transformer import Transformer
 
 
-@torch.inference_mode()
-def generate_ids(model: Transformer, prompt_ids: list[int], max_new_tokens: int = 32, *, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, eos_id: int | None = None):
-    """Yields new token ids one at a time. temperature 0 = greedy (argmax, deterministic)."""
+@dataclass
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy (deterministic)
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # CTRL's rule: >1 discourages tokens already in the text
+    seed: int | None = None
+    stop_at_eos: bool = True
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ClozelmError("max new tokens must be at least 1")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
+            raise ClozelmError("need temperature >= 0, top-k >= 0, 0 < top-p <= 1, repetition penalty > 0")
+
+
+def _window(model: Transformer, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int]:
+    """Keep the end of a prompt that, with the new tokens, would not fit the context."""
     if not model.config.causal:
-        raise ValueError("generation needs a causal model")
+        raise ClozelmError("generation needs a causal model (this one is bidirectional: use fill)")
     if not prompt_ids:
-        raise ValueError("generation needs at least one prompt token")
-    total = min(len(prompt_ids) + max_new_tokens, model.config.n_positions)
-    cache = model.new_cache(1, total)
+        raise ClozelmError("empty prompt")
+    n_ctx = model.config.n_positions
+    if max_new_tokens >= n_ctx:
+        raise ClozelmError(f"cannot generate {max_new_tokens} tokens with a {n_ctx}-token context")
+    keep = n_ctx - max_new_tokens
+    return prompt_ids[-keep:], max(0, len(prompt_ids) - keep)
+
+
+@torch.inference_mode()
+def generate_ids(model: Transformer, prompt_ids: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+                 eos_id: int | None = None) -> Iterator[int]:
+    """Yields new token ids one at a time (stops after eos_id, which it yields)."""
+    prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
+    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    seen[torch.tensor(prompt_ids)] = True
     logits = model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1]
-    for _ in range(total - len(prompt_ids)):
-        token = pick_token(logits.float(), temperature, top_k, top_p, generator)
+    for step in range(max_new_tokens):
+        token = pick_token(logits.float(), temperature, top_k, top_p, generator,
+                           seen if repetition_penalty != 1.0 else None, repetition_penalty)
         yield token
-        if token == eos_id or cache.length >= total:
+        if token == eos_id or step == max_new_tokens - 1:
             return
+        seen[token] = True
         logits = model(torch.tensor([[token]]), cache=cache, last_logits_only=True).logits[0, -1]
 
 
-def pick_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> int:
+def pick_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, generator=None,
+               seen: torch.Tensor | None = None, repetition_penalty: float = 1.0) -> int:
+    if seen is not None:
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
     if temperature <= 0:
         return int(logits.argmax())
     logits = logits / temperature
@@ -36,7 +78,87 @@ def pick_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = logits.sort(descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        probs = sorted_logits.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(torch.zeros_like(outside).scatter(0, order, outside), float("-inf"))
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+@torch.inference_mode()
+def beam_search(model: Transformer, prompt_ids: list[int], beams: int = 4, max_new_tokens: int = 32,
+                eos_id: int | None = None, length_penalty: float = 1.0) -> list[int]:
+    """The most likely continuation under a beam of `beams`; finished beams scored by sum log p / len^penalty."""
+    prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
+    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
+    logp = F.log_softmax(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[:, -1].float(), -1)
+    hyps, scores = [[]], torch.zeros(1)
+    finished: list[tuple[float, list[int]]] = []
+    for step in range(max_new_tokens):
+        total = (scores[:, None] + logp).flatten()
+        top = total.topk(min(2 * beams, total.numel()))
+        rows = torch.div(top.indices, logp.size(1), rounding_mode="floor")
+        tokens = top.indices % logp.size(1)
+        keep_rows, new_hyps, new_scores = [], [], []
+        for score, row, token in zip(top.values.tolist(), rows.tolist(), tokens.tolist()):
+            seq = hyps[row] + [token]
+            if token == eos_id or step == max_new_tokens - 1:
+                finished.append((score / len(seq) ** length_penalty, seq))
+            else:
+                keep_rows.append(row), new_hyps.append(seq), new_scores.append(score)
+            if len(new_hyps) == beams:
+                break
+        if not new_hyps or len(finished) >= beams:
+            break
+        hyps, scores = new_hyps, torch.tensor(new_scores)
+        cache = cache.select(torch.tensor(keep_rows))
+        logits = model(torch.tensor([[h[-1]] for h in hyps]), cache=cache, last_logits_only=True).logits[:, -1]
+        logp = F.log_softmax(logits.float(), -1)
+    if not finished:
+        finished = [(s / max(1, len(h)) ** length_penalty, h) for s, h in zip(scores.tolist(), hyps)]
+    return max(finished, key=lambda f: f[0])[1]
+
+
+def stream_text(model: Transformer, prompt: str, sampling: Sampling | None = None, stop: list[str] = (),
+                beams: int = 1) -> Iterator[str]:
+    """Yields text pieces as tokens arrive. Bytes of a character split across tokens are held back until
+    it is complete; text that might be the start of a stop string is held back until it is not."""
+    sampling = sampling or Sampling()
+    sampling.check()
+    tok = model.tokenizer
+    if tok is None or tok.name != "bpe":
+        raise ClozelmError("generation needs a byte-level BPE tokenizer")
+    prompt_ids = tok.encode(prompt)
+    if tok.eos_id is not None and (not prompt_ids or not prompt.strip()):
+        prompt_ids = [tok.eos_id] + prompt_ids  # an empty prompt starts a new document
+    eos = tok.eos_id if sampling.stop_at_eos else None
+    if beams > 1:
+        ids = iter(beam_search(model, prompt_ids, beams, sampling.max_new_tokens, eos))
+    else:
+        ids = generate_ids(model, prompt_ids, sampling.max_new_tokens, temperature=sampling.temperature,
+                           top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
+                           seed=sampling.seed, eos_id=eos)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    held = ""
+    hold = max((len(s) for s in stop), default=1) - 1
+    for token in ids:
+        if token == eos:
+            break
+        held += decoder.decode(tok.token_bytes(token))
+        hits = [held.find(s) for s in stop if s in held]
+        if hits:
+            yield held[:min(hits)]
+            return
+        if len(held) > hold:
+            cut = len(held) - hold
+            yield held[:cut]
+            held = held[cut:]
+    held += decoder.decode(b"", final=True)
+    if held:
+        yield held
+
+
+def generate(model: Transformer, prompt: str, **options) -> str:
+    """The continuation of `prompt` as one string (see `stream_text` for the options)."""
+    stop = options.pop("stop", ())
+    beams = options.pop("beams", 1)
+    return "".join(stream_text(model, prompt, Sampling(**options), stop=list(stop), beams=beams))

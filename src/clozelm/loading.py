@@ -91,3 +91,14 @@ def download_from_hub(repo_id: str) -> Path:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ClozelmError(f"could not fetch {repo_id!r} from the Hugging Face hub (offline? {reason}); "
                            f"download it elsewhere and pass its local directory, e.g. clozelm.load('/path/to/{repo_id.split('/')[-1]}')") from None
+
+
+_LOADED: dict[str, Transformer] = {}
+
+
+def cached_load(name_or_path: str) -> Transformer:
+    """`load`, remembered per name within the process (fill/generate called in a loop, the web server)."""
+    key = str(name_or_path)
+    if key not in _LOADED:
+        _LOADED[key] = load(key)
+    return _LOADED[key]

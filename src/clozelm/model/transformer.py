@@ -42,13 +42,15 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep/duplicate batch rows (beam search)."""
-        for i in range(len(self.keys)):
-            self.keys[i] = self.keys[i].index_select(0, rows)
-            self.values[i] = self.values[i].index_select(0, rows)
-        self.key_valid = self.key_valid.index_select(0, rows)
-        self.seen = self.seen.index_select(0, rows)
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """A new cache whose row i is this cache's row rows[i] (beam search forks and prunes rows)."""
+        new = object.__new__(KVCache)
+        new.keys = [k.index_select(0, rows) for k in self.keys]
+        new.values = [v.index_select(0, rows) for v in self.values]
+        new.key_valid = self.key_valid.index_select(0, rows)
+        new.seen = self.seen.index_select(0, rows)
+        new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
+        return new
 
 
 def _activation(name: str):

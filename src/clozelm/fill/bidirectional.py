@@ -1,0 +1,130 @@
+"""Filling blanks with a masked LM (BERT), jointly rather than in one independent pass.
+
+One pass of `fill-mask` predicts each [MASK] as if the others stayed hidden, so two blanks can each
+pick a word that only fits alone. Here:
+
+1. unmask most-confident-first: run the model, fix the single masked position it is surest about,
+   run again with that token visible, and so on; a small beam branches on the top tokens each time;
+2. a word blank `___` tries 1..n pieces (first piece opens a word, the rest continue it);
+3. finished candidates are rescored by pseudo-log-likelihood, each filled piece predicted with the
+   rest of the text visible but the later pieces of its own word masked (the "word-l2r" PLL of
+   Kauf & Ivanova 2023: plain PLL overrates words split into many predictable pieces).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from .blanks import Blank
+from .vocab import token_masks, word_masks
+
+MAX_CONFIGS = 27  # length combinations tried for several word blanks at once
+
+
+class BidirectionalFiller:
+    def __init__(self, model, tokenizer, beam: int = 8, max_word_pieces: int = 3):
+        self.model, self.tok = model, tokenizer
+        self.beam, self.max_word_pieces = beam, max_word_pieces
+        self.vocab = model.config.vocab_size
+        self.mask_id = tokenizer.mask_id
+        if tokenizer.name == "wordpiece":
+            self.start, self.end = [tokenizer.cls_id], [tokenizer.sep_id]
+        else:  # clozelm's BPE MLM models are trained on documents delimited by <|endoftext|>
+            self.start = self.end = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+
+    @torch.inference_mode()
+    def fill(self, segments: list[list[int]], blanks: list[Blank]):
+        options = [range(1, self.max_word_pieces + 1) if b.kind == "word" else [b.n_tokens] for b in blanks]
+        configs = sorted(itertools.product(*options), key=sum)[:MAX_CONFIGS]
+        finished = []
+        for lengths in configs:
+            ids, slots, allowed = self._layout(segments, blanks, lengths)
+            for filled in self._unmask(ids, slots, allowed):
+                finished.append((filled, slots, lengths))
+        scores = self._pll([f for f, _, _ in finished], [s for _, s, _ in finished])
+        out = []
+        for (filled, slots, lengths), score in zip(finished, scores):
+            fills, k = [], 0
+            for n in lengths:
+                fills.append([filled[p] for p, _ in slots[k:k + n]])
+                k += n
+            out.append((score, fills))
+        out.sort(key=lambda s: -s[0])
+        return out
+
+    def _layout(self, segments, blanks, lengths):
+        """Token ids with masks in place; slots = [(position, index of the word's first slot)]."""
+        ids, slots, allowed = list(self.start), [], []
+        for i, blank in enumerate(blanks):
+            ids += segments[i]
+            if blank.kind == "word":
+                first, cont, _ = word_masks(self.tok, self.vocab, blank.lead_space)
+            else:
+                first, cont = token_masks(self.tok, self.vocab, blank.lead_space)
+            word_start = len(slots)
+            for j in range(lengths[i]):
+                slots.append((len(ids), word_start if blank.kind == "word" else len(slots)))
+                allowed.append(first if j == 0 else cont)
+                ids.append(self.mask_id)
+        ids += segments[-1] + self.end
+        return ids, slots, torch.stack(allowed)
+
+    def _unmask(self, ids, slots, allowed):
+        positions = torch.tensor([p for p, _ in slots])
+        hyps = [(torch.tensor(ids), 0.0, frozenset())]  # (ids, log-prob so far, slots already fixed)
+        for _ in range(len(slots)):
+            batch = torch.stack([h[0] for h in hyps])
+            logp = F.log_softmax(self.model(batch).logits[:, positions].float(), -1)  # [N, slots, V]
+            logp = logp.masked_fill(~allowed[None], float("-inf"))
+            expanded = []
+            for (seq, score, done), lp in zip(hyps, logp):
+                best = lp.max(-1).values
+                if done:
+                    best[list(done)] = float("-inf")
+                slot = int(best.argmax())  # the open slot the model is surest about
+                top = lp[slot].topk(self.beam)
+                for value, token in zip(top.values, top.indices):
+                    if torch.isfinite(value):
+                        new = seq.clone()
+                        new[positions[slot]] = token
+                        expanded.append((new, score + float(value), done | {slot}))
+            expanded.sort(key=lambda h: -h[1])
+            hyps = _distinct(expanded)[:self.beam]
+        return [h[0].tolist() for h in hyps]
+
+    def _pll(self, filled: list[list[int]], slots_per: list[list[tuple[int, int]]]) -> list[float]:
+        """Word-l2r pseudo-log-likelihood of the filled tokens, batched over every (candidate, slot)."""
+        rows, targets = [], []
+        for cand, (seq, slots) in enumerate(zip(filled, slots_per)):
+            for k, (pos, word_start) in enumerate(slots):
+                masked = list(seq)
+                for later_pos, later_start in slots[k:]:
+                    if later_start == word_start:
+                        masked[later_pos] = self.mask_id
+                rows.append(masked)
+                targets.append((cand, pos, seq[pos]))
+        totals = [0.0] * len(filled)
+        by_length: dict[int, list[int]] = {}  # candidates with different word lengths differ in length
+        for r, row in enumerate(rows):
+            by_length.setdefault(len(row), []).append(r)
+        for members in by_length.values():
+            for start in range(0, len(members), 64):
+                chunk = members[start:start + 64]
+                logits = self.model(torch.tensor([rows[r] for r in chunk])).logits.float()
+                for i, r in enumerate(chunk):
+                    cand, pos, token = targets[r]
+                    totals[cand] += float(F.log_softmax(logits[i, pos], -1)[token])
+        return totals
+
+
+def _distinct(hyps):
+    seen, out = set(), []
+    for h in hyps:
+        key = tuple(h[0].tolist())
+        if key not in seen:
+            seen.add(key)
+            out.append(h)
+    return out

@@ -1,0 +1,45 @@
+"""Parsing a text with blanks: `___` (3+ underscores) hides one word of unknown length, `[MASK]` hides
+exactly one token (`[MASK][MASK]` hides two, in a row)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import ClozelmError
+
+BLANK = re.compile(r"_{3,}|(?:\[MASK\])+")
+
+
+@dataclass(frozen=True)
+class Blank:
+    kind: str  # "word" (unknown number of tokens) or "tokens" (exactly n_tokens)
+    n_tokens: int | None
+    lead_space: bool  # a space stood before the blank: the hidden text starts with it (" fortune")
+    source: str  # as written: "___" or "[MASK][MASK]"
+
+
+@dataclass(frozen=True)
+class Template:
+    segments: tuple[str, ...]  # known text around the blanks; len(segments) == len(blanks) + 1
+    blanks: tuple[Blank, ...]
+
+
+def parse(text: str) -> Template:
+    if not text.strip():
+        raise ClozelmError("empty text: give a text with at least one blank (___ or [MASK])")
+    segments, blanks, last = [], [], 0
+    for m in BLANK.finditer(text):
+        left = text[last:m.start()]
+        lead_space = left.endswith(" ")
+        segments.append(left[:-1] if lead_space else left)
+        if m.group().startswith("_"):
+            blanks.append(Blank("word", None, lead_space, m.group()))
+        else:
+            blanks.append(Blank("tokens", len(m.group()) // len("[MASK]"), lead_space, m.group()))
+        last = m.end()
+    segments.append(text[last:])
+    if not blanks:
+        raise ClozelmError("no blank in the text: hide words with ___ or tokens with [MASK] "
+                           "(to continue a text instead, use `clozelm generate`)")
+    return Template(tuple(segments), tuple(blanks))

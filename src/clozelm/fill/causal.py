@@ -1,0 +1,150 @@
+"""Filling blanks with a left-to-right model, judged by the whole text.
+
+A causal model only proposes from the left: P(next | prefix). Choosing the blank by that alone ignores
+everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, left to right:
+
+1. propose: a beam over the blank's tokens from the left context gives many candidates
+   (every prefix of every hypothesis, for a word of unknown length);
+2. judge: each candidate is scored by log P(candidate + known text up to the next blank | left),
+   one batched forward pass over the cached left context; a word at the very end also pays
+   log P(a word boundary follows), so " wif" cannot pass for " wife";
+3. keep the best few partial texts and move to the next blank.
+
+The final score is log P(whole completed text), comparable across answers of one model.
+
+Models trained with fill-in-the-middle (`fim=True`) see the text after the blank natively: the context
+is <|fim_prefix|> left <|fim_suffix|> right <|fim_middle|>, candidates come from the same beam and are
+judged by log P(candidate + <|endoftext|> | that context) (Bavarian et al. 2022, PSM order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .blanks import Blank
+from .vocab import token_masks, word_masks
+
+MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB of float32 logits)
+
+
+class CausalFiller:
+    def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8, fim: bool = False):
+        self.model, self.tok, self.fim = model, tokenizer, fim
+        self.width, self.max_word_tokens, self.n_states = width, max_word_tokens, states
+        self.vocab = model.config.vocab_size
+        start = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
+        self.start_ids = [] if start is None else [start]
+
+    @torch.inference_mode()
+    def fill(self, segments: list[list[int]], blanks: list[Blank]):
+        return self._fill_fim(segments, blanks) if self.fim else self._fill_left_to_right(segments, blanks)
+
+    def _fill_fim(self, segments, blanks):
+        special = self.tok.special_tokens
+        pre, suf, mid = (special[f"<|fim_{n}|>"] for n in ("prefix", "suffix", "middle"))
+        end = [self.tok.eos_id]
+        states = [(0.0, segments[0], [])]
+        for i, blank in enumerate(blanks):
+            follow = segments[i + 1]
+            scored = []
+            for score, left, fills in states:
+                ctx = [pre] + left + [suf] + follow + [mid]
+                for cand, gain in self._candidates(ctx, blank, end, at_end=False):
+                    scored.append((score + gain, left + cand + follow, fills + [cand]))
+            scored.sort(key=lambda s: -s[0])
+            states = scored[:self.n_states]
+        return [(score, fills) for score, _, fills in states]
+
+    def _fill_left_to_right(self, segments: list[list[int]], blanks: list[Blank]):
+        """segments: token ids of the known text around the blanks. Returns [(score, [fill ids per blank])]."""
+        ctx = self.start_ids + segments[0]
+        base = self._sequence_logprob(ctx)  # log P(first segment): same for all answers, part of the text's
+        states = [(base, ctx, [])]
+        for i, blank in enumerate(blanks):
+            follow = segments[i + 1]
+            at_end = i == len(blanks) - 1 and not follow
+            scored = []
+            for score, ids, fills in states:
+                for cand, gain in self._candidates(ids, blank, follow, at_end):
+                    scored.append((score + gain, ids + cand + follow, fills + [cand]))
+            scored.sort(key=lambda s: -s[0])
+            states = scored[:self.n_states]
+        return [(score, fills) for score, _, fills in states]
+
+    def _sequence_logprob(self, ids: list[int]) -> float:
+        if len(ids) < 2:
+            return 0.0
+        logits = self.model(torch.tensor([ids])).logits[0, :-1].float()
+        return float(F.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).sum())
+
+    def _candidates(self, ctx: list[int], blank: Blank, follow: list[int], at_end: bool):
+        n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
+        cache = self.model.new_cache(1, len(ctx) + n_max + len(follow) + 1)
+        last = self.model(torch.tensor([ctx]), cache=cache, last_logits_only=True).logits[0, -1].float()
+        pool = self._propose(cache, F.log_softmax(last, -1), blank)
+        return self._judge(cache, last, pool, follow, at_end and blank.kind == "word")
+
+    def _propose(self, cache, first_logp: torch.Tensor, blank: Blank) -> list[list[int]]:
+        """Beam over the blank's tokens, left context only. Word blanks keep every prefix as a candidate."""
+        if blank.kind == "word":
+            first, cont, _ = word_masks(self.tok, self.vocab, blank.lead_space)
+            n_tokens = self.max_word_tokens
+        else:
+            first, cont = token_masks(self.tok, self.vocab, blank.lead_space)
+            n_tokens = blank.n_tokens
+        logp = first_logp.masked_fill(~first, float("-inf"))
+        top = logp.topk(min(self.width, int(first.sum())))
+        hyps = [[int(t)] for t in top.indices]
+        scores = top.values
+        pool = list(hyps) if blank.kind == "word" or n_tokens == 1 else []
+        beam_cache = cache.select(torch.zeros(len(hyps), dtype=torch.long))
+        for step in range(1, n_tokens):
+            logits = self.model(torch.tensor([[h[-1]] for h in hyps]), cache=beam_cache,
+                                last_logits_only=True).logits[:, -1].float()
+            logp = F.log_softmax(logits, -1).masked_fill(~cont, float("-inf")) + scores[:, None]
+            flat = logp.flatten().topk(self.width)
+            keep = torch.isfinite(flat.values)
+            rows = torch.div(flat.indices[keep], logp.size(1), rounding_mode="floor")
+            tokens = flat.indices[keep] % logp.size(1)
+            if len(rows) == 0:
+                break
+            hyps = [hyps[r] + [int(t)] for r, t in zip(rows, tokens)]
+            scores = flat.values[keep]
+            beam_cache = beam_cache.select(rows)
+            if blank.kind == "word" or step == n_tokens - 1:
+                pool += hyps
+        return [h for h in pool if self._is_whole_text(h)]
+
+    def _is_whole_text(self, ids: list[int]) -> bool:
+        try:
+            self.tok.decode_bytes(ids).decode("utf-8")
+            return True
+        except UnicodeDecodeError:  # ends inside a multi-byte character
+            return False
+
+    def _judge(self, cache, last_logits, pool, follow, needs_boundary):
+        """log P(candidate + follow | context) for every candidate, batched over the cached context."""
+        if not pool:
+            return []
+        first_logp = F.log_softmax(last_logits, -1)
+        _, cont, _ = word_masks(self.tok, self.vocab, True)
+        lengths = [len(c) + len(follow) for c in pool]
+        L = max(lengths)
+        rows_per_chunk = max(1, MAX_LOGIT_FLOATS // (L * self.vocab))
+        results = []
+        for start in range(0, len(pool), rows_per_chunk):
+            chunk = pool[start:start + rows_per_chunk]
+            seqs = [c + follow for c in chunk]
+            # Right padding needs no mask in a causal model: real tokens never see the pads after them.
+            batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
+            logp = F.log_softmax(self.model(batch, cache=cache.select(torch.zeros(len(chunk), dtype=torch.long))).logits.float(), -1)
+            for r, s in enumerate(seqs):
+                total = float(first_logp[s[0]])
+                if len(s) > 1:
+                    total += float(logp[r, torch.arange(len(s) - 1), torch.tensor(s[1:])].sum())
+                if needs_boundary:  # the word must end here: the next token may not continue it
+                    p_cont = logp[r, len(s) - 1].exp()[cont].sum().clamp(max=1 - 1e-6)
+                    total += float(torch.log1p(-p_cont))
+                results.append((chunk[r], total))
+        return results

@@ -1,0 +1,137 @@
+"""Hand-built language models whose right answers are known, with the network's call interface.
+
+Each is an n-gram table over a tiny word-level BPE vocabulary (trained by clozelm on a few sentences
+so that every word is one token), so the best reconstruction of a blank can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.nn as nn
+
+from clozelm.model import ModelConfig, Output
+from clozelm.tokenizers import train_bpe
+
+SMOOTH = 1e-4
+
+
+def word_tokenizer(tmp_path, sentences: list[str], specials=("<|endoftext|>", "[MASK]")):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences * 5) + "\n")
+    return train_bpe([corpus], vocab_size=2000, special_tokens=list(specials), min_frequency=1)
+
+
+class _Cache:
+    def __init__(self, batch):
+        self.last = torch.zeros(batch, dtype=torch.long)
+        self.length = 0
+
+    def select(self, rows):
+        new = _Cache(len(rows))
+        new.last, new.length = self.last.index_select(0, rows), self.length
+        return new
+
+
+class BigramLM(nn.Module):
+    """Causal: P(next | previous token) counted from `sentences`, each started by <|endoftext|>."""
+
+    def __init__(self, tokenizer, sentences: list[str]):
+        super().__init__()
+        V = tokenizer.vocab_size
+        self.config = ModelConfig(vocab_size=V, n_positions=256, n_embd=8, n_layer=1, n_head=1)
+        self.tokenizer = tokenizer
+        counts = torch.full((V, V), SMOOTH)
+        eos = tokenizer.eos_id
+        for s in sentences:
+            ids = [eos] + tokenizer.encode(s) + [eos]
+            for a, b in zip(ids, ids[1:]):
+                counts[a, b] += 1
+        self.table = (counts / counts.sum(1, keepdim=True)).log()
+
+    def new_cache(self, batch_size, max_len=None):
+        return _Cache(batch_size)
+
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False, **_):
+        ids = torch.as_tensor(input_ids)
+        ids = ids[None] if ids.dim() == 1 else ids
+        logits = self.table[ids]
+        if cache is not None:
+            cache.last, cache.length = ids[:, -1], cache.length + ids.size(1)
+        if last_logits_only:
+            logits = logits[:, -1:]
+        return Output(logits=logits, hidden=torch.zeros(*ids.shape, 8))
+
+
+class NeighbourMLM(nn.Module):
+    """Bidirectional: the token at a [MASK] is scored by P(left -> x) * P(x -> right) from bigram counts;
+    a visible token predicts itself."""
+
+    def __init__(self, tokenizer, sentences: list[str]):
+        super().__init__()
+        V = tokenizer.vocab_size
+        self.config = ModelConfig(vocab_size=V, n_positions=256, n_embd=8, n_layer=1, n_head=1, causal=False,
+                                  pre_ln=False, head="mlm")
+        self.tokenizer = tokenizer
+        self.mask = tokenizer.mask_id
+        counts = torch.full((V, V), SMOOTH)
+        eos = tokenizer.eos_id
+        for s in sentences:
+            ids = [eos] + tokenizer.encode(s) + [eos]
+            for a, b in zip(ids, ids[1:]):
+                counts[a, b] += 1
+        self.forward_logp = (counts / counts.sum(1, keepdim=True)).log()  # [prev, x]
+        self.backward_logp = (counts / counts.sum(0, keepdim=True)).log()  # [x, next]
+
+    def forward(self, input_ids, attention_mask=None, attentions=False, **_):
+        ids = torch.as_tensor(input_ids)
+        ids = ids[None] if ids.dim() == 1 else ids
+        B, T = ids.shape
+        V = self.config.vocab_size
+        logits = torch.full((B, T, V), -30.0)
+        for b in range(B):
+            for t in range(T):
+                if ids[b, t] != self.mask:
+                    logits[b, t, ids[b, t]] = 0.0
+                    continue
+                score = torch.zeros(V)
+                if t > 0 and ids[b, t - 1] != self.mask:
+                    score = score + self.forward_logp[ids[b, t - 1]]
+                if t + 1 < T and ids[b, t + 1] != self.mask:
+                    score = score + self.backward_logp[:, ids[b, t + 1]]
+                logits[b, t] = score
+        return Output(logits=logits, hidden=torch.zeros(B, T, 8))
+
+
+def counts_of(sentences):
+    return Counter(w for s in sentences for w in s.split())
+
+
+class ScriptedLM(nn.Module):
+    """Causal: after a prompt of any length, greedily emits the ids of `script`, then <|endoftext|>."""
+
+    def __init__(self, tokenizer, script: list[int], prompt_len: int):
+        super().__init__()
+        V = tokenizer.vocab_size
+        self.config = ModelConfig(vocab_size=V, n_positions=512, n_embd=8, n_layer=1, n_head=1)
+        self.tokenizer, self.script, self.prompt_len = tokenizer, script + [tokenizer.eos_id], prompt_len
+
+    def new_cache(self, batch_size, max_len=None):
+        return _Cache(batch_size)
+
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False, **_):
+        ids = torch.as_tensor(input_ids)
+        ids = ids[None] if ids.dim() == 1 else ids
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        for t in range(T):
+            k = start + t + 1 - self.prompt_len
+            if 0 <= k < len(self.script):
+                logits[:, t, self.script[k]] = 5.0
+        if cache is not None:
+            cache.length += T
+        if last_logits_only:
+            logits = logits[:, -1:]
+        return Output(logits=logits, hidden=torch.zeros(B, T, 8))

@@ -1,0 +1,73 @@
+"""The fill search on hand-built models whose right answers are known (tests/handbuilt.py)."""
+
+import pytest
+
+import clozelm
+from clozelm.fill import fill, parse
+from clozelm.errors import ClozelmError
+from handbuilt import BigramLM, NeighbourMLM, word_tokenizer
+
+# Left context alone says "dog" (seen 10 times after "the"), but only "cat" is ever followed by "sat".
+SENTENCES = ["the dog ran home"] * 10 + ["the cat sat down"] * 3 + ["a bird flew away"] * 2
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return word_tokenizer(tmp_path_factory.mktemp("tok"), SENTENCES)
+
+
+def test_parse_blanks():
+    t = parse("The ___ sat on [MASK][MASK] mat [MASK].")
+    assert [b.kind for b in t.blanks] == ["word", "tokens", "tokens"]
+    assert [b.n_tokens for b in t.blanks] == [None, 2, 1]
+    assert t.segments == ("The", " sat on", " mat", ".")
+    assert all(b.lead_space for b in t.blanks)
+
+
+def test_no_blank_suggests_generate():
+    with pytest.raises(ClozelmError, match="generate"):
+        parse("nothing hidden here")
+
+
+def test_empty_text():
+    with pytest.raises(ClozelmError, match="empty"):
+        parse("   ")
+
+
+def test_causal_uses_the_text_after_the_blank(tok):
+    model = BigramLM(tok, SENTENCES)
+    assert fill("the ___", model=model, top=1)[0].blanks == ["dog"]  # nothing after: left context wins
+    answers = fill("the ___ sat down", model=model, top=3)
+    assert answers[0].blanks == ["cat"] and answers[0].text == "the cat sat down"
+    assert answers[0].score > answers[1].score
+
+
+def test_causal_joint_blanks(tok):
+    model = BigramLM(tok, SENTENCES)
+    best = fill("___ bird ___ away", model=model, top=2)[0]
+    assert best.blanks == ["a", "flew"]
+    assert best.text == "a bird flew away"
+
+
+def test_causal_mask_token_blank(tok):
+    model = BigramLM(tok, SENTENCES)
+    assert fill("the [MASK] ran home", model=model, top=1)[0].blanks == ["dog"]
+
+
+def test_answers_are_distinct_and_sorted(tok):
+    answers = fill("the ___ sat down", model=BigramLM(tok, SENTENCES), top=5)
+    texts = [a.text for a in answers]
+    assert len(set(texts)) == len(texts) == 5
+    assert [a.score for a in answers] == sorted((a.score for a in answers), reverse=True)
+
+
+def test_bidirectional_joint(tok):
+    model = NeighbourMLM(tok, SENTENCES)
+    assert fill("the ___ sat down", model=model, top=1)[0].blanks == ["cat"]
+    best = fill("a [MASK] [MASK] away", model=model, top=1)[0]
+    assert best.blanks == ["bird", "flew"] and best.text == "a bird flew away"
+
+
+def test_deterministic(tok):
+    model = BigramLM(tok, SENTENCES)
+    assert fill("the ___ sat down", model=model, top=3) == fill("the ___ sat down", model=model, top=3)
