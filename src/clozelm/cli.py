@@ -18,6 +18,10 @@ from .errors import ClozelmError
 COMMAND_MODULES = ["clozelm.cli", "clozelm.training.cli"]
 
 EPILOG = """examples:
+  clozelm fill "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a ___."
+  clozelm fill "The [MASK] sat on the ___." --model default-bert --top 3 --json
+  clozelm generate "It was a dark and stormy night" --max-tokens 40 --temperature 0.8 --seed 1
+  clozelm models
   clozelm info gpt2-dir/                      describe a model directory
   clozelm convert openai/124M/ gpt2-hf/       OpenAI checkpoint -> Hugging Face format
   clozelm tokenize "Hello world" --model gpt2-dir/
@@ -39,6 +43,52 @@ def read_text_arg(args) -> str:
     if not sys.stdin.isatty():
         return sys.stdin.read()
     raise ClozelmError("no text given: pass TEXT, -f FILE, or pipe text on stdin")
+
+
+def cmd_fill(args) -> None:
+    from .fill import fill, method_for
+    from .loading import cached_load
+    text = read_text_arg(args)
+    model = cached_load(args.model)
+    answers = fill(text, model=model, top=args.top)
+    if args.json:
+        print(json.dumps({"model": args.model, "method": method_for(model), "answers": [a.to_dict() for a in answers]},
+                         ensure_ascii=False, indent=2))
+        return
+    width = len(str(len(answers)))
+    for rank, a in enumerate(answers, 1):
+        print(f"{rank:>{width}}. [{a.score:9.3f}] {a.text.strip()}")
+        print(" " * (width + 2) + "  ".join(f"[{i + 1}] {s!r}" for i, s in enumerate(a.blanks)))
+
+
+def cmd_generate(args) -> None:
+    from .generation import Sampling, stream_text
+    from .loading import cached_load
+    prompt = read_text_arg(args)
+    model = cached_load(args.model)
+    sampling = Sampling(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty, seed=args.seed)
+    pieces = stream_text(model, prompt, sampling, stop=args.stop or [], beams=args.beams)
+    if args.json:
+        print(json.dumps({"prompt": prompt, "completion": "".join(pieces)}, ensure_ascii=False))
+        return
+    sys.stdout.write(prompt)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_models(args) -> None:
+    from .loading import embedded_models, local_models
+    rows = [(name, "embedded") for name in embedded_models()] + [(str(p), "local") for p in local_models()]
+    if args.json:
+        print(json.dumps([{"name": n, "where": w} for n, w in rows]))
+        return
+    if not rows:
+        print("no models found (embedded defaults are missing from this install?)")
+    for name, where in rows:
+        print(f"{name:40s} {where}")
 
 
 def cmd_info(args) -> None:
@@ -116,6 +166,43 @@ def _expand_inputs(items: list[str]) -> list[Path]:
 
 
 def add_parser(sub) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("fill", help="give back the hidden words of a text", formatter_class=raw,
+                       description="Hide words with ___ (one word, any length) or tokens with [MASK] (one token each); "
+                                   "clozelm ranks complete reconstructions of the text.",
+                       epilog='examples:\n  clozelm fill "The ___ sat on the mat."\n'
+                              '  clozelm fill "The [MASK] [MASK] sat on the ___." --model default-bert --top 3\n'
+                              '  clozelm fill -f letter.txt --model default-fim --json')
+    p.add_argument("text", nargs="?", help="text with blanks (or - / omitted for stdin)")
+    p.add_argument("-f", "--file", help="read the text from FILE")
+    p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
+    p.add_argument("--top", type=int, default=5, help="number of answers (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_fill)
+
+    p = sub.add_parser("generate", help="continue a text", formatter_class=raw,
+                       epilog='examples:\n  clozelm generate "It was a dark and stormy night"\n'
+                              '  clozelm generate "Once upon a time" --temperature 0.8 --top-k 40 --seed 3 --stop "."\n'
+                              '  clozelm generate "The king said" --beams 4 --max-tokens 20')
+    p.add_argument("text", nargs="?", help="prompt (or - / omitted for stdin)")
+    p.add_argument("-f", "--file", help="read the prompt from FILE")
+    p.add_argument("--model", default="default")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--beams", type=int, default=1, help="beam search with this many beams")
+    p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("models", help="list embedded and local models", epilog="example: clozelm models --json",
+                       formatter_class=raw)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("info", help="describe a model", epilog="example: clozelm info path/to/model",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model directory, embedded model name, or hub id")
@@ -162,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = sys.modules[__name__] if name == __name__ else importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != name:
+            if not name.startswith(e.name or "\0"):
                 raise
             continue  # a command module not built yet
         module.add_parser(sub)

@@ -10,6 +10,7 @@ from .model.transformer import Transformer
 from .weights import hf, openai_tf
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
+EMBEDDED_NAMES = ("default", "default-bert", "default-fim")
 # Only the files clozelm reads, so a hub download never pulls TF/Flax/ONNX copies of the weights.
 HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
              "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
@@ -22,6 +23,21 @@ def embedded_models() -> list[str]:
     return sorted(p.name for p in DEFAULTS_DIR.iterdir() if hf.is_hf_dir(p))
 
 
+def local_models(root: Path | None = None) -> list[Path]:
+    """HF-format or OpenAI model directories under the current directory (two levels) and in the hub cache."""
+    found = []
+    root = Path.cwd() if root is None else root
+    for candidate in [root, *root.glob("*"), *root.glob("*/*")]:
+        if candidate.is_dir() and (hf.is_hf_dir(candidate) or openai_tf.is_openai_dir(candidate)):
+            found.append(candidate)
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+        found += sorted(p for p in Path(HF_HUB_CACHE).glob("models--*/snapshots/*") if hf.is_hf_dir(p))
+    except ImportError:
+        pass
+    return found
+
+
 def load(name_or_path: str | Path, tokenizer: bool = True) -> Transformer:
     """Load a model in eval mode with its tokenizer attached as `model.tokenizer`."""
     name = str(name_or_path)
@@ -30,6 +46,9 @@ def load(name_or_path: str | Path, tokenizer: bool = True) -> Transformer:
         path = DEFAULTS_DIR / name
     if path.exists():
         model = load_dir(path)
+    elif name in EMBEDDED_NAMES:
+        raise ClozelmError(f"embedded model {name!r} is missing from this install ({DEFAULTS_DIR}); "
+                           "rebuild it with scripts/train_defaults.py or reinstall clozelm")
     elif _looks_like_path(name):
         raise ClozelmError(f"{name}: no such file or directory")
     elif _HUB_ID.match(name):

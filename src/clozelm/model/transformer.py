@@ -287,3 +287,11 @@ class Transformer(nn.Module):
     def save_pretrained(self, out_dir, overwrite: bool = False) -> None:
         from ..weights.hf import save_pretrained
         save_pretrained(self, out_dir, overwrite=overwrite)
+
+    def fill(self, text: str, top: int = 5, **options):
+        from ..fill import fill
+        return fill(text, model=self, top=top, **options)
+
+    def generate(self, prompt: str, **options) -> str:
+        from ..generation import generate
+        return generate(self, prompt, **options)
