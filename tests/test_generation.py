@@ -71,3 +71,24 @@ def test_stop_strings_cut_the_output(tmp_path):
     assert generate(model, "go", max_new_tokens=20) == " one two. three"
     assert generate(model, "go", max_new_tokens=20, stop=["."]) == " one two"
     assert generate(model, "go", max_new_tokens=len(tok.encode(" one two"))) == " one two"
+
+
+def test_lookup_drafting_gives_exactly_the_greedy_tokens():
+    model = tiny_model(vocab=12)  # a small vocabulary makes the greedy output repeat, so drafts get accepted
+    for prompt in ([1, 2, 3, 1, 2], [5], [7, 7, 7, 7, 8, 9]):
+        plain = list(generate_ids(model, prompt, 40, lookahead=0))
+        drafted = list(generate_ids(model, prompt, 40, lookahead=6))
+        assert drafted == plain
+
+
+def test_cache_truncate_then_continue_matches_full_pass():
+    model = tiny_model()
+    ids = torch.randint(0, 50, (1, 12))
+    with torch.no_grad():
+        cache = model.new_cache(1, 20)
+        model(ids[:, :8], cache=cache)
+        model(torch.randint(0, 50, (1, 3)), cache=cache)  # a rejected draft
+        cache.truncate(8)
+        got = model(ids[:, 8:], cache=cache).logits
+        want = model(ids).logits[:, 8:]
+    assert (got - want).abs().max() <= 1e-5

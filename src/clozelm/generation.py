@@ -47,14 +47,24 @@ def _window(model: Transformer, prompt_ids: list[int], max_new_tokens: int) -> t
 @torch.inference_mode()
 def generate_ids(model: Transformer, prompt_ids: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 eos_id: int | None = None) -> Iterator[int]:
-    """Yields new token ids one at a time (stops after eos_id, which it yields)."""
+                 eos_id: int | None = None, lookahead: int = 6) -> Iterator[int]:
+    """Yields new token ids one at a time (stops after eos_id, which it yields).
+
+    Greedy decoding drafts up to `lookahead` tokens by finding the last few tokens earlier in the text
+    and proposing what followed them there (prompt-lookup decoding), then checks the whole draft in one
+    forward pass and keeps the part the model agrees with. The output is the greedy output either way;
+    on one CPU the check costs about one token's time because decoding is bound by reading the weights,
+    so every accepted draft token is nearly free. `lookahead=0` turns it off.
+    """
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
-    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
+    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + lookahead + 1)
+    logits = model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1]
+    if temperature <= 0 and repetition_penalty == 1.0 and lookahead > 0:
+        yield from _greedy_with_lookup(model, cache, list(prompt_ids), logits, max_new_tokens, eos_id, lookahead)
+        return
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     seen = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     seen[torch.tensor(prompt_ids)] = True
-    logits = model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1]
     for step in range(max_new_tokens):
         token = pick_token(logits.float(), temperature, top_k, top_p, generator,
                            seen if repetition_penalty != 1.0 else None, repetition_penalty)
@@ -63,6 +73,42 @@ def generate_ids(model: Transformer, prompt_ids: list[int], max_new_tokens: int 
             return
         seen[token] = True
         logits = model(torch.tensor([[token]]), cache=cache, last_logits_only=True).logits[0, -1]
+
+
+def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lookahead):
+    token, produced = int(logits.argmax()), 0
+    while True:
+        yield token
+        produced += 1
+        if token == eos_id or produced == max_new_tokens:
+            return
+        tokens.append(token)
+        draft = _lookup_draft(tokens, min(lookahead, max_new_tokens - produced - 1))
+        step = model(torch.tensor([[token] + draft]), cache=cache).logits[0]  # [1 + len(draft), V]
+        predicted = step.argmax(-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == predicted[accepted]:
+            accepted += 1
+        cache.truncate(cache.length - (len(draft) - accepted))  # forget the rejected draft tokens
+        for t in draft[:accepted]:
+            yield t
+            produced += 1
+            tokens.append(t)
+            if t == eos_id:
+                return
+        token = predicted[accepted]
+
+
+def _lookup_draft(tokens: list[int], k: int, longest: int = 3) -> list[int]:
+    """What followed the most recent earlier occurrence of the text's last n tokens (n = 3, 2, 1)."""
+    if k <= 0:
+        return []
+    for n in range(min(longest, len(tokens) - 1), 0, -1):
+        tail = tokens[-n:]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start:start + n] == tail:
+                return tokens[start + n:start + n + k]
+    return []
 
 
 def pick_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, generator=None,

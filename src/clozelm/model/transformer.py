@@ -42,6 +42,13 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
+    def truncate(self, length: int) -> None:
+        """Forget everything after `length` (rejected draft tokens); their slots get overwritten later."""
+        dropped = self.key_valid[:, length:self.length].sum(1)
+        self.seen -= dropped
+        self.key_valid[:, length:self.length] = True
+        self.length = length
+
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A new cache whose row i is this cache's row rows[i] (beam search forks and prunes rows)."""
         new = object.__new__(KVCache)
