@@ -28,6 +28,9 @@ class _Cache:
         self.last = torch.zeros(batch, dtype=torch.long)
         self.length = 0
 
+    def truncate(self, length):
+        self.length = length
+
     def select(self, rows):
         new = _Cache(len(rows))
         new.last, new.length = self.last.index_select(0, rows), self.length
