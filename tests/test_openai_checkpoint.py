@@ -65,7 +65,7 @@ def openai_dir(tmp_path_factory):
 def test_tf_checkpoint_logits_match(openai_dir):
     d, hf = openai_dir
     assert (d / "model.ckpt.index").exists() and (d / "model.ckpt.data-00000-of-00001").exists()
-    ours = clozelm.load(d, tokenizer=False)
+    ours = clozelm.load(d)
     ids = torch.randint(0, 300, (2, 20))
     with torch.no_grad():
         assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-5
@@ -73,7 +73,7 @@ def test_tf_checkpoint_logits_match(openai_dir):
 
 def test_tf_checkpoint_converts_to_hf(openai_dir, tmp_path):
     d, hf = openai_dir
-    clozelm.load(d, tokenizer=False).save_pretrained(tmp_path)
+    clozelm.load(d).save_pretrained(tmp_path)
     reopened = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, 300, (1, 12))
     with torch.no_grad():
@@ -87,11 +87,11 @@ def test_truncated_tf_checkpoint_is_a_clear_error(openai_dir, tmp_path):
     data = bad / "model.ckpt.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:1000])
     with pytest.raises(ClozelmError, match="corrupt or truncated"):
-        clozelm.load(bad, tokenizer=False)
+        clozelm.load(bad)
     index = bad / "model.ckpt.index"
     index.write_bytes(index.read_bytes()[:-20])
     with pytest.raises(ClozelmError, match="not a readable TensorFlow checkpoint"):
-        clozelm.load(bad, tokenizer=False)
+        clozelm.load(bad)
 
 
 def test_tf_checkpoint_with_missing_layer_lists_it(openai_dir, tmp_path):
@@ -100,4 +100,4 @@ def test_tf_checkpoint_with_missing_layer_lists_it(openai_dir, tmp_path):
     shutil.copytree(d, bad)
     (bad / "hparams.json").write_text(json.dumps({"n_vocab": 300, "n_ctx": 48, "n_embd": 64, "n_head": 4, "n_layer": 4}))
     with pytest.raises(ClozelmError, match=r"missing \d+ tensors: h\.3\."):
-        clozelm.load(bad, tokenizer=False)
+        clozelm.load(bad)

@@ -43,7 +43,7 @@ def ragged_batch(vocab, lengths, left_pad=False):
 def pair(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
     hf = make_hf(request.param, path)
-    return hf, clozelm.load(path, tokenizer=False), SHAPES[request.param]
+    return hf, clozelm.load(path), SHAPES[request.param]
 
 
 @pytest.mark.parametrize("left_pad", [False, True])
@@ -122,6 +122,6 @@ def test_save_pretrained_opens_in_transformers(pair, tmp_path):
     ids = torch.randint(0, shape["vocab_size"], (2, 16))
     with torch.no_grad():
         assert (reopened(ids).logits - hf(ids).logits).abs().max() <= 1e-4
-    again = clozelm.load(tmp_path / "out", tokenizer=False)
+    again = clozelm.load(tmp_path / "out")
     for (k, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k

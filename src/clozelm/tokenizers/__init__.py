@@ -1,0 +1,45 @@
+"""Tokenizers: GPT-2 byte-level BPE (fast engine: tiktoken), BPE training, BERT WordPiece."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clozelm.errors import ClozelmError
+from clozelm.tokenizers.bpe import ByteBPE
+from clozelm.tokenizers.bpe_train import train_bpe
+from clozelm.tokenizers.wordpiece import WordPiece
+
+__all__ = ["ByteBPE", "WordPiece", "train_bpe", "load_tokenizer"]
+
+_BPE_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+_WORDPIECE_FILE = "vocab.txt"
+
+
+def load_tokenizer(path) -> ByteBPE | WordPiece:
+    """Open the tokenizer saved in directory ``path``, whichever kind it is."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ClozelmError(f"tokenizer directory not found: {directory}")
+    has_bpe = any((directory / v).is_file() and (directory / m).is_file() for v, m in _BPE_FILE_PAIRS)
+    has_wordpiece = (directory / _WORDPIECE_FILE).is_file()
+    if has_bpe and has_wordpiece:
+        # Both kinds of files side by side: let the HF config decide, else prefer BPE.
+        has_wordpiece = "bert" in _configured_class(directory).lower()
+        has_bpe = not has_wordpiece
+    if has_bpe:
+        return ByteBPE.from_dir(directory)
+    if has_wordpiece:
+        return WordPiece.from_dir(directory)
+    raise ClozelmError(
+        f"no tokenizer in {directory}: looked for encoder.json + vocab.bpe, "
+        "vocab.json + merges.txt (byte-level BPE) or vocab.txt (WordPiece)"
+    )
+
+
+def _configured_class(directory: Path) -> str:
+    config = directory / "tokenizer_config.json"
+    try:
+        return str(json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
