@@ -33,8 +33,8 @@ class Sampling:
 
 def _window(model: Transformer, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int]:
     """Keep the end of a prompt that, with the new tokens, would not fit the context."""
-    if not model.config.causal:
-        raise ClozelmError("generation needs a causal model (this one is bidirectional: use fill)")
+    if not model.config.causal or model.config.head is None:
+        raise ClozelmError("generation needs a causal language model (this one is bidirectional or headless: use fill)")
     if not prompt_ids:
         raise ClozelmError("empty prompt")
     n_ctx = model.config.n_positions

@@ -48,6 +48,9 @@ def fill(text: str, model="default", top: int = 5, **options) -> list[Answer]:
         raise ClozelmError("this model has no tokenizer; load it from a directory with tokenizer files")
     if top < 1:
         raise ClozelmError("--top must be at least 1")
+    if model.config.head is None:
+        raise ClozelmError("this model has no language-model head (an encoder such as BertModel): "
+                           "fill needs GPT-2 LM or BERT masked-LM weights")
     template = parse(text)
     method = method_for(model)
     tok = model.tokenizer

@@ -1,0 +1,85 @@
+"""The network's configuration switches and presets, against transformers' own models of the same config."""
+
+import pytest
+import torch
+import transformers
+
+from clozelm.errors import ClozelmError
+from clozelm.model import PRESETS, ModelConfig, Transformer
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def meta(fn):
+    with torch.device("meta"):
+        return fn()
+
+
+@pytest.mark.parametrize("name,hf_config", [
+    ("gpt2", dict(n_layer=12, n_embd=768, n_head=12)),
+    ("gpt2-medium", dict(n_layer=24, n_embd=1024, n_head=16)),
+    ("gpt2-large", dict(n_layer=36, n_embd=1280, n_head=20)),
+    ("gpt2-xl", dict(n_layer=48, n_embd=1600, n_head=25)),
+])
+def test_gpt2_presets_have_the_reference_parameter_counts(name, hf_config):
+    ours = meta(lambda: Transformer(ModelConfig.preset(name)))
+    ref = meta(lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config)))
+    assert count(ours) == count(ref.transformer)  # the LM head is tied: no parameters of its own
+    if name == "gpt2":
+        assert count(ours) == 124_439_808
+
+
+@pytest.mark.parametrize("name,hf_config", [
+    ("bert-base", dict()),
+    ("bert-large", dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)),
+])
+def test_bert_presets_match_transformers(name, hf_config):
+    cfg = transformers.BertConfig(**hf_config)
+    encoder = meta(lambda: Transformer(ModelConfig.preset(name, head=None)))
+    assert count(encoder) == count(meta(lambda: transformers.BertModel(cfg)))
+    mlm = meta(lambda: Transformer(ModelConfig.preset(name, pooler=False)))
+    assert count(mlm) == count(meta(lambda: transformers.BertForMaskedLM(cfg)))
+
+
+def test_all_presets_build():
+    for name in PRESETS:
+        assert meta(lambda: Transformer(ModelConfig.preset(name))).config.n_layer > 0
+
+
+def test_invalid_configs_are_clear_errors():
+    with pytest.raises(ClozelmError, match="not divisible"):
+        ModelConfig(n_embd=100, n_head=3)
+    with pytest.raises(ClozelmError, match="MLM head needs a bidirectional"):
+        ModelConfig(head="mlm", causal=True)
+    with pytest.raises(ClozelmError, match="unknown preset"):
+        ModelConfig.preset("gpt5")
+
+
+def test_attentions_only_when_asked_and_rows_sum_to_one():
+    model = Transformer(ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert model(ids).attentions is None
+        att = model(ids, attentions=True).attentions
+    assert len(att) == 2 and att[0].shape == (2, 4, 9, 9)
+    assert torch.allclose(att[1].sum(-1), torch.ones(2, 4, 9), atol=1e-5)
+    assert torch.all(att[0].triu(1) == 0)  # causal: nothing attends to the future
+
+
+def test_bidirectional_padding_does_not_change_real_tokens():
+    cfg = ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4, causal=False, pre_ln=False,
+                      head="mlm", type_vocab_size=2)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(1, 50, (1, 7))
+    padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask = torch.tensor([[1] * 7 + [0] * 3])
+    with torch.no_grad():
+        assert (model(padded, attention_mask=mask).logits[:, :7] - model(ids).logits).abs().max() < 1e-5
+
+
+def test_too_long_input_is_refused():
+    model = Transformer(ModelConfig(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match="exceeds"):
+        model(torch.zeros(1, 9, dtype=torch.long))
