@@ -1,0 +1,84 @@
+"""Package a trained model as an embedded default: bf16 safetensors (each file <= 32 MB), tokenizer files
+and a model card, in src/clozelm/defaults/NAME/.
+
+    python scripts/export_default.py MODEL_DIR NAME --stats stats.json [--corpus data/corpus]
+
+stats.json holds what the card reports: objective, tokens_seen, steps, seconds, val_loss, trainer, notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+import clozelm
+
+DEFAULTS = Path(__file__).resolve().parents[1] / "src" / "clozelm" / "defaults"
+MAX_FILE_BYTES = 32 * 1024 * 1024
+
+
+def model_card(name: str, model, stats: dict, manifest: dict) -> str:
+    cfg = model.config
+    rows = []
+    for info in manifest.get("sources", {}).values():
+        origin = info["origin"]
+        rows.append(f"| {info['name']} ({info['train']['words']:,} words) | {origin['registry']} `{origin['package']}` "
+                    f"{origin['version']} | {info['licence']} |")
+    val = stats["val_loss"]
+    return f"""# clozelm `{name}`
+
+A small {'causal (GPT-2 architecture)' if cfg.causal else 'bidirectional (BERT architecture, masked LM)'} model
+trained from scratch by clozelm with the `{stats['objective']}` objective, shipped inside the package so that
+everything works offline.
+
+| | |
+|---|---|
+| architecture | {cfg.n_layer} layers x {cfg.n_embd} wide, {cfg.n_head} heads, {cfg.n_positions} positions, {'pre-LN causal' if cfg.pre_ln else 'post-LN bidirectional'}, {cfg.activation} |
+| parameters | {model.num_parameters():,} (stored in bf16) |
+| tokenizer | byte-level BPE, {model.tokenizer.vocab_size} tokens, trained by clozelm on the same corpus; special tokens {', '.join(sorted(model.tokenizer.special_tokens))} |
+| tokens seen | {stats['tokens_seen']:,} ({stats['steps']} optimizer steps) |
+| training time | {stats['seconds'] / 60:.0f} min on {stats.get('hardware', '2 CPU cores (bf16 autocast)')} |
+| validation loss | {val:.3f} nats/token ({'masked tokens only' if not cfg.causal else 'next token'}) |
+| validation perplexity | {math.exp(val):.1f} |
+| trainer | {stats.get('trainer', 'clozelm train')} |
+
+## Data
+Public-domain English text only, rebuilt from the package registries by `scripts/build_corpus.py`; about 2 % of
+the documents of each source (every 50th) are held out as the validation split and never trained on.
+
+| source | from | licence |
+|---|---|---|
+{chr(10).join(rows)}
+
+## Notes
+{stats.get('notes', '')}
+"""
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model_dir")
+    p.add_argument("name")
+    p.add_argument("--stats", required=True)
+    p.add_argument("--corpus", default="data/corpus")
+    args = p.parse_args()
+    model = clozelm.load(args.model_dir)
+    stats = json.loads(Path(args.stats).read_text())
+    manifest_path = Path(args.corpus) / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    out = DEFAULTS / args.name
+    model.to(torch.bfloat16)
+    model.save_pretrained(out, overwrite=True)
+    for f in out.iterdir():
+        if f.stat().st_size > MAX_FILE_BYTES:
+            raise SystemExit(f"{f} is {f.stat().st_size / 2**20:.1f} MB, over the 32 MB limit")
+    (out / "MODEL_CARD.md").write_text(model_card(args.name, model, stats, manifest), encoding="utf-8")
+    print(f"wrote {out}: " + ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MB" for f in sorted(out.iterdir())))
+
+
+if __name__ == "__main__":
+    main()
