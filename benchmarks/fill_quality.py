@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 import clozelm
-from clozelm.fill import fill
-from clozelm.fill.vocab import word_masks
+from clozelm.cloze import fill
+from clozelm.cloze.vocab import word_masks
 from clozelm.generation import generate_ids
 
 WORD = re.compile(r"[A-Za-z]+")

@@ -3,7 +3,7 @@
 import pytest
 
 import clozelm
-from clozelm.fill import fill, parse
+from clozelm.cloze import fill, parse
 from clozelm.errors import ClozelmError
 from handbuilt import BigramLM, NeighbourMLM, word_tokenizer
 

@@ -7,7 +7,7 @@ from .model import KVCache, ModelConfig, Output, Transformer
 
 def fill(text: str, model="default", top: int = 5, **options):
     """Top `top` reconstructions of `text` whose blanks are `___` (a word) or `[MASK]` (a token)."""
-    from .fill import fill as _fill
+    from .cloze import fill as _fill
     return _fill(text, model=model, top=top, **options)
 
 

@@ -46,7 +46,7 @@ def read_text_arg(args) -> str:
 
 
 def cmd_fill(args) -> None:
-    from .fill import fill, method_for
+    from .cloze import fill, method_for
     from .loading import cached_load
     text = read_text_arg(args)
     model = cached_load(args.model)

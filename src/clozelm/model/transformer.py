@@ -296,7 +296,7 @@ class Transformer(nn.Module):
         save_pretrained(self, out_dir, overwrite=overwrite)
 
     def fill(self, text: str, top: int = 5, **options):
-        from ..fill import fill
+        from ..cloze import fill
         return fill(text, model=self, top=top, **options)
 
     def generate(self, prompt: str, **options) -> str:

@@ -6,7 +6,8 @@ everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, le
 1. propose: a beam over the blank's tokens from the left context gives many candidates
    (every prefix of every hypothesis, for a word of unknown length);
 2. judge: each candidate is scored by log P(candidate + known text up to the next blank | left),
-   one batched forward pass over the cached left context; a word at the very end also pays
+   (its first `follow_window` tokens), one batched forward pass over the cached left context; a word
+   at the very end also pays
    log P(a word boundary follows), so " wif" cannot pass for " wife";
 3. keep the best few partial texts and move to the next blank.
 
@@ -29,8 +30,9 @@ MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB o
 
 
 class CausalFiller:
-    def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8, fim: bool = False):
-        self.model, self.tok, self.fim = model, tokenizer, fim
+    def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8, fim: bool = False,
+                 follow_window: int = 12):
+        self.model, self.tok, self.fim, self.follow_window = model, tokenizer, fim, follow_window
         self.width, self.max_word_tokens, self.n_states = width, max_word_tokens, states
         self.vocab = model.config.vocab_size
         start = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
@@ -57,26 +59,28 @@ class CausalFiller:
         return [(score, fills) for score, _, fills in states]
 
     def _fill_left_to_right(self, segments: list[list[int]], blanks: list[Blank]):
-        """segments: token ids of the known text around the blanks. Returns [(score, [fill ids per blank])]."""
         ctx = self.start_ids + segments[0]
-        base = self._sequence_logprob(ctx)  # log P(first segment): same for all answers, part of the text's
-        states = [(base, ctx, [])]
+        states = [(0.0, ctx, [])]
         for i, blank in enumerate(blanks):
             follow = segments[i + 1]
             at_end = i == len(blanks) - 1 and not follow
             scored = []
             for score, ids, fills in states:
-                for cand, gain in self._candidates(ids, blank, follow, at_end):
+                # Judging on the next few tokens is what separates candidates; the exact score of the
+                # whole text is computed for the survivors below.
+                for cand, gain in self._candidates(ids, blank, follow[:self.follow_window], at_end):
                     scored.append((score + gain, ids + cand + follow, fills + [cand]))
             scored.sort(key=lambda s: -s[0])
             states = scored[:self.n_states]
-        return [(score, fills) for score, _, fills in states]
+        exact = self._sequence_logprobs([ids for _, ids, _ in states])
+        return sorted(((e, fills) for e, (_, _, fills) in zip(exact, states)), key=lambda s: -s[0])
 
-    def _sequence_logprob(self, ids: list[int]) -> float:
-        if len(ids) < 2:
-            return 0.0
-        logits = self.model(torch.tensor([ids])).logits[0, :-1].float()
-        return float(F.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).sum())
+    def _sequence_logprobs(self, seqs: list[list[int]]) -> list[float]:
+        """log P(tokens after the first) for each sequence, one right-padded batch (no mask needed, causal)."""
+        L = max(map(len, seqs))
+        batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
+        logp = F.log_softmax(self.model(batch).logits[:, :-1].float(), -1)
+        return [float(logp[r, torch.arange(len(s) - 1), torch.tensor(s[1:])].sum()) for r, s in enumerate(seqs)]
 
     def _candidates(self, ctx: list[int], blank: Blank, follow: list[int], at_end: bool):
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
