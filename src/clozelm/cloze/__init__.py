@@ -1,4 +1,4 @@
-"""Give back the hidden parts of a text: `clozelm.cloze("The ___ sat on the mat.")`.
+"""Give back the hidden parts of a text: `clozelm.fill("The ___ sat on the mat.")`.
 
 The model decides the method: a causal model searches with the text after each blank in view
 (`causal.py`), a model trained with fill-in-the-middle uses its prefix/suffix/middle format, and a
