@@ -86,7 +86,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
             "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.n_positions, "hidden_size": cfg.n_embd,
             "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "intermediate_size": cfg.mlp_width,
             "hidden_act": _ACT_HF[cfg.activation], "layer_norm_eps": cfg.layer_norm_eps,
-            "type_vocab_size": cfg.type_vocab_size or 1, "hidden_dropout_prob": cfg.dropout,
+            "type_vocab_size": max(cfg.type_vocab_size, 1), "hidden_dropout_prob": cfg.dropout,
             "attention_probs_dropout_prob": cfg.dropout, "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
             "position_embedding_type": "absolute", "tie_word_embeddings": True, "clozelm_extra": cfg.extra,
         }
@@ -200,6 +200,8 @@ def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
         for name, t in sd.items():
             out["transformer." + name] = (t.t() if name.endswith(CONV1D) else t).contiguous().clone()
         return out
+    if model.wtt is None:  # HF BERT always has segment embeddings: a single all-zero row adds nothing
+        sd = {**sd, "wtt.weight": torch.zeros(1, cfg.n_embd, dtype=model.wte.weight.dtype)}
     inverse_layer = {ours: hf for hf, ours in _BERT_LAYER}
     inverse_top = {ours: hf for hf, ours in _BERT_TOP}
     prefix = "bert." if cfg.head == "mlm" else ""
