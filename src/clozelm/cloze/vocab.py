@@ -7,11 +7,19 @@ import functools
 import torch
 
 
+WORD_PUNCTUATION = "'’-"  # may sit inside a word: don't, twenty-one
+
+
+def _wordish(text: str) -> bool:
+    """Letters, digits and in-word punctuation only, with at least one letter or digit."""
+    return bool(text) and all(c.isalnum() or c in WORD_PUNCTUATION for c in text) and any(c.isalnum() for c in text)
+
+
 @functools.lru_cache(maxsize=8)
 def _bpe_masks(tokenizer, vocab_size: int):
     start_space = torch.zeros(vocab_size, dtype=torch.bool)  # " word": opens a word after a space
     start_bare = torch.zeros(vocab_size, dtype=torch.bool)  # "word": opens a word glued to the text before
-    cont = torch.zeros(vocab_size, dtype=torch.bool)  # continues a word: no whitespace at all
+    cont = torch.zeros(vocab_size, dtype=torch.bool)  # continues a word
     any_token = torch.zeros(vocab_size, dtype=torch.bool)
     special = set(tokenizer.special_tokens.values())
     for i in range(min(vocab_size, tokenizer.vocab_size)):
@@ -22,13 +30,13 @@ def _bpe_masks(tokenizer, vocab_size: int):
         except Exception:
             continue  # an id the vocabulary does not use
         any_token[i] = True
+        # A token may end inside a multi-byte character; judge the characters it does complete.
         text = raw.decode("utf-8", errors="ignore")
-        if raw.startswith(b" ") and len(raw) > 1 and not any(c.isspace() for c in text[1:]) and any(c.isalnum() for c in text):
-            start_space[i] = True
-        if raw and not any(c.isspace() for c in text) and raw[:1] not in (b" ",):
-            cont[i] = True
-            if any(c.isalnum() for c in text):
-                start_bare[i] = True
+        if raw.startswith(b" "):
+            start_space[i] = _wordish(text[1:])
+        else:
+            start_bare[i] = _wordish(text)
+            cont[i] = _wordish(text) or (not text and bool(raw))  # pure partial-character bytes continue
     return start_space, start_bare, cont, any_token
 
 
