@@ -302,3 +302,8 @@ class Transformer(nn.Module):
     def generate(self, prompt: str, **options) -> str:
         from ..generation import generate
         return generate(self, prompt, **options)
+
+    def heads(self, text: str, **options):
+        """Attention of every layer and head on `text` as clozelm.heads.HeadMaps (views, word level, export)."""
+        from ..heads import attention_map
+        return attention_map(self, text, **options)

@@ -1,0 +1,172 @@
+"""`clozelm heads`: attention views, one head's map as PNG/SVG, head-role report, heads vs syntax."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ClozelmError
+
+EPILOG = """examples:
+  clozelm heads "The cat sat on the mat because it was warm." -o view.html
+  clozelm heads -f chapter.txt --model default-bert --compare default -o compare.html
+  clozelm heads "The keys to the cabinet are on the table." --png 2.3 head.png --svg 2.3 head.svg
+  clozelm heads --report roles/ --model default           (heads.md, heads.json, heads.png)
+  clozelm heads --syntax essay.txt --model default-bert    (needs: pip install 'clozelm[syntax]')
+
+Layers and heads count from 0, as in the view (L0 H0 is the first head of the first layer).
+"""
+
+
+def _layer_head(value: str) -> tuple[int, int]:
+    try:
+        layer, head = value.split(".")
+        return int(layer), int(head)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAYER.HEAD such as 3.5, got {value!r}") from None
+
+
+def _note(message: str) -> None:
+    print(f"clozelm: note: {message}", file=sys.stderr)
+
+
+def _display_name(name: str) -> str:
+    """A model argument as the page and reports show it: a directory by its last part(s), not its full path."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name
+    path = path.resolve()
+    return f"{path.parent.name}/{path.name}" if path.name in ("model", "weights") else path.name
+
+
+def _text(args) -> str:
+    from ..cli import read_text_arg
+    return read_text_arg(args)
+
+
+def cmd_heads(args) -> None:
+    from ..loading import cached_load
+    if args.syntax:
+        return _syntax(args)
+    if args.report:
+        return _report(args, cached_load(args.model))
+    from .extract import attention_map
+    text = _text(args)
+    maps = attention_map(cached_load(args.model), text, model_name=_display_name(args.model))
+    for note in maps.notes:
+        _note(note)
+    wrote = []
+    for flag, spec, fmt in (("--png", args.png, "png"), ("--svg", args.svg, "svg")):
+        if spec:
+            (layer, head), path = spec
+            wrote.append(_export(maps, layer, head, Path(path), fmt, args.word_level, args.hide_sinks))
+    if args.out or not wrote:
+        from .views import write_page
+        maps_list = [maps]
+        if args.compare:
+            other = attention_map(cached_load(args.compare), text, model_name=_display_name(args.compare))
+            for note in other.notes:
+                _note(f"{args.compare}: {note}")
+            maps_list.append(other)
+        out = Path(args.out or "heads.html")
+        write_page(maps_list, out)
+        size = out.stat().st_size
+        who = " vs ".join(f"{m.model_name} ({m.n_layers}x{m.n_heads}, {m.n_tokens} tokens)" for m in maps_list)
+        wrote.append(f"{out} ({size / 1e6:.1f} MB): {who}")
+    for line in wrote:
+        print(f"wrote {line}")
+
+
+def _export(maps, layer: int, head: int, path: Path, fmt: str, words: bool, hide_sinks: bool) -> str:
+    from .render import map_png, map_svg, write_file
+    matrix, labels = maps.head(layer, head, words=words, hide_sinks=hide_sinks)
+    if fmt == "png":
+        write_file(path, map_png(matrix))
+    else:
+        title = f"{maps.model_name}: layer {layer}, head {head}" + (" (words)" if words else "") + \
+                (" (sinks hidden)" if hide_sinks else "")
+        write_file(path, map_svg(matrix, labels, title))
+    return f"{path}: layer {layer} head {head}, {len(labels)} x {len(labels)}"
+
+
+def _report(args, model) -> None:
+    from .roles import ROLES, head_roles
+    text = _text(args) if (args.text or args.file) else None
+    report = head_roles(model, text, model_name=_display_name(args.model))
+    paths = report.write(args.report)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+        return
+    for role in ROLES:
+        found = report.heads_with(role)
+        if found:
+            shown = ", ".join(f"L{layer}H{head} {score:.2f}" for layer, head, score in found[:8])
+            more = f" (+{len(found) - 8} more)" if len(found) > 8 else ""
+            print(f"{role:10s} {shown}{more}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _syntax(args) -> None:
+    from ..loading import cached_load
+    from .syntax import load_spacy, syntax_analysis
+    nlp = load_spacy()  # before loading anything: a missing extra is the first thing to say
+    path = Path(args.syntax)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClozelmError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ClozelmError(f"{path} is not UTF-8 text") from None
+    except OSError as error:
+        raise ClozelmError(f"cannot read {path}: {error.strerror}") from None
+    model = cached_load(args.model)
+    report = syntax_analysis(model, text, nlp=nlp, min_arcs=args.min_arcs, model_name=_display_name(args.model))
+    if args.out:
+        from .render import write_file
+        out = Path(args.out)
+        json_path = out.with_suffix(".json") if out.suffix != ".json" else out
+        if out.suffix != ".json":
+            write_file(out, report.to_markdown())
+        write_file(json_path, report.to_json())
+        print(f"wrote {out}" + (f" and {json_path}" if json_path != out else ""), file=sys.stderr)
+    print(report.to_json() if args.json else report.to_markdown(), end="" if not args.json else "\n")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("heads", help="see what attention heads look at: views, head roles, heads vs syntax",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                       description="Without --report/--syntax: write an interactive page (head view, model view, "
+                                   "word level, sink-aware, side by side with --compare) and/or one head's map.")
+    p.add_argument("text", nargs="?", help="text to look at (or - / omitted for stdin)")
+    p.add_argument("-f", "--file", help="read the text from FILE")
+    p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
+    p.add_argument("--compare", metavar="M2", help="a second model shown side by side on the same text")
+    p.add_argument("-o", "--out", help="the HTML page to write (default heads.html); with --syntax, the Markdown "
+                                       "table (a .json is written next to it)")
+    p.add_argument("--png", nargs=2, metavar=("LAYER.HEAD", "OUT.png"), help="write one head's map as PNG")
+    p.add_argument("--svg", nargs=2, metavar=("LAYER.HEAD", "OUT.svg"), help="write one head's map as SVG with token labels")
+    p.add_argument("--word-level", action="store_true", help="PNG/SVG: words instead of pieces")
+    p.add_argument("--hide-sinks", action="store_true", help="PNG/SVG: drop attention to the first token and "
+                                                           "[CLS]/[SEP]/eos, renormalise rows")
+    p.add_argument("--report", metavar="OUT_DIR", help="label every head (previous/next token, sink, delimiter, broad, "
+                                                     "duplicate, induction); TEXT/-f give the text (default: a sample)")
+    p.add_argument("--syntax", metavar="FILE", help="heads vs dependency syntax on FILE (Clark et al. 2019); "
+                                                   "needs pip install 'clozelm[syntax]'")
+    p.add_argument("--min-arcs", type=int, default=10, help="--syntax: leave out relations with fewer arcs (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="--report/--syntax: print JSON")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> None:
+    for name in ("png", "svg"):
+        spec = getattr(args, name)
+        if spec:
+            try:
+                setattr(args, name, (_layer_head(spec[0]), spec[1]))
+            except argparse.ArgumentTypeError as error:
+                raise ClozelmError(f"--{name}: {error}") from None
+    if args.report and args.syntax:
+        raise ClozelmError("--report and --syntax are separate runs; give one of them")
+    cmd_heads(args)
