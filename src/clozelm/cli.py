@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import ClozelmError
 
 # Modules that contribute subcommands: each has add_parser(subparsers) setting `func` on its parser.
-COMMAND_MODULES = ["clozelm.cli", "clozelm.training.cli", "clozelm.heads.cli"]
+COMMAND_MODULES = ["clozelm.cli", "clozelm.training.cli", "clozelm.heads.cli", "clozelm.server.cli"]
 
 EPILOG = """examples:
   clozelm fill "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a ___."

@@ -1,0 +1,65 @@
+"""`clozelm serve`: the local page and its JSON API (docs/api.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ClozelmError
+
+EPILOG = """examples:
+  clozelm serve                                   default vs default-bert on http://127.0.0.1:8765/
+  clozelm serve --model default-fim --compare none --port 9000
+  clozelm serve --model my-gpt2/ --compare my-bert/ --timeout 120
+
+The server answers only on this machine unless --host says otherwise. Ctrl-C stops it.
+"""
+
+
+def cmd_serve(args) -> None:
+    from ..loading import cached_load
+    from .app import Limits, make_server, model_label
+    if not 0 <= args.port <= 65535:
+        raise ClozelmError(f"--port must be from 0 to 65535, got {args.port}")
+    for flag, value, low in (("--timeout", args.timeout, 1), ("--workers", args.workers, 1),
+                             ("--queue", args.queue, 1), ("--max-text", args.max_text, 1)):
+        if value < low:
+            raise ClozelmError(f"{flag} must be at least {low}, got {value}")
+    names = [args.model]
+    if args.compare and args.compare.lower() != "none" and args.compare != args.model:
+        names.append(args.compare)
+    models = {name: cached_load(name) for name in names}
+    limits = Limits(timeout=args.timeout, workers=args.workers, queue_size=args.queue, max_text=args.max_text)
+    server = make_server(models, host=args.host, port=args.port, limits=limits, quiet=args.quiet)
+    try:
+        if server.allowed_hosts is None:
+            print(f"clozelm: note: serving on {args.host}: anyone who can reach this machine can use the models",
+                  file=sys.stderr)
+        who = " vs ".join(model_label(n) for n in names)
+        print(f"clozelm: serving {who} on {server.url} (Ctrl-C to stop)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("clozelm: stopped", file=sys.stderr)  # Ctrl-C is how a server is meant to stop: exit 0
+    finally:
+        server.server_close()
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page: fill with two models side by side, generate, attention heads",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                       description="Serve one page and the JSON API it uses (see docs/api.md): fill hidden words with "
+                                   "two models side by side, stream a continuation, look at attention heads.")
+    p.add_argument("--model", default="default", help="embedded name or model directory (default: %(default)s)")
+    p.add_argument("--compare", default="default-bert", metavar="M2",
+                   help="a second model shown beside the first; 'none' for one model (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take, waiting included "
+                                                               "(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="threads running models (default: %(default)s)")
+    p.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker before the server "
+                                                        "answers 503 (default: %(default)s)")
+    p.add_argument("--max-text", type=int, default=4000, help="longest text accepted, in characters "
+                                                              "(default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no request log on stderr")
+    p.set_defaults(func=cmd_serve)
