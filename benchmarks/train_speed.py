@@ -1,0 +1,169 @@
+"""Training throughput: clozelm's default CPU setting vs transformers' GPT2LMHeadModel in fp32.
+
+One optimizer step = forward + backward + gradient clipping + AdamW, on the same batches for both sides,
+measured interleaved (A B A B ...) so slow phases of a shared machine hit both alike. Both models start from
+the same weights (transformers' random init, copied into clozelm through save_pretrained + clozelm.load),
+use the same dropout (0.1 = GPT2Config's default), the same AdamW hyperparameters and decay groups, and
+the same learning-rate warm-up; after the loss-check steps their losses must agree within 1%.
+
+    clozelm    bf16 autocast, fused AdamW (what `clozelm train` does on CPU by default)
+    reference  transformers GPT2LMHeadModel, fp32, torch AdamW with its default implementation
+
+Shapes: "default" = 6 layers x 384, 6 heads, vocab 8192, seq 256, batch 16 (the embedded default model);
+"124M" = GPT-2 small (12 x 768, vocab 50257), seq 256, batch 8. Tokens come from the embedded default
+tokenizer over data/corpus when present (else random ids).
+
+    python benchmarks/train_speed.py            # both shapes; 50 loss-check steps on the default shape
+    python benchmarks/train_speed.py --quick    # a short run (half batches, 8 steps; 124M timed on 3)
+    python benchmarks/train_speed.py --compile  # also torch.compile clozelm's model
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import clozelm
+from clozelm.training.objectives import loss_sum
+from clozelm.training.trainer import TrainConfig, autocast, lr_at, make_optimizer
+
+SHAPES = {
+    "default": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, seq=256, batch=16),
+    "124M": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, seq=256, batch=8),
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def token_stream(n_tokens: int, vocab: int, seed: int = 0) -> np.ndarray:
+    corpus = ROOT / "data" / "corpus" / "train"
+    files = sorted(corpus.glob("*.txt")) if corpus.is_dir() else []
+    if files:
+        tok = clozelm.load("default").tokenizer
+        ids = []
+        for f in files:
+            text = f.read_text(encoding="utf-8")[: n_tokens * 6 // len(files) + 1000]
+            ids += tok.encode(text) + [tok.eos_id]
+        if len(ids) >= n_tokens:
+            return np.array(ids[:n_tokens]) % vocab
+    return np.random.default_rng(seed).integers(0, vocab, n_tokens)
+
+
+def models(shape: dict, dropout: float):
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=shape["vocab_size"], n_positions=max(1024, shape["seq"]),
+                                  n_embd=shape["n_embd"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+                                  resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    hf = transformers.GPT2LMHeadModel(cfg)
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = clozelm.load(d, tokenizer=False)
+    assert ours.config.dropout == dropout
+    return hf.train(), ours.train()
+
+
+def hf_optimizer(hf, cfg: TrainConfig):
+    decay = [p for n, p in hf.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
+    other = [p for n, p in hf.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+
+
+def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout: float, compile: bool):
+    cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0)
+    hf, ours = models(shape, dropout)
+    hf_opt = hf_optimizer(hf, cfg)
+    our_opt = make_optimizer(ours, cfg, torch.device("cpu"))
+    forward = torch.compile(ours) if compile else ours
+    B, T = shape["batch"], shape["seq"]
+    n_steps = max(loss_steps, timed_steps)
+    stream = token_stream(n_steps * B * (T + 1) + 1, shape["vocab_size"])
+    batches = torch.from_numpy(stream[: n_steps * B * (T + 1)].reshape(n_steps, B, T + 1)).long()
+
+    def step_ours(i, w):
+        for g in our_opt.param_groups:
+            g["lr"] = lr_at(cfg, i)
+        x, y = w[:, :-1], w[:, 1:]
+        with autocast("bf16", torch.device("cpu")):
+            logits = forward(x).logits
+        s, count = loss_sum(logits, y)
+        loss = s / count
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ours.parameters(), cfg.grad_clip)
+        our_opt.step()
+        our_opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def step_hf(i, w):
+        for g in hf_opt.param_groups:
+            g["lr"] = lr_at(cfg, i)
+        x, y = w[:, :-1], w[:, 1:]
+        logits = hf(input_ids=x).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.grad_clip)
+        hf_opt.step()
+        hf_opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    times = {"clozelm": [], "transformers": []}
+    losses = {"clozelm": [], "transformers": []}
+    for i in range(n_steps):
+        w = batches[i]
+        order = [("clozelm", step_ours), ("transformers", step_hf)]
+        if i % 2:
+            order.reverse()  # A B, B A, ...: neither side always runs right after the other
+        for side, fn in order:
+            t0 = time.perf_counter()
+            losses[side].append(fn(i, w))
+            times[side].append(time.perf_counter() - t0)
+        print(f"  {name} step {i + 1}/{n_steps}: clozelm {losses['clozelm'][-1]:.4f} ({times['clozelm'][-1]:.2f}s)  "
+              f"transformers {losses['transformers'][-1]:.4f} ({times['transformers'][-1]:.2f}s)", flush=True)
+    tokens = B * T
+    skip = 1 if n_steps > 2 else 0  # the first step pays one-time costs (allocation, compilation)
+    rate = {side: tokens / statistics.median(t[skip:]) for side, t in times.items()}
+    print(f"{name}: clozelm {rate['clozelm']:,.0f} tok/s, transformers fp32 {rate['transformers']:,.0f} tok/s, "
+          f"ratio x{rate['clozelm'] / rate['transformers']:.2f} (batch {B} x {T}, dropout {dropout})")
+    if loss_steps:
+        a, b = losses["clozelm"][loss_steps - 1], losses["transformers"][loss_steps - 1]
+        rel = abs(a - b) / b
+        print(f"{name}: loss after {loss_steps} steps: clozelm {a:.4f}, transformers {b:.4f}, "
+              f"relative difference {rel:.2%} ({'OK' if rel < 0.01 else 'MORE THAN 1%'})")
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short run: half batches, 8 loss-check steps, 124M timed on 3 steps")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--dropout", type=float, default=0.1, help="on both sides (default 0.1, GPT2Config's)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile clozelm's model")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, help="sequences per step (default: 16 for default, 8 for 124M; half with --quick)")
+    ap.add_argument("--loss-steps", type=int, help="steps before comparing losses on the default shape (default 50; 8 with --quick)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in args.shapes:
+        shape = dict(SHAPES[name])
+        if args.quick:  # half the batch: a minute or two on a shared 2-core machine
+            shape["batch"] //= 2
+        if args.batch:
+            shape["batch"] = args.batch
+        if name == "default":
+            loss_steps = args.loss_steps or (8 if args.quick else 50)
+            run_shape(name, shape, loss_steps, loss_steps, args.dropout, args.compile)
+        else:
+            run_shape(name, shape, 0, 3 if args.quick else 5, args.dropout, args.compile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Training objectives: each turns a window of corpus tokens into (input ids, labels) for one example.
+
+    clm  next-token prediction (GPT-2). Window of T+1 tokens: input = w[:-1], labels = w[1:].
+    mlm  BERT masking. Window of T tokens; exactly round(15%) of the non-special tokens of each
+         sequence (at least one) are chosen; each chosen token independently becomes [MASK] with
+         probability 0.8, a random ordinary token with 0.1, or stays itself with 0.1. Labels are the
+         original ids at the chosen positions and IGNORE (-100) elsewhere, so the loss covers only them.
+    fim  fill-in-the-middle (Bavarian et al. 2022) for a causal model, applied at the context level:
+         the window of T+1 tokens is cut into its documents at the separator token, and each
+         document independently, with probability `fim_rate` (0.5), is split into prefix/middle/suffix
+         at two cut points drawn uniformly over its *token* boundaries and reordered as
+             PSM  <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle [separator]
+             SPM  <|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix middle [separator]
+         (SPM with probability `spm_rate` (0.5), in the paper's appendix-D form, where prefix runs
+         straight into middle). The three sentinels make the sequence 3 tokens longer per FIM
+         document; it is truncated back to T+1 tokens, as in the paper. Then as clm, loss on every token.
+         Why token-level cut points: the shards are already tokenized, and re-tokenizing each sample to
+         cut at characters would cost more than the model step on this CPU; it also matches how
+         clozelm's FIM fill encodes the text left and right of a blank separately. The price is that
+         the model never sees a cut inside a token.
+
+Every example draws from its own numpy Generator, seeded by (run seed, example number), so a batch is a
+pure function of the seed and the position in the data: resuming, or splitting a batch over DDP ranks,
+yields the same examples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ClozelmError
+from .data import separator_id
+
+IGNORE = -100
+OBJECTIVES = ("clm", "mlm", "fim")
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+MASK_NAMES = ("<|mask|>", "[MASK]", "<mask>")
+
+
+class Objective:
+    name = ""
+    extra_tokens = 0  # a window holds seq_len + extra_tokens corpus tokens
+    causal = True
+
+    def example(self, window: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def batch(self, windows: list[np.ndarray], rngs: list[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [B, T] and labels [B, T] (IGNORE where there is nothing to predict)."""
+        pairs = [self.example(w, r) for w, r in zip(windows, rngs)]
+        inputs = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.int64))
+        labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+        return inputs, labels
+
+
+class CausalLM(Objective):
+    name = "clm"
+    extra_tokens = 1
+
+    def example(self, window, rng):
+        return window[:-1], window[1:]
+
+
+class MaskedLM(Objective):
+    name = "mlm"
+    causal = False
+
+    def __init__(self, vocab_size: int, special_ids, mask_id: int, mask_rate: float = 0.15):
+        self.mask_id, self.mask_rate = mask_id, mask_rate
+        self.special = np.zeros(vocab_size, dtype=bool)
+        self.special[list(special_ids)] = True
+        self.ordinary = np.flatnonzero(~self.special)  # the "random token" replacements are never specials
+
+    def choose(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Positions to predict: exactly round(mask_rate * non-special) of them, at least one."""
+        candidates = np.flatnonzero(~self.special[window])
+        if len(candidates) == 0:
+            return candidates
+        n = max(1, int(self.mask_rate * len(candidates) + 0.5))
+        return np.sort(rng.choice(candidates, size=n, replace=False))
+
+    def example(self, window, rng):
+        chosen = self.choose(window, rng)
+        inputs = window.copy()
+        labels = np.full_like(window, IGNORE)
+        labels[chosen] = window[chosen]
+        action = rng.random(len(chosen))
+        to_mask = chosen[action < 0.8]
+        to_random = chosen[(action >= 0.8) & (action < 0.9)]
+        inputs[to_mask] = self.mask_id
+        inputs[to_random] = rng.choice(self.ordinary, size=len(to_random))
+        return inputs, labels
+
+
+class FillInMiddle(Objective):
+    name = "fim"
+    extra_tokens = 1
+
+    def __init__(self, prefix_id: int, suffix_id: int, middle_id: int, sep_id: int,
+                 fim_rate: float = 0.5, spm_rate: float = 0.5):
+        self.pre, self.suf, self.mid, self.sep = prefix_id, suffix_id, middle_id, sep_id
+        self.fim_rate, self.spm_rate = fim_rate, spm_rate
+
+    def permute(self, body: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One document (without its separator) in FIM order; cut points uniform over token boundaries."""
+        a, b = np.sort(rng.integers(0, len(body) + 1, size=2))
+        prefix, middle, suffix = body[:a], body[a:b], body[b:]
+        s = np.array
+        if rng.random() < self.spm_rate:
+            return np.concatenate([s([self.pre, self.suf]), suffix, s([self.mid]), prefix, middle])
+        return np.concatenate([s([self.pre]), prefix, s([self.suf]), suffix, s([self.mid]), middle])
+
+    def transform(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The window with FIM applied per document, before truncation (longer than the window)."""
+        ends = np.flatnonzero(window == self.sep) + 1  # each document ends just after its separator
+        pieces, start = [], 0
+        for end in [*ends.tolist(), len(window)]:
+            if end <= start:
+                continue
+            doc = window[start:end]
+            has_sep = doc[-1] == self.sep
+            body = doc[:-1] if has_sep else doc
+            if len(body) and rng.random() < self.fim_rate:
+                pieces.append(self.permute(body, rng))
+                if has_sep:
+                    pieces.append(doc[-1:])
+            else:
+                pieces.append(doc)
+            start = end
+        return np.concatenate(pieces)
+
+    def example(self, window, rng):
+        seq = self.transform(window, rng)[:len(window)]
+        return seq[:-1], seq[1:]
+
+
+def make_objective(name: str, tok, vocab_size: int, fim_rate: float = 0.5, spm_rate: float = 0.5,
+                   mask_rate: float = 0.15) -> Objective:
+    """The objective `name` for tokenizer `tok`; a clear error when the tokenizer lacks a token it needs."""
+    if name not in OBJECTIVES:
+        raise ClozelmError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    specials = dict(getattr(tok, "special_tokens", {}))
+    source = getattr(tok, "source", "the tokenizer")
+    sep = separator_id(tok)
+    if sep is None:
+        raise ClozelmError(f"tokenizer {source} lacks a document separator: add <|endoftext|> to its special tokens")
+    if name == "clm":
+        return CausalLM()
+    if name == "mlm":
+        mask = getattr(tok, "mask_id", None)
+        if mask is None:
+            mask = next((specials[m] for m in MASK_NAMES if m in specials), None)
+        if mask is None:
+            raise ClozelmError(f"tokenizer {source} lacks a mask token needed by --objective mlm "
+                               f"(one of {', '.join(MASK_NAMES)}); retrain it with --special '<|mask|>'")
+        return MaskedLM(vocab_size, specials.values(), mask, mask_rate)
+    missing = [t for t in FIM_TOKENS if t not in specials]
+    if missing:
+        raise ClozelmError(f"tokenizer {source} lacks special token(s) {', '.join(missing)} needed by --objective fim; "
+                           f"retrain it with --special for each")
+    return FillInMiddle(*(specials[t] for t in FIM_TOKENS), sep_id=sep, fim_rate=fim_rate, spm_rate=spm_rate)
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over labelled positions, their count). Summing, not averaging, lets the
+    trainer divide by the count of the whole global batch, so accumulation and DDP splits agree exactly."""
+    labels = labels.reshape(-1)
+    keep = labels != IGNORE
+    logits = logits.reshape(-1, logits.size(-1))
+    if not bool(keep.all()):  # MLM: only ~15% of positions count, so skip the rest of the softmax
+        logits, labels = logits[keep], labels[keep]
+    return F.cross_entropy(logits.float(), labels, reduction="sum"), keep.sum()

@@ -1,0 +1,44 @@
+"""DDP: `torchrun --nproc_per_node 2 -m clozelm train` (gloo, CPU) follows the same loss curve and ends with the
+same weights as one process with the same global batch. fp32, so the only differences are float summation order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_training import TINY, bpe_dir, corpus, losses  # noqa: F401  (fixtures)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path, corpus, bpe_dir):  # noqa: F811
+    common = ["train", corpus, "--tokenizer", bpe_dir, *TINY, "--steps", "6", "--precision", "fp32", "--seed", "5",
+              "--dropout", "0", "--eval-every", "3"]
+    common = [str(a) for a in common]
+    single = subprocess.Popen([sys.executable, "-m", "clozelm", *common, "--out", str(tmp_path / "single"),
+                               "--batch-size", "8"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Per rank: 2 sequences x 2 accumulation steps; x 2 ranks = the single run's 8 sequences per step.
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "clozelm", *common, "--out", str(tmp_path / "ddp"), "--batch-size", "2", "--grad-accum", "2"],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    out, err = single.communicate(timeout=120)
+    assert single.returncode == 0, err
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stderr.count("done: 6 steps") == 1  # only rank 0 reports and writes
+
+    a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), (step, a[step], b[step])
+    wa = load_file(tmp_path / "single" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "ddp" / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=0), (k, (wa[k] - wb[k]).abs().max())
+    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    assert len(state["rng_cpu"]) == 2 and state["train_config"]["world_size"] == 2

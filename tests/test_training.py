@@ -1,0 +1,466 @@
+"""clozelm train: token shards, the three objectives, the loop, checkpoints (real SIGKILL + resume),
+Ctrl-C, NaN stop, CLI errors. Tiny models (2 layers x 32) on a generated corpus, so it all runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import clozelm
+from clozelm.cli import main
+from clozelm.errors import ClozelmError
+from clozelm.tokenizers import load_tokenizer, train_bpe
+from clozelm.training.data import CorpusFiles, build_token_cache, token_dtype
+from clozelm.training.objectives import IGNORE, make_objective
+from clozelm.training.plot import loss_curve_png
+from clozelm.training.trainer import TrainConfig, lr_at
+
+SPECIALS = ["<|endoftext|>", "<|mask|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+TINY = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--n-positions", "32", "--batch-size", "4",
+        "--no-progress"]
+# One thread: with other work on the machine, OpenMP threads that spin-wait for each other slow tiny models 10x.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+ADJ = "big small red green quick lazy old young happy sad".split()
+NOUN = "cat dog bird fox horse mouse king queen farmer baker".split()
+VERB = "sees chases likes finds meets follows helps calls".split()
+PLACE = "river hill barn garden market castle".split()
+
+
+def documents(n: int, seed: int = 0) -> list[str]:
+    """Little documents from a toy grammar: real structure for a tiny model to learn quickly."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        sentences = [f"The {rng.choice(ADJ)} {rng.choice(NOUN)} {rng.choice(VERB)} the {rng.choice(ADJ)} "
+                     f"{rng.choice(NOUN)} near the {rng.choice(PLACE)}." for _ in range(rng.randint(3, 8))]
+        docs.append(" ".join(sentences))
+    return docs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "a.txt").write_text("\n\n".join(documents(200, seed=1)) + "\n", encoding="utf-8")
+    (root / "b.txt").write_text("\n\n".join(documents(200, seed=2)) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory, corpus) -> Path:
+    out = tmp_path_factory.mktemp("bpe")
+    train_bpe(sorted(corpus.glob("*.txt")), 320, special_tokens=SPECIALS).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(bpe_dir):
+    return load_tokenizer(bpe_dir)
+
+
+def cli(argv, capsys) -> tuple[int, str]:
+    """`clozelm train ARGV` in this process: (exit status, stderr)."""
+    rc = main(["train", *map(str, argv)])
+    return rc, capsys.readouterr().err
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run: Path) -> dict[int, float]:
+    out = {}
+    for r in metrics(run):
+        if "loss" in r:
+            assert r["step"] not in out, f"step {r['step']} logged twice"
+            out[r["step"]] = r["loss"]
+    return out
+
+
+def child(argv, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clozelm", *map(str, argv)], env={**CHILD_ENV, **kw.pop("env", {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for_line(proc: subprocess.Popen, marker: str, timeout: float = 90) -> list[str]:
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if marker in line:
+                return seen
+    finally:
+        timer.cancel()
+    raise AssertionError(f"{marker!r} never appeared; stderr:\n{''.join(seen)}")
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_token_cache_shards_split_and_reuse(tmp_path, corpus, tok):
+    logs = []
+    corpus_files = CorpusFiles(sorted(corpus.glob("*.txt")), None, valid_every=10)
+    data = build_token_cache(tmp_path / "tokens", corpus_files, tok, log=logs.append)
+    assert data.meta["dtype"] == token_dtype(tok.vocab_size).str == "<u2"
+    assert isinstance(data.train.shards[0], np.memmap)
+    assert data.meta["documents"] == {"train": 360, "valid": 40}  # every 10th of 400 documents
+    eot = tok.special_tokens["<|endoftext|>"]
+    train = np.concatenate(data.train.shards)
+    assert int((train == eot).sum()) == 360 and train[-1] == eot
+    docs = documents(200, seed=1) + documents(200, seed=2)
+    first_train_doc = tok.decode(train[:int(np.argmax(train == eot))].tolist())
+    assert first_train_doc == docs[1]  # document 0 went to the held-out split
+    valid = np.concatenate(data.valid.shards)
+    assert tok.decode(valid[:int(np.argmax(valid == eot))].tolist()) == docs[0]
+
+    again = build_token_cache(tmp_path / "tokens", corpus_files, tok, log=logs.append)
+    assert again.key == data.key and sum("tokenizing" in m for m in logs) == 1  # reused, not re-tokenized
+    other = build_token_cache(tmp_path / "tokens", CorpusFiles(corpus_files.train, None, 20), tok, log=logs.append)
+    assert other.key != data.key
+
+
+def test_windows_cover_every_token_once(tmp_path, corpus, tok):
+    data = build_token_cache(tmp_path / "t", CorpusFiles([corpus / "a.txt"], None, 0), tok, log=lambda m: None)
+    w = data.train.windows(33, 32)  # causal: T+1 tokens, stride T
+    tokens = np.asarray(data.train.shards[0])
+    assert len(w) == (len(tokens) - 33) // 32 + 1
+    assert np.array_equal(w[1], tokens[32:65]) and w[0][-1] == w[1][0]
+
+
+# ---------------------------------------------------------------- objectives
+
+
+def test_clm_batch_is_shifted(tok):
+    obj = make_objective("clm", tok, tok.vocab_size)
+    window = np.arange(10, 43)
+    x, y = obj.batch([window], [np.random.default_rng(0)])
+    assert x.shape == y.shape == (1, 32)
+    assert torch.equal(x[0], torch.arange(10, 42)) and torch.equal(y[0], torch.arange(11, 43))
+
+
+def test_mlm_exact_rate_and_80_10_10(tok):
+    obj = make_objective("mlm", tok, tok.vocab_size)
+    special = set(tok.special_tokens.values())
+    mask = tok.special_tokens["<|mask|>"]
+    rng = np.random.default_rng(0)
+    ordinary = np.array(sorted(set(range(tok.vocab_size)) - special))
+    counts = {"mask": 0, "random": 0, "same": 0}
+    for i in range(2000):
+        window = rng.choice(ordinary, size=64)
+        window[rng.choice(64, size=rng.integers(0, 6), replace=False)] = tok.special_tokens["<|endoftext|>"]
+        x, y = obj.example(window, np.random.default_rng([5, i]))
+        chosen = np.flatnonzero(y != IGNORE)
+        n_ordinary = int(sum(t not in special for t in window))
+        assert len(chosen) == max(1, int(0.15 * n_ordinary + 0.5))  # exactly 15%, rounded
+        assert not any(window[chosen[k]] in special for k in range(len(chosen)))  # specials never chosen
+        assert np.array_equal(y[chosen], window[chosen])
+        assert np.array_equal(x[y == IGNORE], window[y == IGNORE])  # the rest untouched
+        for p in chosen:
+            if x[p] == mask:
+                counts["mask"] += 1
+            elif x[p] == window[p]:
+                counts["same"] += 1
+            else:
+                counts["random"] += 1
+                assert x[p] not in special
+    total = sum(counts.values())
+    assert abs(counts["mask"] / total - 0.8) < 0.015
+    # "same" also catches random draws that hit the original token (1 in ~315 here)
+    assert abs(counts["random"] / total - 0.1) < 0.01 and abs(counts["same"] / total - 0.1) < 0.01
+
+
+def test_mlm_at_least_one_and_none_without_ordinary_tokens(tok):
+    obj = make_objective("mlm", tok, tok.vocab_size)
+    eot = tok.special_tokens["<|endoftext|>"]
+    window = np.array([eot] * 30 + [100, 101])
+    x, y = obj.example(window, np.random.default_rng(0))
+    assert int((y != IGNORE).sum()) == 1
+    x, y = obj.example(np.full(32, eot), np.random.default_rng(0))
+    assert int((y != IGNORE).sum()) == 0
+
+
+def _unfim(seq, pre, suf, mid):
+    """Invert one FIM document: PSM or SPM back to the original order."""
+    seq = list(seq)
+    assert seq[0] == pre
+    if seq[1] == suf:  # SPM: pre suf S mid P M
+        m = seq.index(mid)
+        suffix, rest = seq[2:m], seq[m + 1:]
+        return rest + suffix, "spm"  # (prefix + middle) + suffix
+    s, m = seq.index(suf), seq.index(mid)
+    return seq[1:s] + seq[m + 1:] + seq[s + 1:m], "psm"
+
+
+def test_fim_sentinels_and_reconstructable_order(tok):
+    obj = make_objective("fim", tok, tok.vocab_size)
+    pre, suf, mid = (tok.special_tokens[t] for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
+    eot = tok.special_tokens["<|endoftext|>"]
+    rng = np.random.default_rng(1)
+    modes = {"psm": 0, "spm": 0, "plain": 0}
+    for i in range(1500):
+        docs = [rng.integers(0, 200, size=rng.integers(1, 20)) for _ in range(3)]
+        window = np.concatenate([np.append(d, eot) for d in docs] + [rng.integers(0, 200, size=5)])  # last doc cut
+        out = obj.transform(window, np.random.default_rng([9, i]))
+        # Split at separators and undo each document's reordering.
+        pieces, start = [], 0
+        for end in [*(np.flatnonzero(out == eot) + 1).tolist(), len(out)]:
+            pieces.append(out[start:end])
+            start = end
+        originals = [np.append(d, eot) for d in docs] + [window[-5:]]
+        assert len(pieces) == len(originals)
+        for got, want in zip(pieces, originals):
+            body, tail = (got[:-1], [eot]) if got[-1] == eot else (got, [])
+            if len(body) and body[0] == pre:
+                restored, mode = _unfim(body, pre, suf, mid)
+                modes[mode] += 1
+                assert restored + tail == list(want)
+            else:
+                modes["plain"] += 1
+                assert list(got) == list(want)
+        x, y = obj.example(window, np.random.default_rng([9, i]))
+        assert len(x) == len(y) == len(window) - 1  # truncated back to the window
+        assert np.array_equal(x[1:], y[:-1])
+    fim = modes["psm"] + modes["spm"]
+    assert abs(fim / (fim + modes["plain"]) - 0.5) < 0.03
+    # PSM with an empty prefix reads like SPM, so measure the SPM share on long documents.
+    body = np.arange(1000)
+    spm = sum(obj.permute(body, np.random.default_rng([3, i]))[1] == suf for i in range(2000))
+    assert abs(spm / 2000 - 0.5) < 0.04
+
+
+def test_missing_special_tokens_are_named(tmp_path, corpus):
+    plain = train_bpe([corpus / "a.txt"], 280, special_tokens=["<|endoftext|>"])
+    with pytest.raises(ClozelmError, match=r"<\|fim_prefix\|>, <\|fim_suffix\|>, <\|fim_middle\|>"):
+        make_objective("fim", plain, plain.vocab_size)
+    with pytest.raises(ClozelmError, match="mask token"):
+        make_objective("mlm", plain, plain.vocab_size)
+
+
+# ---------------------------------------------------------------- schedule, plot
+
+
+def test_warmup_then_cosine():
+    cfg = TrainConfig(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 60) == pytest.approx(0.55)
+    assert lr_at(cfg, 110) == pytest.approx(0.1)
+    values = [lr_at(cfg, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_loss_curve_png_is_a_valid_png():
+    png = loss_curve_png([(s, 5 / s ** 0.3) for s in range(1, 200)], [(50, 2.9), (100, 2.5), (199, 2.4)], 400, 300)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", png[8:16])
+    assert kind == b"IHDR" and struct.unpack(">II", png[16:24]) == (400, 300)
+    idat = png.index(b"IDAT")
+    size = struct.unpack(">I", png[idat - 4:idat])[0]
+    raw = zlib.decompress(png[idat + 4: idat + 4 + size])
+    assert len(raw) == 300 * (1 + 400 * 3)
+    assert len(set(raw)) > 5  # something was drawn
+
+
+# ---------------------------------------------------------------- the loop, in process
+
+
+def test_loss_decreases_and_model_loads(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "run"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "60", "--lr", "3e-3",
+                   "--eval-every", "20", "--precision", "fp32"], capsys)
+    assert rc == 0, err
+    loss = losses(run)
+    assert sorted(loss) == list(range(1, 61))
+    assert np.mean([loss[s] for s in range(51, 61)]) < 0.6 * np.mean([loss[s] for s in range(1, 6)])
+    vals = [r["val_loss"] for r in metrics(run) if "val_loss" in r]
+    assert len(vals) == 3 and vals[-1] < vals[0]
+    for name in ("checkpoint.pt", "metrics.csv", "loss_curve.png", "run.json"):
+        assert (run / name).is_file()
+    assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    model = clozelm.load(run / "model")
+    assert model.config.causal and model.config.extra["objective"] == "clm"
+    assert model.tokenizer is not None and model.tokenizer.vocab_size == 320
+    text = model.generate("The big cat", max_new_tokens=8)
+    assert isinstance(text, str)
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path, corpus, bpe_dir, capsys):
+    common = [corpus, "--tokenizer", bpe_dir, *TINY, "--steps", "6", "--precision", "fp32", "--seed", "4"]
+    rc, err = cli([*common, "--out", tmp_path / "big", "--batch-size", "8"], capsys)
+    assert rc == 0, err
+    rc, err = cli([*common, "--out", tmp_path / "acc", "--batch-size", "4", "--grad-accum", "2"], capsys)
+    assert rc == 0, err
+    a, b = losses(tmp_path / "big"), losses(tmp_path / "acc")
+    assert a.keys() == b.keys()
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=1e-5, abs=1e-6)
+    wa, wb = (load_file(tmp_path / r / "model" / "model.safetensors") for r in ("big", "acc"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_same_seed_same_run(tmp_path, corpus, bpe_dir, capsys):
+    common = [corpus, "--tokenizer", bpe_dir, *TINY, "--steps", "4", "--dropout", "0.1", "--seed", "7"]
+    assert cli([*common, "--out", tmp_path / "r1"], capsys)[0] == 0
+    assert cli([*common, "--out", tmp_path / "r2"], capsys)[0] == 0
+    assert losses(tmp_path / "r1") == losses(tmp_path / "r2")
+
+
+def test_mlm_run_gives_a_bert_model(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "bert"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "mlm", "--steps", "30",
+                   "--lr", "3e-3", "--precision", "fp32"], capsys)
+    assert rc == 0, err
+    cfg = clozelm.load(run / "model").config
+    assert (cfg.causal, cfg.pre_ln, cfg.head) == (False, False, "mlm")
+    loss = losses(run)
+    assert np.mean([loss[s] for s in range(26, 31)]) < np.mean([loss[s] for s in range(1, 6)])
+
+
+def test_fim_run_then_finetune_with_init(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "fim"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "fim", "--steps", "8"], capsys)
+    assert rc == 0, err
+    assert clozelm.load(run / "model").config.extra["objective"] == "fim"
+    tuned = tmp_path / "tuned"
+    rc, err = cli([corpus / "a.txt", "--init", run / "model", "--out", tuned, "--steps", "3", "--batch-size", "2",
+                   "--no-progress"], capsys)
+    assert rc == 0, err
+    tuned_model = clozelm.load(tuned / "model")
+    assert tuned_model.config.extra["objective"] == "fim" and tuned_model.config.n_embd == 32
+    start = load_file(run / "model" / "model.safetensors")
+    assert not torch.equal(start["transformer.wte.weight"], load_file(tuned / "model" / "model.safetensors")["transformer.wte.weight"])
+
+
+# ---------------------------------------------------------------- CLI errors
+
+
+def _one_line_error(rc, err, *words):
+    """Exit status 2 and one `clozelm: error:` line (the last; progress notes may come before it), no traceback."""
+    lines = [line for line in err.strip().splitlines() if line]
+    assert rc == 2, err
+    errors = [line for line in lines if line.startswith("clozelm: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    for w in words:
+        assert w in errors[0], err
+
+
+def test_non_utf8_file_is_named_or_skipped(tmp_path, corpus, bpe_dir, capsys):
+    bad = tmp_path / "in" / "latin1.txt"
+    bad.parent.mkdir()
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "in" / "good.txt").write_text((corpus / "a.txt").read_text())
+    rc, err = cli([tmp_path / "in", "--tokenizer", bpe_dir, "--out", tmp_path / "run", *TINY, "--steps", "1"], capsys)
+    _one_line_error(rc, err, "latin1.txt", "not UTF-8", "--skip-bad-files")
+    rc, err = cli([tmp_path / "in", "--tokenizer", bpe_dir, "--out", tmp_path / "run2", *TINY, "--steps", "1",
+                   "--skip-bad-files"], capsys)
+    assert rc == 0 and "warning: skipping" in err and "latin1.txt" in err
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02ELF")
+    rc, err = cli([tmp_path / "bin.dat", "--tokenizer", bpe_dir, "--out", tmp_path / "run3", *TINY], capsys)
+    _one_line_error(rc, err, "bin.dat", "binary")
+
+
+def test_missing_tokenizer_tokens_cli(tmp_path, corpus, capsys):
+    plain = tmp_path / "plain-bpe"
+    train_bpe([corpus / "a.txt"], 280, special_tokens=["<|endoftext|>"]).save(plain)
+    rc, err = cli([corpus, "--tokenizer", plain, "--out", tmp_path / "run", *TINY, "--objective", "fim"], capsys)
+    _one_line_error(rc, err, "<|fim_prefix|>", "<|fim_middle|>")
+    assert not (tmp_path / "run").exists()  # nothing created before the check
+    rc, err = cli([corpus, "--out", tmp_path / "run", *TINY], capsys)
+    _one_line_error(rc, err, "--tokenizer")
+
+
+def test_refuses_to_clobber_a_run_dir(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("precious")
+    args = [corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2", "--precision", "fp32"]
+    rc, err = cli(args, capsys)
+    _one_line_error(rc, err, str(run), "--resume", "--overwrite")
+    assert (run / "notes.txt").read_text() == "precious"
+    rc, err = cli([*args, "--overwrite"], capsys)
+    assert rc == 0, err
+    assert not (run / "notes.txt").exists()
+    rc, err = cli(["--out", run, "--resume", "--lr", "0.5"], capsys)
+    _one_line_error(rc, err, "--lr")
+    rc, err = cli(["--out", tmp_path / "nothing", "--resume"], capsys)
+    _one_line_error(rc, err, "no run to resume")
+
+
+# ---------------------------------------------------------------- never lose work (real processes)
+
+
+def test_sigkill_then_resume_gives_the_same_run(tmp_path, corpus, bpe_dir):
+    # Dropout on and bf16 autocast (the default): the resumed run must restore RNG state and everything else.
+    common = ["train", corpus, "--tokenizer", bpe_dir, *TINY, "--steps", "24", "--checkpoint-every", "5",
+              "--eval-every", "8", "--dropout", "0.1", "--seed", "11"]
+    straight = child([*common, "--out", tmp_path / "straight"])
+    killed = child([*common, "--out", tmp_path / "killed"], env={"CLOZELM_TEST_PAUSE_AT_STEP": "13"})
+    wait_for_line(killed, "paused at step 13")
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(30) == -signal.SIGKILL
+    assert straight.wait(90) == 0, straight.stderr.read()
+    assert max(losses(tmp_path / "killed")) == 13  # steps 11-13 were done, then lost with the process
+
+    resumed = child(["train", "--resume", "--out", tmp_path / "killed", "--no-progress"])
+    out, err = resumed.communicate(timeout=90)
+    assert resumed.returncode == 0, err
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    assert sorted(a) == sorted(b) == list(range(1, 25))
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
+    val_a = [(r["step"], r["val_loss"]) for r in metrics(tmp_path / "straight") if "val_loss" in r]
+    val_b = [(r["step"], r["val_loss"]) for r in metrics(tmp_path / "killed") if "val_loss" in r]
+    assert [s for s, _ in val_a] == [s for s, _ in val_b] == [8, 16, 24]
+    assert all(abs(x[1] - y[1]) <= 1e-6 for x, y in zip(val_a, val_b))
+    wa = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, corpus, bpe_dir):
+    run = tmp_path / "run"
+    proc = child(["train", corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "50", "--precision", "fp32",
+                  "--checkpoint-every", "100"], env={"CLOZELM_TEST_PAUSE_AT_STEP": "7"})
+    wait_for_line(proc, "paused at step 7")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "--resume" in err
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 7
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "run"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "20", "--lr", "1e30",
+                   "--warmup", "0", "--grad-clip", "0", "--checkpoint-every", "1", "--precision", "fp32"], capsys)
+    _one_line_error(rc, err, "loss is", "last good checkpoint")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    bad_step = max(losses(run)) + 1
+    assert state["step"] == bad_step - 1 >= 1
+    assert f"at step {bad_step}" in err
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (run / "model").exists()
