@@ -1,0 +1,93 @@
+"""Rebuild the embedded default models end to end: corpus -> tokenizer -> three models -> package.
+
+    python scripts/train_defaults.py                      # full budget, resumes where it stopped
+    python scripts/train_defaults.py --steps 20 --batch-size 2 --runs /tmp/try --no-export   # a smoke run
+
+`default` (clm), `default-bert` (mlm) and `default-fim` (fim) share one tokenizer, one shape and one token
+budget (steps x batch x sequence length), so comparing them is fair. Each run resumes from its checkpoint
+when its run directory exists, so the script can be stopped and started again (across sessions too).
+The best checkpoint by validation loss is what `clozelm train` saves as RUN/model; `--export` (default)
+writes it in bf16 with a model card into src/clozelm/defaults/NAME via scripts/export_default.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = [("default", "clm"), ("default-bert", "mlm"), ("default-fim", "fim")]
+SPECIALS = ["<|endoftext|>", "<|pad|>", "<|mask|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+SHAPE = ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--n-positions", "256"]
+
+
+def run(cmd: list[str]) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def clozelm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clozelm", *args]
+
+
+def stats_from_metrics(run_dir: Path, objective: str, hardware: str) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    return {"objective": objective, "tokens_seen": max(r.get("tokens", 0) for r in steps), "steps": steps[-1]["step"],
+            "seconds": max(r.get("elapsed_s", 0) for r in steps), "val_loss": min(r["val_loss"] for r in evals),
+            "trainer": "clozelm train (scripts/train_defaults.py)", "hardware": hardware}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=str(ROOT / "runs" / "defaults"), help="run directories (kept for resuming)")
+    p.add_argument("--corpus", default=str(ROOT / "data" / "corpus"))
+    p.add_argument("--steps", type=int, default=7400, help="optimizer steps per model (default: ~30M tokens)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", default="1e-3")
+    p.add_argument("--threads", default="2")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--only", help="comma-separated subset of default,default-bert,default-fim")
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--hardware", default="2 CPU cores, bf16 autocast")
+    args = p.parse_args()
+    runs, corpus = Path(args.runs), Path(args.corpus)
+    runs.mkdir(parents=True, exist_ok=True)
+
+    if not (corpus / "MANIFEST.json").exists():
+        run([sys.executable, str(ROOT / "scripts" / "build_corpus.py"), "--out", str(corpus)])
+    tokenizer = runs / "tokenizer"
+    if not (tokenizer / "vocab.bpe").exists():
+        specials = [a for s in SPECIALS for a in ("--special", s)]
+        run(clozelm("tokenizer", "train", str(corpus / "train"), "--vocab-size", "8192", *specials, "--out", str(tokenizer)))
+
+    wanted = set(args.only.split(",")) if args.only else {n for n, _ in MODELS}
+    for name, objective in MODELS:
+        if name not in wanted:
+            continue
+        run_dir = runs / name
+        started = time.time()
+        common = ["--out", str(run_dir), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                  "--threads", args.threads, "--device", args.device, "--no-progress", "--log-every", "50"]
+        if (run_dir / "checkpoint.pt").exists():
+            run(clozelm("train", "--resume", *common))
+        else:
+            run(clozelm("train", str(corpus / "train"), "--valid", str(corpus / "valid"), "--tokenizer", str(tokenizer),
+                        "--objective", objective, *SHAPE, "--lr", args.lr, "--warmup", str(max(1, args.steps // 50)),
+                        "--eval-every", str(max(1, args.steps // 40)), "--checkpoint-every", str(max(1, args.steps // 80)),
+                        "--seed", "0", *common))
+        print(f"{name}: {time.time() - started:.0f} s", flush=True)
+        if not args.no_export:
+            stats = runs / f"{name}.stats.json"
+            stats.write_text(json.dumps(stats_from_metrics(run_dir, objective, args.hardware)))
+            run([sys.executable, str(ROOT / "scripts" / "export_default.py"), str(run_dir / "model"), name,
+                 "--stats", str(stats), "--corpus", str(corpus)])
+
+
+if __name__ == "__main__":
+    main()
