@@ -72,8 +72,9 @@ def bf16_agreement(args):
 
     model = clozelm.load(args.bf16_agreement)
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
-    text = Path(args.prompts).read_text(encoding="utf-8")
-    docs = [d.strip() for d in text.split("\n\n") if len(d.strip()) > 200][: args.n_prompts]
+    files = sorted(Path(args.prompts).glob("*.txt")) if Path(args.prompts).is_dir() else [Path(args.prompts)]
+    lines = [line.strip() for f in files for line in f.read_text(encoding="utf-8").splitlines() if len(line) > 150]
+    docs = lines[:: max(1, len(lines) // args.n_prompts)][: args.n_prompts]  # spread over every held-out source
     exact, prefix = 0, []
     for doc in docs:
         ids = model.tokenizer.encode(doc)[:32]
@@ -91,7 +92,7 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--bf16-agreement", metavar="MODEL")
-    p.add_argument("--prompts", default="data/corpus/valid/austen.txt")
+    p.add_argument("--prompts", default="data/corpus/valid", help="held-out text: a file or a folder of .txt")
     p.add_argument("--n-prompts", type=int, default=50)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
