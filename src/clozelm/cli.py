@@ -22,6 +22,8 @@ EPILOG = """examples:
   clozelm fill "The [MASK] sat on the ___." --model default-bert --top 3 --json
   clozelm generate "It was a dark and stormy night" --max-tokens 40 --temperature 0.8 --seed 1
   clozelm models
+  clozelm train corpus/ --tokenizer bpe/ --objective fim --n-layer 6 --n-embd 384 --n-head 6 --out runs/fim
+  clozelm serve --model default --compare default-bert
   clozelm heads "The dog that chased the cat ran away." -o view.html --compare default-bert
   clozelm info gpt2-dir/                      describe a model directory
   clozelm convert openai/124M/ gpt2-hf/       OpenAI checkpoint -> Hugging Face format
