@@ -1,20 +1,19 @@
-"""Still images without plotting libraries: PNG (zlib + struct) and SVG of attention maps and score grids.
+"""Still images without plotting libraries: PNG and SVG of attention maps and score grids.
 
-The PNG writer emits 8-bit RGB with filter 0 on every row, which every viewer reads. Labels in PNGs use
-a 3x5 pixel font defined below, so a report's heat map says what its panels are without a font file.
+PNG encoding and the 3x5 pixel font for labels live in clozelm.raster (shared with the training loss
+curve), so a report's heat map says what its panels are without a font file.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ClozelmError
+from ..raster import draw_text, png_bytes, text_width  # png_bytes is re-exported: callers import it from here
 
 # White -> blue ramp; the page's script uses the same anchors.
 RAMP = np.array([[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]], dtype=np.float64)
@@ -26,19 +25,6 @@ def colormap(values: np.ndarray) -> np.ndarray:
     low = np.minimum(np.floor(x).astype(int), len(RAMP) - 2)
     frac = (x - low)[..., None]
     return np.rint(RAMP[low] * (1 - frac) + RAMP[low + 1] * frac).astype(np.uint8)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """[H, W, 3] uint8 -> PNG file bytes."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    height, width, _ = rgb.shape
-    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rgb.reshape(height, width * 3)], axis=1)
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit, truecolour, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 9)) + chunk(b"IEND", b"")
 
 
 def write_file(path, data: bytes | str) -> Path:
@@ -100,42 +86,6 @@ def map_svg(matrix: np.ndarray, labels: list[str], title: str) -> str:
 
 def _visible(token: str) -> str:
     return token.replace("\n", "\u21b5").replace("\t", "\u21e5") or "\u2205"
-
-
-# ---------------------------------------------------------------------------------------------- tiny font
-
-# 3x5 glyphs, one row of three bits per entry, top row first.
-_GLYPHS = {
-    "A": "010 101 111 101 101", "B": "110 101 110 101 110", "C": "011 100 100 100 011", "D": "110 101 101 101 110",
-    "E": "111 100 110 100 111", "F": "111 100 110 100 100", "G": "011 100 101 101 011", "H": "101 101 111 101 101",
-    "I": "111 010 010 010 111", "J": "001 001 001 101 010", "K": "101 101 110 101 101", "L": "100 100 100 100 111",
-    "M": "101 111 111 101 101", "N": "110 101 101 101 101", "O": "010 101 101 101 010", "P": "110 101 110 100 100",
-    "Q": "010 101 101 110 011", "R": "110 101 110 101 101", "S": "011 100 010 001 110", "T": "111 010 010 010 010",
-    "U": "101 101 101 101 111", "V": "101 101 101 101 010", "W": "101 101 111 111 101", "X": "101 101 010 101 101",
-    "Y": "101 101 010 010 010", "Z": "111 001 010 100 111",
-    "0": "111 101 101 101 111", "1": "010 110 010 010 111", "2": "110 001 010 100 111", "3": "110 001 010 001 110",
-    "4": "101 101 111 001 001", "5": "111 100 110 001 110", "6": "011 100 111 101 111", "7": "111 001 010 010 010",
-    "8": "111 101 111 101 111", "9": "111 101 111 001 110",
-    "-": "000 000 111 000 000", ".": "000 000 000 000 010", "/": "001 001 010 100 100", ":": "000 010 000 010 000",
-    " ": "000 000 000 000 000", "_": "000 000 000 000 111", "(": "010 100 100 100 010", ")": "010 001 001 001 010",
-}
-
-
-def draw_text(image: np.ndarray, text: str, x: int, y: int, scale: int = 2, color=(31, 35, 40)) -> int:
-    """Draw `text` (upper-cased; unknown characters as spaces) at (x, y); returns the x after it."""
-    for char in text.upper():
-        rows = _GLYPHS.get(char, _GLYPHS[" "]).split()
-        for r, bits in enumerate(rows):
-            for c, bit in enumerate(bits):
-                if bit == "1":
-                    y0, x0 = y + r * scale, x + c * scale
-                    image[y0:y0 + scale, x0:x0 + scale] = color
-        x += 4 * scale
-    return x
-
-
-def text_width(text: str, scale: int = 2) -> int:
-    return len(text) * 4 * scale
 
 
 def score_grid_png(panels: list[tuple[str, np.ndarray]], best: np.ndarray | None = None,

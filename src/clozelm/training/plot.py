@@ -1,45 +1,36 @@
-"""A loss-curve PNG without matplotlib: a tiny line-plot rasteriser and a PNG writer (zlib + struct).
+"""A loss-curve PNG without matplotlib: a tiny line-plot rasteriser over clozelm.raster.
 
 matplotlib is not a dependency of clozelm, and a training curve needs very little: axes, a few ticks
-with numbers, two polylines and a legend. Text uses a built-in 3x5 pixel font drawn at 2x.
+with numbers, two polylines and a legend. Text uses raster's 3x5 pixel font drawn at 2x.
 """
 
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from pathlib import Path
 
-from ..weights.tensors import _temp_beside
+import numpy as np
 
-# 3x5 glyphs, rows top to bottom, "1" = ink.
-_FONT = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    " ": "000000000000000", "A": "010101111101101", "D": "110101101101110", "E": "111100110100111",
-    "I": "111010010010111", "K": "101101110101101", "L": "100100100100111", "N": "101111111101101",
-    "O": "010101101101010", "P": "110101110100100", "R": "110101110101101", "S": "011100010001110",
-    "T": "111010010010010", "V": "101101101101010", "M": "101111111101101", "e": "000111110100111",
-}
+from ..raster import draw_text, png_bytes, text_width
+from ..weights.tensors import atomic_write_bytes
 
 BLACK, GREY, WHITE = (0, 0, 0), (225, 225, 225), (255, 255, 255)
 TRAIN_RAW, TRAIN, VALID = (170, 200, 235), (31, 100, 180), (230, 120, 20)
 
 
 class Canvas:
+    """A white RGB image with the two primitives a line plot needs; text and encoding come from raster."""
+
     def __init__(self, width: int, height: int):
         self.width, self.height = width, height
-        self.pixels = bytearray(WHITE * (width * height))
+        self.pixels = np.full((height, width, 3), WHITE, dtype=np.uint8)
 
     def dot(self, x: int, y: int, color, size: int = 1) -> None:
-        for dy in range(size):
-            for dx in range(size):
-                px, py = x + dx, y + dy
-                if 0 <= px < self.width and 0 <= py < self.height:
-                    i = 3 * (py * self.width + px)
-                    self.pixels[i:i + 3] = bytes(color)
+        """A size x size square with its top left at (x, y), clipped to the image."""
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + size, self.width), min(y + size, self.height)
+        if x0 < x1 and y0 < y1:
+            self.pixels[y0:y1, x0:x1] = color
 
     def line(self, x0: float, y0: float, x1: float, y1: float, color, size: int = 1) -> None:
         # Sample the segment at one-pixel steps: simpler than Bresenham and just as good at this size.
@@ -49,27 +40,10 @@ class Canvas:
             self.dot(round(x0 + (x1 - x0) * t), round(y0 + (y1 - y0) * t), color, size)
 
     def text(self, x: int, y: int, s: str, color=BLACK, scale: int = 2) -> None:
-        for ch in s:
-            glyph = _FONT.get(ch, _FONT[" "])
-            for r in range(5):
-                for c in range(3):
-                    if glyph[3 * r + c] == "1":
-                        self.dot(x + c * scale, y + r * scale, color, scale)
-            x += 4 * scale
+        draw_text(self.pixels, s, x, y, scale, color)
 
     def png(self) -> bytes:
-        rows = b"".join(b"\x00" + bytes(self.pixels[3 * y * self.width: 3 * (y + 1) * self.width])
-                        for y in range(self.height))
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)  # 8-bit RGB
-        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b"")
-
-
-def text_width(s: str, scale: int = 2) -> int:
-    return 4 * scale * len(s) - scale
+        return png_bytes(self.pixels)
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -164,11 +138,5 @@ def loss_curve_png(train: list[tuple[int, float]], valid: list[tuple[int, float]
 
 
 def write_loss_curve(path: Path, train, valid) -> None:
-    import os
-    tmp = _temp_beside(path)
-    try:
-        Path(tmp).write_bytes(loss_curve_png(train, valid))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Atomic: the trainer rewrites this file at every evaluation, and someone may be viewing it meanwhile.
+    atomic_write_bytes(path, loss_curve_png(train, valid))

@@ -72,14 +72,19 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Like write_safetensors: readers (and a crash) see the old file or the new one, never half of one."""
     tmp = _temp_beside(path)
     try:
-        Path(tmp).write_text(text, encoding="utf-8")
+        Path(tmp).write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _first_line(e: BaseException) -> str:
