@@ -83,3 +83,19 @@ def test_too_long_input_is_refused():
     model = Transformer(ModelConfig(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))
     with pytest.raises(ValueError, match="exceeds"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_logits_at_selected_positions_equal_the_full_logits_there(family):
+    bert = family == "bert"
+    cfg = ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4, causal=not bert,
+                      pre_ln=not bert, head="mlm" if bert else "tied", type_vocab_size=2 if bert else 0)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, 50, (3, 11))
+    at = torch.rand(3, 11) < 0.3
+    at[0, 0] = True
+    with torch.no_grad():
+        full = model(ids).logits
+        some = model(ids, logits_at=at).logits
+    assert some.shape == (int(at.sum()), 50)
+    assert (some - full[at]).abs().max() < 1e-5

@@ -199,8 +199,12 @@ class Transformer(nn.Module):
                        device=self.device, dtype=self.wte.weight.dtype)
 
     def forward(self, input_ids, attention_mask=None, attentions: bool = False, *, token_type_ids=None,
-                position_ids=None, cache: KVCache | None = None, last_logits_only: bool = False) -> Output:
-        """input_ids [B, T] (or [T]); attention_mask [B, T] (or [B, cached + T] with a cache), 1 = real, 0 = pad."""
+                position_ids=None, cache: KVCache | None = None, last_logits_only: bool = False,
+                logits_at: torch.Tensor | None = None) -> Output:
+        """input_ids [B, T] (or [T]); attention_mask [B, T] (or [B, cached + T] with a cache), 1 = real, 0 = pad.
+
+        logits_at: bool [B, T]; when given, logits are computed only there and come back as [N, V] in row-major
+        order (masked-LM training labels ~15% of positions, so the vocabulary projection of the rest is waste)."""
         input_ids = torch.as_tensor(input_ids, device=self.device)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -247,6 +251,8 @@ class Transformer(nn.Module):
             x = self.ln_f(x)
         hidden = x
         h = hidden[:, -1:] if last_logits_only else hidden
+        if logits_at is not None:
+            h = hidden[torch.as_tensor(logits_at, device=self.device)]  # [N, D]
         if self.config.head == "tied":
             logits = F.linear(h, self.wte.weight)  # no output bias, as in GPT-2
         elif self.config.head == "mlm":

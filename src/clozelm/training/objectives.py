@@ -43,6 +43,7 @@ class Objective:
     name = ""
     extra_tokens = 0  # a window holds seq_len + extra_tokens corpus tokens
     causal = True
+    sparse_labels = False  # True when few positions carry a label: the trainer then runs the head only there
 
     def example(self, window: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -66,6 +67,7 @@ class CausalLM(Objective):
 class MaskedLM(Objective):
     name = "mlm"
     causal = False
+    sparse_labels = True
 
     def __init__(self, vocab_size: int, special_ids, mask_id: int, mask_rate: float = 0.15):
         self.mask_id, self.mask_rate = mask_id, mask_rate

@@ -413,7 +413,7 @@ class Trainer:
             sync = self.ddp.no_sync() if self.ddp is not None and m < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg.precision, self.device):
-                    logits = self.forward(x).logits
+                    logits, y = self.logits_and_labels(self.forward, x, y)
                 s, _ = loss_sum(logits, y)
                 (s * scale).backward()
             total += s.detach()
@@ -434,6 +434,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm)}
+
+    def logits_and_labels(self, forward, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits where there are labels. Masked LM labels ~15% of positions: the head runs only there."""
+        if self.objective.sparse_labels:
+            keep = y != IGNORE
+            return forward(x, logits_at=keep).logits, y[keep]
+        return forward(x).logits, y
 
     def _checkpoint_step(self) -> int | str:
         try:
@@ -456,8 +463,8 @@ class Trainer:
             x, y = self.objective.batch([self.valid_windows[c] for c in chunk],
                                         [np.random.default_rng([EVAL_SEED, c]) for c in chunk])
             with autocast(self.cfg.precision, self.device):
-                logits = self.model(x.to(self.device)).logits
-            s, k = loss_sum(logits, y.to(self.device))
+                logits, y = self.logits_and_labels(self.model, x.to(self.device), y.to(self.device))
+            s, k = loss_sum(logits, y)
             total += torch.tensor([float(s), float(k)], dtype=torch.float64)
         total = self.dist.all_sum(total).cpu()
         self.model.train(was_training)
