@@ -14,7 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import packed
 from .config import ModelConfig
+from .packed import Linear
 
 
 @dataclass
@@ -72,8 +74,8 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v (in that order)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v (in that order)
+        self.c_proj = Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
 
     def forward(self, x, mask, is_causal, cache: KVCache | None, layer: int, need_probs: bool):
@@ -106,8 +108,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
-        self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
+        self.c_fc = Linear(config.n_embd, config.mlp_width)
+        self.c_proj = Linear(config.mlp_width, config.n_embd)
         self.act = _activation(config.activation)
 
     def forward(self, x):
@@ -141,13 +143,13 @@ class MLMHead(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.n_embd, config.n_embd)
+        self.dense = Linear(config.n_embd, config.n_embd)
         self.act = _activation(config.activation)
         self.ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, h, wte):
-        return F.linear(self.ln(self.act(self.dense(h))), wte, self.bias)
+        return packed.linear(self.ln(self.act(self.dense(h))), wte, self.bias, self)
 
 
 def _causal_block(T: int, S: int, device) -> torch.Tensor:
@@ -170,7 +172,7 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps) if config.pre_ln else None
         self.mlm = MLMHead(config) if config.head == "mlm" else None
-        self.pooler = nn.Linear(config.n_embd, config.n_embd) if config.pooler else None
+        self.pooler = Linear(config.n_embd, config.n_embd) if config.pooler else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -254,7 +256,7 @@ class Transformer(nn.Module):
         if logits_at is not None:
             h = hidden[torch.as_tensor(logits_at, device=self.device)]  # [N, D]
         if self.config.head == "tied":
-            logits = F.linear(h, self.wte.weight)  # no output bias, as in GPT-2
+            logits = packed.linear(h, self.wte.weight, None, self.wte)  # no output bias, as in GPT-2
         elif self.config.head == "mlm":
             logits = self.mlm(h, self.wte.weight)
         else:
