@@ -99,3 +99,25 @@ def test_logits_at_selected_positions_equal_the_full_logits_there(family):
         some = model(ids, logits_at=at).logits
     assert some.shape == (int(at.sum()), 50)
     assert (some - full[at]).abs().max() < 1e-5
+
+
+def test_packed_inference_weights_follow_every_weight_change():
+    from clozelm.model import packed
+
+    assert packed.AVAILABLE, "oneDNN packed linear ops missing from this torch build"
+    model = Transformer(ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        before = model(ids).logits
+        assert model.h[0].attn.c_attn in packed._cache  # the no-grad forward packed its weights
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(ids).logits.dtype == torch.bfloat16  # autocast still decides the dtype
+        model.h[0].mlp.c_fc.weight.mul_(2)  # an in-place change (an optimizer step, load_state_dict)
+        after = model(ids).logits
+    logits = model(ids).logits  # with grad: the plain path, which must agree with the packed one
+    assert (after - logits).abs().max() < 1e-5 and (after - before).abs().max() > 1e-3
+    logits.sum().backward()
+    assert model.h[0].mlp.c_fc.weight.grad is not None
+    with torch.no_grad():
+        bf16 = model.to(torch.bfloat16)(ids).logits  # .to() gives new storage: repacked, in bf16
+    assert bf16.dtype == torch.bfloat16 and (bf16.float() - after).abs().max() < 0.1
