@@ -54,12 +54,19 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A new cache whose row i is this cache's row rows[i] (beam search forks and prunes rows)."""
         new = object.__new__(KVCache)
-        new.keys = [k.index_select(0, rows) for k in self.keys]
-        new.values = [v.index_select(0, rows) for v in self.values]
+        new.keys = [self._select_filled(k, rows) for k in self.keys]
+        new.values = [self._select_filled(v, rows) for v in self.values]
         new.key_valid = self.key_valid.index_select(0, rows)
         new.seen = self.seen.index_select(0, rows)
         new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
         return new
+
+    def _select_filled(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # Only the first `length` slots hold keys/values (later ones are written before they are read), so
+        # copying just those keeps beam forks cheap when the cache is much longer than the text.
+        out = buffer.new_empty((len(rows),) + buffer.shape[1:])
+        torch.index_select(buffer[:, :, :self.length], 0, rows, out=out[:, :, :self.length])
+        return out
 
 
 def _activation(name: str):
