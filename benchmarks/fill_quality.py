@@ -93,6 +93,7 @@ def main():
     p.add_argument("--models", default="default,default-fim,default-bert")
     p.add_argument("--n", type=int, default=100, help="sentences per task")
     p.add_argument("--valid", default="data/corpus/valid")
+    p.add_argument("--tasks", help="comma-separated subset, e.g. 'middle word,last word' (default: all)")
     args = p.parse_args()
     valid = Path(args.valid)
     if not valid.is_dir():
@@ -104,7 +105,10 @@ def main():
     tasks = {"last word": word_cases(sents, "last")[:args.n], "middle word": word_cases(sents, "middle")[:args.n]}
     for k in range(1, 6):
         tasks[f"{k} token{'s' if k > 1 else ''}"] = token_cases(sents, tok, k)[:args.n]
-    columns = list(models) + [f"{n} left-only" for n, m in models.items() if m.config.causal and n == "default"]
+    if args.tasks:
+        tasks = {t: tasks[t] for t in args.tasks.split(",")}
+    # The baseline: every causal model continuing the left context greedily (what text-generation does).
+    columns = list(models) + [f"{n} left-only" for n, m in models.items() if m.config.causal]
     print(f"{'task':14s} {'n':>4s} " + " ".join(f"{c:>18s}" for c in columns))
     timings = {name: [] for name in models}
     for task, cases in tasks.items():
@@ -118,7 +122,7 @@ def main():
                 hits += got == answer
             row.append(hits / len(cases))
         for column in columns[len(models):]:
-            model = models[column.split()[0]]
+            model = models[column.rsplit(" ", 1)[0]]
             row.append(sum(left_only(model, t, task.endswith("word")) == a for t, a in cases) / len(cases))
         print(f"{task:14s} {len(cases):4d} " + " ".join(f"{100 * r:17.1f}%" for r in row))
     print("mean seconds per fill: " + ", ".join(f"{n} {sum(t) / len(t):.3f}" for n, t in timings.items()))
