@@ -27,13 +27,7 @@ from clozelm.model import ModelConfig, Output, Transformer
 from clozelm.tokenizers import train_bpe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is faster, and far faster when other jobs share the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 @pytest.fixture(scope="module")
