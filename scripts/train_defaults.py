@@ -6,8 +6,9 @@
 `default` (clm), `default-bert` (mlm) and `default-fim` (fim) share one tokenizer, one shape and one token
 budget (steps x batch x sequence length), so comparing them is fair. Each run resumes from its checkpoint
 when its run directory exists, so the script can be stopped and started again (across sessions too).
-The best checkpoint by validation loss is what `clozelm train` saves as RUN/model; `--export` (default)
-writes it in bf16 with a model card into src/clozelm/defaults/NAME via scripts/export_default.py.
+`clozelm train` saves the weights with the lowest held-out loss as RUN/model; unless --no-export, the
+script then writes them in bf16 with a model card into src/clozelm/defaults/NAME (scripts/export_default.py,
+which measures the shipped weights' held-out loss again for the card).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def main() -> None:
     p.add_argument("--threads", default="2")
     p.add_argument("--device", default="auto")
     p.add_argument("--only", help="comma-separated subset of default,default-bert,default-fim")
+    p.add_argument("--vocab-size", default="8192", help="BPE vocabulary size, special tokens included")
     p.add_argument("--no-export", action="store_true")
+    p.add_argument("--defaults-dir", default=str(ROOT / "src" / "clozelm" / "defaults"), help="where to export")
     p.add_argument("--hardware", default="2 CPU cores, bf16 autocast")
     args = p.parse_args()
     runs, corpus = Path(args.runs), Path(args.corpus)
@@ -64,7 +67,7 @@ def main() -> None:
     tokenizer = runs / "tokenizer"
     if not (tokenizer / "vocab.bpe").exists():
         specials = [a for s in SPECIALS for a in ("--special", s)]
-        run(clozelm("tokenizer", "train", str(corpus / "train"), "--vocab-size", "8192", *specials, "--out", str(tokenizer)))
+        run(clozelm("tokenizer", "train", str(corpus / "train"), "--vocab-size", args.vocab_size, *specials, "--out", str(tokenizer)))
 
     wanted = set(args.only.split(",")) if args.only else {n for n, _ in MODELS}
     for name, objective in MODELS:
@@ -86,7 +89,8 @@ def main() -> None:
             stats = runs / f"{name}.stats.json"
             stats.write_text(json.dumps(stats_from_metrics(run_dir, objective, args.hardware)))
             run([sys.executable, str(ROOT / "scripts" / "export_default.py"), str(run_dir / "model"), name,
-                 "--stats", str(stats), "--corpus", str(corpus)])
+                 "--stats", str(stats), "--corpus", str(corpus), "--run", str(run_dir),
+                 "--defaults-dir", args.defaults_dir])
 
 
 if __name__ == "__main__":

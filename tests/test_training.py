@@ -27,7 +27,7 @@ from clozelm.tokenizers import load_tokenizer, train_bpe
 from clozelm.training.data import CorpusFiles, build_token_cache, token_dtype
 from clozelm.training.objectives import IGNORE, make_objective
 from clozelm.training.plot import loss_curve_png
-from clozelm.training.trainer import TrainConfig, lr_at
+from clozelm.training.trainer import TrainConfig, Trainer, lr_at
 
 SPECIALS = ["<|endoftext|>", "<|mask|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
 TINY = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--n-positions", "32", "--batch-size", "4",
@@ -321,6 +321,34 @@ def test_same_seed_same_run(tmp_path, corpus, bpe_dir, capsys):
     assert cli([*common, "--out", tmp_path / "r1"], capsys)[0] == 0
     assert cli([*common, "--out", tmp_path / "r2"], capsys)[0] == 0
     assert losses(tmp_path / "r1") == losses(tmp_path / "r2")
+
+
+def test_model_is_the_step_with_the_lowest_held_out_loss(tmp_path, corpus, bpe_dir, capsys, monkeypatch):
+    # Held-out losses scripted to worsen after step 2: RUN/model must hold step 2's weights and survive a resume.
+    scripted = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.7, 5: 2.1, 6: 2.9}
+    weights, stopped = {}, []
+
+    def evaluate(self):
+        weights[self.step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.step == 4 and not stopped:
+            stopped.append(4)
+            self._stop_signal = "a test"  # as Ctrl-C would: checkpoint after this step, exit 130
+        return scripted[self.step]
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    run = tmp_path / "run"
+    common = [*TINY, "--eval-every", "1", "--checkpoint-every", "1", "--precision", "fp32", "--lr", "3e-3"]
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *common, "--steps", "6"], capsys)
+    assert rc == 130, err
+    rc, err = cli(["--resume", "--out", run, "--no-progress"], capsys)  # the best (step 2) must outlive the stop
+    assert rc == 0, err
+    assert "weights of step 2" in err and "2.0000" in err
+    model = clozelm.load(run / "model").state_dict()
+    assert all(torch.equal(model[k], weights[2][k]) for k in model)
+    assert not all(torch.equal(model[k], weights[6][k]) for k in model)
+    last = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert last["step"] == 6 and last["best_step"] == 2
+    assert all(torch.equal(last["model"][k], weights[6][k]) for k in last["model"])
 
 
 def test_mlm_run_gives_a_bert_model(tmp_path, corpus, bpe_dir, capsys):

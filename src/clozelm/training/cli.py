@@ -6,8 +6,10 @@ A run directory holds everything needed to continue:
     tokenizer/        the tokenizer the run uses (so resuming does not depend on the original folder)
     tokens/KEY/       the token shards (see data.py); reused by any run over the same files + tokenizer
     checkpoint.pt     the latest checkpoint (atomic), read with torch.load(weights_only=True)
+    best.pt           the weights with the lowest held-out loss so far (atomic)
     metrics.jsonl     one record per step (+ held-out evaluations); metrics.csv; loss_curve.png
-    model/            the final model in Hugging Face format, tokenizer included (clozelm.load(RUN/model))
+    model/            the trained model in Hugging Face format, tokenizer included (clozelm.load(RUN/model)):
+                      the weights with the lowest held-out loss (the last ones when there is no held-out split)
 
 Exit status: 0 done, 2 user error (including NaN loss), 130 interrupted by Ctrl-C/SIGTERM after
 saving a checkpoint.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from dataclasses import asdict
@@ -49,7 +52,7 @@ EPILOG = """examples:
   clozelm train --resume --out runs/small                                           (continue after Ctrl-C or a crash)
   torchrun --nproc_per_node 2 -m clozelm train corpus/ --tokenizer bpe/ --out runs/ddp  (DDP: gloo on CPU, NCCL on GPU)
 
-The final model is saved to RUN/model (clozelm.load("RUN/model")). Ctrl-C saves a checkpoint and exits with
+The model with the lowest held-out loss is saved to RUN/model (clozelm.load("RUN/model")). Ctrl-C saves a checkpoint and exits with
 status 130; --resume continues with the same data order, optimizer state and schedule.
 """
 
@@ -154,12 +157,18 @@ def run(args, d: Dist) -> Path:
         trainer.progress.message(f"resuming {run_dir} at step {trainer.step}/{cfg.steps}")
     trainer.fit()
     if d.main:
+        best_step = trainer.load_best_weights()
         model.tokenizer = tok
         model.save_pretrained(run_dir / "model", overwrite=True)
-        val = trainer.metrics.last_val()
-        val_text = f", held-out loss {val:.4f}" if val is not None else ""
-        trainer.progress.message(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens{val_text}; "
-                                 f"model saved to {run_dir / 'model'}")
+        if best_step is not None:
+            saved = (f"the weights of step {best_step} (lowest held-out loss, {trainer.best_val:.4f}; the last "
+                     f"step's are in {CHECKPOINT})")
+        elif math.isfinite(trainer.best_val):
+            saved = f"held-out loss {trainer.best_val:.4f}"
+        else:
+            saved = "no held-out evaluation"
+        trainer.progress.message(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens; model saved to "
+                                 f"{run_dir / 'model'}: {saved}")
     d.barrier()
     return run_dir
 

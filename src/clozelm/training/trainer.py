@@ -25,6 +25,9 @@ Choices, and why:
   one. A second Ctrl-C aborts at once.
 - NaN/inf loss or gradient norm: stop before the optimizer step, write nothing, exit with an error;
   the last checkpoint on disk is the last good one.
+- Best weights: each evaluation that lowers the held-out loss writes the weights to RUN/best.pt (atomically,
+  like the checkpoint). The run's model (RUN/model) is those weights, so a run that trained past the point
+  where held-out loss stopped improving still gives its best model; checkpoint.pt keeps the last weights.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from .objectives import IGNORE, Objective, loss_sum
 from .plot import write_loss_curve
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 CHECKPOINT_FORMAT = 1
 EVAL_SEED = 1234  # held-out masks/FIM choices are fixed, so evaluations are comparable across runs
 
@@ -300,6 +304,34 @@ class Metrics:
         write_loss_curve(self.dir / "loss_curve.png", train, valid)
 
 
+def logits_and_labels(forward, objective: Objective, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits where there are labels. Masked LM labels ~15% of positions: the head runs only there."""
+    if objective.sparse_labels:
+        keep = y != IGNORE
+        return forward(x, logits_at=keep).logits, y[keep]
+    return forward(x).logits, y
+
+
+@torch.no_grad()
+def held_out_sums(model: Transformer, objective: Objective, windows: Windows, indices, batch_size: int,
+                  precision: str, device: torch.device) -> torch.Tensor:
+    """[summed loss, labelled tokens] (float64) over held-out windows `indices`. Each window's masks / FIM
+    choices come from its own RNG seeded by (EVAL_SEED, index), so every evaluation sees the same task."""
+    was_training = model.training
+    model.eval()
+    indices = list(indices)
+    total = torch.zeros(2, dtype=torch.float64)
+    for i in range(0, len(indices), batch_size):
+        chunk = indices[i:i + batch_size]
+        x, y = objective.batch([windows[c] for c in chunk], [np.random.default_rng([EVAL_SEED, c]) for c in chunk])
+        with autocast(precision, device):
+            logits, y = logits_and_labels(model, objective, x.to(device), y.to(device))
+        s, k = loss_sum(logits, y)
+        total += torch.tensor([float(s), float(k)], dtype=torch.float64)
+    model.train(was_training)
+    return total
+
+
 class NonFiniteLoss(ClozelmError):
     pass
 
@@ -337,6 +369,7 @@ class Trainer:
         self.step = 0  # optimizer steps completed
         self.tokens_seen = 0
         self.elapsed = 0.0
+        self.best_val, self.best_step = math.inf, 0  # lowest held-out loss so far, and its step
         self._stop_signal: str | None = None
 
     # ------------------------------------------------------------ checkpoints
@@ -367,19 +400,10 @@ class Trainer:
                 "format": CHECKPOINT_FORMAT, "step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng_cpu": rng_cpu, "rng_cuda": rng_cuda, "train_config": asdict(self.cfg),
-                "model_config": self.model.config.to_dict(), "data_key": self.data.key, **self.extra_state,
+                "model_config": self.model.config.to_dict(), "data_key": self.data.key,
+                "best_val": self.best_val, "best_step": self.best_step, **self.extra_state,
             }
-            tmp = self.run_dir / f".{CHECKPOINT}.{os.getpid()}.tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    torch.save(state, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.checkpoint_path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            _fsync_dir(self.run_dir)
+            atomic_torch_save(state, self.checkpoint_path)
         self.dist.barrier()
 
     def load_checkpoint(self, state: dict) -> None:
@@ -389,6 +413,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens_seen, self.elapsed = int(state["step"]), int(state["tokens_seen"]), float(state["elapsed"])
+        self.best_val, self.best_step = float(state.get("best_val", math.inf)), int(state.get("best_step", 0))
         rank = self.dist.rank
         if len(state["rng_cpu"]) > rank:
             torch.set_rng_state(state["rng_cpu"][rank])
@@ -413,7 +438,7 @@ class Trainer:
             sync = self.ddp.no_sync() if self.ddp is not None and m < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg.precision, self.device):
-                    logits, y = self.logits_and_labels(self.forward, x, y)
+                    logits, y = logits_and_labels(self.forward, self.objective, x, y)
                 s, _ = loss_sum(logits, y)
                 (s * scale).backward()
             total += s.detach()
@@ -435,13 +460,6 @@ class Trainer:
         self.step += 1
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm)}
 
-    def logits_and_labels(self, forward, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits where there are labels. Masked LM labels ~15% of positions: the head runs only there."""
-        if self.objective.sparse_labels:
-            keep = y != IGNORE
-            return forward(x, logits_at=keep).logits, y[keep]
-        return forward(x).logits, y
-
     def _checkpoint_step(self) -> int | str:
         try:
             return int(torch.load(self.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)["step"])
@@ -454,21 +472,36 @@ class Trainer:
         n = min(len(self.valid_windows), self.cfg.eval_examples)
         if n == 0:
             return None
-        was_training = self.model.training
-        self.model.eval()
-        mine = list(range(self.dist.rank, n, self.dist.world))
-        total = torch.zeros(2, dtype=torch.float64)
-        for i in range(0, len(mine), self.cfg.batch_size):
-            chunk = mine[i:i + self.cfg.batch_size]
-            x, y = self.objective.batch([self.valid_windows[c] for c in chunk],
-                                        [np.random.default_rng([EVAL_SEED, c]) for c in chunk])
-            with autocast(self.cfg.precision, self.device):
-                logits, y = self.logits_and_labels(self.model, x.to(self.device), y.to(self.device))
-            s, k = loss_sum(logits, y)
-            total += torch.tensor([float(s), float(k)], dtype=torch.float64)
+        mine = range(self.dist.rank, n, self.dist.world)
+        total = held_out_sums(self.model, self.objective, self.valid_windows, mine, self.cfg.batch_size,
+                              self.cfg.precision, self.device)
         total = self.dist.all_sum(total).cpu()
-        self.model.train(was_training)
         return float(total[0] / total[1]) if total[1] > 0 else None
+
+    # ------------------------------------------------------------ best weights
+
+    def _keep_if_best(self, val: float) -> None:
+        if not val < self.best_val:
+            return
+        self.best_val, self.best_step = val, self.step
+        if self.dist.main:
+            atomic_torch_save({"step": self.step, "val_loss": val, "model": self.model.state_dict()},
+                              self.run_dir / BEST)
+
+    def load_best_weights(self) -> int | None:
+        """Put the weights with the lowest held-out loss into the model; returns their step, or None when
+        the model keeps its last weights (no evaluation ran, the last one was the best, or best.pt is gone
+        or from another trajectory, e.g. after resuming with other settings)."""
+        if self.best_step in (0, self.step):
+            return None
+        try:
+            state = torch.load(self.run_dir / BEST, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            return None
+        if int(state["step"]) != self.best_step:
+            return None
+        self.model.load_state_dict(state["model"])
+        return self.best_step
 
     # ------------------------------------------------------------ the loop
 
@@ -500,6 +533,7 @@ class Trainer:
                     val = self.evaluate()
                     if val is not None:
                         self.metrics.add({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
+                        self._keep_if_best(val)
                 self.progress.update(self.step, rec["loss"], rec["tokens_per_s"], dt, val)
                 if pause_at and self.step == pause_at:
                     # Test hook: hold still at a known step until killed or signalled.
@@ -552,6 +586,21 @@ def load_checkpoint_file(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ClozelmError(f"{path} is not a clozelm checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, fsync, rename: a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
