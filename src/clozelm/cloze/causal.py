@@ -4,7 +4,10 @@ A causal model only proposes from the left: P(next | prefix). Choosing the blank
 everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, left to right:
 
 1. propose: a beam over the blank's tokens from the left context gives many candidates
-   (every prefix of every hypothesis, for a word of unknown length);
+   (every prefix of every hypothesis, for a word of unknown length). Its first tokens are the `width`
+   best by P(token | left) plus the `width` best by P(token | left) * P(next known token | left + token)
+   among the `lookahead` best by the left alone: one batched step that lets the text after the blank
+   bring in words the left context ranks too low ("Let there be ___: and there was light");
 2. judge: each candidate is scored by log P(candidate + known text up to the next blank | left),
    (its first `follow_window` tokens), one batched forward pass over the cached left context; a word
    at the very end also pays
@@ -31,9 +34,9 @@ MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB o
 
 class CausalFiller:
     def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8, fim: bool = False,
-                 follow_window: int = 12):
+                 follow_window: int = 12, lookahead: int = 256):
         self.model, self.tok, self.fim, self.follow_window = model, tokenizer, fim, follow_window
-        self.width, self.max_word_tokens, self.n_states = width, max_word_tokens, states
+        self.width, self.max_word_tokens, self.n_states, self.lookahead = width, max_word_tokens, states, lookahead
         self.vocab = model.config.vocab_size
         start = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
         self.start_ids = [] if start is None else [start]
@@ -86,11 +89,14 @@ class CausalFiller:
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
         cache = self.model.new_cache(1, len(ctx) + n_max + len(follow) + 1)
         last = self.model(torch.tensor([ctx]), cache=cache, last_logits_only=True).logits[0, -1].float()
-        pool = self._propose(cache, F.log_softmax(last, -1), blank)
+        # A FIM context already holds the suffix; otherwise the next known token can steer the proposals.
+        next_known = follow[0] if follow and not self.fim else None
+        pool = self._propose(cache, F.log_softmax(last, -1), blank, next_known)
         return self._judge(cache, last, pool, follow, at_end and blank.kind == "word")
 
-    def _propose(self, cache, first_logp: torch.Tensor, blank: Blank) -> list[list[int]]:
-        """Beam over the blank's tokens, left context only. Word blanks keep every prefix as a candidate."""
+    def _propose(self, cache, first_logp: torch.Tensor, blank: Blank, next_known: int | None) -> list[list[int]]:
+        """Beam over the blank's tokens from the left context (first tokens also by one token of look-ahead).
+        Word blanks keep every prefix as a candidate."""
         if blank.kind == "word":
             first, cont, _ = word_masks(self.tok, self.vocab, blank.lead_space)
             n_tokens = self.max_word_tokens
@@ -98,9 +104,11 @@ class CausalFiller:
             first, cont = token_masks(self.tok, self.vocab, blank.lead_space)
             n_tokens = blank.n_tokens
         logp = first_logp.masked_fill(~first, float("-inf"))
-        top = logp.topk(min(self.width, int(first.sum())))
-        hyps = [[int(t)] for t in top.indices]
-        scores = top.values
+        firsts = logp.topk(min(self.width, int(first.sum()))).indices.tolist()
+        if next_known is not None and self.lookahead > self.width:
+            firsts += [t for t in self._look_ahead(cache, logp, int(first.sum()), next_known) if t not in set(firsts)]
+        hyps = [[t] for t in firsts]
+        scores = logp[firsts]
         pool = list(hyps) if blank.kind == "word" or n_tokens == 1 else []
         beam_cache = cache.select(torch.zeros(len(hyps), dtype=torch.long))
         for step in range(1, n_tokens):
@@ -119,6 +127,15 @@ class CausalFiller:
             if blank.kind == "word" or step == n_tokens - 1:
                 pool += hyps
         return [h for h in pool if self._is_whole_text(h)]
+
+    def _look_ahead(self, cache, logp: torch.Tensor, n_allowed: int, next_known: int) -> list[int]:
+        """The `width` best first tokens t by log P(t | left) + log P(next_known | left + t), among the
+        `lookahead` best by the left alone: one batched single-token step over the cached context."""
+        wide = logp.topk(min(self.lookahead, n_allowed))
+        step = self.model(wide.indices[:, None], cache=cache.select(torch.zeros(len(wide.indices), dtype=torch.long)),
+                          last_logits_only=True).logits[:, -1].float()
+        both = wide.values + F.log_softmax(step, -1)[:, next_known]
+        return wide.indices[both.topk(min(self.width, len(both))).indices].tolist()
 
     def _is_whole_text(self, ids: list[int]) -> bool:
         try:
