@@ -78,6 +78,21 @@ def shipped_held_out_loss(model, run_dir: Path) -> tuple[float, int]:
     return loss / tokens, int(tokens)
 
 
+def recipe(run_dir: Path) -> str:
+    """How the run trained, from its run.json: batch, schedule, optimizer, passes over the data."""
+    settings = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    t = settings["train"]
+    meta = json.loads((run_dir / "tokens" / settings["data_key"] / "meta.json").read_text(encoding="utf-8"))
+    train_tokens = sum(shard["tokens"] for shard in meta["train"])
+    seen = t["steps"] * t["batch_size"] * t["grad_accum"] * t["world_size"] * t["seq_len"]
+    return (f"Training: {t['steps']} steps x {t['batch_size'] * t['grad_accum'] * t['world_size']} sequences x "
+            f"{t['seq_len']} tokens, {t['precision']} autocast; AdamW (betas {t['beta1']}/{t['beta2']}, weight decay "
+            f"{t['weight_decay']}), peak lr {t['lr']:g} after {t['warmup']} warm-up steps, cosine to "
+            f"{t['lr'] * t['min_lr_ratio']:g}; gradient clip {t['grad_clip']}; seed {t['seed']}. The training split "
+            f"holds {train_tokens:,} tokens, so the run made {seen / train_tokens:.1f} passes over it; the shipped "
+            f"weights are those with the lowest held-out loss.")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model_dir")
@@ -101,6 +116,7 @@ def main():
         shipped = clozelm.load(out)  # what users get: bf16 weights, upcast to fp32
         stats["val_loss"], stats["val_tokens"] = shipped_held_out_loss(shipped, Path(args.run))
         stats["val_source"] = "weights as shipped (bf16), fp32 compute, the whole held-out split"
+        stats["notes"] = (stats.get("notes", "") + "\n" + recipe(Path(args.run))).strip()
     (out / "MODEL_CARD.md").write_text(model_card(args.name, model, stats, manifest), encoding="utf-8")
     print(f"wrote {out}: " + ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MB" for f in sorted(out.iterdir())))
 

@@ -65,7 +65,8 @@ def fill(text: str, model="default", top: int = 5, **options) -> list[Answer]:
                                      max_word_pieces=options.get("max_word_pieces", 3))
     else:
         filler = CausalFiller(model, tok, width=options.get("width", 32), max_word_tokens=options.get("max_word_tokens", 4),
-                              states=max(top, options.get("states", 8)), fim=method == "fim")
+                              states=max(top, options.get("states", 8)), fim=method == "fim",
+                              lookahead=options.get("lookahead", 256), lookahead_keep=options.get("lookahead_keep", 32))
     # bf16 matrix products (AMX on recent Xeons, tensor cores on GPUs) make the search several times faster;
     # LayerNorm and softmax stay in fp32 under autocast, and scores stay comparable within one setting.
     precision = options.get("precision", "bf16")

@@ -5,9 +5,9 @@ everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, le
 
 1. propose: a beam over the blank's tokens from the left context gives many candidates
    (every prefix of every hypothesis, for a word of unknown length). Its first tokens are the `width`
-   best by P(token | left) plus the `width` best by P(token | left) * P(next known token | left + token)
-   among the `lookahead` best by the left alone: one batched step that lets the text after the blank
-   bring in words the left context ranks too low ("Let there be ___: and there was light");
+   best by P(token | left) plus the `lookahead_keep` best by P(token | left) * P(next known token | left +
+   token) among the `lookahead` best by the left alone: one batched step that lets the text after the
+   blank bring in words the left context ranks too low ("Let there be ___: and there was light");
 2. judge: each candidate is scored by log P(candidate + known text up to the next blank | left),
    (its first `follow_window` tokens), one batched forward pass over the cached left context; a word
    at the very end also pays
@@ -34,9 +34,10 @@ MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB o
 
 class CausalFiller:
     def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8, fim: bool = False,
-                 follow_window: int = 12, lookahead: int = 256):
+                 follow_window: int = 12, lookahead: int = 256, lookahead_keep: int = 32):
         self.model, self.tok, self.fim, self.follow_window = model, tokenizer, fim, follow_window
-        self.width, self.max_word_tokens, self.n_states, self.lookahead = width, max_word_tokens, states, lookahead
+        self.width, self.max_word_tokens, self.n_states = width, max_word_tokens, states
+        self.lookahead, self.lookahead_keep = lookahead, lookahead_keep
         self.vocab = model.config.vocab_size
         start = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
         self.start_ids = [] if start is None else [start]
@@ -129,13 +130,13 @@ class CausalFiller:
         return [h for h in pool if self._is_whole_text(h)]
 
     def _look_ahead(self, cache, logp: torch.Tensor, n_allowed: int, next_known: int) -> list[int]:
-        """The `width` best first tokens t by log P(t | left) + log P(next_known | left + t), among the
+        """The `lookahead_keep` best first tokens t by log P(t | left) + log P(next_known | left + t), among the
         `lookahead` best by the left alone: one batched single-token step over the cached context."""
         wide = logp.topk(min(self.lookahead, n_allowed))
         step = self.model(wide.indices[:, None], cache=cache.select(torch.zeros(len(wide.indices), dtype=torch.long)),
                           last_logits_only=True).logits[:, -1].float()
         both = wide.values + F.log_softmax(step, -1)[:, next_known]
-        return wide.indices[both.topk(min(self.width, len(both))).indices].tolist()
+        return wide.indices[both.topk(min(self.lookahead_keep, len(both))).indices].tolist()
 
     def _is_whole_text(self, ids: list[int]) -> bool:
         try:
