@@ -105,9 +105,11 @@ class CausalFiller:
             first, cont = token_masks(self.tok, self.vocab, blank.lead_space)
             n_tokens = blank.n_tokens
         logp = first_logp.masked_fill(~first, float("-inf"))
-        firsts = logp.topk(min(self.width, int(first.sum()))).indices.tolist()
+        n_allowed = int(first.sum())
+        firsts = logp.topk(min(self.width, n_allowed)).indices.tolist()
         if next_known is not None and self.lookahead > self.width:
-            firsts += [t for t in self._look_ahead(cache, logp, int(first.sum()), next_known) if t not in set(firsts)]
+            seen = set(firsts)
+            firsts += [t for t in self._look_ahead(cache, logp, n_allowed, next_known) if t not in seen]
         hyps = [[t] for t in firsts]
         scores = logp[firsts]
         pool = list(hyps) if blank.kind == "word" or n_tokens == 1 else []
