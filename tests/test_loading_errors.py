@@ -163,3 +163,15 @@ def test_hub_id_resolves_through_huggingface_hub_cache(gpt2_dir, tmp_path, monke
     ref = clozelm.load(gpt2_dir)
     ids = torch.tensor([[5, 6, 7]])
     assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_clozelm_config_with_bad_values_is_one_line(tmp_path):
+    from clozelm.model import ModelConfig, Transformer
+    cfg = ModelConfig(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2, causal=False, pre_ln=True, head="mlm")
+    Transformer(cfg).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for bad, fragment in [({**saved["clozelm_config"], "n_layer": "two"}, "invalid clozelm_config"),
+                          ({**saved["clozelm_config"], "heads": 3}, "unknown model config keys: heads"),
+                          (None, "needs a 'clozelm_config' object")]:
+        (tmp_path / "config.json").write_text(json.dumps({**saved, "clozelm_config": bad}))
+        assert_one_line_error(run_cli("info", tmp_path), fragment)

@@ -121,3 +121,25 @@ def test_packed_inference_weights_follow_every_weight_change():
     with torch.no_grad():
         bf16 = model.to(torch.bfloat16)(ids).logits  # .to() gives new storage: repacked, in bf16
     assert bf16.dtype == torch.bfloat16 and (bf16.float() - after).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("switches", [
+    dict(causal=False, pre_ln=True, head="mlm"),      # bidirectional with GPT-2's block
+    dict(causal=True, pre_ln=False, head="tied"),     # causal with BERT's block
+    dict(causal=False, pre_ln=True, head=None, type_vocab_size=2, pooler=True),
+], ids=["bidirectional-pre-ln", "causal-post-ln", "headless-pre-ln"])
+def test_configs_without_a_transformers_class_save_and_load_exactly(switches, tmp_path):
+    import json
+    import clozelm
+    cfg = ModelConfig(vocab_size=60, n_positions=16, n_embd=32, n_layer=2, n_head=4, extra={"note": "x"}, **switches)
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "clozelm"
+    loaded = clozelm.load(tmp_path)
+    assert loaded.config == cfg
+    ids = torch.randint(0, 60, (2, 9))
+    with torch.no_grad():
+        a, b = model(ids), loaded(ids)
+    ref, out = (a.logits, b.logits) if cfg.head else (a.hidden, b.hidden)
+    assert torch.equal(ref, out)

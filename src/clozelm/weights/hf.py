@@ -3,6 +3,9 @@
 GPT-2 names map one to one (ours follow OpenAI's checkpoint) except that HF's Conv1D stores the four
 projection matrices as (in, out), so they are transposed for nn.Linear. BERT's separate q, k, v
 projections are concatenated into our fused c_attn.
+
+A config HF has no class for (a bidirectional pre-LN model, a causal post-LN one, ...) is saved in the same
+layout with `"model_type": "clozelm"`: the full ModelConfig in config.json and our own tensor names.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ _ACT_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
 # ---------------------------------------------------------------- configs
+
+NATIVE = "clozelm"
+
 
 def config_from_hf(d: dict, has_head: bool | None = None, has_pooler: bool = False) -> ModelConfig:
     """has_head/has_pooler come from the tensors actually present (config.json's `architectures` may lie)."""
@@ -60,7 +66,7 @@ def config_from_hf(d: dict, has_head: bool | None = None, has_pooler: bool = Fal
             head="mlm" if has_head else None, pooler=has_pooler, dropout=d.get("hidden_dropout_prob", 0.0),
             pad_token_id=d.get("pad_token_id", 0), extra=d.get("clozelm_extra", {}),
         )
-    raise ClozelmError(f"unsupported model_type {model_type!r} in config.json (clozelm reads 'gpt2' and 'bert')")
+    raise ClozelmError(f"unsupported model_type {model_type!r} in config.json (clozelm reads 'gpt2', 'bert' and its own 'clozelm')")
 
 
 def _activation_from_hf(name: str) -> str:
@@ -90,8 +96,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
             "attention_probs_dropout_prob": cfg.dropout, "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
             "position_embedding_type": "absolute", "tie_word_embeddings": True, "clozelm_extra": cfg.extra,
         }
-    raise ClozelmError("this config has no Hugging Face equivalent (HF has causal+pre-LN GPT-2 and "
-                       "bidirectional+post-LN BERT); save it with clozelm's own format instead")
+    # No HF class: transformers cannot open it, clozelm.load can.
+    return {"architectures": ["Transformer"], "model_type": NATIVE, "clozelm_config": cfg.to_dict()}
 
 
 # ---------------------------------------------------------------- tensor names
@@ -196,6 +202,8 @@ def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
     """Our tensors -> HF names, contiguous and unshared (safetensors refuses shared storage)."""
     cfg, out = model.config, {}
     sd = model.state_dict()
+    if config_to_hf(cfg)["model_type"] == NATIVE:
+        return {name: t.contiguous().clone() for name, t in sd.items()}
     if cfg.causal:
         for name, t in sd.items():
             out["transformer." + name] = (t.t() if name.endswith(CONV1D) else t).contiguous().clone()
@@ -242,6 +250,14 @@ def load_hf_dir(path: Path) -> Transformer:
     elif hf_config.get("model_type") == "bert":
         ours, unexpected, _nsp = bert_from_hf(sd)
         cfg = config_from_hf(hf_config, has_head="mlm.dense.weight" in ours, has_pooler="pooler.weight" in ours)
+    elif hf_config.get("model_type") == NATIVE:
+        if not isinstance(hf_config.get("clozelm_config"), dict):
+            raise ClozelmError(f"{path / 'config.json'}: model_type 'clozelm' needs a 'clozelm_config' object")
+        try:
+            cfg = ModelConfig.from_dict(hf_config["clozelm_config"])
+        except (TypeError, ValueError) as e:
+            raise ClozelmError(f"{path / 'config.json'}: invalid clozelm_config ({e})") from None
+        ours, unexpected = sd, []
     else:
         cfg = config_from_hf(hf_config)  # raises the unsupported-model_type error
         raise AssertionError("unreachable")
