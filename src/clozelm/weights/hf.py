@@ -75,8 +75,16 @@ def _activation_from_hf(name: str) -> str:
     return _HF_ACT[name]
 
 
+def _is_gpt2(cfg: ModelConfig) -> bool:
+    return cfg.causal and cfg.pre_ln and cfg.head == "tied" and not cfg.type_vocab_size and not cfg.pooler
+
+
+def _is_bert(cfg: ModelConfig) -> bool:
+    return not cfg.causal and not cfg.pre_ln and cfg.head in ("mlm", None)
+
+
 def config_to_hf(cfg: ModelConfig) -> dict:
-    if cfg.causal and cfg.pre_ln and cfg.head == "tied" and not cfg.type_vocab_size and not cfg.pooler:
+    if _is_gpt2(cfg):
         return {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions,
@@ -86,7 +94,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
             "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
             "scale_attn_weights": True, "tie_word_embeddings": True, "clozelm_extra": cfg.extra,
         }
-    if not cfg.causal and not cfg.pre_ln and cfg.head in ("mlm", None):
+    if _is_bert(cfg):
         return {
             "architectures": ["BertForMaskedLM" if cfg.head == "mlm" else "BertModel"], "model_type": "bert",
             "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.n_positions, "hidden_size": cfg.n_embd,
@@ -202,7 +210,7 @@ def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
     """Our tensors -> HF names, contiguous and unshared (safetensors refuses shared storage)."""
     cfg, out = model.config, {}
     sd = model.state_dict()
-    if config_to_hf(cfg)["model_type"] == NATIVE:
+    if not (_is_gpt2(cfg) or _is_bert(cfg)):  # saved as model_type "clozelm": our names as they are
         return {name: t.contiguous().clone() for name, t in sd.items()}
     if cfg.causal:
         for name, t in sd.items():
