@@ -157,8 +157,9 @@ def test_clm_batch_is_shifted(tok):
     assert torch.equal(x[0], torch.arange(10, 42)) and torch.equal(y[0], torch.arange(11, 43))
 
 
-def test_mlm_exact_rate_and_80_10_10(tok):
-    obj = make_objective("mlm", tok, tok.vocab_size)
+@pytest.mark.parametrize("rate", [0.15, 0.4])
+def test_mlm_exact_rate_and_80_10_10(tok, rate):
+    obj = make_objective("mlm", tok, tok.vocab_size, mask_rate=rate)
     special = set(tok.special_tokens.values())
     mask = tok.special_tokens["<|mask|>"]
     rng = np.random.default_rng(0)
@@ -170,7 +171,7 @@ def test_mlm_exact_rate_and_80_10_10(tok):
         x, y = obj.example(window, np.random.default_rng([5, i]))
         chosen = np.flatnonzero(y != IGNORE)
         n_ordinary = int(sum(t not in special for t in window))
-        assert len(chosen) == max(1, int(0.15 * n_ordinary + 0.5))  # exactly 15%, rounded
+        assert len(chosen) == max(1, int(rate * n_ordinary + 0.5))  # exactly the rate, rounded
         assert not any(window[chosen[k]] in special for k in range(len(chosen)))  # specials never chosen
         assert np.array_equal(y[chosen], window[chosen])
         assert np.array_equal(x[y == IGNORE], window[y == IGNORE])  # the rest untouched
@@ -360,6 +361,21 @@ def test_mlm_run_gives_a_bert_model(tmp_path, corpus, bpe_dir, capsys):
     assert (cfg.causal, cfg.pre_ln, cfg.head) == (False, False, "mlm")
     loss = losses(run)
     assert np.mean([loss[s] for s in range(26, 31)]) < np.mean([loss[s] for s in range(1, 6)])
+
+
+def test_mask_rate_option_reaches_the_objective_and_is_checked(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "bert40"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "mlm", "--steps", "2",
+                   "--mask-rate", "0.4", "--precision", "fp32"], capsys)
+    assert rc == 0, err
+    assert json.loads((run / "run.json").read_text())["train"]["mask_rate"] == 0.4
+    rc, err = cli(["--resume", "--out", run, "--mask-rate", "0.15"], capsys)  # changes what is computed
+    _one_line_error(rc, err, "mask")
+    for bad in ("0", "1", "-0.2"):
+        rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / f"bad{bad}", *TINY, "--objective", "mlm",
+                       "--mask-rate", bad], capsys)
+        _one_line_error(rc, err, "--mask-rate")
+        assert not (tmp_path / f"bad{bad}").exists()
 
 
 def test_fim_run_then_finetune_with_init(tmp_path, corpus, bpe_dir, capsys):

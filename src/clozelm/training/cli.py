@@ -40,7 +40,7 @@ DEFAULT_SHAPE = dict(n_layer=6, n_embd=384, n_head=6, n_positions=256)
 RESUMABLE_CHANGES = {"eval_every", "eval_examples", "checkpoint_every", "log_every"}
 TRAIN_OPTIONS = ["objective", "seq_len", "batch_size", "grad_accum", "steps", "lr", "min_lr_ratio", "warmup",
                  "weight_decay", "grad_clip", "precision", "seed", "eval_every", "eval_examples", "checkpoint_every",
-                 "log_every", "fim_rate", "spm_rate"]
+                 "log_every", "fim_rate", "spm_rate", "mask_rate"]
 SETUP_OPTIONS = ["tokenizer", "init", "preset", "n_layer", "n_embd", "n_head", "n_positions", "n_inner", "dropout",
                  "valid", "valid_every", "skip_bad_files"]
 
@@ -86,6 +86,8 @@ def add_parser(sub) -> None:
     g.add_argument("--seq-len", type=int, metavar="N", help="tokens per sequence (default: the model's n_positions)")
     g.add_argument("--fim-rate", type=float, metavar="X", help="fim: share of documents reordered (default 0.5)")
     g.add_argument("--spm-rate", type=float, metavar="X", help="fim: share of reordered documents in SPM order (default 0.5)")
+    g.add_argument("--mask-rate", type=float, metavar="X",
+                   help="mlm: share of tokens to predict (default 0.15, BERT's; 0.4 gives 2.7x the predictions per step)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default 1000)")
     g.add_argument("--batch-size", type=int, metavar="N", help="sequences per micro-batch per process (default 16)")
@@ -364,6 +366,8 @@ def _train_config(args, model_cfg: ModelConfig, world: int) -> TrainConfig:
     for name in ("fim_rate", "spm_rate", "min_lr_ratio"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be in [0, 1]")
+    if not 0.0 < cfg.mask_rate < 1.0:
+        problems.append("--mask-rate must be between 0 and 1 (exclusive)")
     if problems:
         raise ClozelmError("; ".join(problems))
     return cfg
