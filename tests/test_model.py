@@ -79,6 +79,36 @@ def test_bidirectional_padding_does_not_change_real_tokens():
         assert (model(padded, attention_mask=mask).logits[:, :7] - model(ids).logits).abs().max() < 1e-5
 
 
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_bias_is_added_per_head_on_both_attention_paths(family, padded):
+    bert = family == "bert"
+    cfg = ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4, causal=not bert,
+                      pre_ln=not bert, head="mlm" if bert else "tied")
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    pad = [1] * 7 + [0, 0] if bert else [0, 0] + [1] * 7  # BERT pads on the right, generation on the left
+    mask = torch.tensor([[1] * 9, pad]) if padded else None
+    only_self = torch.full((9, 9), -1e4).fill_diagonal_(0.0)
+    bias = torch.zeros(4, 9, 9)
+    bias[0] = only_self  # head 0 may only look at itself; the other heads are left alone
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask, attentions=True)
+        zero = model(ids, attention_mask=mask, attention_bias=torch.zeros(4, 9, 9))
+        fused = model(ids, attention_mask=mask, attention_bias=bias)  # SDPA path
+        explicit = model(ids, attention_mask=mask, attention_bias=bias, attentions=True)  # explicit softmax path
+    assert (zero.logits - plain.logits).abs().max() < 1e-5
+    assert (fused.logits - explicit.logits).abs().max() < 1e-4
+    assert (fused.logits - plain.logits).abs().max() > 1e-3
+    real = mask.bool() if padded else torch.ones(2, 9, dtype=torch.bool)
+    for layer, att in enumerate(explicit.attentions):
+        eye = torch.eye(9).expand(2, 9, 9)
+        assert (att[:, 0] - eye)[real].abs().max() < 1e-4, layer  # real query rows of head 0: only themselves
+        if layer == 0:  # the unbiased heads of the first layer see the same input as without the bias
+            assert (att[:, 1:] - plain.attentions[0][:, 1:]).abs().max() < 1e-5
+
+
 def test_too_long_input_is_refused():
     model = Transformer(ModelConfig(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))
     with pytest.raises(ValueError, match="exceeds"):

@@ -209,8 +209,11 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, attentions: bool = False, *, token_type_ids=None,
                 position_ids=None, cache: KVCache | None = None, last_logits_only: bool = False,
-                logits_at: torch.Tensor | None = None) -> Output:
+                logits_at: torch.Tensor | None = None, attention_bias: torch.Tensor | None = None) -> Output:
         """input_ids [B, T] (or [T]); attention_mask [B, T] (or [B, cached + T] with a cache), 1 = real, 0 = pad.
+
+        attention_bias: float, broadcastable to [B, n_head, T, cached + T], added to every layer's attention
+        scores before the softmax (the trainer's locality warm-up uses it; a plain forward leaves it None).
 
         logits_at: bool [B, T]; when given, logits are computed only there and come back as [N, V] in row-major
         order (masked-LM training labels ~15% of positions, so the vocabulary projection of the rest is waste)."""
@@ -240,7 +243,7 @@ class Transformer(nn.Module):
             else:
                 cache.key_valid[:, past:past + T] = True
                 cache.seen += T
-        mask, is_causal = self._attention_mask(B, T, past, new_valid, cache)
+        mask, is_causal = self._attention_mask(B, T, past, new_valid, cache, attention_bias)
 
         x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, D]
         if self.wtt is not None:
@@ -280,14 +283,15 @@ class Transformer(nn.Module):
         start = cache.seen[:, None] if cache is not None else 0
         return (start + valid.cumsum(1) - 1).clamp(min=0)
 
-    def _attention_mask(self, B, T, past, new_valid, cache):
-        """Returns (additive float mask [B, 1, T, S] or None, is_causal flag for the fast path)."""
+    def _attention_mask(self, B, T, past, new_valid, cache, bias=None):
+        """Returns (additive float mask [B, 1 or n_head, T, S] or None, is_causal flag for the fast path)."""
         causal = self.config.causal
+        dtype = self.wte.weight.dtype
         padded = (new_valid is not None and not bool(new_valid.all())) or (cache is not None and cache.has_padding)
         if not padded:
-            if not causal or T == 1:
-                return None, False  # every key is visible
-            if past == 0:
+            if not causal or T == 1:  # every key is visible
+                return (None if bias is None else bias.to(self.device, dtype)), False
+            if past == 0 and bias is None:
                 return None, True  # plain causal: let SDPA use its fused causal kernel
         S = past + T
         allowed = torch.ones(B, 1, T, S, dtype=torch.bool, device=self.device)
@@ -297,10 +301,11 @@ class Transformer(nn.Module):
             allowed = allowed & cache.key_valid[:, None, None, :S]
         elif new_valid is not None:
             allowed = allowed & new_valid[:, None, None, :]
-        dtype = self.wte.weight.dtype
         # A large negative number rather than -inf: a fully masked (padding) query row then gets a
         # harmless uniform distribution instead of NaN, as in the reference implementations.
-        return torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min), False
+        low = torch.finfo(dtype).min
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, low)
+        return (mask if bias is None else (mask + bias.to(self.device, dtype)).clamp_min(low)), False
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

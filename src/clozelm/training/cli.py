@@ -40,7 +40,7 @@ DEFAULT_SHAPE = dict(n_layer=6, n_embd=384, n_head=6, n_positions=256)
 RESUMABLE_CHANGES = {"eval_every", "eval_examples", "checkpoint_every", "log_every"}
 TRAIN_OPTIONS = ["objective", "seq_len", "batch_size", "grad_accum", "steps", "lr", "min_lr_ratio", "warmup",
                  "weight_decay", "grad_clip", "precision", "seed", "eval_every", "eval_examples", "checkpoint_every",
-                 "log_every", "fim_rate", "spm_rate", "mask_rate"]
+                 "log_every", "fim_rate", "spm_rate", "mask_rate", "locality_warmup"]
 SETUP_OPTIONS = ["tokenizer", "init", "preset", "n_layer", "n_embd", "n_head", "n_positions", "n_inner", "dropout",
                  "valid", "valid_every", "skip_bad_files"]
 
@@ -88,6 +88,9 @@ def add_parser(sub) -> None:
     g.add_argument("--spm-rate", type=float, metavar="X", help="fim: share of reordered documents in SPM order (default 0.5)")
     g.add_argument("--mask-rate", type=float, metavar="X",
                    help="mlm: share of tokens to predict (default 0.15, BERT's; 0.4 gives 2.7x the predictions per step)")
+    g.add_argument("--locality-warmup", type=int, metavar="N",
+                   help="fade a distance penalty on attention scores out over the first N steps (default 0 = off); gets "
+                        "a from-scratch masked LM off its bag-of-words plateau. The saved model is a plain one")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default 1000)")
     g.add_argument("--batch-size", type=int, metavar="N", help="sequences per micro-batch per process (default 16)")
@@ -356,7 +359,7 @@ def _train_config(args, model_cfg: ModelConfig, world: int) -> TrainConfig:
     for name in ("seq_len", "batch_size", "grad_accum", "steps", "eval_examples"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("warmup", "eval_every", "checkpoint_every", "log_every"):
+    for name in ("warmup", "eval_every", "checkpoint_every", "log_every", "locality_warmup"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.seq_len > model_cfg.n_positions:

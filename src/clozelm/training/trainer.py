@@ -25,6 +25,14 @@ Choices, and why:
   one. A second Ctrl-C aborts at once.
 - NaN/inf loss or gradient norm: stop before the optimizer step, write nothing, exit with an error;
   the last checkpoint on disk is the last good one.
+- Locality warm-up (--locality-warmup N, off by default): for the first N steps every head's attention
+  scores get a distance penalty -slope_h * f * |i - j| (slope_h = 2^-h, f falling linearly from 1 to 0),
+  ALiBi's bias (Press et al. 2022) made symmetric and faded out. Why: a bidirectional MLM from scratch
+  sits for thousands of steps on a plateau where every head is uniform, because nothing in it says where
+  a token is until the learned position table has structure, and the table gets no gradient until some
+  head is local. The penalty makes heads local at once; as it fades, the loss pushes the locality into
+  the position table and the query/key weights. From step N on the model is a plain BERT/GPT-2 (nothing
+  of the bias is saved), and held-out evaluation never uses it, so its figures are the model's own.
 - Best weights: each evaluation that lowers the held-out loss writes the weights to RUN/best.pt (atomically,
   like the checkpoint). The run's model (RUN/model) is those weights, so a run that trained past the point
   where held-out loss stopped improving still gives its best model; checkpoint.pt keeps the last weights.
@@ -85,6 +93,7 @@ class TrainConfig:
     fim_rate: float = 0.5
     spm_rate: float = 0.5
     mask_rate: float = 0.15
+    locality_warmup: int = 0  # steps of the fading attention distance penalty (module docstring); 0 = off
     world_size: int = 1  # recorded so a resume with another world size (other global batch) is refused
 
     @property
@@ -162,6 +171,17 @@ def param_groups(model: Transformer, weight_decay: float) -> list[dict]:
             continue
         (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def locality_bias(cfg: TrainConfig, step: int, n_head: int, T: int, device: torch.device) -> torch.Tensor | None:
+    """The locality warm-up's additive attention bias [n_head, T, T] at optimizer step `step`, or None."""
+    fade = 1.0 - step / cfg.locality_warmup if cfg.locality_warmup else 0.0
+    if fade <= 0.0:
+        return None
+    slopes = 2.0 ** -torch.arange(n_head, dtype=torch.float32, device=device)  # head 0 sharpest
+    distance = torch.arange(T, device=device)
+    distance = (distance[:, None] - distance[None, :]).abs().float()
+    return -fade * slopes[:, None, None] * distance  # [H, T, T]
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -304,12 +324,13 @@ class Metrics:
         write_loss_curve(self.dir / "loss_curve.png", train, valid)
 
 
-def logits_and_labels(forward, objective: Objective, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_and_labels(forward, objective: Objective, x: torch.Tensor, y: torch.Tensor,
+                      attention_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits where there are labels. Masked LM labels ~15% of positions: the head runs only there."""
     if objective.sparse_labels:
         keep = y != IGNORE
-        return forward(x, logits_at=keep).logits, y[keep]
-    return forward(x).logits, y
+        return forward(x, logits_at=keep, attention_bias=attention_bias).logits, y[keep]
+    return forward(x, attention_bias=attention_bias).logits, y
 
 
 @torch.no_grad()
@@ -435,10 +456,11 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for m, (x, y) in enumerate(micro):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            bias = locality_bias(cfg, step, self.model.config.n_head, x.shape[1], self.device)
             sync = self.ddp.no_sync() if self.ddp is not None and m < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg.precision, self.device):
-                    logits, y = logits_and_labels(self.forward, self.objective, x, y)
+                    logits, y = logits_and_labels(self.forward, self.objective, x, y, bias)
                 s, _ = loss_sum(logits, y)
                 (s * scale).backward()
             total += s.detach()
