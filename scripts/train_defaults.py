@@ -37,13 +37,25 @@ def clozelm(*args: str) -> list[str]:
     return [sys.executable, "-m", "clozelm", *args]
 
 
+def notes_for(run_dir: Path) -> str:
+    """What the card should say about how the run was trained beyond the shared recipe."""
+    warmup = json.loads((run_dir / "run.json").read_text())["train"].get("locality_warmup", 0)
+    if not warmup:
+        return ""
+    return (f"Trained with `--locality-warmup {warmup}`: for the first {warmup:,} steps every head's attention scores got "
+            "a distance penalty -2^-h * |i - j| (ALiBi's, made symmetric) that faded linearly to zero. Without it, the "
+            "same recipe sat on the masked-LM plateau: every head uniform, held-out loss 5.61-5.63 from step 2,405 to "
+            "2,960 of 7,400, where the corpus's unigram entropy is 6.46 nats. The saved model is a plain post-LN BERT; "
+            "nothing of the penalty is in it, and the validation figures above are measured without it.")
+
+
 def stats_from_metrics(run_dir: Path, objective: str, hardware: str) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
     return {"objective": objective, "tokens_seen": max(r.get("tokens", 0) for r in steps), "steps": steps[-1]["step"],
             "seconds": max(r.get("elapsed_s", 0) for r in steps), "val_loss": min(r["val_loss"] for r in evals),
-            "trainer": "clozelm train (scripts/train_defaults.py)", "hardware": hardware}
+            "trainer": "clozelm train (scripts/train_defaults.py)", "hardware": hardware, "notes": notes_for(run_dir)}
 
 
 def main() -> None:
@@ -82,7 +94,7 @@ def main() -> None:
         if (run_dir / "checkpoint.pt").exists():
             run(clozelm("train", "--resume", *common))
         else:
-            extra = ["--locality-warmup", str(args.steps // 4)] if objective == "mlm" else []
+            extra = ["--locality-warmup", str(max(1, args.steps // 4))] if objective == "mlm" else []
             run(clozelm("train", str(corpus / "train"), "--valid", str(corpus / "valid"), "--tokenizer", str(tokenizer),
                         "--objective", objective, *SHAPE, *extra, "--lr", args.lr, "--warmup", str(max(1, args.steps // 50)),
                         "--eval-every", str(max(1, args.steps // 40)), "--checkpoint-every", str(max(1, args.steps // 80)),

@@ -62,6 +62,7 @@ def test_each_default_is_exported_in_bf16_with_a_card(exported, name):
     ppl = float(re.search(r"\| validation perplexity \| ([0-9.]+) \|", card).group(1))
     assert "weights as shipped (bf16)" in card and "shakespeare" in card
     assert ppl == pytest.approx(math.exp(loss), rel=2e-3)
+    assert ("--locality-warmup 1`" in card) == (name == "default-bert")  # the masked LM alone, said on its card
     assert 4.0 < loss < 7.0  # two steps from scratch with 400 tokens: about ln(400) = 6.0, and finite
 
 

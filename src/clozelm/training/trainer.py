@@ -30,9 +30,11 @@ Choices, and why:
   ALiBi's bias (Press et al. 2022) made symmetric and faded out. Why: a bidirectional MLM from scratch
   sits for thousands of steps on a plateau where every head is uniform, because nothing in it says where
   a token is until the learned position table has structure, and the table gets no gradient until some
-  head is local. The penalty makes heads local at once; as it fades, the loss pushes the locality into
-  the position table and the query/key weights. From step N on the model is a plain BERT/GPT-2 (nothing
-  of the bias is saved), and held-out evaluation never uses it, so its figures are the model's own.
+  head is local. While the penalty supplies locality, the rest of the network learns to use local
+  context; once it fades, the one missing piece (locality from the position table and query/key weights)
+  has a strong gradient. On a copy task the held-out loss without the penalty rises during the fade and
+  falls below the plateau within ~10% of N after it. From step N on the model is a plain BERT/GPT-2
+  (nothing of the penalty is saved), and held-out evaluation never uses it, so its figures are the model's own.
 - Best weights: each evaluation that lowers the held-out loss writes the weights to RUN/best.pt (atomically,
   like the checkpoint). The run's model (RUN/model) is those weights, so a run that trained past the point
   where held-out loss stopped improving still gives its best model; checkpoint.pt keeps the last weights.
