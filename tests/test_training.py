@@ -365,20 +365,24 @@ def test_mlm_run_gives_a_bert_model(tmp_path, corpus, bpe_dir, capsys):
     assert np.mean([loss[s] for s in range(26, 31)]) < np.mean([loss[s] for s in range(1, 6)])
 
 
-def test_mask_rate_option_reaches_the_objective_and_is_checked(tmp_path, corpus, bpe_dir, capsys):
-    run = tmp_path / "bert40"
-    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "mlm", "--steps", "2",
-                   "--mask-rate", "0.4", "--precision", "fp32"], capsys)
+@pytest.mark.parametrize("option, value, changed, bad_values", [
+    ("--mask-rate", 0.4, "0.15", ("0", "1", "-0.2")),
+    ("--locality-warmup", 2, "0", ("-1",)),
+])
+def test_mlm_option_is_recorded_refused_on_resume_and_checked(tmp_path, corpus, bpe_dir, capsys, option, value,
+                                                                changed, bad_values):
+    run = tmp_path / "bert"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "mlm", "--steps", "4",
+                   option, str(value), "--precision", "fp32"], capsys)
     assert rc == 0, err
-    assert json.loads((run / "run.json").read_text())["train"]["mask_rate"] == 0.4
-    rc, err = cli(["--resume", "--out", run, "--mask-rate", "0.15"], capsys)  # changes what is computed
-    _one_line_error(rc, err, "mask")
-    for bad in ("0", "1", "-0.2"):
+    assert json.loads((run / "run.json").read_text())["train"][option[2:].replace("-", "_")] == value
+    rc, err = cli(["--resume", "--out", run, option, changed], capsys)  # changes what is computed
+    _one_line_error(rc, err, option[2:].split("-")[0])
+    for bad in bad_values:
         rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / f"bad{bad}", *TINY, "--objective", "mlm",
-                       "--mask-rate", bad], capsys)
-        _one_line_error(rc, err, "--mask-rate")
+                       option, bad], capsys)
+        _one_line_error(rc, err, option)
         assert not (tmp_path / f"bad{bad}").exists()
-
 
 
 def test_locality_bias_fades_linearly_to_nothing():
@@ -424,19 +428,6 @@ def test_locality_warmup_gets_a_masked_lm_off_its_plateau():
     chance = np.log(V - 1)
     assert held_out_loss(0) > chance - 0.4
     assert held_out_loss(steps // 2) < 1.5
-
-
-def test_locality_warmup_option_is_recorded_and_checked(tmp_path, corpus, bpe_dir, capsys):
-    run = tmp_path / "local"
-    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "mlm", "--steps", "4",
-                   "--locality-warmup", "2", "--precision", "fp32"], capsys)
-    assert rc == 0, err
-    assert json.loads((run / "run.json").read_text())["train"]["locality_warmup"] == 2
-    rc, err = cli(["--resume", "--out", run, "--locality-warmup", "0"], capsys)
-    _one_line_error(rc, err, "locality")
-    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / "bad", *TINY, "--locality-warmup", "-1"], capsys)
-    _one_line_error(rc, err, "--locality-warmup")
-    assert not (tmp_path / "bad").exists()
 
 
 def test_fim_run_then_finetune_with_init(tmp_path, corpus, bpe_dir, capsys):
