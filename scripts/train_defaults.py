@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +30,27 @@ SHAPE = ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--n-positions", 
 
 
 def run(cmd: list[str]) -> None:
+    """Run one step; if it fails or is stopped, say so in one line and exit with its status."""
     print("+ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    child = subprocess.Popen(cmd)
+    # Ctrl-C reaches the whole foreground process group, so `clozelm train` gets it too and saves a checkpoint:
+    # wait for it rather than kill it (subprocess.run would kill it 0.25 s later, mid-save). A SIGTERM sent to this
+    # script alone is passed on, so `kill PID` also stops the run with a checkpoint.
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code:
+        status = 128 - code if code < 0 else code  # killed by a signal: report it as a shell does
+        step = " ".join(cmd[2:4]) if cmd[1] == "-m" else Path(cmd[1]).name  # "clozelm train" or "export_default.py"
+        print(f"train_defaults.py: stopped: {step} exited with status {status}", file=sys.stderr, flush=True)
+        sys.exit(status)
 
 
 def clozelm(*args: str) -> list[str]:

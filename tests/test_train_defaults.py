@@ -9,8 +9,11 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,36 @@ def test_a_second_run_resumes_instead_of_retraining(exported):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("run already complete") == 3
     assert {n: (runs / n / "checkpoint.pt").stat().st_mtime_ns for n in NAMES} == before
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_stopping_the_script_saves_a_checkpoint_and_says_so_in_one_line(exported, tmp_path, how):
+    # Ctrl-C in a terminal signals the whole process group; `kill PID` signals the script alone.
+    runs = tmp_path / "runs"
+    shutil.copytree(exported / "runs" / "tokenizer", runs / "tokenizer")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLOZELM_TEST_PAUSE_AT_STEP": "3"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train_defaults.py"), "--runs", str(runs),
+                             "--corpus", str(exported / "corpus"), "--only", "default", "--steps", "50",
+                             "--batch-size", "2", "--threads", "1", "--no-export"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    timer = threading.Timer(300, proc.kill)
+    timer.start()
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "paused at step 3" in line:
+                break
+        assert seen and "paused at step 3" in seen[-1], "".join(seen)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        timer.cancel()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "train_defaults.py: stopped: clozelm train exited with status 130"
+    assert "checkpoint saved" in err
+    assert torch.load(runs / "default" / "checkpoint.pt", weights_only=True)["step"] == 3

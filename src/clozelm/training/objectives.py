@@ -9,11 +9,16 @@
          the window of T+1 tokens is cut into its documents at the separator token, and each
          document independently, with probability `fim_rate` (0.5), is split into prefix/middle/suffix
          at two cut points drawn uniformly over its *token* boundaries and reordered as
-             PSM  <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle [separator]
-             SPM  <|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix middle [separator]
+             PSM  <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle <sep>
+             SPM  <|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix middle <sep>
          (SPM with probability `spm_rate` (0.5), in the paper's appendix-D form, where prefix runs
-         straight into middle). The three sentinels make the sequence 3 tokens longer per FIM
-         document; it is truncated back to T+1 tokens, as in the paper. Then as clm, loss on every token.
+         straight into middle). The separator always closes the middle, also where the window cut the
+         document short: it is how the model learns to say "the middle is complete", which is what
+         fill scores a candidate by. Documents here (chapters) are far longer than a window, so without
+         it a middle almost never ends inside the window and the model never learns to stop one. The
+         reordered document is 3-4 tokens longer; the document that would run past the end of the
+         window is shortened *before* it is reordered, so no middle is ever cut off, and the window
+         stays T+1 tokens. Then as clm, loss on every token.
          Why token-level cut points: the shards are already tokenized, and re-tokenizing each sample to
          cut at characters would cost more than the model step on this CPU; it also matches how
          clozelm's FIM fill encodes the text left and right of a blank separately. The price is that
@@ -115,26 +120,28 @@ class FillInMiddle(Objective):
         return np.concatenate([s([self.pre]), prefix, s([self.suf]), suffix, s([self.mid]), middle])
 
     def transform(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The window with FIM applied per document, before truncation (longer than the window)."""
+        """The window with FIM applied per document, len(window) tokens; every reordered middle is closed."""
+        n = len(window)
         ends = np.flatnonzero(window == self.sep) + 1  # each document ends just after its separator
-        pieces, start = [], 0
-        for end in [*ends.tolist(), len(window)]:
+        pieces, used, start = [], 0, 0
+        for end in [*ends.tolist(), n]:
+            if used >= n:
+                break
             if end <= start:
                 continue
-            doc = window[start:end]
-            has_sep = doc[-1] == self.sep
-            body = doc[:-1] if has_sep else doc
-            if len(body) and rng.random() < self.fim_rate:
-                pieces.append(self.permute(body, rng))
-                if has_sep:
-                    pieces.append(doc[-1:])
+            doc, start = window[start:end], end
+            body = doc[:-1] if doc[-1] == self.sep else doc
+            room = n - used - 4  # body tokens that fit beside 3 sentinels and the closing separator
+            if len(body) and rng.random() < self.fim_rate and room > 0:
+                piece = np.concatenate([self.permute(body[:room], rng), [self.sep]])
             else:
-                pieces.append(doc)
-            start = end
-        return np.concatenate(pieces)
+                piece = doc
+            pieces.append(piece)
+            used += len(piece)
+        return np.concatenate(pieces)[:n]
 
     def example(self, window, rng):
-        seq = self.transform(window, rng)[:len(window)]
+        seq = self.transform(window, rng)
         return seq[:-1], seq[1:]
 
 
