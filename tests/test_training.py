@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 import clozelm
 from clozelm.cli import main
+from clozelm.cloze import method_for
 from clozelm.errors import ClozelmError
 from clozelm.tokenizers import load_tokenizer, train_bpe
 from clozelm.training.data import CorpusFiles, build_token_cache, token_dtype
@@ -452,6 +453,27 @@ def test_fim_run_then_finetune_with_init(tmp_path, corpus, bpe_dir, capsys):
     start = load_file(run / "model" / "model.safetensors")
     assert not torch.equal(start["transformer.wte.weight"], load_file(tuned / "model" / "model.safetensors")["transformer.wte.weight"])
 
+
+
+def test_a_fim_model_fills_in_the_format_it_was_trained_on(tmp_path, corpus, bpe_dir, capsys):
+    # Each answer's score is log P(middle + separator | <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left):
+    # SPM order, and the separator that closes every middle in training says the middle is complete.
+    run = tmp_path / "fim"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "fim", "--steps", "8"], capsys)
+    assert rc == 0, err
+    model = clozelm.load(run / "model")
+    tok, sp = model.tokenizer, model.tokenizer.special_tokens
+    assert method_for(model) == "fim"
+    left, right = "The old dog saw the", " cat near the river."
+    answers = clozelm.fill(left + " ___" + right, model=model, top=4, precision="fp32")
+    assert len(answers) == 4
+    ctx = [sp["<|fim_prefix|>"], sp["<|fim_suffix|>"], *tok.encode(right), sp["<|fim_middle|>"], *tok.encode(left)]
+    for answer in answers:
+        middle = tok.encode(" " + answer.blanks[0]) + [tok.eos_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ctx + middle])).logits[0].float(), -1)
+        expected = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(middle))
+        assert answer.score == pytest.approx(expected, abs=2e-3), answer
 
 # ---------------------------------------------------------------- CLI errors
 

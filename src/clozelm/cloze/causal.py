@@ -17,8 +17,11 @@ everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, le
 The final score is log P(whole completed text), comparable across answers of one model.
 
 Models trained with fill-in-the-middle (`fim=True`) see the text after the blank natively: the context
-is <|fim_prefix|> left <|fim_suffix|> right <|fim_middle|>, candidates come from the same beam and are
-judged by log P(candidate + <|endoftext|> | that context) (Bavarian et al. 2022, PSM order).
+is <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left, candidates come from the same beam and are
+judged by log P(candidate + <|endoftext|> | that context), the separator saying the middle is complete
+(Bavarian et al. 2022, SPM order). clozelm's `fim` objective trains PSM and SPM alike, but SPM, where the
+left text runs straight into the middle, is what a small model learns first: at 30M tokens `default-fim`
+gave the middle's tokens -3.4 nats each in SPM order, -5.7 in PSM order and -3.5 with the left text alone.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class CausalFiller:
             follow = segments[i + 1]
             scored = []
             for score, left, fills in states:
-                ctx = [pre] + left + [suf] + follow + [mid]
+                ctx = [pre, suf] + follow + [mid] + left
                 for cand, gain in self._candidates(ctx, blank, end, at_end=False):
                     scored.append((score + gain, left + cand + follow, fills + [cand]))
             scored.sort(key=lambda s: -s[0])
