@@ -6,19 +6,22 @@
          probability 0.8, a random ordinary token with 0.1, or stays itself with 0.1. Labels are the
          original ids at the chosen positions and IGNORE (-100) elsewhere, so the loss covers only them.
     fim  fill-in-the-middle (Bavarian et al. 2022) for a causal model, applied at the context level:
-         the window of T+1 tokens is cut into its documents at the separator token, and each
-         document independently, with probability `fim_rate` (0.5), is split into prefix/middle/suffix
-         at two cut points drawn uniformly over its *token* boundaries and reordered as
+         the window of T+1 tokens is cut into its documents at the separator token, each document into
+         stretches of uniform random length in [1, T+1], and each stretch independently, with
+         probability `fim_rate` (0.5), is split into prefix/middle/suffix at two cut points drawn
+         uniformly over its *token* boundaries and reordered as
              PSM  <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle <sep>
              SPM  <|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix middle <sep>
          (SPM with probability `spm_rate` (0.5), in the paper's appendix-D form, where prefix runs
-         straight into middle). The separator always closes the middle, also where the window cut the
-         document short: it is how the model learns to say "the middle is complete", which is what
-         fill scores a candidate by. Documents here (chapters) are far longer than a window, so without
-         it a middle almost never ends inside the window and the model never learns to stop one. The
-         reordered document is 3-4 tokens longer; the document that would run past the end of the
-         window is shortened *before* it is reordered, so no middle is ever cut off, and the window
-         stays T+1 tokens. Then as clm, loss on every token.
+         straight into middle). Stretches left alone run on as plain text. The separator closes every
+         middle: it is how the model learns to say "the middle is complete", which is what fill scores a
+         candidate by. Why stretches: the paper's documents are mostly shorter than its context, so its
+         middles end all over the window. Here documents (chapters) are several windows long; reordered
+         whole, a window's middle would always end at the window's end, and the model would learn to
+         close a middle by its position instead of by the text (at 1.1k steps that model gave the
+         separator after a complete middle e^-8). A reordered stretch is 3-4 tokens longer; the one that
+         would run past the end of the window is shortened *before* it is reordered, so no middle is
+         ever cut off, and the window stays T+1 tokens. Then as clm, loss on every token.
          Why token-level cut points: the shards are already tokenized, and re-tokenizing each sample to
          cut at characters would cost more than the model step on this CPU; it also matches how
          clozelm's FIM fill encodes the text left and right of a blank separately. The price is that
@@ -120,24 +123,33 @@ class FillInMiddle(Objective):
         return np.concatenate([s([self.pre]), prefix, s([self.suf]), suffix, s([self.mid]), middle])
 
     def transform(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The window with FIM applied per document, len(window) tokens; every reordered middle is closed."""
+        """The window with FIM applied per stretch, len(window) tokens; every reordered middle is closed."""
         n = len(window)
         ends = np.flatnonzero(window == self.sep) + 1  # each document ends just after its separator
         pieces, used, start = [], 0, 0
         for end in [*ends.tolist(), n]:
-            if used >= n:
-                break
             if end <= start:
                 continue
             doc, start = window[start:end], end
-            body = doc[:-1] if doc[-1] == self.sep else doc
-            room = n - used - 4  # body tokens that fit beside 3 sentinels and the closing separator
-            if len(body) and rng.random() < self.fim_rate and room > 0:
-                piece = np.concatenate([self.permute(body[:room], rng), [self.sep]])
-            else:
-                piece = doc
-            pieces.append(piece)
-            used += len(piece)
+            has_sep = doc[-1] == self.sep
+            body = doc[:-1] if has_sep else doc
+            at = 0
+            while at < len(body) and used < n:
+                stretch = body[at:at + int(rng.integers(1, n + 1))]
+                at += len(stretch)
+                closes_doc = has_sep and at == len(body)
+                room = n - used - 4  # stretch tokens that fit beside 3 sentinels and the closing separator
+                if rng.random() < self.fim_rate and room > 0:
+                    piece = np.concatenate([self.permute(stretch[:room], rng), [self.sep]])  # ends the document too if closes_doc
+                else:
+                    piece = np.concatenate([stretch, [self.sep]]) if closes_doc else stretch
+                pieces.append(piece)
+                used += len(piece)
+            if not len(body) and used < n:
+                pieces.append(doc)  # an empty document: its separator alone
+                used += len(doc)
+            if used >= n:
+                break
         return np.concatenate(pieces)[:n]
 
     def example(self, window, rng):
