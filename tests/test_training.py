@@ -466,8 +466,9 @@ def test_fim_run_then_finetune_with_init(tmp_path, corpus, bpe_dir, capsys):
 
 
 def test_a_fim_model_fills_in_the_format_it_was_trained_on(tmp_path, corpus, bpe_dir, capsys):
-    # Each answer's score is log P(middle + separator | <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left):
-    # SPM order, and the separator that closes every middle in training says the middle is complete.
+    # FIM score: log P(middle + separator | <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left), SPM order, the
+    # separator that closes every middle in training saying the middle is complete. By default each answer's score
+    # is the mean of that and log P(whole text) read left to right: two estimates of the same joint probability.
     run = tmp_path / "fim"
     rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "fim", "--steps", "8"], capsys)
     assert rc == 0, err
@@ -475,15 +476,23 @@ def test_a_fim_model_fills_in_the_format_it_was_trained_on(tmp_path, corpus, bpe
     tok, sp = model.tokenizer, model.tokenizer.special_tokens
     assert method_for(model) == "fim"
     left, right = "The old dog saw the", " cat near the river."
-    answers = clozelm.fill(left + " ___" + right, model=model, top=4, precision="fp32")
-    assert len(answers) == 4
     ctx = [sp["<|fim_prefix|>"], sp["<|fim_suffix|>"], *tok.encode(right), sp["<|fim_middle|>"], *tok.encode(left)]
-    for answer in answers:
-        middle = tok.encode(" " + answer.blanks[0]) + [tok.eos_id]
+
+    def logp_of(seq, start):
         with torch.no_grad():
-            logp = torch.log_softmax(model(torch.tensor([ctx + middle])).logits[0].float(), -1)
-        expected = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(middle))
-        assert answer.score == pytest.approx(expected, abs=2e-3), answer
+            logp = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), -1)
+        return sum(logp[i - 1, seq[i]].item() for i in range(start, len(seq)))
+
+    for judge in ("fim", "both"):
+        answers = clozelm.fill(left + " ___" + right, model=model, top=4, precision="fp32", fim_judge=judge)
+        assert len(answers) == 4
+        for answer in answers:
+            middle = tok.encode(" " + answer.blanks[0])
+            fim = logp_of(ctx + middle + [tok.eos_id], len(ctx))
+            causal = logp_of([tok.eos_id, *tok.encode(answer.text)], 1)
+            expected = fim if judge == "fim" else (fim + causal) / 2
+            assert answer.score == pytest.approx(expected, abs=2e-3), (judge, answer)
+
 
 # ---------------------------------------------------------------- CLI errors
 

@@ -25,7 +25,7 @@ __all__ = ["fill", "Answer", "parse", "method_for"]
 class Answer:
     text: str  # the whole reconstructed text
     blanks: list[str]  # what each blank hides, in order
-    score: float  # log-probability (causal: of the whole text; FIM: of the middles; MLM: word-l2r PLL)
+    score: float  # log-probability (causal: of the whole text; FIM: mean of that and of the middles in FIM order; MLM: word-l2r PLL)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -66,7 +66,8 @@ def fill(text: str, model="default", top: int = 5, **options) -> list[Answer]:
     else:
         filler = CausalFiller(model, tok, width=options.get("width", 32), max_word_tokens=options.get("max_word_tokens", 4),
                               states=max(top, options.get("states", 8)), fim=method == "fim",
-                              lookahead=options.get("lookahead", 256), lookahead_keep=options.get("lookahead_keep", 32))
+                              lookahead=options.get("lookahead", 256), lookahead_keep=options.get("lookahead_keep", 32),
+                              fim_judge=options.get("fim_judge", "both"))
     # bf16 matrix products (AMX on recent Xeons, tensor cores on GPUs) make the search several times faster;
     # LayerNorm and softmax stay in fp32 under autocast, and scores stay comparable within one setting.
     precision = options.get("precision", "bf16")

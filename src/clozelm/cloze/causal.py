@@ -16,13 +16,15 @@ everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, le
 
 The final score is log P(whole completed text), comparable across answers of one model.
 
-Models trained with fill-in-the-middle (`fim=True`) see the text after the blank natively: the context
-is <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left, candidates come from the same beam and are
-judged by log P(candidate + <|endoftext|> | that context), the separator saying the middle is complete
-(Bavarian et al. 2022, SPM order). clozelm's `fim` objective trains PSM and SPM alike, but SPM, where the
-left text runs straight into the middle, is what a small model learns first: a 30M-token FIM run gave the
-middle's tokens -3.44 nats each in SPM order, -4.95 in PSM order and -3.53 with the left text alone
-(benchmarks/fim_middle_end.py).
+Models trained with fill-in-the-middle (`fim=True`) also read the text after the blank natively, in the
+context <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left (Bavarian et al. 2022, SPM order; clozelm's
+`fim` objective trains PSM and SPM alike, but SPM, where the left text runs straight into the middle, is what
+a small model learns first: -3.44 nats per middle token in SPM order, -4.95 in PSM, -3.53 with the left text
+alone after 30M tokens; benchmarks/fim_middle_end.py). Candidates come from both readings, the FIM beam and
+the left-to-right one, and each is judged by both:
+log P(candidate + <|endoftext|> | FIM context), the separator saying the middle is complete, and
+log P(whole text) as above. Both estimate the same joint probability up to terms the candidate does not
+change, so the score is their mean (`fim_judge="fim"` keeps the FIM reading alone).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB o
 
 class CausalFiller:
     def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8, fim: bool = False,
-                 follow_window: int = 12, lookahead: int = 256, lookahead_keep: int = 32):
+                 follow_window: int = 12, lookahead: int = 256, lookahead_keep: int = 32, fim_judge: str = "both"):
         self.model, self.tok, self.fim, self.follow_window = model, tokenizer, fim, follow_window
+        self.fim_judge = fim_judge
         self.width, self.max_word_tokens, self.n_states = width, max_word_tokens, states
         self.lookahead, self.lookahead_keep = lookahead, lookahead_keep
         self.vocab = model.config.vocab_size
@@ -54,17 +57,34 @@ class CausalFiller:
         special = self.tok.special_tokens
         pre, suf, mid = (special[f"<|fim_{n}|>"] for n in ("prefix", "suffix", "middle"))
         end = [self.tok.eos_id]
-        states = [(0.0, segments[0], [])]
+        both = self.fim_judge == "both"
+        states = [(0.0, 0.0, segments[0], [])]  # (FIM score, causal score so far, text so far, fills)
         for i, blank in enumerate(blanks):
             follow = segments[i + 1]
+            needs_boundary = i == len(blanks) - 1 and not follow and blank.kind == "word"
+            n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
             scored = []
-            for score, left, fills in states:
-                ctx = [pre, suf] + follow + [mid] + left
-                for cand, gain in self._candidates(ctx, blank, end, at_end=False):
-                    scored.append((score + gain, left + cand + follow, fills + [cand]))
-            scored.sort(key=lambda s: -s[0])
+            for fim_score, causal_score, left, fills in states:
+                fim_read = self._read([pre, suf] + follow + [mid] + left, n_max + 2)
+                pool = self._propose(*fim_read, blank, None)
+                if both:
+                    window = follow[:self.follow_window]
+                    causal_read = self._read(self.start_ids + left, n_max + len(window) + 1)
+                    seen = set(map(tuple, pool))
+                    pool += [c for c in self._propose(*causal_read, blank, follow[0] if follow else None)
+                             if tuple(c) not in seen]
+                    causal_gains = [g for _, g in self._judge(*causal_read, pool, window, needs_boundary)]
+                else:
+                    causal_gains = [0.0] * len(pool)
+                for (cand, gain), causal_gain in zip(self._judge(*fim_read, pool, end, False), causal_gains):
+                    scored.append((fim_score + gain, causal_score + causal_gain, left + cand + follow, fills + [cand]))
+            scored.sort(key=lambda s: -(s[0] + s[1]))
             states = scored[:self.n_states]
-        return [(score, fills) for score, _, fills in states]
+        if not both:
+            return [(fim_score, fills) for fim_score, _, _, fills in states]
+        # Two estimates of one joint probability, up to terms the fills do not change: report their mean.
+        exact = self._sequence_logprobs([self.start_ids + text for _, _, text, _ in states])
+        return sorted((((f + e) / 2, fills) for e, (f, _, _, fills) in zip(exact, states)), key=lambda s: -s[0])
 
     def _fill_left_to_right(self, segments: list[list[int]], blanks: list[Blank]):
         ctx = self.start_ids + segments[0]
@@ -92,16 +112,14 @@ class CausalFiller:
 
     def _candidates(self, ctx: list[int], blank: Blank, follow: list[int], at_end: bool):
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
-        cache = self.model.new_cache(1, len(ctx) + n_max + len(follow) + 1)
-        last = self.model(torch.tensor([ctx]), cache=cache, last_logits_only=True).logits[0, -1].float()
-        # A FIM context already holds the suffix; otherwise the next known token can steer the proposals.
-        next_known = follow[0] if follow and not self.fim else None
-        pool = self._propose(cache, F.log_softmax(last, -1), blank, next_known)
+        cache, last = self._read(ctx, n_max + len(follow) + 1)
+        pool = self._propose(cache, last, blank, follow[0] if follow else None)
         return self._judge(cache, last, pool, follow, at_end and blank.kind == "word")
 
-    def _propose(self, cache, first_logp: torch.Tensor, blank: Blank, next_known: int | None) -> list[list[int]]:
-        """Beam over the blank's tokens from the left context (first tokens also by one token of look-ahead).
-        Word blanks keep every prefix as a candidate."""
+    def _propose(self, cache, last_logits: torch.Tensor, blank: Blank, next_known: int | None) -> list[list[int]]:
+        """Beam over the blank's tokens from the context (first tokens also by one token of look-ahead when the
+        next known token is given). Word blanks keep every prefix as a candidate."""
+        first_logp = F.log_softmax(last_logits, -1)
         if blank.kind == "word":
             first, cont, _ = word_masks(self.tok, self.vocab, blank.lead_space)
             n_tokens = self.max_word_tokens
@@ -150,6 +168,11 @@ class CausalFiller:
             return True
         except UnicodeDecodeError:  # ends inside a multi-byte character
             return False
+
+    def _read(self, ctx: list[int], room: int):
+        """A cache holding `ctx` with `room` more positions, and the logits after its last token."""
+        cache = self.model.new_cache(1, len(ctx) + room)
+        return cache, self.model(torch.tensor([ctx]), cache=cache, last_logits_only=True).logits[0, -1].float()
 
     def _judge(self, cache, last_logits, pool, follow, needs_boundary):
         """log P(candidate + follow | context) for every candidate, batched over the cached context."""
