@@ -8,7 +8,7 @@ scripts/build_corpus.py): exact-match accuracy of
 for each model, plus a left-context-only baseline for causal models: greedy continuation that ignores the
 text after the blank (what `text-generation` would do). Also prints the mean time per fill.
 
-    python benchmarks/fill_quality.py [--models default,default-fim,default-bert] [--n 100] [--fim-judge both|fim]
+    python benchmarks/fill_quality.py [--models default,default-fim,default-bert] [--n 100] [--fim-judge causal|both|fim]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import clozelm
-from clozelm.cloze import fill
+from clozelm.cloze import fill, method_for
 from clozelm.cloze.vocab import word_masks
 from clozelm.generation import generate_ids
 
@@ -93,8 +93,9 @@ def main():
     p.add_argument("--models", default="default,default-fim,default-bert")
     p.add_argument("--n", type=int, default=100, help="sentences per task")
     p.add_argument("--valid", default="data/corpus/valid")
-    p.add_argument("--fim-judge", default="both", choices=["both", "fim"],
-                   help="FIM models: judge by the FIM and the left-to-right reading together, or by FIM alone")
+    p.add_argument("--fim-judge", default="both", choices=["causal", "both", "fim"],
+                   help="FIM models: judge by the FIM and the left-to-right reading together (the default), by the "
+                        "left-to-right reading alone, or by the FIM reading alone")
     p.add_argument("--tasks", help="comma-separated subset, e.g. 'middle word,last word' (default: all)")
     args = p.parse_args()
     valid = Path(args.valid)
@@ -119,7 +120,7 @@ def main():
             hits = 0
             for text, answer in cases:
                 start = time.perf_counter()
-                got = fill(text, model=model, top=1, fim_judge=args.fim_judge)[0].blanks[0]
+                got = fill(text, model=model, top=1, fim_judge=args.fim_judge if method_for(model) == "fim" else "causal")[0].blanks[0]
                 timings[name].append(time.perf_counter() - start)
                 hits += got == answer
             row.append(hits / len(cases))

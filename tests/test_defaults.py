@@ -90,9 +90,8 @@ def test_uses_word_order(name, model, news_windows):
     assert natural < shuffled - 1.0, (natural, shuffled)
 
 
-@pytest.mark.parametrize("trained", ["default", "default-bert"])
+@pytest.mark.parametrize("trained", ["default", "default-bert", "default-fim"])
 def test_fill_finds_the_word_the_text_after_the_blank_decides(trained):
     # The left context alone ranks "light" ~50th after "Let there be"; the text after the blank decides it.
-    # (default-fim joins when its 30M-token training ships; the provisional one answers "to".)
     answers = clozelm.fill("And God said, Let there be ___: and there was light.", model=clozelm.load(trained), top=3)
     assert answers[0].blanks[0].strip() == "light", [a.text for a in answers]

@@ -466,9 +466,10 @@ def test_fim_run_then_finetune_with_init(tmp_path, corpus, bpe_dir, capsys):
 
 
 def test_a_fim_model_fills_in_the_format_it_was_trained_on(tmp_path, corpus, bpe_dir, capsys):
-    # FIM score: log P(middle + separator | <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left), SPM order, the
-    # separator that closes every middle in training saying the middle is complete. By default each answer's score
-    # is the mean of that and log P(whole text) read left to right: two estimates of the same joint probability.
+    # fim_judge="fim": log P(middle + separator | <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left), SPM order,
+    # the separator that closes every middle in training saying the middle is complete. "causal": log P(whole text)
+    # read left to right, the suffix-aware search of any causal model. "both", the default: the mean of the two
+    # (two estimates of one joint probability).
     run = tmp_path / "fim"
     rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "fim", "--steps", "8"], capsys)
     assert rc == 0, err
@@ -483,15 +484,20 @@ def test_a_fim_model_fills_in_the_format_it_was_trained_on(tmp_path, corpus, bpe
             logp = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), -1)
         return sum(logp[i - 1, seq[i]].item() for i in range(start, len(seq)))
 
-    for judge in ("fim", "both"):
-        answers = clozelm.fill(left + " ___" + right, model=model, top=4, precision="fp32", fim_judge=judge)
+    for judge in ("fim", "causal", None):
+        options = {} if judge is None else {"fim_judge": judge}
+        answers = clozelm.fill(left + " ___" + right, model=model, top=4, precision="fp32", **options)
         assert len(answers) == 4
         for answer in answers:
             middle = tok.encode(" " + answer.blanks[0])
             fim = logp_of(ctx + middle + [tok.eos_id], len(ctx))
             causal = logp_of([tok.eos_id, *tok.encode(answer.text)], 1)
-            expected = fim if judge == "fim" else (fim + causal) / 2
+            expected = {"fim": fim, "causal": causal, None: (fim + causal) / 2}[judge]
             assert answer.score == pytest.approx(expected, abs=2e-3), (judge, answer)
+    with pytest.raises(ClozelmError, match="fim_judge must be"):
+        clozelm.fill(left + " ___" + right, model=model, fim_judge="middle")
+    with pytest.raises(ClozelmError, match="trained with the fim objective"):
+        clozelm.fill(left + " ___" + right, model="default", fim_judge="fim")
 
 
 # ---------------------------------------------------------------- CLI errors

@@ -25,7 +25,7 @@ __all__ = ["fill", "Answer", "parse", "method_for"]
 class Answer:
     text: str  # the whole reconstructed text
     blanks: list[str]  # what each blank hides, in order
-    score: float  # log-probability (causal: of the whole text; FIM: mean of that and of the middles in FIM order; MLM: word-l2r PLL)
+    score: float  # log-probability (causal: of the whole text; fim_judge='both'/'fim': see cloze/causal.py; MLM: word-l2r PLL)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -60,14 +60,19 @@ def fill(text: str, model="default", top: int = 5, **options) -> list[Answer]:
         raise ClozelmError("this masked LM's tokenizer has no mask token")
     segments = [tok.encode(s) for s in template.segments]
     segments, notes = _fit_context(model, template, segments, method, options)
+    fim_judge = options.get("fim_judge", "both" if method == "fim" else "causal")
+    if fim_judge not in ("causal", "both", "fim"):
+        raise ClozelmError(f"fim_judge must be 'causal', 'both' or 'fim', not {fim_judge!r}")
+    if fim_judge != "causal" and method != "fim":
+        raise ClozelmError(f"fim_judge={fim_judge!r} needs a causal model trained with the fim objective")
     if method == "bidirectional":
         filler = BidirectionalFiller(model, tok, beam=max(top, options.get("beam", 8)),
                                      max_word_pieces=options.get("max_word_pieces", 3))
     else:
         filler = CausalFiller(model, tok, width=options.get("width", 32), max_word_tokens=options.get("max_word_tokens", 4),
-                              states=max(top, options.get("states", 8)), fim=method == "fim",
+                              states=max(top, options.get("states", 8)), fim=fim_judge != "causal",
                               lookahead=options.get("lookahead", 256), lookahead_keep=options.get("lookahead_keep", 32),
-                              fim_judge=options.get("fim_judge", "both"))
+                              fim_judge=fim_judge)
     # bf16 matrix products (AMX on recent Xeons, tensor cores on GPUs) make the search several times faster;
     # LayerNorm and softmax stay in fp32 under autocast, and scores stay comparable within one setting.
     precision = options.get("precision", "bf16")
