@@ -70,7 +70,7 @@ def fill(text: str, model="default", top: int = 5, **options) -> list[Answer]:
                                      max_word_pieces=options.get("max_word_pieces", 3))
     else:
         filler = CausalFiller(model, tok, width=options.get("width", 32), max_word_tokens=options.get("max_word_tokens", 4),
-                              states=max(top, options.get("states", 8)), fim=fim_judge != "causal",
+                              states=max(top, options.get("states", 8)),
                               lookahead=options.get("lookahead", 256), lookahead_keep=options.get("lookahead_keep", 32),
                               fim_judge=fim_judge)
     # bf16 matrix products (AMX on recent Xeons, tensor cores on GPUs) make the search several times faster;

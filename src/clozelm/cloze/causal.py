@@ -17,7 +17,7 @@ everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, le
 The final score is log P(whole completed text), comparable across answers of one model.
 
 Models trained with fill-in-the-middle can also read the text after the blank natively, in the context
-<|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left (`fim=True`; Bavarian et al. 2022, SPM order:
+<|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left (Bavarian et al. 2022, SPM order:
 clozelm's `fim` objective trains PSM and SPM alike, but SPM, where the left text runs straight into the
 middle, is what a small model learns first). With `fim_judge="both"` candidates come from the FIM beam and
 the left-to-right one, and each is judged by both readings: log P(candidate + <|endoftext|> | FIM context),
@@ -47,10 +47,9 @@ MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB o
 
 
 class CausalFiller:
-    def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8, fim: bool = False,
-                 follow_window: int = 12, lookahead: int = 256, lookahead_keep: int = 32, fim_judge: str = "both"):
-        self.model, self.tok, self.fim, self.follow_window = model, tokenizer, fim, follow_window
-        self.fim_judge = fim_judge
+    def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8,
+                 follow_window: int = 12, lookahead: int = 256, lookahead_keep: int = 32, fim_judge: str = "causal"):
+        self.model, self.tok, self.fim_judge, self.follow_window = model, tokenizer, fim_judge, follow_window
         self.width, self.max_word_tokens, self.n_states = width, max_word_tokens, states
         self.lookahead, self.lookahead_keep = lookahead, lookahead_keep
         self.vocab = model.config.vocab_size
@@ -59,7 +58,7 @@ class CausalFiller:
 
     @torch.inference_mode()
     def fill(self, segments: list[list[int]], blanks: list[Blank]):
-        return self._fill_fim(segments, blanks) if self.fim else self._fill_left_to_right(segments, blanks)
+        return self._fill_left_to_right(segments, blanks) if self.fim_judge == "causal" else self._fill_fim(segments, blanks)
 
     def _fill_fim(self, segments, blanks):
         special = self.tok.special_tokens
