@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 import clozelm
 from clozelm.training.objectives import loss_sum
-from clozelm.training.trainer import TrainConfig, autocast, lr_at, make_optimizer
+from clozelm.training import TrainConfig
+from clozelm.training.loop import autocast, lr_at, make_optimizer
 
 SHAPES = {
     "default": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, seq=256, batch=16),
@@ -77,7 +78,7 @@ def hf_optimizer(hf, cfg: TrainConfig):
 
 
 def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout: float, compile: bool):
-    cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0)
+    cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0).with_defaults("recipe")
     hf, ours = models(shape, dropout)
     hf_opt = hf_optimizer(hf, cfg)
     our_opt = make_optimizer(ours, cfg, torch.device("cpu"))

@@ -20,7 +20,8 @@ import torch
 import clozelm
 from clozelm.training.data import TokenData
 from clozelm.training.objectives import make_objective
-from clozelm.training.trainer import TrainConfig, held_out_sums
+from clozelm.training import TrainConfig
+from clozelm.training.loop import held_out_sums
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "src" / "clozelm" / "defaults"
 MAX_FILE_BYTES = 32 * 1024 * 1024
@@ -73,7 +74,7 @@ def shipped_held_out_loss(model, run_dir: Path) -> tuple[float, int]:
     objective = make_objective(cfg.objective, model.tokenizer, model.config.vocab_size, cfg.fim_rate, cfg.spm_rate,
                                cfg.mask_rate)
     windows = data.valid.windows(cfg.seq_len + objective.extra_tokens, cfg.seq_len)
-    loss, tokens = held_out_sums(model, objective, windows, range(len(windows)), cfg.batch_size, "fp32",
+    loss, tokens = held_out_sums(model.network, objective, windows, range(len(windows)), cfg.batch_size, "fp32",
                                  torch.device("cpu")).tolist()
     return loss / tokens, int(tokens)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,8 +30,9 @@ SPECIALS = ["<|endoftext|>", "<|pad|>", "<|mask|>", "<|fim_prefix|>", "<|fim_mid
 SHAPE = ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--n-positions", "256"]
 
 
-def run(cmd: list[str]) -> None:
-    """Run one step; if it fails or is stopped, say so in one line and exit with its status."""
+def run(cmd: list[str], label: str) -> None:
+    """Run one step; if it fails or is stopped, say so in one line (naming the step `label`) and exit with its
+    status."""
     print("+ " + " ".join(cmd), flush=True)
     child = subprocess.Popen(cmd)
     # Ctrl-C reaches the whole foreground process group, so `clozelm train` gets it too and saves a checkpoint:
@@ -48,13 +50,13 @@ def run(cmd: list[str]) -> None:
         signal.signal(signal.SIGTERM, previous)
     if code:
         status = 128 - code if code < 0 else code  # killed by a signal: report it as a shell does
-        step = " ".join(cmd[2:4]) if cmd[1] == "-m" else Path(cmd[1]).name  # "clozelm train" or "export_default.py"
-        print(f"train_defaults.py: stopped: {step} exited with status {status}", file=sys.stderr, flush=True)
+        print(f"train_defaults.py: stopped: {label} exited with status {status}", file=sys.stderr, flush=True)
         sys.exit(status)
 
 
-def clozelm(*args: str) -> list[str]:
-    return [sys.executable, "-m", "clozelm", *args]
+def clozelm(*args: str, launcher: str | None = None) -> list[str]:
+    """The command line of `clozelm ARGS`, run as `python -m clozelm` or by `launcher` (e.g. torchrun)."""
+    return [*(shlex.split(launcher) if launcher else [sys.executable, "-m", "clozelm"]), *args]
 
 
 def notes_for(run_dir: Path) -> str:
@@ -92,16 +94,19 @@ def main() -> None:
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--defaults-dir", default=str(ROOT / "src" / "clozelm" / "defaults"), help="where to export")
     p.add_argument("--hardware", default="2 CPU cores, bf16 autocast")
+    p.add_argument("--launcher", help="how to run `clozelm` for the trainings (default: python -m clozelm), e.g. "
+                   "'torchrun --nproc_per_node 4 -m clozelm' for DDP on four GPUs")
     args = p.parse_args()
     runs, corpus = Path(args.runs), Path(args.corpus)
     runs.mkdir(parents=True, exist_ok=True)
 
     if not (corpus / "MANIFEST.json").exists():
-        run([sys.executable, str(ROOT / "scripts" / "build_corpus.py"), "--out", str(corpus)])
+        run([sys.executable, str(ROOT / "scripts" / "build_corpus.py"), "--out", str(corpus)], "build_corpus.py")
     tokenizer = runs / "tokenizer"
     if not (tokenizer / "vocab.bpe").exists():
         specials = [a for s in SPECIALS for a in ("--special", s)]
-        run(clozelm("tokenizer", "train", str(corpus / "train"), "--vocab-size", args.vocab_size, *specials, "--out", str(tokenizer)))
+        run(clozelm("tokenizer", "train", str(corpus / "train"), "--vocab-size", args.vocab_size, *specials,
+                    "--out", str(tokenizer)), "clozelm tokenizer train")
 
     wanted = set(args.only.split(",")) if args.only else {n for n, _ in MODELS}
     for name, objective in MODELS:
@@ -112,20 +117,22 @@ def main() -> None:
         common = ["--out", str(run_dir), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                   "--threads", args.threads, "--device", args.device, "--no-progress", "--log-every", "50"]
         if (run_dir / "checkpoint.pt").exists():
-            run(clozelm("train", "--resume", *common))
+            run(clozelm("train", "--resume", *common, launcher=args.launcher), "clozelm train")
         else:
             extra = ["--locality-warmup", str(max(1, args.steps // 4))] if objective == "mlm" else []
+            # A run stopped before its first checkpoint has nothing to resume: start it again (tokens are kept).
+            again = ["--overwrite"] if (run_dir / "run.json").exists() else []
             run(clozelm("train", str(corpus / "train"), "--valid", str(corpus / "valid"), "--tokenizer", str(tokenizer),
                         "--objective", objective, *SHAPE, *extra, "--lr", args.lr, "--warmup", str(max(1, args.steps // 50)),
                         "--eval-every", str(max(1, args.steps // 40)), "--checkpoint-every", str(max(1, args.steps // 80)),
-                        "--seed", "0", *common))
+                        "--seed", "0", *again, *common, launcher=args.launcher), "clozelm train")
         print(f"{name}: {time.time() - started:.0f} s", flush=True)
         if not args.no_export:
             stats = runs / f"{name}.stats.json"
             stats.write_text(json.dumps(stats_from_metrics(run_dir, objective, args.hardware)))
             run([sys.executable, str(ROOT / "scripts" / "export_default.py"), str(run_dir / "model"), name,
                  "--stats", str(stats), "--corpus", str(corpus), "--run", str(run_dir),
-                 "--defaults-dir", args.defaults_dir])
+                 "--defaults-dir", args.defaults_dir], "export_default.py")
 
 
 if __name__ == "__main__":

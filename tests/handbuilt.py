@@ -1,4 +1,5 @@
-"""Hand-built language models whose right answers are known, with the network's call interface.
+"""Hand-built language models whose right answers are known, with the call interface of a loaded
+clozelm.Model (`tokenizer`, `config`, `fill_method`, `device`, `new_cache`, called like the network).
 
 Each is an n-gram table over a tiny word-level BPE vocabulary (trained by clozelm on a few sentences
 so that every word is one token), so the best reconstruction of a blank can be worked out by hand.
@@ -23,6 +24,18 @@ def word_tokenizer(tmp_path, sentences: list[str], specials=("<|endoftext|>", "[
     return train_bpe([corpus], vocab_size=2000, special_tokens=list(specials), min_frequency=1)
 
 
+def bigram_counts(tokenizer, sentences: list[str]) -> torch.Tensor:
+    """counts[a, b]: how often token b follows token a in `sentences`, each between <|endoftext|>s (smoothed)."""
+    V = tokenizer.vocab_size
+    counts = torch.full((V, V), SMOOTH)
+    eos = tokenizer.eos_id
+    for s in sentences:
+        ids = [eos] + tokenizer.encode(s) + [eos]
+        for a, b in zip(ids, ids[1:]):
+            counts[a, b] += 1
+    return counts
+
+
 class _Cache:
     def __init__(self, batch):
         self.last = torch.zeros(batch, dtype=torch.long)
@@ -40,17 +53,15 @@ class _Cache:
 class BigramLM(nn.Module):
     """Causal: P(next | previous token) counted from `sentences`, each started by <|endoftext|>."""
 
+    fill_method = "causal"
+    device = torch.device("cpu")
+
     def __init__(self, tokenizer, sentences: list[str]):
         super().__init__()
         V = tokenizer.vocab_size
         self.config = ModelConfig(vocab_size=V, n_positions=256, n_embd=8, n_layer=1, n_head=1)
         self.tokenizer = tokenizer
-        counts = torch.full((V, V), SMOOTH)
-        eos = tokenizer.eos_id
-        for s in sentences:
-            ids = [eos] + tokenizer.encode(s) + [eos]
-            for a, b in zip(ids, ids[1:]):
-                counts[a, b] += 1
+        counts = bigram_counts(tokenizer, sentences)
         self.table = (counts / counts.sum(1, keepdim=True)).log()
 
     def new_cache(self, batch_size, max_len=None):
@@ -71,6 +82,9 @@ class NeighbourMLM(nn.Module):
     """Bidirectional: the token at a [MASK] is scored by P(left -> x) * P(x -> right) from bigram counts;
     a visible token predicts itself."""
 
+    fill_method = "masked"
+    device = torch.device("cpu")
+
     def __init__(self, tokenizer, sentences: list[str]):
         super().__init__()
         V = tokenizer.vocab_size
@@ -78,12 +92,7 @@ class NeighbourMLM(nn.Module):
                                   pre_ln=False, head="mlm")
         self.tokenizer = tokenizer
         self.mask = tokenizer.mask_id
-        counts = torch.full((V, V), SMOOTH)
-        eos = tokenizer.eos_id
-        for s in sentences:
-            ids = [eos] + tokenizer.encode(s) + [eos]
-            for a, b in zip(ids, ids[1:]):
-                counts[a, b] += 1
+        counts = bigram_counts(tokenizer, sentences)
         self.forward_logp = (counts / counts.sum(1, keepdim=True)).log()  # [prev, x]
         self.backward_logp = (counts / counts.sum(0, keepdim=True)).log()  # [x, next]
 
@@ -113,6 +122,9 @@ def counts_of(sentences):
 
 class ScriptedLM(nn.Module):
     """Causal: after a prompt of any length, greedily emits the ids of `script`, then <|endoftext|>."""
+
+    fill_method = "causal"
+    device = torch.device("cpu")
 
     def __init__(self, tokenizer, script: list[int], prompt_len: int):
         super().__init__()

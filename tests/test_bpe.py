@@ -102,15 +102,23 @@ def test_endoftext_is_special_only_when_allowed(gpt2):
     as_text = gpt2.encode(text)
     assert 50256 not in as_text and gpt2.decode(as_text) == text
     assert as_text == gpt2.reference_encode(text)
+    for allowed in ({EOT}, True, EOT):
+        assert gpt2.encode(text, specials=allowed) == gpt2.encode("end") + [50256] + gpt2.encode("start")
+        assert gpt2.reference_encode(text, specials=allowed) == gpt2.encode(text, specials=allowed)
+    # The old keyword, for a release.
     for allowed in ({EOT}, "all", EOT):
-        assert gpt2.encode(text, allowed_special=allowed) == gpt2.encode("end") + [50256] + gpt2.encode("start")
-        assert gpt2.reference_encode(text, allowed_special=allowed) == gpt2.encode(text, allowed_special=allowed)
+        with pytest.warns(DeprecationWarning, match="specials=True"):
+            assert gpt2.encode(text, allowed_special=allowed) == gpt2.encode("end") + [50256] + gpt2.encode("start")
+        with pytest.warns(DeprecationWarning, match="specials=True"):
+            assert gpt2.reference_encode(text, allowed_special=allowed) == gpt2.encode(text, specials=True)
+    with pytest.warns(DeprecationWarning, match="specials=True"):
+        assert gpt2.encode(text, allowed_special=()) == as_text
     assert gpt2.decode([50256]) == EOT
 
 
 def test_unknown_allowed_special_is_an_error(gpt2):
     with pytest.raises(ClozelmError, match="<|fim_prefix|>"):
-        gpt2.encode("x", allowed_special={"<|fim_prefix|>"})
+        gpt2.encode("x", specials={"<|fim_prefix|>"})
 
 
 @pytest.mark.parametrize("text, position", [("\ud800", 0), ("ab\udfffc", 2), ("é\ud83d", 1)])
@@ -157,7 +165,9 @@ def test_decode_rejects_unknown_ids(gpt2, bad_ids):
 def test_encode_batch_matches_encode(gpt2):
     batch = ["a", "", f"b{EOT}c", "  spaced  out  "]
     assert gpt2.encode_batch(batch) == [gpt2.encode(t) for t in batch]
-    assert gpt2.encode_batch(batch, allowed_special="all") == [gpt2.encode(t, allowed_special="all") for t in batch]
+    assert gpt2.encode_batch(batch, specials=True) == [gpt2.encode(t, specials=True) for t in batch]
+    with pytest.warns(DeprecationWarning, match="specials=True"):
+        assert gpt2.encode_batch(batch, allowed_special="all") == [gpt2.encode(t, specials=True) for t in batch]
 
 
 # ---------------------------------------------------------------------------- why engine == original
@@ -201,7 +211,7 @@ def test_engine_matches_transformers_gpt2_tokenizer_on_saved_hf_dir(gpt2, transf
     docs = documents(600_000, block_chars=2_000)
     assert transformers_gpt2(docs)["input_ids"] == gpt2.encode_batch(docs)
     text = f"first{EOT} second"
-    assert transformers_gpt2(text)["input_ids"] == gpt2.encode(text, allowed_special="all")
+    assert transformers_gpt2(text)["input_ids"] == gpt2.encode(text, specials=True)
     assert transformers_gpt2.eos_token_id == 50256
 
 
@@ -249,11 +259,11 @@ def test_fuzz_engine_matches_hf_tokenizers_on_any_code_point(gpt2, hf_tokenizers
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.one_of(texts(assigned_chars), st.just(EOT)), max_size=5).map("".join))
 def test_fuzz_special_token_handling(gpt2, text):
-    for allowed in ((), "all"):
-        ids = gpt2.encode(text, allowed_special=allowed)
-        assert ids == gpt2.reference_encode(text, allowed_special=allowed)
+    for allowed in (False, True):
+        ids = gpt2.encode(text, specials=allowed)
+        assert ids == gpt2.reference_encode(text, specials=allowed)
         assert gpt2.decode(ids) == text
-        assert (50256 in ids) == (allowed == "all" and EOT in text)
+        assert (50256 in ids) == (allowed and EOT in text)
 
 
 # ---------------------------------------------------------------------------- file formats
@@ -297,11 +307,11 @@ def test_ids_that_differ_from_ranks_are_mapped(gpt2, tmp_path):
     moved = ByteBPE.from_hf_files(tmp_path / "vocab.json", merges)
     assert not moved._ids_are_ranks
     text = f"Power, give me more power!{EOT}ok"
-    expected = [0 if i == 50256 else i + 1 for i in gpt2.encode(text, allowed_special="all")]
-    assert moved.encode(text, allowed_special="all") == expected
-    assert moved.reference_encode(text, allowed_special="all") == expected
+    expected = [0 if i == 50256 else i + 1 for i in gpt2.encode(text, specials=True)]
+    assert moved.encode(text, specials=True) == expected
+    assert moved.reference_encode(text, specials=True) == expected
     assert moved.decode(expected) == text
-    assert moved.encode_batch([text], allowed_special="all") == [expected]
+    assert moved.encode_batch([text], specials=True) == [expected]
     assert moved.eos_id == 0 and moved.vocab_size == 50257
 
 
@@ -313,7 +323,7 @@ def test_from_dir_reads_hf_added_tokens(gpt2_hf_dir, tmp_path):
     tokenizer = ByteBPE.from_dir(tmp_path)
     assert tokenizer.special_tokens == {EOT: 50256, "<|pad|>": 50257}
     assert tokenizer.pad_id == 50257 and tokenizer.vocab_size == 50258
-    assert tokenizer.encode("a<|pad|>", allowed_special="all") == [64, 50257]
+    assert tokenizer.encode("a<|pad|>", specials=True) == [64, 50257]
 
 
 # ---------------------------------------------------------------------------- errors

@@ -119,12 +119,12 @@ def test_special_token_text_does_not_train_merges(tmp_path):
 
 def test_special_tokens_never_split_when_allowed(trained):
     text = "<|fim_prefix|>def f(x):<|fim_suffix|>    return y\n<|fim_middle|>[MASK] [PAD]<|endoftext|>"
-    ids = trained.encode(text, allowed_special="all")
+    ids = trained.encode(text, specials=True)
     for special, special_id in trained.special_tokens.items():
         assert ids.count(special_id) == 1, special
-    assert ids == trained.reference_encode(text, allowed_special="all")
+    assert ids == trained.reference_encode(text, specials=True)
     assert trained.decode(ids) == text
-    only_mask = trained.encode(text, allowed_special={"[MASK]"})
+    only_mask = trained.encode(text, specials={"[MASK]"})
     assert only_mask.count(trained.mask_id) == 1 and trained.eos_id not in only_mask
     as_text = trained.encode(text)
     assert not set(as_text) & set(trained.special_tokens.values())
@@ -170,8 +170,8 @@ def test_fuzz_trained_engine_matches_reference(trained, text):
 @settings(max_examples=100, deadline=None)
 @given(specials_mixed)
 def test_fuzz_trained_specials(trained, text):
-    ids = trained.encode(text, allowed_special="all")
-    assert ids == trained.reference_encode(text, allowed_special="all")
+    ids = trained.encode(text, specials=True)
+    assert ids == trained.reference_encode(text, specials=True)
     assert trained.decode(ids) == text
 
 
@@ -200,11 +200,11 @@ def test_hand_made_inconsistent_table_is_caught():
 
 def test_saved_files_round_trip(trained, trained_dir):
     text = real_text(200_000)[:100_000] + "".join(SPECIALS)
-    expected = trained.encode(text, allowed_special="all")
+    expected = trained.encode(text, specials=True)
     gpt2_format = ByteBPE.from_gpt2_files(trained_dir / "encoder.json", trained_dir / "vocab.bpe")
     hf_format = ByteBPE.from_hf_files(trained_dir / "vocab.json", trained_dir / "merges.txt")
     for loaded in (gpt2_format, hf_format, ByteBPE.from_dir(trained_dir), load_tokenizer(trained_dir)):
-        assert loaded.encode(text, allowed_special="all") == expected
+        assert loaded.encode(text, specials=True) == expected
         assert loaded.special_tokens == trained.special_tokens
         assert loaded.merges == trained.merges
     encoder = json.loads((trained_dir / "encoder.json").read_text())
@@ -218,7 +218,7 @@ def test_transformers_opens_saved_hf_dir(trained, trained_dir):
     assert len(hf) == VOCAB_SIZE
     assert hf.mask_token == "[MASK]" and hf.pad_token == "[PAD]" and hf.eos_token == "<|endoftext|>"
     text = "Hi [MASK] there<|fim_prefix|>x = 1<|endoftext|>[PAD]\n  end"
-    assert hf(text)["input_ids"] == trained.encode(text, allowed_special="all")
+    assert hf(text)["input_ids"] == trained.encode(text, specials=True)
     docs = documents(300_000, block_chars=3_000)
     assert hf(docs)["input_ids"] == trained.encode_batch(docs)
 
@@ -230,7 +230,7 @@ def test_vocab_without_endoftext_opens_in_transformers(tmp_path):
     saved = tokenizer.save(tmp_path / "tok", format="hf")
     hf = AutoTokenizer.from_pretrained(str(saved))
     assert len(hf) == 600  # no <|endoftext|> invented by GPT2Tokenizer's defaults
-    assert hf("a [MASK] b")["input_ids"] == tokenizer.encode("a [MASK] b", allowed_special="all")
+    assert hf("a [MASK] b")["input_ids"] == tokenizer.encode("a [MASK] b", specials=True)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from clozelm.loaded import Model
 from clozelm.model import ModelConfig, Transformer
 from handbuilt import word_tokenizer
 
@@ -29,9 +30,8 @@ def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("m")
     tok = word_tokenizer(d, ["the cat sat on the mat", "a dog ran in the park"])
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
-    model.tokenizer = tok
-    model.save_pretrained(d / "model")
+    network = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    Model(network.eval(), tok).save_pretrained(d / "model")
     return d / "model"
 
 
@@ -94,3 +94,18 @@ def test_tokenize_shows_pieces(model_dir):
 def test_models_lists_local_directories(model_dir):
     r = subprocess.run([sys.executable, "-m", "clozelm", "models"], capture_output=True, text=True, cwd=model_dir.parent)
     assert r.returncode == 0 and "model" in r.stdout and "local" in r.stdout
+
+
+def test_generate_refuses_what_means_nothing(model_dir):
+    """Issue 18: NaN passed every `<` check and failed in sampling; --beams 0 ran greedy without a word."""
+    one_line_error(run_cli("generate", "the cat", "--model", model_dir, "--temperature", "nan"), "--temperature")
+    one_line_error(run_cli("generate", "the cat", "--model", model_dir, "--beams", "0"), "--beams")
+
+
+def test_generate_says_when_it_cuts_a_long_prompt(model_dir, tmp_path):
+    prompt = tmp_path / "long.txt"
+    prompt.write_text("the cat sat on the mat " * 50)
+    r = run_cli("generate", "-f", prompt, "--model", model_dir, "--max-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    notes = r.stderr.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("clozelm: note: ") and "kept its last 28 tokens" in notes[0], r.stderr

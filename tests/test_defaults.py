@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 import clozelm
 from clozelm.training.objectives import make_objective
-from clozelm.training.trainer import held_out_sums
+from clozelm.training.loop import held_out_sums
 from corpora import bbc_news
 
 NAMES = {"default": "clm", "default-bert": "mlm", "default-fim": "fim"}

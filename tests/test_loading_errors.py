@@ -104,8 +104,8 @@ def test_fewer_layers_in_config_lists_unexpected_tensors(gpt2_dir, tmp_path):
 def test_unsupported_model_type(gpt2_dir, tmp_path):
     d = copy(gpt2_dir, tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
-    assert_one_line_error(run_cli("info", d), "unsupported model_type 'llama'")
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "t5"}))  # llama is supported now
+    assert_one_line_error(run_cli("info", d), "unsupported model_type 't5'")
 
 
 def test_pickled_weights_load_with_weights_only(gpt2_dir, tmp_path):
@@ -166,12 +166,215 @@ def test_hub_id_resolves_through_huggingface_hub_cache(gpt2_dir, tmp_path, monke
 
 
 def test_clozelm_config_with_bad_values_is_one_line(tmp_path):
+    from clozelm.loaded import Model
     from clozelm.model import ModelConfig, Transformer
     cfg = ModelConfig(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2, causal=False, pre_ln=True, head="mlm")
-    Transformer(cfg).save_pretrained(tmp_path)
+    Model(Transformer(cfg)).save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     for bad, fragment in [({**saved["clozelm_config"], "n_layer": "two"}, "invalid clozelm_config"),
                           ({**saved["clozelm_config"], "heads": 3}, "unknown model config keys: heads"),
                           (None, "needs a 'clozelm_config' object")]:
         (tmp_path / "config.json").write_text(json.dumps({**saved, "clozelm_config": bad}))
         assert_one_line_error(run_cli("info", tmp_path), fragment)
+
+
+# ---------------------------------------------------------------- issue 18: one validation of configs
+
+DEFAULT_DIR = Path(clozelm.__file__).parent / "defaults" / "default"
+BAD_CONFIGS = [  # (change to the default model's config.json, what the one line says)
+    ("[1,2,3]", "holds an array, expected a JSON object"),
+    ({"n_embd": "384"}, 'n_embd must be an integer, got "384"'),
+    ({"n_layer": 6.5}, "n_layer must be an integer, got 6.5"),
+    ({"n_head": None}, "n_head must be an integer, got null"),
+    ({"layer_norm_epsilon": "abc"}, 'layer_norm_epsilon must be a finite number, got "abc"'),
+    ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be a finite number, got NaN"),
+    ({"n_layer": 10**6}, "n_layer must be from 1 to"),
+    ({"n_positions": True}, "n_positions must be an integer, got true"),
+    ({"activation_function": ["gelu"]}, "unsupported activation"),
+    ({"clozelm_extra": None}, "clozelm_extra must be an object, got null"),
+    ("DEL n_embd", "config.json has no 'n_embd'"),
+    ('{"model_type": "gpt2", "n_embd": 1' + "0" * 5000 + "}", "is not valid JSON"),
+]
+
+
+def bad_copy(tmp_path, change) -> Path:
+    d = tmp_path / "M"
+    shutil.copytree(DEFAULT_DIR, d)
+    config = json.loads((d / "config.json").read_text())
+    if isinstance(change, dict):
+        (d / "config.json").write_text(json.dumps({**config, **change}))
+    elif change.startswith("DEL "):
+        del config[change[4:]]
+        (d / "config.json").write_text(json.dumps(config))
+    else:
+        (d / "config.json").write_text(change)
+    return d
+
+
+def in_process(argv, capsys) -> tuple[int, str]:
+    from clozelm.cli import main
+    import clozelm.api
+    getattr(clozelm.api, "_LOADED", {}).clear()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,fragment", BAD_CONFIGS)
+def test_a_config_of_the_wrong_shape_or_types_is_one_line_for_every_command(tmp_path, capsys, change, fragment):
+    """`info` refuses exactly what `fill` would crash on: whatever reads the config, ModelConfig checks it."""
+    d = bad_copy(tmp_path, change)
+    (tmp_path / "c.txt").write_text("the cat sat on the mat\n" * 50)
+    for argv in (["info", d], ["fill", "the ___ sat.", "--model", d], ["heads", "the cat", "--model", d,
+                                                                       "-o", tmp_path / "h.html"],
+                 ["convert", d, tmp_path / "out"], ["generate", "the cat", "--model", d],
+                 ["train", tmp_path / "c.txt", "--init", d, "--out", tmp_path / "run", "--steps", "1"]):
+        code, err = in_process(argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("clozelm: error: "), (argv, err)
+        assert fragment in lines[0], (argv, lines[0])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "h.html").exists()
+
+
+def test_a_bad_config_in_a_real_process(tmp_path):
+    assert_one_line_error(run_cli("info", bad_copy(tmp_path, {"n_embd": "384"})), "n_embd must be an integer")
+
+
+def test_model_config_checks_every_field():
+    from clozelm.model import ModelConfig
+    from clozelm.model.config import InvalidConfig
+    for bad in [dict(n_embd="384"), dict(n_layer=6.5), dict(n_head=None), dict(layer_norm_eps="abc"),
+                dict(layer_norm_eps=float("inf")), dict(dropout=float("nan")), dict(causal=1), dict(extra=[]),
+                dict(vocab_size=0), dict(n_inner=-1), dict(n_embd=10**5000), dict(pad_token_id=1.5),
+                dict(type_vocab_size=-1), dict(layer_norm_eps=0.0), dict(rope_theta=float("nan"))]:
+        with pytest.raises(InvalidConfig, match="invalid model config: " + next(iter(bad))):
+            ModelConfig(**bad)
+    with pytest.raises(ClozelmError, match="must be an object of settings"):
+        ModelConfig.from_dict([1, 2, 3])
+    import numpy as np
+    cfg = ModelConfig(n_layer=np.int64(2), layer_norm_eps=1)  # numbers of other kinds become the declared type
+    assert type(cfg.n_layer) is int and type(cfg.layer_norm_eps) is float
+
+
+def test_hparams_json_of_the_wrong_types(tmp_path):
+    from clozelm.weights.openai_tf import config_from_hparams
+    good = {"n_vocab": 50257, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 1}
+    for content, fragment in [([1], "holds an array"), ({**good, "n_vocab": "5"}, 'n_vocab must be an integer'),
+                              ({**good, "n_ctx": None}, "n_ctx must be an integer, got null"),
+                              ({k: v for k, v in good.items() if k != "n_layer"}, "it lacks n_layer")]:
+        (tmp_path / "hparams.json").write_text(json.dumps(content))
+        with pytest.raises(ClozelmError, match=fragment):
+            config_from_hparams(tmp_path / "hparams.json")
+    (tmp_path / "hparams.json").write_text(json.dumps(good))
+    assert config_from_hparams(tmp_path / "hparams.json").eos_token_id == 50256
+
+
+def test_a_sharded_index_may_not_name_files_outside_its_directory(gpt2_dir, tmp_path):
+    d = copy(gpt2_dir, tmp_path / "m")
+    (d / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte": "../elsewhere.safetensors"}}))
+    with pytest.raises(ClozelmError, match="names a shard outside its directory"):
+        clozelm.load(d)
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": [1]}))
+    with pytest.raises(ClozelmError, match="not a valid safetensors index"):
+        clozelm.load(d)
+
+
+# ---------------------------------------------------------------- issue 18 item 16: pickles
+
+def test_a_pickle_that_asks_to_run_code_is_explained_without_torch_warnings(gpt2_dir, tmp_path):
+    d = copy(gpt2_dir, tmp_path / "m")
+    (d / "model.safetensors").unlink()
+    torch.save({"wte.weight": torch.nn.Linear(2, 2)}, d / "pytorch_model.bin")  # a pickled module: code to run
+    r = run_cli("info", d, env={"PYTHONWARNINGS": "default"})
+    assert_one_line_error(r, "could not be read as a PyTorch weights file", "asks to run Python code",
+                          "clozelm never does", "safe_serialization=True")
+    assert "weights_only" not in r.stderr and "Warning" not in r.stderr
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 10)
+    assert_one_line_error(run_cli("info", d), "corrupt or truncated")
+
+
+# ---------------------------------------------------------------- issue 18 items 8, 17: convert writes all or nothing
+
+USER_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
+              "tokenizer_config.json", "special_tokens_map.json"]
+
+
+@pytest.mark.parametrize("name", USER_FILES)
+def test_convert_refuses_before_writing_anything_when_any_file_is_there(tmp_path, capsys, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text("the user's own file")
+    (out / "notes.txt").write_text("also the user's")
+    code, err = in_process(["convert", "default", out], capsys)
+    assert code == 2 and "refusing to overwrite" in err and name in err, err
+    assert sorted(p.name for p in out.iterdir()) == sorted([name, "notes.txt"])  # no staging folder left either
+    assert (out / name).read_text() == "the user's own file"
+    code, err = in_process(["convert", "default", out, "--overwrite"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(USER_FILES + ["notes.txt"])
+    assert (out / "notes.txt").read_text() == "also the user's"
+
+
+def test_convert_refuses_to_replace_a_wordpiece_vocabulary(tmp_path, capsys):
+    from clozelm.loaded import Model
+    from clozelm.model import ModelConfig, Transformer
+    from clozelm.tokenizers.wordpiece import WordPiece
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "##s"]
+    cfg = ModelConfig(vocab_size=len(tokens), n_positions=8, n_embd=8, n_layer=1, n_head=2, causal=False,
+                      pre_ln=False, activation="gelu", head="mlm", type_vocab_size=2)
+    Model(Transformer(cfg), WordPiece(tokens)).save_pretrained(tmp_path / "bert")
+    assert (tmp_path / "bert" / "vocab.txt").is_file()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vocab.txt").write_text("mine\n")
+    code, err = in_process(["convert", tmp_path / "bert", out], capsys)
+    assert code == 2 and "vocab.txt" in err and (out / "vocab.txt").read_text() == "mine\n"
+    assert [p.name for p in out.iterdir()] == ["vocab.txt"]
+
+
+def test_a_failed_save_leaves_nothing_behind(tmp_path):
+    from clozelm.weights.hf import save_pretrained
+    model = clozelm.load(DEFAULT_DIR)
+
+    class BrokenTokenizer:
+        def save_pretrained(self, directory):
+            (Path(directory) / "vocab.json").write_text("half")
+            raise ClozelmError("disk trouble")
+
+    with pytest.raises(ClozelmError, match="disk trouble"):
+        save_pretrained(model.network, tmp_path / "a" / "b", tokenizer=BrokenTokenizer())
+    assert not (tmp_path / "a").exists()  # the folders it made are gone again
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(ClozelmError, match="disk trouble"):
+        save_pretrained(model.network, tmp_path / "keep", tokenizer=BrokenTokenizer())
+    assert list((tmp_path / "keep").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ClozelmError, match="file is a file"):
+        save_pretrained(model.network, tmp_path / "file" / "sub")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_follow_the_umask(tmp_path, capsys, umask):
+    before = os.umask(umask)
+    try:
+        code, err = in_process(["convert", "default", tmp_path / "out"], capsys)
+    finally:
+        os.umask(before)
+    assert code == 0, err
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert set(modes) == set(USER_FILES) and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_safetensors_written_by_clozelm_read_back_exactly(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from clozelm.weights.tensors import write_safetensors
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16), "scalar": torch.tensor(3.5),
+               "empty": torch.zeros(0, 2), "t": torch.randn(4, 3).t().contiguous(), "mask": torch.tensor([True, False]),
+               "ids": torch.arange(5), "half": torch.randn(2, 2).half()}
+    write_safetensors(tensors, tmp_path / "x.safetensors", metadata={"format": "pt"})
+    back = load_file(tmp_path / "x.safetensors")
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    with safe_open(tmp_path / "x.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}

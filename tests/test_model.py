@@ -164,7 +164,7 @@ def test_configs_without_a_transformers_class_save_and_load_exactly(switches, tm
     cfg = ModelConfig(vocab_size=60, n_positions=16, n_embd=32, n_layer=2, n_head=4, extra={"note": "x"}, **switches)
     torch.manual_seed(0)
     model = Transformer(cfg).eval()
-    model.save_pretrained(tmp_path)
+    clozelm.Model(model).save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "clozelm"
     loaded = clozelm.load(tmp_path)
     assert loaded.config == cfg

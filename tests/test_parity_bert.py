@@ -130,11 +130,12 @@ def test_headless_bert_save_pretrained_roundtrip(minilm, tmp_path):
 
 def test_bert_without_segment_embeddings_exports_exactly(tmp_path):
     """clozelm's own MLM models have no token types; HF BERT always does: the export adds a zero row."""
+    from clozelm.loaded import Model
     from clozelm.model import ModelConfig, Transformer
     cfg = ModelConfig(vocab_size=100, n_positions=32, n_embd=48, n_layer=2, n_head=4, causal=False, pre_ln=False,
                       head="mlm", activation="gelu_tanh", layer_norm_eps=1e-5)
     ours = Transformer(cfg).eval()
-    ours.save_pretrained(tmp_path)
+    Model(ours).save_pretrained(tmp_path)
     reopened = transformers.BertForMaskedLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, 100, (2, 12))
     with torch.no_grad():

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from corpora import bible_basic_english, shakespeare
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["default", "default-bert", "default-fim"]
+PAUSING_TRAIN = ROOT / "tests" / "training" / "pausing_train.py"
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +96,12 @@ def test_stopping_the_script_saves_a_checkpoint_and_says_so_in_one_line(exported
     # Ctrl-C in a terminal signals the whole process group; `kill PID` signals the script alone.
     runs = tmp_path / "runs"
     shutil.copytree(exported / "runs" / "tokenizer", runs / "tokenizer")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLOZELM_TEST_PAUSE_AT_STEP": "3"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The trainings run through the public API with a callback that holds still after step 3 (see the script).
+    launcher = " ".join(map(shlex.quote, [sys.executable, str(PAUSING_TRAIN), "3"]))
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train_defaults.py"), "--runs", str(runs),
                              "--corpus", str(exported / "corpus"), "--only", "default", "--steps", "50",
-                             "--batch-size", "2", "--threads", "1", "--no-export"],
+                             "--batch-size", "2", "--threads", "1", "--no-export", "--launcher", launcher],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     timer = threading.Timer(300, proc.kill)
     timer.start()

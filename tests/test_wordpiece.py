@@ -75,6 +75,11 @@ def hf_ids(hf, text, add_special_tokens=False):
     return hf(text, add_special_tokens=add_special_tokens)["input_ids"]
 
 
+def bert_ids(tok, text):
+    """What BertTokenizer(text) gives: written special tokens count, and [CLS] ... [SEP] around."""
+    return tok.frame(tok.encode(text, specials=True), causal=False)
+
+
 # ---------------------------------------------------------------------------- basics
 
 
@@ -95,8 +100,13 @@ def test_special_token_ids_and_conveniences(uncased):
     ],
 )  # fmt: skip
 def test_examples_match_bert_tokenizer(uncased, hf_uncased, text):
-    assert uncased.encode(text) == hf_ids(hf_uncased, text)
-    assert uncased.encode(text, add_special_tokens=True) == hf_ids(hf_uncased, text, add_special_tokens=True)
+    assert uncased.encode(text, specials=True) == hf_ids(hf_uncased, text)
+    assert bert_ids(uncased, text) == hf_ids(hf_uncased, text, add_special_tokens=True)
+    # The old keyword, for a release: written specials always count, True adds [CLS] ... [SEP].
+    with pytest.warns(DeprecationWarning, match="specials=True"):
+        assert uncased.encode(text, add_special_tokens=False) == hf_ids(hf_uncased, text)
+    with pytest.warns(DeprecationWarning, match="specials=True"):
+        assert uncased.encode(text, add_special_tokens=True) == hf_ids(hf_uncased, text, add_special_tokens=True)
 
 
 def test_specials_are_never_split(uncased):
@@ -116,7 +126,7 @@ def test_decode_joins_pieces(uncased):
 
     plain = decoders.WordPiece(prefix="##", cleanup=False)
     text = "[CLS] Tokenizers are unaffable, aren't they? [SEP]"
-    ids = uncased.encode(text)
+    ids = uncased.encode(text, specials=True)
     tokens = [uncased.id_to_token(i) for i in ids]
     assert "##izer" in tokens
     assert uncased.decode(ids) == plain.decode(tokens)
@@ -135,12 +145,12 @@ def test_lone_surrogate_is_rejected(uncased):
 def test_uncased_matches_bert_tokenizer_on_1mb_of_real_text(uncased, hf_uncased):
     docs = documents(1_100_000)
     assert sum(len(d.encode()) for d in docs) >= 1_000_000
-    assert uncased.encode_batch(docs) == hf_uncased(docs, add_special_tokens=False)["input_ids"]
+    assert uncased.encode_batch(docs, specials=True) == hf_uncased(docs, add_special_tokens=False)["input_ids"]
 
 
 def test_cased_matches_bert_tokenizer_on_1mb_of_real_text(cased, hf_cased):
     docs = documents(1_100_000)
-    ours = cased.encode_batch(docs, add_special_tokens=True)
+    ours = [cased.frame(ids, causal=False) for ids in cased.encode_batch(docs, specials=True)]
     assert ours == hf_cased(docs)["input_ids"]
     assert cased.token_to_id("The") in ours[0] or cased.token_to_id("The") in sum(ours[:5], [])
 
@@ -194,13 +204,13 @@ fuzz_text = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(fuzz_text)
 def test_fuzz_uncased_matches_bert_tokenizer(uncased, hf_uncased, text):
-    assert uncased.encode(text, add_special_tokens=True) == hf_ids(hf_uncased, text, add_special_tokens=True)
+    assert bert_ids(uncased, text) == hf_ids(hf_uncased, text, add_special_tokens=True)
 
 
 @settings(max_examples=300, deadline=None)
 @given(fuzz_text)
 def test_fuzz_cased_matches_bert_tokenizer(cased, hf_cased, text):
-    assert cased.encode(text) == hf_ids(hf_cased, text)
+    assert cased.encode(text, specials=True) == hf_ids(hf_cased, text)
 
 
 # ---------------------------------------------------------------------------- files
@@ -212,10 +222,10 @@ def test_save_opens_in_bert_tokenizer_and_round_trips(cased, tmp_path):
     cased.save(tmp_path)
     hf = BertTokenizer.from_pretrained(str(tmp_path))
     text = "Hello [MASK] World, naïve Σ café!"
-    assert hf_ids(hf, text, add_special_tokens=True) == cased.encode(text, add_special_tokens=True)
+    assert hf_ids(hf, text, add_special_tokens=True) == bert_ids(cased, text)
     for reloaded in (WordPiece.from_dir(tmp_path), load_tokenizer(tmp_path)):
         assert isinstance(reloaded, WordPiece) and reloaded.lowercase is False
-        assert reloaded.encode(text) == cased.encode(text)
+        assert reloaded.encode(text, specials=True) == cased.encode(text, specials=True)
         assert reloaded.vocab_size == cased.vocab_size
 
 
@@ -227,6 +237,7 @@ def test_from_dir_reads_casing_options(uncased_vocab, tmp_path):
     assert tokenizer.tokenize("Café") != WordPiece.from_file(uncased_vocab).tokenize("Café")
 
 
+@pytest.mark.filterwarnings("ignore:encode\\(text, add_special_tokens:DeprecationWarning")  # the old keyword
 def test_errors_are_one_line(tmp_path):
     for call, match in [
         (lambda: WordPiece.from_file(tmp_path / "missing.txt"), "not found"),

@@ -1,24 +1,32 @@
-"""clozelm: GPT-2 and BERT from scratch, built around giving back the hidden tokens of a text."""
+"""clozelm: GPT-2 and BERT from scratch, built around giving back the hidden tokens of a text.
 
-from .errors import ClozelmError
-from .loading import embedded_models, load
-from .model import KVCache, ModelConfig, Output, Transformer
+Names are imported on first use, so `import clozelm.model` or `import clozelm.tokenizers` loads only
+what it needs (the network does not pull in the tasks, the CLI or the server).
+"""
 
+from __future__ import annotations
 
-def fill(text: str, model="default", top: int = 5, **options):
-    """Top `top` reconstructions of `text` whose blanks are `___` (a word) or `[MASK]` (a token)."""
-    from .cloze import fill as _fill
-    return _fill(text, model=model, top=top, **options)
+import importlib
 
-
-def generate(prompt: str, model="default", **options) -> str:
-    """The continuation of `prompt` (options: max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-    seed, stop, beams)."""
-    from .generation import generate as _generate
-    from .loading import cached_load
-    return _generate(cached_load(model) if isinstance(model, str) else model, prompt, **options)
-
-
-__all__ = ["load", "fill", "generate", "embedded_models", "ClozelmError", "ModelConfig", "Transformer", "Output",
-           "KVCache"]
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "load": "api", "fill": "api", "generate": "api", "attention_map": "api", "train": "api", "embedded_models": "api",
+    "ClozelmError": "errors",
+    "Model": "loaded", "ModelInfo": "loaded",
+    "ModelConfig": "model", "Transformer": "model", "Output": "model", "KVCache": "model",
+    "TrainConfig": "training",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clozelm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

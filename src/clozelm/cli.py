@@ -1,7 +1,7 @@
 """The `clozelm` command. Each subcommand lives with the code it drives and registers itself here.
 
-User errors (ClozelmError, missing files, bad values) print one line `clozelm: error: ...` and exit 2;
-Ctrl-C exits 130. Tracebacks are for bugs only.
+User errors (ClozelmError, bad option values, missing files, output that cannot be written) print one line
+`clozelm: error: ...` and exit 2; Ctrl-C exits 130. Tracebacks are for bugs only.
 """
 
 from __future__ import annotations
@@ -9,13 +9,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
+from .cli_args import float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
 from .errors import ClozelmError
+from .files import check_writable_dir, expand_inputs
+
+# A fill keeps `top` hypotheses and a beam search 2 x `beams` (each with its cache) at every step: past these the
+# memory, not the answer, is what grows.
+MAX_TOP = 1000
+MAX_BEAMS = 64
 
 # Modules that contribute subcommands: each has add_parser(subparsers) setting `func` on its parser.
-COMMAND_MODULES = ["clozelm.cli", "clozelm.training.cli", "clozelm.heads.cli", "clozelm.server.cli"]
+COMMAND_MODULES = ["clozelm.cli", "clozelm.training.cli", "clozelm.heads.cli", "clozelm.server.cli",
+                   "clozelm.eval.cli"]
 
 EPILOG = """examples:
   clozelm fill "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a ___."
@@ -32,28 +41,14 @@ EPILOG = """examples:
 """
 
 
-def read_text_arg(args) -> str:
-    """TEXT from the argument, -f FILE, or stdin (when TEXT is '-' or absent and stdin is piped)."""
-    if getattr(args, "file", None):
-        try:
-            return Path(args.file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ClozelmError(f"{args.file}: no such file") from None
-        except UnicodeDecodeError:
-            raise ClozelmError(f"{args.file} is not UTF-8 text") from None
-    if args.text not in (None, "-"):
-        return args.text
-    if not sys.stdin.isatty():
-        return sys.stdin.read()
-    raise ClozelmError("no text given: pass TEXT, -f FILE, or pipe text on stdin")
-
-
 def cmd_fill(args) -> None:
+    from .api import cached_load
     from .cloze import fill, method_for
-    from .loading import cached_load
     text = read_text_arg(args)
     model = cached_load(args.model)
-    answers = fill(text, model=model, top=args.top)
+    answers = fill(text, model, top=args.top)
+    for note in dict.fromkeys(note for a in answers for note in a.notes):  # each once, in order
+        print(f"clozelm: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": args.model, "method": method_for(model), "answers": [a.to_dict() for a in answers]},
                          ensure_ascii=False, indent=2))
@@ -65,8 +60,8 @@ def cmd_fill(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    from .api import cached_load
     from .generation import Sampling, stream_text
-    from .loading import cached_load
     prompt = read_text_arg(args)
     model = cached_load(args.model)
     if args.bf16:  # bf16 weights halve the bytes read per token: decoding is bound by exactly that
@@ -102,7 +97,7 @@ def cmd_info(args) -> None:
     model = load(args.model)
     cfg = model.config
     info = {"family": cfg.family, "parameters": model.num_parameters(), "config": cfg.to_dict(),
-            "tokenizer": None if model.tokenizer is None else {"kind": model.tokenizer.name, "vocab_size": model.tokenizer.vocab_size}}
+            "tokenizer": None if model.tokenizer is None else {"kind": model.tokenizer.kind, "vocab_size": model.tokenizer.vocab_size}}
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -124,7 +119,7 @@ def _tokenizer_for(args):
     from .tokenizers import load_tokenizer
     if args.tokenizer:
         return load_tokenizer(Path(args.tokenizer))
-    from . import load
+    from .api import load
     model = load(args.model)
     if model.tokenizer is None:
         raise ClozelmError(f"{args.model} has no tokenizer files; pass --tokenizer DIR")
@@ -134,8 +129,8 @@ def _tokenizer_for(args):
 def cmd_tokenize(args) -> None:
     text = read_text_arg(args)
     tok = _tokenizer_for(args)
-    ids = tok.encode(text, allowed_special="all") if tok.name == "bpe" else tok.encode(text)
-    pieces = [tok.id_to_token(i) for i in ids]
+    ids = tok.encode(text, specials=True)
+    pieces = tok.pieces(ids)
     if args.json:
         print(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
         return
@@ -145,30 +140,30 @@ def cmd_tokenize(args) -> None:
 
 def cmd_tokenizer_train(args) -> None:
     from .tokenizers import train_bpe
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
+    out = output_dir(args.out, "--out")  # before training: a bad --out must not cost the training time
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ClozelmError(f"{out} is not empty; choose a new directory or pass --overwrite")
-    files = _expand_inputs(args.files)
+    files = expand_inputs(args.files)
     tok = train_bpe(files, vocab_size=args.vocab_size, special_tokens=args.special or ["<|endoftext|>"],
                     min_frequency=args.min_frequency)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ClozelmError(f"cannot create {out}: {error.strerror or type(error).__name__}") from None
     tok.save(out, format="gpt2")
     print(f"trained {tok.vocab_size} tokens on {len(files)} file(s) -> {out}/encoder.json, {out}/vocab.bpe")
 
 
-def _expand_inputs(items: list[str]) -> list[Path]:
-    files = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ClozelmError(f"{item}: no such file or directory")
-    if not files:
-        raise ClozelmError("no input files found")
-    return files
+def output_dir(path: str, what: str = "output directory") -> Path:
+    """`path` as a directory that exists or can be created: a file there, or a file where one of its parents
+    should be, is a one-line error now rather than after the work."""
+    out = check_writable_dir(path, what)
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ClozelmError(f"{what} {out}: {parent} is a file, not a directory")
+            break
+    return out
 
 
 def add_parser(sub) -> None:
@@ -182,7 +177,7 @@ def add_parser(sub) -> None:
     p.add_argument("text", nargs="?", help="text with blanks (or - / omitted for stdin)")
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
-    p.add_argument("--top", type=int, default=5, help="number of answers (default: %(default)s)")
+    p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="number of answers (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
 
@@ -193,14 +188,15 @@ def add_parser(sub) -> None:
     p.add_argument("text", nargs="?", help="prompt (or - / omitted for stdin)")
     p.add_argument("-f", "--file", help="read the prompt from FILE")
     p.add_argument("--model", default="default")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--beams", type=int, default=1, help="beam search with this many beams")
+    p.add_argument("--max-tokens", type=positive_int, default=64)
+    p.add_argument("--temperature", type=float_in(0.0), default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=nonnegative_int, default=0, help="0 = off (default)")
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, lo_open=True), default=1.0, help="in (0, 1]; 1 = off (default)")
+    p.add_argument("--repetition-penalty", type=float_in(0.0, lo_open=True), default=1.0, help="> 0; 1 = off (default)")
+    p.add_argument("--beams", type=int_in(1, MAX_BEAMS), default=1,
+                   help=f"beam search with this many beams, at most {MAX_BEAMS} (default 1: none)")
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--bf16", action="store_true", help="run in bfloat16: ~3x faster on CPU, greedy output may differ")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
@@ -220,7 +216,8 @@ def add_parser(sub) -> None:
                        epilog="example: clozelm convert openai-124M/ gpt2-hf/", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("out")
-    p.add_argument("--overwrite", action="store_true", help="replace config.json/model.safetensors already in OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace model and tokenizer files already in OUT "
+                   "(without it, nothing is written when any would be replaced)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("tokenize", help="show the pieces and ids of a text",
@@ -239,19 +236,26 @@ def add_parser(sub) -> None:
                         epilog="example: clozelm tokenizer train corpus/ --vocab-size 8000 --special '[MASK]' --special '[PAD]' --out bpe/",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("files", nargs="+", help="UTF-8 text files or folders")
-    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--vocab-size", type=positive_int, required=True)
     t.add_argument("--special", action="append", help="a special token (repeatable; default <|endoftext|>)")
-    t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--min-frequency", type=positive_int, default=2)
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_tokenizer_train)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line like every other clozelm error (argparse prints the usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"clozelm: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clozelm", description="GPT-2 and BERT from scratch: fill hidden tokens, "
-                                     "generate, train, inspect attention heads.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="clozelm", description="GPT-2 and BERT from scratch: fill hidden tokens, "
+                    "generate, train, inspect attention heads.", epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # subparsers are Parsers too
     for name in COMMAND_MODULES:
         try:
             module = sys.modules[__name__] if name == __name__ else importlib.import_module(name)
@@ -263,20 +267,129 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OutputError(Exception):
+    """Standard output could not be written (a full disk, a closed pipe): raised by `_Output` so that main() tells
+    it from a failure to write one of the command's own files."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror or type(error).__name__)
+        self.error = error
+
+
+class _Output:
+    """sys.stdout while a command runs: the stream itself, with its write errors raised as OutputError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            raise OutputError(error) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise OutputError(error) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class _Messages(_Output):
+    """sys.stderr while a command runs: a note or error that cannot be written (`2>/dev/full`) is dropped, since
+    there is nowhere left to say so."""
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    saved = sys.stdout, sys.stderr
+    # `clozelm ... >&-` starts Python with sys.stdout None: the output goes nowhere, as asked.
+    out = saved[0] if saved[0] is not None else open(os.devnull, "w", encoding="utf-8")
+    err = saved[1] if saved[1] is not None else open(os.devnull, "w", encoding="utf-8")
+    try:  # a file name that is not UTF-8 is printed back as the bytes it came from
+        out.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):
+        pass
+    sys.stdout, sys.stderr = _Output(out), _Messages(err)
     try:
-        args.func(args)
+        return _run(argv)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _run(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(item) for item in argv]
+    for item in argv:  # neither comes from a real command line, only from a caller of main()
+        try:
+            if b"\0" in os.fsencode(item):
+                return _error(f"argument {item[:40]!r} holds a NUL character")
+        except UnicodeEncodeError:
+            return _error(f"argument {item[:40]!r} is not text a command line can hold (a lone surrogate)")
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+            args.func(args)
+            code = 0
+        except SystemExit as exit_:  # argparse after --help or a bad option (Parser.error), a command's own status
+            if not isinstance(exit_.code, (int, type(None))):
+                raise
+            code = exit_.code or 0
+        sys.stdout.flush()  # here, not at exit: a full disk must be an error line, not a lost last block
+        return code
     except ClozelmError as e:
-        print(f"clozelm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except KeyboardInterrupt:
         print("clozelm: interrupted", file=sys.stderr)
         return 130
+    except OutputError as e:
+        _silence(sys.stdout)
+        if isinstance(e.error, BrokenPipeError):  # the reader went away (`clozelm ... | head`): nothing to report
+            return 0
+        return _error(f"cannot write to standard output: {e}")
     except BrokenPipeError:
         return 0
-    return 0
+    except OSError as e:  # a file the command reads or writes; a command should have said which, this is the net
+        where = f"{e.filename}: " if e.filename else ""
+        return _error(f"{where}{e.strerror or type(e).__name__}")
+
+
+def _error(message: str) -> int:
+    print(f"clozelm: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _silence(stream) -> None:
+    """Point a failed standard output at /dev/null, so the interpreter's last flush at exit fails no more."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,23 @@
 """Continuing a text with a causal model and its KV cache: greedy, sampling (temperature, top-k, top-p),
-beam search, repetition penalty, stop strings, and streaming that never splits a UTF-8 character."""
+beam search, repetition penalty, stop strings, and streaming that never splits a UTF-8 character.
+
+`stream_text` and `generate` take a loaded Model (they need its tokenizer); `generate_ids` and `beam_search`
+work on ids with anything called like the network (a Model, a Transformer) that returns an Output and has
+`config` and `new_cache`.
+"""
 
 from __future__ import annotations
 
 import codecs
+import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from . import scoring
 from .errors import ClozelmError
-from .model.transformer import Transformer
 
 
 @dataclass
@@ -27,11 +33,20 @@ class Sampling:
     def check(self) -> None:
         if self.max_new_tokens < 1:
             raise ClozelmError("max new tokens must be at least 1")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
+        finite = all(math.isfinite(x) for x in (self.temperature, self.top_p, self.repetition_penalty))
+        if not finite or not self.temperature >= 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or \
+                not self.repetition_penalty > 0:  # written so that NaN fails every test
             raise ClozelmError("need temperature >= 0, top-k >= 0, 0 < top-p <= 1, repetition penalty > 0")
 
 
-def _window(model: Transformer, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int]:
+def can_generate(model) -> bool:
+    """Whether a loaded model can continue a text: a causal LM with a head, and a lossless tokenizer (the
+    stream joins the bytes of the tokens as they come)."""
+    tok = model.tokenizer
+    return bool(model.config.causal and model.config.head is not None and tok is not None and tok.lossless)
+
+
+def _window(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int]:
     """Keep the end of a prompt that, with the new tokens, would not fit the context."""
     if not model.config.causal or model.config.head is None:
         raise ClozelmError("generation needs a causal language model (this one is bidirectional or headless: use fill)")
@@ -41,11 +56,15 @@ def _window(model: Transformer, prompt_ids: list[int], max_new_tokens: int) -> t
     if max_new_tokens >= n_ctx:
         raise ClozelmError(f"cannot generate {max_new_tokens} tokens with a {n_ctx}-token context")
     keep = n_ctx - max_new_tokens
-    return prompt_ids[-keep:], max(0, len(prompt_ids) - keep)
+    dropped = max(0, len(prompt_ids) - keep)
+    if dropped:  # said, as fill and heads say it: the continuation follows only the end of the prompt
+        print(f"clozelm: note: prompt longer than the model's {n_ctx}-token context less {max_new_tokens} new tokens: "
+              f"kept its last {keep} tokens ({dropped} dropped)", file=sys.stderr)
+    return prompt_ids[-keep:], dropped
 
 
 @torch.inference_mode()
-def generate_ids(model: Transformer, prompt_ids: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
+def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
                  eos_id: int | None = None, lookahead: int = 6) -> Iterator[int]:
     """Yields new token ids one at a time (stops after eos_id, which it yields).
@@ -115,10 +134,14 @@ def pick_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, t
                seen: torch.Tensor | None = None, repetition_penalty: float = 1.0) -> int:
     if seen is not None:
         penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
+        big = torch.finfo(logits.dtype).max  # a tiny penalty must not make a logit infinite (softmax -> NaN)
+        logits = torch.where(seen, penalised, logits).clamp(-big, big)
     if temperature <= 0:
         return int(logits.argmax())
-    logits = logits / temperature
+    scaled = logits / temperature
+    if not torch.isfinite(scaled).all():  # a temperature so small that dividing overflows: greedy, its limit
+        return int(logits.argmax())
+    logits = scaled
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -126,26 +149,24 @@ def pick_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, t
         sorted_logits, order = logits.sort(descending=True)
         probs = sorted_logits.softmax(-1)
         outside = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix whose mass reaches top_p
+        outside[0] = False  # and always the best token (a top_p too small for float32 would keep none)
         logits = logits.masked_fill(torch.zeros_like(outside).scatter(0, order, outside), float("-inf"))
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
 @torch.inference_mode()
-def beam_search(model: Transformer, prompt_ids: list[int], beams: int = 4, max_new_tokens: int = 32,
+def beam_search(model, prompt_ids: list[int], beams: int = 4, max_new_tokens: int = 32,
                 eos_id: int | None = None, length_penalty: float = 1.0) -> list[int]:
     """The most likely continuation under a beam of `beams`; finished beams scored by sum log p / len^penalty."""
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
-    logp = F.log_softmax(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[:, -1].float(), -1)
+    logp = scoring.log_probs(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[:, -1])
     hyps, scores = [[]], torch.zeros(1)
     finished: list[tuple[float, list[int]]] = []
     for step in range(max_new_tokens):
-        total = (scores[:, None] + logp).flatten()
-        top = total.topk(min(2 * beams, total.numel()))
-        rows = torch.div(top.indices, logp.size(1), rounding_mode="floor")
-        tokens = top.indices % logp.size(1)
+        values, rows, tokens = scoring.beam_step(scores[:, None] + logp, 2 * beams)
         keep_rows, new_hyps, new_scores = [], [], []
-        for score, row, token in zip(top.values.tolist(), rows.tolist(), tokens.tolist()):
+        for score, row, token in zip(values.tolist(), rows.tolist(), tokens.tolist()):
             seq = hyps[row] + [token]
             if token == eos_id or step == max_new_tokens - 1:
                 finished.append((score / len(seq) ** length_penalty, seq))
@@ -158,21 +179,22 @@ def beam_search(model: Transformer, prompt_ids: list[int], beams: int = 4, max_n
         hyps, scores = new_hyps, torch.tensor(new_scores)
         cache = cache.select(torch.tensor(keep_rows))
         logits = model(torch.tensor([[h[-1]] for h in hyps]), cache=cache, last_logits_only=True).logits[:, -1]
-        logp = F.log_softmax(logits.float(), -1)
+        logp = scoring.log_probs(logits)
     if not finished:
         finished = [(s / max(1, len(h)) ** length_penalty, h) for s, h in zip(scores.tolist(), hyps)]
     return max(finished, key=lambda f: f[0])[1]
 
 
-def stream_text(model: Transformer, prompt: str, sampling: Sampling | None = None, stop: list[str] = (),
+def stream_text(model, prompt: str, sampling: Sampling | None = None, stop: list[str] = (),
                 beams: int = 1) -> Iterator[str]:
     """Yields text pieces as tokens arrive. Bytes of a character split across tokens are held back until
     it is complete; text that might be the start of a stop string is held back until it is not."""
     sampling = sampling or Sampling()
     sampling.check()
     tok = model.tokenizer
-    if tok is None or tok.name != "bpe":
-        raise ClozelmError("generation needs a byte-level BPE tokenizer")
+    if tok is None or not tok.lossless:
+        # Streaming joins token bytes into text: that needs a tokenizer whose tokens spell the text exactly.
+        raise ClozelmError("generation needs a tokenizer that spells text exactly (a byte-level BPE)")
     prompt_ids = tok.encode(prompt)
     if tok.eos_id is not None and (not prompt_ids or not prompt.strip()):
         prompt_ids = [tok.eos_id] + prompt_ids  # an empty prompt starts a new document
@@ -203,7 +225,7 @@ def stream_text(model: Transformer, prompt: str, sampling: Sampling | None = Non
         yield held
 
 
-def generate(model: Transformer, prompt: str, **options) -> str:
+def generate(model, prompt: str, **options) -> str:
     """The continuation of `prompt` as one string (see `stream_text` for the options)."""
     stop = options.pop("stop", ())
     beams = options.pop("beams", 1)

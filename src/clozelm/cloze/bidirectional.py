@@ -16,24 +16,23 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.nn.functional as F
 
+from .. import scoring
 from .blanks import Blank
-from .vocab import token_masks, word_masks
+from .options import FillOptions
 
 MAX_CONFIGS = 27  # length combinations tried for several word blanks at once
 
 
 class BidirectionalFiller:
-    def __init__(self, model, tokenizer, beam: int = 8, max_word_pieces: int = 3):
+    def __init__(self, model, tokenizer, options: FillOptions):
+        """`options` resolved for the model's method (FillOptions.for_method): no None left in them."""
         self.model, self.tok = model, tokenizer
-        self.beam, self.max_word_pieces = beam, max_word_pieces
+        self.beam, self.max_word_pieces = options.beam, options.max_word_tokens
         self.vocab = model.config.vocab_size
         self.mask_id = tokenizer.mask_id
-        if tokenizer.name == "wordpiece":
-            self.start, self.end = [tokenizer.cls_id], [tokenizer.sep_id]
-        else:  # clozelm's BPE MLM models are trained on documents delimited by <|endoftext|>
-            self.start = self.end = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+        self.classes = tokenizer.token_classes(self.vocab)
+        self.start, self.end = tokenizer.frame_tokens(causal=False)
 
     @torch.inference_mode()
     def fill(self, segments: list[list[int]], blanks: list[Blank]):
@@ -61,9 +60,9 @@ class BidirectionalFiller:
         for i, blank in enumerate(blanks):
             ids += segments[i]
             if blank.kind == "word":
-                first, cont, _ = word_masks(self.tok, self.vocab, blank.lead_space)
+                first, cont = self.classes.word_start(blank.lead_space), self.classes.word_continue
             else:
-                first, cont = token_masks(self.tok, self.vocab, blank.lead_space)
+                first, cont = self.classes.token_start(blank.lead_space), self.classes.ordinary
             word_start = len(slots)
             for j in range(lengths[i]):
                 slots.append((len(ids), word_start if blank.kind == "word" else len(slots)))
@@ -77,7 +76,7 @@ class BidirectionalFiller:
         hyps = [(torch.tensor(ids), 0.0, frozenset())]  # (ids, log-prob so far, slots already fixed)
         for _ in range(len(slots)):
             batch = torch.stack([h[0] for h in hyps])
-            logp = F.log_softmax(self.model(batch).logits[:, positions].float(), -1)  # [N, slots, V]
+            logp = scoring.log_probs(self.model(batch).logits[:, positions])  # [N, slots, V]
             logp = logp.masked_fill(~allowed[None], float("-inf"))
             expanded = []
             for (seq, score, done), lp in zip(hyps, logp):
@@ -116,7 +115,7 @@ class BidirectionalFiller:
                 logits = self.model(torch.tensor([rows[r] for r in chunk])).logits.float()
                 for i, r in enumerate(chunk):
                     cand, pos, token = targets[r]
-                    totals[cand] += float(F.log_softmax(logits[i, pos], -1)[token])
+                    totals[cand] += scoring.token_logprob(logits[i, pos], token)
         return totals
 
 

@@ -24,6 +24,17 @@ class Template:
     segments: tuple[str, ...]  # known text around the blanks; len(segments) == len(blanks) + 1
     blanks: tuple[Blank, ...]
 
+    def parts(self, fills: list[str]) -> list[tuple[str, bool]]:
+        """The text with `fills` in its blanks as (text, is_fill) pairs, in order (empty known text left out)."""
+        parts = [(self.segments[0], False)]
+        for blank, fill, segment in zip(self.blanks, fills, self.segments[1:]):
+            parts += [(" " if blank.lead_space else "", False), (fill, True), (segment, False)]
+        return [(text, filled) for text, filled in parts if text or filled]
+
+    def render(self, fills: list[str]) -> str:
+        """The whole text with `fills` in its blanks."""
+        return "".join(text for text, _ in self.parts(fills))
+
 
 def parse(text: str) -> Template:
     if not text.strip():

@@ -26,43 +26,44 @@ probability up to terms the candidate does not change, so the score is their mea
 the FIM reading alone.
 
 `clozelm.fill` judges FIM models by both readings by default. At the size of the embedded models the FIM
-reading alone is not enough: `default-fim` (30M tokens) gives a middle's tokens -3.42 nats each in SPM order
-(-4.79 in PSM, -3.47 from the left text alone), but the separator -4.65 after the complete middle and -4.57
-one token short (benchmarks/fim_middle_end.py): it knows how often middles end, not where. Exact match on
-150 held-out sentences per task (last word / middle word / 1 / 2 / 3 tokens; benchmarks/fill_quality.py
---fim-judge): both readings 33 / 44 / 48 / 27 / 11%, the left-to-right search alone ("causal", half the
-time) 35 / 47 / 52 / 27 / 8%, the FIM reading alone 16 / 22 / 26 / 8 / 6% (n=50). Both readings find
-"Let there be ___: and there was light." where the left-to-right search alone, on these weights, does not.
+reading alone is not enough: a small FIM model learns how often middles end better than where they end, so
+the separator after a complete middle is scarcely likelier than after one a token short, and the FIM reading
+alone picks worse answers than the left-to-right search. Both readings together find answers ("Let there be
+___: and there was light.") that the left-to-right search alone misses. benchmarks/fim_middle_end.py and
+benchmarks/fill_quality.py --fim-judge measure this; the README quotes their figures.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from .. import scoring
 from .blanks import Blank
-from .vocab import token_masks, word_masks
+from .options import FillOptions
 
 MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB of float32 logits)
 
 
 class CausalFiller:
-    def __init__(self, model, tokenizer, width: int = 32, max_word_tokens: int = 4, states: int = 8,
-                 follow_window: int = 12, lookahead: int = 256, lookahead_keep: int = 32, fim_judge: str = "causal"):
-        self.model, self.tok, self.fim_judge, self.follow_window = model, tokenizer, fim_judge, follow_window
-        self.width, self.max_word_tokens, self.n_states = width, max_word_tokens, states
-        self.lookahead, self.lookahead_keep = lookahead, lookahead_keep
+    def __init__(self, model, tokenizer, options: FillOptions):
+        """`options` resolved for the model's method (FillOptions.for_method): no None left in them."""
+        self.model, self.tok = model, tokenizer
+        self.fim_judge, self.follow_window = options.fim_judge, options.follow_window
+        self.width, self.max_word_tokens, self.n_states = options.width, options.max_word_tokens, options.beam
+        self.lookahead, self.lookahead_keep = options.lookahead, options.lookahead_keep
         self.vocab = model.config.vocab_size
-        start = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
-        self.start_ids = [] if start is None else [start]
+        self.classes = tokenizer.token_classes(self.vocab)
+        self.start_ids = tokenizer.frame_tokens(causal=True)[0]
 
     @torch.inference_mode()
     def fill(self, segments: list[list[int]], blanks: list[Blank]):
-        return self._fill_left_to_right(segments, blanks) if self.fim_judge == "causal" else self._fill_fim(segments, blanks)
+        if self.fim_judge == "causal":
+            return self._fill_left_to_right(segments, blanks)
+        return self._fill_fim(segments, blanks)
 
     def _fill_fim(self, segments, blanks):
-        special = self.tok.special_tokens
-        pre, suf, mid = (special[f"<|fim_{n}|>"] for n in ("prefix", "suffix", "middle"))
+        fim = self.tok.fim_ids
+        pre, suf, mid = fim.prefix, fim.suffix, fim.middle
         end = [self.tok.eos_id]
         both = self.fim_judge == "both"
         states = [(0.0, 0.0, segments[0], [])]  # (FIM score, causal score so far, text so far, fills)
@@ -111,11 +112,8 @@ class CausalFiller:
         return sorted(((e, fills) for e, (_, _, fills) in zip(exact, states)), key=lambda s: -s[0])
 
     def _sequence_logprobs(self, seqs: list[list[int]]) -> list[float]:
-        """log P(tokens after the first) for each sequence, one right-padded batch (no mask needed, causal)."""
-        L = max(map(len, seqs))
-        batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
-        logp = F.log_softmax(self.model(batch).logits[:, :-1].float(), -1)
-        return [float(logp[r, torch.arange(len(s) - 1), torch.tensor(s[1:])].sum()) for r, s in enumerate(seqs)]
+        """log P(tokens after the first) for each sequence, one right-padded batch."""
+        return scoring.sequence_logprobs(self.model(scoring.pad_right(seqs)).logits, seqs)
 
     def _candidates(self, ctx: list[int], blank: Blank, follow: list[int], at_end: bool):
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
@@ -126,12 +124,12 @@ class CausalFiller:
     def _propose(self, cache, last_logits: torch.Tensor, blank: Blank, next_known: int | None) -> list[list[int]]:
         """Beam over the blank's tokens from the context (first tokens also by one token of look-ahead when the
         next known token is given). Word blanks keep every prefix as a candidate."""
-        first_logp = F.log_softmax(last_logits, -1)
+        first_logp = scoring.log_probs(last_logits)
         if blank.kind == "word":
-            first, cont, _ = word_masks(self.tok, self.vocab, blank.lead_space)
+            first, cont = self.classes.word_start(blank.lead_space), self.classes.word_continue
             n_tokens = self.max_word_tokens
         else:
-            first, cont = token_masks(self.tok, self.vocab, blank.lead_space)
+            first, cont = self.classes.token_start(blank.lead_space), self.classes.ordinary
             n_tokens = blank.n_tokens
         logp = first_logp.masked_fill(~first, float("-inf"))
         n_allowed = int(first.sum())
@@ -146,15 +144,12 @@ class CausalFiller:
         for step in range(1, n_tokens):
             logits = self.model(torch.tensor([[h[-1]] for h in hyps]), cache=beam_cache,
                                 last_logits_only=True).logits[:, -1].float()
-            logp = F.log_softmax(logits, -1).masked_fill(~cont, float("-inf")) + scores[:, None]
-            flat = logp.flatten().topk(self.width)
-            keep = torch.isfinite(flat.values)
-            rows = torch.div(flat.indices[keep], logp.size(1), rounding_mode="floor")
-            tokens = flat.indices[keep] % logp.size(1)
+            logp = scoring.log_probs(logits).masked_fill(~cont, float("-inf")) + scores[:, None]
+            values, rows, tokens = scoring.beam_step(logp, self.width, finite_only=True)
             if len(rows) == 0:
                 break
             hyps = [hyps[r] + [int(t)] for r, t in zip(rows, tokens)]
-            scores = flat.values[keep]
+            scores = values
             beam_cache = beam_cache.select(rows)
             if blank.kind == "word" or step == n_tokens - 1:
                 pool += hyps
@@ -166,12 +161,12 @@ class CausalFiller:
         wide = logp.topk(min(self.lookahead, n_allowed))
         step = self.model(wide.indices[:, None], cache=cache.select(torch.zeros(len(wide.indices), dtype=torch.long)),
                           last_logits_only=True).logits[:, -1].float()
-        both = wide.values + F.log_softmax(step, -1)[:, next_known]
+        both = wide.values + scoring.log_probs(step)[:, next_known]
         return wide.indices[both.topk(min(self.lookahead_keep, len(both))).indices].tolist()
 
     def _is_whole_text(self, ids: list[int]) -> bool:
         try:
-            self.tok.decode_bytes(ids).decode("utf-8")
+            b"".join(map(self.tok.token_bytes, ids)).decode("utf-8")
             return True
         except UnicodeDecodeError:  # ends inside a multi-byte character
             return False
@@ -185,8 +180,8 @@ class CausalFiller:
         """log P(candidate + follow | context) for every candidate, batched over the cached context."""
         if not pool:
             return []
-        first_logp = F.log_softmax(last_logits, -1)
-        _, cont, _ = word_masks(self.tok, self.vocab, True)
+        first_logp = scoring.log_probs(last_logits)
+        cont = self.classes.word_continue
         lengths = [len(c) + len(follow) for c in pool]
         L = max(lengths)
         rows_per_chunk = max(1, MAX_LOGIT_FLOATS // (L * self.vocab))
@@ -194,13 +189,15 @@ class CausalFiller:
         for start in range(0, len(pool), rows_per_chunk):
             chunk = pool[start:start + rows_per_chunk]
             seqs = [c + follow for c in chunk]
-            # Right padding needs no mask in a causal model: real tokens never see the pads after them.
+            # Right padding needs no mask in a causal model: real tokens never see the pads after them. Every
+            # chunk is padded to the longest candidate of the pool, so a score does not depend on its chunk.
             batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
-            logp = F.log_softmax(self.model(batch, cache=cache.select(torch.zeros(len(chunk), dtype=torch.long))).logits.float(), -1)
+            context = cache.select(torch.zeros(len(chunk), dtype=torch.long))  # the left context, once per row
+            logp = scoring.log_probs(self.model(batch, cache=context).logits)
             for r, s in enumerate(seqs):
                 total = float(first_logp[s[0]])
                 if len(s) > 1:
-                    total += float(logp[r, torch.arange(len(s) - 1), torch.tensor(s[1:])].sum())
+                    total += scoring.gathered_sum(logp[r], s[1:])
                 if needs_boundary:  # the word must end here: the next token may not continue it
                     p_cont = logp[r, len(s) - 1].exp()[cont].sum().clamp(max=1 - 1e-6)
                     total += float(torch.log1p(-p_cont))

@@ -1,6 +1,7 @@
 """Attention heads: what each head looks at, as data, pages, images and reports.
 
-    maps = clozelm.heads.attention_map(model, "The cat sat on the mat.")   # or model.heads(text)
+    model = clozelm.load("default")                                      # tasks take a loaded model
+    maps = clozelm.heads.attention_map(model, "The cat sat on the mat.")   # or clozelm.attention_map(text, "default")
     maps.attentions[layer][head]      # [T, T] numpy float32, rows sum to 1
     maps.tokens, maps.words           # readable pieces; words grouping them
     maps.to_html("view.html")         # head view + model view, one self-contained file (also inline in Jupyter)

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_args import nonnegative_int, read_text_arg
 from ..errors import ClozelmError
+from ..files import read_text_file
 
 EPILOG = """examples:
   clozelm heads "The cat sat on the mat because it was warm." -o view.html
@@ -22,10 +24,10 @@ Layers and heads count from 0, as in the view (L0 H0 is the first head of the fi
 
 def _layer_head(value: str) -> tuple[int, int]:
     try:
-        layer, head = value.split(".")
-        return int(layer), int(head)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAYER.HEAD such as 3.5, got {value!r}") from None
+        layer, head = (nonnegative_int(part) for part in value.split("."))
+        return layer, head
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected LAYER.HEAD such as 3.5, got {value[:40]!r}") from None
 
 
 def _note(message: str) -> None:
@@ -42,12 +44,11 @@ def _display_name(name: str) -> str:
 
 
 def _text(args) -> str:
-    from ..cli import read_text_arg
     return read_text_arg(args)
 
 
 def cmd_heads(args) -> None:
-    from ..loading import cached_load
+    from ..api import cached_load
     if args.syntax:
         return _syntax(args)
     if args.report:
@@ -109,18 +110,10 @@ def _report(args, model) -> None:
 
 
 def _syntax(args) -> None:
-    from ..loading import cached_load
+    from ..api import cached_load
     from .syntax import load_spacy, syntax_analysis
     nlp = load_spacy()  # before loading anything: a missing extra is the first thing to say
-    path = Path(args.syntax)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ClozelmError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ClozelmError(f"{path} is not UTF-8 text") from None
-    except OSError as error:
-        raise ClozelmError(f"cannot read {path}: {error.strerror}") from None
+    text = read_text_file(args.syntax, "--syntax file")
     model = cached_load(args.model)
     report = syntax_analysis(model, text, nlp=nlp, min_arcs=args.min_arcs, model_name=_display_name(args.model))
     if args.out:
@@ -154,7 +147,7 @@ def add_parser(sub) -> None:
                                                      "duplicate, induction); TEXT/-f give the text (default: a sample)")
     p.add_argument("--syntax", metavar="FILE", help="heads vs dependency syntax on FILE (Clark et al. 2019); "
                                                    "needs pip install 'clozelm[syntax]'")
-    p.add_argument("--min-arcs", type=int, default=10, help="--syntax: leave out relations with fewer arcs (default: %(default)s)")
+    p.add_argument("--min-arcs", type=nonnegative_int, default=10, help="--syntax: leave out relations with fewer arcs (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="--report/--syntax: print JSON")
     p.set_defaults(func=_run)
 

@@ -6,7 +6,7 @@ that word-level views can sum attention *to* a word over its pieces and average 
 
 from __future__ import annotations
 
-import unicodedata
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +14,7 @@ import regex
 import torch
 
 from ..errors import ClozelmError
+from ..loaded import Model
 
 # A word for grouping pieces: letters/digits with inner apostrophes ("don't", "o'clock"), or one
 # symbol. Only used to decide which pieces belong together; the pieces themselves come from the model.
@@ -103,9 +104,15 @@ def hide_sink_columns(matrix: np.ndarray, sinks: np.ndarray) -> tuple[np.ndarray
 
 
 def word_level(matrix: np.ndarray, word_of_token: np.ndarray, n_words: int) -> np.ndarray:
-    """[..., T, T] -> [..., W, W]: attention TO a word is the sum over its pieces, FROM a word the mean."""
+    """[..., T, T] -> [..., W, W]: attention TO a word is the sum over its pieces, FROM a word the mean.
+
+    A token whose word is -1 belongs to no word ([CLS]/[SEP] against a parser's words): it is left out both
+    ways. Extra leading dimensions ([L, H, ...]) are kept.
+    """
+    word_of_token = np.asarray(word_of_token, dtype=np.int64)
     membership = np.zeros((len(word_of_token), n_words), dtype=np.float32)
-    membership[np.arange(len(word_of_token)), word_of_token] = 1.0
+    tokens = np.flatnonzero(word_of_token >= 0)
+    membership[tokens, word_of_token[tokens]] = 1.0
     pieces_per_word = membership.sum(0)
     to_words = matrix @ membership  # [..., T, W]
     return ((membership / np.maximum(pieces_per_word, 1.0)).T @ to_words).astype(np.float32)
@@ -123,29 +130,42 @@ class Encoded:
     notes: list[str]
 
 
-def encode_for_model(model, text: str, add_special_tokens: bool = True, max_tokens: int | None = None) -> Encoded:
-    """Token ids of `text` framed the way the model was trained ([CLS] ... [SEP]; <|endoftext|> first for
-    clozelm BPE models), with readable pieces and their character spans; too long text keeps its start."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
+def check_model(model) -> Model:
+    """`model` if it is a loaded Model with a tokenizer; otherwise say what to pass instead."""
+    if isinstance(model, (str, os.PathLike)):
+        raise ClozelmError(f"clozelm.heads takes a loaded model, not the name {str(model)!r}: pass "
+                           f"clozelm.load({str(model)!r}), or use clozelm.attention_map, which loads by name")
+    if not isinstance(model, Model):
+        raise ClozelmError("clozelm.heads takes a loaded model (clozelm.load(...) or clozelm.Model(network, "
+                           f"tokenizer)), not {type(model).__name__}")
+    if model.tokenizer is None:
         raise ClozelmError("this model has no tokenizer attached; load it with clozelm.load(directory) "
                            "from a directory that has tokenizer files")
+    return model
+
+
+def frame_tokens(model: Model, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+    """The special tokens the model reads around a text, as its tokenizer frames it for this kind of model."""
+    if not add_special_tokens:
+        return [], []
+    start, end = model.tokenizer.frame_tokens(causal=bool(model.config.causal))
+    return list(start), list(end)
+
+
+def encode_for_model(model: Model, text: str, add_special_tokens: bool = True,
+                     max_tokens: int | None = None) -> Encoded:
+    """Token ids of `text` framed the way the model was trained ([CLS] ... [SEP]; <|endoftext|> first for
+    clozelm BPE models), with readable pieces and their character spans; too long text keeps its start."""
+    tok = check_model(model).tokenizer
     if not isinstance(text, str) or not text.strip():
         raise ClozelmError("the text is empty: give at least one word")
     limit = model.config.n_positions if max_tokens is None else min(max_tokens, model.config.n_positions)
-    start, end = _frame(model, tok) if add_special_tokens else ([], [])
+    start, end = frame_tokens(model, add_special_tokens)
     if len(start) + len(end) >= limit:
         raise ClozelmError(f"a context of {limit} positions leaves no room for text")
-    if tok.name == "wordpiece":
-        ids = tok.encode(text)
-        pieces = [tok.id_to_token(i) for i in ids]
-        spans = _wordpiece_spans(text, pieces, set(tok.special_tokens))
-        special_ids = set(tok.special_tokens.values())
-        readable = pieces
-    else:
-        ids = tok.encode(text, allowed_special="all")
-        spans, readable = _bpe_spans(text, ids, tok)
-        special_ids = set(tok.special_tokens.values())
+    ids, spans, readable = tok.encode_with_spans(text, specials=True)
+    ids, spans, readable = list(ids), list(spans), list(readable)
+    special_ids = set(tok.special_tokens.values())
     if not ids:
         raise ClozelmError("the text is empty after tokenization (only characters the tokenizer drops)")
     notes = []
@@ -158,114 +178,14 @@ def encode_for_model(model, text: str, add_special_tokens: bool = True, max_toke
         notes.append(f"the text is {len(ids)} tokens but the model reads at most {limit} positions: kept the first "
                      f"{room} tokens (characters 0-{cut} of {len(text)}, ending '...{tail}')")
         ids, spans, readable = ids[:room], spans[:room], readable[:room]
-    frame_tokens = [_special_name(tok, i) for i in start], [_special_name(tok, i) for i in end]
     return Encoded(
         ids=start + ids + end,
-        tokens=frame_tokens[0] + readable + frame_tokens[1],
+        tokens=list(tok.pieces(start)) + readable + list(tok.pieces(end)),
         spans=[None] * len(start) + spans + [None] * len(end),
         special=[True] * len(start) + [i in special_ids for i in ids] + [True] * len(end),
         text=kept_text,
         notes=notes,
     )
-
-
-def _frame(model, tok) -> tuple[list[int], list[int]]:
-    """Special tokens around the text, as clozelm's fill code frames inputs for each kind of model."""
-    if tok.name == "wordpiece":
-        return [tok.cls_id] if tok.cls_id is not None else [], [tok.sep_id] if tok.sep_id is not None else []
-    first = tok.bos_id if tok.bos_id is not None else tok.eos_id
-    if first is None:
-        return [], []
-    if model.config.causal:
-        return [first], []
-    return [first], [tok.eos_id] if tok.eos_id is not None else []
-
-
-def _special_name(tok, token_id: int) -> str:
-    return tok.id_to_token(token_id)
-
-
-def _bpe_spans(text: str, ids: list[int], tok) -> tuple[list[tuple[int, int]], list[str]]:
-    """Exact character spans from token bytes. A character belongs to the token holding its first byte,
-    so a token that is only the tail of a multi-byte character gets an empty span (shown as its bytes)."""
-    data = text.encode("utf-8")
-    char_at_byte = np.zeros(len(data) + 1, dtype=np.int64)
-    position = 0
-    for index, char in enumerate(text):
-        width = len(char.encode("utf-8"))
-        char_at_byte[position:position + width] = index
-        position += width
-    char_at_byte[len(data)] = len(text)
-    starts_char = np.zeros(len(data) + 1, dtype=bool)  # byte opens a character
-    position = 0
-    for char in text:
-        starts_char[position] = True
-        position += len(char.encode("utf-8"))
-    starts_char[len(data)] = True
-
-    spans, readable = [], []
-    offset = 0
-    for token_id in ids:
-        piece = tok.token_bytes(token_id)
-        if data[offset:offset + len(piece)] != piece:
-            raise ClozelmError("internal error: token bytes do not spell the text")  # encode/decode disagree
-        end = offset + len(piece)
-        # first character starting inside [offset, end), up to the first character starting at/after end
-        first = offset
-        while not starts_char[first]:
-            first += 1
-        last = end
-        while not starts_char[last]:
-            last += 1
-        if first < end:
-            char_start, char_end = int(char_at_byte[first]), int(char_at_byte[last])
-        else:  # only continuation bytes: an empty span at the character they belong to
-            char_start = char_end = int(char_at_byte[offset])
-        spans.append((char_start, char_end))
-        shown = text[char_start:char_end]
-        readable.append(shown if shown else "".join(f"\\x{b:02x}" for b in piece))
-        offset = end
-    return spans, readable
-
-
-def _fold(text: str) -> str:
-    """Case- and accent-insensitive spelling used to find WordPiece pieces in the original text."""
-    decomposed = unicodedata.normalize("NFD", text.lower())
-    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
-
-
-def _wordpiece_spans(text: str, pieces: list[str], specials: set[str]) -> list[tuple[int, int] | None]:
-    """Character spans of WordPiece pieces, found by matching folded pieces against the folded text.
-
-    WordPiece lowercases, strips accents and drops control characters, so pieces are not substrings
-    of the text; folding both sides the same way makes them so, character by character.
-    """
-    folded_chars, origin = [], []
-    for index, char in enumerate(text):
-        for folded in _fold(char):
-            folded_chars.append(folded)
-            origin.append(index)
-    folded = "".join(folded_chars)
-    spans: list[tuple[int, int] | None] = []
-    cursor = 0
-    for piece in pieces:
-        if piece == "[UNK]":  # the unknown word: the next run of non-space characters
-            while cursor < len(folded) and folded[cursor].isspace():
-                cursor += 1
-            end = cursor
-            while end < len(folded) and not folded[end].isspace() and (end == cursor or folded[end].isalnum()):
-                end += 1
-            spans.append((origin[cursor], origin[end - 1] + 1) if end > cursor else None)
-            cursor = end
-            continue
-        target = _fold(piece[2:] if piece.startswith("##") else piece) if piece not in specials else piece.lower()
-        found = folded.find(target, cursor, cursor + len(target) + 64) if target else -1
-        if found < 0:
-            spans.append(None)
-            continue
-        spans.append((origin[found], origin[found + len(target) - 1] + 1))
-        cursor = found + len(target)
-    return spans
 
 
 def group_words(text: str, spans: list[tuple[int, int] | None], tokens: list[str]) -> tuple[list[int], list[str]]:
@@ -306,19 +226,21 @@ def group_words(text: str, spans: list[tuple[int, int] | None], tokens: list[str
 
 # ---------------------------------------------------------------------------------------------- running
 
-def run_attention(model, ids: list[int] | list[list[int]]) -> list[np.ndarray]:
+def run_attention(model: Model, ids: list[int] | list[list[int]]) -> list[np.ndarray]:
     """Per-layer attention probabilities for token ids: [H, T, T] (one sequence) or [B, H, T, T]."""
     batch = torch.as_tensor(ids, dtype=torch.long)
     single = batch.dim() == 1
     if single:
         batch = batch[None]
-    was_training = getattr(model, "training", False)
+    network = model.network
+    was_training = network.training
     if was_training:
-        model.eval()  # attention dropout would make the maps random
+        network.eval()  # attention dropout would make the maps random
     try:
         with torch.inference_mode():
             try:
-                out = model(batch.to(_device_of(model)), attentions=True)
+                # Through the Model, not the network: a caller's checked_forwards hook can stop long work.
+                out = model(batch.to(_device_of(network)), attentions=True)
             except TypeError as error:
                 if "attentions" not in str(error):
                     raise
@@ -326,7 +248,7 @@ def run_attention(model, ids: list[int] | list[list[int]]) -> list[np.ndarray]:
                                    "(its forward takes no attentions=True)") from None
     finally:
         if was_training:
-            model.train()
+            network.train()
     attentions = getattr(out, "attentions", None)
     if not attentions or any(a is None for a in attentions):
         raise ClozelmError("this model does not return attention probabilities (its output has no attentions)")
@@ -334,25 +256,22 @@ def run_attention(model, ids: list[int] | list[list[int]]) -> list[np.ndarray]:
     return [a[0] for a in layers] if single else layers
 
 
-def _device_of(model):
+def _device_of(network: torch.nn.Module) -> torch.device:
     try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
+        return next(network.parameters()).device
+    except StopIteration:
         return torch.device("cpu")
 
 
-def attention_map(model, text: str, *, add_special_tokens: bool = True, max_tokens: int | None = None,
+def attention_map(model: Model, text: str, *, add_special_tokens: bool = True, max_tokens: int | None = None,
                   model_name: str | None = None) -> HeadMaps:
-    """Attention of every layer and head of `model` (a Transformer or a name for clozelm.load) on `text`.
+    """Attention of every layer and head of a loaded `model` on `text`.
 
     The text is framed as the model expects ([CLS] ... [SEP] for BERT, <|endoftext|> first for clozelm's
     BPE models; add_special_tokens=False feeds the bare text). Text longer than the context keeps its
-    start; HeadMaps.notes says what was kept.
+    start; HeadMaps.notes says what was kept. `model_name` labels the maps (default: where the model came
+    from, or its shape).
     """
-    if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
-        from ..loading import cached_load
-        model_name = model_name or str(model)
-        model = cached_load(str(model))
     enc = encode_for_model(model, text, add_special_tokens=add_special_tokens, max_tokens=max_tokens)
     layers = run_attention(model, enc.ids)
     word_of_token, words = group_words(enc.text, enc.spans, enc.tokens)
@@ -360,12 +279,13 @@ def attention_map(model, text: str, *, add_special_tokens: bool = True, max_toke
         attentions=[np.ascontiguousarray(a, dtype=np.float32) for a in layers],
         tokens=enc.tokens, token_ids=enc.ids, spans=enc.spans, word_of_token=word_of_token, words=words,
         special=enc.special, causal=bool(model.config.causal), text=enc.text,
-        model_name=model_name or _name_of(model), notes=enc.notes,
+        model_name=model_name or model_label(model), notes=enc.notes,
     )
 
 
-def _name_of(model) -> str:
-    source = getattr(model, "_source_dir", None)
+def model_label(model: Model) -> str:
+    """How views and reports name a model: the directory it came from, or its shape."""
+    source = model.info.source
     if source is not None:
         # Hub snapshots and packaged weights often live in a folder called just "model".
         return f"{source.parent.name}/{source.name}" if source.name in ("model", "weights") else source.name

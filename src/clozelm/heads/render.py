@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ClozelmError
+from ..files import atomic_write_bytes
 from ..raster import draw_text, png_bytes, text_width  # png_bytes is re-exported: callers import it from here
 
 # White -> blue ramp; the page's script uses the same anchors.
@@ -28,14 +29,12 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def write_file(path, data: bytes | str) -> Path:
+    """Write a page, image or report atomically: an existing file is replaced whole or not at all."""
     path = Path(path)
     try:
-        if isinstance(data, str):
-            path.write_text(data, encoding="utf-8")
-        else:
-            path.write_bytes(data)
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     except OSError as error:
-        raise ClozelmError(f"cannot write {path}: {error.strerror}") from None
+        raise ClozelmError(f"cannot write {path}: {error.strerror or type(error).__name__}") from None
     return path
 
 

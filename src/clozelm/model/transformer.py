@@ -1,8 +1,11 @@
-"""One transformer for GPT-2 and BERT.
+"""One transformer for GPT-2, BERT and the Llama family (Llama, SmolLM, Qwen2, Mistral).
 
 Module names follow OpenAI's GPT-2 checkpoint (wte, wpe, h.{i}.ln_1, attn.c_attn, ...), so a GPT-2
-state dict maps one to one; BERT's names are translated in `clozelm.weights.hf`. Shapes in comments:
-B batch, T new tokens, S keys (cached + new), D n_embd, H heads, Dh head_dim, V vocab.
+state dict maps one to one; BERT's and Llama's names are translated in `clozelm.weights.hf`. The Llama
+family reuses every GPT-2 module (its norms sit where GPT-2's LayerNorms do, its q/k/v are fused into
+c_attn) and adds only `mlp.c_gate` (SwiGLU's gate) and `lm_head` (an untied output matrix).
+Shapes in comments: B batch, T new tokens, S keys (cached + new), D n_embd, H heads, Hkv key/value
+heads, Dh head_dim, V vocab.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class KVCache:
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (batch_size, config.n_head, max_len, config.head_dim)
+        shape = (batch_size, config.kv_heads, max_len, config.head_dim)  # grouped-query: Hkv heads only
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.key_valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
@@ -74,23 +77,88 @@ def _activation(name: str):
         return lambda x: F.gelu(x, approximate="tanh")
     if name == "gelu":
         return F.gelu
+    if name == "silu":
+        return F.silu
     return F.relu
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight. Normalised in fp32 and cast back before the weight, as HF's Llama
+    does, so bf16 models keep the reference numerics."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def _norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.layer_norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+
+
+def rope_inv_freq(config: ModelConfig, device=None) -> torch.Tensor:
+    """[Dh/2] rotation frequencies theta^(-2i/Dh), rescaled as `rope_scaling` says (HF's formulas)."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":  # long wavelengths slowed by `factor`, short ones kept, a smooth ramp between
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(config: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [B, T] -> (cos, sin) [B, 1, T, Dh], computed in fp32 (positions reach 1e5: bf16 angles would be off)."""
+    freqs = positions[..., None].float() * rope_inv_freq(config, positions.device)  # [B, T, Dh/2]
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # rotate-half layout: dim i pairs with i + Dh/2
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate(x, cos, sin):
+    """x [B, H, T, Dh] rotated pairwise by the position angles (HF Llama's rotate_half convention)."""
+    half = x.size(-1) // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v (in that order)
-        self.c_proj = Linear(config.n_embd, config.n_embd)
+        self.n_kv_head = config.kv_heads
+        kv_width = self.n_kv_head * config.head_dim
+        self.split = [config.n_embd, kv_width, kv_width]
+        # fused q, k, v (in that order): [D + 2 * Hkv * Dh, D]
+        self.c_attn = Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.attn_qkv_bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x, mask, is_causal, cache: KVCache | None, layer: int, need_probs: bool):
+    def forward(self, x, mask, is_causal, cache: KVCache | None, layer: int, need_probs: bool, rope=None):
         B, T, D = x.shape
-        q, k, v = self.c_attn(x).split(D, dim=2)
+        q, k, v = self.c_attn(x).split(self.split, dim=2)
         q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, Dh]
-        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
-        v = v.view(B, T, self.n_head, -1).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, -1).transpose(1, 2)  # [B, Hkv, T, Dh]
+        v = v.view(B, T, self.n_kv_head, -1).transpose(1, 2)
+        if rope is not None:  # rotary positions: keys are cached already rotated
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
+        if self.n_kv_head != self.n_head:
+            return self._grouped(q, k, v, mask, is_causal, cache, layer, need_probs)
         if cache is not None:
             start, end = cache.length, cache.length + T
             cache.keys[layer][:, :, start:end] = k
@@ -111,15 +179,47 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.c_proj(y), probs
 
+    def _grouped(self, q, k, v, mask, is_causal, cache, layer, need_probs):
+        """Grouped-query attention: each of the Hkv key/value heads serves H / Hkv consecutive query heads."""
+        B, H, T, Dh = q.shape
+        if cache is not None:
+            start, end = cache.length, cache.length + T
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # [B, Hkv, S, Dh]
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if need_probs:
+            S, G = k.size(2), self.n_kv_head
+            # Query heads grouped by the key head they share: [B, Hkv, H/Hkv, T, Dh] against [B, Hkv, 1, S, Dh].
+            scores = (q.view(B, G, H // G, T, Dh) @ k[:, :, None].transpose(-2, -1)).view(B, H, T, S)
+            scores = scores * (1.0 / math.sqrt(Dh))  # [B, H, T, S]
+            if mask is not None:
+                scores = scores + mask
+            elif is_causal:
+                scores = scores.masked_fill(_causal_block(T, S, q.device).logical_not(), torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            y = (F.dropout(probs, dropout, self.training).view(B, G, H // G, T, S) @ v[:, :, None]).view(B, H, T, Dh)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                               enable_gqa=True)
+        y = y.transpose(1, 2).reshape(B, T, H * Dh)
+        return self.c_proj(y), probs
+
 
 class MLP(nn.Module):
+    """GPT-2/BERT: c_proj(act(c_fc(x))). Gated (SwiGLU): c_proj(act(c_gate(x)) * c_fc(x)), c_fc being Llama's up_proj."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, config.mlp_width)
-        self.c_proj = Linear(config.mlp_width, config.n_embd)
+        self.c_fc = Linear(config.n_embd, config.mlp_width, bias=config.bias)
+        self.c_gate = Linear(config.n_embd, config.mlp_width, bias=config.bias) if config.mlp == "gated" else None
+        self.c_proj = Linear(config.mlp_width, config.n_embd, bias=config.bias)
         self.act = _activation(config.activation)
 
     def forward(self, x):
+        if self.c_gate is not None:
+            return self.c_proj(self.act(self.c_gate(x)) * self.c_fc(x))
         return self.c_proj(self.act(self.c_fc(x)))
 
 
@@ -127,15 +227,15 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.pre_ln = config.pre_ln
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_1 = _norm(config)
         self.attn = Attention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_2 = _norm(config)
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, mask, is_causal, cache, layer, need_probs):
-        if self.pre_ln:  # GPT-2
-            a, probs = self.attn(self.ln_1(x), mask, is_causal, cache, layer, need_probs)
+    def forward(self, x, mask, is_causal, cache, layer, need_probs, rope=None):
+        if self.pre_ln:  # GPT-2, Llama
+            a, probs = self.attn(self.ln_1(x), mask, is_causal, cache, layer, need_probs, rope)
             x = x + self.drop(a)
             x = x + self.drop(self.mlp(self.ln_2(x)))
         else:  # BERT
@@ -155,8 +255,11 @@ class MLMHead(nn.Module):
         self.ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
+    def features(self, h):
+        return self.ln(self.act(self.dense(h)))
+
     def forward(self, h, wte):
-        return packed.linear(self.ln(self.act(self.dense(h))), wte, self.bias, self)
+        return packed.linear(self.features(h), wte, self.bias, self)
 
 
 def _causal_block(T: int, S: int, device) -> torch.Tensor:
@@ -165,19 +268,20 @@ def _causal_block(T: int, S: int, device) -> torch.Tensor:
 
 
 class Transformer(nn.Module):
-    """GPT-2 or BERT, by configuration. `tokenizer` is attached by `clozelm.load`."""
+    """GPT-2, BERT or a Llama-family model, by configuration. The network alone: tokenizers, files and tasks
+    live above it."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.tokenizer = None
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd) if config.positions == "learned" else None
         self.wtt = nn.Embedding(config.type_vocab_size, config.n_embd) if config.type_vocab_size else None
-        self.ln_emb = None if config.pre_ln else nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_emb = None if config.pre_ln else _norm(config)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps) if config.pre_ln else None
+        self.ln_f = _norm(config) if config.pre_ln else None
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False) if config.head == "untied" else None
         self.mlm = MLMHead(config) if config.head == "mlm" else None
         self.pooler = Linear(config.n_embd, config.n_embd) if config.pooler else None
         self.reset_parameters()
@@ -192,7 +296,10 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
             elif isinstance(module, MLMHead):
                 nn.init.zeros_(module.bias)
         for block in self.h:
@@ -209,8 +316,10 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, attentions: bool = False, *, token_type_ids=None,
                 position_ids=None, cache: KVCache | None = None, last_logits_only: bool = False,
-                logits_at: torch.Tensor | None = None, attention_bias: torch.Tensor | None = None) -> Output:
+                logits_at: torch.Tensor | None = None, attention_bias: torch.Tensor | None = None,
+                head: bool = True) -> Output:
         """input_ids [B, T] (or [T]); attention_mask [B, T] (or [B, cached + T] with a cache), 1 = real, 0 = pad.
+        head=False: no logits (Output.logits is None), for a loss that applies the head itself.
 
         attention_bias: float, broadcastable to [B, n_head, T, cached + T], added to every layer's attention
         scores before the softmax (the trainer's locality warm-up uses it; a plain forward leaves it None).
@@ -245,7 +354,12 @@ class Transformer(nn.Module):
                 cache.seen += T
         mask, is_causal = self._attention_mask(B, T, past, new_valid, cache, attention_bias)
 
-        x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, D]
+        rope = None
+        if self.wpe is not None:
+            x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, D]
+        else:
+            x = self.wte(input_ids)
+            rope = rope_cos_sin(self.config, torch.as_tensor(position_ids, device=self.device), x.dtype)
         if self.wtt is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else torch.as_tensor(token_type_ids, device=self.device)
             x = x + self.wtt(types)
@@ -254,7 +368,7 @@ class Transformer(nn.Module):
         x = self.drop(x)
         probs_per_layer = []
         for i, block in enumerate(self.h):
-            x, probs = block(x, mask, is_causal, cache, i, attentions)
+            x, probs = block(x, mask, is_causal, cache, i, attentions, rope)
             if attentions:
                 probs_per_layer.append(probs)
         if cache is not None:
@@ -265,15 +379,31 @@ class Transformer(nn.Module):
         h = hidden[:, -1:] if last_logits_only else hidden
         if logits_at is not None:
             h = hidden[torch.as_tensor(logits_at, device=self.device)]  # [N, D]
-        if self.config.head == "tied":
-            logits = packed.linear(h, self.wte.weight, None, self.wte)  # no output bias, as in GPT-2
-        elif self.config.head == "mlm":
-            logits = self.mlm(h, self.wte.weight)
-        else:
+        if not head or self.config.head is None:
             logits = None
+        elif self.config.head == "tied":
+            logits = packed.linear(h, self.wte.weight, None, self.wte)  # no output bias, as in GPT-2
+        elif self.config.head == "untied":
+            logits = self.lm_head(h)
+        else:
+            logits = self.mlm(h, self.wte.weight)
         pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else None
         return Output(logits=logits, hidden=hidden, attentions=tuple(probs_per_layer) if attentions else None,
                       pooled=pooled)
+
+    def head_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the vocabulary projection multiplies: the hidden state itself, or BERT's dense + act + LN of it.
+        logits == head_features(hidden) @ vocab_projection()[0].T (+ bias): a training loss can fuse the last
+        product with the cross-entropy (forward(..., head=False) skips the head)."""
+        return self.mlm.features(hidden) if self.config.head == "mlm" else hidden
+
+    def vocab_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight [V, D], bias [V] or None) of the output layer."""
+        if self.config.head == "untied":
+            return self.lm_head.weight, None
+        if self.config.head == "mlm":
+            return self.wte.weight, self.mlm.bias
+        return self.wte.weight, None
 
     def _positions(self, B, T, past, new_valid, cache):
         """Positions count real tokens only, so a left-padded row starts at position 0 like an unpadded one."""
@@ -309,21 +439,3 @@ class Transformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    # High-level conveniences; the work lives in the modules named.
-    def save_pretrained(self, out_dir, overwrite: bool = False) -> None:
-        from ..weights.hf import save_pretrained
-        save_pretrained(self, out_dir, overwrite=overwrite)
-
-    def fill(self, text: str, top: int = 5, **options):
-        from ..cloze import fill
-        return fill(text, model=self, top=top, **options)
-
-    def generate(self, prompt: str, **options) -> str:
-        from ..generation import generate
-        return generate(self, prompt, **options)
-
-    def heads(self, text: str, **options):
-        """Attention of every layer and head on `text` as clozelm.heads.HeadMaps (views, word level, export)."""
-        from ..heads import attention_map
-        return attention_map(self, text, **options)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ClozelmError
+from ..cli_args import float_in, int_in, port
+from ..loaded import model_label
+from .limits import LIMIT_RANGES
 
 EPILOG = """examples:
   clozelm serve                                   default vs default-bert on http://127.0.0.1:8765/
@@ -17,19 +19,14 @@ The server answers only on this machine unless --host says otherwise. Ctrl-C sto
 
 
 def cmd_serve(args) -> None:
-    from ..loading import cached_load
-    from .app import Limits, make_server, model_label
-    if not 0 <= args.port <= 65535:
-        raise ClozelmError(f"--port must be from 0 to 65535, got {args.port}")
-    for flag, value, low in (("--timeout", args.timeout, 1), ("--workers", args.workers, 1),
-                             ("--queue", args.queue, 1), ("--max-text", args.max_text, 1)):
-        if value < low:
-            raise ClozelmError(f"{flag} must be at least {low}, got {value}")
+    from ..api import cached_load
+    from .app import make_server
+    from .limits import Limits
     names = [args.model]
     if args.compare and args.compare.lower() != "none" and args.compare != args.model:
         names.append(args.compare)
-    models = {name: cached_load(name) for name in names}
     limits = Limits(timeout=args.timeout, workers=args.workers, queue_size=args.queue, max_text=args.max_text)
+    models = {name: cached_load(name) for name in names}
     server = make_server(models, host=args.host, port=args.port, limits=limits, quiet=args.quiet)
     try:
         if server.allowed_hosts is None:
@@ -44,6 +41,12 @@ def cmd_serve(args) -> None:
         server.server_close()
 
 
+def _limit(field: str):
+    """The argparse type of an option that sets Limits.`field`: its range as Limits checks it, finite."""
+    low, high, integer = LIMIT_RANGES[field]
+    return int_in(low, high) if integer else float_in(low, high)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="a local web page: fill with two models side by side, generate, attention heads",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -52,14 +55,14 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="default", help="embedded name or model directory (default: %(default)s)")
     p.add_argument("--compare", default="default-bert", metavar="M2",
                    help="a second model shown beside the first; 'none' for one model (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port (default: %(default)s)")
+    p.add_argument("--port", type=port, default=8765, help="0 picks a free port (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take, waiting included "
-                                                               "(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="threads running models (default: %(default)s)")
-    p.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker before the server "
-                                                        "answers 503 (default: %(default)s)")
-    p.add_argument("--max-text", type=int, default=4000, help="longest text accepted, in characters "
-                                                              "(default: %(default)s)")
+    p.add_argument("--timeout", type=_limit("timeout"), default=60.0,
+                   help="seconds one request may take, waiting included (default: %(default)s)")
+    p.add_argument("--workers", type=_limit("workers"), default=1, help="threads running models (default: %(default)s)")
+    p.add_argument("--queue", type=_limit("queue_size"), default=8,
+                   help="requests that may wait for a worker before the server answers 503 (default: %(default)s)")
+    p.add_argument("--max-text", type=_limit("max_text"), default=4000,
+                   help="longest text accepted, in characters (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no request log on stderr")
     p.set_defaults(func=cmd_serve)

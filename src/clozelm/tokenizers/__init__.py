@@ -1,4 +1,5 @@
-"""Tokenizers: GPT-2 byte-level BPE (fast engine: tiktoken), BPE training, BERT WordPiece."""
+"""Tokenizers behind one interface (`Tokenizer`, in base.py): GPT-2 byte-level BPE (fast engine: tiktoken),
+BPE training, BERT WordPiece."""
 
 from __future__ import annotations
 
@@ -6,21 +7,26 @@ import json
 from pathlib import Path
 
 from clozelm.errors import ClozelmError
+from clozelm.tokenizers.base import FIM_TOKENS, FimIds, TokenClasses, Tokenizer
 from clozelm.tokenizers.bpe import ByteBPE
 from clozelm.tokenizers.bpe_train import train_bpe
+from clozelm.tokenizers.pretrained_bpe import PretrainedBPE
 from clozelm.tokenizers.wordpiece import WordPiece
 
-__all__ = ["ByteBPE", "WordPiece", "train_bpe", "load_tokenizer"]
+__all__ = ["Tokenizer", "FimIds", "TokenClasses", "FIM_TOKENS", "ByteBPE", "PretrainedBPE", "WordPiece", "train_bpe",
+           "load_tokenizer"]
 
 _BPE_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 _WORDPIECE_FILE = "vocab.txt"
 
 
-def load_tokenizer(path) -> ByteBPE | WordPiece:
+def load_tokenizer(path) -> Tokenizer:
     """Open the tokenizer saved in directory ``path``, whichever kind it is."""
     directory = Path(path)
     if not directory.is_dir():
         raise ClozelmError(f"tokenizer directory not found: {directory}")
+    if PretrainedBPE.reads_dir(directory):  # a model's own tokenizer.json (SmolLM2, Qwen2, Llama 3)
+        return PretrainedBPE.from_dir(directory)
     has_bpe = any((directory / v).is_file() and (directory / m).is_file() for v, m in _BPE_FILE_PAIRS)
     has_wordpiece = (directory / _WORDPIECE_FILE).is_file()
     if has_bpe and has_wordpiece:

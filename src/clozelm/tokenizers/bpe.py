@@ -22,15 +22,17 @@ does produces self-consistent tokens by construction; GPT-2's 50,000 merges are 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import regex
 import tiktoken
+import torch
 
 from clozelm.errors import ClozelmError
+from clozelm.files import atomic_write_text, read_text_file
+from clozelm.tokenizers.base import UNSET, TokenClasses, Tokenizer, deprecated_keyword, is_wordish
 
 # GPT-2's pre-tokenizer: contractions, letters, digits, other symbols, whitespace. Each piece
 # is encoded on its own, so merges never cross these boundaries.
@@ -126,21 +128,8 @@ def check_encodable(text: str) -> None:
         ) from None
 
 
-def _read_text_file(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ClozelmError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ClozelmError(f"{what} is a directory, expected a file: {path}") from None
-    except UnicodeDecodeError as error:
-        raise ClozelmError(f"{what} {path} is not UTF-8 (byte offset {error.start})") from None
-    except OSError as error:
-        raise ClozelmError(f"cannot read {what} {path}: {error.strerror}") from None
-
-
 def _read_json_object(path: Path, what: str) -> dict:
-    text = _read_text_file(path, what)
+    text = read_text_file(path, what)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -160,7 +149,9 @@ def _read_vocab_json(path: Path, what: str) -> dict[str, int]:
 
 def _read_merges(path: Path, what: str) -> list[tuple[str, str]]:
     merges = []
-    for line_number, line in enumerate(_read_text_file(path, what).split("\n"), start=1):
+    # Lines end in \n, \r\n or \r (no byte symbol is a line break, so none hides inside a merge).
+    text = read_text_file(path, what).replace("\r\n", "\n").replace("\r", "\n")
+    for line_number, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
         if not line or (line_number == 1 and line.startswith("#version")):
             continue
@@ -203,15 +194,17 @@ def _read_hf_special_tokens(directory: Path) -> tuple[dict[str, int], dict[str, 
     return added, roles
 
 
-class ByteBPE:
+class ByteBPE(Tokenizer):
     """GPT-2 style byte-level BPE tokenizer.
 
     Ordinary tokens are byte strings: the 256 single bytes plus one per merge, ranked in that
     order. Special tokens (``<|endoftext|>``...) are matched as whole strings, and only when
-    the caller allows them; otherwise their text is encoded like any other.
+    the caller allows them (``specials``); otherwise their text is encoded like any other.
     """
 
-    name = "bpe"
+    kind = "bpe"
+    lossless = True
+    split_pattern = GPT2_SPLIT_PATTERN  # the pre-tokenizer; a subclass may set another one before __init__
 
     def __init__(
         self,
@@ -304,7 +297,7 @@ class ByteBPE:
             self._engine_rank_of_id[self._id_of_engine_rank] = np.arange(len(all_ids))
         self._engine = tiktoken.Encoding(
             f"clozelm-bpe-{n_ordinary}",
-            pat_str=GPT2_SPLIT_PATTERN,
+            pat_str=self.split_pattern,
             mergeable_ranks={token: rank for rank, token in enumerate(self._bytes_of_rank)},
             special_tokens=engine_specials,
         )
@@ -394,39 +387,42 @@ class ByteBPE:
 
     # ------------------------------------------------------------------ encoding
 
-    def _allowed_set(self, allowed_special) -> frozenset[str]:
-        if allowed_special == "all":
-            return frozenset(self.special_tokens)
-        if isinstance(allowed_special, str):
-            # A lone string is almost surely one token name, not a set of characters.
-            allowed_special = (allowed_special,)
-        allowed = frozenset(allowed_special)
-        unknown = allowed.difference(self.special_tokens)
-        if unknown:
-            raise ClozelmError(f"not special tokens of this vocabulary: {', '.join(sorted(unknown))}")
-        return allowed
+    def _allowed_set(self, allowed_special, specials) -> frozenset[str]:
+        """The special tokens to match, from `specials` or the old keyword `allowed_special` ("all", one
+        token name, or a collection of names)."""
+        if allowed_special is not UNSET:
+            specials = True if allowed_special == "all" else allowed_special
+        return self._allowed_specials(specials)
 
     def _ids_from_engine(self, ranks: list[int]) -> list[int]:
         if self._id_of_engine_rank is None:
             return ranks
         return self._id_of_engine_rank[np.asarray(ranks, dtype=np.int64)].tolist()
 
-    def encode(self, text: str, allowed_special: set[str] | str = ()) -> list[int]:
-        """Token ids for ``text``; special tokens count only if listed (or "all")."""
+    def encode(self, text: str, allowed_special=UNSET, *, specials: bool | Collection[str] = False) -> list[int]:
+        """Token ids for ``text``; special tokens count only when ``specials`` allows them (True: all of them;
+        a collection: those). ``allowed_special`` is the old keyword ("all" or names)."""
+        if allowed_special is not UNSET:
+            deprecated_keyword("encode(text, allowed_special=...)", "encode(text, specials=True)")
+        return self._encode(text, self._allowed_set(allowed_special, specials))
+
+    def _encode(self, text: str, allowed: frozenset[str]) -> list[int]:
         check_encodable(text)
-        allowed = self._allowed_set(allowed_special)
         if allowed:
             ranks = self._engine.encode(text, allowed_special=allowed, disallowed_special=())
         else:
             ranks = self._engine.encode_ordinary(text)
         return self._ids_from_engine(ranks)
 
-    def encode_batch(self, texts: Iterable[str], allowed_special=()) -> list[list[int]]:
+    def encode_batch(self, texts: Iterable[str], allowed_special=UNSET, *,
+                     specials: bool | Collection[str] = False) -> list[list[int]]:
         """``encode`` for many texts; tiktoken spreads them over threads."""
+        if allowed_special is not UNSET:
+            deprecated_keyword("encode_batch(texts, allowed_special=...)", "encode_batch(texts, specials=True)")
         texts = list(texts)
         for text in texts:
             check_encodable(text)
-        allowed = self._allowed_set(allowed_special)
+        allowed = self._allowed_set(allowed_special, specials)
         if allowed:
             batches = self._engine.encode_batch(texts, allowed_special=allowed, disallowed_special=())
         else:
@@ -484,16 +480,19 @@ class ByteBPE:
         self._reference_cache[piece] = ids
         return ids
 
-    def reference_encode(self, text: str, allowed_special=()) -> list[int]:
+    def reference_encode(self, text: str, allowed_special=UNSET, *,
+                         specials: bool | Collection[str] = False) -> list[int]:
         """Slow, readable port of the original GPT-2 encoder; the fast engine must match it."""
+        if allowed_special is not UNSET:
+            deprecated_keyword("reference_encode(text, allowed_special=...)", "reference_encode(text, specials=True)")
         check_encodable(text)
-        allowed = self._allowed_set(allowed_special)
+        allowed = self._allowed_set(allowed_special, specials)
         ids: list[int] = []
         for segment, is_special in self._split_on_specials(text, allowed):
             if is_special:
                 ids.append(self.special_tokens[segment])
                 continue
-            for piece in _GPT2_SPLITTER.findall(segment):
+            for piece in regex.findall(self.split_pattern, segment):
                 ids.extend(self._reference_bpe(piece.encode("utf-8")))
         return ids
 
@@ -550,7 +549,7 @@ class ByteBPE:
             return self._special_of_id[i].encode("utf-8")
         raise ClozelmError(f"token id {i} is not used by this vocabulary")
 
-    def id_to_token(self, i: int) -> str:
+    def piece(self, i: int) -> str:
         """Vocab-file spelling: ordinary tokens in GPT-2 byte symbols ('Ġthe'), specials as is."""
         if i in self._special_of_id:
             return self._special_of_id[i]
@@ -571,31 +570,86 @@ class ByteBPE:
     def merges(self) -> list[tuple[bytes, bytes]]:
         return list(self._merges)
 
-    @property
-    def eos_id(self) -> int | None:
-        return self._roles.get("eos")
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._roles.get("bos")
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._roles.get("pad")
-
-    @property
-    def mask_id(self) -> int | None:
-        return self._roles.get("mask")
-
-    @property
-    def unk_id(self) -> int | None:
-        return self._roles.get("unk")
+    def _role_id(self, role: str) -> int | None:
+        return self._roles.get(role)
 
     def __repr__(self) -> str:
         return (
             f"ByteBPE(vocab_size={self.vocab_size}, merges={len(self._merges)}, "
             f"special_tokens={sorted(self.special_tokens)}, source={self.source!r})"
         )
+
+    # ------------------------------------------------------------------ spans and blanks
+
+    def encode_with_spans(self, text: str, *, specials: bool | Collection[str] = True):
+        """(ids, spans, pieces), the spans exact from the token bytes. A character belongs to the token
+        holding its first byte, so a token that is only the tail of a multi-byte character gets an empty
+        span, and its piece shows its bytes (\\xNN)."""
+        ids = self.encode(text, specials=specials)
+        data = text.encode("utf-8")
+        char_at_byte = np.zeros(len(data) + 1, dtype=np.int64)
+        starts_char = np.zeros(len(data) + 1, dtype=bool)  # byte opens a character
+        position = 0
+        for index, char in enumerate(text):
+            width = len(char.encode("utf-8"))
+            char_at_byte[position:position + width] = index
+            starts_char[position] = True
+            position += width
+        char_at_byte[len(data)] = len(text)
+        starts_char[len(data)] = True
+
+        spans, readable = [], []
+        offset = 0
+        for token_id in ids:
+            token = self.token_bytes(token_id)
+            if data[offset:offset + len(token)] != token:
+                raise ClozelmError("internal error: token bytes do not spell the text")  # encode/decode disagree
+            end = offset + len(token)
+            # first character starting inside [offset, end), up to the first character starting at/after end
+            first = offset
+            while not starts_char[first]:
+                first += 1
+            last = end
+            while not starts_char[last]:
+                last += 1
+            if first < end:
+                char_start, char_end = int(char_at_byte[first]), int(char_at_byte[last])
+            else:  # only continuation bytes: an empty span at the character they belong to
+                char_start = char_end = int(char_at_byte[offset])
+            spans.append((char_start, char_end))
+            shown = text[char_start:char_end]
+            readable.append(shown if shown else "".join(f"\\x{b:02x}" for b in token))
+            offset = end
+        return ids, spans, readable
+
+    def blank_text(self, ids) -> str:
+        """The text of the hidden tokens, without the space the first one may carry (" cat" -> "cat")."""
+        return self.decode(ids).lstrip(" ")
+
+    def _token_classes(self, vocab_size: int) -> TokenClasses:
+        start_space = torch.zeros(vocab_size, dtype=torch.bool)  # " word": opens a word after a space
+        start_bare = torch.zeros(vocab_size, dtype=torch.bool)  # "word": opens a word glued to the text before
+        cont = torch.zeros(vocab_size, dtype=torch.bool)  # continues a word
+        ordinary = torch.zeros(vocab_size, dtype=torch.bool)
+        spaced = torch.zeros(vocab_size, dtype=torch.bool)
+        special = set(self.special_tokens.values())
+        for i in range(min(vocab_size, self.vocab_size)):
+            if i in special or i not in self._bytes_of_id:  # a special token, or an id the vocabulary does not use
+                continue
+            raw = self._bytes_of_id[i]
+            ordinary[i] = True
+            spaced[i] = raw.startswith(b" ")
+            # A token may end inside a multi-byte character; judge the characters it does complete.
+            text = raw.decode("utf-8", errors="ignore")
+            if raw.startswith(b" "):
+                start_space[i] = is_wordish(text[1:])
+            else:
+                start_bare[i] = is_wordish(text)
+                cont[i] = is_wordish(text) or (not text and bool(raw))  # pure partial-character bytes continue
+        # A [MASK] carries the space the user wrote before it (" cat"), or none if there was none.
+        return TokenClasses(word_start_spaced=start_space, word_start_bare=start_bare, word_continue=cont,
+                            ordinary=ordinary, spaced=spaced, token_start_spaced=ordinary & spaced,
+                            token_start_bare=ordinary & ~spaced)
 
     # ------------------------------------------------------------------ saving
 
@@ -667,15 +721,13 @@ class ByteBPE:
             files["special_tokens_map.json"] = json.dumps(special_map, indent=2, ensure_ascii=False)
             files["tokenizer_config.json"] = json.dumps(tokenizer_config, indent=2, ensure_ascii=False)
         for file_name, content in files.items():
-            _write_atomically(directory / file_name, content)
+            # Each file atomically: a crash mid-write must not leave a truncated vocab next to a good one.
+            try:
+                atomic_write_text(directory / file_name, content)
+            except OSError as error:
+                raise ClozelmError(f"cannot write {directory / file_name}: {error.strerror}") from None
         return directory
 
-
-def _write_atomically(path: Path, content: str) -> None:
-    # A crash mid-write must not leave a truncated vocab next to a good one.
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        temporary.write_text(content, encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError as error:
-        raise ClozelmError(f"cannot write {path}: {error.strerror}") from None
+    def save_pretrained(self, out_dir) -> None:
+        """Both the GPT-2 (encoder.json, vocab.bpe) and the Hugging Face file names, with the HF configs."""
+        self.save(out_dir, format="both")

@@ -20,24 +20,15 @@ from pathlib import Path
 import regex
 
 from clozelm.errors import ClozelmError
+from clozelm.files import read_text_file
 from clozelm.tokenizers.bpe import _GPT2_SPLITTER, GPT2_BYTE_ORDER, ByteBPE
 
 
 def _read_training_file(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ClozelmError(f"training file not found: {path}") from None
-    except IsADirectoryError:
-        raise ClozelmError(f"training file is a directory: {path}") from None
-    except OSError as error:
-        raise ClozelmError(f"cannot read training file {path}: {error.strerror}") from None
-    if not raw:
+    text = read_text_file(path, "training file")
+    if not text:
         raise ClozelmError(f"training file is empty: {path}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ClozelmError(f"training file {path} is not UTF-8 (bad byte at offset {error.start})") from None
+    return text
 
 
 def _check_special_tokens(special_tokens) -> list[str]:
@@ -176,7 +167,7 @@ def train_bpe(
 
     Ids are ranks: 256 single bytes in GPT-2's byte order, the merges, then the special
     tokens in the order given. Training stops early (a smaller vocabulary) once no pair
-    occurs ``min_frequency`` times. Save the result with ``ByteBPE.save``.
+    occurs ``min_frequency`` times. Save the result with ``save`` or ``save_pretrained``.
     """
     if isinstance(files, (str, os.PathLike)):
         files = [files]

@@ -26,9 +26,14 @@ import functools
 import json
 import re
 import unicodedata
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
+import torch
+
 from clozelm.errors import ClozelmError
+from clozelm.files import atomic_write_text, read_text_file
+from clozelm.tokenizers.base import UNSET, TokenClasses, Tokenizer, deprecated_keyword
 from clozelm.tokenizers.bpe import check_encodable
 
 MAX_CHARS_PER_WORD = 100
@@ -123,24 +128,24 @@ def _lowercase_each_char(text: str) -> str:
 
 
 def _read_vocab_lines(path: Path) -> list[str]:
-    try:
-        # Text mode splits lines like transformers' loader does (\n, \r\n and \r).
-        with open(path, encoding="utf-8") as file:
-            return [line.rstrip("\n") for line in file]
-    except FileNotFoundError:
-        raise ClozelmError(f"WordPiece vocab not found: {path}") from None
-    except IsADirectoryError:
-        raise ClozelmError(f"WordPiece vocab is a directory, expected a file: {path}") from None
-    except UnicodeDecodeError as error:
-        raise ClozelmError(f"WordPiece vocab {path} is not UTF-8 (byte offset {error.start})") from None
-    except OSError as error:
-        raise ClozelmError(f"cannot read WordPiece vocab {path}: {error.strerror}") from None
+    # Lines split as transformers' loader (Python's text mode) splits them: at \n, \r\n and \r.
+    lines = read_text_file(path, "WordPiece vocab").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":  # the newline that ends the last line opens no new one
+        lines.pop()
+    return lines
 
 
-class WordPiece:
+def _fold(text: str) -> str:
+    """Case- and accent-insensitive spelling used to find WordPiece pieces in the original text."""
+    decomposed = unicodedata.normalize("NFD", text.lower())
+    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+
+
+class WordPiece(Tokenizer):
     """BERT WordPiece tokenizer over a ``vocab.txt`` vocabulary."""
 
-    name = "wordpiece"
+    kind = "wordpiece"
+    lossless = False  # lowercasing, accent stripping and dropped characters lose text
 
     def __init__(
         self,
@@ -192,8 +197,8 @@ class WordPiece:
         config_file = directory / "tokenizer_config.json"
         if config_file.is_file():
             try:
-                config = json.loads(config_file.read_text(encoding="utf-8"))
-            except (ValueError, OSError) as error:
+                config = json.loads(read_text_file(config_file, "tokenizer config"))
+            except ValueError as error:
                 raise ClozelmError(f"cannot read {config_file}: {error}") from None
             if not isinstance(config, dict):
                 raise ClozelmError(f"{config_file} should hold a JSON object")
@@ -251,20 +256,24 @@ class WordPiece:
         self._word_cache[word] = ids
         return ids
 
-    def _segments(self, text: str):
-        """(segment, is_special) pieces of the raw text."""
+    def _segments(self, text: str, allowed: frozenset[str]):
+        """(segment, is_special) pieces of the raw text, where the special tokens in `allowed` are cut out."""
         check_encodable(text)
-        if not self.special_tokens:
+        if not allowed:
             yield text, False
             return
-        for index, segment in enumerate(self._special_splitter.split(text)):
+        if len(allowed) == len(self.special_tokens):
+            splitter = self._special_splitter
+        else:
+            splitter = re.compile("(" + "|".join(map(re.escape, sorted(allowed, key=len, reverse=True))) + ")")
+        for index, segment in enumerate(splitter.split(text)):
             if segment:
                 yield segment, index % 2 == 1
 
-    def _encode_segments(self, text: str) -> list[int]:
+    def _encode(self, text: str, allowed: frozenset[str]) -> list[int]:
         ids: list[int] = []
         words_pattern = _patterns()["words"]
-        for segment, is_special in self._segments(text):
+        for segment, is_special in self._segments(text, allowed):
             if is_special:
                 ids.append(self.special_tokens[segment])
                 continue
@@ -272,20 +281,38 @@ class WordPiece:
                 ids.extend(self._word_ids(word))
         return ids
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Token ids; ``add_special_tokens`` wraps them as [CLS] ... [SEP]."""
-        ids = self._encode_segments(text)
+    def encode(self, text: str, add_special_tokens=UNSET, *, specials: bool | Collection[str] = False) -> list[int]:
+        """Token ids; special tokens written in the text count only when ``specials`` allows them (True: all
+        of them; a collection: those).
+
+        ``add_special_tokens`` is the old keyword: with it, written special tokens always count (as in
+        BertTokenizer), and True wraps the ids as [CLS] ... [SEP] (now ``frame(ids, causal=False)``).
+        """
+        if add_special_tokens is UNSET:
+            return self._encode(text, self._allowed_specials(specials))
+        deprecated_keyword("encode(text, add_special_tokens=...)",
+                           "encode(text, specials=True) and frame(ids, causal=False)")
+        return self._legacy_encode(text, add_special_tokens)
+
+    def encode_batch(self, texts: Iterable[str], add_special_tokens=UNSET, *,
+                     specials: bool | Collection[str] = False) -> list[list[int]]:
+        if add_special_tokens is UNSET:
+            return super().encode_batch(texts, specials=specials)
+        deprecated_keyword("encode_batch(texts, add_special_tokens=...)",
+                           "encode_batch(texts, specials=True) and frame(ids, causal=False)")
+        return [self._legacy_encode(text, add_special_tokens) for text in texts]
+
+    def _legacy_encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        ids = self._encode(text, frozenset(self.special_tokens))
         if add_special_tokens:
             if self.cls_id is None or self.sep_id is None:
                 raise ClozelmError(f"{self.source}: the vocabulary lacks [CLS] or [SEP]")
             ids = [self.cls_id, *ids, self.sep_id]
         return ids
 
-    def encode_batch(self, texts, add_special_tokens: bool = False) -> list[list[int]]:
-        return [self.encode(text, add_special_tokens) for text in texts]
-
     def tokenize(self, text: str) -> list[str]:
-        return [self._tokens[i] for i in self._encode_segments(text)]
+        """The pieces of ``text``, special tokens written in it included (as BertTokenizer.tokenize)."""
+        return [self._tokens[i] for i in self._encode(text, frozenset(self.special_tokens))]
 
     # ------------------------------------------------------------------ decoding
 
@@ -298,7 +325,7 @@ class WordPiece:
         for i in ids:
             if skip_special_tokens and i in special_ids:
                 continue
-            token = self.id_to_token(i)
+            token = self.piece(i)
             if words and token.startswith(CONTINUATION_PREFIX):
                 words[-1] += token[len(CONTINUATION_PREFIX) :]
             else:
@@ -307,10 +334,18 @@ class WordPiece:
 
     # ------------------------------------------------------------------ lookups
 
-    def id_to_token(self, i: int) -> str:
+    def piece(self, i: int) -> str:
         if not 0 <= i < len(self._tokens):
             raise ClozelmError(f"token id {i} is outside this vocabulary (0..{len(self._tokens) - 1})")
         return self._tokens[i]
+
+    def token_bytes(self, i: int) -> bytes:
+        """What the token adds to the text ``decode`` writes: a "##" piece glues on ("##ing" -> b"ing"), any
+        other piece opens a new word (b" the"), so joining these gives " " + decode(ids)."""
+        token = self.piece(i)
+        if token.startswith(CONTINUATION_PREFIX):
+            return token[len(CONTINUATION_PREFIX):].encode("utf-8")
+        return (" " + token).encode("utf-8")
 
     def token_to_id(self, s: str) -> int | None:
         return self._id_of_token.get(s)
@@ -319,36 +354,79 @@ class WordPiece:
     def vocab_size(self) -> int:
         return len(self._tokens)
 
-    @property
-    def pad_id(self) -> int | None:
-        return self.special_tokens.get(SPECIAL_ROLES["pad"])
-
-    @property
-    def unk_id(self) -> int | None:
-        return self.special_tokens.get(SPECIAL_ROLES["unk"])
-
-    @property
-    def cls_id(self) -> int | None:
-        return self.special_tokens.get(SPECIAL_ROLES["cls"])
-
-    @property
-    def sep_id(self) -> int | None:
-        return self.special_tokens.get(SPECIAL_ROLES["sep"])
-
-    @property
-    def mask_id(self) -> int | None:
-        return self.special_tokens.get(SPECIAL_ROLES["mask"])
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.cls_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.sep_id
+    def _role_id(self, role: str) -> int | None:
+        # BERT opens a text with [CLS] and closes it with [SEP]: they are its bos and eos.
+        role = {"bos": "cls", "eos": "sep"}.get(role, role)
+        return self.special_tokens.get(SPECIAL_ROLES[role]) if role in SPECIAL_ROLES else None
 
     def __repr__(self) -> str:
         return f"WordPiece(vocab_size={self.vocab_size}, lowercase={self.lowercase}, source={self.source!r})"
+
+    # ------------------------------------------------------------------ spans and blanks
+
+    def encode_with_spans(self, text: str, *, specials: bool | Collection[str] = True):
+        """(ids, spans, pieces): the pieces as the vocabulary writes them, their spans found in the text."""
+        ids = self.encode(text, specials=specials)
+        pieces = self.pieces(ids)
+        return ids, self._spans(text, pieces), pieces
+
+    def _spans(self, text: str, pieces: list[str]) -> list[tuple[int, int] | None]:
+        """Character spans of pieces, found by matching folded pieces against the folded text.
+
+        WordPiece lowercases, strips accents and drops control characters, so pieces are not substrings
+        of the text; folding both sides the same way makes them so, character by character.
+        """
+        specials = set(self.special_tokens)
+        folded_chars, origin = [], []
+        for index, char in enumerate(text):
+            for folded in _fold(char):
+                folded_chars.append(folded)
+                origin.append(index)
+        folded = "".join(folded_chars)
+        spans: list[tuple[int, int] | None] = []
+        cursor = 0
+        for piece in pieces:
+            if piece == SPECIAL_ROLES["unk"]:  # the unknown word: the next run of non-space characters
+                while cursor < len(folded) and folded[cursor].isspace():
+                    cursor += 1
+                end = cursor
+                while end < len(folded) and not folded[end].isspace() and (end == cursor or folded[end].isalnum()):
+                    end += 1
+                spans.append((origin[cursor], origin[end - 1] + 1) if end > cursor else None)
+                cursor = end
+                continue
+            target = _fold(piece[2:] if piece.startswith("##") else piece) if piece not in specials else piece.lower()
+            found = folded.find(target, cursor, cursor + len(target) + 64) if target else -1
+            if found < 0:
+                spans.append(None)
+                continue
+            spans.append((origin[found], origin[found + len(target) - 1] + 1))
+            cursor = found + len(target)
+        return spans
+
+    def blank_text(self, ids) -> str:
+        """The hidden pieces as one word: "##" pieces glued on, no surrounding space."""
+        return self.decode(ids).replace(" ##", "").strip()
+
+    def _token_classes(self, vocab_size: int) -> TokenClasses:
+        # A hidden word opens with a whole-word piece that has a letter or digit and goes on with "##" pieces;
+        # specials, [unusedN] and other bracketed placeholders never fill a blank.
+        start = torch.zeros(vocab_size, dtype=torch.bool)
+        cont = torch.zeros(vocab_size, dtype=torch.bool)
+        ordinary = torch.zeros(vocab_size, dtype=torch.bool)
+        special = set(self.special_tokens.values())
+        for i in range(min(vocab_size, self.vocab_size)):
+            token = self._tokens[i]
+            if i in special or token.startswith("[unused") or (token.startswith("[") and token.endswith("]")):
+                continue
+            ordinary[i] = True
+            if token.startswith(CONTINUATION_PREFIX):
+                cont[i] = True
+            elif any(c.isalnum() for c in token):
+                start[i] = True
+        # Spaces are not part of WordPiece tokens: a [MASK] takes any ordinary piece, space before it or not.
+        return TokenClasses(word_start_spaced=start, word_start_bare=start, word_continue=cont, ordinary=ordinary,
+                            spaced=ordinary & ~cont, token_start_spaced=ordinary, token_start_bare=ordinary)
 
     # ------------------------------------------------------------------ saving
 
@@ -373,10 +451,14 @@ class WordPiece:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             for file_name, content in files.items():
-                (directory / file_name).write_text(content, encoding="utf-8")
+                atomic_write_text(directory / file_name, content)
         except OSError as error:
             raise ClozelmError(f"cannot write tokenizer to {directory}: {error.strerror}") from None
         return directory
+
+    def save_pretrained(self, out_dir) -> None:
+        """vocab.txt and the configs transformers' BertTokenizer reads."""
+        self.save(out_dir)
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import ClozelmError
-from ..weights.tensors import atomic_write_text
+from ..files import atomic_write_text
 
 FORMAT_VERSION = 1
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB as uint16) per shard file
@@ -41,22 +41,6 @@ READ_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------- inputs
-
-
-def expand_inputs(items) -> list[Path]:
-    """Files named, and every non-hidden file under the folders named (sorted, so the order is stable)."""
-    files = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ClozelmError(f"{item}: no such file or directory")
-    if not files:
-        raise ClozelmError(f"no input files found in {', '.join(map(str, items))}")
-    return files
 
 
 def check_text_file(path: Path) -> tuple[str, str | None]:
@@ -111,38 +95,35 @@ def iter_documents(path: Path) -> Iterator[str]:
 
 
 def separator_id(tok) -> int | None:
-    """The token written between documents: end-of-text for BPE, [SEP] for WordPiece."""
-    eos = getattr(tok, "eos_id", None)
-    if eos is not None:
-        return eos
-    specials = getattr(tok, "special_tokens", {})
-    for name in ("<|endoftext|>", "[SEP]", "</s>"):
-        if name in specials:
-            return specials[name]
-    return None
+    """The token written between documents: the tokenizer's end-of-text (<|endoftext|>; [SEP] for WordPiece)."""
+    return tok.eos_id
 
 
 def encode_plain(tok, texts: list[str]) -> list[list[int]]:
     """Ordinary text, where a literal "<|endoftext|>" in a book is just characters, not a special token."""
-    if getattr(tok, "name", None) == "bpe":
-        return tok.encode_batch(texts, allowed_special=())
-    return [tok.encode(t) for t in texts]
+    return tok.encode_batch(texts, specials=False)
 
 
 def tokenizer_fingerprint(tok) -> str:
-    """A hash of everything that decides the ids a tokenizer produces."""
+    """A hash of everything that decides the ids a tokenizer produces.
+
+    The bytes hashed are those earlier versions hashed, so the token caches (and runs) made by them stay
+    valid: a merge table and each id's bytes where the tokenizer has merges (byte-level BPE), each id's
+    vocabulary entry otherwise, plus the normalisation flags a tokenizer has.
+    """
     h = hashlib.sha256()
-    h.update(f"{getattr(tok, 'name', type(tok).__name__)}|{tok.vocab_size}".encode())
+    h.update(f"{tok.kind}|{tok.vocab_size}".encode())
     h.update(json.dumps(sorted(tok.special_tokens.items())).encode())
     for flag in ("lowercase", "strip_accents", "tokenize_chinese_chars"):
         if hasattr(tok, flag):
             h.update(f"{flag}={getattr(tok, flag)}".encode())
-    if hasattr(tok, "token_bytes"):  # byte-level BPE: the byte string of every id, merge order included
-        for left, right in tok.merges:
+    merges = getattr(tok, "merges", None)
+    if merges is not None:  # the merge order decides the ids as much as the vocabulary does
+        for left, right in merges:
             h.update(len(left).to_bytes(2, "little") + left + len(right).to_bytes(2, "little") + right)
         spell = tok.token_bytes
     else:
-        spell = lambda i: tok.id_to_token(i).encode()  # noqa: E731
+        spell = lambda i: tok.piece(i).encode()  # noqa: E731
     for i in range(tok.vocab_size):
         try:
             piece = spell(i)
@@ -199,6 +180,14 @@ class CorpusFiles:
     valid_every: int = 50  # 0 = no held-out split
 
 
+@dataclass
+class CheckedCorpus:
+    """The usable files of a corpus with the sha256 of each: reading them once both checks and hashes them."""
+    train: list[tuple[Path, str]]
+    valid: list[tuple[Path, str]] | None
+    valid_every: int
+
+
 def _usable(paths: list[Path], skip_bad_files: bool, warn: Callable[[str], None]) -> list[tuple[Path, str]]:
     good = []
     for path in paths:
@@ -212,19 +201,29 @@ def _usable(paths: list[Path], skip_bad_files: bool, warn: Callable[[str], None]
     return good
 
 
-def build_token_cache(cache_root: Path, corpus: CorpusFiles, tok, skip_bad_files: bool = False,
-                      log: Callable[[str], None] | None = None) -> "TokenData":
-    """Tokenize `corpus` into shards under cache_root/KEY/, or reuse them if that KEY is complete."""
+def check_corpus(corpus: CorpusFiles, skip_bad_files: bool = False,
+                 log: Callable[[str], None] | None = None) -> CheckedCorpus:
+    """Every file read once: a one-line error for one that is not UTF-8 text (or a warning and skip)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    sep = separator_id(tok)
-    if sep is None:
-        raise ClozelmError("the tokenizer has no document separator token (<|endoftext|> or [SEP])")
     train = _usable(corpus.train, skip_bad_files, log)
     valid = _usable(corpus.valid, skip_bad_files, log) if corpus.valid is not None else None
     if not train:
         raise ClozelmError("no usable training files (all were skipped)")
     if corpus.valid is not None and not valid:
         raise ClozelmError("no usable --valid files (all were skipped)")
+    return CheckedCorpus(train, valid, corpus.valid_every)
+
+
+def build_token_cache(cache_root: Path, corpus: CorpusFiles | CheckedCorpus, tok, skip_bad_files: bool = False,
+                      log: Callable[[str], None] | None = None) -> "TokenData":
+    """Tokenize `corpus` into shards under cache_root/KEY/, or reuse them if that KEY is complete."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    sep = separator_id(tok)
+    if sep is None:
+        raise ClozelmError("the tokenizer has no document separator token (<|endoftext|> or [SEP])")
+    if not isinstance(corpus, CheckedCorpus):
+        corpus = check_corpus(corpus, skip_bad_files, log)
+    train, valid = corpus.train, corpus.valid
     key_source = {
         "format": FORMAT_VERSION, "tokenizer": tokenizer_fingerprint(tok), "separator": sep,
         "train": [d for _, d in train], "valid": None if valid is None else [d for _, d in valid],

@@ -39,12 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClozelmError
+from ..tokenizers.base import FIM_TOKENS
 from .data import separator_id
 
 IGNORE = -100
 OBJECTIVES = ("clm", "mlm", "fim")
-FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-MASK_NAMES = ("<|mask|>", "[MASK]", "<mask>")
 
 
 class Objective:
@@ -162,26 +161,23 @@ def make_objective(name: str, tok, vocab_size: int, fim_rate: float = 0.5, spm_r
     """The objective `name` for tokenizer `tok`; a clear error when the tokenizer lacks a token it needs."""
     if name not in OBJECTIVES:
         raise ClozelmError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
-    specials = dict(getattr(tok, "special_tokens", {}))
-    source = getattr(tok, "source", "the tokenizer")
+    source = getattr(tok, "source", None) or "the tokenizer"
     sep = separator_id(tok)
     if sep is None:
         raise ClozelmError(f"tokenizer {source} lacks a document separator: add <|endoftext|> to its special tokens")
     if name == "clm":
         return CausalLM()
     if name == "mlm":
-        mask = getattr(tok, "mask_id", None)
-        if mask is None:
-            mask = next((specials[m] for m in MASK_NAMES if m in specials), None)
-        if mask is None:
-            raise ClozelmError(f"tokenizer {source} lacks a mask token needed by --objective mlm "
-                               f"(one of {', '.join(MASK_NAMES)}); retrain it with --special '<|mask|>'")
-        return MaskedLM(vocab_size, specials.values(), mask, mask_rate)
-    missing = [t for t in FIM_TOKENS if t not in specials]
-    if missing:
+        if tok.mask_id is None:
+            raise ClozelmError(f"tokenizer {source} lacks a mask token needed by --objective mlm; retrain it with "
+                               "--special '<|mask|>'")
+        return MaskedLM(vocab_size, tok.special_tokens.values(), tok.mask_id, mask_rate)
+    fim = tok.fim_ids
+    if fim is None:
+        missing = [t for t in FIM_TOKENS if t not in tok.special_tokens]
         raise ClozelmError(f"tokenizer {source} lacks special token(s) {', '.join(missing)} needed by --objective fim; "
                            f"retrain it with --special for each")
-    return FillInMiddle(*(specials[t] for t in FIM_TOKENS), sep_id=sep, fim_rate=fim_rate, spm_rate=spm_rate)
+    return FillInMiddle(fim.prefix, fim.suffix, fim.middle, sep_id=sep, fim_rate=fim_rate, spm_rate=spm_rate)
 
 
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..raster import draw_text, png_bytes, text_width
-from ..weights.tensors import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 BLACK, GREY, WHITE = (0, 0, 0), (225, 225, 225), (255, 255, 255)
 TRAIN_RAW, TRAIN, VALID = (170, 200, 235), (31, 100, 180), (230, 120, 20)

@@ -11,13 +11,17 @@ layout with `"model_type": "clozelm"`: the full ModelConfig in config.json and o
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import ClozelmError
-from ..model.config import ModelConfig
+from ..files import fsync_dir, read_text_file
+from ..model.config import InvalidConfig, ModelConfig
 from ..model.transformer import Transformer
 from . import tensors as tensor_io
 
@@ -27,8 +31,8 @@ IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|embeddings\.position_
 # BERT's next-sentence head: not part of the MLM model, dropped with a note rather than an error.
 NSP_HEAD = re.compile(r"^cls\.seq_relationship\.")
 
-_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
-_ACT_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+_ACT_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
 # ---------------------------------------------------------------- configs
@@ -36,8 +40,28 @@ _ACT_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 NATIVE = "clozelm"
 
 
+# How config.json spells a ModelConfig field, where it differs, so an error names the key the user sees.
+HF_NAMES = {
+    "gpt2": {"layer_norm_eps": "layer_norm_epsilon", "dropout": "resid_pdrop", "extra": "clozelm_extra"},
+    "bert": {"n_positions": "max_position_embeddings", "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
+             "n_head": "num_attention_heads", "n_inner": "intermediate_size", "dropout": "hidden_dropout_prob",
+             "extra": "clozelm_extra"},
+}
+
+
 def config_from_hf(d: dict, has_head: bool | None = None, has_pooler: bool = False) -> ModelConfig:
-    """has_head/has_pooler come from the tensors actually present (config.json's `architectures` may lie)."""
+    """has_head/has_pooler come from the tensors actually present (config.json's `architectures` may lie).
+
+    A missing key or a value of the wrong type or range is one ClozelmError naming the key as config.json spells it."""
+    try:
+        return _config_from_hf(d, has_head, has_pooler)
+    except KeyError as e:
+        raise ClozelmError(f"config.json has no {str(e.args[0])!r}, which a {d.get('model_type')} config needs") from None
+    except InvalidConfig as e:
+        raise ClozelmError(f"invalid config.json: {e.describe(HF_NAMES.get(d.get('model_type'), {}))}") from None
+
+
+def _config_from_hf(d: dict, has_head: bool | None, has_pooler: bool) -> ModelConfig:
     model_type = d.get("model_type")
     if model_type == "gpt2":
         unsupported = {k: d[k] for k in ("add_cross_attention", "scale_attn_by_inverse_layer_idx") if d.get(k)}
@@ -70,20 +94,29 @@ def config_from_hf(d: dict, has_head: bool | None = None, has_pooler: bool = Fal
 
 
 def _activation_from_hf(name: str) -> str:
-    if name not in _HF_ACT:
+    if not isinstance(name, str) or name not in _HF_ACT:
         raise ClozelmError(f"unsupported activation {name!r} (supported: {', '.join(_HF_ACT)})")
     return _HF_ACT[name]
 
 
 def _is_gpt2(cfg: ModelConfig) -> bool:
-    return cfg.causal and cfg.pre_ln and cfg.head == "tied" and not cfg.type_vocab_size and not cfg.pooler
+    return (cfg.causal and cfg.pre_ln and cfg.head == "tied" and not cfg.type_vocab_size and not cfg.pooler
+            and _plain_block(cfg))
+
+
+def _plain_block(cfg: ModelConfig) -> bool:
+    """GPT-2's and BERT's block: none of the Llama-family switches set."""
+    return (cfg.norm == "layernorm" and cfg.positions == "learned" and cfg.mlp == "plain" and cfg.bias
+            and cfg.attn_qkv_bias and cfg.kv_heads == cfg.n_head)
 
 
 def _is_bert(cfg: ModelConfig) -> bool:
-    return not cfg.causal and not cfg.pre_ln and cfg.head in ("mlm", None)
+    return not cfg.causal and not cfg.pre_ln and cfg.head in ("mlm", None) and _plain_block(cfg)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
+    if is_llama(cfg):
+        return llama_config_to_hf(cfg)
     if _is_gpt2(cfg):
         return {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
@@ -206,9 +239,149 @@ def bert_from_hf(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str], list[str
     return out, unexpected, dropped
 
 
+# ---------------------------------------------------------------- the Llama family (Llama, SmolLM, Qwen2, Mistral)
+
+LLAMA_TYPES = ("llama", "qwen2", "mistral")
+# Rotary frequency tables some older files store; recomputed from the config.
+LLAMA_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+_LLAMA_LAYER = [  # (HF name inside model.layers.{i}., ours inside h.{i}.); q/k/v are fused into attn.c_attn
+    ("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"), ("self_attn.o_proj", "attn.c_proj"),
+    ("mlp.gate_proj", "mlp.c_gate"), ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj"),
+]
+_LLAMA_TOP = [("model.embed_tokens", "wte"), ("model.norm", "ln_f"), ("lm_head", "lm_head")]
+
+
+def llama_config_from_hf(d: dict) -> ModelConfig:
+    """config.json of LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM -> ModelConfig.
+
+    Sliding-window attention (Mistral, some Qwen2) equals full attention while a text fits the window, so the
+    context is capped at the window instead of implementing a second attention pattern."""
+    model_type = d.get("model_type")
+    try:
+        n_embd, n_head = int(d["hidden_size"]), int(d["num_attention_heads"])
+        unsupported = {k: d[k] for k in ("attention_bias", "mlp_bias") if d.get(k)}
+        head_dim = d.get("head_dim")
+        if head_dim is not None and n_head and head_dim != n_embd // n_head:
+            unsupported["head_dim"] = head_dim
+        if int(d.get("pretraining_tp", 1) or 1) != 1:
+            unsupported["pretraining_tp"] = d["pretraining_tp"]
+        if unsupported:
+            raise ClozelmError(f"unsupported {model_type} config options: {unsupported}")
+        rope = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else None  # transformers 5
+        theta = (rope or {}).get("rope_theta", d.get("rope_theta", 10000.0))
+        scaling = d.get("rope_scaling") if rope is None else (rope if rope.get("rope_type", "default") != "default" else None)
+        if isinstance(scaling, dict):
+            scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
+            if scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+                scaling = None
+        n_positions = int(d.get("max_position_embeddings", 2048))
+        window = d.get("sliding_window")
+        if window and (model_type == "mistral" or d.get("use_sliding_window")):
+            n_positions = min(n_positions, int(window))
+        return ModelConfig(
+            vocab_size=int(d["vocab_size"]), n_positions=n_positions, n_embd=n_embd,
+            n_layer=int(d["num_hidden_layers"]), n_head=n_head,
+            n_kv_head=int(d.get("num_key_value_heads") or n_head), n_inner=int(d["intermediate_size"]),
+            causal=True, pre_ln=True, norm="rmsnorm", positions="rope", mlp="gated",
+            activation=_activation_from_hf(d.get("hidden_act", "silu")),
+            layer_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta), rope_scaling=scaling,
+            bias=False, qkv_bias=model_type == "qwen2",
+            head="tied" if d.get("tie_word_embeddings", False) else "untied",  # transformers' default: untied
+            bos_token_id=_single_id(d.get("bos_token_id")), eos_token_id=_single_id(d.get("eos_token_id")),
+            pad_token_id=_single_id(d.get("pad_token_id")), extra=d.get("clozelm_extra", {}),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        raise ClozelmError(f"invalid {model_type} config.json: {what}") from None
+
+
+def _single_id(value):
+    # Llama 3 lists several end-of-text ids; the first is the document end the tokenizer uses.
+    if isinstance(value, list):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+def is_llama(cfg: ModelConfig) -> bool:
+    return (cfg.causal and cfg.pre_ln and cfg.norm == "rmsnorm" and cfg.positions == "rope" and cfg.mlp == "gated"
+            and not cfg.bias and cfg.head in ("tied", "untied") and not cfg.type_vocab_size and not cfg.pooler
+            and cfg.activation in _ACT_HF)
+
+
+def llama_config_to_hf(cfg: ModelConfig) -> dict:
+    """Qwen2ForCausalLM when q/k/v carry biases, LlamaForCausalLM otherwise (a Mistral file comes back as Llama:
+    the same network once its context is capped at the sliding window)."""
+    qwen2 = cfg.attn_qkv_bias
+    d = {
+        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"], "model_type": "qwen2" if qwen2 else "llama",
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.n_positions, "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.mlp_width, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim, "hidden_act": _ACT_HF[cfg.activation],
+        "rms_norm_eps": cfg.layer_norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": cfg.rope_scaling,
+        "tie_word_embeddings": cfg.head == "tied", "attention_dropout": cfg.dropout,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
+        "clozelm_extra": cfg.extra,
+    }
+    if qwen2:
+        d.update(use_sliding_window=False, sliding_window=None)
+    else:
+        d.update(attention_bias=False, mlp_bias=False)
+    return d
+
+
+def llama_from_hf(sd: dict[str, torch.Tensor], tied: bool) -> tuple[dict, list[str]]:
+    """HF Llama/Qwen2/Mistral tensors -> ours (q, k, v concatenated into c_attn). Returns (state dict, unplaced names).
+    A tied model's lm_head.weight, when a file carries one, is dropped: transformers ties it to the embeddings."""
+    out, unexpected = {}, []
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    layer_map, top_map = dict(_LLAMA_LAYER), dict(_LLAMA_TOP)
+    for name, t in sd.items():
+        name = _strip_wrappers(name)
+        if LLAMA_IGNORED.search(name) or (tied and name == "lm_head.weight"):
+            continue
+        m = re.fullmatch(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", name)
+        if m:
+            qkv.setdefault((int(m[1]), m[3]), {})[m[2]] = t
+            continue
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
+        if m and m[2] in layer_map:
+            out[f"h.{m[1]}.{layer_map[m[2]]}.{m[3]}"] = t
+            continue
+        m = re.fullmatch(r"(.+)\.(weight|bias)", name)
+        if m and m[1] in top_map:
+            out[f"{top_map[m[1]]}.{m[2]}"] = t
+        else:
+            unexpected.append(name)
+    for (layer, kind), parts in sorted(qkv.items()):
+        if set(parts) != {"q", "k", "v"}:
+            missing = sorted({"q", "k", "v"} - set(parts))
+            raise ClozelmError(f"layer {layer} lacks attention {kind} tensors for: {', '.join(p + '_proj' for p in missing)}")
+        out[f"h.{layer}.attn.c_attn.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
+    return out, unexpected
+
+
+def llama_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
+    cfg, out = model.config, {}
+    inverse_layer, inverse_top = {o: h for h, o in _LLAMA_LAYER}, {o: h for h, o in _LLAMA_TOP}
+    split = [cfg.n_embd, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim]
+    for name, t in model.state_dict().items():
+        m = re.fullmatch(r"h\.(\d+)\.(.+)\.(weight|bias)", name)
+        if m and m[2] == "attn.c_attn":
+            for part, chunk in zip("qkv", t.split(split, 0)):
+                out[f"model.layers.{m[1]}.self_attn.{part}_proj.{m[3]}"] = chunk.contiguous().clone()
+        elif m:
+            out[f"model.layers.{m[1]}.{inverse_layer[m[2]]}.{m[3]}"] = t.contiguous().clone()
+        else:
+            module, kind = name.rsplit(".", 1)
+            out[f"{inverse_top[module]}.{kind}"] = t.contiguous().clone()
+    return out
+
+
 def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
     """Our tensors -> HF names, contiguous and unshared (safetensors refuses shared storage)."""
     cfg, out = model.config, {}
+    if is_llama(cfg):
+        return llama_to_hf(model)
     sd = model.state_dict()
     if not (_is_gpt2(cfg) or _is_bert(cfg)):  # saved as model_type "clozelm": our names as they are
         return {name: t.contiguous().clone() for name, t in sd.items()}
@@ -241,12 +414,18 @@ def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- directories
 
 def read_config_json(path: Path) -> dict:
+    """The settings object in a config.json, or one line saying why there is none."""
+    text = read_text_file(path, "config file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClozelmError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
         raise ClozelmError(f"{path} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # an integer too long for Python to read, nesting too deep
+        raise ClozelmError(f"{path} is not valid JSON: {str(e).split(';')[0][:120] or type(e).__name__}") from None
+    if not isinstance(d, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(d), "a number")
+        raise ClozelmError(f"{path} holds {kind}, expected a JSON object of settings")
+    return d
 
 
 def load_hf_dir(path: Path) -> Transformer:
@@ -258,13 +437,17 @@ def load_hf_dir(path: Path) -> Transformer:
     elif hf_config.get("model_type") == "bert":
         ours, unexpected, _nsp = bert_from_hf(sd)
         cfg = config_from_hf(hf_config, has_head="mlm.dense.weight" in ours, has_pooler="pooler.weight" in ours)
+    elif hf_config.get("model_type") in LLAMA_TYPES:
+        cfg = llama_config_from_hf(hf_config)
+        ours, unexpected = llama_from_hf(sd, tied=cfg.head == "tied")
     elif hf_config.get("model_type") == NATIVE:
         if not isinstance(hf_config.get("clozelm_config"), dict):
             raise ClozelmError(f"{path / 'config.json'}: model_type 'clozelm' needs a 'clozelm_config' object")
         try:
             cfg = ModelConfig.from_dict(hf_config["clozelm_config"])
-        except (TypeError, ValueError) as e:
-            raise ClozelmError(f"{path / 'config.json'}: invalid clozelm_config ({e})") from None
+        except ClozelmError as e:
+            detail = e.describe() if isinstance(e, InvalidConfig) else str(e)
+            raise ClozelmError(f"{path / 'config.json'}: invalid clozelm_config: {detail}") from None
         ours, unexpected = sd, []
     else:
         cfg = config_from_hf(hf_config)  # raises the unsupported-model_type error
@@ -302,28 +485,77 @@ def _short_list(items: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def save_pretrained(model: Transformer, out_dir, overwrite: bool = False) -> None:
-    """config.json + model.safetensors (+ tokenizer files) that `transformers` opens as GPT2LMHeadModel/Bert*."""
+def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool = False) -> None:
+    """config.json + model.safetensors (+ the tokenizer's files) that `transformers` opens as GPT2LMHeadModel/Bert*.
+
+    All or nothing: every file is first written into a hidden staging folder inside `out_dir`; only when all are
+    written, and none would replace a file already there (unless `overwrite`), are they renamed into place. A
+    refusal, a full disk or a bad tokenizer leaves `out_dir` as it was. The staging folder also tells which files
+    the tokenizer writes, whatever its kind (vocab.json, merges.txt, vocab.txt, tokenizer_config.json, ...).
+    """
     out = Path(out_dir)
-    hf_config = config_to_hf(model.config)
-    targets = [out / "config.json", out / "model.safetensors"]
-    if out.exists() and not out.is_dir():
-        raise ClozelmError(f"{out} exists and is not a directory")
-    clobbered = [str(p) for p in targets if p.exists()]
+    hf_config = json.dumps(config_to_hf(model.config), indent=2) + "\n"
+    created = _make_dirs(out)
+    staging = None
+    done = False
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".clozelm-save-", dir=out))
+        if tokenizer is not None:  # first: it is quick, and its file names are needed before anything is replaced
+            tokenizer.save_pretrained(staging)
+        names = sorted({"config.json", "model.safetensors", *(p.name for p in staging.iterdir())})
+        _check_targets(out, names, overwrite)
+        tensor_io.write_safetensors(to_hf(model), staging / "model.safetensors", metadata={"format": "pt"})
+        tensor_io.atomic_write_text(staging / "config.json", hf_config)
+        for name in names:
+            target = out / name
+            if target.is_file() and not target.is_symlink():  # a replaced file keeps the permissions it had
+                os.chmod(staging / name, target.stat().st_mode & 0o7777)
+            os.replace(staging / name, target)
+        fsync_dir(out)
+        done = True
+    except OSError as e:
+        where = e.filename if e.filename and ".clozelm-save-" not in str(e.filename) else out
+        raise ClozelmError(f"cannot write {where}: {e.strerror or type(e).__name__}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            for folder in reversed(created):  # the folders this call made, innermost first, when still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _make_dirs(out: Path) -> list[Path]:
+    """Create `out` and its missing parents; return those created, outermost first."""
+    missing = []
+    folder = out
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise ClozelmError(f"{folder} is a file, so {out} cannot be a directory" if folder != out
+                           else f"{out} exists and is not a directory")
+    created = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+    except OSError as e:
+        for folder in reversed(created):
+            folder.rmdir()
+        raise ClozelmError(f"cannot create {out}: {e.strerror or type(e).__name__}") from None
+    return created
+
+
+def _check_targets(out: Path, names: list[str], overwrite: bool) -> None:
+    in_the_way = [name for name in names if (out / name).is_dir()]
+    if in_the_way:
+        raise ClozelmError(f"{out / in_the_way[0]} is a directory; it is in the way of the file clozelm would write")
+    clobbered = [name for name in names if os.path.lexists(out / name)]
     if clobbered and not overwrite:
-        raise ClozelmError(f"refusing to overwrite {', '.join(clobbered)} (pass overwrite=True / --overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
-    tensor_io.write_safetensors(to_hf(model), out / "model.safetensors", metadata={"format": "pt"})
-    tensor_io.atomic_write_text(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
-    if model.tokenizer is not None:
-        save_tokenizer(model.tokenizer, out)
-
-
-def save_tokenizer(tokenizer, out: Path) -> None:
-    if getattr(tokenizer, "name", None) == "bpe":
-        tokenizer.save(out, format="both")
-    else:
-        tokenizer.save(out)
+        raise ClozelmError(f"refusing to overwrite {', '.join(clobbered)} in {out} (pass overwrite=True / --overwrite)")
 
 
 def is_hf_dir(path: Path) -> bool:

@@ -8,7 +8,6 @@ spares users a 500 MB TensorFlow install just to convert four files.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import ClozelmError
-from ..model.config import ModelConfig
+from ..model.config import InvalidConfig, ModelConfig
+from .hf import read_config_json
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes + 8-byte magic
@@ -174,14 +174,22 @@ def gpt2_from_openai(tensors: dict[str, np.ndarray]) -> tuple[dict[str, torch.Te
     return out, unexpected
 
 
+HPARAMS = {"n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head", "n_layer": "n_layer"}
+
+
 def config_from_hparams(path: Path) -> ModelConfig:
+    h = read_config_json(path)
+    missing = [key for key in HPARAMS if key not in h]
+    if missing:
+        raise ClozelmError(f"{path} is not a GPT-2 hparams.json: it lacks {', '.join(missing)} "
+                           f"(needs {', '.join(HPARAMS)})")
     try:
-        h = json.loads(path.read_text(encoding="utf-8"))
-        return ModelConfig(vocab_size=h["n_vocab"], n_positions=h["n_ctx"], n_embd=h["n_embd"], n_head=h["n_head"],
-                           n_layer=h["n_layer"], bos_token_id=50256 if h["n_vocab"] > 50256 else None,
-                           eos_token_id=50256 if h["n_vocab"] > 50256 else None)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ClozelmError(f"{path} is not a GPT-2 hparams.json (needs n_vocab, n_ctx, n_embd, n_head, n_layer): {e}") from None
+        cfg = ModelConfig(**{ours: h[key] for key, ours in HPARAMS.items()})
+    except InvalidConfig as e:
+        raise ClozelmError(f"invalid {path}: {e.describe({ours: key for key, ours in HPARAMS.items()})}") from None
+    if cfg.vocab_size > 50256:  # GPT-2's <|endoftext|> opens and ends every document
+        cfg = cfg.replace(bos_token_id=50256, eos_token_id=50256)
+    return cfg
 
 
 def load_openai_dir(path: Path):

@@ -1,17 +1,25 @@
-"""Reading and writing tensor files safely: safetensors first, pickles only with weights_only=True."""
+"""Reading and writing tensor files safely: safetensors first, pickles only with weights_only=True.
+
+clozelm never runs pickled code: torch.load(weights_only=True) rebuilds tensors and plain containers and refuses
+every other object a pickle names (a class to build, a function to call), so an untrusted pytorch_model.bin
+cannot run anything; such a file gets one line saying how to turn it into safetensors where it is trusted.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
+import sys
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import ClozelmError
+from ..files import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (callers import them here)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -21,14 +29,26 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ClozelmError(f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}") from None
 
 
+CONVERT_HINT = ("convert it to safetensors in an environment where you trust the file, e.g. with transformers: "
+                "AutoModel.from_pretrained({dir!r}).save_pretrained({dir!r}, safe_serialization=True)")
+
+
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
     # weights_only=True refuses arbitrary Python objects: an untrusted file cannot run code.
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own advice (load with weights_only=False) is the unsafe thing
+            warnings.simplefilter("ignore")
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt zips and refused pickles
-        raise ClozelmError(f"{path} could not be read as a PyTorch weights file: {_first_line(e)}") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ClozelmError(f"{path} does not hold a flat dict of tensors")
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if refused:
+            raise ClozelmError(f"{path} could not be read as a PyTorch weights file: it is a pickle that asks to run "
+                               f"Python code ({refused[1]}), which clozelm never does; "
+                               + CONVERT_HINT.format(dir=str(Path(path).parent))) from None
+        raise ClozelmError(f"{path} could not be read as a PyTorch weights file (corrupt or truncated?): "
+                           f"{_torch_reason(e)}") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise ClozelmError(f"{path} does not hold a flat dict of named tensors")
     return sd
 
 
@@ -39,12 +59,8 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         return read_safetensors(single)
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise ClozelmError(f"{index} is not a valid safetensors index: {_first_line(e)}") from None
         sd = {}
-        for shard in shards:
+        for shard in _index_shards(index):
             shard_path = model_dir / shard
             if not shard_path.is_file():
                 raise ClozelmError(f"{index} names {shard}, which is missing")
@@ -55,38 +71,62 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     raise ClozelmError(f"no weights in {model_dir} (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)")
 
 
-def _temp_beside(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names a model.safetensors.index.json lists: plain names in the same directory only."""
+    from .hf import read_config_json  # the one reader of JSON settings files
+    weight_map = read_config_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ClozelmError(f"{index} is not a valid safetensors index: it needs a \"weight_map\" of tensor names "
+                           "to shard file names")
+    shards = sorted(set(weight_map.values()))
+    outside = [s for s in shards if Path(s).name != s or s.startswith(".")]
+    if outside:
+        raise ClozelmError(f"{index} names a shard outside its directory: {outside[0][:80]!r}")
+    return shards
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    """Write to a temporary file beside the target, then rename: a crash never leaves half a file."""
-    tmp = _temp_beside(path)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a safetensors file atomically (clozelm.files.atomic_write: the old file or the new one, never half of
+    one, with the permissions the user's umask gives), one tensor at a time so no second copy of the model is
+    held in memory."""
+    atomic_write(path, lambda f: _stream_safetensors(tensors, f, metadata))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Like write_safetensors: readers (and a crash) see the old file or the new one, never half of one."""
-    tmp = _temp_beside(path)
-    try:
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def _stream_safetensors(tensors: dict[str, torch.Tensor], f: BinaryIO, metadata: dict | None) -> None:
+    """The safetensors layout: an 8-byte little-endian header length, a JSON header of names, dtypes, shapes and
+    byte ranges (padded with spaces to 8 bytes), then the tensors' bytes in that order."""
+    if sys.byteorder != "little":
+        raise ClozelmError("writing safetensors needs a little-endian machine")
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise ClozelmError(f"cannot save tensor {name} of type {t.dtype} as safetensors")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    f.write(len(encoded).to_bytes(8, "little"))
+    f.write(encoded)
+    for t in tensors.values():
+        if t.numel():
+            data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            f.write(memoryview(data.numpy()))
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:200]
+
+
+def _torch_reason(e: BaseException) -> str:
+    # torch's message opens with advice to load with weights_only=False: the one line worth keeping is its cause.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    causes = [line for line in lines if "weights_only" not in line and "torch.load" not in line]
+    return (causes[0] if causes else lines[0] if lines else type(e).__name__)[:200]

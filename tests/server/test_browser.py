@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import clozelm
-from test_server import build_models, running
+from .helpers import build_models, running
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

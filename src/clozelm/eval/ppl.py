@@ -1,0 +1,234 @@
+"""`ppl`: how well a model predicts a text, in bits per byte (comparable across tokenizers) and token perplexity.
+
+Every document (one per file) is read as the model reads a text: `tokenizer.frame(ids, causal=...)`. Its
+tokens are scored once each, inside windows of the model's context:
+
+- causal: a sliding window moving `stride` tokens at a time (default half the context), so that each token is
+  predicted from every token before it, or from at least context - stride of them: -log2 P(text) / bytes.
+- masked: the masked-diffusion bound (MDLM, Sahoo et al. 2024). With each token of x hidden independently
+  at rate t ~ U(0, 1), -log p(x) <= E_t [ (1/t) sum over hidden i of -log p(x_i | the visible tokens) ]
+  for the generative model that unmasks x in a uniformly random order, so a masked model gets a true upper
+  bound on bits per byte, on the causal models' scale. Each window's expectation is a Monte Carlo mean over
+  `samples` mask rates (stratified: (u + j) / samples, fixed seed); the standard error says how far the
+  estimate may be from the bound. Windows slide as the causal ones do; the tokens before the scored ones
+  stay visible (the bound is then on -log p(scored | before), and their sum bounds the whole text by the
+  chain rule), and the tokens after them are left out.
+  Also the word-l2r pseudo-log-likelihood (Kauf & Ivanova 2023): each token predicted with itself and the
+  rest of its word hidden and everything else visible. It is not a likelihood (it sees the future and does
+  not sum to one over texts) and is not comparable with bits per byte; it is sampled at `pll_tokens`
+  positions and scaled to the whole text, with a standard error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ClozelmError
+from .forward import same_word, token_logprobs
+from .progress import Progress
+
+LN2 = math.log(2)
+
+
+def plan_windows(n: int, width: int, stride: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
+    """Windows (begin, end, first, last) of at most `width` positions of a sequence of `n`: the targets
+    [first, last) of the windows partition [lo, hi), and each target has every earlier position of the sequence
+    in its window, or at least width - stride of them. The last window reaches the end of the sequence (a
+    masked model sees the end-of-text tokens after the last target)."""
+    if hi <= lo:
+        return []
+    end = min(n, width)
+    windows = [(0, end, lo, min(end, hi))]
+    done = min(end, hi)
+    while done < hi:
+        last = min(done + stride, hi)
+        end = n if last == hi else last
+        windows.append((max(0, end - width), end, done, last))
+        done = last
+    return windows
+
+
+def _documents(model, docs):
+    tok = model.tokenizer
+    out = []
+    for name, text in docs:
+        ids = tok.encode(text)
+        if ids:
+            out.append((name, text, ids))
+    if not out:
+        raise ClozelmError("ppl: the files hold no text to score")
+    return out
+
+
+def _stride(model, opts, framing: int) -> tuple[int, int]:
+    width = model.config.n_positions
+    stride = opts.stride if opts.stride is not None else width // 2
+    most = width - 1 - framing
+    if most < 1:
+        raise ClozelmError(f"ppl: the model's context ({width} tokens) is too short to score anything")
+    if stride > most:
+        raise ClozelmError(f"stride must be at most {most} for this model's {width}-token context, not {stride}")
+    return width, stride
+
+
+def causal_ppl(model, docs, opts, progress: Progress) -> dict:
+    tok = model.tokenizer
+    start, _ = tok.frame_tokens(causal=True)
+    documents = _documents(model, docs)
+    width, stride = _stride(model, opts, 0)
+    rows, targets, n_bytes, n_tokens = [], [], 0, 0
+    for _, text, ids in documents:
+        seq = [*start, *ids]
+        n_bytes += len(text.encode("utf-8"))
+        if not start:  # nothing predicts the first token: leave its bytes out of the count
+            n_bytes -= len(tok.token_bytes(ids[0]))
+        for begin, end, first, last in plan_windows(len(seq), width, stride, 1, len(seq)):
+            rows.append(seq[begin:end])
+            targets.append([(p - 1 - begin, seq[p]) for p in range(first, last)])
+            n_tokens += last - first
+    advance = progress("ppl", len(rows))
+    lps = token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens, advance=advance)
+    nll = -float(sum(lp.sum() for lp in lps))
+    return {
+        "bits_per_byte": nll / LN2 / max(n_bytes, 1),
+        "token_perplexity": math.exp(nll / n_tokens),
+        "nats_per_token": nll / n_tokens,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "documents": len(documents),
+        "context": width,
+        "stride": stride,
+        "method": "causal: sliding window",
+    }
+
+
+def _mask_rates(samples: int, generator: torch.Generator) -> torch.Tensor:
+    """`samples` mask rates covering (0, 1] evenly from one uniform draw (stratified: lower variance)."""
+    u = 1.0 - torch.rand((), generator=generator, dtype=torch.float64)  # (0, 1]: no rate of exactly 0
+    return (u + torch.arange(samples, dtype=torch.float64)) / samples
+
+
+def bound_rows(seq: list[int], begin: int, end: int, first: int, last: int, mask_id: int, samples: int,
+               generator: torch.Generator):
+    """The rows of one window for the masked-diffusion bound: for each drawn rate t, the window with each
+    target in [first, last) hidden with probability t; returns (rows, targets, weights 1/t)."""
+    rates = _mask_rates(samples, generator)
+    hide = torch.rand(samples, last - first, generator=generator, dtype=torch.float64) < rates[:, None]
+    rows, targets = [], []
+    for j in range(samples):
+        row = seq[begin:end]
+        hidden = [first + k for k in torch.nonzero(hide[j])[:, 0].tolist()]
+        for p in hidden:
+            row[p - begin] = mask_id
+        rows.append(row)
+        targets.append([(p - begin, seq[p]) for p in hidden])
+    return rows, targets, (1.0 / rates).tolist()
+
+
+def _bound_from(lps, weights, samples: int) -> tuple[float, float]:
+    """(the window's bound estimate in nats, its variance) from `samples` weighted sums."""
+    values = torch.tensor([w * float(-lp.sum()) for lp, w in zip(lps, weights)], dtype=torch.float64)
+    return float(values.mean()), float(values.var(unbiased=True)) / samples
+
+
+def masked_ppl(model, docs, opts, progress: Progress) -> dict:
+    tok = model.tokenizer
+    if tok.mask_id is None:
+        raise ClozelmError("ppl: this masked model's tokenizer has no mask token")
+    start, end_tokens = tok.frame_tokens(causal=False)
+    documents = _documents(model, docs)
+    width, stride = _stride(model, opts, len(end_tokens))
+    generator = torch.Generator().manual_seed(opts.seed)
+    rows, targets, weights, seqs, n_bytes, n_tokens = [], [], [], [], 0, 0
+    windows = 0
+    for _, text, ids in documents:
+        seq = [*start, *ids, *end_tokens]
+        seqs.append((seq, len(start), len(start) + len(ids)))
+        n_bytes += len(text.encode("utf-8"))
+        n_tokens += len(ids)
+        for begin, end, first, last in plan_windows(len(seq), width, stride, len(start), len(start) + len(ids)):
+            r, t, w = bound_rows(seq, begin, end, first, last, tok.mask_id, opts.samples, generator)
+            rows += r
+            targets += t
+            weights += w
+            windows += 1
+    pll_rows, pll_targets, n_positions = _pll_rows(model, seqs, opts, generator, width)
+    advance = progress("ppl", len(rows) + len(pll_rows))
+    lps = token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens, exclude=[tok.mask_id], advance=advance)
+    nll, variance = 0.0, 0.0
+    for w in range(windows):
+        part = slice(w * opts.samples, (w + 1) * opts.samples)
+        mean, var = _bound_from(lps[part], weights[part], opts.samples)
+        nll += mean
+        variance += var
+    result = {
+        "bits_per_byte": nll / LN2 / n_bytes,
+        "bits_per_byte_se": math.sqrt(variance) / LN2 / n_bytes,
+        "token_perplexity": math.exp(nll / n_tokens),
+        "nats_per_token": nll / n_tokens,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "documents": len(documents),
+        "context": width,
+        "stride": stride,
+        "samples": opts.samples,
+        "method": "masked: masked-diffusion bound (an upper bound on bits per byte; Monte Carlo over mask rates "
+                  "t ~ U(0,1), loss weighted 1/t)",
+    }
+    plls = token_logprobs(model, pll_rows, pll_targets, batch_tokens=opts.batch_tokens, exclude=[tok.mask_id],
+                          advance=advance)
+    per_token = torch.tensor([-float(lp.sum()) for lp in plls], dtype=torch.float64)
+    mean = float(per_token.mean())
+    # Sampled without replacement from n_tokens positions: the finite-population correction makes the error
+    # zero when every position is scored.
+    fpc = 1.0 - len(per_token) / n_tokens
+    se = math.sqrt(max(float(per_token.var(unbiased=True)) if len(per_token) > 1 else 0.0, 0.0) / len(per_token)
+                   * fpc) if fpc > 0 else 0.0
+    result["word_l2r_pll"] = {
+        "bits_per_byte": mean * n_tokens / LN2 / n_bytes,
+        "bits_per_byte_se": se * n_tokens / LN2 / n_bytes,
+        "token_perplexity": math.exp(mean),
+        "positions": n_positions,
+        "note": "pseudo-log-likelihood (word-l2r): NOT a likelihood; not comparable with bits_per_byte",
+    }
+    return result
+
+
+def _pll_rows(model, seqs, opts, generator, width):
+    """Rows for the word-l2r PLL at `pll_tokens` positions drawn uniformly from every document (0: all)."""
+    tok = model.tokenizer
+    index = [(d, p) for d, (_, lo, hi) in enumerate(seqs) for p in range(lo, hi)]
+    if opts.pll_tokens and opts.pll_tokens < len(index):
+        chosen = torch.randperm(len(index), generator=generator)[:opts.pll_tokens].sort().values.tolist()
+        index = [index[i] for i in chosen]
+    same = [same_word(tok, model.config.vocab_size, seq) for seq, _, _ in seqs]
+    rows, targets = [], []
+    for d, p in index:
+        seq, lo, hi = seqs[d]
+        row, target = pll_row(seq, p, hi, same[d], tok.mask_id, width)
+        rows.append(row)
+        targets.append([target])
+    return rows, targets, len(index)
+
+
+def pll_row(seq: list[int], p: int, hi: int, same: list[bool], mask_id: int, width: int):
+    """Token p hidden with the rest of its word (l2r: the tokens after it within the word), in a window of at
+    most `width` centred on it; returns (row, (position in row, true token))."""
+    begin = min(max(0, p - width // 2), max(0, len(seq) - width))
+    end = min(len(seq), begin + width)
+    row = seq[begin:end]
+    q = p
+    while True:
+        row[q - begin] = mask_id
+        q += 1
+        if q >= hi or q >= end or not same[q]:
+            break
+    return row, (p - begin, seq[p])
+
+
+def perplexity(model, docs, opts, progress: Progress) -> dict:
+    if model.config.causal:
+        return causal_ppl(model, docs, opts, progress)
+    return masked_ppl(model, docs, opts, progress)

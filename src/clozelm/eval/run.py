@@ -1,0 +1,104 @@
+"""`evaluate`: run the chosen tasks on one loaded model and gather their figures in one dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import ClozelmError
+from . import minimal_pairs
+from .cloze import cloze, cloze_sentences
+from .lastword import items_from_documents, items_from_jsonl, lastword
+from .options import DEFAULT_TASKS, EvalOptions, parse_tasks
+from .pairs import pairs, read_pairs
+from .ppl import perplexity
+from .probe import probe, probe_items
+from .progress import progress_factory
+from .text import draw, read_documents, read_jsonl
+
+BUILTIN_PAIRS = "clozelm's generated minimal pairs (clozelm.eval.minimal_pairs)"
+
+
+def _chosen(tasks, has_files: bool, opts: EvalOptions) -> tuple[str, ...]:
+    if tasks is None:
+        available = {"ppl": has_files, "lastword": has_files or opts.lambada is not None, "cloze": has_files,
+                     "pairs": True}
+        chosen = tuple(t for t in DEFAULT_TASKS if available[t])
+        return chosen + (("probe",) if opts.probe is not None else ())
+    chosen = parse_tasks(tasks)
+    for task in chosen:
+        if task in ("ppl", "cloze") and not has_files:
+            raise ClozelmError(f"{task} needs text: give FILES")
+        if task == "lastword" and not has_files and opts.lambada is None:
+            raise ClozelmError("lastword needs passages: give --lambada FILE.jsonl or FILES")
+    return chosen
+
+
+def _check_model(model) -> None:
+    if getattr(model, "tokenizer", None) is None:
+        raise ClozelmError("eval needs a model with a tokenizer; load it from a directory with tokenizer files")
+    if model.config.head is None:
+        raise ClozelmError("eval needs a language-model head (this model is an encoder such as BertModel)")
+
+
+def evaluate(model, files: Sequence[str | Path] = (), *, tasks: str | Sequence[str] | None = None,
+             options: EvalOptions | None = None, on_progress: Callable[[str, int, int], None] | None = None,
+             **option_values) -> dict:
+    """Measure a loaded `clozelm.Model` on `tasks` (None: every default task whose input is at hand).
+
+    files: text files or folders (ppl, cloze, and lastword without --lambada); options: an EvalOptions, and/or
+    its fields as keywords (seed=, stride=, samples=, limit=, lambada=, pairs=, probe=, folds=, ...).
+    on_progress(task, done, total) is called as work gets done. Returns
+    {"model", "objective", "seed", "files", "tasks": {task: figures}} (see the task modules for the figures).
+    """
+    opts = EvalOptions.of(options, **option_values)
+    _check_model(model)
+    files = list(files)
+    chosen = _chosen(tasks, bool(files), opts)
+    docs = read_documents(files) if files and {"ppl", "cloze", "lastword"} & set(chosen) else []
+    # Read every input before the first forward pass: a bad file fails in a second, not after an hour.
+    lambada_items = None
+    if "lastword" in chosen:
+        if opts.lambada is not None:
+            rows = read_jsonl(opts.lambada, "LAMBADA file")
+            lambada_items = draw(items_from_jsonl(rows, opts.lambada), opts.limit_for("lastword", False), opts.seed)
+        else:
+            lambada_items = draw(items_from_documents(docs), opts.limit_for("lastword", True), opts.seed)
+    sents = cloze_sentences(docs, opts) if "cloze" in chosen else None
+    pair_items, pair_source = None, None
+    if "pairs" in chosen:
+        if opts.pairs is not None:
+            pair_items = read_pairs(opts.pairs, read_jsonl(opts.pairs, "pairs file"))
+            pair_source = str(opts.pairs)
+        else:
+            pair_items, pair_source = minimal_pairs.generate(), BUILTIN_PAIRS
+        if opts.limit is not None:
+            pair_items = draw(pair_items, opts.limit, opts.seed)
+
+    if "probe" in chosen:
+        probe_data = probe_items(opts)
+
+    from ..cloze import fill
+    progress = progress_factory(on_progress)
+    network = getattr(model, "network", model)
+    was_training = network.training
+    network.eval()
+    results: dict = {"model": model.name if hasattr(model, "name") else type(model).__name__,
+                     "objective": getattr(getattr(model, "info", None), "objective", None),
+                     "seed": opts.seed, "files": [str(f) for f in files], "tasks": {}}
+    try:
+        for task in chosen:
+            if task == "ppl":
+                results["tasks"]["ppl"] = perplexity(model, docs, opts, progress)
+            elif task == "lastword":
+                results["tasks"]["lastword"] = lastword(model, lambada_items, opts, fill, progress)
+                results["tasks"]["lastword"]["source"] = str(opts.lambada) if opts.lambada else "FILES"
+            elif task == "cloze":
+                results["tasks"]["cloze"] = cloze(model, sents, opts, fill, progress)
+            elif task == "pairs":
+                results["tasks"]["pairs"] = pairs(model, pair_items, opts, progress, pair_source)
+            elif task == "probe":
+                results["tasks"]["probe"] = probe(model, *probe_data, opts, progress)
+    finally:
+        network.train(was_training)
+    return results

@@ -1,0 +1,120 @@
+"""Reading and writing the user's files: one place for atomic writes and for clear errors on bad paths.
+
+Writes go to a temporary file beside the target, are fsynced, then renamed over it: a reader, a kill or a
+crash sees the old file or the new one, never half of one. New files get the permissions the user's umask
+gives (a bare temporary file would be 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import ClozelmError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(f)` on a temporary file beside `path`, then fsync and rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    import torch
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable (matters after a power cut, harmless otherwise)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of `path`, or a one-line ClozelmError saying why it cannot be read."""
+    path = Path(path)
+    try:
+        if stat.S_ISCHR(path.stat().st_mode) or stat.S_ISBLK(path.stat().st_mode):  # /dev/zero would never end
+            raise ClozelmError(f"{what} {path} is a device, expected a file")
+        data = path.read_bytes()
+    except ValueError:  # a NUL character in the name
+        raise ClozelmError(f"{what} {str(path)[:80]!r} is not a valid file name") from None
+    except FileNotFoundError:
+        raise ClozelmError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ClozelmError(f"{what} {path} is a directory, expected a file") from None
+    except PermissionError:
+        raise ClozelmError(f"cannot read {what} {path}: permission denied") from None
+    except OSError as e:
+        raise ClozelmError(f"cannot read {what} {path}: {e.strerror or type(e).__name__}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ClozelmError(f"{what} {path} is not UTF-8 text (byte offset {e.start})") from None
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named, and every file under the folders named whose path below the folder has no hidden part
+    (sorted, so the order is stable)."""
+    items = list(items)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*")
+                            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            files.append(p)
+        elif p.exists():
+            raise ClozelmError(f"{item}: not a regular file or directory")
+        else:
+            raise ClozelmError(f"{item}: no such file or directory")
+    if not files:
+        raise ClozelmError(f"no input files found in {', '.join(map(str, items)) or 'nothing'}")
+    return files
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """`path` as a directory that exists or can be created: a one-line error when a file stands there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ClozelmError(f"{what} {path} is a file, expected a directory")
+    return path

@@ -1,0 +1,1 @@
+"""Tests of clozelm.eval, one file per task (and the command line)."""

@@ -1,0 +1,120 @@
+"""`clozelm eval` end to end on tiny saved models: the figures, --json, --out, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import clozelm
+from clozelm.cli import main
+from clozelm.loaded import Model, ModelInfo
+from clozelm.model import ModelConfig, Transformer
+
+from .conftest import SENTENCES
+
+TEXT = "the dog ran home. the cat sat down.\n"
+
+
+@pytest.fixture(scope="module")
+def saved(tok, tmp_path_factory):
+    """A tiny causal and a tiny masked model, random weights, saved as clozelm saves any model."""
+    out = {}
+    for objective, causal in (("clm", True), ("mlm", False)):
+        torch.manual_seed(1)
+        config = ModelConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                             causal=causal, pre_ln=causal, head="tied" if causal else "mlm")
+        directory = tmp_path_factory.mktemp(objective)
+        Model(Transformer(config), tok, ModelInfo(objective=objective)).save_pretrained(directory, overwrite=True)
+        out[objective] = directory
+    return out
+
+
+def held_out(tmp_path):
+    path = tmp_path / "held-out.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_causal_ppl_matches_one_forward_pass(saved, tmp_path, capsys):
+    path = held_out(tmp_path)
+    out = tmp_path / "report"
+    assert main(["eval", str(saved["clm"]), str(path), "--tasks", "ppl,pairs", "--limit", "14", "--json",
+                 "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"] == str(saved["clm"]) and printed["seed"] == 0 and list(printed["tasks"]) == ["ppl", "pairs"]
+    # The text fits the context: one forward pass scores it (by hand, outside clozelm.eval).
+    model = clozelm.load(saved["clm"])
+    tok = model.tokenizer
+    ids = [tok.eos_id, *tok.encode(TEXT)]
+    with torch.no_grad():
+        logp = model.network(torch.tensor([ids])).logits[0].double().log_softmax(-1)
+    nll = -sum(float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1))
+    ppl = printed["tasks"]["ppl"]
+    assert ppl["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(TEXT.encode()), rel=1e-5)
+    assert ppl["token_perplexity"] == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-5)
+    assert printed["tasks"]["pairs"]["n"] == 14
+    assert json.loads((out / "results.json").read_text()) == printed
+    report = (out / "report.md").read_text()
+    assert report.startswith("# clozelm eval") and "bits per byte" in report
+
+    # the same --out again: refused, nothing overwritten; --overwrite replaces
+    before = (out / "results.json").read_text()
+    assert main(["eval", str(saved["clm"]), str(path), "--tasks", "ppl", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clozelm: error:") and "--overwrite" in err and "\n" not in err
+    assert (out / "results.json").read_text() == before
+    assert main(["eval", str(saved["clm"]), str(path), "--tasks", "ppl", "--out", str(out), "--overwrite"]) == 0
+    assert list(json.loads((out / "results.json").read_text())["tasks"]) == ["ppl"]
+
+
+def test_masked_model_table(saved, tmp_path, capsys):
+    path = held_out(tmp_path)
+    assert main(["eval", str(saved["mlm"]), str(path), "--tasks", "ppl", "--samples", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "bits per byte (upper bound)" in table and "NOT a likelihood" in table and "±" in table
+
+
+def test_every_task(saved, tmp_path, capsys):
+    path = held_out(tmp_path)
+    path.write_text("the dog ran home, the cat sat down and a bird flew away.\n\n" * 3)
+    lambada = tmp_path / "lambada.jsonl"
+    lambada.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES[:3]))
+    topics = tmp_path / "topics"
+    for label, words in (("a", "the dog ran home"), ("b", "a bird flew away")):
+        (topics / label).mkdir(parents=True)
+        for i in range(5):
+            (topics / label / f"{i}.txt").write_text(words)
+    for objective in ("clm", "mlm"):
+        assert main(["eval", str(saved[objective]), str(path), "--tasks", "all", "--limit", "2", "--lambada",
+                     str(lambada), "--probe", str(topics), "--folds", "2", "--json"]) == 0
+        tasks = json.loads(capsys.readouterr().out)["tasks"]
+        assert list(tasks) == ["ppl", "lastword", "cloze", "pairs", "probe"]
+        assert tasks["lastword"]["n"] == 2 and tasks["probe"]["n"] == 2 and tasks["pairs"]["n"] == 2
+        assert ("left_only_accuracy" in tasks["lastword"]) == (objective == "clm")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.txt", "--tasks", "ppl"], "missing.txt: no such file"),
+    (["--tasks", "ppl"], "ppl needs text: give FILES"),
+    (["--tasks", "lastword"], "--lambada"),
+    (["--tasks", "nonsense"], "unknown task 'nonsense'"),
+    (["--tasks", "lastword", "--lambada", "LAMBADA"], ":1: not a JSON object"),
+    (["--tasks", "pairs", "--pairs", "NOFILE"], "not found"),
+    (["--tasks", "probe", "--probe", "NOFILE"], "probe folder not found"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_bad_input_is_one_line(saved, tmp_path, capsys, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n")
+    args = [a.replace("LAMBADA", str(bad)).replace("NOFILE", str(tmp_path / "nothing")) for a in args]
+    assert main(["eval", str(saved["clm"]), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clozelm: error:") and message in err and "\n" not in err, err
+
+
+def test_a_model_that_is_not_there(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "no-model"), "--tasks", "pairs"]) == 2
+    assert capsys.readouterr().err.startswith("clozelm: error:")

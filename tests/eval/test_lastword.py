@@ -1,0 +1,86 @@
+"""lastword: a model that always says one word scores exactly the share of passages ending in it; passages are
+split as lm-eval-harness splits LAMBADA, or cut from files; bad files are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from clozelm.errors import ClozelmError
+from clozelm.eval import evaluate
+from clozelm.eval.lastword import MAX_CONTEXT_WORDS, MIN_CONTEXT_WORDS, items_from_documents
+from handbuilt import NeighbourMLM
+
+from .conftest import SENTENCES
+from .handmade import ConstantLM, HandModel
+
+PASSAGES = ["the dog ran home", "a bird flew away", "the cat sat down and then the dog ran home",
+            "the dog ran away from home", "the cat sat"]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_model_that_always_says_home(tok, tmp_path):
+    home = tok.encode(" home")
+    assert len(home) == 1
+    model = HandModel(ConstantLM(tok, home[0]), tok, "clm")
+    lambada = write_jsonl(tmp_path / "lambada.jsonl", [{"text": t} for t in PASSAGES])
+    result = evaluate(model, tasks="lastword", lambada=lambada)["tasks"]["lastword"]
+    # Three passages of five end in "home": the greedy check and the fill both get exactly those.
+    assert result["n"] == 5
+    assert result["left_only_accuracy"] == 3 / 5
+    assert result["accuracy"] == 3 / 5
+    # lm-eval's perplexity: exp(-mean log P(" word" | context)); each last word here is one token.
+    p_home = math.exp(5) / (math.exp(5) + tok.vocab_size - 1)
+    p_other = 1 / (math.exp(5) + tok.vocab_size - 1)
+    targets = [" home", " away", " home", " home", " sat"]
+    assert [len(tok.encode(t)) for t in targets] == [1] * 5
+    logp = [math.log(p_home if t == " home" else p_other) for t in targets]
+    assert result["perplexity"] == pytest.approx(math.exp(-sum(logp) / 5), rel=1e-5)
+    assert result["source"] == str(lambada)
+
+
+def test_masked_models_report_fill_accuracy_only(tok, tmp_path):
+    model = HandModel(NeighbourMLM(tok, SENTENCES), tok, "mlm")
+    lambada = write_jsonl(tmp_path / "lambada.jsonl", [{"text": "the dog ran home"}, {"text": "the cat sat down"}])
+    result = evaluate(model, tasks="lastword", lambada=lambada)["tasks"]["lastword"]
+    assert result["accuracy"] == 1.0 and result["n"] == 2  # the left neighbour says it
+    assert "left_only_accuracy" not in result
+
+
+def test_passages_cut_from_files():
+    sentence = "The quick brown fox jumps over the lazy dog near the river bank."
+    text = " ".join([sentence] * 4) + "\n\nA short one ends here.\n\nIt was (late."
+    items = items_from_documents([("doc", text)])
+    flat = " ".join(text.split())
+    for context, word in items:
+        assert MIN_CONTEXT_WORDS <= len(context.split()) <= MAX_CONTEXT_WORDS
+        assert (context + " " + word) in flat
+    # 13 words a sentence: the third is the first with 30 words before its last; "(late" is glued to "("
+    assert [word for _, word in items] == ["bank", "bank", "here"]
+    assert items[0][0] == " ".join([sentence] * 2) + " " + sentence[:-len(" bank.")]
+
+
+@pytest.mark.parametrize("line,message", [
+    ("not json", ":1: not a JSON object"),
+    ('{"txt": "a b"}', ':1: expected {"text": ...}'),
+    ('{"text": "single"}', ":1: the passage has no word before its last one"),
+    ('[1, 2]', ":1: expected a JSON object"),
+])
+def test_bad_lambada_files(tok, tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    model = HandModel(ConstantLM(tok, 0), tok, "clm")
+    with pytest.raises(ClozelmError, match=message.replace("{", r"\{").replace("[", r"\[")):
+        evaluate(model, tasks="lastword", lambada=path)
+
+
+def test_lastword_needs_passages(tok):
+    model = HandModel(ConstantLM(tok, 0), tok, "clm")
+    with pytest.raises(ClozelmError, match="--lambada"):
+        evaluate(model, tasks="lastword")

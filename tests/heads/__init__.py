@@ -1,0 +1,1 @@
+"""Tests of clozelm.heads, one file per module."""

@@ -1,0 +1,68 @@
+"""`clozelm serve` (cli.py): starts, answers, stops on Ctrl-C; bad options and models are one line, exit 2."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+
+def test_serve_command_starts_answers_and_stops_on_ctrl_c(model_dirs):
+    process = subprocess.Popen([sys.executable, "-m", "clozelm", "serve", "--model", str(model_dirs[0]),
+                                "--compare", "none", "--port", "0", "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        line = process.stdout.readline()
+        match = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line + process.stderr.read()
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=30)
+        conn.request("GET", "/api/models")
+        data = json.loads(conn.getresponse().read())
+        conn.close()
+        assert [m["label"] for m in data["models"]] == ["causal/model"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+        errors = process.stderr.read()
+        assert "stopped" in errors and "Traceback" not in errors, errors
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_command_errors_are_one_line():
+    r = subprocess.run([sys.executable, "-m", "clozelm", "serve", "--model", "./no/such/model", "--port", "0"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr, r.stderr
+
+
+
+NUMERIC_OPTIONS = [("--timeout", "inf"), ("--timeout", "nan"), ("--timeout", "-inf"), ("--timeout", "0"),
+                   ("--timeout", "1e400"), ("--timeout", "-5"), ("--workers", "0"), ("--workers", "1.5"),
+                   ("--queue", "-1"), ("--queue", "9" * 5000), ("--max-text", "nan"), ("--max-text", "0"),
+                   ("--port", "65536"), ("--port", "-1"), ("--port", "")]
+
+
+@pytest.mark.parametrize("option,value", NUMERIC_OPTIONS, ids=[f"{o} {v[:8]}" for o, v in NUMERIC_OPTIONS])
+def test_serve_refuses_numeric_options_that_mean_nothing_in_one_line(capsys, option, value):
+    from clozelm.cli import main
+    try:
+        code = main(["serve", "--model", "./no/such/model", option, value])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().count("\n") == 0 and option in err, err
+
+
+def test_serve_timeout_inf_exits_2_with_one_line():
+    r = subprocess.run([sys.executable, "-m", "clozelm", "serve", "--timeout", "inf", "--port", "0"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--timeout" in r.stderr, r.stderr

@@ -1,0 +1,135 @@
+"""Option values and input text, checked in one place (clozelm.cli_args), and the command line's own failures
+(issue 18): each is one line `clozelm: error: ...` and exit status 2, never a traceback."""
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clozelm.cli import main
+from clozelm.cli_args import float_in, int_in, nonnegative_int, positive_int, read_text_arg
+from clozelm.errors import ClozelmError
+
+
+@pytest.mark.parametrize("parse,text", [
+    (float_in(0.0), "nan"), (float_in(0.0), "inf"), (float_in(0.0), "-inf"), (float_in(0.0), "1e309"),
+    (float_in(0.0), "-0.5"), (float_in(0.0), ""), (float_in(0.0), "abc"), (float_in(0.0, 1.0, lo_open=True), "0"),
+    (float_in(0.0, 1.0, lo_open=True), "1.0001"), (float_in(), "infinity"), (positive_int, "0"),
+    (positive_int, "-3"), (positive_int, "1.5"), (positive_int, "9" * 5000), (positive_int, "9" * 30),
+    (nonnegative_int, "-1"), (int_in(1, 64), "65"), (int_in(1, 64), "nan"),
+])
+def test_refused_values(parse, text):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+        parse(text)
+
+
+def test_accepted_values():
+    assert float_in(0.0)("0") == 0.0 and float_in(0.0)("1e-300") == 1e-300
+    assert float_in(0.0, 1.0, lo_open=True)("1") == 1.0
+    assert positive_int("1_000") == 1000 and nonnegative_int(" 0 ") == 0 and int_in(1, 64)("64") == 64
+
+
+def test_a_refused_value_names_the_range_and_the_value():
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        float_in(0.0, 1.0, lo_open=True)("nan")
+    assert str(e.value) == "expected a number in (0, 1], got 'nan'"
+
+
+class Args:
+    def __init__(self, text=None, file=None):
+        self.text, self.file = text, file
+
+
+def test_read_text_arg(tmp_path, monkeypatch):
+    (tmp_path / "t.txt").write_text("the ___ sat")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "d").mkdir()
+    assert read_text_arg(Args(file=tmp_path / "t.txt")) == "the ___ sat"
+    assert read_text_arg(Args("given")) == "given"
+    for args, fragment in [(Args(file=tmp_path / "d"), "is a directory"), (Args(file=tmp_path / "no"), "not found"),
+                           (Args(file=tmp_path / "latin1.txt"), "not UTF-8"), (Args(file="/dev/zero"), "a device"),
+                           (Args(os.fsdecode(b"caf\xe9")), "the text argument is not UTF-8")]:
+        with pytest.raises(ClozelmError, match=fragment):
+            read_text_arg(args)
+    monkeypatch.setattr(sys, "stdin", None)  # `clozelm fill <&-`
+    with pytest.raises(ClozelmError, match="standard input is closed"):
+        read_text_arg(Args())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 ___"), encoding="utf-8"))
+    with pytest.raises(ClozelmError, match="standard input is not UTF-8"):
+        read_text_arg(Args("-"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("caf\u00e9 ___".encode()), encoding="utf-8"))
+    assert read_text_arg(Args()) == "caf\u00e9 ___"
+
+
+# ------------------------------------------------------------------------------------- the command line
+
+def run(argv, capsys, stdin="") -> tuple[int, str, str]:
+    sys.stdin = io.StringIO(stdin) if stdin is not None else None
+    try:
+        code = main([str(a) for a in argv])
+    finally:
+        sys.stdin = sys.__stdin__
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line(code, err, fragment):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("clozelm: error: ") and fragment in lines[0], err
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["generate", "Hello", "--temperature", "nan", "--max-tokens", "5"], "--temperature: expected a finite number"),
+    (["generate", "Hello", "--temperature", "inf"], "--temperature"),
+    (["generate", "Hello", "--top-p", "nan"], "--top-p: expected a number in (0, 1]"),
+    (["generate", "Hello", "--repetition-penalty", "-inf"], "--repetition-penalty"),
+    (["generate", "Hello", "--beams", "0"], "--beams: expected an integer from 1 to 64, got '0'"),
+    (["generate", "Hello", "--beams", "1000000"], "--beams"),
+    (["generate", "Hello", "--seed", "-1"], "--seed"),
+    (["fill", "the ___", "--top", "0"], "--top"),
+    (["fill", "the ___", "--top", "9" * 5000], "--top"),
+    (["tokenizer", "train", "c.txt", "--vocab-size", "nan", "--out", "x"], "--vocab-size"),
+    (["heads", "the cat", "--min-arcs", "-1"], "--min-arcs"),
+    (["fill", "--bogus"], "unrecognized arguments: --bogus"),
+    (["fill", "the \ud800 ___"], "lone surrogate"),
+])
+def test_bad_options_are_one_line_before_any_work(argv, fragment, capsys):
+    code, _, err = run(argv, capsys)
+    one_line(code, err, fragment)
+
+
+def test_input_text_errors(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    for command in ("fill", "generate", "tokenize", "heads"):
+        one_line(*run([command, "-f", tmp_path / "d"], capsys)[::2], "is a directory")
+        one_line(*run([command], capsys, stdin=None)[::2], "standard input is closed")
+
+
+def test_tokenizer_train_out_must_be_a_directory(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat\n" * 50)
+    (tmp_path / "f").write_text("x")
+    for out, fragment in [(tmp_path / "f", "is a file, expected a directory"), (tmp_path / "f" / "sub", "is a file")]:
+        one_line(*run(["tokenizer", "train", tmp_path / "corpus.txt", "--vocab-size", "280", "--out", out],
+                      capsys)[::2], fragment)
+    assert (tmp_path / "f").read_text() == "x"
+    code, out, err = run(["tokenizer", "train", tmp_path / "corpus.txt", "--vocab-size", "280", "--out",
+                          tmp_path / "new" / "tok"], capsys)
+    assert code == 0 and (tmp_path / "new" / "tok" / "vocab.bpe").is_file(), err
+
+
+def test_output_errors_are_one_line_in_process(capsys, monkeypatch):
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        code = main(["models", "--json"])
+        monkeypatch.undo()
+    one_line(code, capsys.readouterr().err, "cannot write to standard output: No space left on device")
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    """`clozelm models | head -c 1`: the reader goes away; no error, no 'Exception ignored' at exit."""
+    r = subprocess.run(["bash", "-c", f'"$0" -m clozelm generate "the cat" --max-tokens 40 | head -c 1', sys.executable],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.stdout == "t" and r.stderr == "", r.stderr

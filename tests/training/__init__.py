@@ -1,0 +1,1 @@
+"""Tests of clozelm.training, one file per module."""

@@ -1,0 +1,73 @@
+"""`clozelm train` on bad input: one line, exit status 2, nothing created or lost."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clozelm.tokenizers import train_bpe
+
+from .helpers import TINY, cli, one_line_error
+
+
+@pytest.mark.parametrize("option, value, changed, bad_values", [
+    ("--mask-rate", 0.4, "0.15", ("0", "1", "-0.2")),
+    ("--locality-warmup", 2, "0", ("-1",)),
+])
+def test_mlm_option_is_recorded_refused_on_resume_and_checked(tmp_path, corpus, bpe_dir, capsys, option, value,
+                                                                changed, bad_values):
+    run = tmp_path / "bert"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "mlm", "--steps", "4",
+                   option, str(value), "--precision", "fp32"], capsys)
+    assert rc == 0, err
+    assert json.loads((run / "run.json").read_text())["train"][option[2:].replace("-", "_")] == value
+    rc, err = cli(["--resume", "--out", run, option, changed], capsys)  # changes what is computed
+    one_line_error(rc, err, option[2:].split("-")[0])
+    for bad in bad_values:
+        rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / f"bad{bad}", *TINY, "--objective", "mlm",
+                       option, bad], capsys)
+        one_line_error(rc, err, option)
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
+def test_non_utf8_file_is_named_or_skipped(tmp_path, corpus, bpe_dir, capsys):
+    bad = tmp_path / "in" / "latin1.txt"
+    bad.parent.mkdir()
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "in" / "good.txt").write_text((corpus / "a.txt").read_text())
+    rc, err = cli([tmp_path / "in", "--tokenizer", bpe_dir, "--out", tmp_path / "run", *TINY, "--steps", "1"], capsys)
+    one_line_error(rc, err, "latin1.txt", "not UTF-8", "--skip-bad-files")
+    rc, err = cli([tmp_path / "in", "--tokenizer", bpe_dir, "--out", tmp_path / "run2", *TINY, "--steps", "1",
+                   "--skip-bad-files"], capsys)
+    assert rc == 0 and "warning: skipping" in err and "latin1.txt" in err
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02ELF")
+    rc, err = cli([tmp_path / "bin.dat", "--tokenizer", bpe_dir, "--out", tmp_path / "run3", *TINY], capsys)
+    one_line_error(rc, err, "bin.dat", "binary")
+
+
+def test_missing_tokenizer_tokens_cli(tmp_path, corpus, capsys):
+    plain = tmp_path / "plain-bpe"
+    train_bpe([corpus / "a.txt"], 280, special_tokens=["<|endoftext|>"]).save(plain)
+    rc, err = cli([corpus, "--tokenizer", plain, "--out", tmp_path / "run", *TINY, "--objective", "fim"], capsys)
+    one_line_error(rc, err, "<|fim_prefix|>", "<|fim_middle|>")
+    assert not (tmp_path / "run").exists()  # nothing created before the check
+    rc, err = cli([corpus, "--out", tmp_path / "run", *TINY], capsys)
+    one_line_error(rc, err, "--tokenizer")
+
+
+def test_refuses_to_clobber_a_run_dir(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("precious")
+    args = [corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2", "--precision", "fp32"]
+    rc, err = cli(args, capsys)
+    one_line_error(rc, err, str(run), "--resume", "--overwrite")
+    assert (run / "notes.txt").read_text() == "precious"
+    rc, err = cli([*args, "--overwrite"], capsys)
+    assert rc == 0, err
+    assert not (run / "notes.txt").exists()
+    rc, err = cli(["--out", run, "--resume", "--lr", "0.5"], capsys)
+    one_line_error(rc, err, "--lr")
+    rc, err = cli(["--out", tmp_path / "nothing", "--resume"], capsys)
+    one_line_error(rc, err, "no run to resume")

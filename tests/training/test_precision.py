@@ -1,0 +1,57 @@
+"""The fast training paths give the plain path's results: the fused loss (exactly, up to float rounding, in
+fp32) and bf16 weights with fp32 masters (within bf16's rounding of autocast)."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clozelm.model import ModelConfig, Transformer
+from clozelm.training.precision import MasterWeights
+
+from .helpers import TINY, cli, losses
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_fused_loss_gives_the_plain_losses_and_weights_in_fp32(tmp_path, corpus, bpe_dir, capsys, objective):
+    common = [corpus, "--tokenizer", bpe_dir, *TINY, "--steps", "8", "--precision", "fp32", "--seed", "3",
+              "--objective", objective, "--eval-every", "4"]
+    assert cli([*common, "--out", tmp_path / "plain", "--no-fused-loss"], capsys)[0] == 0
+    assert cli([*common, "--out", tmp_path / "fused", "--fused-loss"], capsys)[0] == 0
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "fused")
+    assert a.keys() == b.keys() == set(range(1, 9))
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-5)
+    wa, wb = (load_file(tmp_path / r / "model" / "model.safetensors") for r in ("plain", "fused"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_bf16_master_weights_follow_autocast(tmp_path, corpus, bpe_dir, capsys):
+    common = [corpus, "--tokenizer", bpe_dir, *TINY, "--steps", "30", "--lr", "3e-3", "--seed", "5"]
+    assert cli([*common, "--out", tmp_path / "autocast", "--precision", "bf16", "--no-fused-loss"], capsys)[0] == 0
+    assert cli([*common, "--out", tmp_path / "master", "--precision", "bf16-master"], capsys)[0] == 0
+    a, b = losses(tmp_path / "autocast"), losses(tmp_path / "master")
+    assert a[1] == pytest.approx(b[1], rel=1e-2)
+    assert b[30] == pytest.approx(a[30], rel=0.03)  # the fast path learns as fast as autocast
+    assert b[30] < 0.75 * b[1]
+    saved = load_file(tmp_path / "master" / "model" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in saved.values())  # the masters are saved, not their bf16 copies
+
+
+def test_master_weights_round_trip_and_update_in_fp32():
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    full = {k: v.clone() for k, v in net.state_dict().items()}
+    masters = MasterWeights(net)
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+    assert all(torch.equal(masters.state_dict()[k], full[k]) for k in full)  # nothing lost to bf16
+    opt = torch.optim.AdamW(masters.master_groups([{"params": list(net.parameters())}]), lr=1e-3)
+    net(torch.tensor([[1, 2, 3]])).logits.float().sum().backward()
+    masters.grads_to_masters()
+    assert all(p.grad is None for p in net.parameters())
+    assert all(m.grad.dtype == torch.float32 for m in masters.masters)
+    opt.step()
+    masters.masters_to_model()
+    for p, m in zip(net.parameters(), masters.masters):
+        assert torch.equal(p, m.to(torch.bfloat16))
+    # An update smaller than bf16's resolution survives in the master.
+    assert any(not torch.equal(m, full[n]) for n, m in zip(masters.names, masters.masters))
