@@ -1,13 +1,19 @@
-"""Training throughput: clozelm's default CPU setting vs transformers' GPT2LMHeadModel in fp32.
+"""Training throughput: clozelm's default `clozelm train` step vs transformers' GPT2LMHeadModel in fp32,
+and the step time as a fraction of this machine's matrix-product limit.
 
 One optimizer step = forward + backward + gradient clipping + AdamW, on the same batches for both sides,
 measured interleaved (A B A B ...) so slow phases of a shared machine hit both alike. Both models start from
 the same weights (transformers' random init, copied into clozelm through save_pretrained + clozelm.load),
-use the same dropout (0.1 = GPT2Config's default), the same AdamW hyperparameters and decay groups, and
-the same learning-rate warm-up; after the loss-check steps their losses must agree within 1%.
+use the same dropout, the same AdamW hyperparameters and decay groups, and the same learning-rate warm-up;
+after the loss-check steps their losses must agree within 1%.
 
-    clozelm    bf16 autocast, fused AdamW (what `clozelm train` does on CPU by default)
+    clozelm    the trainer's default step: bf16 weights with fp32 master copies, the vocabulary projection
+               fused into the cross-entropy, fused AdamW (--precision / --no-fused-loss: the other paths)
     reference  transformers GPT2LMHeadModel, fp32, torch AdamW with its default implementation
+
+The limit: the step's matrix products (every Linear layer and the output projection, forward and both
+backward products, and the causal attention products) timed alone in bf16 at the step's own shapes on this
+machine in the same run; "fraction of the limit" = that time / the measured step time.
 
 Shapes: "default" = 6 layers x 384, 6 heads, vocab 8192, seq 256, batch 16 (the embedded default model);
 "124M" = GPT-2 small (12 x 768, vocab 50257), seq 256, batch 8. Tokens come from the embedded default
@@ -31,9 +37,10 @@ import torch
 import torch.nn.functional as F
 
 import clozelm
-from clozelm.training.objectives import loss_sum
 from clozelm.training import TrainConfig
-from clozelm.training.loop import autocast, lr_at, make_optimizer
+from clozelm.training.loop import autocast, fused_loss_sum, lr_at, make_optimizer
+from clozelm.training.objectives import loss_sum
+from clozelm.training.precision import MasterWeights
 
 SHAPES = {
     "default": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, seq=256, batch=16),
@@ -67,7 +74,7 @@ def models(shape: dict, dropout: float):
         hf.save_pretrained(d)
         ours = clozelm.load(d, tokenizer=False)
     assert ours.config.dropout == dropout
-    return hf.train(), ours.train()
+    return hf.train(), ours
 
 
 def hf_optimizer(hf, cfg: TrainConfig):
@@ -77,11 +84,20 @@ def hf_optimizer(hf, cfg: TrainConfig):
                              lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
 
 
-def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout: float, compile: bool):
-    cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0).with_defaults("recipe")
-    hf, ours = models(shape, dropout)
+class _Clm:  # the trainer's view of the clm objective: every position labelled
+    sparse_labels = False
+
+
+def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout: float, compile: bool,
+              precision: str, fused: bool):
+    cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0,
+                      precision=precision, fused_loss=fused).with_defaults("recipe")
+    hf, loaded = models(shape, dropout)
+    ours = loaded.network.train()
+    masters = MasterWeights(ours) if precision == "bf16-master" else None
     hf_opt = hf_optimizer(hf, cfg)
-    our_opt = make_optimizer(ours, cfg, torch.device("cpu"))
+    our_opt = make_optimizer(ours, cfg, masters=masters)
+    our_params = masters.masters if masters is not None else list(ours.parameters())
     forward = torch.compile(ours) if compile else ours
     B, T = shape["batch"], shape["seq"]
     n_steps = max(loss_steps, timed_steps)
@@ -92,14 +108,21 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
         for g in our_opt.param_groups:
             g["lr"] = lr_at(cfg, i)
         x, y = w[:, :-1], w[:, 1:]
-        with autocast("bf16", torch.device("cpu")):
-            logits = forward(x).logits
-        s, count = loss_sum(logits, y)
-        loss = s / count
+        if fused:
+            s = fused_loss_sum(forward, ours, _Clm, x, y, precision)
+        else:
+            with autocast(precision, torch.device("cpu")):
+                logits = forward(x).logits
+            s, _ = loss_sum(logits, y)
+        loss = s / y.numel()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), cfg.grad_clip)
+        if masters is not None:
+            masters.grads_to_masters()
+        torch.nn.utils.clip_grad_norm_(our_params, cfg.grad_clip)
         our_opt.step()
         our_opt.zero_grad(set_to_none=True)
+        if masters is not None:
+            masters.masters_to_model()
         return loss.item()
 
     def step_hf(i, w):
@@ -129,15 +152,49 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
               f"transformers {losses['transformers'][-1]:.4f} ({times['transformers'][-1]:.2f}s)", flush=True)
     tokens = B * T
     skip = 1 if n_steps > 2 else 0  # the first step pays one-time costs (allocation, compilation)
-    rate = {side: tokens / statistics.median(t[skip:]) for side, t in times.items()}
+    step_time = {side: statistics.median(t[skip:]) for side, t in times.items()}
+    rate = {side: tokens / t for side, t in step_time.items()}
+    limit = matmul_limit(shape)
     print(f"{name}: clozelm {rate['clozelm']:,.0f} tok/s, transformers fp32 {rate['transformers']:,.0f} tok/s, "
-          f"ratio x{rate['clozelm'] / rate['transformers']:.2f} (batch {B} x {T}, dropout {dropout})")
+          f"ratio x{rate['clozelm'] / rate['transformers']:.2f} (batch {B} x {T}, dropout {dropout}, "
+          f"{precision}, fused loss {'on' if fused else 'off'})")
+    print(f"{name}: the step's matrix products alone take {limit:.2f}s in bf16 here: clozelm's step "
+          f"({step_time['clozelm']:.2f}s) is {limit / step_time['clozelm']:.0%} of that limit")
     if loss_steps:
         a, b = losses["clozelm"][loss_steps - 1], losses["transformers"][loss_steps - 1]
         rel = abs(a - b) / b
         print(f"{name}: loss after {loss_steps} steps: clozelm {a:.4f}, transformers {b:.4f}, "
               f"relative difference {rel:.2%} ({'OK' if rel < 0.01 else 'MORE THAN 1%'})")
     return rate
+
+
+def matmul_limit(shape: dict, reps: int = 3) -> float:
+    """Seconds this machine needs for one step's matrix products in bf16, each timed alone at its shape
+    (forward, gradient of the input, gradient of the weight), best of `reps`."""
+    B, T, D, V, L, H = shape["batch"], shape["seq"], shape["n_embd"], shape["vocab_size"], shape["n_layer"], shape["n_head"]
+    N = B * T
+    linears = [(D, 3 * D), (D, D), (D, 4 * D), (4 * D, D)]
+    products = []  # (a shape, b shape, how many per step)
+    for k, m in linears:
+        products += [((N, k), (k, m), L), ((N, m), (m, k), L), ((m, N), (N, k), L)]
+    products += [((N, D), (D, V), 1), ((N, V), (V, D), 1), ((V, N), (N, D), 1)]  # the output projection
+    total = 0.0
+    for a_shape, b_shape, count in products:
+        a, b = torch.randn(a_shape, dtype=torch.bfloat16), torch.randn(b_shape, dtype=torch.bfloat16)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(reps))
+        total += best * count
+    # Causal attention: scores and weighted values forward, four products backward, half of each skipped.
+    q = torch.randn(B * H, T, D // H, dtype=torch.bfloat16)
+    best = min(_timed(lambda: torch.bmm(q, q.transpose(1, 2))) for _ in range(reps))
+    total += best * 6 / 2 * L
+    return total
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def matmul_ceiling(n: int = 1024, reps: int = 6) -> float:
@@ -165,7 +222,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run: half batches, 8 loss-check steps, 124M timed on 3 steps")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    ap.add_argument("--dropout", type=float, default=0.1, help="on both sides (default 0.1, GPT2Config's)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="on both sides (default 0, clozelm train's default)")
+    ap.add_argument("--precision", default="bf16-master", choices=["bf16-master", "bf16", "fp32"])
+    ap.add_argument("--no-fused-loss", dest="fused", action="store_false")
     ap.add_argument("--compile", action="store_true", help="torch.compile clozelm's model")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch", type=int, help="sequences per step (default: 16 for default, 8 for 124M; half with --quick)")
@@ -183,9 +242,9 @@ def main() -> None:
             shape["batch"] = args.batch
         if name == "default":
             loss_steps = args.loss_steps or (8 if args.quick else 50)
-            run_shape(name, shape, loss_steps, loss_steps, args.dropout, args.compile)
+            run_shape(name, shape, loss_steps, loss_steps, args.dropout, args.compile, args.precision, args.fused)
         else:
-            run_shape(name, shape, 0, 3 if args.quick else 5, args.dropout, args.compile)
+            run_shape(name, shape, 0, 3 if args.quick else 5, args.dropout, args.compile, args.precision, args.fused)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_causal_ppl_matches_one_forward_pass(saved, tmp_path, capsys):
     ppl = printed["tasks"]["ppl"]
     assert ppl["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(TEXT.encode()), rel=1e-5)
     assert ppl["token_perplexity"] == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-5)
-    assert printed["tasks"]["pairs"]["n"] == 14
+    assert printed["tasks"]["pairs"]["n"] == 14 * 7  # 14 of each phenomenon
     assert json.loads((out / "results.json").read_text()) == printed
     report = (out / "report.md").read_text()
     assert report.startswith("# clozelm eval") and "bits per byte" in report
@@ -92,7 +92,7 @@ def test_every_task(saved, tmp_path, capsys):
                      str(lambada), "--probe", str(topics), "--folds", "2", "--json"]) == 0
         tasks = json.loads(capsys.readouterr().out)["tasks"]
         assert list(tasks) == ["ppl", "lastword", "cloze", "pairs", "probe"]
-        assert tasks["lastword"]["n"] == 2 and tasks["probe"]["n"] == 2 and tasks["pairs"]["n"] == 2
+        assert tasks["lastword"]["n"] == 2 and tasks["probe"]["n"] == 2 and tasks["pairs"]["n"] == 2 * 7
         assert ("left_only_accuracy" in tasks["lastword"]) == (objective == "clm")
 
 

@@ -11,7 +11,7 @@ import time
 from clozelm.cli import build_parser
 from clozelm.errors import ClozelmError
 from clozelm.training import train
-from clozelm.training.cli import config_from_args, flag_names
+from clozelm.cli.train import config_from_args, flag_names
 
 
 def pause_at(step: int):

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli_args import int_in, nonnegative_int, positive_int
+from ..cli.args import int_in, nonnegative_int, positive_int
 from ..errors import ClozelmError
 
 EPILOG = """examples:
@@ -110,8 +110,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="also write DIR/results.json and DIR/report.md")
     p.add_argument("--overwrite", action="store_true", help="replace results.json/report.md already in --out DIR")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="every random choice follows from it (default: 0)")
-    p.add_argument("--limit", type=positive_int, help="items per task (default: all of a given file; 200 passages "
-                                                      "and 100 sentences cut from FILES; 500 built-in probe texts)")
+    p.add_argument("--limit", type=positive_int, help="items per task, pairs per phenomenon (default: all of a "
+                                                      "given file; 200 passages and 100 sentences cut from FILES; "
+                                                      "500 built-in probe texts)")
     p.add_argument("--stride", type=positive_int, help="ppl: tokens a window moves on (default: half the context)")
     p.add_argument("--samples", type=int_in(2), default=16,
                    help="masked models: mask rates drawn per window for the bound (default: %(default)s)")

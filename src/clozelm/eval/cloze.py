@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ClozelmError
 from .forward import top_tokens
-from .text import WORD, draw, sentences
+from .text import WORD, draw, same, sentences
 
 MIN_WORDS, MAX_WORDS = 8, 40
 K_TOKENS = (1, 2, 3, 4, 5)
@@ -39,7 +39,8 @@ def cases(tok, sents: list[str], seed: int) -> dict[str, list[tuple[str, str]]]:
     rng = random.Random(seed)
     out: dict[str, list[tuple[str, str]]] = {"middle_word": [], **{str(k): [] for k in K_TOKENS}}
     for s in sents:
-        words = [w for w in WORD.finditer(s) if s[w.start() - 1:w.start()] not in _GLUE and s[w.end():w.end() + 1] not in _GLUE]
+        words = [w for w in WORD.finditer(s)
+                 if s[w.start() - 1:w.start()] not in _GLUE and s[w.end():w.end() + 1] not in _GLUE]
         if len(words) >= 5:
             m = words[rng.randrange(2, len(words) - 2)]
             out["middle_word"].append((s[:m.start()] + "___" + s[m.end():], m.group()))
@@ -57,11 +58,6 @@ def cases(tok, sents: list[str], seed: int) -> dict[str, list[tuple[str, str]]]:
             if hidden:
                 out[str(k)].append((s[:start] + "[MASK]" * k + s[end:], hidden))
     return out
-
-
-def same(tok, answer: str, hidden: str) -> bool:
-    # A tokenizer that does not keep the text (lower-casing WordPiece) gives back its own spelling of it.
-    return answer == hidden or (not tok.lossless and answer.lower() == hidden.lower())
 
 
 def _log1mexp(x: float) -> float:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from ..errors import ClozelmError
 from .forward import token_logprobs
-from .text import WORD, sentences
+from .text import WORD, same, sentences
 
 MIN_CONTEXT_WORDS, MAX_CONTEXT_WORDS = 30, 80
 
@@ -92,7 +92,7 @@ def by_fill(model, items, opts, fill, advance: Callable[[int], None] | None = No
     hits = []
     for context, word in items:
         answers = fill(context + " ___", model, top=1, **opts.fill_options)
-        hits.append(bool(answers) and answers[0].blanks[0] == word)
+        hits.append(bool(answers) and same(model.tokenizer, answers[0].blanks[0], word))
         if advance is not None:
             advance(1)
     return hits

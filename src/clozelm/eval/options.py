@@ -27,7 +27,7 @@ class EvalOptions:
     stride: int | None = None  # ppl: tokens a window moves on (None: half the model's context)
     samples: int = 16  # masked-diffusion bound: mask rates drawn per window (or per sentence, for pairs)
     pll_tokens: int = 256  # ppl of a masked model: token positions the word-l2r PLL is sampled at (0: all)
-    limit: int | None = None  # items per task (None: all of a given file, DEFAULT_LIMITS of FILES)
+    limit: int | None = None  # items per task, pairs per phenomenon (None: all of a file, DEFAULT_LIMITS of FILES)
     lambada: Path | None = None  # lastword: lm-eval-harness JSONL, one {"text": ...} per line
     pairs: Path | None = None  # pairs: JSONL of {"good": ..., "bad": ...} (None: the built-in set)
     probe: Path | None = None  # probe: a folder with one subfolder of texts per label (None: BBC News)

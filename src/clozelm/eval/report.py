@@ -40,7 +40,8 @@ def _rows(tasks: dict) -> list[tuple[str, str, str]]:
                     text += f"   left-only {_pct(v['left_only_exact'])} / {_pct(v['left_only_top5'])}"
                 add(f"{label}: exact / top-5", text + f"   (n={v['n']})")
         elif task == "pairs":
-            add(f"accuracy (mean of {len(r['phenomena'])})", f"{_pct(r['accuracy'])} of {r['n']:,} pairs, by {r['score']}")
+            add(f"accuracy (mean of {len(r['phenomena'])})",
+                f"{_pct(r['accuracy'])} of {r['n']:,} pairs, by {r['score']}")
             for name, v in r["phenomena"].items():
                 add(f"  {name}", f"{_pct(v['accuracy'])} (n={v['n']})")
         elif task == "probe":

@@ -72,8 +72,11 @@ def evaluate(model, files: Sequence[str | Path] = (), *, tasks: str | Sequence[s
             pair_source = str(opts.pairs)
         else:
             pair_items, pair_source = minimal_pairs.generate(), BUILTIN_PAIRS
-        if opts.limit is not None:
-            pair_items = draw(pair_items, opts.limit, opts.seed)
+        if opts.limit is not None:  # `limit` pairs of each phenomenon, so that every one is still measured
+            groups: dict[str, list[dict]] = {}
+            for item in pair_items:
+                groups.setdefault(item["phenomenon"], []).append(item)
+            pair_items = [item for group in groups.values() for item in draw(group, opts.limit, opts.seed)]
 
     if "probe" in chosen:
         probe_data = probe_items(opts)

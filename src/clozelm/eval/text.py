@@ -30,6 +30,12 @@ def sentences(text: str) -> list[str]:
     return out
 
 
+def same(tok, answer: str, hidden: str) -> bool:
+    """Whether a fill's answer spells the hidden text. A tokenizer that does not keep the text (a lower-casing
+    WordPiece) gives back its own spelling of it, so there case does not count."""
+    return answer == hidden or (not tok.lossless and answer.lower() == hidden.lower())
+
+
 def draw(items: list, limit: int | None, seed: int) -> list:
     """At most `limit` of `items`, drawn by `seed`, in their original order."""
     if limit is None or len(items) <= limit:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_args import nonnegative_int, read_text_arg
+from .args import nonnegative_int, read_text_arg
 from ..errors import ClozelmError
 from ..files import read_text_file
 
@@ -53,7 +53,7 @@ def cmd_heads(args) -> None:
         return _syntax(args)
     if args.report:
         return _report(args, cached_load(args.model))
-    from .extract import attention_map
+    from ..heads.extract import attention_map
     text = _text(args)
     maps = attention_map(cached_load(args.model), text, model_name=_display_name(args.model))
     for note in maps.notes:
@@ -64,7 +64,7 @@ def cmd_heads(args) -> None:
             (layer, head), path = spec
             wrote.append(_export(maps, layer, head, Path(path), fmt, args.word_level, args.hide_sinks))
     if args.out or not wrote:
-        from .views import write_page
+        from ..heads.views import write_page
         maps_list = [maps]
         if args.compare:
             other = attention_map(cached_load(args.compare), text, model_name=_display_name(args.compare))
@@ -81,7 +81,7 @@ def cmd_heads(args) -> None:
 
 
 def _export(maps, layer: int, head: int, path: Path, fmt: str, words: bool, hide_sinks: bool) -> str:
-    from .render import map_png, map_svg, write_file
+    from ..heads.render import map_png, map_svg, write_file
     matrix, labels = maps.head(layer, head, words=words, hide_sinks=hide_sinks)
     if fmt == "png":
         write_file(path, map_png(matrix))
@@ -93,7 +93,7 @@ def _export(maps, layer: int, head: int, path: Path, fmt: str, words: bool, hide
 
 
 def _report(args, model) -> None:
-    from .roles import ROLES, head_roles
+    from ..heads.roles import ROLES, head_roles
     text = _text(args) if (args.text or args.file) else None
     report = head_roles(model, text, model_name=_display_name(args.model))
     paths = report.write(args.report)
@@ -111,13 +111,13 @@ def _report(args, model) -> None:
 
 def _syntax(args) -> None:
     from ..api import cached_load
-    from .syntax import load_spacy, syntax_analysis
+    from ..heads.syntax import load_spacy, syntax_analysis
     nlp = load_spacy()  # before loading anything: a missing extra is the first thing to say
     text = read_text_file(args.syntax, "--syntax file")
     model = cached_load(args.model)
     report = syntax_analysis(model, text, nlp=nlp, min_arcs=args.min_arcs, model_name=_display_name(args.model))
     if args.out:
-        from .render import write_file
+        from ..heads.render import write_file
         out = Path(args.out)
         json_path = out.with_suffix(".json") if out.suffix != ".json" else out
         if out.suffix != ".json":

@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_args import float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
-from .errors import ClozelmError
-from .files import check_writable_dir, expand_inputs
+from .args import float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
+from ..errors import ClozelmError
+from ..files import check_writable_dir, expand_inputs
 
 # A fill keeps `top` hypotheses and a beam search 2 x `beams` (each with its cache) at every step: past these the
 # memory, not the answer, is what grows.
@@ -23,7 +23,7 @@ MAX_TOP = 1000
 MAX_BEAMS = 64
 
 # Modules that contribute subcommands: each has add_parser(subparsers) setting `func` on its parser.
-COMMAND_MODULES = ["clozelm.cli", "clozelm.training.cli", "clozelm.heads.cli", "clozelm.server.cli",
+COMMAND_MODULES = ["clozelm.cli", "clozelm.cli.train", "clozelm.cli.heads", "clozelm.cli.serve",
                    "clozelm.eval.cli"]
 
 EPILOG = """examples:
@@ -42,8 +42,8 @@ EPILOG = """examples:
 
 
 def cmd_fill(args) -> None:
-    from .api import cached_load
-    from .cloze import fill, method_for
+    from ..api import cached_load
+    from ..cloze import fill, method_for
     text = read_text_arg(args)
     model = cached_load(args.model)
     answers = fill(text, model, top=args.top)
@@ -60,8 +60,8 @@ def cmd_fill(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from .api import cached_load
-    from .generation import Sampling, stream_text
+    from ..api import cached_load
+    from ..generation import Sampling, stream_text
     prompt = read_text_arg(args)
     model = cached_load(args.model)
     if args.bf16:  # bf16 weights halve the bytes read per token: decoding is bound by exactly that
@@ -81,7 +81,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from .loading import embedded_models, local_models
+    from ..loading import embedded_models, local_models
     rows = [(name, "embedded") for name in embedded_models()] + [(str(p), "local") for p in local_models()]
     if args.json:
         print(json.dumps([{"name": n, "where": w} for n, w in rows]))
@@ -93,7 +93,7 @@ def cmd_models(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from . import load
+    from ..api import load
     model = load(args.model)
     cfg = model.config
     info = {"family": cfg.family, "parameters": model.num_parameters(), "config": cfg.to_dict(),
@@ -109,17 +109,17 @@ def cmd_info(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from . import load
+    from ..api import load
     model = load(args.model)
     model.save_pretrained(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} (config.json, model.safetensors{', tokenizer files' if model.tokenizer else ''})")
 
 
 def _tokenizer_for(args):
-    from .tokenizers import load_tokenizer
+    from ..tokenizers import load_tokenizer
     if args.tokenizer:
         return load_tokenizer(Path(args.tokenizer))
-    from .api import load
+    from ..api import load
     model = load(args.model)
     if model.tokenizer is None:
         raise ClozelmError(f"{args.model} has no tokenizer files; pass --tokenizer DIR")
@@ -139,7 +139,7 @@ def cmd_tokenize(args) -> None:
 
 
 def cmd_tokenizer_train(args) -> None:
-    from .tokenizers import train_bpe
+    from ..tokenizers import train_bpe
     out = output_dir(args.out, "--out")  # before training: a bad --out must not cost the training time
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ClozelmError(f"{out} is not empty; choose a new directory or pass --overwrite")

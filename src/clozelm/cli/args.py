@@ -16,8 +16,8 @@ import math
 import sys
 from collections.abc import Callable
 
-from .errors import ClozelmError
-from .files import read_text_file
+from ..errors import ClozelmError
+from ..files import read_text_file
 
 # Integers past this are refused: torch keeps sizes, seeds and counts in 64 bits.
 INT_LIMIT = 2**63 - 1

@@ -14,9 +14,9 @@ import sys
 
 from ..errors import ClozelmError
 from ..model.config import InvalidConfig, PRESETS
-from .config import DEVICES, PRECISIONS, InvalidTrainConfig, TrainConfig, flag
-from .distributed import OtherRankFailed
-from .objectives import OBJECTIVES
+from ..training.config import DEVICES, PRECISIONS, InvalidTrainConfig, TrainConfig, flag
+from ..training.distributed import OtherRankFailed
+from ..training.objectives import OBJECTIVES
 
 EPILOG = """examples:
   clozelm train data/corpus/train --valid data/corpus/valid --tokenizer bpe/ --out runs/small --steps 2000

@@ -1,4 +1,4 @@
-"""Option values and input text, checked in one place (clozelm.cli_args), and the command line's own failures
+"""Option values and input text, checked in one place (clozelm.cli.args), and the command line's own failures
 (issue 18): each is one line `clozelm: error: ...` and exit status 2, never a traceback."""
 
 import argparse
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from clozelm.cli import main
-from clozelm.cli_args import float_in, int_in, nonnegative_int, positive_int, read_text_arg
+from clozelm.cli.args import float_in, int_in, nonnegative_int, positive_int, read_text_arg
 from clozelm.errors import ClozelmError
 
 

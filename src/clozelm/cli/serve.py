@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli_args import float_in, int_in, port
+from .args import float_in, int_in, port
 from ..loaded import model_label
-from .limits import LIMIT_RANGES
+from ..server.limits import LIMIT_RANGES
 
 EPILOG = """examples:
   clozelm serve                                   default vs default-bert on http://127.0.0.1:8765/
@@ -20,8 +20,8 @@ The server answers only on this machine unless --host says otherwise. Ctrl-C sto
 
 def cmd_serve(args) -> None:
     from ..api import cached_load
-    from .app import make_server
-    from .limits import Limits
+    from ..server.app import make_server
+    from ..server.limits import Limits
     names = [args.model]
     if args.compare and args.compare.lower() != "none" and args.compare != args.model:
         names.append(args.compare)
