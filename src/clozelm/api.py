@@ -60,8 +60,6 @@ def generate(prompt: str, model: str | Path | Model = "default", **options) -> s
 def attention_map(text: str, model: str | Path | Model = "default", **options):
     """Attention of every layer and head on `text` as clozelm.heads.HeadMaps (views, word level, export)."""
     from .heads import attention_map as _attention_map
-    if isinstance(model, (str, Path)):
-        options.setdefault("model_name", str(model))
     return _attention_map(as_model(model), text, **options)
 
 

@@ -44,9 +44,11 @@ def model_label(name: str) -> str:
     """How pages and reports show a model named `name`: as named ("default", a hub id), a directory by its
     last part(s) rather than its full path."""
     path = Path(name).expanduser()
-    if not path.exists():
-        return name
-    path = path.resolve()  # hub snapshots and packaged weights often sit in a folder called just "model"
+    return _folder_label(path.resolve()) if path.exists() else name
+
+
+def _folder_label(path: Path) -> str:
+    # Hub snapshots and packaged weights often sit in a folder called just "model".
     return f"{path.parent.name}/{path.name}" if path.name in ("model", "weights") else path.name
 
 
@@ -93,9 +95,11 @@ class Model:
     @property
     def label(self) -> str:
         """How pages and reports show the model (see `model_label`); one built in memory by its shape."""
-        if not self.info.name and self.info.source is None:
-            return f"{self.config.family} {self.config.n_layer}x{self.config.n_head}"
-        return model_label(self.info.name or str(self.info.source))
+        if self.info.name:
+            return model_label(self.info.name)
+        if self.info.source is not None:
+            return _folder_label(Path(self.info.source))
+        return f"{self.config.family} {self.config.n_layer}x{self.config.n_head}"
 
     @property
     def fill_method(self) -> str:

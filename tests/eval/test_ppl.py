@@ -174,3 +174,17 @@ def test_word_l2r_hides_the_rest_of_the_word(tok):
     assert row == seq[:2] + [tok.mask_id] * 3 + seq[-2:]
     row, _ = pll_row(seq, 3, len(seq) - 1, same, tok.mask_id, 64)  # "s": hides "s at", " cat" stays
     assert row == seq[:3] + [tok.mask_id] * 2 + seq[-2:]
+
+
+def test_windows_scored_a_few_at_a_time_give_the_same_figures(tok, monkeypatch):
+    import clozelm.eval.ppl as ppl
+    network = NeighbourMLM(tok, SENTENCES)
+    network.config = ModelConfig(vocab_size=tok.vocab_size, n_positions=6, n_embd=8, n_layer=1, n_head=1,
+                                 causal=False, pre_ln=False, head="mlm")
+    model = HandModel(network, tok, "mlm")
+    text = " ".join(SENTENCES[8:14])
+    whole = run(model, text, samples=4, pll_tokens=7, stride=2)
+    monkeypatch.setattr(ppl, "WINDOWS_AT_ONCE", 1)
+    monkeypatch.setattr(ppl, "POSITIONS_AT_ONCE", 2)
+    assert run(model, text, samples=4, pll_tokens=7, stride=2) == whole
+    assert whole["word_l2r_pll"]["positions"] == 7 and whole["word_l2r_pll"]["bits_per_byte_se"] > 0

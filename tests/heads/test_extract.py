@@ -113,12 +113,3 @@ def test_tasks_take_a_loaded_model_not_a_name(bpe):
         with pytest.raises(ClozelmError, match="loaded model") as error:
             attention_map(given, "hello there")
         assert "\n" not in str(error.value)
-
-
-def test_model_label_names_the_source_directory(bpe, tmp_path):
-    from clozelm.heads.extract import model_label
-    from clozelm.loaded import ModelInfo
-    network = random_model(bpe).network
-    assert model_label(Model(network, bpe)) == "gpt2 2x4"
-    assert model_label(Model(network, bpe, ModelInfo(source=tmp_path / "mine"))) == "mine"
-    assert model_label(Model(network, bpe, ModelInfo(source=tmp_path / "org" / "model"))) == "org/model"

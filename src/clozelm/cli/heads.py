@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .args import nonnegative_int, read_text_arg
 from ..errors import ClozelmError
+from ..loaded import model_label
 from ..files import read_text_file
 
 EPILOG = """examples:
@@ -34,15 +35,6 @@ def _note(message: str) -> None:
     print(f"clozelm: note: {message}", file=sys.stderr)
 
 
-def _display_name(name: str) -> str:
-    """A model argument as the page and reports show it: a directory by its last part(s), not its full path."""
-    path = Path(name).expanduser()
-    if not path.exists():
-        return name
-    path = path.resolve()
-    return f"{path.parent.name}/{path.name}" if path.name in ("model", "weights") else path.name
-
-
 def _text(args) -> str:
     return read_text_arg(args)
 
@@ -55,7 +47,7 @@ def cmd_heads(args) -> None:
         return _report(args, cached_load(args.model))
     from ..heads.extract import attention_map
     text = _text(args)
-    maps = attention_map(cached_load(args.model), text, model_name=_display_name(args.model))
+    maps = attention_map(cached_load(args.model), text, model_name=model_label(args.model))
     for note in maps.notes:
         _note(note)
     wrote = []
@@ -67,7 +59,7 @@ def cmd_heads(args) -> None:
         from ..heads.views import write_page
         maps_list = [maps]
         if args.compare:
-            other = attention_map(cached_load(args.compare), text, model_name=_display_name(args.compare))
+            other = attention_map(cached_load(args.compare), text, model_name=model_label(args.compare))
             for note in other.notes:
                 _note(f"{args.compare}: {note}")
             maps_list.append(other)
@@ -95,7 +87,7 @@ def _export(maps, layer: int, head: int, path: Path, fmt: str, words: bool, hide
 def _report(args, model) -> None:
     from ..heads.roles import ROLES, head_roles
     text = _text(args) if (args.text or args.file) else None
-    report = head_roles(model, text, model_name=_display_name(args.model))
+    report = head_roles(model, text, model_name=model_label(args.model))
     paths = report.write(args.report)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
@@ -115,7 +107,7 @@ def _syntax(args) -> None:
     nlp = load_spacy()  # before loading anything: a missing extra is the first thing to say
     text = read_text_file(args.syntax, "--syntax file")
     model = cached_load(args.model)
-    report = syntax_analysis(model, text, nlp=nlp, min_arcs=args.min_arcs, model_name=_display_name(args.model))
+    report = syntax_analysis(model, text, nlp=nlp, min_arcs=args.min_arcs, model_name=model_label(args.model))
     if args.out:
         from ..heads.render import write_file
         out = Path(args.out)

@@ -26,7 +26,11 @@ MIN_WORDS, MAX_WORDS = 8, 40
 K_TOKENS = (1, 2, 3, 4, 5)
 BEAM = 5
 MAX_WORD_TOKENS = 4
-_GLUE = ("'", "’", "-")  # a word glued to these is part of a longer one ("don't", "well-known")
+
+
+def _glued(neighbour: str) -> bool:
+    """A letter-run next to this is part of a longer word ("don't", "well-known", "café")."""
+    return bool(neighbour) and (neighbour.isalnum() or neighbour in "'’-")
 
 
 def sentence_pool(docs) -> list[str]:
@@ -40,7 +44,7 @@ def cases(tok, sents: list[str], seed: int) -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {"middle_word": [], **{str(k): [] for k in K_TOKENS}}
     for s in sents:
         words = [w for w in WORD.finditer(s)
-                 if s[w.start() - 1:w.start()] not in _GLUE and s[w.end():w.end() + 1] not in _GLUE]
+                 if not _glued(s[w.start() - 1:w.start()]) and not _glued(s[w.end():w.end() + 1])]
         if len(words) >= 5:
             m = words[rng.randrange(2, len(words) - 2)]
             out["middle_word"].append((s[:m.start()] + "___" + s[m.end():], m.group()))

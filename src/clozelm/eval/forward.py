@@ -3,7 +3,8 @@ chosen tokens at chosen positions (or the mean hidden state over chosen position
 
 Rows are sorted by length and packed so that a batch holds at most a fixed number of tokens and of logits;
 rows of unequal length are padded on the right under an attention mask, which changes nothing for the real
-tokens. Log-probabilities are summed in float64.
+tokens. Log-probabilities come from `clozelm.scoring.log_probs` (float32, as every search in clozelm reads
+them) and are summed in float64.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+
+from .. import scoring
 
 # At most this many logits (batch x length x vocabulary) in memory at once: 256 MB in float32.
 MAX_LOGITS = 1 << 26
@@ -69,7 +72,7 @@ def token_logprobs(model, rows: Sequence[Sequence[int]], targets: Sequence[Seque
         if exclude:
             picked[:, list(exclude)] = float("-inf")
         chosen = torch.tensor(tokens, dtype=torch.long, device=picked.device)
-        lp = picked.log_softmax(-1).gather(-1, chosen[:, None])[:, 0].double().cpu()
+        lp = scoring.log_probs(picked).gather(-1, chosen[:, None])[:, 0].double().cpu()
         if greedy:
             is_max = (picked.argmax(-1) == chosen).cpu()
             for i, part, hits in zip(batch, lp.split(owners), is_max.split(owners)):
@@ -93,7 +96,7 @@ def top_tokens(model, rows: Sequence[Sequence[int]], positions: Sequence[int], *
         with torch.inference_mode():
             logits = model(ids, attention_mask=valid).logits
         for r, i in enumerate(batch):
-            results[i] = logits[r, positions[i]].float().log_softmax(-1).cpu()
+            results[i] = scoring.log_probs(logits[r, positions[i]]).cpu()
     return results  # type: ignore[return-value]
 
 

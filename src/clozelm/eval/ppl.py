@@ -30,6 +30,8 @@ from .forward import same_word, token_logprobs
 from .progress import Progress
 
 LN2 = math.log(2)
+WINDOWS_AT_ONCE = 64  # masked bound: windows drawn and scored together
+POSITIONS_AT_ONCE = 1024  # word-l2r PLL: positions scored together
 
 
 def plan_windows(n: int, width: int, stride: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
@@ -141,28 +143,37 @@ def masked_ppl(model, docs, opts, progress: Progress) -> dict:
     documents = _documents(model, docs)
     width, stride = _stride(model, opts, len(end_tokens))
     generator = torch.Generator().manual_seed(opts.seed)
-    rows, targets, weights, seqs, n_bytes, n_tokens = [], [], [], [], 0, 0
-    windows = 0
-    for _, text, ids in documents:
+    seqs, plans = [], []
+    for _, _, ids in documents:
         seq = [*start, *ids, *end_tokens]
         seqs.append((seq, len(start), len(start) + len(ids)))
-        n_bytes += len(text.encode("utf-8"))
-        n_tokens += len(ids)
-        for begin, end, first, last in plan_windows(len(seq), width, stride, len(start), len(start) + len(ids)):
-            r, t, w = bound_rows(seq, begin, end, first, last, tok.mask_id, opts.samples, generator)
-            rows += r
-            targets += t
-            weights += w
-            windows += 1
-    pll_rows, pll_targets, n_positions = _pll_rows(model, seqs, opts, generator, width)
-    advance = progress("ppl", len(rows) + len(pll_rows))
-    lps = token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens, exclude=[tok.mask_id], advance=advance)
-    nll, variance = 0.0, 0.0
-    for w in range(windows):
-        part = slice(w * opts.samples, (w + 1) * opts.samples)
-        mean, var = _bound_from(lps[part], weights[part], opts.samples)
-        nll += mean
-        variance += var
+        plans.append(plan_windows(len(seq), width, stride, len(start), len(start) + len(ids)))
+    n_bytes = sum(len(text.encode("utf-8")) for _, text, _ in documents)
+    n_tokens = sum(len(ids) for _, _, ids in documents)
+    n_pll = min(opts.pll_tokens, n_tokens) if opts.pll_tokens else n_tokens
+    advance = progress("ppl", sum(map(len, plans)) * opts.samples + n_pll)
+
+    # Windows are drawn and scored a few at a time, in order: memory stays flat, the random draws do not change.
+    nll, variance, pending = 0.0, 0.0, []
+
+    def score_pending() -> None:
+        nonlocal nll, variance
+        rows = [row for r, _, _ in pending for row in r]
+        targets = [target for _, t, _ in pending for target in t]
+        lps = token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens, exclude=[tok.mask_id],
+                             advance=advance)
+        for k, (_, _, weights) in enumerate(pending):
+            mean, var = _bound_from(lps[k * opts.samples:(k + 1) * opts.samples], weights, opts.samples)
+            nll += mean
+            variance += var
+        pending.clear()
+
+    for (seq, _, _), windows in zip(seqs, plans):
+        for begin, end, first, last in windows:
+            pending.append(bound_rows(seq, begin, end, first, last, tok.mask_id, opts.samples, generator))
+            if len(pending) == WINDOWS_AT_ONCE:
+                score_pending()
+    score_pending()
     result = {
         "bits_per_byte": nll / LN2 / n_bytes,
         "bits_per_byte_se": math.sqrt(variance) / LN2 / n_bytes,
@@ -177,40 +188,43 @@ def masked_ppl(model, docs, opts, progress: Progress) -> dict:
         "method": "masked: masked-diffusion bound (an upper bound on bits per byte; Monte Carlo over mask rates "
                   "t ~ U(0,1), loss weighted 1/t)",
     }
-    plls = token_logprobs(model, pll_rows, pll_targets, batch_tokens=opts.batch_tokens, exclude=[tok.mask_id],
-                          advance=advance)
-    per_token = torch.tensor([-float(lp.sum()) for lp in plls], dtype=torch.float64)
+    per_token = _pll(model, seqs, opts, generator, width, n_pll, advance)
     mean = float(per_token.mean())
-    # Sampled without replacement from n_tokens positions: the finite-population correction makes the error
+    # Positions drawn without replacement from n_tokens: the finite-population correction makes the error
     # zero when every position is scored.
     fpc = 1.0 - len(per_token) / n_tokens
-    se = math.sqrt(max(float(per_token.var(unbiased=True)) if len(per_token) > 1 else 0.0, 0.0) / len(per_token)
-                   * fpc) if fpc > 0 else 0.0
+    var = float(per_token.var(unbiased=True)) if len(per_token) > 1 else 0.0
+    se = math.sqrt(var / len(per_token) * fpc) if fpc > 0 else 0.0
     result["word_l2r_pll"] = {
         "bits_per_byte": mean * n_tokens / LN2 / n_bytes,
         "bits_per_byte_se": se * n_tokens / LN2 / n_bytes,
         "token_perplexity": math.exp(mean),
-        "positions": n_positions,
+        "positions": len(per_token),
         "note": "pseudo-log-likelihood (word-l2r): NOT a likelihood; not comparable with bits_per_byte",
     }
     return result
 
 
-def _pll_rows(model, seqs, opts, generator, width):
-    """Rows for the word-l2r PLL at `pll_tokens` positions drawn uniformly from every document (0: all)."""
+def _pll(model, seqs, opts, generator, width: int, n_pll: int, advance) -> torch.Tensor:
+    """-log p of each of `n_pll` positions drawn uniformly from every document (all when n_pll is every one),
+    hidden with the rest of its word (word-l2r)."""
     tok = model.tokenizer
     index = [(d, p) for d, (_, lo, hi) in enumerate(seqs) for p in range(lo, hi)]
-    if opts.pll_tokens and opts.pll_tokens < len(index):
-        chosen = torch.randperm(len(index), generator=generator)[:opts.pll_tokens].sort().values.tolist()
+    if n_pll < len(index):
+        chosen = torch.randperm(len(index), generator=generator)[:n_pll].sort().values.tolist()
         index = [index[i] for i in chosen]
     same = [same_word(tok, model.config.vocab_size, seq) for seq, _, _ in seqs]
-    rows, targets = [], []
-    for d, p in index:
-        seq, lo, hi = seqs[d]
-        row, target = pll_row(seq, p, hi, same[d], tok.mask_id, width)
-        rows.append(row)
-        targets.append([target])
-    return rows, targets, len(index)
+    out = []
+    for at in range(0, len(index), POSITIONS_AT_ONCE):
+        rows, targets = [], []
+        for d, p in index[at:at + POSITIONS_AT_ONCE]:
+            seq, _, hi = seqs[d]
+            row, target = pll_row(seq, p, hi, same[d], tok.mask_id, width)
+            rows.append(row)
+            targets.append([target])
+        out += [-float(lp.sum()) for lp in token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens,
+                                                          exclude=[tok.mask_id], advance=advance)]
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def pll_row(seq: list[int], p: int, hi: int, same: list[bool], mask_id: int, width: int):

@@ -279,15 +279,5 @@ def attention_map(model: Model, text: str, *, add_special_tokens: bool = True, m
         attentions=[np.ascontiguousarray(a, dtype=np.float32) for a in layers],
         tokens=enc.tokens, token_ids=enc.ids, spans=enc.spans, word_of_token=word_of_token, words=words,
         special=enc.special, causal=bool(model.config.causal), text=enc.text,
-        model_name=model_name or model_label(model), notes=enc.notes,
+        model_name=model_name or model.label, notes=enc.notes,
     )
-
-
-def model_label(model: Model) -> str:
-    """How views and reports name a model: the directory it came from, or its shape."""
-    source = model.info.source
-    if source is not None:
-        # Hub snapshots and packaged weights often live in a folder called just "model".
-        return f"{source.parent.name}/{source.name}" if source.name in ("model", "weights") else source.name
-    cfg = model.config
-    return f"{cfg.family} {cfg.n_layer}x{cfg.n_head}"

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ClozelmError
 from ..loaded import Model
-from .extract import check_model, frame_tokens, model_label, run_attention
+from .extract import check_model, frame_tokens, run_attention
 
 ROLES = ("previous", "next", "first", "delimiter", "broad", "duplicate", "induction")
 THRESHOLDS = {"previous": 0.5, "next": 0.5, "first": 0.5, "delimiter": 0.5, "broad": 0.8, "duplicate": 0.3,
@@ -285,7 +285,7 @@ def head_roles(model: Model, text: str | None = None, *, seed: int = 0, model_na
         scores["duplicate"][layer] = duplicate.mean(axis=(0, 2))
         scores["induction"][layer] = induction.mean(axis=(0, 2))
 
-    return RoleReport(model_name=model_name or model_label(model), causal=causal, scores=scores,
+    return RoleReport(model_name=model_name or model.label, causal=causal, scores=scores,
                       labels=best_labels(scores), text_tokens=sum(len(w) for w in windows), text_windows=len(windows),
                       random_sequences=RANDOM_SEQUENCES, random_length=length)
 

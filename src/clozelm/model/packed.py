@@ -1,9 +1,8 @@
 """CPU inference fast path: matrix products with weights prepacked once in oneDNN's blocked layout.
 
-Decoding one token at a time is bound by how fast the weights stream from memory. On the CPUs we measured,
-`F.linear` with a row-major [out, in] weight reads them at ~12 GB/s for a single input row, while the same
-product with the weight reordered into oneDNN's blocked layout reads at ~18-21 GB/s: GPT-2 124M greedy
-decoding in fp32 goes from ~1.2x to ~2x the tokens/s of transformers (benchmarks/generate_speed.py).
+Decoding one token at a time is bound by how fast the weights stream from memory. `F.linear` with a
+row-major [out, in] weight reads them markedly slower for a single input row than the same product with the
+weight reordered once into oneDNN's blocked layout (benchmarks/generate_speed.py measures what it gives).
 
 The packed copy is made lazily, used only when no gradient is wanted and autocast is off (it has no backward
 and must not change autocast's dtype choice), and remade whenever the weight changes (its version counter or

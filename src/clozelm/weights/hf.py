@@ -258,10 +258,10 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
     context is capped at the window instead of implementing a second attention pattern."""
     model_type = d.get("model_type")
     try:
-        n_embd, n_head = int(d["hidden_size"]), int(d["num_attention_heads"])
+        n_embd, n_head = d["hidden_size"], d["num_attention_heads"]
         unsupported = {k: d[k] for k in ("attention_bias", "mlp_bias") if d.get(k)}
         head_dim = d.get("head_dim")
-        if head_dim is not None and n_head and head_dim != n_embd // n_head:
+        if head_dim is not None and n_head and head_dim * n_head != n_embd:
             unsupported["head_dim"] = head_dim
         if int(d.get("pretraining_tp", 1) or 1) != 1:
             unsupported["pretraining_tp"] = d["pretraining_tp"]
@@ -274,17 +274,17 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
             scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
             if scaling.get("rope_type", scaling.get("type")) in (None, "default"):
                 scaling = None
-        n_positions = int(d.get("max_position_embeddings", 2048))
+        n_positions = d.get("max_position_embeddings", 2048)
         window = d.get("sliding_window")
         if window and (model_type == "mistral" or d.get("use_sliding_window")):
-            n_positions = min(n_positions, int(window))
+            n_positions = min(n_positions, window)
         return ModelConfig(
-            vocab_size=int(d["vocab_size"]), n_positions=n_positions, n_embd=n_embd,
-            n_layer=int(d["num_hidden_layers"]), n_head=n_head,
-            n_kv_head=int(d.get("num_key_value_heads") or n_head), n_inner=int(d["intermediate_size"]),
+            vocab_size=d["vocab_size"], n_positions=n_positions, n_embd=n_embd,
+            n_layer=d["num_hidden_layers"], n_head=n_head,
+            n_kv_head=d.get("num_key_value_heads") or n_head, n_inner=d["intermediate_size"],
             causal=True, pre_ln=True, norm="rmsnorm", positions="rope", mlp="gated",
             activation=_activation_from_hf(d.get("hidden_act", "silu")),
-            layer_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta), rope_scaling=scaling,
+            layer_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=_number(theta), rope_scaling=scaling,
             bias=False, qkv_bias=model_type == "qwen2",
             head="tied" if d.get("tie_word_embeddings", False) else "untied",  # transformers' default: untied
             bos_token_id=_single_id(d.get("bos_token_id")), eos_token_id=_single_id(d.get("eos_token_id")),
@@ -293,6 +293,11 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
     except (KeyError, TypeError, ValueError) as e:
         what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
         raise ClozelmError(f"invalid {model_type} config.json: {what}") from None
+
+
+def _number(value):
+    # JSON writes a whole-number theta as an int; the config's check still refuses text, booleans and NaN.
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _single_id(value):
