@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import ClozelmError
-from . import minimal_pairs
 from .cloze import cloze, cloze_sentences
 from .lastword import items_from_documents, items_from_jsonl, lastword
 from .options import DEFAULT_TASKS, EvalOptions, parse_tasks
@@ -71,7 +70,8 @@ def evaluate(model, files: Sequence[str | Path] = (), *, tasks: str | Sequence[s
             pair_items = read_pairs(opts.pairs, read_jsonl(opts.pairs, "pairs file"))
             pair_source = str(opts.pairs)
         else:
-            pair_items, pair_source = minimal_pairs.generate(), BUILTIN_PAIRS
+            from .minimal_pairs import generate  # here: `python -m clozelm.eval.minimal_pairs` runs it as a script
+            pair_items, pair_source = generate(), BUILTIN_PAIRS
         if opts.limit is not None:  # `limit` pairs of each phenomenon, so that every one is still measured
             groups: dict[str, list[dict]] = {}
             for item in pair_items:
