@@ -71,3 +71,8 @@ def test_bidirectional_joint(tok):
 def test_deterministic(tok):
     model = BigramLM(tok, SENTENCES)
     assert fill("the ___ sat down", model=model, top=3) == fill("the ___ sat down", model=model, top=3)
+
+
+def test_a_blank_no_token_can_fill_gives_no_answers_not_a_crash(tok):
+    # "a[MASK]" asks for a token glued to "a" without a space: the word-level vocabulary has none.
+    assert fill("the cat sat down a[MASK][MASK] away", model=BigramLM(tok, SENTENCES), top=3) == []

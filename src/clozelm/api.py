@@ -71,4 +71,12 @@ def train(config):
     return _train(config, init=init)
 
 
-__all__ = ["load", "cached_load", "as_model", "fill", "generate", "attention_map", "train", "embedded_models"]
+def evaluate(model: str | Path | Model, files=(), *, tasks=None, **options) -> dict:
+    """`clozelm eval` from Python: the model's figures on `files` for `tasks` (ppl, lastword, cloze, pairs,
+    probe; default: every task whose input is at hand). Options: see `clozelm.eval.EvalOptions`."""
+    from .eval import evaluate as _evaluate
+    return _evaluate(as_model(model), files, tasks=tasks, **options)
+
+
+__all__ = ["load", "cached_load", "as_model", "fill", "generate", "attention_map", "train", "evaluate",
+           "embedded_models"]

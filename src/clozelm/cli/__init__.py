@@ -49,6 +49,8 @@ def cmd_fill(args) -> None:
     answers = fill(text, model, top=args.top)
     for note in dict.fromkeys(note for a in answers for note in a.notes):  # each once, in order
         print(f"clozelm: note: {note}", file=sys.stderr)
+    if not answers:
+        print("clozelm: note: no reconstruction fits the blanks with this model's tokens", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": args.model, "method": method_for(model), "answers": [a.to_dict() for a in answers]},
                          ensure_ascii=False, indent=2))

@@ -88,6 +88,8 @@ class CausalFiller:
                     scored.append((fim_score + gain, causal_score + causal_gain, left + cand + follow, fills + [cand]))
             scored.sort(key=lambda s: -(s[0] + s[1]))
             states = scored[:self.n_states]
+            if not states:
+                return []
         if not both:
             return [(fim_score, fills) for fim_score, _, _, fills in states]
         # Two estimates of one joint probability, up to terms the fills do not change: report their mean.
@@ -108,6 +110,8 @@ class CausalFiller:
                     scored.append((score + gain, ids + cand + follow, fills + [cand]))
             scored.sort(key=lambda s: -s[0])
             states = scored[:self.n_states]
+            if not states:  # no token the tokenizer has can stand in this blank (e.g. "a[MASK]" glued to a word)
+                return []
         exact = self._sequence_logprobs([ids for _, ids, _ in states])
         return sorted(((e, fills) for e, (_, _, fills) in zip(exact, states)), key=lambda s: -s[0])
 
