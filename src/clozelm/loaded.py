@@ -20,7 +20,7 @@ from .errors import ClozelmError
 from .model import KVCache, ModelConfig, Output, Transformer
 from .tokenizers import Tokenizer
 
-OBJECTIVES = ("clm", "mlm", "fim")
+OBJECTIVES = ("clm", "mlm", "fim", "hybrid", "mdlm")
 _FORWARD_CHECK: ContextVar[Callable[[], None] | None] = ContextVar("clozelm_forward_check", default=None)
 
 
@@ -56,7 +56,9 @@ def _folder_label(path: Path) -> str:
 class ModelInfo:
     name: str = ""  # as the user named it: "default", a path, a hub id
     source: Path | None = None  # the directory or file it was read from; None when built in memory
-    objective: str = "clm"  # what it was trained for: clm (next token), mlm (masked tokens), fim (clm + middles)
+    # what it was trained for: clm (next token), mlm (masked tokens), fim (clm + middles), hybrid (GPT-BERT:
+    # causal and shifted masked rows, causal by config), mdlm (masked diffusion, bidirectional)
+    objective: str = "clm"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -103,8 +105,10 @@ class Model:
 
     @property
     def fill_method(self) -> str:
-        """How blanks are filled: "masked" (a bidirectional masked LM), "fim" (a causal model trained with
-        fill-in-the-middle whose tokenizer has the FIM sentinels) or "causal" (left-to-right search)."""
+        """How blanks are filled: "masked" (a bidirectional masked LM or masked diffusion model: iterative
+        unmasking), "fim" (a causal model trained with fill-in-the-middle whose tokenizer has the FIM
+        sentinels) or "causal" (left-to-right search; also a hybrid, whose every output predicts the next
+        token)."""
         if not self.config.causal:
             return "masked"
         if self.info.objective == "fim" and self.tokenizer is not None and self.tokenizer.fim_ids is not None:

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import ClozelmError
 from ..model.config import InvalidConfig, PRESETS
-from ..training.config import DEVICES, PRECISIONS, InvalidTrainConfig, TrainConfig, flag
+from ..training.config import DEVICES, LAYOUTS, PRECISIONS, InvalidTrainConfig, TrainConfig, flag
 from ..training.distributed import OtherRankFailed
 from ..training.objectives import OBJECTIVES
 
@@ -33,7 +33,7 @@ compile). One process trains in a run directory at a time. From Python: clozelm.
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a model (clm, mlm or fim)", epilog=EPILOG,
+    p = sub.add_parser("train", help="train or fine-tune a model (clm, mlm, fim, hybrid or mdlm)", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Tokenize UTF-8 text once (documents separated by blank lines), then train.")
     p.add_argument("files", nargs="*", metavar="FILES_OR_DIRS", help="UTF-8 text files or folders of them")
@@ -45,8 +45,12 @@ def add_parser(sub) -> None:
     g.add_argument("--init", metavar="PATH_OR_NAME", help="start from this model (fine-tuning) instead of random weights")
     g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (required unless --init has one)")
     g.add_argument("--objective", choices=OBJECTIVES, help="clm (default for causal models), mlm (BERT; default for "
-                   "bidirectional models) or fim (fill-in-the-middle, causal)")
+                   "bidirectional models), fim (fill-in-the-middle, causal), hybrid (GPT-BERT: causal and masked "
+                   "rows in one causal model) or mdlm (masked diffusion, bidirectional)")
     g.add_argument("--preset", choices=sorted(PRESETS), help="model shape preset (from scratch)")
+    g.add_argument("--layout", choices=LAYOUTS, help="from scratch: gpt2 (pre-LN, output tied to the embeddings; "
+                   "bidirectional for mlm/mdlm) or bert (post-LN, BERT's MLM head; mlm/mdlm only); default: bert "
+                   "for mlm and mdlm, gpt2 for the rest")
     g.add_argument("--n-layer", type=int, metavar="N")
     g.add_argument("--n-embd", type=int, metavar="N")
     g.add_argument("--n-head", type=int, metavar="N")
@@ -62,7 +66,10 @@ def add_parser(sub) -> None:
     g.add_argument("--fim-rate", type=float, metavar="X", help="fim: share of documents reordered (default 0.5)")
     g.add_argument("--spm-rate", type=float, metavar="X", help="fim: share of reordered documents in SPM order (default 0.5)")
     g.add_argument("--mask-rate", type=float, metavar="X",
-                   help="mlm: share of tokens to predict (default 0.15, BERT's; 0.4 gives 2.7x the predictions per step)")
+                   help="mlm, hybrid: share of tokens to predict (default 0.15, BERT's; 0.4 gives 2.7x the predictions per step)")
+    g.add_argument("--hybrid-causal-share", type=float, metavar="X",
+                   help="hybrid: share of sequences trained left-to-right, the rest masked (default 0.0625: "
+                        "GPT-BERT's 1 causal : 15 masked)")
     g.add_argument("--locality-warmup", type=int, metavar="N",
                    help="fade a distance penalty on attention scores out over the first N steps (default 0 = off); gets "
                         "a from-scratch masked LM off its bag-of-words plateau. The saved model is a plain one")
@@ -99,8 +106,8 @@ def add_parser(sub) -> None:
 
 # Every TrainConfig field the command line sets, and the flag that sets it (the rest keep their defaults).
 FIELDS = ["files", "out", "resume", "overwrite", "init", "tokenizer", "objective", "preset", "n_layer", "n_embd",
-          "n_head", "n_positions", "n_inner", "dropout", "valid", "valid_every", "skip_bad_files", "seq_len",
-          "fim_rate", "spm_rate", "mask_rate", "locality_warmup", "steps", "batch_size", "grad_accum", "lr",
+          "n_head", "n_positions", "n_inner", "layout", "dropout", "valid", "valid_every", "skip_bad_files", "seq_len",
+          "fim_rate", "spm_rate", "mask_rate", "hybrid_causal_share", "locality_warmup", "steps", "batch_size", "grad_accum", "lr",
           "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "precision", "fused_loss", "compile", "seed", "device", "threads",
           "eval_every", "eval_examples", "checkpoint_every", "log_every", "stop_after"]
 FLAGS = {name: flag(name) for name in FIELDS} | {"files": "FILES_OR_DIRS", "progress": "--no-progress"}

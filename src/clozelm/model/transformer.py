@@ -317,7 +317,7 @@ class Transformer(nn.Module):
     def forward(self, input_ids, attention_mask=None, attentions: bool = False, *, token_type_ids=None,
                 position_ids=None, cache: KVCache | None = None, last_logits_only: bool = False,
                 logits_at: torch.Tensor | None = None, attention_bias: torch.Tensor | None = None,
-                head: bool = True) -> Output:
+                head: bool = True, causal: bool | None = None) -> Output:
         """input_ids [B, T] (or [T]); attention_mask [B, T] (or [B, cached + T] with a cache), 1 = real, 0 = pad.
         head=False: no logits (Output.logits is None), for a loss that applies the head itself.
 
@@ -325,7 +325,10 @@ class Transformer(nn.Module):
         scores before the softmax (the trainer's locality warm-up uses it; a plain forward leaves it None).
 
         logits_at: bool [B, T]; when given, logits are computed only there and come back as [N, V] in row-major
-        order (masked-LM training labels ~15% of positions, so the vocabulary projection of the rest is waste)."""
+        order (masked-LM training labels ~15% of positions, so the vocabulary projection of the rest is waste).
+
+        causal: overrides the config's attention direction for this pass (None: the config's). A hybrid
+        (GPT-BERT) model is causal by config and reads its masked training batches with causal=False."""
         input_ids = torch.as_tensor(input_ids, device=self.device)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -333,7 +336,8 @@ class Transformer(nn.Module):
         past = cache.length if cache is not None else 0
         if past + T > self.config.n_positions:
             raise ValueError(f"sequence of {past + T} tokens exceeds the model's {self.config.n_positions} positions")
-        if cache is not None and not self.config.causal:
+        causal = self.config.causal if causal is None else bool(causal)
+        if cache is not None and not causal:
             raise ValueError("a KV cache only makes sense for a causal model")
 
         new_valid = None  # [B, T] bool for the new tokens
@@ -352,7 +356,7 @@ class Transformer(nn.Module):
             else:
                 cache.key_valid[:, past:past + T] = True
                 cache.seen += T
-        mask, is_causal = self._attention_mask(B, T, past, new_valid, cache, attention_bias)
+        mask, is_causal = self._attention_mask(B, T, past, new_valid, cache, attention_bias, causal)
 
         rope = None
         if self.wpe is not None:
@@ -413,9 +417,9 @@ class Transformer(nn.Module):
         start = cache.seen[:, None] if cache is not None else 0
         return (start + valid.cumsum(1) - 1).clamp(min=0)
 
-    def _attention_mask(self, B, T, past, new_valid, cache, bias=None):
+    def _attention_mask(self, B, T, past, new_valid, cache, bias=None, causal=None):
         """Returns (additive float mask [B, 1 or n_head, T, S] or None, is_causal flag for the fast path)."""
-        causal = self.config.causal
+        causal = self.config.causal if causal is None else causal
         dtype = self.wte.weight.dtype
         padded = (new_valid is not None and not bool(new_valid.all())) or (cache is not None and cache.has_padding)
         if not padded:

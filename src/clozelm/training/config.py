@@ -28,11 +28,14 @@ from dataclasses import dataclass, field, fields, replace
 
 from ..errors import ClozelmError
 from ..model.config import PRESETS
-from .objectives import OBJECTIVES
+from .objectives import HYBRID_CAUSAL_SHARE, OBJECTIVES
 
 PRECISIONS = ("bf16-master", "bf16", "fp32")  # see training/precision.py
 # Fields added after runs were recorded without them: a recorded run that lacks one computed it this way.
-LEGACY_VALUES = {"fused_loss": False}
+LEGACY_VALUES = {"fused_loss": False, "hybrid_causal_share": HYBRID_CAUSAL_SHARE}
+# A from-scratch network's layout (see runner._model_config): GPT-2's pre-LN blocks with the output tied to the
+# embeddings (bidirectional for mlm and mdlm), or BERT's post-LN blocks with its MLM head (mlm and mdlm only).
+LAYOUTS = ("gpt2", "bert")
 DEVICES = ("auto", "cpu", "cuda")
 INT_LIMIT = 2**63 - 1  # torch keeps sizes, seeds and counts in 64 bits
 THREAD_LIMIT = 1024
@@ -87,6 +90,7 @@ class TrainConfig:
     n_head: int | None = _opt("setup", "int", 6, lo=1)
     n_positions: int | None = _opt("setup", "int", 256, lo=1)
     n_inner: int | None = _opt("setup", "int", lo=1)  # MLP width (None: 4 x n_embd)
+    layout: str | None = _opt("setup", "str", choices=LAYOUTS)  # None: bert for mlm/mdlm, gpt2 for the rest
     dropout: float | None = _opt("setup", "float", lo=0.0, hi=1.0, hi_open=True)  # 0 from scratch; init's own
     valid: tuple[str, ...] | None = _opt("setup", "paths")  # held-out text; None: every valid_every'th document
     valid_every: int | None = _opt("setup", "int", 50, lo=0)  # hold out one document in N (0: no held-out split)
@@ -118,8 +122,10 @@ class TrainConfig:
     # ---- recipe, continued
     fim_rate: float | None = _opt("recipe", "float", 0.5, lo=0.0, hi=1.0)  # fim: share of stretches reordered
     spm_rate: float | None = _opt("recipe", "float", 0.5, lo=0.0, hi=1.0)  # fim: share of those in SPM order
-    mask_rate: float | None = _opt("recipe", "float", 0.15, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # mlm
+    mask_rate: float | None = _opt("recipe", "float", 0.15, lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # mlm, hybrid
     locality_warmup: int | None = _opt("recipe", "int", 0, lo=0)  # steps of the fading attention distance penalty
+    # hybrid: share of rows trained causally, the rest as masked next-token prediction (1/16: GPT-BERT's 1:15)
+    hybrid_causal_share: float | None = _opt("recipe", "float", HYBRID_CAUSAL_SHARE, lo=0.0, hi=1.0)
     world_size: int | None = _opt("recipe", "int", lo=1)  # set by train(): the number of processes
 
     # ---- numerics: machine settings that change the float results

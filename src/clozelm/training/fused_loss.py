@@ -23,8 +23,9 @@ CHUNK_FLOATS = 1 << 21
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features, weight, bias, labels, chunk_rows: int, compute_dtype):
-        # features [N, D], weight [V, D], bias [V] or None, labels [N] (IGNORE where nothing is predicted)
+    def forward(ctx, features, weight, bias, labels, row_weights, chunk_rows: int, compute_dtype):
+        # features [N, D], weight [V, D], bias [V] or None, labels [N] (IGNORE where nothing is predicted),
+        # row_weights [N] float32 or None (each row's loss times its weight)
         f = features.to(compute_dtype)
         w = weight.to(compute_dtype)
         w_t = w.t()
@@ -40,11 +41,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             y = labels[rows]
             valid = y != IGNORE
             target = y.clamp(min=0)[:, None]
-            loss -= (logp.gather(1, target)[:, 0] * valid).sum()
+            scale = valid if row_weights is None else valid * row_weights[rows]
+            loss -= (logp.gather(1, target)[:, 0] * scale).sum()
             grad = logp.exp_()  # softmax, in the log-softmax's memory
             grad.scatter_add_(1, target, -valid[:, None].to(grad.dtype))
-            if not bool(valid.all()):
-                grad.mul_(valid[:, None])
+            if row_weights is not None or not bool(valid.all()):
+                grad.mul_(scale[:, None])
             grad_logits[rows] = grad
             torch.mm(grad_logits[rows], w, out=grad_f[rows])
         grad_w = torch.mm(grad_logits.t(), f)
@@ -59,23 +61,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
         f_dtype, w_dtype, b_dtype = ctx.dtypes
         scale = grad_loss.float()
         out_b = None if b_dtype is None else (grad_b * scale).to(b_dtype)
-        return (grad_f.float() * scale).to(f_dtype), (grad_w.float() * scale).to(w_dtype), out_b, None, None, None
+        grads = (grad_f.float() * scale).to(f_dtype), (grad_w.float() * scale).to(w_dtype), out_b
+        return *grads, None, None, None, None
 
 
 def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          labels: torch.Tensor, *, compute_dtype: torch.dtype | None = None,
-                         chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_rows: int | None = None,
+                         row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy of `features @ weight.T + bias` against `labels` over labelled rows, their count),
     equal to `F.cross_entropy(F.linear(features, weight, bias).float(), labels, reduction="sum")`.
 
     features [..., D] and labels [...]; rows labelled IGNORE (-100) count for nothing. `compute_dtype`:
-    the dtype of the matrix products (bf16 under mixed precision; default: the features' dtype)."""
+    the dtype of the matrix products (bf16 under mixed precision; default: the features' dtype).
+    `row_weights` [...] (optional): each row's cross-entropy is multiplied by its weight (masked diffusion
+    weights each hidden token by 1/t), as `(F.cross_entropy(..., reduction="none") * row_weights).sum()`."""
     features = features.reshape(-1, features.size(-1))
     labels = labels.reshape(-1).to(features.device)
+    if row_weights is not None:
+        row_weights = row_weights.reshape(-1).to(features.device, torch.float32)
     keep = labels != IGNORE
     if not bool(keep.all()):  # masked LM: only a few rows carry a label
         features, labels = features[keep], labels[keep]
+        row_weights = None if row_weights is None else row_weights[keep]
     dtype = compute_dtype or features.dtype
     if chunk_rows is None:  # a chunk's fp32 log-softmax stays within the CPU's caches (8 MB)
         chunk_rows = max(128, CHUNK_FLOATS // weight.shape[0])
-    return _LinearCrossEntropy.apply(features, weight, bias, labels, chunk_rows, dtype), keep.sum()
+    return _LinearCrossEntropy.apply(features, weight, bias, labels, row_weights, chunk_rows, dtype), keep.sum()

@@ -64,7 +64,7 @@ from .config import TrainConfig
 from .data import TokenData, Windows
 from .distributed import Dist
 from .fused_loss import linear_cross_entropy
-from .objectives import IGNORE, Objective, loss_sum
+from .objectives import IGNORE, Batch, Objective, loss_sum
 from .precision import MasterWeights
 from .progress import Metrics, Progress
 
@@ -138,7 +138,7 @@ class Batcher:
             self._perm_epoch = epoch
         return self.windows[int(self._perm[j])]
 
-    def micro(self, step: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def micro(self, step: int, m: int) -> Batch:
         cfg = self.cfg
         first = step * cfg.examples_per_step + (m * cfg.world_size + self.rank) * cfg.batch_size
         examples = range(first, first + cfg.batch_size)
@@ -157,32 +157,76 @@ def compute_dtype(precision: str) -> torch.dtype:
     return torch.float32 if precision == "fp32" else torch.bfloat16
 
 
+def _attention(attention_bias: torch.Tensor | None, causal: bool | None) -> dict:
+    # `causal` is passed only when a batch sets it, so the other objectives call the network exactly as before.
+    return {"attention_bias": attention_bias} if causal is None else {"attention_bias": attention_bias, "causal": causal}
+
+
+def row_attention(causal_rows: torch.Tensor | None, attention_bias: torch.Tensor | None,
+                  T: int) -> tuple[bool | None, torch.Tensor | None]:
+    """(the network's `causal` switch, the attention bias) for a batch whose rows attend each their own way
+    (hybrid: `Batch.causal`). All rows alike: the switch alone. A mix: bidirectional attention, with -inf on
+    the causal rows' future keys added to the bias ([B, 1, T, T], plus the locality bias if any): one forward
+    pass, the same arithmetic for every row as a pass of its own kind would do."""
+    if causal_rows is None:
+        return None, attention_bias
+    if bool(causal_rows.all()):
+        return True, attention_bias
+    if not bool(causal_rows.any()):
+        return False, attention_bias
+    future = torch.ones(T, T, dtype=torch.bool, device=causal_rows.device).triu(1)
+    rows = torch.zeros(len(causal_rows), 1, T, T, device=causal_rows.device).masked_fill(
+        causal_rows[:, None, None, None] & future, float("-inf"))
+    return False, rows if attention_bias is None else rows + attention_bias.to(rows.device)
+
+
 def fused_loss_sum(forward, network: Transformer, objective: Objective, x: torch.Tensor, y: torch.Tensor,
-                   precision: str, attention_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed cross-entropy over the labelled positions with the vocabulary projection fused into the loss
-    (training/fused_loss.py): the network runs without its head, the loss applies it chunk by chunk."""
+                   precision: str, attention_bias: torch.Tensor | None = None, *, weights: torch.Tensor | None = None,
+                   causal: bool | None = None) -> torch.Tensor:
+    """Summed (weighted) cross-entropy over the labelled positions with the vocabulary projection fused into
+    the loss (training/fused_loss.py): the network runs without its head, the loss applies it chunk by chunk."""
     with autocast(precision, x.device):
-        hidden = forward(x, attention_bias=attention_bias, head=False).hidden
+        hidden = forward(x, head=False, **_attention(attention_bias, causal)).hidden
         keep = y != IGNORE
         features = network.head_features(hidden[keep] if objective.sparse_labels else hidden)
     labels = y[keep] if objective.sparse_labels else y
+    if weights is not None and objective.sparse_labels:
+        weights = weights[keep]
     weight, bias = network.vocab_projection()
-    return linear_cross_entropy(features, weight, bias, labels, compute_dtype=compute_dtype(precision))[0]
+    return linear_cross_entropy(features, weight, bias, labels, compute_dtype=compute_dtype(precision),
+                                row_weights=weights)[0]
 
 
 def logits_and_labels(forward, objective: Objective, x: torch.Tensor, y: torch.Tensor,
-                      attention_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      attention_bias: torch.Tensor | None = None, *,
+                      causal: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits where there are labels. Masked LM labels ~15% of positions: the head runs only there."""
     if objective.sparse_labels:
         keep = y != IGNORE
-        return forward(x, logits_at=keep, attention_bias=attention_bias).logits, y[keep]
-    return forward(x, attention_bias=attention_bias).logits, y
+        return forward(x, logits_at=keep, **_attention(attention_bias, causal)).logits, y[keep]
+    return forward(x, **_attention(attention_bias, causal)).logits, y
+
+
+def batch_loss_sum(forward, network: Transformer, objective: Objective, batch: Batch, precision: str,
+                   fused: bool, locality: torch.Tensor | None = None) -> torch.Tensor:
+    """The summed (weighted) loss of one micro-batch already on the network's device; divide by `batch.count`
+    (summed over the global batch) for the mean."""
+    x, y, weights = batch.inputs, batch.labels, batch.weights
+    causal, bias = row_attention(batch.causal, locality, x.shape[1])
+    if fused:
+        return fused_loss_sum(forward, network, objective, x, y, precision, bias, weights=weights, causal=causal)
+    with autocast(precision, x.device):
+        logits, labels = logits_and_labels(forward, objective, x, y, bias, causal=causal)
+    if weights is not None and objective.sparse_labels:
+        weights = weights[y != IGNORE]
+    return loss_sum(logits, labels, weights)[0]
 
 
 @torch.no_grad()
 def held_out_sums(model: Transformer | Model, objective: Objective, windows: Windows, indices, batch_size: int,
                   precision: str, device: torch.device) -> torch.Tensor:
-    """[summed loss, labelled tokens] (float64) over held-out windows `indices` of a network or a loaded Model.
+    """[summed loss, tokens it is over] (float64) over held-out windows `indices` of a network or a loaded Model
+    (tokens: the labelled ones, or every maskable one for mdlm, whose loss is a bound per token).
     Each window's masks / FIM choices come from its own RNG seeded by (EVAL_SEED, index), so every evaluation
     sees the same task."""
     model = model.network if isinstance(model, Model) else model
@@ -192,11 +236,9 @@ def held_out_sums(model: Transformer | Model, objective: Objective, windows: Win
     total = torch.zeros(2, dtype=torch.float64)
     for i in range(0, len(indices), batch_size):
         chunk = indices[i:i + batch_size]
-        x, y = objective.batch([windows[c] for c in chunk], [np.random.default_rng([EVAL_SEED, c]) for c in chunk])
-        with autocast(precision, device):
-            logits, y = logits_and_labels(model, objective, x.to(device), y.to(device))
-        s, k = loss_sum(logits, y)
-        total += torch.tensor([float(s), float(k)], dtype=torch.float64)
+        batch = objective.batch([windows[c] for c in chunk], [np.random.default_rng([EVAL_SEED, c]) for c in chunk])
+        s = batch_loss_sum(model, model, objective, batch.to(device), precision, fused=False)
+        total += torch.tensor([float(s), float(batch.count)], dtype=torch.float64)
     model.train(was_training)
     return total
 
@@ -323,20 +365,15 @@ class Trainer:
             group["lr"] = lr
         micro = [self.batcher.micro(step, m) for m in range(cfg.grad_accum)]
         # Normalise by the labelled tokens of the whole global batch (see the module docstring).
-        count = self.dist.all_sum(torch.tensor(float(sum(int((y != IGNORE).sum()) for _, y in micro)), dtype=torch.float64))
+        count = self.dist.all_sum(torch.tensor(float(sum(b.count for b in micro)), dtype=torch.float64))
         scale = self.dist.world / max(float(count), 1.0)  # DDP averages gradients over ranks
         total = torch.zeros((), device=self.device)
-        for m, (x, y) in enumerate(micro):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            bias = locality_bias(cfg, step, self.model.config.n_head, x.shape[1], self.device)
+        for m, batch in enumerate(micro):
+            batch = batch.to(self.device, non_blocking=True)
+            bias = locality_bias(cfg, step, self.model.config.n_head, batch.inputs.shape[1], self.device)
             sync = self.ddp.no_sync() if self.ddp is not None and m < len(micro) - 1 else contextlib.nullcontext()
             with sync:
-                if cfg.fused_loss:
-                    s = fused_loss_sum(self.forward, self.model, self.objective, x, y, cfg.precision, bias)
-                else:
-                    with autocast(cfg.precision, self.device):
-                        logits, y = logits_and_labels(self.forward, self.objective, x, y, bias)
-                    s, _ = loss_sum(logits, y)
+                s = batch_loss_sum(self.forward, self.model, self.objective, batch, cfg.precision, cfg.fused_loss, bias)
                 (s * scale).backward()
             total += s.detach()
         if self.masters is not None:

@@ -34,7 +34,7 @@ from .config import InvalidTrainConfig, TrainConfig, default_of, flag, names_in
 from .data import CorpusFiles, TokenData, build_token_cache, check_corpus
 from .distributed import Dist, init_distributed, on_main
 from .loop import Callback, Trainer
-from .objectives import OBJECTIVES, make_objective
+from .objectives import BIDIRECTIONAL, OBJECTIVES, make_objective
 
 SETTINGS_VERSION = 1
 DEFAULT_LR, DEFAULT_INIT_LR = 6e-4, 1e-4
@@ -172,7 +172,8 @@ def _train(setup: _Setup, run_dir: Path, d: Dist, callbacks) -> Run:
         model = Transformer(model_cfg)
     else:
         model = setup.model or _build_model(model_cfg, setup.init, cfg.seed)
-    objective = make_objective(cfg.objective, tok, model.config.vocab_size, cfg.fim_rate, cfg.spm_rate, cfg.mask_rate)
+    objective = make_objective(cfg.objective, tok, model.config.vocab_size, cfg.fim_rate, cfg.spm_rate, cfg.mask_rate,
+                               cfg.hybrid_causal_share)
     # Dropout streams: rank 0 continues the seeded stream, other ranks get their own.
     if d.rank:
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
@@ -358,18 +359,18 @@ def _model_config(config: TrainConfig, init: Model | None, tok) -> ModelConfig:
              if getattr(config, k) is not None}
     if init is not None:
         name = _init_name(config, init)
-        if shape or config.preset:
+        if shape or config.preset or config.layout:
             raise ClozelmError(f"{flag('init')} fixes the model's shape; leave out --preset/--n-layer/--n-embd/"
-                               "--n-head/--n-positions/--n-inner")
+                               "--n-head/--n-positions/--n-inner/--layout")
         cfg = init.config
         if cfg.head is None:
             raise ClozelmError(f"{name} has no language-model head (a headless encoder); it cannot be trained here")
         if tok.vocab_size > cfg.vocab_size:
             raise ClozelmError(f"the tokenizer has {tok.vocab_size} tokens but {name} only {cfg.vocab_size} embeddings")
         objective = config.objective or _default_objective(init)
-        if cfg.causal and objective == "mlm":
-            raise ClozelmError(f"{name} is a causal model; --objective mlm needs a bidirectional (BERT) model")
-        if not cfg.causal and objective in ("clm", "fim"):
+        if cfg.causal and objective in BIDIRECTIONAL:
+            raise ClozelmError(f"{name} is a causal model; --objective {objective} needs a bidirectional (BERT) model")
+        if not cfg.causal and objective not in BIDIRECTIONAL:
             raise ClozelmError(f"{name} is a bidirectional model; --objective {objective} needs a causal model")
         changes = {"extra": {**cfg.extra, "objective": objective}}
         if config.dropout is not None:
@@ -384,16 +385,21 @@ def _model_config(config: TrainConfig, init: Model | None, tok) -> ModelConfig:
         base["n_inner"] = None
     base.update(vocab_size=tok.vocab_size, dropout=config.dropout or 0.0, extra={"objective": objective},
                 eos_token_id=tok.eos_id, bos_token_id=tok.eos_id, pad_token_id=tok.pad_id, pooler=False)
-    if objective == "mlm":  # BERT layout whatever the shape came from
+    bidirectional = objective in BIDIRECTIONAL
+    layout = config.layout or ("bert" if bidirectional else "gpt2")
+    if layout == "bert" and not bidirectional:
+        raise InvalidTrainConfig([("layout", f"bert is a bidirectional layout; --objective {objective} needs a causal "
+                                             "model (--layout gpt2)")])
+    if layout == "bert":  # BERT layout whatever the shape came from
         base.update(causal=False, pre_ln=False, head="mlm")
-    else:
-        base.update(causal=True, pre_ln=True, head="tied", type_vocab_size=0)
+    else:  # GPT-2's; bidirectional for mlm/mdlm, so every objective can share one network shape
+        base.update(causal=not bidirectional, pre_ln=True, head="tied", type_vocab_size=0)
     return ModelConfig(**base)
 
 
 def _default_objective(init: Model) -> str:
     saved = init.info.objective
-    if saved in OBJECTIVES and (saved == "mlm") != init.config.causal:
+    if saved in OBJECTIVES and (saved in BIDIRECTIONAL) != init.config.causal:
         return saved
     return "clm" if init.config.causal else "mlm"
 
