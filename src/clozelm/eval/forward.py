@@ -43,6 +43,15 @@ def _padded(model, rows: Sequence[Sequence[int]], batch: list[int]):
     return ids.to(model.device), (valid.to(model.device) if ragged else None)
 
 
+def _batch_logits(model, rows: Sequence[Sequence[int]], batch_tokens: int):
+    """(indices of the rows in a batch, the model's logits over that padded batch), batch by batch."""
+    max_tokens = max(1, min(batch_tokens, MAX_LOGITS // model.config.vocab_size))
+    for batch in _batches([len(r) for r in rows], max_tokens):
+        ids, valid = _padded(model, rows, batch)
+        with torch.inference_mode():
+            yield batch, model(ids, attention_mask=valid).logits
+
+
 def token_logprobs(model, rows: Sequence[Sequence[int]], targets: Sequence[Sequence[tuple[int, int]]], *,
                    batch_tokens: int = 4096, exclude: Sequence[int] = (), greedy: bool = False,
                    advance: Callable[[int], None] | None = None) -> list:
@@ -53,13 +62,8 @@ def token_logprobs(model, rows: Sequence[Sequence[int]], targets: Sequence[Seque
     itself. `exclude`: ids given no probability before the softmax (the mask token: a masked model never has
     to put it back, and dropping it only moves probability onto real tokens). `greedy`: each row's result is
     (log-probabilities, bool tensor: the token is the argmax there)."""
-    vocab = model.config.vocab_size
-    max_tokens = max(1, min(batch_tokens, MAX_LOGITS // vocab))
     results: list[torch.Tensor | None] = [None] * len(rows)
-    for batch in _batches([len(r) for r in rows], max_tokens):
-        ids, valid = _padded(model, rows, batch)
-        with torch.inference_mode():
-            logits = model(ids, attention_mask=valid).logits
+    for batch, logits in _batch_logits(model, rows, batch_tokens):
         where_r, where_p, tokens, owners = [], [], [], []
         for r, i in enumerate(batch):
             for position, token in targets[i]:
@@ -88,13 +92,8 @@ def token_logprobs(model, rows: Sequence[Sequence[int]], targets: Sequence[Seque
 def top_tokens(model, rows: Sequence[Sequence[int]], positions: Sequence[int], *, batch_tokens: int = 4096
                ) -> list[torch.Tensor]:
     """For each row, the log-softmax (float32) over the vocabulary at `positions[i]`."""
-    vocab = model.config.vocab_size
-    max_tokens = max(1, min(batch_tokens, MAX_LOGITS // vocab))
     results: list[torch.Tensor | None] = [None] * len(rows)
-    for batch in _batches([len(r) for r in rows], max_tokens):
-        ids, valid = _padded(model, rows, batch)
-        with torch.inference_mode():
-            logits = model(ids, attention_mask=valid).logits
+    for batch, logits in _batch_logits(model, rows, batch_tokens):
         for r, i in enumerate(batch):
             results[i] = scoring.log_probs(logits[r, positions[i]]).cpu()
     return results  # type: ignore[return-value]
