@@ -2,6 +2,10 @@
 128 new tokens, greedy. Measured interleaved (A B C A B C ...) in one run so slow phases of the machine
 hit every contender alike. Prints tokens/s, ratios, and whether the tokens are identical.
 
+Decoding one token reads every weight once, so its limit is the bytes of the weights over how fast this machine
+streams memory (a sum over a 2 GB buffer, measured in the same run); each row without drafting prints its
+tokens/s as a fraction of that limit.
+
     python benchmarks/generate_speed.py [--rounds 3] [--threads 2] [--new 128]
     python benchmarks/generate_speed.py --bf16-agreement default   # bf16 vs fp32 greedy on held-out prompts
 """
@@ -23,11 +27,33 @@ def time_it(fn):
     return time.perf_counter() - start, out
 
 
+def stream_bandwidth(gigabytes: float = 2.0, reps: int = 5) -> float:
+    """Bytes per second this machine reads a buffer far larger than its caches (best of `reps`)."""
+    buffer = torch.ones(int(gigabytes * 2**30) // 4)
+    buffer.sum()
+    best = min(time_it(buffer.sum)[0] for _ in range(reps))
+    return buffer.numel() * 4 / best
+
+
+def bytes_per_token(network, int8: bool = False) -> int:
+    """The weight bytes one decoding step reads: every matrix and vector, once (the tied output matrix is read
+    whole by the head; an embedding lookup reads one row, so the position table does not count). int8: the
+    matrices as one byte per weight plus a scale per row."""
+    skip = {id(network.wpe.weight)} if getattr(network, "wpe", None) is not None else set()
+    total = 0
+    for p in network.parameters():
+        if id(p) in skip:
+            continue
+        total += p.numel() + 2 * p.shape[0] if int8 and p.dim() == 2 else p.numel() * p.element_size()
+    return total
+
+
 def speed(args):
     import transformers
 
     import clozelm
     from clozelm.generation import generate_ids
+    from clozelm.model import packed
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
@@ -35,6 +61,8 @@ def speed(args):
         hf.save_pretrained(d)
         ours = clozelm.load(d, tokenizer=False)
     ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+    ours_int8 = copy.deepcopy(ours)
+    packed.use_int8_weights(ours_int8.network)
     prompt = torch.randint(0, 50257, (1, 32))
     n = args.new
 
@@ -48,7 +76,9 @@ def speed(args):
     # clozelm's greedy decoding drafts tokens by prompt lookup (exact: the output is still plain greedy);
     # the "no drafting" row shows what the rest of the decoding path alone gives.
     contenders = {"transformers fp32": run_hf, "clozelm fp32": run_ours(ours), "clozelm bf16": run_ours(ours_bf16),
-                  "clozelm fp32, no drafting": run_ours(ours, lookahead=0)}
+                  "clozelm fp32, no drafting": run_ours(ours, lookahead=0),
+                  "clozelm bf16, no drafting": run_ours(ours_bf16, lookahead=0),
+                  "clozelm int8, no drafting": run_ours(ours_int8, lookahead=0)}
     for fn in contenders.values():  # warm-up (allocator, first-call paths)
         fn()
     times = {k: [] for k in contenders}
@@ -59,8 +89,15 @@ def speed(args):
             times[name].append(dt)
     rate = {k: n / statistics.median(v) for k, v in times.items()}
     base = rate["transformers fp32"]
+    bandwidth = stream_bandwidth()
+    limit = {"fp32": bandwidth / bytes_per_token(ours.network), "bf16": bandwidth / bytes_per_token(ours_bf16.network),
+             "int8": bandwidth / bytes_per_token(ours.network, int8=True)}
+    print(f"memory streams at {bandwidth / 1e9:.1f} GB/s: the bandwidth limit is {limit['fp32']:.1f} tok/s in fp32, "
+          f"{limit['bf16']:.1f} in bf16, {limit['int8']:.1f} with int8 weights")
     for name in contenders:
-        print(f"{name:26s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers")
+        dtype = next((d for d in ("bf16", "int8") if d in name), "fp32")
+        fraction = f"  {rate[name] / limit[dtype]:4.0%} of the {dtype} limit" if ("no drafting" in name or "transformers" in name) else "  (drafting: beyond the limit)"
+        print(f"{name:26s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers{fraction}")
     print(f"fp32 tokens identical to transformers: {outputs['clozelm fp32'] == outputs['transformers fp32']} "
           f"(no drafting: {outputs['clozelm fp32, no drafting'] == outputs['transformers fp32']})")
     same = sum(a == b for a, b in zip(outputs["clozelm bf16"], outputs["clozelm fp32"]))

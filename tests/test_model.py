@@ -173,3 +173,24 @@ def test_configs_without_a_transformers_class_save_and_load_exactly(switches, tm
         a, b = model(ids), loaded(ids)
     ref, out = (a.logits, b.logits) if cfg.head else (a.hidden, b.hidden)
     assert torch.equal(ref, out)
+
+
+def test_int8_weights_track_fp32_and_leave_the_parameters_alone():
+    from clozelm.model import packed
+    if not packed.INT8_AVAILABLE:
+        pytest.fail("this torch has no int8 weight-only CPU kernel (aten._weight_int8pack_mm)")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=300, n_positions=32, n_embd=64, n_layer=2, n_head=4)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 300, (2, 20))
+    with torch.inference_mode():
+        ref = model(ids).logits
+        packed.use_int8_weights(model)
+        got = model(ids).logits
+        packed.use_int8_weights(model, on=False)
+        again = model(ids).logits
+    assert not torch.equal(got, ref)  # the int8 path ran
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    assert torch.equal(again, ref)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -10,6 +10,7 @@ import torch
 
 from .errors import ClozelmError
 from .loaded import OBJECTIVES, Model, ModelInfo
+from .model import packed
 from .model.transformer import Transformer
 from .tokenizers import Tokenizer, load_tokenizer
 from .weights import gguf, hf, openai_tf
@@ -55,13 +56,14 @@ def local_models(root: Path | None = None) -> list[Path]:
     return found
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: see model/packed.py
 
 
 def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") -> Model:
     """The model named (eval mode) with its tokenizer (`model.tokenizer`, None when asked not to load one or
     the directory has none) and where it came from (`model.info`); weights in `dtype` ("fp32" or "bf16":
-    half the memory, and faster on CPUs with bf16 units)."""
+    half the memory, and faster on CPUs with bf16 units; "int8": fp32 weights whose inference products read int8
+    copies, a quarter of the bytes)."""
     if dtype not in DTYPES:
         raise ClozelmError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     name = str(name_or_path)
@@ -84,10 +86,14 @@ def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") 
         raise ClozelmError(f"{name!r} is neither a directory nor a model name")
     if source.is_file() and gguf.is_gguf_file(source):  # llama.cpp/ollama files: network and tokenizer in one
         network, tok = gguf.load_gguf(source, dtype=DTYPES[dtype], tokenizer=tokenizer)
-        return Model(network, tok, ModelInfo(name=name, source=source, objective="clm"))
-    network = load_dir(source).to(DTYPES[dtype])
-    tok = _tokenizer_or_none(source, network) if tokenizer else None
-    return Model(network, tok, ModelInfo(name=name, source=source, objective=_objective(network)))
+        objective = "clm"
+    else:
+        network = load_dir(source).to(DTYPES[dtype])
+        tok = _tokenizer_or_none(source, network) if tokenizer else None
+        objective = _objective(network)
+    if dtype == "int8":  # int8 copies of the weight matrices for inference products, fp32 everywhere else
+        packed.use_int8_weights(network)
+    return Model(network, tok, ModelInfo(name=name, source=source, objective=objective))
 
 
 def _objective(network: Transformer) -> str:

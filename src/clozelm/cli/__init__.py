@@ -179,8 +179,9 @@ def add_parser(sub) -> None:
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
     p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="number of answers (default: %(default)s)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="load the weights in this precision (bf16: half the memory; default: %(default)s)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="weights in this precision (bf16: half the memory; int8: fp32 weights, int8 copies for the "
+                        "products: the fastest decoding on CPU; default: %(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
 
@@ -201,8 +202,9 @@ def add_parser(sub) -> None:
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--bf16", action="store_true", help="the same as --dtype bf16: faster on CPU, greedy output may differ")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="load the weights in this precision (bf16: half the memory; default: %(default)s)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="weights in this precision (bf16: half the memory; int8: fp32 weights, int8 copies for the "
+                        "products: the fastest decoding on CPU; default: %(default)s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

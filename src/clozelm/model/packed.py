@@ -39,6 +39,18 @@ def _available() -> bool:
 AVAILABLE = _available()
 
 
+def _int8_available() -> bool:
+    try:
+        out = torch.ops.aten._weight_int8pack_mm(torch.ones(1, 32, dtype=torch.bfloat16),
+                                                 torch.ones(8, 32, dtype=torch.int8), torch.ones(8, dtype=torch.bfloat16))
+        return bool(torch.equal(out.float(), torch.full((1, 8), 32.0)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+INT8_AVAILABLE = _int8_available()
+
+
 def _limit_bytes() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
@@ -70,8 +82,43 @@ def _release(nbytes: int) -> None:
     _packed_bytes[0] -= nbytes
 
 
+INT8 = "int8"
+_int8_cache: "weakref.WeakKeyDictionary[object, tuple[tuple, torch.Tensor, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def use_int8_weights(network: torch.nn.Module, on: bool = True) -> None:
+    """Inference products of `network` read int8 copies of their weights (per-output-channel scales,
+    dequantised inside the product): a quarter of fp32's bytes, which is what bounds decoding on a CPU. The
+    parameters themselves stay as they are (training, saving and `load_state_dict` never see the copies)."""
+    for module in network.modules():  # every owner of a product: Linear layers, the tied embedding, the MLM head
+        module.weight_format = INT8 if on else None
+
+
+def _int8(owner: object, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (weight._version, weight.data_ptr(), weight.dtype, tuple(weight.shape))
+    hit = _int8_cache.get(owner)
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    w = weight.detach().float()
+    scales = w.abs().amax(1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+    _int8_cache[owner] = (key, q, scales.to(torch.bfloat16))
+    return q, scales.to(torch.bfloat16)
+
+
+def _int8_linear(x, weight, bias, owner):
+    q, scales = _int8(owner, weight)
+    shape = x.shape
+    y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous(), q, scales)
+    y = y.to(x.dtype).reshape(*shape[:-1], q.shape[0])
+    return y if bias is None else y + bias
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object) -> torch.Tensor:
     """F.linear(x, weight, bias), through the packed copy of `weight` (cached on `owner`) when that is safe."""
+    if (getattr(owner, "weight_format", None) == INT8 and INT8_AVAILABLE and x.device.type == "cpu"
+            and not torch.is_grad_enabled()):
+        return _int8_linear(x, weight, bias, owner)
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dtype == weight.dtype and weight.dtype in (torch.float32, torch.bfloat16)
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):
