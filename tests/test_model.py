@@ -194,3 +194,21 @@ def test_int8_weights_track_fp32_and_leave_the_parameters_alone():
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
     assert torch.equal(again, ref)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_causal_switch_overrides_the_config_for_one_pass():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, n_positions=12, n_embd=16, n_layer=2, n_head=2)
+    causal = Transformer(cfg).eval()
+    both_ways = Transformer(cfg.replace(causal=False)).eval()
+    both_ways.load_state_dict(causal.state_dict())
+    ids = torch.randint(0, 40, (3, 12))
+    with torch.no_grad():
+        plain = causal(ids).logits
+        assert torch.equal(causal(ids, causal=None).logits, plain)  # not given: the config's, bit for bit
+        assert torch.allclose(causal(ids, causal=True).logits, plain)
+        assert torch.allclose(causal(ids, causal=False).logits, both_ways(ids).logits, atol=1e-6)
+        assert torch.allclose(both_ways(ids, causal=True).logits, plain, atol=1e-6)
+        assert not torch.allclose(causal(ids, causal=False).logits, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="KV cache"):
+        causal(ids, cache=causal.new_cache(3), causal=False)
