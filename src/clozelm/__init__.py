@@ -11,11 +11,11 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "load": "api", "fill": "api", "generate": "api", "attention_map": "api", "train": "api", "evaluate": "api", "embedded_models": "api",
+    "load": "api", "fill": "api", "generate": "api", "attention_map": "api", "train": "api", "evaluate": "api", "study": "api", "embedded_models": "api",
     "ClozelmError": "errors",
     "Model": "loaded", "ModelInfo": "loaded",
     "ModelConfig": "model", "Transformer": "model", "Output": "model", "KVCache": "model",
-    "TrainConfig": "training",
+    "TrainConfig": "training", "StudyConfig": "study",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -78,5 +78,12 @@ def evaluate(model: str | Path | Model, files=(), *, tasks=None, **options) -> d
     return _evaluate(as_model(model), files, tasks=tasks, **options)
 
 
-__all__ = ["load", "cached_load", "as_model", "fill", "generate", "attention_map", "train", "evaluate",
+def study(config):
+    """`clozelm study` from Python: train every objective of a `clozelm.study.StudyConfig` at equal shape, data
+    and budget, evaluate each, and write the report; returns the results (also DIR/results.json)."""
+    from .study import run_study
+    return run_study(config)
+
+
+__all__ = ["load", "cached_load", "as_model", "fill", "generate", "attention_map", "train", "evaluate", "study",
            "embedded_models"]

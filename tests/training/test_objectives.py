@@ -134,3 +134,102 @@ def test_missing_special_tokens_are_named(tmp_path, corpus):
         make_objective("fim", plain, plain.vocab_size)
     with pytest.raises(ClozelmError, match="mask token"):
         make_objective("mlm", plain, plain.vocab_size)
+
+
+# ---------------------------------------------------------------- hybrid (GPT-BERT) and mdlm (masked diffusion)
+
+
+def _ordinary_windows(tok, n, length, seed=0):
+    special = set(tok.special_tokens.values())
+    ordinary = np.array(sorted(set(range(tok.vocab_size)) - special))
+    rng = np.random.default_rng(seed)
+    eot = tok.special_tokens["<|endoftext|>"]
+    for _ in range(n):
+        window = rng.choice(ordinary, size=length)
+        window[rng.choice(length, size=rng.integers(0, 4), replace=False)] = eot
+        yield window
+
+
+def test_hybrid_rows_are_causal_or_masked_with_the_labels_shifted_by_one(tok):
+    obj = make_objective("hybrid", tok, tok.vocab_size, mask_rate=0.15, hybrid_causal_share=0.25)
+    special = set(tok.special_tokens.values())
+    mask = tok.special_tokens["<|mask|>"]
+    windows = list(_ordinary_windows(tok, 800, 33))
+    batch = obj.batch(windows, [np.random.default_rng([4, i]) for i in range(len(windows))])
+    as_mask = hidden_total = 0
+    assert batch.inputs.shape == batch.labels.shape == (800, 32) and batch.causal.shape == (800,)
+    assert batch.weights is None and batch.count == int((batch.labels != IGNORE).sum())
+    assert abs(float(batch.causal.float().mean()) - 0.25) < 0.05  # the configured share of causal rows
+    for window, x, y, causal in zip(windows, batch.inputs.numpy(), batch.labels.numpy(), batch.causal.tolist()):
+        if causal:  # exactly clm
+            assert np.array_equal(x, window[:-1]) and np.array_equal(y, window[1:])
+            continue
+        labelled = np.flatnonzero(y != IGNORE)
+        n_ordinary = sum(t not in special for t in window[1:-1])
+        assert len(labelled) == max(1, int(0.15 * n_ordinary + 0.5)) if n_ordinary else len(labelled) == 0
+        assert y[-1] == IGNORE and x[0] == window[0]  # nothing predicts position 0; nothing past the input
+        # the label at i-1 is the token hidden at i: the same head predicts the next token in both kinds of row
+        assert np.array_equal(y[labelled], window[labelled + 1])
+        assert all(window[p + 1] not in special for p in labelled)
+        hidden = labelled + 1
+        as_mask, hidden_total = as_mask + int((x[hidden] == mask).sum()), hidden_total + len(hidden)
+        untouched = np.setdiff1d(np.arange(32), hidden)
+        assert np.array_equal(x[untouched], window[untouched])
+    assert abs(as_mask / hidden_total - 0.8) < 0.05  # mlm's 80/10/10 rule
+    # GPT-BERT's default ratio: 1 causal row in 16
+    default = make_objective("hybrid", tok, tok.vocab_size)
+    flags = default.batch(windows, [np.random.default_rng([5, i]) for i in range(len(windows))]).causal
+    assert abs(float(flags.float().mean()) - 1 / 16) < 0.03
+
+
+def test_mdlm_mask_rates_weights_and_denominator(tok):
+    obj = make_objective("mdlm", tok, tok.vocab_size)
+    special = set(tok.special_tokens.values())
+    mask = tok.special_tokens["<|mask|>"]
+    windows = list(_ordinary_windows(tok, 1500, 64, seed=1))
+    rngs = [np.random.default_rng([6, i]) for i in range(len(windows))]
+    batch = obj.batch(windows, rngs)
+    assert batch.causal is None and batch.inputs.shape == (1500, 64)
+    ordinary = sum(int(sum(t not in special for t in w)) for w in windows)
+    assert batch.count == ordinary  # the bound is per token, not per hidden token
+    rates, hidden_share = [], []
+    for window, x, y, w in zip(windows, batch.inputs.numpy(), batch.labels.numpy(), batch.weights.numpy()):
+        labelled = y != IGNORE
+        assert np.array_equal(x[labelled], np.full(labelled.sum(), mask))  # every hidden token is the mask
+        assert np.array_equal(x[~labelled], window[~labelled]) and np.array_equal(y[labelled], window[labelled])
+        assert not any(window[p] in special for p in np.flatnonzero(labelled))
+        assert np.all(w[~labelled] == 0)
+        if labelled.any():
+            t = 1.0 / w[labelled]
+            assert np.allclose(t, t[0]) and 1e-3 <= t[0] < 1.0  # one rate per row, kept away from 0
+            rates.append(float(t[0]))
+            hidden_share.append(labelled.sum() / sum(tok not in special for tok in window))
+    rates, hidden_share = np.array(rates), np.array(hidden_share)
+    assert abs(np.mean(hidden_share - rates)) < 0.01  # each token hidden with probability t
+    assert abs(np.mean(rates) - 0.5) < 0.03 and np.mean(rates < 0.25) > 0.2  # t ~ U(0, 1)
+    # 1/t-weighted hidden count is an unbiased estimate of the row's length: the ELBO's weights
+    estimate = (batch.weights.double() * (batch.labels != IGNORE)).sum() / batch.count
+    assert abs(float(estimate) - 1.0) < 0.1
+
+
+@pytest.mark.parametrize("name", ["hybrid", "mdlm"])
+def test_new_objectives_are_a_function_of_the_seed_and_position(tok, name):
+    obj = make_objective(name, tok, tok.vocab_size)
+    windows = list(_ordinary_windows(tok, 64, 33, seed=2))
+    a = obj.batch(windows, [np.random.default_rng([9, i]) for i in range(64)])
+    b = obj.batch(windows, [np.random.default_rng([9, i]) for i in range(64)])
+    c = obj.batch(windows, [np.random.default_rng([10, i]) for i in range(64)])
+    for field in ("inputs", "labels", "weights", "causal"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None and y is None) or torch.equal(x, y)
+    assert not torch.equal(a.inputs, c.inputs)
+    # a batch split in two (accumulation, DDP ranks) is the same examples
+    half = obj.batch(windows[32:], [np.random.default_rng([9, i]) for i in range(32, 64)])
+    assert torch.equal(half.inputs, a.inputs[32:]) and torch.equal(half.labels, a.labels[32:])
+
+
+def test_new_objectives_need_a_mask_token(corpus):
+    plain = train_bpe([corpus / "a.txt"], 280, special_tokens=["<|endoftext|>"])
+    for name in ("hybrid", "mdlm"):
+        with pytest.raises(ClozelmError, match=f"mask token needed by --objective {name}"):
+            make_objective(name, plain, plain.vocab_size)

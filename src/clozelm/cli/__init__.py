@@ -24,7 +24,7 @@ MAX_BEAMS = 64
 
 # Modules that contribute subcommands: each has add_parser(subparsers) setting `func` on its parser.
 COMMAND_MODULES = ["clozelm.cli", "clozelm.cli.train", "clozelm.cli.heads", "clozelm.cli.serve",
-                   "clozelm.cli.eval"]
+                   "clozelm.cli.eval", "clozelm.cli.study"]
 
 EPILOG = """examples:
   clozelm fill "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a ___."

@@ -22,6 +22,8 @@ EPILOG = """examples:
   clozelm train data/corpus/train --valid data/corpus/valid --tokenizer bpe/ --out runs/small --steps 2000
   clozelm train corpus/ --tokenizer bpe/ --objective mlm --n-layer 4 --n-embd 256 --n-head 4 --out runs/bert
   clozelm train corpus/ --tokenizer bpe/ --objective fim --preset gpt2 --seq-len 512 --out runs/fim
+  clozelm train corpus/ --tokenizer bpe/ --objective mdlm --layout gpt2 --out runs/mdlm   (masked diffusion)
+  clozelm train corpus/ --tokenizer bpe/ --objective hybrid --hybrid-causal-share 0.25 --out runs/gpt-bert
   clozelm train notes.txt --init default --steps 200 --lr 1e-4 --out runs/tuned      (fine-tune)
   clozelm train --resume --out runs/small                                           (continue after Ctrl-C or a crash)
   torchrun --nproc_per_node 2 -m clozelm train corpus/ --tokenizer bpe/ --out runs/ddp  (DDP: gloo on CPU, NCCL on GPU)

@@ -20,7 +20,7 @@ from ..training.config import DEVICES, THREAD_LIMIT
 from ..training.objectives import OBJECTIVES
 
 DEFAULT_SHAPE = {"n_layer": 6, "n_embd": 384, "seq_len": 256}  # the embedded models' shape
-HEAD_SIZE = 64  # n_head, when not given: n_embd / 64 (GPT-2's head size), or the nearest divisor below
+HEAD_SIZE = 64  # n_head, when not given: n_embd / 64 (GPT-2's head size) but at least 2, or the nearest divisor below
 SPECIALS = ("<|endoftext|>", "<|mask|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>")
 # What decides the runs: a study continued in its DIR must keep these.
 FIXED = ("tokens", "n_layer", "n_embd", "n_head", "seq_len", "vocab_size", "preset", "batch_size", "lr",
@@ -55,8 +55,12 @@ class StudyConfig:
     valid_every: int = 50  # one document in N is held out (training's validation split and every eval task)
     evals: int = 10  # held-out evaluations per run (the loss curves' points)
     tasks: tuple[str, ...] = TASKS  # eval tasks run on every model
-    eval_limit: int | None = None  # items per eval task (None: eval's defaults)
-    eval_samples: int = 16  # masked-diffusion bound: mask rates per window
+    # items per eval task (None: eval's own defaults, 200 passages, 100 sentences, 500 probe texts, every pair):
+    # 100 keeps a small study's evaluation, which costs more than its training, to minutes
+    eval_limit: int | None = 100
+    # masked-diffusion bound: mask rates per window. Fewer than eval's 16: the bound's forward passes cost the
+    # masked models more than every other task together, and its standard error (in the report) stays small.
+    eval_samples: int = 4
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -135,8 +139,9 @@ class StudyConfig:
 
 
 def default_heads(n_embd: int) -> int:
-    """Heads of HEAD_SIZE dimensions (at least one), or the nearest count below that divides n_embd."""
-    heads = max(1, n_embd // HEAD_SIZE)
+    """Heads of HEAD_SIZE dimensions, at least two (one head cannot attend to two things at once), or the
+    nearest count below that divides n_embd."""
+    heads = max(2, n_embd // HEAD_SIZE)
     while n_embd % heads:
         heads -= 1
     return heads

@@ -51,7 +51,7 @@ class _Axes:
         canvas.line(self.left, self.bottom, self.right, self.bottom, BLACK)
         canvas.text(self.left, 10, title)
         canvas.text((self.left + self.right) // 2 - text_width(x_label) // 2, canvas.height - 18, x_label)
-        canvas.text(8, self.top - 16, y_label, scale=1)
+        canvas.text(8, self.top - 14, y_label, scale=1)
 
     def px(self, x: float) -> float:
         return self.left + (self.right - self.left) * (x - self.x_lo) / ((self.x_hi - self.x_lo) or 1.0)
@@ -114,7 +114,7 @@ def bars_png(groups: list[str], names: list[str], values: dict[tuple[str, str], 
     for g, group in enumerate(groups):
         x0 = axes.left + g * slot + slot * 0.1
         label = group.upper()
-        canvas.text(round(axes.left + (g + 0.5) * slot) - text_width(label, 1) // 2, axes.bottom + 8, label, scale=1)
+        canvas.text(round(axes.left + (g + 0.5) * slot) - text_width(label) // 2, axes.bottom + 8, label)
         for n, name in enumerate(names):
             if (group, name) not in values:
                 continue
@@ -125,6 +125,7 @@ def bars_png(groups: list[str], names: list[str], values: dict[tuple[str, str], 
             canvas.pixels[top:round(axes.bottom), left:left + bar - 1] = color
             if spread:
                 centre = left + bar // 2
-                canvas.line(centre, axes.py(mean - spread), centre, axes.py(mean + spread), BLACK)
+                canvas.line(centre, axes.py(max(mean - spread, axes.y_lo)), centre,
+                            axes.py(min(mean + spread, axes.y_hi)), BLACK)
     axes.legend(names)
     return canvas.png()

@@ -9,7 +9,7 @@ and calls it), and the pieces it is made of.
     checkpoint.py   checkpoint and best-weights files, checked on reading; stopping on a signal
     distributed.py  DDP process group and rank-0 set-up
     progress.py     the progress line and the metrics files; plot.py draws the loss curve
-    data.py         token shards; objectives.py: clm, mlm, fim
+    data.py         token shards; objectives.py: clm, mlm, fim, hybrid (GPT-BERT), mdlm (masked diffusion)
     cli.py          `clozelm train`
 """
 

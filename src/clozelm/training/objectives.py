@@ -1,4 +1,5 @@
-"""Training objectives: each turns a window of corpus tokens into (input ids, labels) for one example.
+"""Training objectives: each turns a window of corpus tokens into (input ids, labels) for one example, and a
+list of windows into a `Batch` (plus per-token weights for mdlm, per-row attention for hybrid).
 
     clm  next-token prediction (GPT-2). Window of T+1 tokens: input = w[:-1], labels = w[1:].
     mlm  BERT masking. Window of T tokens; exactly round(15%) of the non-special tokens of each
@@ -35,7 +36,9 @@
          row, so one head serves both, and the model stays a next-token predictor. A masked row attends both
          ways: the batch carries which rows are causal (`Batch.causal`), and the trainer runs the network
          with causal=False and a per-row additive mask that hides the future from the causal rows (one
-         forward pass per micro-batch, whatever the mix).
+         forward pass per micro-batch, whatever the mix). The loss is the mean over every labelled position
+         of the global batch, causal and masked alike (a causal row labels T positions, a masked one about
+         mask_rate x T).
     mdlm    masked diffusion (MDLM, Sahoo et al. 2024), bidirectional. Window of T tokens. Per row a mask
          rate t = eps + (1 - eps) u, u ~ U[0, 1) (eps = 1e-3: the weight 1/t stays finite); each
          non-special token is replaced by the mask token independently with probability t; the loss is the

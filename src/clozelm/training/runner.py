@@ -388,8 +388,8 @@ def _model_config(config: TrainConfig, init: Model | None, tok) -> ModelConfig:
     bidirectional = objective in BIDIRECTIONAL
     layout = config.layout or ("bert" if bidirectional else "gpt2")
     if layout == "bert" and not bidirectional:
-        raise InvalidTrainConfig([("layout", f"bert is a bidirectional layout; --objective {objective} needs a causal "
-                                             "model (--layout gpt2)")])
+        raise InvalidTrainConfig([("layout", f"bert is a bidirectional layout; {{objective}} {objective} needs a "
+                                             "causal model ({layout} gpt2)")])
     if layout == "bert":  # BERT layout whatever the shape came from
         base.update(causal=False, pre_ln=False, head="mlm")
     else:  # GPT-2's; bidirectional for mlm/mdlm, so every objective can share one network shape

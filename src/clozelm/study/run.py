@@ -1,0 +1,368 @@
+"""`run_study(StudyConfig(...))`: the whole study in one directory, resumable at every stage.
+
+    DIR/study.json        the settings that decide the runs (StudyConfig FIXED) and the corpus files' digests
+    DIR/data/train.txt    the training documents; DIR/data/heldout/NNNNN.txt: one file per held-out document
+                          (every valid_every-th document of the corpus, counted over the files in order)
+    DIR/tokenizer/        one byte-level BPE vocabulary, trained on data/train.txt, for every run
+    DIR/tokens/           the token cache every run shares (each run's tokens/ points here)
+    DIR/runs/OBJ-seedK/   one training run directory per objective and seed (`clozelm train --resume` works)
+    DIR/trained/OBJ-seedK.json, DIR/evals/OBJ-seedK.json
+                          a finished training's facts and a finished evaluation's figures: what a continued
+                          study does not do again
+    DIR/results.json, DIR/report.md, DIR/*.png
+
+Why this way:
+- Same shape: every objective trains the same network (GPT-2's pre-LN blocks, output tied to the embeddings;
+  bidirectional attention for mlm and mdlm), so parameter counts are equal, not just within 1%, and nothing
+  but the objective and the attention direction differs. (BERT's post-LN layout with its MLM head would add
+  a dense layer and an output bias to the masked models.)
+- Same data order: the runs of one seed read the same windows of the same token cache in the same order
+  (training/loop.py's Batcher: the order is a function of the seed and the number of windows; causal
+  objectives read T+1 tokens per window, masked ones T, starting at the same token). The one exception: a
+  training split whose length is an exact multiple of T has one window more for the masked objectives,
+  and their order then differs.
+- The held-out split is written out as files, so training's validation loss and every eval task read exactly
+  the same documents, and the tokenizer never sees them.
+- Resuming: data, tokenizer and token cache are reused when complete (each is written under a temporary name
+  and renamed into place); a run with a checkpoint resumes exactly; a finished run or evaluation is skipped.
+  Re-running with the same DIR and other FIXED settings is refused in one line; other objectives or more seeds
+  add runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..errors import ClozelmError
+from ..eval import EvalOptions, evaluate
+from ..files import atomic_write_bytes, atomic_write_text, expand_inputs
+from ..loading import load
+from ..model.config import ModelConfig
+from ..model.transformer import Transformer
+from ..tokenizers import load_tokenizer, train_bpe
+from ..training import TrainConfig, train
+from ..training.data import check_text_file, iter_documents
+from ..training.rundir import RunLock
+from .config import SPECIALS, StudyConfig
+from .plots import bars_png, lines_png
+from .report import FIGURES, cloze_by_k, markdown, summary
+
+STUDY_VERSION = 1
+EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds is the training's
+EVAL_EXAMPLES = 128  # held-out windows per evaluation during training (the loss curves)
+LOSS_PLOT, ACCURACY_PLOT, CLOZE_PLOT = "loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"
+
+
+def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) -> dict:
+    """Train and evaluate what `config` asks for in `config.out` (continuing what is there), write
+    results.json, report.md and the plots, and return the results: {"study": {...}, "runs": [{"objective",
+    "seed", "params", "tokens", "train_seconds", "tasks", ...}], "summary": [...]}."""
+    if not isinstance(config, StudyConfig):
+        raise ClozelmError(f"run_study takes a StudyConfig, not {type(config).__name__}")
+    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    out = Path(config.out)
+    corpus = _checked_corpus(expand_inputs(config.corpus))  # every file read before anything is written
+    if out.exists() and not out.is_dir():
+        raise ClozelmError(f"{out} exists and is not a directory")
+    if out.is_dir() and not (out / "study.json").is_file() and any(p.name != "study.lock" for p in out.iterdir()):
+        raise ClozelmError(f"{out} holds files but no study (study.json); choose a new or empty directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ClozelmError(f"cannot create {out}: {e.strerror}") from None
+    lock = RunLock(out)
+    lock.path = out / "study.lock"
+    lock.acquire()
+    try:
+        study = _settings(out, config, corpus)
+        n_documents, n_heldout = _split(out, [Path(c["file"]) for c in corpus], config.valid_every, say)
+        _tokenizer(out, config.vocab_size, say)
+        study.update(objectives=list(config.objectives), seeds=config.seed_list, documents=n_documents,
+                     heldout_documents=n_heldout, tasks=list(config.tasks))
+        names = [(o, s) for s in config.seed_list for o in config.objectives]
+        runs = []
+        for i, (objective, seed) in enumerate(names, 1):
+            name = f"{objective}-seed{seed}"
+            say(f"study: [{i}/{len(names)}] {name}")
+            record = _trained(out, name, objective, seed, config, say)
+            record["tasks"] = _evaluated(out, name, config, say)
+            runs.append(record)
+        _check_same_size(runs)
+        study["train_split_tokens"] = runs[0]["train_split_tokens"]
+        results = {"study": study, "runs": runs}
+        results["summary"] = summary(runs)
+        plots = _plots(out, results)
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(out / "report.md", markdown(results, plots))
+        say(f"study: wrote {out / 'report.md'}, {out / 'results.json'} and {len(plots)} plots")
+        return results
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------- settings
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checked_corpus(files: list[Path]) -> list[dict]:
+    """[{"file", "sha256"}] of the corpus files; a one-line error for one that is not UTF-8 text."""
+    corpus = []
+    for path in files:
+        digest, problem = check_text_file(path)
+        if problem is not None:
+            raise ClozelmError(f"{path} is {problem}")
+        corpus.append({"file": str(path), "sha256": digest})
+    return corpus
+
+
+def _settings(out: Path, config: StudyConfig, corpus: list[dict]) -> dict:
+    """The study's record: written by the first call, and a later call must agree with it once anything was
+    built from it (the data split)."""
+    settings = {"version": STUDY_VERSION, "fixed": config.fixed(), "corpus": corpus}
+    path = out / "study.json"
+    if path.is_file() and (out / "data" / "done").is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ClozelmError(f"{path} is damaged ({type(e).__name__}); move it away to start the study again") from None
+        if not isinstance(recorded, dict):
+            raise ClozelmError(f"{path} is damaged; move it away to start the study again")
+        for name, value in settings["fixed"].items():
+            if recorded.get("fixed", {}).get(name) != value:
+                raise ClozelmError(f"{out} holds a study with {name} {recorded.get('fixed', {}).get(name)}, not "
+                                   f"{value}; continue it with its settings, or use another --out")
+        if [c["sha256"] for c in recorded.get("corpus", [])] != [c["sha256"] for c in corpus]:
+            raise ClozelmError(f"{out} holds a study of other corpus files (or they changed since); use another --out")
+        return recorded
+    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+    return settings
+
+
+# ---------------------------------------------------------------- data and tokenizer
+
+
+def _split(out: Path, files: list[Path], valid_every: int, say) -> tuple[int, int]:
+    """DIR/data: train.txt and heldout/ (one file per held-out document); (documents, held-out documents)."""
+    data = out / "data"
+    if not (data / "done").is_file():
+        partial = out / "data.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "heldout").mkdir(parents=True)
+        n, held = 0, 0
+        try:
+            with open(partial / "train.txt", "w", encoding="utf-8") as train_file:
+                for path in files:
+                    for text in iter_documents(path):
+                        if n % valid_every == 0:
+                            (partial / "heldout" / f"{held:05d}.txt").write_text(text + "\n", encoding="utf-8")
+                            held += 1
+                        else:
+                            train_file.write(text + "\n\n")
+                        n += 1
+        except UnicodeDecodeError as e:
+            raise ClozelmError(f"{path} is not UTF-8 text (invalid byte at offset {e.start})") from None
+        except OSError as e:
+            raise ClozelmError(f"{e.filename or partial}: {e.strerror}") from None
+        if n - held < 1 or held < 1:
+            raise ClozelmError(f"the corpus holds {n} document(s) (separated by blank lines): a study holds out one "
+                               f"in {valid_every} (the first of each {valid_every}) and trains on the rest, so it needs "
+                               "at least two")
+        atomic_write_text(partial / "done", json.dumps({"documents": n, "heldout": held}) + "\n")
+        shutil.rmtree(data, ignore_errors=True)
+        os.replace(partial, data)
+        say(f"study: {n:,} documents: {held:,} held out in {data / 'heldout'}, the rest in {data / 'train.txt'}")
+    counts = json.loads((data / "done").read_text())
+    return counts["documents"], counts["heldout"]
+
+
+def _tokenizer(out: Path, vocab_size: int, say) -> Path:
+    """DIR/tokenizer: one BPE vocabulary trained on the training split, shared by every run."""
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "done").is_file():
+        return tok_dir
+    say(f"study: training a {vocab_size:,}-token BPE vocabulary on {out / 'data' / 'train.txt'}")
+    partial = out / "tokenizer.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    train_bpe([out / "data" / "train.txt"], vocab_size, special_tokens=SPECIALS).save_pretrained(partial)
+    load_tokenizer(partial)  # it reads back
+    atomic_write_text(partial / "done", "\n")
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    os.replace(partial, tok_dir)
+    return tok_dir
+
+
+# ---------------------------------------------------------------- training
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None  # missing or damaged: the work is done again
+    return value if isinstance(value, dict) else None
+
+
+def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, overwrite: bool = False) -> TrainConfig:
+    """The TrainConfig of one run of the study in `config.out` (its data split and tokenizer must exist)."""
+    out, shape, steps = Path(config.out), config.shape, config.steps
+    every = max(1, steps // config.evals)
+    layers = {"preset": config.preset} if config.preset else \
+        {"n_layer": shape["n_layer"], "n_embd": shape["n_embd"], "n_head": shape["n_head"]}
+    return TrainConfig(
+        files=[str(out / "data" / "train.txt")], valid=[str(out / "data" / "heldout")],
+        tokenizer=str(out / "tokenizer"), out=str(run_dir), overwrite=overwrite, objective=objective, layout="gpt2",
+        **layers, n_positions=shape["seq_len"], seq_len=shape["seq_len"], batch_size=config.batch_size, steps=steps,
+        lr=config.lr, seed=seed, locality_warmup=round(config.locality_warmup * steps), eval_every=every,
+        eval_examples=EVAL_EXAMPLES, checkpoint_every=every, progress=config.progress, device=config.device,
+        threads=config.threads)
+
+
+def _metrics(run_dir: Path) -> tuple[list[tuple[int, float]], float]:
+    """([(tokens seen, held-out loss)] of every evaluation, seconds spent in optimizer steps)."""
+    steps_tokens, curve, seconds = {}, [], 0.0
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if "tokens" in record:
+                steps_tokens[record["step"]] = record["tokens"]
+                seconds = max(seconds, float(record.get("elapsed_s", 0.0)))
+            if "val_loss" in record:
+                curve.append((steps_tokens.get(record["step"], 0), record["val_loss"]))
+    return curve, seconds
+
+
+def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfig, say) -> dict:
+    """Train (or resume, or skip) one run; its facts, also kept in DIR/trained/NAME.json."""
+    record_path = out / "trained" / f"{name}.json"
+    run_dir = out / "runs" / name
+    record = _read_json(record_path)
+    if record is not None and (run_dir / "model" / "model.safetensors").is_file():
+        return record
+    (out / "evals" / f"{name}.json").unlink(missing_ok=True)  # the model is about to change
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokens = run_dir / "tokens"
+    if not tokens.exists() and not tokens.is_symlink():
+        (out / "tokens").mkdir(exist_ok=True)
+        os.symlink(os.path.join("..", "..", "tokens"), tokens)  # one token cache for every run
+    if (run_dir / "run.json").is_file() and (run_dir / "checkpoint.pt").is_file():
+        say(f"study: resuming {run_dir}")
+        run = train(TrainConfig(out=str(run_dir), resume=True, progress=config.progress))
+    else:
+        run = train(train_config(config, run_dir, objective, seed, overwrite=(run_dir / "run.json").exists()))
+    if not run.complete:
+        raise ClozelmError(f"{run_dir} stopped at step {run.step} of {run.steps} ({run.stopped}); run the study again "
+                           "to continue")
+    curve, seconds = _metrics(run_dir)
+    settings = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    with torch.device("meta"):  # the count without the memory
+        params = Transformer(ModelConfig.from_dict(settings["model"])).num_parameters()
+    data = json.loads((out / "tokens" / settings["data_key"] / "meta.json").read_text(encoding="utf-8"))
+    seq_len, per_step = settings["train"]["seq_len"], settings["train"]["batch_size"] * settings["train"]["grad_accum"]
+    record = {"objective": objective, "seed": seed, "params": params, "tokens": run.step * per_step * seq_len,
+              "steps": run.step, "train_seconds": round(seconds, 3), "best_val_loss": run.best_val_loss,
+              "best_step": run.best_step, "held_out_loss": curve, "run_dir": str(run_dir),
+              "train_split_tokens": sum(shard["tokens"] for shard in data["train"])}
+    record_path.parent.mkdir(exist_ok=True)
+    atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _check_same_size(runs: list[dict]) -> None:
+    sizes = [r["params"] for r in runs]
+    if sizes and (max(sizes) - min(sizes)) > 0.01 * min(sizes):
+        raise ClozelmError(f"the runs' parameter counts differ by more than 1% ({min(sizes):,} to {max(sizes):,})")
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _eval_key(config: StudyConfig, model_file: Path) -> dict:
+    return {"tasks": list(config.tasks), "limit": config.eval_limit, "samples": config.eval_samples, "seed": EVAL_SEED,
+            "model_sha256": _digest(model_file)}
+
+
+def _evaluated(out: Path, name: str, config: StudyConfig, say) -> dict:
+    """The run's eval figures per task (cached in DIR/evals/NAME.json). A task that cannot run on this
+    corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal."""
+    model_dir = out / "runs" / name / "model"
+    key = _eval_key(config, model_dir / "model.safetensors")
+    cache_path = out / "evals" / f"{name}.json"
+    cached = _read_json(cache_path) or {}
+    tasks = cached.get("tasks", {}) if cached.get("key") == key else {}
+    todo = [t for t in config.tasks if t not in tasks]
+    if todo:
+        model = load(model_dir)
+        options = EvalOptions(seed=EVAL_SEED, limit=config.eval_limit, samples=config.eval_samples)
+        heldout = out / "data" / "heldout"
+        for task in todo:
+            say(f"study: evaluating {name}: {task}")
+            started = time.perf_counter()
+            try:
+                figures = evaluate(model, [heldout], tasks=task, options=options)["tasks"][task]
+            except ClozelmError as e:
+                say(f"study: note: {name}: {task} did not run: {e}")
+                figures = {"error": str(e)}
+            figures["seconds"] = round(time.perf_counter() - started, 3)
+            tasks[task] = figures
+            cache_path.parent.mkdir(exist_ok=True)
+            atomic_write_text(cache_path, json.dumps({"key": key, "tasks": tasks}, indent=1) + "\n")
+    return {t: tasks[t] for t in config.tasks}
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[float, float]]:
+    by_tokens: dict[int, list[float]] = {}
+    for curve in curves:
+        for tokens, loss in curve:
+            by_tokens.setdefault(tokens, []).append(loss)
+    return [(float(t), sum(v) / len(v)) for t, v in sorted(by_tokens.items())]
+
+
+def _plots(out: Path, results: dict) -> list[str]:
+    runs, rows = results["runs"], results["summary"]
+    objectives = [o for o in results["study"]["objectives"] if any(r["objective"] == o for r in runs)]
+    written = []
+    curves = {o: _mean_curve([r["held_out_loss"] for r in runs if r["objective"] == o]) for o in objectives}
+    atomic_write_bytes(out / LOSS_PLOT, lines_png(curves, "HELD-OUT LOSS, EACH OBJECTIVE ITS OWN", "TRAINING TOKENS",
+                                                  "NATS PER PREDICTED TOKEN"))
+    written.append(LOSS_PLOT)
+    figures = {(f.task, f.key): f for f in FIGURES}
+    groups, values = [], {}
+    for row in rows:
+        figure = figures[(row["task"], row["figure"])]
+        if not figure.higher_is_better:
+            continue
+        group = figure.short
+        groups.append(group)
+        for name, s in row["objectives"].items():
+            values[(group, name)] = (s["mean"], s["spread"])
+    atomic_write_bytes(out / ACCURACY_PLOT, bars_png(groups, objectives, values, "ACCURACY BY TASK AND OBJECTIVE",
+                                                     "SHARE CORRECT (MEAN, +- SD OVER SEEDS)"))
+    written.append(ACCURACY_PLOT)
+    by_k = cloze_by_k(runs, objectives)
+    if by_k:
+        series = {name: [(float(k), v) for k, v in zip(by_k["ks"], row) if v is not None]
+                  for name, row in by_k["rows"].items()}
+        atomic_write_bytes(out / CLOZE_PLOT, lines_png(series, "CLOZE: EXACT MATCH BY HIDDEN TOKENS", "K TOKENS",
+                                                       "SHARE EXACT", x_ticks=[(k, str(k)) for k in by_k["ks"]],
+                                                       y_floor=0.0))
+        written.append(CLOZE_PLOT)
+    return written

@@ -1,0 +1,154 @@
+"""`clozelm study` end to end at a tiny budget: every objective at one shape, budget and data order, two seeds,
+every eval task; stopped between runs and in the middle of a training, it continues where it was (the stopped
+run resumes exactly) and does nothing twice; report.md, results.json and the plots say what the runs say."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import replace
+
+import pytest
+
+from clozelm.cli import main
+from clozelm.errors import ClozelmError
+from clozelm.eval import TASKS
+from clozelm.study import StudyConfig, run_study
+from clozelm.study import run as study_run
+from clozelm.training import train
+from clozelm.training.objectives import OBJECTIVES
+
+TINY = dict(tokens=4096, seeds=2, n_layer=2, n_embd=32, n_head=2, seq_len=32, vocab_size=300, batch_size=4, evals=2,
+            eval_limit=4, eval_samples=2, progress=False)
+VERDICTS = {"left-to-right", "left-to-right, not conclusive", "bidirectional", "within noise", "no noise estimate",
+            "not measured"}
+
+
+def _losses(run_dir) -> dict[int, float]:
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkeypatch):
+    out = tmp_path / "study"
+    config = StudyConfig(corpus=[corpus], out=out, **TINY)
+    order = [f"{o}-seed{s}" for s in (0, 1) for o in OBJECTIVES]
+
+    # 1. Ctrl-C between runs: the first three are trained and evaluated, nothing else
+    def interrupt_at_the_fourth(text):
+        if text.startswith("study: [4/10]"):
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, log=interrupt_at_the_fourth)
+    assert sorted(p.stem for p in (out / "evals").iterdir()) == sorted(order[:3])
+    kept = {p: p.stat().st_mtime_ns for p in [*(out / "trained").iterdir(), *(out / "evals").iterdir()]}
+
+    # 2. stopped in the middle of the fourth run's training (as a kill after a checkpoint would leave it)
+    def stopping_train(cfg):
+        return real_train(replace(cfg, stop_after=3) if cfg.objective == "hybrid" else cfg)
+    real_train = study_run.train
+    monkeypatch.setattr(study_run, "train", stopping_train)
+    with pytest.raises(ClozelmError, match="stopped at step 3 of 32"):
+        run_study(config, log=lambda text: None)
+    monkeypatch.undo()
+
+    # 3. run again: continues, and does nothing twice
+    said = []
+    results = run_study(config, log=said.append)
+    assert "study: resuming " + str(out / "runs" / "hybrid-seed0") in said
+    assert not any(name in text for text in said for name in order[:3] if "evaluating" in text)
+    assert len(kept) == 6 and all(path.stat().st_mtime_ns == t for path, t in kept.items())
+    # the stopped run resumed exactly: the same losses as the same run trained straight through
+    straight = train(study_run.train_config(config, tmp_path / "straight", "hybrid", 0))
+    assert _losses(out / "runs" / "hybrid-seed0") == _losses(straight.dir)
+
+    # every objective, seed, task; one shape, one budget, one token cache (the same data order per seed)
+    runs = results["runs"]
+    assert [f"{r['objective']}-seed{r['seed']}" for r in runs] == order
+    assert len({r["params"] for r in runs}) == 1 and {r["tokens"] for r in runs} == {32 * 4 * 32}
+    assert all(r["steps"] == 32 and r["train_seconds"] > 0 and len(r["held_out_loss"]) == 2 for r in runs)
+    keys = {json.loads((out / "runs" / name / "run.json").read_text())["data_key"] for name in order}
+    assert len(keys) == 1
+    for r in runs:
+        assert set(r["tasks"]) == set(TASKS)
+        assert r["tasks"]["ppl"]["bits_per_byte"] > 0 and 0 <= r["tasks"]["pairs"]["accuracy"] <= 1
+        assert ("bits_per_byte_se" in r["tasks"]["ppl"]) == (r["objective"] in ("mlm", "mdlm"))
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+
+    # the report: per task a table of mean and spread over the two seeds, the winner and the claim
+    rows = {(row["task"], row["figure"]): row for row in results["summary"]}
+    assert {"ppl", "lastword", "cloze", "pairs"} <= {task for task, _ in rows}
+    for (task, figure), row in rows.items():
+        assert set(row["objectives"]) <= set(OBJECTIVES) and row["winners"]
+        assert all(s["n"] == 2 and s["spread"] is not None for s in row["objectives"].values())
+        if figure != "left_only_accuracy":
+            assert row["claim"]["verdict"] in VERDICTS
+    report = (out / "report.md").read_text()
+    for heading in ("## ppl: bits per byte", "## lastword:", "## cloze: middle word", "## pairs:", "## Runs"):
+        assert heading in report
+    assert " ± " in report and "The claim: " in report
+    for name in ("loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"):
+        assert f"]({name})" in report
+        width, height = _png_size(out / name)
+        assert width >= 400 and height >= 300
+
+    # a continued study keeps its settings; fewer objectives or seeds reuse what is there
+    with pytest.raises(ClozelmError, match="holds a study with tokens 4096, not 8192"):
+        run_study(replace(config, tokens=8192), log=lambda text: None)
+    said.clear()
+    again = run_study(replace(config, objectives=("clm", "mdlm"), seeds=1), log=said.append)
+    assert [r["objective"] for r in again["runs"]] == ["clm", "mdlm"] and not any("evaluating" in t for t in said)
+
+
+def test_the_command_line_and_its_one_line_errors(tmp_path, corpus, capsys):
+    rc = main(["study", str(corpus), "--out", str(tmp_path / "s"), "--objectives", "clm,gpt"])
+    assert rc == 2 and "unknown objective 'gpt'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    rc = main(["study", str(corpus), "--out", str(tmp_path / "s"), "--preset", "gpt2", "--n-layer", "2"])
+    assert rc == 2 and "preset fixes the shape" in capsys.readouterr().err
+    rc = main(["study", str(tmp_path / "missing"), "--out", str(tmp_path / "s")])
+    assert rc == 2 and "missing" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    rc = main(["study", str(corpus), str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "s")])
+    assert rc == 2 and "latin1.txt is not UTF-8" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    (tmp_path / "small.txt").write_text("One document,\nin two lines.\n")
+    rc = main(["study", str(tmp_path / "small.txt"), "--out", str(tmp_path / "s")])
+    assert rc == 2 and "holds 1 document(s)" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "report.md").write_text("mine")
+    rc = main(["study", str(corpus), "--out", str(busy)])
+    assert rc == 2 and "holds files but no study" in capsys.readouterr().err
+    assert [p.name for p in busy.iterdir()] == ["report.md"] and (busy / "report.md").read_text() == "mine"
+    rc = main(["study", str(corpus), "--out", str(tmp_path / "s"), "--objectives", "clm,mdlm", "--seeds", "1",  # same DIR:
+               # nothing was built from the refused corpus, so it takes the new settings
+               "--tokens", "1024", "--n-layer", "1", "--n-embd", "32", "--seq-len", "32", "--vocab-size", "280",
+               "--batch-size", "4", "--tasks", "ppl,pairs", "--eval-limit", "2", "--samples", "2", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "ppl: bits per byte" in captured.out and "pairs: minimal pairs" in captured.out
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert [(r["objective"], r["seed"], set(r["tasks"])) for r in results["runs"]] == \
+        [("clm", 0, {"ppl", "pairs"}), ("mdlm", 0, {"ppl", "pairs"})]
+    assert results["study"]["fixed"]["n_head"] == 2  # n_embd 32: heads of 64 dimensions, but at least two
+
+
+def test_config_checks_each_value_in_one_line():
+    base = dict(corpus=["c"], out="o")
+    for changes, words in [(dict(tokens=0), "tokens must be an integer >= 1"), (dict(seeds=1.5), "seeds must be"),
+                           (dict(objectives="clm,xl"), "unknown objective 'xl'"), (dict(tasks=""), "tasks: name"),
+                           (dict(n_embd=30, n_head=4), "not divisible"), (dict(locality_warmup=2), "locality_warmup"),
+                           (dict(vocab_size=100), "vocab_size must be"), (dict(device="tpu"), "device must be")]:
+        with pytest.raises(ClozelmError, match=words):
+            StudyConfig(**base, **changes)
+    c = StudyConfig(**base, objectives="mdlm, clm", n_embd=384)
+    assert c.objectives == ("clm", "mdlm") and c.shape == {"n_layer": 6, "n_embd": 384, "n_head": 6, "seq_len": 256}
+    assert StudyConfig(**base, preset="gpt2", seq_len=128).shape == {"n_layer": 12, "n_embd": 768, "n_head": 12,
+                                                                     "seq_len": 128}
+    assert StudyConfig(**base, tokens=10).steps == 1  # at least one step
