@@ -8,7 +8,7 @@ The packed copy is made lazily, used only when no gradient is wanted and autocas
 and must not change autocast's dtype choice), and remade whenever the weight changes (its version counter or
 storage), so training steps, `load_state_dict` and `.to()` never meet a stale copy. It costs memory equal to
 the weights it packs, so packing stops once packed copies would take more than a quarter of the RAM;
-`CLOZELM_PACKED_WEIGHTS=0` turns it off.
+`CLOZELM_PACKED_WEIGHTS=0` turns it off, `CLOZELM_PACK_FP32=0/1` overrides the per-machine choice for fp32.
 """
 
 from __future__ import annotations
@@ -114,13 +114,27 @@ def _int8_linear(x, weight, bias, owner):
     return y if bias is None else y + bias
 
 
+def _has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+# Which weights to pack, by machine class (benchmarks/generate_speed.py, A/B with CLOZELM_PACKED_WEIGHTS=0): the
+# blocked layout pays for bf16 everywhere measured, and for fp32 on CPUs without AMX; on a Xeon with AMX the fp32
+# single-row product is faster with the plain row-major weight.
+PACK_FP32 = os.environ.get("CLOZELM_PACK_FP32", "0" if _has_amx() else "1") != "0"
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object) -> torch.Tensor:
     """F.linear(x, weight, bias), through the packed copy of `weight` (cached on `owner`) when that is safe."""
     if (getattr(owner, "weight_format", None) == INT8 and INT8_AVAILABLE and x.device.type == "cpu"
             and not torch.is_grad_enabled()):
         return _int8_linear(x, weight, bias, owner)
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
-            and x.dtype == weight.dtype and weight.dtype in (torch.float32, torch.bfloat16)
+            and x.dtype == weight.dtype and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and PACK_FP32))
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):
         packed = _packed(owner, weight)
         if packed is not None:
