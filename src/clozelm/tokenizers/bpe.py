@@ -104,6 +104,20 @@ def symbols_to_bytes(symbols: str) -> bytes | None:
         return None
 
 
+def merges_as_bytes(merges, source: str) -> tuple[list[tuple[bytes, bytes]], set[str]]:
+    """Symbol-spelled merges as byte pairs, and the spelling of every ordinary token (the 256 bytes and every
+    merge product: symbol spelling is one character per byte, so a product is spelled left + right)."""
+    byte_merges = []
+    ordinary = {BYTE_TO_SYMBOL[b] for b in range(256)}
+    for number, (left, right) in enumerate(merges, start=1):
+        left_bytes, right_bytes = symbols_to_bytes(left), symbols_to_bytes(right)
+        if left_bytes is None or right_bytes is None:
+            raise ClozelmError(f"{source}: merge {number} ({left!r} {right!r}) has a non-byte symbol")
+        byte_merges.append((left_bytes, right_bytes))
+        ordinary.add(left + right)
+    return byte_merges, ordinary
+
+
 class LoneSurrogateError(ClozelmError, ValueError):
     """Text holds a lone UTF-16 surrogate, which has no UTF-8 encoding."""
 
@@ -324,15 +338,7 @@ class ByteBPE(Tokenizer):
         source: str,
     ) -> "ByteBPE":
         """Build from GPT-2 file contents: symbol-spelled vocab and merges."""
-        byte_merges = []
-        # Symbol spelling is one char per byte, so a merge product is spelled left + right.
-        ordinary = {BYTE_TO_SYMBOL[b] for b in range(256)}
-        for line_number, (left, right) in enumerate(merges, start=1):
-            left_bytes, right_bytes = symbols_to_bytes(left), symbols_to_bytes(right)
-            if left_bytes is None or right_bytes is None:
-                raise ClozelmError(f"{source}: merge {line_number} ({left!r} {right!r}) has a non-byte symbol")
-            byte_merges.append((left_bytes, right_bytes))
-            ordinary.add(left + right)
+        byte_merges, ordinary = merges_as_bytes(merges, source)
         token_ids: dict[bytes, int] = {}
         special_tokens: dict[str, int] = {}
         for token, token_id in vocab.items():

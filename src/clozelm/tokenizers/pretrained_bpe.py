@@ -27,7 +27,6 @@ from clozelm.errors import ClozelmError
 from clozelm.files import atomic_write_text
 from clozelm.tokenizers.base import UNSET
 from clozelm.tokenizers.bpe import (
-    BYTE_TO_SYMBOL,
     ENDOFTEXT,
     GPT2_SPLIT_PATTERN,
     ByteBPE,
@@ -35,6 +34,7 @@ from clozelm.tokenizers.bpe import (
     _read_hf_special_tokens,
     _read_json_object,
     bytes_to_symbols,
+    merges_as_bytes,
     symbols_to_bytes,
 )
 
@@ -99,14 +99,7 @@ class PretrainedBPE(ByteBPE):
         """From symbol-spelled tables (the spelling of GPT-2's vocab files, GGUF and tokenizer.json):
         `vocab` every token -> id, `specials` the ones matched as whole strings (control and added tokens)."""
         source = options.get("source", "<memory>")
-        byte_merges = []
-        ordinary = {BYTE_TO_SYMBOL[b] for b in range(256)}
-        for number, (left, right) in enumerate(merges, start=1):
-            left_bytes, right_bytes = symbols_to_bytes(left), symbols_to_bytes(right)
-            if left_bytes is None or right_bytes is None:
-                raise ClozelmError(f"{source}: merge {number} ({left!r} {right!r}) has a non-byte symbol")
-            byte_merges.append((left_bytes, right_bytes))
-            ordinary.add(left + right)
+        byte_merges, ordinary = merges_as_bytes(merges, source)
         token_ids, special_tokens = {}, {}
         for token, token_id in vocab.items():
             if token in ordinary:
