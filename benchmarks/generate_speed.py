@@ -35,16 +35,24 @@ def stream_bandwidth(gigabytes: float = 2.0, reps: int = 5) -> float:
     return buffer.numel() * 4 / best
 
 
-def bytes_per_token(network, int8: bool = False) -> int:
+def bytes_per_token(network, quantized: str | None = None) -> int:
     """The weight bytes one decoding step reads: every matrix and vector, once (the tied output matrix is read
-    whole by the head; an embedding lookup reads one row, so the position table does not count). int8: the
-    matrices as one byte per weight plus a scale per row."""
+    whole by the head; an embedding lookup reads one row, so the position table does not count). quantized
+    "int8": the matrices as one byte per weight plus a bf16 scale per row; "int4": half a byte per weight plus a
+    bf16 scale and zero per group of 32, the vocabulary projection as int8 (model/packed.py)."""
     skip = {id(network.wpe.weight)} if getattr(network, "wpe", None) is not None else set()
+    output = {id(owner.weight) for owner in (getattr(network, "wte", None), getattr(network, "lm_head", None))
+              if owner is not None}
     total = 0
     for p in network.parameters():
         if id(p) in skip:
             continue
-        total += p.numel() + 2 * p.shape[0] if int8 and p.dim() == 2 else p.numel() * p.element_size()
+        if quantized == "int4" and p.dim() == 2 and p.shape[1] % 32 == 0 and id(p) not in output:
+            total += p.numel() // 2 + 4 * (p.numel() // 32)
+        elif quantized in ("int8", "int4") and p.dim() == 2:
+            total += p.numel() + 2 * p.shape[0]
+        else:
+            total += p.numel() * p.element_size()
     return total
 
 
@@ -61,8 +69,9 @@ def speed(args):
         hf.save_pretrained(d)
         ours = clozelm.load(d, tokenizer=False)
     ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)
-    ours_int8 = copy.deepcopy(ours)
-    packed.use_int8_weights(ours_int8.network)
+    ours_int8, ours_int4 = copy.deepcopy(ours), copy.deepcopy(ours)
+    packed.use_quantized_weights(ours_int8.network, "int8")
+    packed.use_quantized_weights(ours_int4.network, "int4")
     prompt = torch.randint(0, 50257, (1, 32))
     n = args.new
 
@@ -78,7 +87,8 @@ def speed(args):
     contenders = {"transformers fp32": run_hf, "clozelm fp32": run_ours(ours), "clozelm bf16": run_ours(ours_bf16),
                   "clozelm fp32, no drafting": run_ours(ours, lookahead=0),
                   "clozelm bf16, no drafting": run_ours(ours_bf16, lookahead=0),
-                  "clozelm int8, no drafting": run_ours(ours_int8, lookahead=0)}
+                  "clozelm int8, no drafting": run_ours(ours_int8, lookahead=0),
+                  "clozelm int4, no drafting": run_ours(ours_int4, lookahead=0)}
     for fn in contenders.values():  # warm-up (allocator, first-call paths)
         fn()
     times = {k: [] for k in contenders}
@@ -91,11 +101,12 @@ def speed(args):
     base = rate["transformers fp32"]
     bandwidth = stream_bandwidth()
     limit = {"fp32": bandwidth / bytes_per_token(ours.network), "bf16": bandwidth / bytes_per_token(ours_bf16.network),
-             "int8": bandwidth / bytes_per_token(ours.network, int8=True)}
+             "int8": bandwidth / bytes_per_token(ours.network, "int8"),
+             "int4": bandwidth / bytes_per_token(ours.network, "int4")}
     print(f"memory streams at {bandwidth / 1e9:.1f} GB/s: the bandwidth limit is {limit['fp32']:.1f} tok/s in fp32, "
-          f"{limit['bf16']:.1f} in bf16, {limit['int8']:.1f} with int8 weights")
+          f"{limit['bf16']:.1f} in bf16, {limit['int8']:.1f} with int8 weights, {limit['int4']:.1f} with int4")
     for name in contenders:
-        dtype = next((d for d in ("bf16", "int8") if d in name), "fp32")
+        dtype = next((d for d in ("bf16", "int8", "int4") if d in name), "fp32")
         fraction = f"  {rate[name] / limit[dtype]:4.0%} of the {dtype} limit" if ("no drafting" in name or "transformers" in name) else "  (drafting: beyond the limit)"
         print(f"{name:26s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers{fraction}")
     print(f"fp32 tokens identical to transformers: {outputs['clozelm fp32'] == outputs['transformers fp32']} "

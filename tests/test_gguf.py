@@ -139,6 +139,25 @@ def test_llama_file_in_every_quantization_type(qtype, tmp_path):
     _compare(path, net, hf, exact_to_original=qtype == Q.F32)
 
 
+def test_int4_mode_keeps_a_q4_1_files_own_levels(tmp_path):
+    """int4 mode quantizes in llama.cpp's blocks of 32 from each block's minimum to its maximum, which is how
+    Q4_1 was made: the file's 4-bit levels come back, and only bf16 rounding separates int4 from fp32."""
+    import clozelm
+
+    hf = gguf_files.random_llama("llama")
+    ids = torch.randint(0, 260, (2, 21))
+    errors = {}
+    for qtype in (Q.F32, Q.Q4_1):
+        path = tmp_path / f"m-{qtype.name}.gguf"
+        gguf_files.write_llama_family(path, hf, qtype)
+        with torch.inference_mode():  # loaded in inference mode too: weights without version counters
+            ref = clozelm.load(path, tokenizer=False)(ids).logits
+            got = clozelm.load(path, tokenizer=False, dtype="int4")(ids).logits
+        errors[qtype] = ((got - ref).abs().max() / ref.abs().max()).item()
+    assert errors[Q.Q4_1] < 0.01
+    assert errors[Q.Q4_1] < errors[Q.F32] / 4
+
+
 @pytest.mark.parametrize("arch,shape", [
     ("llama", dict(num_key_value_heads=1, tie_word_embeddings=False)),  # multi-query, untied head
     ("llama", dict(num_key_value_heads=4, rope_theta=500000.0)),  # no grouping

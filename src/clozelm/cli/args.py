@@ -21,6 +21,7 @@ from ..files import read_text_file
 
 # Integers past this are refused: torch keeps sizes, seeds and counts in 64 bits.
 INT_LIMIT = 2**63 - 1
+DTYPES = ("fp32", "bf16", "int8", "int4")  # --dtype: clozelm.loading.DTYPES, named here so --help needs no torch
 
 
 def _shown(text: str) -> str:

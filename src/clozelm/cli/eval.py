@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .args import int_in, nonnegative_int, positive_int
+from .args import DTYPES, int_in, nonnegative_int, positive_int
 from ..errors import ClozelmError
 
 EPILOG = """examples:
@@ -75,7 +75,7 @@ def run(args) -> None:
     options = EvalOptions(seed=args.seed, stride=args.stride, samples=args.samples, pll_tokens=args.pll_tokens,
                           limit=args.limit, lambada=args.lambada, pairs=args.pairs, probe=args.probe,
                           folds=args.folds)
-    model = load(args.model)
+    model = load(args.model, dtype=args.dtype)
     bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
     try:
         results = evaluate(model, args.files, tasks=args.tasks, options=options, on_progress=bar)
@@ -110,6 +110,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="also write DIR/results.json and DIR/report.md")
     p.add_argument("--overwrite", action="store_true", help="replace results.json/report.md already in --out DIR")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="every random choice follows from it (default: 0)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+                   help="weights in this precision (int8/int4: the products read quantized copies; default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="items per task, pairs per phenomenon (default: all of a "
                                                       "given file; 200 passages and 100 sentences cut from FILES; "
                                                       "500 built-in probe texts)")

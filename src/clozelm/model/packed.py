@@ -9,6 +9,9 @@ and must not change autocast's dtype choice), and remade whenever the weight cha
 storage), so training steps, `load_state_dict` and `.to()` never meet a stale copy. It costs memory equal to
 the weights it packs, so packing stops once packed copies would take more than a quarter of the RAM;
 `CLOZELM_PACKED_WEIGHTS=0` turns it off, `CLOZELM_PACK_FP32=0/1` overrides the per-machine choice for fp32.
+
+Fewer bytes still: `use_quantized_weights` gives the products int8 or int4 copies of the weights (torch's
+weight-only CPU kernels, which dequantise inside the product), made and cached the same way.
 """
 
 from __future__ import annotations
@@ -61,8 +64,13 @@ def _limit_bytes() -> int:
 _LIMIT = _limit_bytes()
 
 
+def _version(weight: torch.Tensor) -> int:
+    """The weight's version counter; inference tensors (made under torch.inference_mode) have none."""
+    return -1 if weight.is_inference() else weight._version
+
+
 def _packed(owner: object, weight: torch.Tensor) -> torch.Tensor | None:
-    key = (weight._version, weight.data_ptr(), weight.dtype, tuple(weight.shape))
+    key = (_version(weight), weight.data_ptr(), weight.dtype, tuple(weight.shape))
     hit = _cache.get(owner)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -82,35 +90,93 @@ def _release(nbytes: int) -> None:
     _packed_bytes[0] -= nbytes
 
 
-INT8 = "int8"
-_int8_cache: "weakref.WeakKeyDictionary[object, tuple[tuple, torch.Tensor, torch.Tensor]]" = weakref.WeakKeyDictionary()
+INT8, INT4 = "int8", "int4"
+# torch's int8 kernel returns wrong numbers (or crashes) for inner sizes that are not a multiple of 16
+INT8_K_MULTIPLE = 16
+INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block, so a Q4_1 GGUF keeps its own levels
+_quant_cache: "weakref.WeakKeyDictionary[object, tuple[tuple, tuple[torch.Tensor, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def _int4_available() -> bool:
+    try:
+        q = torch.full((16, 64), 9, dtype=torch.int32)  # (9 - 8) * 1 + 0 = 1 per weight
+        scales_zeros = torch.stack([torch.ones(2, 16), torch.zeros(2, 16)], -1).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(torch.ones(1, 64, dtype=torch.bfloat16),
+                                                         torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8),
+                                                         INT4_GROUP, scales_zeros)
+        return bool(torch.equal(out.float(), torch.full((1, 16), 64.0)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+INT4_AVAILABLE = _int4_available()
+QUANTIZED = {INT8: INT8_AVAILABLE, INT4: INT4_AVAILABLE}
+OUTPUT_OWNERS = ("wte", "lm_head", "mlm")  # who owns the vocabulary projection in model/transformer.py
+
+
+def use_quantized_weights(network: torch.nn.Module, kind: str | None) -> None:
+    """Inference products of `network` read quantized copies of their weights, dequantised inside the product:
+    "int8" (per-output-channel scales; a quarter of fp32's bytes) or "int4" (a scale and a zero per group of
+    INT4_GROUP weights, about a sixth; the vocabulary projection stays int8), what bounds decoding on a CPU. None: back to the weights themselves. The
+    parameters stay as they are (training, saving and `load_state_dict` never see the copies)."""
+    if kind not in (None, *QUANTIZED):
+        raise ValueError(f"unknown weight format {kind!r}")
+    for module in network.modules():  # every owner of a product: Linear layers, the tied embedding, the MLM head
+        module.weight_format = kind
+    if kind == INT4:
+        # The vocabulary projection ranks tens of thousands of close logits, and 4 bits there cost the most
+        # (llama.cpp's Q4 files keep it at 6 or 8 bits for the same reason): it stays at int8.
+        for name in OUTPUT_OWNERS:
+            owner = getattr(network, name, None)
+            if owner is not None:
+                owner.weight_format = INT8
 
 
 def use_int8_weights(network: torch.nn.Module, on: bool = True) -> None:
-    """Inference products of `network` read int8 copies of their weights (per-output-channel scales,
-    dequantised inside the product): a quarter of fp32's bytes, which is what bounds decoding on a CPU. The
-    parameters themselves stay as they are (training, saving and `load_state_dict` never see the copies)."""
-    for module in network.modules():  # every owner of a product: Linear layers, the tied embedding, the MLM head
-        module.weight_format = INT8 if on else None
+    use_quantized_weights(network, INT8 if on else None)
 
 
-def _int8(owner: object, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (weight._version, weight.data_ptr(), weight.dtype, tuple(weight.shape))
-    hit = _int8_cache.get(owner)
+def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...] | None:
+    """The cached quantized copy of `weight` in `kind` (remade when the weight changes); None where the
+    format does not fit its shape."""
+    key = (kind, _version(weight), weight.data_ptr(), weight.dtype, tuple(weight.shape))
+    hit = _quant_cache.get(owner)
     if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
+        return hit[1]
     w = weight.detach().float()
-    scales = w.abs().amax(1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-    _int8_cache[owner] = (key, q, scales.to(torch.bfloat16))
-    return q, scales.to(torch.bfloat16)
+    if w.shape[1] % (INT8_K_MULTIPLE if kind == INT8 else INT4_GROUP):
+        parts = None
+    elif kind == INT8:
+        scales = w.abs().amax(1).clamp(min=1e-12) / 127.0
+        q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        parts = (q, scales.to(torch.bfloat16))
+    else:
+        # asymmetric: the group's minimum maps to 0 and its maximum to 15, w ~= (q - 8) * scale + zero
+        n, k = w.shape
+        groups = w.reshape(n, k // INT4_GROUP, INT4_GROUP)
+        low, high = groups.amin(-1), groups.amax(-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
+        scales_zeros = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        try:
+            parts = (torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8), scales_zeros)
+        except RuntimeError:  # a shape this torch's packing refuses
+            parts = None
+    _quant_cache[owner] = (key, parts)
+    return parts
 
 
-def _int8_linear(x, weight, bias, owner):
-    q, scales = _int8(owner, weight)
+def _quantized_linear(x, weight, bias, owner, kind):
+    parts = _quantized(owner, weight, kind)
+    if parts is None:
+        return None
     shape = x.shape
-    y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous(), q, scales)
-    y = y.to(x.dtype).reshape(*shape[:-1], q.shape[0])
+    rows = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
+    if kind == INT8:
+        y = torch.ops.aten._weight_int8pack_mm(rows, *parts)
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, parts[0], INT4_GROUP, parts[1])
+    y = y.to(x.dtype).reshape(*shape[:-1], weight.shape[0])
     return y if bias is None else y + bias
 
 
@@ -130,9 +196,11 @@ PACK_FP32 = os.environ.get("CLOZELM_PACK_FP32", "0" if _has_amx() else "1") != "
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object) -> torch.Tensor:
     """F.linear(x, weight, bias), through the packed copy of `weight` (cached on `owner`) when that is safe."""
-    if (getattr(owner, "weight_format", None) == INT8 and INT8_AVAILABLE and x.device.type == "cpu"
-            and not torch.is_grad_enabled()):
-        return _int8_linear(x, weight, bias, owner)
+    kind = getattr(owner, "weight_format", None)
+    if kind is not None and QUANTIZED.get(kind) and x.device.type == "cpu" and not torch.is_grad_enabled():
+        y = _quantized_linear(x, weight, bias, owner, kind)
+        if y is not None:
+            return y
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dtype == weight.dtype and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and PACK_FP32))
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):
