@@ -17,7 +17,7 @@ from clozelm.cloze import method_for
 from clozelm.errors import ClozelmError
 from clozelm.model import ModelConfig, Transformer
 from clozelm.training import TrainConfig
-from clozelm.training.loop import Trainer, locality_bias, logits_and_labels, lr_at
+from clozelm.training.loop import Trainer, eval_windows, locality_bias, logits_and_labels, lr_at
 from clozelm.training.objectives import MaskedLM
 
 from .helpers import TINY, cli, losses, metrics, one_line_error
@@ -30,6 +30,21 @@ def test_warmup_then_cosine():
     assert lr_at(cfg, 110) == pytest.approx(0.1)
     values = [lr_at(cfg, s) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_evaluations_read_windows_spread_over_the_whole_held_out_split():
+    spread = eval_windows(1000, 10, spread=True)
+    assert spread == sorted(set(spread)) and len(spread) == 10
+    assert spread[0] == 0 and spread[-1] >= 900  # the last source is measured too
+    assert max(b - a for a, b in zip(spread, spread[1:])) == 100
+    assert eval_windows(1000, 10, spread=False) == list(range(10))  # runs recorded before the switch
+    assert eval_windows(7, 10, spread=True) == list(range(7))  # fewer than wanted: all of them
+    assert eval_windows(0, 10, spread=True) == []
+
+
+def test_runs_recorded_before_spread_evaluations_keep_reading_the_first_windows():
+    assert TrainConfig().with_defaults("schedule").eval_spread is True
+    assert TrainConfig.from_dict({"steps": 7}).eval_spread is False  # what a recorded run without the field did
 
 
 def test_locality_bias_fades_linearly_to_nothing():

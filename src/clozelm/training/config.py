@@ -32,7 +32,7 @@ from .objectives import HYBRID_CAUSAL_SHARE, OBJECTIVES
 
 PRECISIONS = ("bf16-master", "bf16", "fp32")  # see training/precision.py
 # Fields added after runs were recorded without them: a recorded run that lacks one computed it this way.
-LEGACY_VALUES = {"fused_loss": False, "hybrid_causal_share": HYBRID_CAUSAL_SHARE}
+LEGACY_VALUES = {"fused_loss": False, "hybrid_causal_share": HYBRID_CAUSAL_SHARE, "eval_spread": False}
 # A from-scratch network's layout (see runner._model_config): GPT-2's pre-LN blocks with the output tied to the
 # embeddings (bidirectional for mlm and mdlm), or BERT's post-LN blocks with its MLM head (mlm and mdlm only).
 LAYOUTS = ("gpt2", "bert")
@@ -117,6 +117,9 @@ class TrainConfig:
     # ---- schedule
     eval_every: int | None = _opt("schedule", "int", 200, lo=0)  # 0 = only at the end
     eval_examples: int | None = _opt("schedule", "int", 256, lo=1)  # held-out sequences per evaluation
+    # those sequences spread evenly over the held-out split (False: its first ones, which may all come from the
+    # first of several sources)
+    eval_spread: bool | None = _opt("schedule", "bool", True)
     checkpoint_every: int | None = _opt("schedule", "int", 200, lo=0)  # 0 = only at the end (and on a stop)
     log_every: int | None = _opt("schedule", "int", 10, lo=0)  # progress lines when stderr is not a terminal
     # ---- recipe, continued

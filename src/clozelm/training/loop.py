@@ -223,6 +223,14 @@ def batch_loss_sum(forward, network: Transformer, objective: Objective, batch: B
 
 
 @torch.no_grad()
+def eval_windows(available: int, wanted: int, spread: bool) -> list[int]:
+    """Which held-out windows an evaluation reads: `wanted` of them spread evenly over the split (its sources
+    come one after another, so the first windows would measure the first source only), or the first ones."""
+    if wanted >= available or not spread:
+        return list(range(min(wanted, available)))
+    return [i * available // wanted for i in range(wanted)]
+
+
 def held_out_sums(model: Transformer | Model, objective: Objective, windows: Windows, indices, batch_size: int,
                   precision: str, device: torch.device) -> torch.Tensor:
     """[summed loss, tokens it is over] (float64) over held-out windows `indices` of a network or a loaded Model
@@ -396,11 +404,11 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean loss per labelled token over the first `eval_examples` held-out windows (split over ranks)."""
-        n = min(len(self.valid_windows), self.cfg.eval_examples)
-        if n == 0:
+        """Mean loss per labelled token over `eval_examples` held-out windows (split over ranks)."""
+        chosen = eval_windows(len(self.valid_windows), self.cfg.eval_examples, self.cfg.eval_spread)
+        if not chosen:
             return None
-        mine = range(self.dist.rank, n, self.dist.world)
+        mine = chosen[self.dist.rank::self.dist.world]
         total = held_out_sums(self.model, self.objective, self.valid_windows, mine, self.cfg.batch_size,
                               self.cfg.precision, self.device)
         total = self.dist.all_sum(total).cpu()
