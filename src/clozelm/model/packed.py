@@ -117,8 +117,9 @@ OUTPUT_OWNERS = ("wte", "lm_head", "mlm")  # who owns the vocabulary projection 
 def use_quantized_weights(network: torch.nn.Module, kind: str | None) -> None:
     """Inference products of `network` read quantized copies of their weights, dequantised inside the product:
     "int8" (per-output-channel scales; a quarter of fp32's bytes) or "int4" (a scale and a zero per group of
-    INT4_GROUP weights, about a sixth; the vocabulary projection stays int8), what bounds decoding on a CPU. None: back to the weights themselves. The
-    parameters stay as they are (training, saving and `load_state_dict` never see the copies)."""
+    INT4_GROUP weights, about a sixth; the vocabulary projection stays int8): bytes are what bounds decoding on
+    a CPU. None: back to the weights themselves. The parameters stay as they are (training, saving and
+    `load_state_dict` never see the copies)."""
     if kind not in (None, *QUANTIZED):
         raise ValueError(f"unknown weight format {kind!r}")
     for module in network.modules():  # every owner of a product: Linear layers, the tied embedding, the MLM head
