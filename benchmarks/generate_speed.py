@@ -47,9 +47,9 @@ def bytes_per_token(network, quantized: str | None = None) -> int:
     for p in network.parameters():
         if id(p) in skip:
             continue
-        if quantized == "int4" and p.dim() == 2 and p.shape[1] % 32 == 0 and id(p) not in output:
+        if quantized == "int4" and p.dim() == 2 and p.shape[1] % 32 == 0 and p.shape[0] % 16 == 0 and id(p) not in output:
             total += p.numel() // 2 + 4 * (p.numel() // 32)
-        elif quantized in ("int8", "int4") and p.dim() == 2:
+        elif quantized in ("int8", "int4") and p.dim() == 2 and p.shape[1] % 16 == 0:
             total += p.numel() + 2 * p.shape[0]
         else:
             total += p.numel() * p.element_size()

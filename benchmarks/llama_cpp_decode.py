@@ -68,6 +68,7 @@ def main(args) -> None:
                 verbose=False)
 
     def run_llama():
+        llm.reset()  # no KV cache kept from the last round: both sides read the whole prompt every time
         out = []
         for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
             out.append(token)

@@ -239,6 +239,18 @@ def test_int4_weights_are_exact_for_four_bit_weights_and_leave_the_parameters_al
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_int4_falls_back_to_int8_where_only_int8_fits():
+    from clozelm.model import packed
+    torch.manual_seed(0)
+    a, b = packed.Linear(48, 32), packed.Linear(48, 32)  # 48 inputs: a multiple of 16, not of 32
+    b.load_state_dict(a.state_dict())
+    a.weight_format, b.weight_format = "int4", "int8"
+    x = torch.randn(3, 48)
+    with torch.inference_mode():
+        assert torch.equal(a(x), b(x))
+        assert not torch.equal(b(x), torch.nn.functional.linear(x, b.weight, b.bias))
+
+
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_quantized_modes_leave_widths_their_kernels_cannot_take_to_the_full_weights(kind):
     from clozelm.model import packed

@@ -64,9 +64,11 @@ def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") 
     the directory has none) and where it came from (`model.info`); weights in `dtype` ("fp32" or "bf16":
     half the memory, and faster on CPUs with bf16 units; "int8" and "int4": fp32 weights whose inference products
     read int8 copies (a quarter of the bytes) or int4 copies in groups of 32 (about a sixth; a Q4_1 GGUF keeps its
-    own levels))."""
+    4-bit codes))."""
     if dtype not in DTYPES:
         raise ClozelmError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if dtype in packed.QUANTIZED and not packed.QUANTIZED[dtype]:
+        raise ClozelmError(f"dtype {dtype}: this torch build has no {dtype} weight-only CPU kernel; use fp32 or bf16")
     name = str(name_or_path)
     path = Path(name).expanduser()
     if not path.exists() and (DEFAULTS_DIR / name).is_dir():

@@ -109,3 +109,7 @@ def test_generate_says_when_it_cuts_a_long_prompt(model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     notes = r.stderr.strip().splitlines()
     assert len(notes) == 1 and notes[0].startswith("clozelm: note: ") and "kept its last 28 tokens" in notes[0], r.stderr
+
+
+def test_generate_refuses_two_precisions_at_once():
+    one_line_error(run_cli("generate", "Once upon a time", "--bf16", "--dtype", "int4"), "two precisions")

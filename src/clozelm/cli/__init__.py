@@ -64,6 +64,8 @@ def cmd_fill(args) -> None:
 def cmd_generate(args) -> None:
     from ..api import cached_load
     from ..generation import Sampling, stream_text
+    if args.bf16 and args.dtype not in ("fp32", "bf16"):
+        raise ClozelmError(f"--bf16 and --dtype {args.dtype} ask for two precisions; give one")
     prompt = read_text_arg(args)
     # bf16 weights halve the bytes read per token: decoding is bound by exactly that
     model = cached_load(args.model, dtype="bf16" if args.bf16 else args.dtype)
@@ -181,7 +183,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="number of answers (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
-                        "copies for the products: the fastest decoding on CPU; default: %(default)s)")
+                        "copies for the products; int4 decodes fastest on CPU; default: %(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
 
@@ -204,7 +206,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bf16", action="store_true", help="the same as --dtype bf16: faster on CPU, greedy output may differ")
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
-                        "copies for the products: the fastest decoding on CPU; default: %(default)s)")
+                        "copies for the products; int4 decodes fastest on CPU; default: %(default)s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

@@ -96,6 +96,8 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("logging")
     g.add_argument("--eval-every", type=int, metavar="N", help="evaluate on held-out text every N steps (default 200; 0 = at the end)")
     g.add_argument("--eval-examples", type=int, metavar="N", help="held-out sequences per evaluation (default 256)")
+    g.add_argument("--eval-spread", action=argparse.BooleanOptionalAction, default=None,
+                   help="spread those sequences evenly over the held-out split (default on; --no-eval-spread: its first ones)")
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps (default 200; 0 = at the end)")
     g.add_argument("--log-every", type=int, metavar="N", help="progress lines every N steps when stderr is not a terminal (default 10)")
     g.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -111,7 +113,7 @@ FIELDS = ["files", "out", "resume", "overwrite", "init", "tokenizer", "objective
           "n_head", "n_positions", "n_inner", "layout", "dropout", "valid", "valid_every", "skip_bad_files", "seq_len",
           "fim_rate", "spm_rate", "mask_rate", "hybrid_causal_share", "locality_warmup", "steps", "batch_size", "grad_accum", "lr",
           "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "precision", "fused_loss", "compile", "seed", "device", "threads",
-          "eval_every", "eval_examples", "checkpoint_every", "log_every", "stop_after"]
+          "eval_every", "eval_examples", "eval_spread", "checkpoint_every", "log_every", "stop_after"]
 FLAGS = {name: flag(name) for name in FIELDS} | {"files": "FILES_OR_DIRS", "progress": "--no-progress"}
 
 

@@ -65,7 +65,8 @@ _LIMIT = _limit_bytes()
 
 
 def _version(weight: torch.Tensor) -> int:
-    """The weight's version counter; inference tensors (made under torch.inference_mode) have none."""
+    """The weight's version counter. Inference tensors (made under torch.inference_mode) have none: a copy of
+    one changed in place inside inference mode, at the same address, is not noticed."""
     return -1 if weight.is_inference() else weight._version
 
 
@@ -93,8 +94,9 @@ def _release(nbytes: int) -> None:
 INT8, INT4 = "int8", "int4"
 # torch's int8 kernel returns wrong numbers (or crashes) for inner sizes that are not a multiple of 16
 INT8_K_MULTIPLE = 16
-INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block, so a Q4_1 GGUF keeps its own levels
-_quant_cache: "weakref.WeakKeyDictionary[object, tuple[tuple, tuple[torch.Tensor, ...]]]" = weakref.WeakKeyDictionary()
+INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block (a Q4_1 GGUF keeps its 4-bit codes)
+# owner -> {kind: (the weight's key, its quantized copy or None where the kind does not fit its shape)}
+_quant_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
 def _int4_available() -> bool:
@@ -140,8 +142,9 @@ def use_int8_weights(network: torch.nn.Module, on: bool = True) -> None:
 def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...] | None:
     """The cached quantized copy of `weight` in `kind` (remade when the weight changes); None where the
     format does not fit its shape."""
-    key = (kind, _version(weight), weight.data_ptr(), weight.dtype, tuple(weight.shape))
-    hit = _quant_cache.get(owner)
+    key = (_version(weight), weight.data_ptr(), weight.dtype, tuple(weight.shape))
+    copies = _quant_cache.setdefault(owner, {})
+    hit = copies.get(kind)
     if hit is not None and hit[0] == key:
         return hit[1]
     w = weight.detach().float()
@@ -163,12 +166,15 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
             parts = (torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8), scales_zeros)
         except RuntimeError:  # a shape this torch's packing refuses
             parts = None
-    _quant_cache[owner] = (key, parts)
+    copies[kind] = (key, parts)
     return parts
 
 
 def _quantized_linear(x, weight, bias, owner, kind):
     parts = _quantized(owner, weight, kind)
+    if parts is None and kind == INT4:  # a shape the int4 kernel cannot take: int8 where that fits
+        kind = INT8
+        parts = _quantized(owner, weight, kind)
     if parts is None:
         return None
     shape = x.shape

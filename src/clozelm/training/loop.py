@@ -222,7 +222,6 @@ def batch_loss_sum(forward, network: Transformer, objective: Objective, batch: B
     return loss_sum(logits, labels, weights)[0]
 
 
-@torch.no_grad()
 def eval_windows(available: int, wanted: int, spread: bool) -> list[int]:
     """Which held-out windows an evaluation reads: `wanted` of them spread evenly over the split (its sources
     come one after another, so the first windows would measure the first source only), or the first ones."""
@@ -231,6 +230,7 @@ def eval_windows(available: int, wanted: int, spread: bool) -> list[int]:
     return [i * available // wanted for i in range(wanted)]
 
 
+@torch.no_grad()
 def held_out_sums(model: Transformer | Model, objective: Objective, windows: Windows, indices, batch_size: int,
                   precision: str, device: torch.device) -> torch.Tensor:
     """[summed loss, tokens it is over] (float64) over held-out windows `indices` of a network or a loaded Model
