@@ -105,6 +105,16 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     again = run_study(replace(config, objectives=("clm", "mdlm"), seeds=1), log=said.append)
     assert [r["objective"] for r in again["runs"]] == ["clm", "mdlm"] and not any("evaluating" in t for t in said)
 
+    # the report of what is finished, while more seeds are still to come: it trains and evaluates nothing
+    said.clear()
+    partial = run_study(replace(config, seeds=3, report_only=True), log=said.append)
+    assert [f"{r['objective']}-seed{r['seed']}" for r in partial["runs"]] == order
+    assert partial["study"]["unfinished"] == [f"{o}-seed2" for o in OBJECTIVES]
+    assert not (out / "runs" / "clm-seed2").exists() and not any("evaluating" in t or "[" in t for t in said)
+    assert "**Partial**: 5 run(s) not finished yet" in (out / "report.md").read_text()
+    with pytest.raises(ClozelmError, match="holds no study yet"):
+        run_study(replace(config, out=tmp_path / "none", report_only=True), log=lambda text: None)
+
 
 def test_the_command_line_and_its_one_line_errors(tmp_path, corpus, capsys):
     rc = main(["study", str(corpus), "--out", str(tmp_path / "s"), "--objectives", "clm,gpt"])

@@ -14,6 +14,8 @@ EPILOG = """examples:
   clozelm study corpus/ --out study-3m/ --objectives clm,mlm,mdlm --seeds 3 --tokens 3000000
   clozelm study corpus/ --out study/ --tokens 400000 --n-layer 2 --n-embd 64 --seeds 3
                                      (the same study again: continues where it stopped, adds the third seed)
+  clozelm study corpus/ --out study/ --tokens 400000 --n-layer 2 --n-embd 64 --seeds 3 --report-only
+                                     (the report of the runs finished so far, while the study runs on)
 
 Trains one BPE tokenizer on the corpus (less the held-out documents: one in --valid-every), then every objective
 at the same shape, token budget and data order, --seeds times; evaluates every model with every eval task on the
@@ -61,6 +63,8 @@ def add_parser(sub) -> None:
     g.add_argument("--samples", type=int_in(2), default=4, metavar="N", help="mask rates per window for the masked-diffusion "
                                                                 "bound (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress lines")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report of the runs finished so far (while the study runs on, too); train nothing")
     p.set_defaults(func=run)
 
 
@@ -73,7 +77,7 @@ def run(args) -> None:
                          batch_size=args.batch_size, lr=args.lr, locality_warmup=args.locality_warmup,
                          valid_every=args.valid_every, evals=args.evals, tasks=args.tasks, eval_limit=args.eval_limit or None,
                          eval_samples=args.samples, device=args.device, threads=args.threads,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, report_only=args.report_only)
     results = run_study(config)
     labels = [f"{row['task']}: {row['label']}" for row in results["summary"]]
     width = max(map(len, labels), default=0)

@@ -197,6 +197,9 @@ def markdown(results: dict, plots: list[str]) -> str:
         f"{', '.join(map(str, study['seeds']))}. Measured on the held-out split "
         f"({study['heldout_documents']:,} documents, one in {fixed['valid_every']}) by `clozelm eval`.",
         "",
+        *([f"**Partial**: {len(study['unfinished'])} run(s) not finished yet and left out "
+           f"({', '.join(study['unfinished'])}); the seed counts below say what each figure rests on.", ""]
+          if study.get("unfinished") else []),
         "Objectives: " + "; ".join(f"**{o}** ({GROUP.get(o, '')})" for o in objectives) + ". The network is the "
         "same pre-LN transformer with its output tied to the embeddings for all of them; only the attention "
         "direction and the training objective differ. Cells: mean ± standard deviation over seeds.",

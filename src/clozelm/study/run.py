@@ -79,6 +79,9 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ClozelmError(f"cannot create {out}: {e.strerror}") from None
+    names = [(o, s) for s in config.seed_list for o in config.objectives]
+    if config.report_only:
+        return _report_only(out, config, corpus, names, say)
     lock = RunLock(out)
     lock.path = out / "study.lock"
     lock.acquire()
@@ -88,7 +91,6 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
         _tokenizer(out, config.vocab_size, say)
         study.update(objectives=list(config.objectives), seeds=config.seed_list, documents=n_documents,
                      heldout_documents=n_heldout, tasks=list(config.tasks))
-        names = [(o, s) for s in config.seed_list for o in config.objectives]
         runs = []
         for i, (objective, seed) in enumerate(names, 1):
             name = f"{objective}-seed{seed}"
@@ -96,17 +98,50 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
             record = _trained(out, name, objective, seed, config, say)
             record["tasks"] = _evaluated(out, name, config, say)
             runs.append(record)
-        _check_same_size(runs)
-        study["train_split_tokens"] = runs[0]["train_split_tokens"]
-        results = {"study": study, "runs": runs}
-        results["summary"] = summary(runs)
-        plots = _plots(out, results)
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-        atomic_write_text(out / "report.md", markdown(results, plots))
-        say(f"study: wrote {out / 'report.md'}, {out / 'results.json'} and {len(plots)} plots")
-        return results
+        return _write_report(out, study, runs, say)
     finally:
         lock.release()
+
+
+def _write_report(out: Path, study: dict, runs: list[dict], say) -> dict:
+    _check_same_size(runs)
+    study["train_split_tokens"] = runs[0]["train_split_tokens"]
+    results = {"study": study, "runs": runs}
+    results["summary"] = summary(runs)
+    plots = _plots(out, results)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown(results, plots))
+    say(f"study: wrote {out / 'report.md'}, {out / 'results.json'} and {len(plots)} plots")
+    return results
+
+
+def _report_only(out: Path, config: StudyConfig, corpus: list[dict], names: list[tuple[str, int]], say) -> dict:
+    """The report of the runs already trained and evaluated (with this config's evaluation settings), training
+    and evaluating nothing; it takes no lock, so it can read a study that another process is continuing."""
+    if not (out / "study.json").is_file() or not (out / "data" / "done").is_file():
+        raise ClozelmError(f"{out} holds no study yet (study.json and its data split); run it first")
+    study = _settings(out, config, corpus)  # refuses other settings, as continuing would
+    counts = json.loads((out / "data" / "done").read_text())
+    runs, missing = [], []
+    for objective, seed in names:
+        name = f"{objective}-seed{seed}"
+        record = _read_json(out / "trained" / f"{name}.json")
+        model_file = out / "runs" / name / "model" / "model.safetensors"
+        cached = _read_json(out / "evals" / f"{name}.json") or {}
+        if record is None or not model_file.is_file() or cached.get("key") != _eval_key(config, model_file) \
+                or any(task not in cached.get("tasks", {}) for task in config.tasks):
+            missing.append(name)
+            continue
+        record["tasks"] = {task: cached["tasks"][task] for task in config.tasks}
+        runs.append(record)
+    if not runs:
+        raise ClozelmError(f"{out}: no run is trained and evaluated yet (with these evaluation settings)")
+    if missing:
+        say(f"study: not finished yet, left out of the report: {', '.join(missing)}")
+    study.update(objectives=list(config.objectives), seeds=sorted({r["seed"] for r in runs}),
+                 documents=counts["documents"], heldout_documents=counts["heldout"], tasks=list(config.tasks),
+                 unfinished=missing)
+    return _write_report(out, study, runs, say)
 
 
 # ---------------------------------------------------------------- settings
