@@ -176,6 +176,22 @@ def test_configs_without_a_transformers_class_save_and_load_exactly(switches, tm
     assert torch.equal(ref, out)
 
 
+def test_under_autocast_the_cache_keeps_keys_in_bf16_and_changes_nothing():
+    from clozelm.model.transformer import KVCache
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=300, n_positions=32, n_embd=64, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 300, (2, 12))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        small = model.new_cache(2, 32)
+        wide = KVCache(model.config, 2, 32, dtype=torch.float32)
+        outs = []
+        for cache in (small, wide):
+            model(ids[:, :8], cache=cache)
+            outs.append(model(ids[:, 8:], cache=cache).logits)
+    assert small.keys[0].dtype == torch.bfloat16 and model.new_cache(1).keys[0].dtype == torch.float32
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_int8_weights_track_fp32_and_leave_the_parameters_alone():
     from clozelm.model import packed
     if not packed.INT8_AVAILABLE:

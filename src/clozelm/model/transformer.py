@@ -311,8 +311,12 @@ class Transformer(nn.Module):
         return self.wte.weight.device
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        return KVCache(self.config, batch_size, max_len or self.config.n_positions,
-                       device=self.device, dtype=self.wte.weight.dtype)
+        """Keys and values are kept in the dtype they are computed in: the weights', or autocast's when it is
+        on (bf16 keys stored as fp32 would only double what every copy and read of the cache moves)."""
+        dtype = self.wte.weight.dtype
+        if torch.is_autocast_enabled(self.device.type) and dtype == torch.float32:
+            dtype = torch.get_autocast_dtype(self.device.type)
+        return KVCache(self.config, batch_size, max_len or self.config.n_positions, device=self.device, dtype=dtype)
 
     def forward(self, input_ids, attention_mask=None, attentions: bool = False, *, token_type_ids=None,
                 position_ids=None, cache: KVCache | None = None, last_logits_only: bool = False,
