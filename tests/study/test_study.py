@@ -93,6 +93,8 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     for heading in ("## ppl: bits per byte", "## lastword:", "## cloze: middle word", "## pairs:", "## Runs"):
         assert heading in report
     assert " ± " in report and "The claim: " in report
+    summary_rows = [line for line in report.split("## Summary")[1].split("\n## ")[0].splitlines() if line.startswith("| ")]
+    assert len(summary_rows) == 1 + len(results["summary"])  # the header, then a row per figure
     for name in ("loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"):
         assert f"]({name})" in report
         width, height = _png_size(out / name)

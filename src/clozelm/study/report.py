@@ -205,6 +205,7 @@ def markdown(results: dict, plots: list[str]) -> str:
         "direction and the training objective differ. Cells: mean ± standard deviation over seeds.",
         "",
     ]
+    lines += summary_table(rows, objectives) + [""]
     for row in rows:
         percent = row["higher_is_better"]
         digits = 1 if percent else 4
@@ -248,6 +249,24 @@ def markdown(results: dict, plots: list[str]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
+
+
+def summary_table(rows: list[dict], objectives: list[str]) -> list[str]:
+    """Every figure in one table: a row per figure, a column per objective (mean ± sd over seeds, the best in
+    bold), and the verdict on the claim."""
+    lines = ["## Summary", "", "| figure | " + " | ".join(objectives) + " | the claim |",
+             "|---|" + "---|" * (len(objectives) + 1)]
+    for row in rows:
+        percent = row["higher_is_better"]
+        cells = []
+        for name in objectives:
+            s = row["objectives"].get(name)
+            cell = "" if s is None else _cell(s, 1 if percent else 3, percent)
+            cells.append(f"**{cell}**" if s is not None and row["winners"] == [name] else cell)
+        arrow = "higher is better" if percent else "lower is better"
+        lines.append(f"| {row['task']}: {row['label']} ({arrow}) | " + " | ".join(cells) + " | "
+                     + row.get("claim", {}).get("verdict", "not compared") + " |")
+    return lines
 
 
 def cloze_by_k(runs: list[dict], objectives: list[str]) -> dict | None:
