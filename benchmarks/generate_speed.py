@@ -27,6 +27,20 @@ def time_it(fn):
     return time.perf_counter() - start, out
 
 
+def interleaved(contenders: dict, rounds: int, n_tokens: int) -> tuple[dict, dict]:
+    """Each contender once to warm up (allocator, packed weights, first-call paths), then `rounds` rounds of all
+    of them in turn (A B C A B C ...): ({name: tokens per second, the median round}, {name: its last output})."""
+    for fn in contenders.values():
+        fn()
+    times: dict = {name: [] for name in contenders}
+    outputs = {}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            dt, outputs[name] = time_it(fn)
+            times[name].append(dt)
+    return {name: n_tokens / statistics.median(t) for name, t in times.items()}, outputs
+
+
 def stream_bandwidth(gigabytes: float = 2.0, reps: int = 5) -> float:
     """Bytes per second this machine reads a buffer far larger than its caches (best of `reps`)."""
     buffer = torch.ones(int(gigabytes * 2**30) // 4)
@@ -89,15 +103,7 @@ def speed(args):
                   "clozelm bf16, no drafting": run_ours(ours_bf16, lookahead=0),
                   "clozelm int8, no drafting": run_ours(ours_int8, lookahead=0),
                   "clozelm int4, no drafting": run_ours(ours_int4, lookahead=0)}
-    for fn in contenders.values():  # warm-up (allocator, first-call paths)
-        fn()
-    times = {k: [] for k in contenders}
-    outputs = {}
-    for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            dt, outputs[name] = time_it(fn)
-            times[name].append(dt)
-    rate = {k: n / statistics.median(v) for k, v in times.items()}
+    rate, outputs = interleaved(contenders, args.rounds, n)
     base = rate["transformers fp32"]
     bandwidth = stream_bandwidth()
     limit = {"fp32": bandwidth / bytes_per_token(ours.network), "bf16": bandwidth / bytes_per_token(ours_bf16.network),

@@ -19,7 +19,6 @@ clozelm dependency):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_speed import bytes_per_token, stream_bandwidth, time_it  # noqa: E402
+from generate_speed import bytes_per_token, interleaved, stream_bandwidth  # noqa: E402
 
 
 def prompt_text() -> str:
@@ -86,15 +85,7 @@ def main(args) -> None:
                   "clozelm int4, no drafting": run_ours(models["int4"], lookahead=0),
                   "clozelm int4": run_ours(models["int4"]),
                   "clozelm bf16": run_ours(models["bf16"])}
-    for fn in contenders.values():  # warm-up: allocator, packed weights, first-call paths
-        fn()
-    times = {k: [] for k in contenders}
-    outputs = {}
-    for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            dt, outputs[name] = time_it(fn)
-            times[name].append(dt)
-    rate = {k: n / statistics.median(v) for k, v in times.items()}
+    rate, outputs = interleaved(contenders, args.rounds, n)
     bandwidth = stream_bandwidth()
     per_token = {"Q4_1": gguf_bytes(path), "fp32": bytes_per_token(models["fp32"].network),
                  "bf16": bytes_per_token(models["bf16"].network),
