@@ -56,6 +56,20 @@ def losses(run: Path) -> dict[int, float]:
     return out
 
 
+def assert_same_losses_and_weights(a: Path, b: Path, steps: int) -> None:
+    """Two runs logged the same loss at every step 1..steps (rel 1e-5) and saved the same weights (atol 1e-5)."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    la, lb = losses(a), losses(b)
+    assert la.keys() == lb.keys() == set(range(1, steps + 1))
+    for s in la:
+        assert lb[s] == pytest.approx(la[s], rel=1e-5)
+    wa, wb = (load_file(r / "model" / "model.safetensors") for r in (a, b))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
 def child(argv, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "clozelm", *map(str, argv)], env={**CHILD_ENV, **kw.pop("env", {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)

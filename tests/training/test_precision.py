@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from clozelm.model import ModelConfig, Transformer
 from clozelm.training.precision import MasterWeights
 
-from .helpers import TINY, cli, losses
+from .helpers import TINY, assert_same_losses_and_weights, cli, losses
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
@@ -17,12 +17,7 @@ def test_fused_loss_gives_the_plain_losses_and_weights_in_fp32(tmp_path, corpus,
               "--objective", objective, "--eval-every", "4"]
     assert cli([*common, "--out", tmp_path / "plain", "--no-fused-loss"], capsys)[0] == 0
     assert cli([*common, "--out", tmp_path / "fused", "--fused-loss"], capsys)[0] == 0
-    a, b = losses(tmp_path / "plain"), losses(tmp_path / "fused")
-    assert a.keys() == b.keys() == set(range(1, 9))
-    for s in a:
-        assert b[s] == pytest.approx(a[s], rel=1e-5)
-    wa, wb = (load_file(tmp_path / r / "model" / "model.safetensors") for r in ("plain", "fused"))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    assert_same_losses_and_weights(tmp_path / "plain", tmp_path / "fused", steps=8)
 
 
 def test_bf16_master_weights_follow_autocast(tmp_path, corpus, bpe_dir, capsys):
