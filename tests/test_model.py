@@ -154,6 +154,35 @@ def test_packed_inference_weights_follow_every_weight_change(monkeypatch):
     assert bf16.dtype == torch.bfloat16 and (bf16.float() - after).abs().max() < 0.1
 
 
+def test_autocast_inference_casts_each_weight_once_and_gives_autocast_s_numbers(monkeypatch):
+    from clozelm.model import packed
+
+    model = Transformer(ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    casts = []
+    real_cast = torch.Tensor.to
+
+    def counting(t, *a, **k):
+        out = real_cast(t, *a, **k)
+        if t.dtype == torch.float32 and out.dtype == torch.bfloat16 and t.dim() == 2:
+            casts.append(t.shape)
+        return out
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.enable_grad():
+            reference = model(ids).logits  # with grad: autocast casts the weights itself, at every use
+        monkeypatch.setattr(torch.Tensor, "to", counting)
+        first = model(ids).logits
+        n_first = len(casts)
+        second = model(ids).logits
+        monkeypatch.undo()
+        assert n_first > 0 and len(casts) == n_first  # the second pass reused the copies made by the first
+        assert torch.equal(first, reference) and torch.equal(second, reference)
+        model.h[0].mlp.c_fc.weight.mul_(2)  # a weight changed in place: its copy is remade
+        changed = model(ids).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(changed, model(ids).logits.detach())
+
+
 @pytest.mark.parametrize("switches", [
     dict(causal=False, pre_ln=True, head="mlm"),      # bidirectional with GPT-2's block
     dict(causal=True, pre_ln=False, head="tied"),     # causal with BERT's block

@@ -10,6 +10,9 @@ storage), so training steps, `load_state_dict` and `.to()` never meet a stale co
 the weights it packs, so packing stops once packed copies would take more than a quarter of the RAM;
 `CLOZELM_PACKED_WEIGHTS=0` turns it off, `CLOZELM_PACK_FP32=0/1` overrides the per-machine choice for fp32.
 
+Under bf16 autocast (fill, eval, the validation passes of training) an fp32 weight is cast to bf16 once and the
+copy kept the same way, where autocast would cast it again at every use; the numbers are autocast's own.
+
 Fewer bytes still: `use_quantized_weights` gives the products int8 or int4 copies of the weights (torch's
 weight-only CPU kernels, which dequantise inside the product), made and cached the same way.
 """
@@ -92,6 +95,7 @@ def _release(nbytes: int) -> None:
 
 
 INT8, INT4 = "int8", "int4"
+AUTOCAST_BF16 = "autocast-bf16"  # the bf16 copy autocast would make of an fp32 weight at every use
 # torch's int8 kernel returns wrong numbers (or crashes) for inner sizes that are not a multiple of 16
 INT8_K_MULTIPLE = 16
 INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block (a Q4_1 GGUF keeps its 4-bit codes)
@@ -148,7 +152,9 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     if hit is not None and hit[0] == key:
         return hit[1]
     w = weight.detach().float()
-    if w.shape[1] % (INT8_K_MULTIPLE if kind == INT8 else INT4_GROUP):
+    if kind == AUTOCAST_BF16:
+        parts = (weight.detach().to(torch.bfloat16),)
+    elif w.shape[1] % (INT8_K_MULTIPLE if kind == INT8 else INT4_GROUP):
         parts = None
     elif kind == INT8:
         scales = w.abs().amax(1).clamp(min=1e-12) / 127.0
@@ -208,6 +214,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
         y = _quantized_linear(x, weight, bias, owner, kind)
         if y is not None:
             return y
+    if (not torch.is_grad_enabled() and weight.dtype == torch.float32 and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        # Autocast would cast the weight to bf16 again at every call: hand it the same cast, made once.
+        return F.linear(x, _quantized(owner, weight, AUTOCAST_BF16)[0], bias)
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dtype == weight.dtype and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and PACK_FP32))
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):
