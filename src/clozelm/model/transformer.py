@@ -92,8 +92,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)  # one fused op: decoding calls this 2 x n_layer times a token
         return self.weight * h.to(x.dtype)
 
 
@@ -124,17 +123,20 @@ def rope_inv_freq(config: ModelConfig, device=None) -> torch.Tensor:
 
 
 def rope_cos_sin(config: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions [B, T] -> (cos, sin) [B, 1, T, Dh], computed in fp32 (positions reach 1e5: bf16 angles would be off)."""
+    """positions [B, T] -> (cos, signed sin) [B, 1, T, Dh], computed in fp32 (positions reach 1e5: bf16 angles
+    would be off). The sine's first half is negated: see _rotate."""
     freqs = positions[..., None].float() * rope_inv_freq(config, positions.device)  # [B, T, Dh/2]
     angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # rotate-half layout: dim i pairs with i + Dh/2
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    sin = angles.sin()
+    sin[..., :freqs.size(-1)].neg_()
+    return angles.cos().to(dtype), sin.to(dtype)
 
 
-def _rotate(x, cos, sin):
-    """x [B, H, T, Dh] rotated pairwise by the position angles (HF Llama's rotate_half convention)."""
+def _rotate(x, cos, signed_sin):
+    """x [B, heads, T, Dh] rotated pairwise by the position angles (HF Llama's rotate_half convention:
+    x * cos + cat(-x2, x1) * sin, with the sign folded into the sine: one op fewer)."""
     half = x.size(-1) // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -142,6 +144,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.kv_heads
+        self.head_dim = config.head_dim
         kv_width = self.n_kv_head * config.head_dim
         self.split = [config.n_embd, kv_width, kv_width]
         # fused q, k, v (in that order): [D + 2 * Hkv * Dh, D]
@@ -151,12 +154,13 @@ class Attention(nn.Module):
 
     def forward(self, x, mask, is_causal, cache: KVCache | None, layer: int, need_probs: bool, rope=None):
         B, T, D = x.shape
-        q, k, v = self.c_attn(x).split(self.split, dim=2)
-        q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, Dh]
-        k = k.view(B, T, self.n_kv_head, -1).transpose(1, 2)  # [B, Hkv, T, Dh]
-        v = v.view(B, T, self.n_kv_head, -1).transpose(1, 2)
-        if rope is not None:  # rotary positions: keys are cached already rotated
-            q, k = _rotate(q, *rope), _rotate(k, *rope)
+        H, Hkv = self.n_head, self.n_kv_head
+        heads = self.c_attn(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # [B, H + 2 Hkv, T, Dh]
+        if rope is not None:  # rotary positions, queries and keys in one go: keys are cached already rotated
+            qk = _rotate(heads[:, :H + Hkv], *rope)
+            q, k, v = qk[:, :H], qk[:, H:], heads[:, H + Hkv:]
+        else:
+            q, k, v = heads.split((H, Hkv, Hkv), dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh] twice
         if self.n_kv_head != self.n_head:
             return self._grouped(q, k, v, mask, is_causal, cache, layer, need_probs)
         if cache is not None:
