@@ -4,7 +4,8 @@ hit every contender alike. Prints tokens/s, ratios, and whether the tokens are i
 
 Decoding one token reads every weight once, so its limit is the bytes of the weights over how fast this machine
 streams memory (a sum over a 2 GB buffer, measured in the same run); each row without drafting prints its
-tokens/s as a fraction of that limit.
+tokens/s as a fraction of that limit, and the matrix products alone, timed back to back at the same shapes and
+weight formats, show how much of the limit the kernels themselves reach.
 
     python benchmarks/generate_speed.py [--rounds 3] [--threads 2] [--new 128]
     python benchmarks/generate_speed.py --bf16-agreement default   # bf16 vs fp32 greedy on held-out prompts
@@ -111,6 +112,10 @@ def speed(args):
              "int4": bandwidth / bytes_per_token(ours.network, "int4")}
     print(f"memory streams at {bandwidth / 1e9:.1f} GB/s: the bandwidth limit is {limit['fp32']:.1f} tok/s in fp32, "
           f"{limit['bf16']:.1f} in bf16, {limit['int8']:.1f} with int8 weights, {limit['int4']:.1f} with int4")
+    alone = {"fp32": products_alone(ours.network), "bf16": products_alone(ours_bf16.network),
+             "int8": products_alone(ours_int8.network), "int4": products_alone(ours_int4.network)}
+    print("the matrix products alone, timed back to back (what the kernels reach): " + ", ".join(
+        f"{d} {1 / (limit[d] * t):.0%}" for d, t in alone.items()) + " of each limit")
     for name in contenders:
         dtype = next((d for d in ("bf16", "int8", "int4") if d in name), "fp32")
         fraction = f"  {rate[name] / limit[dtype]:4.0%} of the {dtype} limit" if ("no drafting" in name or "transformers" in name) else "  (drafting: beyond the limit)"
@@ -119,6 +124,31 @@ def speed(args):
           f"(no drafting: {outputs['clozelm fp32, no drafting'] == outputs['transformers fp32']})")
     same = sum(a == b for a, b in zip(outputs["clozelm bf16"], outputs["clozelm fp32"]))
     print(f"bf16 tokens equal to fp32 (random weights): {same}/{n}")
+
+
+def products_alone(network, reps: int = 10) -> float:
+    """Seconds one decoding step spends in its matrix products alone: every product of the network (its Linear
+    layers and the output projection) on one row, in the network's dtype and weight format, through the same
+    kernels as decoding (model/packed.py), timed back to back without the rest of the step (median of `reps`
+    passes). The bandwidth limit over this time is what the kernels themselves reach; the gap between it and
+    the whole step is the rest of the step."""
+    from clozelm.model import packed
+
+    products = [(m, m.weight, m.bias) for m in network.modules() if isinstance(m, packed.Linear)]
+    head = getattr(network, "lm_head", None) or network.wte  # the untied head is a Linear already listed
+    if head is network.wte:
+        products.append((head, head.weight, None))
+    dtype = network.wte.weight.dtype
+    rows = {w.shape[1]: torch.randn(1, 1, w.shape[1], dtype=dtype) for _, w, _ in products}
+    times = []
+    with torch.no_grad():
+        for i in range(reps + 2):  # two warm-up passes: quantized and packed copies are made on first use
+            start = time.perf_counter()
+            for owner, weight, bias in products:
+                packed.linear(rows[weight.shape[1]], weight, bias, owner)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def bf16_agreement(args):
