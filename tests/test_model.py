@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 from clozelm.errors import ClozelmError
@@ -181,6 +182,19 @@ def test_autocast_inference_casts_each_weight_once_and_gives_autocast_s_numbers(
         changed = model(ids).logits
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(changed, model(ids).logits.detach())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_packed_linear_takes_any_slice_of_positions(autocast):
+    from clozelm.model import packed
+
+    lin = packed.Linear(16, 40).eval()
+    hidden = torch.randn(3, 7, 16)
+    for x in (hidden[:, -1:], hidden[:, 2:5], hidden[1:2, -1:], hidden, hidden[0]):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            got, want = lin(x), F.linear(x, lin.weight, lin.bias)
+        assert got.shape == want.shape == (*x.shape[:-1], 40) and got.dtype == want.dtype
+        assert (got.float() - want.float()).abs().max() < (0.05 if autocast else 1e-5)
 
 
 @pytest.mark.parametrize("switches", [

@@ -217,13 +217,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
     if (not torch.is_grad_enabled() and weight.dtype == torch.float32 and x.device.type == "cpu"
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
         # Autocast would cast the weight to bf16 again at every call: hand it the same cast, made once.
-        return F.linear(x, _quantized(owner, weight, AUTOCAST_BF16)[0], bias)
+        return _plain_linear(x, _quantized(owner, weight, AUTOCAST_BF16)[0], bias)
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dtype == weight.dtype and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and PACK_FP32))
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):
         packed = _packed(owner, weight)
         if packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return _plain_linear(x, weight, bias)
+
+
+def _plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear on the rows of x. A 3-d x whose strides do not fold into rows (the last position of a longer
+    text, x[:, -1:]) would send F.linear through a batched product that first copies the whole transposed
+    weight: for a vocabulary projection, far more time than the product itself."""
+    if x.dim() > 2:
+        return F.linear(x.reshape(-1, x.size(-1)), weight, bias).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 
