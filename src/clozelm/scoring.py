@@ -23,14 +23,6 @@ def token_logprob(logits: torch.Tensor, token: int) -> float:
     return float(log_probs(logits)[token])
 
 
-def gathered_sum(logp: torch.Tensor, targets: Sequence[int]) -> float:
-    """sum over i of logp[i, targets[i]]: the log-probability of `targets` read from one row of log-probs
-    [T, V] (T >= len(targets)) where position i predicts targets[i]."""
-    if not len(targets):
-        return 0.0
-    return float(logp[torch.arange(len(targets)), torch.tensor(list(targets))].sum())
-
-
 def pad_right(seqs: Sequence[Sequence[int]], pad: int = 0) -> torch.Tensor:
     """One [N, max length] batch. In a causal model right padding needs no attention mask: real tokens never
     see the pads after them."""
@@ -38,11 +30,30 @@ def pad_right(seqs: Sequence[Sequence[int]], pad: int = 0) -> torch.Tensor:
     return torch.tensor([list(s) + [pad] * (length - len(s)) for s in seqs])
 
 
+CHUNK_FLOATS = 1 << 18  # fp32 logits per chunk of target_logprobs (1 MB: stays in a core's cache)
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log P(targets) read from logits [..., V] at targets [...]: the float32 log-softmax of log_probs, a few
+    positions at a time, so the float32 copy of a large batch of logits is never made whole (each position's
+    value is the one log_probs gives)."""
+    vocab = logits.size(-1)
+    flat, wanted = logits.reshape(-1, vocab), targets.reshape(-1, 1)
+    out = torch.empty(flat.size(0), dtype=torch.float32, device=logits.device)
+    step = max(1, CHUNK_FLOATS // vocab)
+    for start in range(0, flat.size(0), step):
+        rows = slice(start, start + step)
+        out[rows] = log_probs(flat[rows]).gather(1, wanted[rows])[:, 0]
+    return out.view(targets.shape)
+
+
 def sequence_logprobs(logits: torch.Tensor, seqs: Sequence[Sequence[int]]) -> list[float]:
     """log P(each sequence's tokens after its first) from a causal model's logits [N, T, V] over the
     right-padded batch of `seqs`."""
-    logp = log_probs(logits[:, :-1])
-    return [gathered_sum(logp[r], s[1:]) for r, s in enumerate(seqs)]
+    length = max(len(s) for s in seqs) - 1
+    targets = torch.tensor([list(s[1:]) + [0] * (length - len(s) + 1) for s in seqs], dtype=torch.long)
+    picked = target_logprobs(logits[:, :length], targets.to(logits.device))
+    return [float(picked[r, :len(s) - 1].sum()) for r, s in enumerate(seqs)]
 
 
 def beam_step(scores: torch.Tensor, k: int, finite_only: bool = False):
@@ -58,4 +69,4 @@ def beam_step(scores: torch.Tensor, k: int, finite_only: bool = False):
     return values, torch.div(indices, vocab, rounding_mode="floor"), indices % vocab
 
 
-__all__ = ["log_probs", "token_logprob", "gathered_sum", "pad_right", "sequence_logprobs", "beam_step"]
+__all__ = ["log_probs", "token_logprob", "target_logprobs", "pad_right", "sequence_logprobs", "beam_step"]

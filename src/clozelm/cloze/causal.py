@@ -197,13 +197,15 @@ class CausalFiller:
             # chunk is padded to the longest candidate of the pool, so a score does not depend on its chunk.
             batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
             context = cache.select(torch.zeros(len(chunk), dtype=torch.long))  # the left context, once per row
-            logp = scoring.log_probs(self.model(batch, cache=context).logits)
+            logits = self.model(batch, cache=context).logits
+            # position i predicts token i + 1 of its row (the pad after a row's end predicts nothing used)
+            picked = scoring.target_logprobs(logits, torch.cat((batch[:, 1:], batch[:, :1]), dim=1))
             for r, s in enumerate(seqs):
                 total = float(first_logp[s[0]])
                 if len(s) > 1:
-                    total += scoring.gathered_sum(logp[r], s[1:])
+                    total += float(picked[r, :len(s) - 1].sum())
                 if needs_boundary:  # the word must end here: the next token may not continue it
-                    p_cont = logp[r, len(s) - 1].exp()[cont].sum().clamp(max=1 - 1e-6)
+                    p_cont = scoring.log_probs(logits[r, len(s) - 1]).exp()[cont].sum().clamp(max=1 - 1e-6)
                     total += float(torch.log1p(-p_cont))
                 results.append((chunk[r], total))
         return results
