@@ -3,9 +3,11 @@ verdict on the claim "left-to-right beats bidirectional" (report.md, and the sum
 
 The claim is tested figure by figure between the best left-to-right objective (clm, fim) and the best
 bidirectional one (mlm, mdlm); hybrid (GPT-BERT: causal by design, masked in 15 of 16 rows) belongs to neither
-and is reported beside them. A difference counts only when it is larger than twice its standard error
-(the spread of each objective's runs over seeds, sd / sqrt(seeds), combined); with one seed there is no
-estimate of the noise, and the report says so instead of naming a winner.
+and is reported beside them. A difference counts only when it is larger than twice its standard error:
+each objective's spread over seeds, sd / sqrt(seeds), and for an accuracy the sampling noise of its n test
+items, p (1 - p) / n (every seed is measured on the same items, so more seeds do not shrink it), combined
+over the two objectives. With one seed there is no estimate of the noise, and the report says so instead of
+naming a winner.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LEFT_TO_RIGHT = ("clm", "fim")
 BIDIRECTIONAL = ("mlm", "mdlm")
@@ -38,6 +40,12 @@ def _cloze_tokens(tasks: dict) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _cloze_token_items(tasks: dict) -> float | None:
+    rows = tasks.get("cloze", {}).get("tokens", {})
+    counts = [row["n"] for row in rows.values() if isinstance(row, dict) and "exact" in row and "n" in row]
+    return float(sum(counts)) if counts else None
+
+
 @dataclass(frozen=True)
 class Figure:
     task: str
@@ -49,6 +57,7 @@ class Figure:
     claim: bool = True  # tested against the claim (False: not every objective has it)
     bound: bool = False  # the bidirectional models' figure is an upper bound on what they achieve
     note: str = ""
+    items: Callable[[dict], float | None] | None = None  # an accuracy's number of test items
 
 
 FIGURES = (
@@ -56,19 +65,26 @@ FIGURES = (
            note="Causal models (clm, fim, hybrid): exact, sliding window. Masked models (mlm, mdlm): the "
                 "masked-diffusion upper bound, which an mlm trained at one mask rate is not trained for; a "
                 "bidirectional loss here is not conclusive (the bound may be loose), a bidirectional win is."),
-    Figure("lastword", "accuracy", "accuracy of the fill", "LASTWORD", True, _dig("lastword", "accuracy")),
+    Figure("lastword", "accuracy", "accuracy of the fill", "LASTWORD", True, _dig("lastword", "accuracy"),
+           items=_dig("lastword", "n")),
     Figure("lastword", "left_only_accuracy", "left-only accuracy (lm-eval-harness)", "LASTWORD L2R", True,
-           _dig("lastword", "left_only_accuracy"), claim=False, note="Causal models only: not compared."),
-    Figure("cloze", "middle_word", "middle word, exact", "CLOZE WORD", True, _dig("cloze", "middle_word", "exact")),
-    Figure("cloze", "tokens", "1-5 middle tokens, exact (mean over k)", "CLOZE TOKENS", True, _cloze_tokens),
-    Figure("pairs", "accuracy", "minimal pairs, accuracy", "PAIRS", True, _dig("pairs", "accuracy")),
-    Figure("probe", "accuracy", "linear probe, accuracy", "PROBE", True, _dig("probe", "accuracy")),
+           _dig("lastword", "left_only_accuracy"), claim=False, note="Causal models only: not compared.",
+           items=_dig("lastword", "n")),
+    Figure("cloze", "middle_word", "middle word, exact", "CLOZE WORD", True, _dig("cloze", "middle_word", "exact"),
+           items=_dig("cloze", "middle_word", "n")),
+    Figure("cloze", "tokens", "1-5 middle tokens, exact (mean over k)", "CLOZE TOKENS", True, _cloze_tokens,
+           items=_cloze_token_items),
+    Figure("pairs", "accuracy", "minimal pairs, accuracy", "PAIRS", True, _dig("pairs", "accuracy"),
+           items=_dig("pairs", "n")),
+    Figure("probe", "accuracy", "linear probe, accuracy", "PROBE", True, _dig("probe", "accuracy"),
+           items=_dig("probe", "n")),
 )
 
 
 @dataclass
 class Stats:
     values: list[float]
+    items: list[float] = field(default_factory=list)  # test items behind each value, for accuracies
 
     @property
     def n(self) -> int:
@@ -84,8 +100,18 @@ class Stats:
         return statistics.stdev(self.values) if self.n > 1 else None
 
     @property
+    def sampling_variance(self) -> float:
+        """p (1 - p) / n for an accuracy p over n test items (0 where n is not known): the noise of which items
+        the test drew, the same for every seed."""
+        if not self.items:
+            return 0.0
+        p = min(max(self.mean, 0.0), 1.0)
+        return p * (1 - p) / statistics.fmean(self.items)
+
+    @property
     def se(self) -> float | None:
-        return None if self.spread is None else self.spread / math.sqrt(self.n)
+        """The standard error of the mean: the spread over seeds and the items' sampling noise (None with one seed)."""
+        return None if self.spread is None else math.sqrt(self.spread ** 2 / self.n + self.sampling_variance)
 
 
 def stats_by_objective(runs: list[dict], figure: Figure) -> dict[str, Stats]:
@@ -93,7 +119,11 @@ def stats_by_objective(runs: list[dict], figure: Figure) -> dict[str, Stats]:
     for run in runs:
         value = figure.get(run.get("tasks", {}))
         if value is not None and math.isfinite(value):
-            out.setdefault(run["objective"], Stats([])).values.append(value)
+            stats = out.setdefault(run["objective"], Stats([]))
+            stats.values.append(value)
+            items = figure.items(run.get("tasks", {})) if figure.items is not None else None
+            if items:
+                stats.items.append(items)
     return out
 
 
@@ -165,7 +195,8 @@ def summary(runs: list[dict]) -> list[dict]:
             continue
         row = {"task": figure.task, "figure": figure.key, "label": figure.label,
                "higher_is_better": figure.higher_is_better,
-               "objectives": {name: {"mean": s.mean, "spread": s.spread, "n": s.n, "values": s.values}
+               "objectives": {name: {"mean": s.mean, "spread": s.spread, "standard_error": s.se, "n": s.n,
+                                     "values": s.values}
                               for name, s in stats.items()},
                "winners": winners(figure, stats)}
         if figure.claim:
@@ -202,7 +233,9 @@ def markdown(results: dict, plots: list[str]) -> str:
           if study.get("unfinished") else []),
         "Objectives: " + "; ".join(f"**{o}** ({GROUP.get(o, '')})" for o in objectives) + ". The network is the "
         "same pre-LN transformer with its output tied to the embeddings for all of them; only the attention "
-        "direction and the training objective differ. Cells: mean ± standard deviation over seeds.",
+        "direction and the training objective differ. Cells: mean ± standard deviation over seeds. A difference "
+        "counts when it is larger than two standard errors: the seeds' spread and, for accuracies, the sampling "
+        "noise of the test items (p (1 - p) / n, which more seeds do not shrink).",
         "",
     ]
     lines += summary_table(rows, objectives) + [""]

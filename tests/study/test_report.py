@@ -1,0 +1,38 @@
+"""The study's verdicts on hand-made results: when a difference counts, and the noise it is measured against."""
+
+from __future__ import annotations
+
+import math
+
+from clozelm.study.report import FIGURES, stats_by_objective, verdict
+
+LASTWORD = next(f for f in FIGURES if f.task == "lastword" and f.key == "accuracy")
+PPL = next(f for f in FIGURES if f.task == "ppl")
+
+
+def _runs(accuracies: dict[str, list[float]], n: int) -> list[dict]:
+    return [{"objective": name, "seed": seed, "tasks": {"lastword": {"accuracy": a, "n": n},
+                                                         "ppl": {"bits_per_byte": 2 - a}}}
+            for name, values in accuracies.items() for seed, a in enumerate(values)]
+
+
+def test_an_accuracy_counts_the_sampling_noise_of_its_items_that_seeds_do_not_shrink():
+    # Three seeds agreeing exactly: no spread over seeds, but 10 items leave 0.7 vs 0.5 within the items' noise.
+    runs = _runs({"clm": [0.7, 0.7, 0.7], "mlm": [0.5, 0.5, 0.5]}, n=10)
+    stats = stats_by_objective(runs, LASTWORD)
+    assert stats["clm"].spread == 0 and math.isclose(stats["clm"].se, math.sqrt(0.7 * 0.3 / 10))
+    result = verdict(LASTWORD, stats)
+    assert result["verdict"] == "within noise"
+    assert math.isclose(result["two_standard_errors"], 2 * math.sqrt(0.7 * 0.3 / 10 + 0.5 * 0.5 / 10))
+    # The same accuracies over 1,000 items: the difference is far beyond the noise.
+    assert verdict(LASTWORD, stats_by_objective(_runs({"clm": [0.7] * 3, "mlm": [0.5] * 3}, n=1000), LASTWORD))[
+        "verdict"] == "left-to-right"
+
+
+def test_a_figure_without_items_is_judged_by_its_spread_over_seeds_alone():
+    runs = _runs({"clm": [0.7, 0.72], "mlm": [0.5, 0.52]}, n=10)
+    stats = stats_by_objective(runs, PPL)  # bits per byte 1.3 / 1.28 vs 1.5 / 1.48: no item count
+    assert stats["clm"].items == [] and math.isclose(stats["clm"].se, stats["clm"].spread / math.sqrt(2))
+    assert verdict(PPL, stats)["verdict"] == "left-to-right, not conclusive"  # masked bits per byte are a bound
+    one_seed = stats_by_objective(_runs({"clm": [0.9], "mlm": [0.1]}, n=1000), LASTWORD)
+    assert verdict(LASTWORD, one_seed)["verdict"] == "no noise estimate"
