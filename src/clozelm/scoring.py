@@ -50,10 +50,10 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def sequence_logprobs(logits: torch.Tensor, seqs: Sequence[Sequence[int]]) -> list[float]:
     """log P(each sequence's tokens after its first) from a causal model's logits [N, T, V] over the
     right-padded batch of `seqs`."""
-    length = max(len(s) for s in seqs) - 1
-    targets = torch.tensor([list(s[1:]) + [0] * (length - len(s) + 1) for s in seqs], dtype=torch.long)
-    picked = target_logprobs(logits[:, :length], targets.to(logits.device))
-    return [float(picked[r, :len(s) - 1].sum()) for r, s in enumerate(seqs)]
+    T = logits.size(1)  # position i predicts token i + 1; the last position (and padding) predicts nothing used
+    targets = torch.tensor([list(s[1:T + 1]) + [0] * (T - len(s[1:T + 1])) for s in seqs], dtype=torch.long)
+    picked = target_logprobs(logits, targets.to(logits.device))
+    return [float(picked[r, :max(len(s) - 1, 0)].sum()) for r, s in enumerate(seqs)]
 
 
 def beam_step(scores: torch.Tensor, k: int, finite_only: bool = False):

@@ -161,6 +161,30 @@ def test_model_is_the_step_with_the_lowest_held_out_loss(tmp_path, corpus, bpe_d
     assert all(torch.equal(last["model"][k], weights[6][k]) for k in last["model"])
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_held_out_loss_reads_the_weights_of_this_step(tmp_path, corpus, bpe_dir, capsys, monkeypatch, precision):
+    # Validation runs without gradients, where products read cached bf16 or packed copies of the weights; the
+    # fused AdamW step changes the weights in place, and the copies must follow.
+    from clozelm.model import packed
+
+    monkeypatch.setattr(packed, "PACK_FP32", True)  # fp32 weights packed as on CPUs without AMX
+    original, seen = Trainer.evaluate, []
+
+    def evaluate(self):
+        cached = original(self)
+        packed._cache.clear()
+        packed._quant_cache.clear()
+        seen.append((cached, original(self)))  # the same windows through copies made afresh
+        return cached
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / "run", *TINY, "--steps", "3", "--lr", "3e-3",
+                   "--eval-every", "1", "--precision", precision], capsys)
+    assert rc == 0, err
+    assert len(seen) == 3 and all(cached == fresh for cached, fresh in seen)
+    assert len({cached for cached, _ in seen}) == 3
+
+
 def test_mlm_run_gives_a_bert_model(tmp_path, corpus, bpe_dir, capsys):
     run = tmp_path / "bert"
     rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "mlm", "--steps", "30",

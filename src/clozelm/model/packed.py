@@ -6,12 +6,14 @@ weight reordered once into oneDNN's blocked layout (benchmarks/generate_speed.py
 
 The packed copy is made lazily, used only when no gradient is wanted and autocast is off (it has no backward
 and must not change autocast's dtype choice), and remade whenever the weight changes (its version counter or
-storage), so training steps, `load_state_dict` and `.to()` never meet a stale copy. It costs memory equal to
+storage), so training steps, `load_state_dict` and `.to()` never meet a stale copy (an in-place change that
+leaves the counter alone, as torch's fused CPU AdamW does, must move it: the trainer does). It costs memory equal to
 the weights it packs, so packing stops once packed copies would take more than a quarter of the RAM;
 `CLOZELM_PACKED_WEIGHTS=0` turns it off, `CLOZELM_PACK_FP32=0/1` overrides the per-machine choice for fp32.
 
 Under bf16 autocast (fill, eval, the validation passes of training) an fp32 weight is cast to bf16 once and the
-copy kept the same way, where autocast would cast it again at every use; the numbers are autocast's own.
+copy kept the same way: autocast's own cache of such casts lasts one autocast region and is off under inference
+mode, where fill and eval run, so it cast every weight again at every forward pass. The numbers are autocast's own.
 
 Fewer bytes still: `use_quantized_weights` gives the products int8 or int4 copies of the weights (torch's
 weight-only CPU kernels, which dequantise inside the product), made and cached the same way.
@@ -95,7 +97,7 @@ def _release(nbytes: int) -> None:
 
 
 INT8, INT4 = "int8", "int4"
-AUTOCAST_BF16 = "autocast-bf16"  # the bf16 copy autocast would make of an fp32 weight at every use
+AUTOCAST_BF16 = "autocast-bf16"  # the bf16 copy autocast makes of an fp32 weight
 # torch's int8 kernel returns wrong numbers (or crashes) for inner sizes that are not a multiple of 16
 INT8_K_MULTIPLE = 16
 INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block (a Q4_1 GGUF keeps its 4-bit codes)
@@ -152,8 +154,13 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     if hit is not None and hit[0] == key:
         return hit[1]
     w = weight.detach().float()
-    if kind == AUTOCAST_BF16:
-        parts = (weight.detach().to(torch.bfloat16),)
+    if kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
+        nbytes = weight.numel() * 2
+        parts = None
+        if _packed_bytes[0] + nbytes <= _LIMIT:
+            parts = (weight.detach().to(torch.bfloat16),)
+            _packed_bytes[0] += nbytes
+            weakref.finalize(parts[0], _release, nbytes)
     elif w.shape[1] % (INT8_K_MULTIPLE if kind == INT8 else INT4_GROUP):
         parts = None
     elif kind == INT8:
@@ -214,10 +221,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
         y = _quantized_linear(x, weight, bias, owner, kind)
         if y is not None:
             return y
-    if (not torch.is_grad_enabled() and weight.dtype == torch.float32 and x.device.type == "cpu"
+    if (not torch.is_grad_enabled() and weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        # Autocast would cast the weight to bf16 again at every call: hand it the same cast, made once.
-        return _plain_linear(x, _quantized(owner, weight, AUTOCAST_BF16)[0], bias)
+        # Under inference mode autocast casts the weight to bf16 at every call: hand it the same cast, made once.
+        parts = _quantized(owner, weight, AUTOCAST_BF16)
+        if parts is not None:
+            return _plain_linear(x, parts[0], bias)
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dtype == weight.dtype and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and PACK_FP32))
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.autograd.graph import increment_version
 
 from ..errors import ClozelmError
 from ..loaded import Model
@@ -398,7 +399,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.masters is not None:
-            self.masters.masters_to_model()
+            self.masters.masters_to_model()  # a copy_: the weights' version counters move
+        else:
+            # torch's fused CPU AdamW changes the weights in place without moving their version counters, by
+            # which inference copies of them (model/packed.py: validation, fill) know they are stale
+            increment_version(self.params)
         self.step += 1
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm)}
 
