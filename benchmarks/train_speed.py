@@ -22,6 +22,7 @@ tokenizer over data/corpus when present (else random ids).
     python benchmarks/train_speed.py            # both shapes; 50 loss-check steps on the default shape
     python benchmarks/train_speed.py --quick    # a short run (half batches, 8 steps; 124M timed on 3)
     python benchmarks/train_speed.py --compile  # also torch.compile clozelm's model
+    python benchmarks/train_speed.py --mfu cuda --batch 64   # on a GPU: clozelm's step alone, tokens/s and MFU
 """
 
 from __future__ import annotations
@@ -168,16 +169,30 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
     return rate
 
 
+def step_products(shape: dict) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
+    """One training step's matrix products (forward, gradient of the input, gradient of the weight of every
+    Linear layer and of the output projection) as (a shape, b shape, how many per step)."""
+    B, T, D, V, L = shape["batch"], shape["seq"], shape["n_embd"], shape["vocab_size"], shape["n_layer"]
+    N = B * T
+    products = []
+    for k, m in [(D, 3 * D), (D, D), (D, 4 * D), (4 * D, D)]:
+        products += [((N, k), (k, m), L), ((N, m), (m, k), L), ((m, N), (N, k), L)]
+    return products + [((N, D), (D, V), 1), ((N, V), (V, D), 1), ((V, N), (N, D), 1)]
+
+
+def step_flops(shape: dict) -> float:
+    """Model FLOPs of one training step: the products of step_products, and causal attention's six products
+    (scores and weighted values forward, four backward) with the half above the diagonal skipped."""
+    B, T, D, L = shape["batch"], shape["seq"], shape["n_embd"], shape["n_layer"]
+    dense = sum(2 * a[0] * a[1] * b[1] * count for a, b, count in step_products(shape))
+    return dense + 6 * 2 * B * T * T * D / 2 * L
+
+
 def matmul_limit(shape: dict, reps: int = 3) -> float:
     """Seconds this machine needs for one step's matrix products in bf16, each timed alone at its shape
     (forward, gradient of the input, gradient of the weight), best of `reps`."""
-    B, T, D, V, L, H = shape["batch"], shape["seq"], shape["n_embd"], shape["vocab_size"], shape["n_layer"], shape["n_head"]
-    N = B * T
-    linears = [(D, 3 * D), (D, D), (D, 4 * D), (4 * D, D)]
-    products = []  # (a shape, b shape, how many per step)
-    for k, m in linears:
-        products += [((N, k), (k, m), L), ((N, m), (m, k), L), ((m, N), (N, k), L)]
-    products += [((N, D), (D, V), 1), ((N, V), (V, D), 1), ((V, N), (N, D), 1)]  # the output projection
+    B, T, D, L, H = shape["batch"], shape["seq"], shape["n_embd"], shape["n_layer"], shape["n_head"]
+    products = step_products(shape)
     total = 0.0
     for a_shape, b_shape, count in products:
         a, b = torch.randn(a_shape, dtype=torch.bfloat16), torch.randn(b_shape, dtype=torch.bfloat16)
@@ -218,6 +233,74 @@ def matmul_ceiling(n: int = 1024, reps: int = 6) -> float:
     return fp32 / bf16
 
 
+def peak_matmul_rate(device: torch.device, n: int = 8192, reps: int = 5) -> float:
+    """FLOP/s of the device's bf16 matrix product at n x n x n, best of `reps`: the denominator of MFU,
+    measured rather than taken from a data sheet."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(reps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_mfu(name: str, shape: dict, steps: int, precision: str, fused: bool, compile: bool, device: torch.device):
+    """clozelm's training step on `device` (a GPU: placement, bf16, fused AdamW, the fused loss), timed over
+    `steps` after one warm-up step: tokens/s, and model FLOP utilisation = the step's model FLOPs (step_flops)
+    per second over the device's measured bf16 matrix-product rate."""
+    cfg = TrainConfig(lr=6e-4, warmup=5, steps=steps + 2, grad_clip=1.0, precision=precision,
+                      fused_loss=fused).with_defaults("recipe")
+    _, loaded = models(shape, 0.0)
+    ours = loaded.network.to(device).train()
+    masters = MasterWeights(ours) if precision == "bf16-master" else None
+    opt = make_optimizer(ours, cfg, masters=masters)
+    params = masters.masters if masters is not None else list(ours.parameters())
+    forward = torch.compile(ours) if compile else ours
+    B, T = shape["batch"], shape["seq"]
+    stream = token_stream((steps + 1) * B * (T + 1), shape["vocab_size"])
+    batches = torch.from_numpy(stream.reshape(steps + 1, B, T + 1)).long().to(device)
+    times, loss = [], None
+    for i in range(steps + 1):
+        x, y = batches[i, :, :-1], batches[i, :, 1:]
+        _sync(device)
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, i)
+        if fused:
+            s = fused_loss_sum(forward, ours, _Clm, x, y, precision)
+        else:
+            with autocast(precision, device):
+                s, _ = loss_sum(forward(x).logits, y)
+        (s / y.numel()).backward()
+        if masters is not None:
+            masters.grads_to_masters()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if masters is not None:
+            masters.masters_to_model()
+        loss = float(s.detach()) / y.numel()
+        _sync(device)
+        if i:  # the first step pays one-time costs (allocation, compilation)
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    peak = peak_matmul_rate(device)
+    achieved = step_flops(shape) / step
+    print(f"{name} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}): "
+          f"{B * T / step:,.0f} tok/s, {step * 1e3:.1f} ms/step, loss {loss:.3f} after {steps + 1} steps; "
+          f"{achieved / 1e12:.1f} TFLOP/s of model FLOPs; the bf16 matrix product runs at {peak / 1e12:.1f} "
+          f"TFLOP/s here: MFU {achieved / peak:.0%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run: half batches, 8 loss-check steps, 124M timed on 3 steps")
@@ -229,10 +312,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch", type=int, help="sequences per step (default: 16 for default, 8 for 124M; half with --quick)")
     ap.add_argument("--loss-steps", type=int, help="steps before comparing losses on the default shape (default 50; 8 with --quick)")
+    ap.add_argument("--mfu", metavar="DEVICE", help="instead: clozelm's step alone on DEVICE (cuda, cuda:1, cpu) "
+                    "and its model FLOP utilisation against the device's measured bf16 matrix-product rate")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps with --mfu (default 20)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.mfu:
+        for name in args.shapes:
+            shape = dict(SHAPES[name], **({"batch": args.batch} if args.batch else {}))
+            run_mfu(name, shape, args.steps, args.precision, args.fused, args.compile, torch.device(args.mfu))
+        return
     matmul_ceiling()
     for name in args.shapes:
         shape = dict(SHAPES[name])
