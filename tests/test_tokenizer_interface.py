@@ -3,6 +3,8 @@ specials on and off, roles, framing, blanks, token classes, spans, saving, and t
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -225,3 +227,6 @@ def test_token_classes_agree_with_the_old_cloze_masks(tok):
         assert all(torch.equal(a, b) for a, b in zip((*word_masks(tok, vocab, lead_space),
                                                       *token_masks(tok, vocab, lead_space)), old[lead_space]))
     assert not classes.ordinary[tok.vocab_size:].any()
+    moved = classes.to("meta")  # where the model's logits are (a GPU): every mask goes along
+    for f in dataclasses.fields(classes):
+        assert getattr(moved, f.name).device.type == "meta" and getattr(moved, f.name).shape == (vocab,)

@@ -81,11 +81,12 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temp
     if temperature <= 0 and repetition_penalty == 1.0 and lookahead > 0:
         yield from _greedy_with_lookup(model, cache, list(prompt_ids), logits, max_new_tokens, eos_id, lookahead)
         return
+    # Tokens are picked on the CPU whatever the model's device: a seed then gives the same draws everywhere.
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     seen = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     seen[torch.tensor(prompt_ids)] = True
     for step in range(max_new_tokens):
-        token = pick_token(logits.float(), temperature, top_k, top_p, generator,
+        token = pick_token(logits.float().cpu(), temperature, top_k, top_p, generator,
                            seen if repetition_penalty != 1.0 else None, repetition_penalty)
         yield token
         if token == eos_id or step == max_new_tokens - 1:
@@ -161,7 +162,7 @@ def beam_search(model, prompt_ids: list[int], beams: int = 4, max_new_tokens: in
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
     logp = scoring.log_probs(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[:, -1])
-    hyps, scores = [[]], torch.zeros(1)
+    hyps, scores = [[]], torch.zeros(1, device=logp.device)
     finished: list[tuple[float, list[int]]] = []
     for step in range(max_new_tokens):
         values, rows, tokens = scoring.beam_step(scores[:, None] + logp, 2 * beams)
@@ -176,7 +177,7 @@ def beam_search(model, prompt_ids: list[int], beams: int = 4, max_new_tokens: in
                 break
         if not new_hyps or len(finished) >= beams:
             break
-        hyps, scores = new_hyps, torch.tensor(new_scores)
+        hyps, scores = new_hyps, torch.tensor(new_scores, device=logp.device)
         cache = cache.select(torch.tensor(keep_rows))
         logits = model(torch.tensor([[h[-1]] for h in hyps]), cache=cache, last_logits_only=True).logits[:, -1]
         logp = scoring.log_probs(logits)

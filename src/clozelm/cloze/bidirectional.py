@@ -31,7 +31,7 @@ class BidirectionalFiller:
         self.beam, self.max_word_pieces = options.beam, options.max_word_tokens
         self.vocab = model.config.vocab_size
         self.mask_id = tokenizer.mask_id
-        self.classes = tokenizer.token_classes(self.vocab)
+        self.classes = tokenizer.token_classes(self.vocab).to(model.device)
         self.start, self.end = tokenizer.frame_tokens(causal=False)
 
     @torch.inference_mode()
@@ -88,7 +88,7 @@ class BidirectionalFiller:
                 for value, token in zip(top.values, top.indices):
                     if torch.isfinite(value):
                         new = seq.clone()
-                        new[positions[slot]] = token
+                        new[positions[slot]] = int(token)
                         expanded.append((new, score + float(value), done | {slot}))
             expanded.sort(key=lambda h: -h[1])
             hyps = _distinct(expanded)[:self.beam]

@@ -52,7 +52,7 @@ class CausalFiller:
         self.width, self.max_word_tokens, self.n_states = options.width, options.max_word_tokens, options.beam
         self.lookahead, self.lookahead_keep = options.lookahead, options.lookahead_keep
         self.vocab = model.config.vocab_size
-        self.classes = tokenizer.token_classes(self.vocab)
+        self.classes = tokenizer.token_classes(self.vocab).to(model.device)
         self.start_ids = tokenizer.frame_tokens(causal=True)[0]
 
     @torch.inference_mode()
@@ -195,7 +195,7 @@ class CausalFiller:
             seqs = [c + follow for c in chunk]
             # Right padding needs no mask in a causal model: real tokens never see the pads after them. Every
             # chunk is padded to the longest candidate of the pool, so a score does not depend on its chunk.
-            batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
+            batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs], device=self.model.device)
             context = cache.select(torch.zeros(len(chunk), dtype=torch.long))  # the left context, once per row
             logits = self.model(batch, cache=context).logits
             # position i predicts token i + 1 of its row (the pad after a row's end predicts nothing used)

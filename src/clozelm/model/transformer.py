@@ -56,6 +56,7 @@ class KVCache:
 
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A new cache whose row i is this cache's row rows[i] (beam search forks and prunes rows)."""
+        rows = torch.as_tensor(rows, device=self.key_valid.device)
         new = object.__new__(KVCache)
         new.keys = [self._select_filled(k, rows) for k in self.keys]
         new.values = [self._select_filled(v, rows) for v in self.values]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -65,6 +65,10 @@ class TokenClasses:
 
     def word_start(self, lead_space: bool) -> torch.Tensor:
         return self.word_start_spaced if lead_space else self.word_start_bare
+
+    def to(self, device: torch.device | str) -> "TokenClasses":
+        """The same masks on `device` (where the model's logits are)."""
+        return TokenClasses(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def token_start(self, lead_space: bool) -> torch.Tensor:
         return self.token_start_spaced if lead_space else self.token_start_bare

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 IGNORE = -100
-CHUNK_FLOATS = 1 << 21
+CHUNK_FLOATS = 1 << 21  # on a CPU: a chunk's fp32 log-softmax stays within its caches (8 MB)
+GPU_CHUNK_FLOATS = 1 << 26  # on a GPU: chunks large enough to keep it busy (256 MB of fp32 logits)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -34,6 +35,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=f.device)
         grad_logits = torch.empty(n, vocab, dtype=compute_dtype, device=f.device)  # d loss / d logits
         grad_f = torch.empty_like(f)
+        all_valid = bool((labels != IGNORE).all())  # asked once: on a GPU every question waits for the device
         for start in range(0, n, chunk_rows):
             rows = slice(start, start + chunk_rows)
             logits = torch.mm(f[rows], w_t) if b is None else torch.addmm(b, f[rows], w_t)  # [c, V]
@@ -45,7 +47,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss -= (logp.gather(1, target)[:, 0] * scale).sum()
             grad = logp.exp_()  # softmax, in the log-softmax's memory
             grad.scatter_add_(1, target, -valid[:, None].to(grad.dtype))
-            if row_weights is not None or not bool(valid.all()):
+            if row_weights is not None or not all_valid:
                 grad.mul_(scale[:, None])
             grad_logits[rows] = grad
             torch.mm(grad_logits[rows], w, out=grad_f[rows])
@@ -85,6 +87,6 @@ def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, bias: tor
         features, labels = features[keep], labels[keep]
         row_weights = None if row_weights is None else row_weights[keep]
     dtype = compute_dtype or features.dtype
-    if chunk_rows is None:  # a chunk's fp32 log-softmax stays within the CPU's caches (8 MB)
-        chunk_rows = max(128, CHUNK_FLOATS // weight.shape[0])
+    if chunk_rows is None:
+        chunk_rows = max(128, (GPU_CHUNK_FLOATS if features.is_cuda else CHUNK_FLOATS) // weight.shape[0])
     return _LinearCrossEntropy.apply(features, weight, bias, labels, row_weights, chunk_rows, dtype), keep.sum()
