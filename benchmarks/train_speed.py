@@ -89,6 +89,29 @@ class _Clm:  # the trainer's view of the clm objective: every position labelled
     sparse_labels = False
 
 
+def clozelm_step(forward, network, opt, masters, params, cfg: TrainConfig, i: int, x, y, precision: str,
+                 fused: bool) -> torch.Tensor:
+    """One optimizer step of `clozelm train`'s default path: forward, loss, backward, clipping, AdamW (on the
+    fp32 masters under bf16-master). Returns the mean loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(cfg, i)
+    if fused:
+        s = fused_loss_sum(forward, network, _Clm, x, y, precision)
+    else:
+        with autocast(precision, x.device):
+            s, _ = loss_sum(forward(x).logits, y)
+    loss = s / y.numel()
+    loss.backward()
+    if masters is not None:
+        masters.grads_to_masters()
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if masters is not None:
+        masters.masters_to_model()
+    return loss.detach()
+
+
 def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout: float, compile: bool,
               precision: str, fused: bool):
     cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0,
@@ -106,25 +129,8 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
     batches = torch.from_numpy(stream[: n_steps * B * (T + 1)].reshape(n_steps, B, T + 1)).long()
 
     def step_ours(i, w):
-        for g in our_opt.param_groups:
-            g["lr"] = lr_at(cfg, i)
-        x, y = w[:, :-1], w[:, 1:]
-        if fused:
-            s = fused_loss_sum(forward, ours, _Clm, x, y, precision)
-        else:
-            with autocast(precision, torch.device("cpu")):
-                logits = forward(x).logits
-            s, _ = loss_sum(logits, y)
-        loss = s / y.numel()
-        loss.backward()
-        if masters is not None:
-            masters.grads_to_masters()
-        torch.nn.utils.clip_grad_norm_(our_params, cfg.grad_clip)
-        our_opt.step()
-        our_opt.zero_grad(set_to_none=True)
-        if masters is not None:
-            masters.masters_to_model()
-        return loss.item()
+        return clozelm_step(forward, ours, our_opt, masters, our_params, cfg, i, w[:, :-1], w[:, 1:], precision,
+                            fused).item()
 
     def step_hf(i, w):
         for g in hf_opt.param_groups:
@@ -277,22 +283,7 @@ def run_mfu(name: str, shape: dict, steps: int, precision: str, fused: bool, com
         x, y = batches[i, :, :-1], batches[i, :, 1:]
         _sync(device)
         t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, i)
-        if fused:
-            s = fused_loss_sum(forward, ours, _Clm, x, y, precision)
-        else:
-            with autocast(precision, device):
-                s, _ = loss_sum(forward(x).logits, y)
-        (s / y.numel()).backward()
-        if masters is not None:
-            masters.grads_to_masters()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if masters is not None:
-            masters.masters_to_model()
-        loss = float(s.detach()) / y.numel()
+        loss = float(clozelm_step(forward, ours, opt, masters, params, cfg, i, x, y, precision, fused))
         _sync(device)
         if i:  # the first step pays one-time costs (allocation, compilation)
             times.append(time.perf_counter() - t0)
