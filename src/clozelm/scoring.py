@@ -51,7 +51,7 @@ def sequence_logprobs(logits: torch.Tensor, seqs: Sequence[Sequence[int]]) -> li
     """log P(each sequence's tokens after its first) from a causal model's logits [N, T, V] over the
     right-padded batch of `seqs`."""
     T = logits.size(1)  # position i predicts token i + 1; the last position (and padding) predicts nothing used
-    targets = torch.tensor([list(s[1:T + 1]) + [0] * (T - len(s[1:T + 1])) for s in seqs], dtype=torch.long)
+    targets = torch.tensor([(list(s[1:]) + [0] * T)[:T] for s in seqs], dtype=torch.long)
     picked = target_logprobs(logits, targets.to(logits.device))
     return [float(picked[r, :max(len(s) - 1, 0)].sum()) for r, s in enumerate(seqs)]
 

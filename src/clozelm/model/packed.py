@@ -75,20 +75,33 @@ def _version(weight: torch.Tensor) -> int:
     return -1 if weight.is_inference() else weight._version
 
 
+def _key(weight: torch.Tensor) -> tuple:
+    """What a cached copy of `weight` must match to be current."""
+    return _version(weight), weight.data_ptr(), weight.dtype, tuple(weight.shape)
+
+
+def _counted(make, nbytes: int) -> torch.Tensor | None:
+    """make() a copy taking `nbytes` when the copies alive leave room for it under the budget (None otherwise);
+    the count drops when the copy is freed."""
+    if _packed_bytes[0] + nbytes > _LIMIT:
+        return None
+    copy = make()
+    _packed_bytes[0] += nbytes
+    weakref.finalize(copy, _release, nbytes)
+    return copy
+
+
 def _packed(owner: object, weight: torch.Tensor) -> torch.Tensor | None:
-    key = (_version(weight), weight.data_ptr(), weight.dtype, tuple(weight.shape))
+    key = _key(weight)
     hit = _cache.get(owner)
     if hit is not None and hit[0] == key:
         return hit[1]
     if hit is not None:
         del _cache[owner]
-    nbytes = weight.numel() * weight.element_size()
-    if _packed_bytes[0] + nbytes > _LIMIT:
-        return None
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
-    _packed_bytes[0] += nbytes
-    weakref.finalize(packed, _release, nbytes)
-    _cache[owner] = (key, packed)
+    packed = _counted(lambda: torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS),
+                      weight.numel() * weight.element_size())
+    if packed is not None:
+        _cache[owner] = (key, packed)
     return packed
 
 
@@ -148,19 +161,15 @@ def use_int8_weights(network: torch.nn.Module, on: bool = True) -> None:
 def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...] | None:
     """The cached quantized copy of `weight` in `kind` (remade when the weight changes); None where the
     format does not fit its shape."""
-    key = (_version(weight), weight.data_ptr(), weight.dtype, tuple(weight.shape))
+    key = _key(weight)
     copies = _quant_cache.setdefault(owner, {})
     hit = copies.get(kind)
     if hit is not None and hit[0] == key:
         return hit[1]
     w = weight.detach().float()
     if kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
-        nbytes = weight.numel() * 2
-        parts = None
-        if _packed_bytes[0] + nbytes <= _LIMIT:
-            parts = (weight.detach().to(torch.bfloat16),)
-            _packed_bytes[0] += nbytes
-            weakref.finalize(parts[0], _release, nbytes)
+        copy = _counted(lambda: weight.detach().to(torch.bfloat16), weight.numel() * 2)
+        parts = None if copy is None else (copy,)
     elif w.shape[1] % (INT8_K_MULTIPLE if kind == INT8 else INT4_GROUP):
         parts = None
     elif kind == INT8:
