@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import clozelm
+from clozelm.model import Transformer
 from clozelm.training import TrainConfig
 from clozelm.training.loop import autocast, fused_loss_sum, lr_at, make_optimizer
 from clozelm.training.objectives import loss_sum
@@ -73,8 +74,13 @@ def models(shape: dict, dropout: float):
     hf = transformers.GPT2LMHeadModel(cfg)
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        ours = clozelm.load(d, tokenizer=False)
-    assert ours.config.dropout == dropout
+        loaded = clozelm.load(d, tokenizer=False)
+    assert loaded.config.dropout == dropout
+    # As `clozelm train --init` builds its model: a fresh network that the loaded weights are copied into, laid
+    # out contiguously (loading reads GPT-2's [in, out] projections as transposed views, which a training step
+    # would copy to contiguous memory inside the fused optimizer at every step).
+    ours = Transformer(loaded.config)
+    ours.load_state_dict(loaded.network.state_dict())
     return hf.train(), ours
 
 
@@ -116,8 +122,8 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
               precision: str, fused: bool):
     cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0,
                       precision=precision, fused_loss=fused).with_defaults("recipe")
-    hf, loaded = models(shape, dropout)
-    ours = loaded.network.train()
+    hf, ours = models(shape, dropout)
+    ours.train()
     masters = MasterWeights(ours) if precision == "bf16-master" else None
     hf_opt = hf_optimizer(hf, cfg)
     our_opt = make_optimizer(ours, cfg, masters=masters)
@@ -265,7 +271,7 @@ def run_mfu(name: str, shape: dict, steps: int, precision: str, fused: bool, com
     per second over the device's measured bf16 matrix-product rate."""
     cfg = TrainConfig(lr=6e-4, warmup=5, steps=steps + 2, grad_clip=1.0, precision=precision,
                       fused_loss=fused).with_defaults("recipe")
-    from clozelm.model import ModelConfig, Transformer  # built here: transformers need not be installed
+    from clozelm.model import ModelConfig  # built here: transformers need not be installed
 
     torch.manual_seed(0)
     ours = Transformer(ModelConfig(vocab_size=shape["vocab_size"], n_positions=max(1024, shape["seq"]),
