@@ -91,16 +91,21 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
         raise ClozelmError(f"{what} {path} is not UTF-8 text (byte offset {e.start})") from None
 
 
+METADATA_SUFFIXES = (".json", ".jsonl")  # manifests and records beside a corpus: data about the text, not text
+
+
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files named, and every file under the folders named whose path below the folder has no hidden part
-    (sorted, so the order is stable)."""
+    """Files named, and every file under the folders named whose path below the folder has no hidden part and
+    that is not JSON (METADATA_SUFFIXES: a corpus folder's MANIFEST.json is not one of its documents; a JSON
+    file named on its own is read), sorted, so the order is stable."""
     items = list(items)
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             files += sorted(f for f in p.rglob("*")
-                            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                            if f.is_file() and f.suffix.lower() not in METADATA_SUFFIXES
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             files.append(p)
         elif p.exists():

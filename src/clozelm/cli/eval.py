@@ -72,9 +72,9 @@ def run(args) -> None:
     from ..files import atomic_write_text
     from ..eval import EvalOptions, evaluate, markdown, table
     out = _out_dir(args)  # refuse before the model is loaded and the work done
-    options = EvalOptions(seed=args.seed, stride=args.stride, samples=args.samples, pll_tokens=args.pll_tokens,
-                          limit=args.limit, lambada=args.lambada, pairs=args.pairs, probe=args.probe,
-                          folds=args.folds)
+    options = EvalOptions(seed=args.seed, stride=args.stride, samples=args.samples, pair_samples=args.pair_samples,
+                          pll_tokens=args.pll_tokens, limit=args.limit, lambada=args.lambada, pairs=args.pairs,
+                          probe=args.probe, folds=args.folds)
     model = load(args.model, dtype=args.dtype)
     bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -118,6 +118,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stride", type=positive_int, help="ppl: tokens a window moves on (default: half the context)")
     p.add_argument("--samples", type=int_in(2), default=16,
                    help="masked models: mask rates drawn per window for the bound (default: %(default)s)")
+    p.add_argument("--pair-samples", type=positive_int, default=128,
+                   help="pairs, a masked-diffusion model: mask rates drawn per sentence for the bound (default: %(default)s)")
     p.add_argument("--pll-tokens", type=nonnegative_int, default=256,
                    help="masked models, ppl: positions the word-l2r PLL is sampled at, 0 = all (default: %(default)s)")
     p.add_argument("--lambada", metavar="FILE.jsonl", help="lastword: passages, one {\"text\": ...} per line")

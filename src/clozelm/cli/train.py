@@ -99,6 +99,9 @@ def add_parser(sub) -> None:
     g.add_argument("--eval-spread", action=argparse.BooleanOptionalAction, default=None,
                    help="spread those sequences evenly over the held-out split (default on; --no-eval-spread: its first ones)")
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps (default 200; 0 = at the end)")
+    g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                   help="the run's model is the evaluated weights with the lowest held-out loss (default on; "
+                        "--no-keep-best: the last step's, when the held-out text is a test set)")
     g.add_argument("--log-every", type=int, metavar="N", help="progress lines every N steps when stderr is not a terminal (default 10)")
     g.add_argument("--no-progress", action="store_true", help="no progress output")
     g.add_argument("--stop-after", type=int, metavar="N", help="stop after N steps of this call with a checkpoint "
@@ -113,7 +116,7 @@ FIELDS = ["files", "out", "resume", "overwrite", "init", "tokenizer", "objective
           "n_head", "n_positions", "n_inner", "layout", "dropout", "valid", "valid_every", "skip_bad_files", "seq_len",
           "fim_rate", "spm_rate", "mask_rate", "hybrid_causal_share", "locality_warmup", "steps", "batch_size", "grad_accum", "lr",
           "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "precision", "fused_loss", "compile", "seed", "device", "threads",
-          "eval_every", "eval_examples", "eval_spread", "checkpoint_every", "log_every", "stop_after"]
+          "eval_every", "eval_examples", "eval_spread", "checkpoint_every", "keep_best", "log_every", "stop_after"]
 FLAGS = {name: flag(name) for name in FIELDS} | {"files": "FILES_OR_DIRS", "progress": "--no-progress"}
 
 

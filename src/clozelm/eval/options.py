@@ -25,7 +25,10 @@ class EvalOptions:
 
     seed: int = 0  # every random choice (items drawn, mask rates, masks, folds) follows from it
     stride: int | None = None  # ppl: tokens a window moves on (None: half the model's context)
-    samples: int = 16  # masked-diffusion bound: mask rates drawn per window (or per sentence, for pairs)
+    samples: int = 16  # ppl, masked models: mask rates drawn per window for the masked-diffusion bound
+    # pairs scored by the bound: mask rates drawn per sentence (shared by a pair's two sentences). More than ppl's:
+    # the two sentences of a pair differ by a few nats, far less than a few samples' noise on each
+    pair_samples: int = 128
     pll_tokens: int = 256  # ppl of a masked model: token positions the word-l2r PLL is sampled at (0: all)
     limit: int | None = None  # items per task, pairs per phenomenon (None: all of a file, DEFAULT_LIMITS of FILES)
     lambada: Path | None = None  # lastword: lm-eval-harness JSONL, one {"text": ...} per line
@@ -51,6 +54,8 @@ class EvalOptions:
               f"stride must be a positive integer, not {self.stride!r}")
         check(is_int(self.samples) and self.samples >= 2,
               f"samples must be an integer >= 2 (the standard error needs two), not {self.samples!r}")
+        check(is_int(self.pair_samples) and self.pair_samples >= 1,
+              f"pair_samples must be a positive integer, not {self.pair_samples!r}")
         check(is_int(self.pll_tokens) and self.pll_tokens >= 0, f"pll_tokens must be >= 0, not {self.pll_tokens!r}")
         check(self.limit is None or (is_int(self.limit) and self.limit >= 1),
               f"limit must be a positive integer, not {self.limit!r}")

@@ -72,11 +72,11 @@ def sentence_scores(model, texts: list[str], opts, how: str, advance=None, rates
             # one generator per pair: the two sentences of a pair draw the same mask rates
             generator = torch.Generator().manual_seed(rates_seed[i] if rates_seed else opts.seed)
             for begin, stop, first, last in plan_windows(len(seq), width, width // 2, lo, hi):
-                r, t, w = bound_rows(seq, begin, stop, first, last, tok.mask_id, opts.samples, generator)
+                r, t, w = bound_rows(seq, begin, stop, first, last, tok.mask_id, opts.pair_samples, generator)
                 rows += r
                 targets += t
                 owner += [i] * len(r)
-                weights += [x / opts.samples for x in w]
+                weights += [x / opts.pair_samples for x in w]
     exclude = [] if how == "log-prob" else [tok.mask_id]
     lps = token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens, exclude=exclude)
     scores = [0.0] * len(texts)

@@ -2,7 +2,8 @@
 
     DIR/study.json        the settings that decide the runs (StudyConfig FIXED) and the corpus files' digests
     DIR/data/train.txt    the training documents; DIR/data/heldout/NNNNN.txt: one file per held-out document
-                          (every valid_every-th document of the corpus, counted over the files in order)
+                          (the valid_every-th, 2 x valid_every-th, ... document of the corpus, counted over the
+                          files in order)
     DIR/tokenizer/        one byte-level BPE vocabulary, trained on data/train.txt, for every run
     DIR/tokens/           the token cache every run shares (each run's tokens/ points here)
     DIR/runs/OBJ-seedK/   one training run directory per objective and seed (`clozelm train --resume` works)
@@ -58,6 +59,9 @@ from .report import FIGURES, cloze_by_k, markdown, summary
 
 STUDY_VERSION = 1
 EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds is the training's
+# Raised when the evaluation code changes what a task's figures are, so a continued study evaluates again.
+EVAL_VERSION = 2
+HELD_OUT_TASKS = ("ppl", "lastword", "cloze")  # the tasks that read the held-out split (pairs and probe: their own data)
 EVAL_EXAMPLES = 128  # held-out windows per evaluation during training (the loss curves)
 LOSS_PLOT, ACCURACY_PLOT, CLOZE_PLOT = "loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"
 
@@ -127,12 +131,12 @@ def _report_only(out: Path, config: StudyConfig, corpus: list[dict], names: list
         name = f"{objective}-seed{seed}"
         record = _read_json(out / "trained" / f"{name}.json")
         model_file = out / "runs" / name / "model" / "model.safetensors"
-        cached = _read_json(out / "evals" / f"{name}.json") or {}
-        if record is None or not model_file.is_file() or cached.get("key") != _eval_key(config, model_file) \
-                or any(task not in cached.get("tasks", {}) for task in config.tasks):
+        tasks = _cached_tasks(out / "evals" / f"{name}.json", _eval_keys(out, config, model_file)) \
+            if record is not None and model_file.is_file() else {}
+        if len(tasks) < len(config.tasks):
             missing.append(name)
             continue
-        record["tasks"] = {task: cached["tasks"][task] for task in config.tasks}
+        record["tasks"] = tasks
         runs.append(record)
     if not runs:
         raise ClozelmError(f"{out}: no run is trained and evaluated yet (with these evaluation settings)")
@@ -193,31 +197,34 @@ def _settings(out: Path, config: StudyConfig, corpus: list[dict]) -> dict:
 
 
 def _split(out: Path, files: list[Path], valid_every: int, say) -> tuple[int, int]:
-    """DIR/data: train.txt and heldout/ (one file per held-out document); (documents, held-out documents)."""
+    """DIR/data: train.txt and heldout/ (one file per held-out document); (documents, held-out documents).
+    Held out: the valid_every-th document, the 2 x valid_every-th, ... counted over the files in order (the last
+    document when there are fewer than valid_every)."""
     data = out / "data"
     if not (data / "done").is_file():
         partial = out / "data.partial"
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "heldout").mkdir(parents=True)
-        n, held = 0, 0
         try:
+            n = sum(1 for path in files for _ in iter_documents(path))
+            if n < 2:
+                raise ClozelmError(f"the corpus holds {n} document(s) (separated by blank lines): a study holds out "
+                                   f"one in {valid_every} and trains on the rest, so it needs at least two")
+            held_out = (lambda i: (i + 1) % valid_every == 0) if n >= valid_every else (lambda i: i == n - 1)
+            i, held = 0, 0
             with open(partial / "train.txt", "w", encoding="utf-8") as train_file:
                 for path in files:
                     for text in iter_documents(path):
-                        if n % valid_every == 0:
+                        if held_out(i):
                             (partial / "heldout" / f"{held:05d}.txt").write_text(text + "\n", encoding="utf-8")
                             held += 1
                         else:
                             train_file.write(text + "\n\n")
-                        n += 1
+                        i += 1
         except UnicodeDecodeError as e:
             raise ClozelmError(f"{path} is not UTF-8 text (invalid byte at offset {e.start})") from None
         except OSError as e:
             raise ClozelmError(f"{e.filename or partial}: {e.strerror}") from None
-        if n - held < 1 or held < 1:
-            raise ClozelmError(f"the corpus holds {n} document(s) (separated by blank lines): a study holds out one "
-                               f"in {valid_every} (the first of each {valid_every}) and trains on the rest, so it needs "
-                               "at least two")
         atomic_write_text(partial / "done", json.dumps({"documents": n, "heldout": held}) + "\n")
         shutil.rmtree(data, ignore_errors=True)
         os.replace(partial, data)
@@ -264,8 +271,8 @@ def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, 
         tokenizer=str(out / "tokenizer"), out=str(run_dir), overwrite=overwrite, objective=objective, layout="gpt2",
         **layers, n_positions=shape["seq_len"], seq_len=shape["seq_len"], batch_size=config.batch_size, steps=steps,
         lr=config.lr, seed=seed, locality_warmup=round(config.locality_warmup * steps), eval_every=every,
-        eval_examples=EVAL_EXAMPLES, checkpoint_every=every, progress=config.progress, device=config.device,
-        threads=config.threads)
+        eval_examples=EVAL_EXAMPLES, checkpoint_every=every, keep_best=False, progress=config.progress,
+        device=config.device, threads=config.threads)
 
 
 def _metrics(run_dir: Path) -> tuple[list[tuple[int, float]], float]:
@@ -327,19 +334,39 @@ def _check_same_size(runs: list[dict]) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _eval_key(config: StudyConfig, model_file: Path) -> dict:
-    return {"tasks": list(config.tasks), "limit": config.eval_limit, "samples": config.eval_samples, "seed": EVAL_SEED,
-            "model_sha256": _digest(model_file)}
+def _eval_keys(out: Path, config: StudyConfig, model_file: Path) -> dict[str, dict]:
+    """What each task's figures depend on; a cached figure is used only while its key holds."""
+    model = _digest(model_file)
+    heldout = hashlib.sha256()
+    for path in sorted((out / "data" / "heldout").iterdir()):
+        heldout.update(path.name.encode() + b"\0" + _digest(path).encode())
+    keys = {}
+    for task in config.tasks:
+        key = {"eval_version": EVAL_VERSION, "limit": config.eval_limit, "seed": EVAL_SEED, "model_sha256": model}
+        if task in HELD_OUT_TASKS:
+            key["heldout_sha256"] = heldout.hexdigest()
+        if task == "ppl":
+            key["samples"] = config.eval_samples
+        if task == "pairs":
+            key["pair_samples"] = EvalOptions().pair_samples
+        keys[task] = key
+    return keys
+
+
+def _cached_tasks(cache_path: Path, keys: dict[str, dict]) -> dict:
+    """The figures in an eval cache file whose keys still hold."""
+    cached = _read_json(cache_path) or {}
+    tasks, recorded = cached.get("tasks", {}), cached.get("keys", {})
+    return {task: tasks[task] for task, key in keys.items() if task in tasks and recorded.get(task) == key}
 
 
 def _evaluated(out: Path, name: str, config: StudyConfig, say) -> dict:
     """The run's eval figures per task (cached in DIR/evals/NAME.json). A task that cannot run on this
     corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal."""
     model_dir = out / "runs" / name / "model"
-    key = _eval_key(config, model_dir / "model.safetensors")
+    keys = _eval_keys(out, config, model_dir / "model.safetensors")
     cache_path = out / "evals" / f"{name}.json"
-    cached = _read_json(cache_path) or {}
-    tasks = cached.get("tasks", {}) if cached.get("key") == key else {}
+    tasks = _cached_tasks(cache_path, keys)
     todo = [t for t in config.tasks if t not in tasks]
     if todo:
         model = load(model_dir)
@@ -356,7 +383,8 @@ def _evaluated(out: Path, name: str, config: StudyConfig, say) -> dict:
             figures["seconds"] = round(time.perf_counter() - started, 3)
             tasks[task] = figures
             cache_path.parent.mkdir(exist_ok=True)
-            atomic_write_text(cache_path, json.dumps({"key": key, "tasks": tasks}, indent=1) + "\n")
+            atomic_write_text(cache_path, json.dumps({"keys": {t: keys[t] for t in tasks}, "tasks": tasks}, indent=1)
+                              + "\n")
     return {t: tasks[t] for t in config.tasks}
 
 

@@ -32,7 +32,8 @@ from .objectives import HYBRID_CAUSAL_SHARE, OBJECTIVES
 
 PRECISIONS = ("bf16-master", "bf16", "fp32")  # see training/precision.py
 # Fields added after runs were recorded without them: a recorded run that lacks one computed it this way.
-LEGACY_VALUES = {"fused_loss": False, "hybrid_causal_share": HYBRID_CAUSAL_SHARE, "eval_spread": False}
+LEGACY_VALUES = {"fused_loss": False, "hybrid_causal_share": HYBRID_CAUSAL_SHARE, "eval_spread": False,
+                 "keep_best": True}
 # A from-scratch network's layout (see runner._model_config): GPT-2's pre-LN blocks with the output tied to the
 # embeddings (bidirectional for mlm and mdlm), or BERT's post-LN blocks with its MLM head (mlm and mdlm only).
 LAYOUTS = ("gpt2", "bert")
@@ -121,6 +122,9 @@ class TrainConfig:
     # first of several sources)
     eval_spread: bool | None = _opt("schedule", "bool", True)
     checkpoint_every: int | None = _opt("schedule", "int", 200, lo=0)  # 0 = only at the end (and on a stop)
+    # the run's model: the evaluated weights with the lowest held-out loss (False: the last step's, for when the
+    # held-out text is a test set that nothing may be chosen on)
+    keep_best: bool | None = _opt("schedule", "bool", True)
     log_every: int | None = _opt("schedule", "int", 10, lo=0)  # progress lines when stderr is not a terminal
     # ---- recipe, continued
     fim_rate: float | None = _opt("recipe", "float", 0.5, lo=0.0, hi=1.0)  # fim: share of stretches reordered

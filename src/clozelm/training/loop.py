@@ -38,6 +38,8 @@ Choices, and why:
 - Best weights: each evaluation that lowers the held-out loss writes the weights to RUN/best.pt (atomically,
   like the checkpoint). The run's model (RUN/model) is those weights, so a run that trained past the point
   where held-out loss stopped improving still gives its best model; checkpoint.pt keeps the last weights.
+  `keep_best=False` keeps the last step's weights as the model and writes no best.pt: for held-out text that is
+  a test set (the study's), where choosing weights on it would be tuning on the test.
 
 Callbacks: callables `callback(trainer, record)` called on every rank after each optimizer step (and its
 evaluation, if one ran), with the step's metrics record (step, loss, lr, grad_norm, tokens, tokens_per_s,
@@ -425,14 +427,14 @@ class Trainer:
         if not val < self.best_val:
             return
         self.best_val, self.best_step = val, self.step
-        if self.dist.main:
+        if self.dist.main and self.cfg.keep_best:
             ckpt.save(ckpt.best_state(self.step, val, self.full_state_dict()), self.run_dir / ckpt.BEST)
 
     def load_best_weights(self) -> int | None:
         """Put the weights with the lowest held-out loss into the model; returns their step, or None when
         the model keeps its last weights (no evaluation ran, the last one was the best, or best.pt is gone
         or from another trajectory, e.g. after resuming with other settings)."""
-        if self.best_step in (0, self.step):
+        if not self.cfg.keep_best or self.best_step in (0, self.step):
             return None
         weights = ckpt.load_best(self.run_dir / ckpt.BEST, self.best_step, self.device)
         if weights is None:

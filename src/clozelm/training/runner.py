@@ -193,6 +193,8 @@ def _train(setup: _Setup, run_dir: Path, d: Dist, callbacks) -> Run:
         if best_step is not None:
             saved = (f"the weights of step {best_step} (lowest held-out loss, {trainer.best_val:.4f}; the last "
                      f"step's are in {ckpt.CHECKPOINT})")
+        elif not cfg.keep_best:
+            saved = "the last step's weights (not chosen on the held-out text)"
         elif math.isfinite(trainer.best_val):
             saved = f"held-out loss {trainer.best_val:.4f}"
         else:
