@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 
 import pytest
 
 from clozelm.errors import ClozelmError
-from clozelm.eval import evaluate
+from clozelm.eval import EvalOptions, evaluate
 from clozelm.eval.minimal_pairs import PHENOMENA, generate
+from clozelm.eval.pairs import sentence_scores
 from handbuilt import BigramLM, NeighbourMLM
 
 from .conftest import SENTENCES
@@ -42,9 +44,24 @@ def test_the_bound_scores_pairs_too(tok, tmp_path):
     rows = [{"good": g, "bad": b} for g, b in SEEN]
     model = HandModel(NeighbourMLM(tok, SENTENCES), tok, "mlm")
     result = evaluate(model, tasks="pairs", pairs=pairs_file(tmp_path, rows), masked_score="bound",
-                      samples=64)["tasks"]["pairs"]
+                      pair_samples=64)["tasks"]["pairs"]
     assert result["accuracy"] == 1.0 and result["score"] == "minus the masked-diffusion bound"
     assert list(result["phenomena"]) == ["pairs"]  # no phenomenon given: the file's name
+
+
+def test_pair_samples_set_the_noise_of_the_bound(tok):
+    # A pair's two sentences differ by a few nats; the bound's Monte Carlo noise on each must be far below that,
+    # so pairs draw `pair_samples` mask rates per sentence (not ppl's `samples`): the noise falls as 1/sqrt(N).
+    model = HandModel(NeighbourMLM(tok, SENTENCES), tok, "mlm")
+
+    def spread(n: int) -> float:
+        scores = [sentence_scores(model, [SEEN[0][0]], EvalOptions(pair_samples=n), "bound", rates_seed=[seed])[0]
+                  for seed in range(12)]
+        return statistics.stdev(scores)
+
+    assert spread(128) < spread(2) / 3
+    with pytest.raises(ClozelmError, match="pair_samples must be a positive integer"):
+        EvalOptions(pair_samples=0)
 
 
 def test_blimp_field_names_and_ties(tok, tmp_path):

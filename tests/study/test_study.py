@@ -12,6 +12,7 @@ import pytest
 
 from clozelm.cli import main
 from clozelm.errors import ClozelmError
+from clozelm.files import expand_inputs
 from clozelm.eval import TASKS
 from clozelm.study import StudyConfig, run_study
 from clozelm.study import run as study_run
@@ -116,6 +117,47 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     assert "**Partial**: 5 run(s) not finished yet" in (out / "report.md").read_text()
     with pytest.raises(ClozelmError, match="holds no study yet"):
         run_study(replace(config, out=tmp_path / "none", report_only=True), log=lambda text: None)
+
+
+def test_the_held_out_split_is_every_nth_document_and_nothing_else(tmp_path):
+    # The valid_every-th, 2 x valid_every-th, ... document over the files in order, and no other; a corpus
+    # folder's JSON (its manifest) is no document; with fewer documents than valid_every, the last is held out.
+    docs = [f"Document number {i} says hello." for i in range(120)]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n\n".join(docs[:70]) + "\n", encoding="utf-8")
+    (corpus / "b.txt").write_text("\n\n".join(docs[70:]) + "\n", encoding="utf-8")
+    (corpus / "MANIFEST.json").write_text('{"files": ["a.txt", "b.txt"]}\n', encoding="utf-8")
+    files = expand_inputs([corpus])
+    assert [f.name for f in files] == ["a.txt", "b.txt"] and expand_inputs([corpus / "MANIFEST.json"])
+
+    def split(out, files):
+        counts = study_run._split(out, files, 50, lambda text: None)
+        held = [p.read_text(encoding="utf-8").strip() for p in sorted((out / "data" / "heldout").iterdir())]
+        train = [d.strip() for d in (out / "data" / "train.txt").read_text(encoding="utf-8").split("\n\n")]
+        return counts, held, [d for d in train if d]
+
+    counts, held, train = split(tmp_path / "s", files)
+    assert counts == (120, 2) and held == [docs[49], docs[99]]
+    assert train == [d for i, d in enumerate(docs) if i not in (49, 99)]
+    (tmp_path / "few.txt").write_text("\n\n".join(docs[:5]) + "\n", encoding="utf-8")
+    assert split(tmp_path / "few", [tmp_path / "few.txt"]) == ((5, 1), [docs[4]], docs[:4])
+
+
+def test_eval_figures_are_kept_while_what_they_read_is_unchanged(tmp_path, corpus):
+    out = tmp_path / "study"
+    config = StudyConfig(corpus=[corpus], out=out, **{**TINY, "seeds": 1, "objectives": ("clm",)})
+    run_study(config, log=lambda text: None)
+    model = out / "runs" / "clm-seed0" / "model" / "model.safetensors"
+    before = study_run._eval_keys(out, config, model)
+    assert before == study_run._eval_keys(out, config, model)
+    assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", before).keys() == set(TASKS)
+    first = sorted((out / "data" / "heldout").iterdir())[0]
+    first.write_text(first.read_text(encoding="utf-8") + " One more sentence.", encoding="utf-8")
+    after = study_run._eval_keys(out, config, model)
+    changed = {task for task in TASKS if after[task] != before[task]}
+    assert changed == {"ppl", "lastword", "cloze"}  # pairs and probe read their own data
+    assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", after).keys() == {"pairs", "probe"}
 
 
 def test_the_command_line_and_its_one_line_errors(tmp_path, corpus, capsys):

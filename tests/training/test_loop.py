@@ -161,6 +161,26 @@ def test_model_is_the_step_with_the_lowest_held_out_loss(tmp_path, corpus, bpe_d
     assert all(torch.equal(last["model"][k], weights[6][k]) for k in last["model"])
 
 
+def test_no_keep_best_gives_the_last_weights_whatever_the_held_out_loss(tmp_path, corpus, bpe_dir, capsys, monkeypatch):
+    # When the held-out text is a test set (the study's), nothing may be chosen on it: the model is the last step's.
+    scripted = {1: 3.0, 2: 2.0, 3: 2.5}
+    weights = {}
+
+    def evaluate(self):
+        weights[self.step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return scripted[self.step]
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    run = tmp_path / "run"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--eval-every", "1", "--precision", "fp32",
+                   "--lr", "3e-3", "--steps", "3", "--no-keep-best"], capsys)
+    assert rc == 0, err
+    assert "the last step's weights" in err and not (run / "best.pt").exists()
+    model = clozelm.load(run / "model").state_dict()
+    assert all(torch.equal(model[k], weights[3][k]) for k in model)
+    assert not all(torch.equal(model[k], weights[2][k]) for k in model)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_held_out_loss_reads_the_weights_of_this_step(tmp_path, corpus, bpe_dir, capsys, monkeypatch, precision):
     # Validation runs without gradients, where products read cached bf16 or packed copies of the weights; the
