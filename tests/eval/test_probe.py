@@ -42,6 +42,17 @@ def test_separable_and_shuffled():
     assert sum(shuffled) / 5 < 0.6
 
 
+def test_no_fold_sees_its_test_rows():
+    # Wide noise features: a probe fitted (or standardised) with its test rows in view memorises them and
+    # scores near 100%; fitted on the other folds only, it can do no better than chance.
+    g = torch.Generator().manual_seed(2)
+    labels = [i % 2 for i in range(60)]
+    noise = torch.randn(60, 300, generator=g, dtype=torch.float64)
+    leaked = fit_logistic(noise, torch.tensor(labels), 2, 1e-3)
+    assert float(((noise @ leaked[0] + leaked[1]).argmax(1) == torch.tensor(labels)).double().mean()) > 0.95
+    assert sum(cross_validate(noise, labels, 5, 1e-3, 0)) / 5 < 0.75
+
+
 def test_the_fit_reaches_the_optimum():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(60, 3, generator=g, dtype=torch.float64)
