@@ -12,7 +12,7 @@ import torch
 
 from clozelm.errors import ClozelmError
 from clozelm.eval import EvalOptions
-from clozelm.eval.ppl import perplexity, plan_windows
+from clozelm.eval.ppl import bound_rows, perplexity, plan_windows
 from clozelm.eval.progress import progress_factory
 from clozelm.model import ModelConfig
 from handbuilt import SMOOTH, BigramLM, NeighbourMLM
@@ -132,6 +132,19 @@ def test_masked_diffusion_bound_is_at_least_the_exact_nll(tok):
     assert abs(estimate - bound / LN2 / nbytes) < 4 * se
     assert estimate - 3 * se > exact_nll / LN2 / nbytes
     assert result["tokens"] == L and "upper bound" in result["method"]
+
+
+def test_bound_draws_hide_k_of_n_uniform_with_weight_n_over_k():
+    # k uniform on 1..n, stratified: as many draws as targets hide each count once; the k hidden positions are
+    # among the targets only, and each draw's loss is weighted n / k (so no weight is unbounded, unlike 1/t).
+    seq = list(range(100, 112))
+    for seed in range(5):
+        rows, targets, weights = bound_rows(seq, 2, 12, 4, 9, 0, 5, torch.Generator().manual_seed(seed))
+        assert sorted(len(t) for t in targets) == [1, 2, 3, 4, 5]
+        assert weights == [5 / len(t) for t in targets]
+        for row, t in zip(rows, targets):
+            assert all(4 <= q + 2 < 9 and row[q] == 0 and seq[q + 2] == tid for q, tid in t)
+            assert sum(x == 0 for x in row) == len(t) and len(row) == 10
 
 
 def test_the_bound_is_the_same_for_the_same_seed_and_moves_with_another(tok):

@@ -9,8 +9,9 @@ tokens are scored once each, inside windows of the model's context:
   at rate t ~ U(0, 1), -log p(x) <= E_t [ (1/t) sum over hidden i of -log p(x_i | the visible tokens) ]
   for the generative model that unmasks x in a uniformly random order, so a masked model gets a true upper
   bound on bits per byte, on the causal models' scale. Each window's expectation is a Monte Carlo mean over
-  `samples` mask rates (stratified: (u + j) / samples, fixed seed); the standard error says how far the
-  estimate may be from the bound. Windows slide as the causal ones do; the tokens before the scored ones
+  `samples` draws of the number of hidden targets k (uniform on 1..n, stratified, fixed seed; the loss of the
+  k hidden ones weighted n/k: the same expectation with a bounded variance, see `bound_rows`); the standard
+  error says how far the estimate may be from the bound. Windows slide as the causal ones do; the tokens before the scored ones
   stay visible (the bound is then on -log p(scored | before), and their sum bounds the whole text by the
   chain rule), and the tokens after them are left out.
   Also the word-l2r pseudo-log-likelihood (Kauf & Ivanova 2023): each token predicted with itself and the
@@ -106,27 +107,33 @@ def causal_ppl(model, docs, opts, progress: Progress) -> dict:
     }
 
 
-def _mask_rates(samples: int, generator: torch.Generator) -> torch.Tensor:
-    """`samples` mask rates covering (0, 1] evenly from one uniform draw (stratified: lower variance)."""
-    u = 1.0 - torch.rand((), generator=generator, dtype=torch.float64)  # (0, 1]: no rate of exactly 0
-    return (u + torch.arange(samples, dtype=torch.float64)) / samples
+def _hidden_counts(samples: int, n: int, generator: torch.Generator) -> list[int]:
+    """How many of `n` targets each of `samples` draws hides: uniform on 1..n, stratified (one uniform draw u,
+    the j-th count at (j + u) / samples of the way through 1..n: lower variance than independent draws)."""
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return [1 + min(n - 1, int((j + u) * n / samples)) for j in range(samples)]
 
 
 def bound_rows(seq: list[int], begin: int, end: int, first: int, last: int, mask_id: int, samples: int,
                generator: torch.Generator):
-    """The rows of one window for the masked-diffusion bound: for each drawn rate t, the window with each
-    target in [first, last) hidden with probability t; returns (rows, targets, weights 1/t)."""
-    rates = _mask_rates(samples, generator)
-    hide = torch.rand(samples, last - first, generator=generator, dtype=torch.float64) < rates[:, None]
-    rows, targets = [], []
-    for j in range(samples):
+    """The rows of one window for the masked-diffusion bound: for each draw, k of the n targets in
+    [first, last) hidden, k uniform on 1..n and the k positions uniform; returns (rows, targets, weights n/k).
+
+    The same expectation as the bound's definition (a rate t ~ U(0, 1), each target hidden with probability t,
+    weight 1/t): given t, k is binomial, so over t it is uniform on 0..n (k = 0 adds nothing), and
+    E[1/t | k] = (n + 1) / k. Drawn this way every draw's value is bounded, where weights 1/t near t = 0 give
+    the estimate an unbounded variance."""
+    n = last - first
+    rows, targets, weights = [], [], []
+    for k in _hidden_counts(samples, n, generator):
+        hidden = sorted(first + i for i in torch.randperm(n, generator=generator)[:k].tolist())
         row = seq[begin:end]
-        hidden = [first + k for k in torch.nonzero(hide[j])[:, 0].tolist()]
         for p in hidden:
             row[p - begin] = mask_id
         rows.append(row)
         targets.append([(p - begin, seq[p]) for p in hidden])
-    return rows, targets, (1.0 / rates).tolist()
+        weights.append(n / k)
+    return rows, targets, weights
 
 
 def _bound_from(lps, weights, samples: int) -> tuple[float, float]:
@@ -185,8 +192,8 @@ def masked_ppl(model, docs, opts, progress: Progress) -> dict:
         "context": width,
         "stride": stride,
         "samples": opts.samples,
-        "method": "masked: masked-diffusion bound (an upper bound on bits per byte; Monte Carlo over mask rates "
-                  "t ~ U(0,1), loss weighted 1/t)",
+        "method": "masked: masked-diffusion bound (an upper bound on bits per byte; Monte Carlo over the number of "
+                  "hidden tokens k ~ U{1..n}, loss weighted n/k: E_t[1/t * loss] for t ~ U(0,1))",
     }
     per_token = _pll(model, seqs, opts, generator, width, n_pll, advance)
     mean = float(per_token.mean())

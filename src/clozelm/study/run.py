@@ -59,8 +59,9 @@ from .report import FIGURES, cloze_by_k, markdown, summary
 
 STUDY_VERSION = 1
 EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds is the training's
-# Raised when the evaluation code changes what a task's figures are, so a continued study evaluates again.
-EVAL_VERSION = 2
+# Per task: raised when the evaluation code changes what the task's figures are, so a continued study evaluates
+# it again (3: the masked-diffusion bound drawn as k of n hidden, for ppl and for pairs scored by the bound).
+EVAL_VERSIONS = {"ppl": 3, "lastword": 2, "cloze": 2, "pairs": 3, "probe": 2}
 HELD_OUT_TASKS = ("ppl", "lastword", "cloze")  # the tasks that read the held-out split (pairs and probe: their own data)
 EVAL_EXAMPLES = 128  # held-out windows per evaluation during training (the loss curves)
 LOSS_PLOT, ACCURACY_PLOT, CLOZE_PLOT = "loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"
@@ -342,7 +343,8 @@ def _eval_keys(out: Path, config: StudyConfig, model_file: Path) -> dict[str, di
         heldout.update(path.name.encode() + b"\0" + _digest(path).encode())
     keys = {}
     for task in config.tasks:
-        key = {"eval_version": EVAL_VERSION, "limit": config.eval_limit, "seed": EVAL_SEED, "model_sha256": model}
+        key = {"eval_version": EVAL_VERSIONS.get(task, 1), "limit": config.eval_limit, "seed": EVAL_SEED,
+               "model_sha256": model}
         if task in HELD_OUT_TASKS:
             key["heldout_sha256"] = heldout.hexdigest()
         if task == "ppl":
