@@ -70,6 +70,32 @@ def test_causal_ppl_matches_one_forward_pass(saved, tmp_path, capsys):
     assert list(json.loads((out / "results.json").read_text())["tasks"]) == ["ppl"]
 
 
+def test_causal_ppl_over_many_windows_is_the_sliding_window_by_hand(saved, tmp_path, capsys):
+    # A text of several contexts: windows end `stride` tokens apart, each scoring the tokens after the previous
+    # window's end with everything before them in its window (transformers' documented recipe for fixed-length
+    # models), computed here outside clozelm.eval on the real network.
+    text = " ".join([TEXT.strip()] * 10) + "\n"
+    path = tmp_path / "long.txt"
+    path.write_text(text)
+    assert main(["eval", str(saved["clm"]), str(path), "--tasks", "ppl", "--stride", "8", "--json"]) == 0
+    ppl = json.loads(capsys.readouterr().out)["tasks"]["ppl"]
+    model = clozelm.load(saved["clm"])
+    ids = [model.tokenizer.eos_id, *model.tokenizer.encode(text)]
+    width, stride = model.config.n_positions, 8
+    assert len(ids) > 3 * width
+    nll, scored = 0.0, 1  # position 0, the start token, is no target
+    for end in range(width, len(ids) + stride, stride):
+        end, begin = min(end, len(ids)), max(0, min(end, len(ids)) - width)
+        with torch.no_grad():
+            logp = model.network(torch.tensor([ids[begin:end]])).logits[0].double().log_softmax(-1)
+        nll -= sum(float(logp[p - 1 - begin, ids[p]]) for p in range(scored, end))
+        scored = end
+        if end == len(ids):
+            break
+    assert scored == len(ids) and ppl["tokens"] == len(ids) - 1
+    assert ppl["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(text.encode()), rel=1e-5)
+
+
 def test_masked_model_table(saved, tmp_path, capsys):
     path = held_out(tmp_path)
     assert main(["eval", str(saved["mlm"]), str(path), "--tasks", "ppl", "--samples", "4"]) == 0
