@@ -36,3 +36,16 @@ def test_a_figure_without_items_is_judged_by_its_spread_over_seeds_alone():
     assert verdict(PPL, stats)["verdict"] == "left-to-right, not conclusive"  # masked bits per byte are a bound
     one_seed = stats_by_objective(_runs({"clm": [0.9], "mlm": [0.1]}, n=1000), LASTWORD)
     assert verdict(LASTWORD, one_seed)["verdict"] == "no noise estimate"
+
+
+def test_seed_spread_and_item_noise_add_up():
+    # Seeds that disagree and a finite test: se^2 = sd^2 / seeds + p (1 - p) / items, and the two objectives'
+    # errors combine in quadrature.
+    runs = _runs({"clm": [0.60, 0.64, 0.68], "mlm": [0.40, 0.50, 0.45]}, n=200)
+    stats = stats_by_objective(runs, LASTWORD)
+    for name, values in (("clm", [0.60, 0.64, 0.68]), ("mlm", [0.40, 0.50, 0.45])):
+        p, sd = sum(values) / 3, math.sqrt(sum((v - sum(values) / 3) ** 2 for v in values) / 2)
+        assert math.isclose(stats[name].se, math.sqrt(sd ** 2 / 3 + p * (1 - p) / 200))
+    result = verdict(LASTWORD, stats)
+    assert math.isclose(result["two_standard_errors"], 2 * math.hypot(stats["clm"].se, stats["mlm"].se))
+    assert result["verdict"] == "left-to-right" and math.isclose(result["difference"], 0.64 - 0.45)
