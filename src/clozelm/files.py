@@ -94,18 +94,21 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
 METADATA_SUFFIXES = (".json", ".jsonl")  # manifests and records beside a corpus: data about the text, not text
 
 
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files named, and every file under the folders named whose path below the folder has no hidden part and
-    that is not JSON (METADATA_SUFFIXES: a corpus folder's MANIFEST.json is not one of its documents; a JSON
-    file named on its own is read), sorted, so the order is stable."""
+def expand_inputs(items: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Files named, and every file under the folders named whose path below the folder has no hidden part, that
+    is not JSON (METADATA_SUFFIXES: a corpus folder's MANIFEST.json is not one of its documents; a JSON file
+    named on its own is read) and that is not under a folder of `exclude` (the command's own output, say a run
+    directory inside its corpus folder), sorted, so the order is stable."""
     items = list(items)
+    excluded = [Path(e).resolve() for e in exclude]
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             files += sorted(f for f in p.rglob("*")
                             if f.is_file() and f.suffix.lower() not in METADATA_SUFFIXES
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                            and not any(f.resolve().is_relative_to(e) for e in excluded))
         elif p.is_file():
             files.append(p)
         elif p.exists():

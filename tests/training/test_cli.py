@@ -62,12 +62,46 @@ def test_refuses_to_clobber_a_run_dir(tmp_path, corpus, bpe_dir, capsys):
     (run / "notes.txt").write_text("precious")
     args = [corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2", "--precision", "fp32"]
     rc, err = cli(args, capsys)
+    one_line_error(rc, err, str(run), "notes.txt")
+    rc, err = cli([*args, "--overwrite"], capsys)  # --overwrite replaces a run, never the user's other files
+    one_line_error(rc, err, "notes.txt", "--overwrite only replaces a run")
+    assert (run / "notes.txt").read_text() == "precious" and [p.name for p in run.iterdir()] == ["notes.txt"]
+    (run / "notes.txt").unlink()
+    rc, err = cli(args, capsys)
+    assert rc == 0, err
+    rc, err = cli(args, capsys)
     one_line_error(rc, err, str(run), "--resume", "--overwrite")
-    assert (run / "notes.txt").read_text() == "precious"
     rc, err = cli([*args, "--overwrite"], capsys)
     assert rc == 0, err
-    assert not (run / "notes.txt").exists()
     rc, err = cli(["--out", run, "--resume", "--lr", "0.5"], capsys)
     one_line_error(rc, err, "--lr")
     rc, err = cli(["--out", tmp_path / "nothing", "--resume"], capsys)
     one_line_error(rc, err, "no run to resume")
+
+
+def test_a_run_inside_its_corpus_folder_reads_only_the_corpus(tmp_path, corpus, bpe_dir, capsys):
+    # The run writes binary files (checkpoint.pt, best.pt, loss_curve.png) into a folder the next run reads.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text((corpus / "a.txt").read_text())
+    for again in ([], ["--overwrite"]):
+        rc, err = cli([data, "--tokenizer", bpe_dir, "--out", data / "run", *TINY, "--steps", "2", *again], capsys)
+        assert rc == 0, err
+        assert json.loads((data / "run" / "run.json").read_text())["inputs"]["train"] == [str(data / "a.txt")]
+    rc, err = cli([data, "--out", data / "run", "--resume", "--no-progress"], capsys)
+    assert rc == 0, err
+
+
+def test_fine_tuning_refuses_another_tokenizer(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "base"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "1"], capsys)
+    assert rc == 0, err
+    other = tmp_path / "other-bpe"
+    train_bpe([corpus / "b.txt"], 300, special_tokens=["<|endoftext|>"]).save(other)
+    rc, err = cli([corpus, "--init", run / "model", "--tokenizer", other, "--out", tmp_path / "tuned", "--steps", "1",
+                   "--no-progress"], capsys)
+    one_line_error(rc, err, "not", "own tokenizer", "leave --tokenizer out")
+    assert not (tmp_path / "tuned").exists()
+    rc, err = cli([corpus, "--init", run / "model", "--tokenizer", bpe_dir, "--out", tmp_path / "tuned", "--steps", "1",
+                   "--no-progress"], capsys)  # its own, named: fine
+    assert rc == 0, err

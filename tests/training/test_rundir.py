@@ -79,5 +79,5 @@ def test_a_failed_set_up_leaves_a_dir_its_retry_uses(tmp_path, corpus, bpe_dir, 
     (run / "notes.txt").write_text("mine")
     (run / "run.json").unlink()
     rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2"], capsys)
-    one_line_error(rc, err, "already exists")  # a file of the user's: not a set-up of ours
+    one_line_error(rc, err, "notes.txt", "not a training run's")  # a file of the user's: not a set-up of ours
     assert (run / "notes.txt").read_text() == "mine"

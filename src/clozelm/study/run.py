@@ -75,7 +75,8 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
         raise ClozelmError(f"run_study takes a StudyConfig, not {type(config).__name__}")
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out = Path(config.out)
-    corpus = _checked_corpus(expand_inputs(config.corpus))  # every file read before anything is written
+    # every file read before anything is written; a study inside its corpus folder does not read itself
+    corpus = _checked_corpus(expand_inputs(config.corpus, exclude=[out]))
     if out.exists() and not out.is_dir():
         raise ClozelmError(f"{out} exists and is not a directory")
     if out.is_dir() and not (out / "study.json").is_file() and any(p.name != "study.lock" for p in out.iterdir()):

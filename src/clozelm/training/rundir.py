@@ -32,6 +32,15 @@ TOKENIZER_DIR = "tokenizer"
 TOKENS_DIR = "tokens"
 MODEL_DIR = "model"
 SET_UP_BEFORE_RUN_FILE = {TOKENIZER_DIR, TOKENS_DIR, LOCK_FILE}
+# Everything a run writes into its directory: --overwrite removes these and nothing else.
+RUN_ENTRIES = SET_UP_BEFORE_RUN_FILE | {RUN_FILE, MODEL_DIR, "checkpoint.pt", "best.pt", "metrics.jsonl", "metrics.csv",
+                                        "loss_curve.png"}
+
+
+def _is_run_entry(name: str) -> bool:
+    """A run's file, or the temporary file of an atomic write of one that was interrupted (.NAME.XXXX.tmp)."""
+    return name in RUN_ENTRIES or (name.startswith(".") and name.endswith(".tmp")
+                                   and name[1:].split(".tmp")[0].rsplit(".", 1)[0] in RUN_ENTRIES)
 
 
 class RunLock:
@@ -88,18 +97,23 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     """May a new run be set up in `run_dir`? Nothing is created or changed here."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ClozelmError(f"{run_dir} exists and is not a directory")
-    if not run_dir.is_dir() or overwrite:
+    if not run_dir.is_dir():
         return
     entries = {p.name for p in run_dir.iterdir()}
-    if entries and not entries <= SET_UP_BEFORE_RUN_FILE:
+    foreign = sorted(name for name in entries if not _is_run_entry(name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ClozelmError(f"{run_dir} holds files that are not a training run's ({shown}); choose a new or empty "
+                           "directory for --out" + (" (--overwrite only replaces a run)" if overwrite else ""))
+    if entries and not entries <= SET_UP_BEFORE_RUN_FILE and not overwrite:
         raise ClozelmError(f"{run_dir} already exists; pass --resume to continue that run or --overwrite to start over")
 
 
 def clear_for_new_run(run_dir: Path) -> None:
     """Remove what a previous run left, except the token cache (keyed by content: still valid, and expensive
-    to rebuild) and the lock this process holds."""
+    to rebuild) and the lock this process holds. Only a run's own entries: check_new_run_dir refused any other."""
     for entry in run_dir.iterdir():
-        if entry.name in (TOKENS_DIR, LOCK_FILE):
+        if entry.name in (TOKENS_DIR, LOCK_FILE) or not _is_run_entry(entry.name):
             continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 

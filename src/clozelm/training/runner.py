@@ -277,7 +277,7 @@ def _complete_config(config: TrainConfig, settings: dict, world: int) -> TrainCo
 def _refuse_changes(config: TrainConfig, settings: dict) -> None:
     """A resumed run keeps its settings: changing them would silently break the identical continuation."""
     if config.files:
-        given = [str(p) for p in expand_inputs(config.files)]
+        given = [str(p) for p in expand_inputs(config.files, exclude=[Path(config.out)])]
         if given != settings["inputs"]["train"]:
             raise InvalidTrainConfig([("files", "differ from the run's: a resumed run continues with its own "
                                                 "input files; leave them out")])
@@ -298,8 +298,8 @@ def _refuse_changes(config: TrainConfig, settings: dict) -> None:
 def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, init: Model | None) -> _Setup:
     """Check everything, then create, lock and fill the run directory."""
     rundir.check_new_run_dir(run_dir, config.overwrite)
-    files = expand_inputs(config.files)
-    valid = expand_inputs(config.valid) if config.valid is not None else None
+    files = expand_inputs(config.files, exclude=[run_dir])  # a run inside its corpus folder does not read itself
+    valid = expand_inputs(config.valid, exclude=[run_dir]) if config.valid is not None else None
     corpus = CorpusFiles(files, valid, default_of("valid_every") if config.valid_every is None else config.valid_every)
     tok = init.tokenizer if init is not None else None
     if config.tokenizer is not None:
@@ -356,6 +356,9 @@ def _jsonable(value):
     return value if isinstance(value, (bool, int, float, type(None))) else str(value)
 
 
+_PROBE_TEXT = "The quick brown fox, 1984: naïve café!\n\tA second line."  # two tokenizers that differ, differ here
+
+
 def _model_config(config: TrainConfig, init: Model | None, tok) -> ModelConfig:
     shape = {k: getattr(config, k) for k in ("n_layer", "n_embd", "n_head", "n_positions", "n_inner")
              if getattr(config, k) is not None}
@@ -369,6 +372,11 @@ def _model_config(config: TrainConfig, init: Model | None, tok) -> ModelConfig:
             raise ClozelmError(f"{name} has no language-model head (a headless encoder); it cannot be trained here")
         if tok.vocab_size > cfg.vocab_size:
             raise ClozelmError(f"the tokenizer has {tok.vocab_size} tokens but {name} only {cfg.vocab_size} embeddings")
+        own = init.tokenizer
+        if own is not None and tok is not own and (own.vocab_size != tok.vocab_size
+                                                   or own.encode(_PROBE_TEXT) != tok.encode(_PROBE_TEXT)):
+            raise ClozelmError(f"--tokenizer is not {name}'s own tokenizer ({tok.vocab_size:,} tokens, {name}'s "
+                               f"{own.vocab_size:,}): its embeddings belong to its own ids; leave --tokenizer out")
         objective = config.objective or _default_objective(init)
         if cfg.causal and objective in BIDIRECTIONAL:
             raise ClozelmError(f"{name} is a causal model; --objective {objective} needs a bidirectional (BERT) model")
