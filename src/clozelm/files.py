@@ -120,6 +120,22 @@ def expand_inputs(items: Iterable[str | os.PathLike], exclude: Iterable[str | os
     return files
 
 
+def check_output_file(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> Path:
+    """May `path` be written? A one-line error, before any work is done, for a folder standing there, a file that
+    exists (unless `overwrite`: the user's files are replaced only when asked) or a folder to write in that is
+    missing. Nothing is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise ClozelmError(f"{path} is a directory; name a file to write")
+    if path.exists() and not overwrite:
+        raise ClozelmError(f"{path} exists; choose another name or pass {flag} to replace it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ClozelmError(f"cannot write {path}: {parent} is not a directory" if parent.exists()
+                           else f"cannot write {path}: the folder {parent} does not exist")
+    return path
+
+
 def check_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
     """`path` as a directory that exists or can be created: a one-line error when a file stands there."""
     path = Path(path)

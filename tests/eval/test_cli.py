@@ -144,3 +144,15 @@ def test_bad_input_is_one_line(saved, tmp_path, capsys, args, message):
 def test_a_model_that_is_not_there(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "no-model"), "--tasks", "pairs"]) == 2
     assert capsys.readouterr().err.startswith("clozelm: error:")
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_work(saved, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    assert main(["eval", str(saved["clm"]), str(held_out(tmp_path)), "--tasks", "ppl", "--out",
+                 str(blocker / "report")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clozelm: error: cannot create") and "\n" not in err and blocker.read_text() == "mine"
+    # a run that fails leaves no empty folder of its own behind
+    assert main(["eval", str(tmp_path / "no-model"), "--tasks", "pairs", "--out", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()

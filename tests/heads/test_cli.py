@@ -31,6 +31,26 @@ def test_cli(minilm, tmp_path, capsys):
         assert err.startswith("clozelm: error:") and "\n" not in err
 
 
+def test_existing_files_are_replaced_only_with_overwrite(minilm, tmp_path, capsys):
+    from clozelm.cli import main
+    path = str(minilm.info.source)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    (tmp_path / "roles").mkdir()
+    (tmp_path / "roles" / "heads.md").write_text("my report")
+    for args in (["-o", str(mine)], ["--png", "1.2", str(mine)], ["--svg", "0.3", str(mine)],
+                 ["-f", str(mine), "-o", str(mine)], ["--report", str(tmp_path / "roles")], ["--report", str(mine)],
+                 ["-o", str(tmp_path)], ["-o", str(tmp_path / "missing" / "page.html")]):
+        capsys.readouterr()
+        assert main(["heads", *(["The cat sat."] if "-f" not in args else []), "--model", path, *args]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("clozelm: error:") and "\n" not in err, err
+    assert mine.read_text() == "mine" and (tmp_path / "roles" / "heads.md").read_text() == "my report"
+    assert not (tmp_path / "missing").exists()
+    assert main(["heads", "The cat sat.", "--model", path, "-o", str(mine), "--overwrite"]) == 0
+    assert mine.read_text().startswith("<!DOCTYPE html>")
+
+
 def test_cli_syntax_without_spacy(monkeypatch, tmp_path, capsys):
     from clozelm.cli import main
     monkeypatch.setitem(sys.modules, "spacy", None)

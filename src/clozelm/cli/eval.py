@@ -67,6 +67,17 @@ def _out_dir(args) -> Path | None:
     return out
 
 
+def _create(out: Path | None) -> Path | None:
+    """Make the --out folder now; returns it if this call created it."""
+    if out is None or out.is_dir():
+        return None
+    try:
+        out.mkdir(parents=True)
+    except OSError as error:
+        raise ClozelmError(f"cannot create {out}: {error.strerror or type(error).__name__}") from None
+    return out
+
+
 def run(args) -> None:
     from ..api import load
     from ..files import atomic_write_text
@@ -75,19 +86,21 @@ def run(args) -> None:
     options = EvalOptions(seed=args.seed, stride=args.stride, samples=args.samples, pair_samples=args.pair_samples,
                           pll_tokens=args.pll_tokens, limit=args.limit, lambada=args.lambada, pairs=args.pairs,
                           probe=args.probe, folds=args.folds)
-    model = load(args.model, dtype=args.dtype)
-    bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
+    created = _create(out)  # a folder that cannot be made is said before the work, not after it
     try:
-        results = evaluate(model, args.files, tasks=args.tasks, options=options, on_progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
+        model = load(args.model, dtype=args.dtype)
+        bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
+        try:
+            results = evaluate(model, args.files, tasks=args.tasks, options=options, on_progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    except BaseException:
+        if created is not None and not any(created.iterdir()):
+            created.rmdir()  # nothing was written: leave no empty folder behind
+        raise
     results["model"] = args.model
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ClozelmError(f"cannot create {out}: {error.strerror or type(error).__name__}") from None
         atomic_write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(out / "report.md", markdown(results))
     if args.json:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .args import nonnegative_int, read_text_arg
 from ..errors import ClozelmError
 from ..loaded import model_label
-from ..files import read_text_file
+from ..files import check_output_file, read_text_file
 
 EPILOG = """examples:
   clozelm heads "The cat sat on the mat because it was warm." -o view.html
@@ -141,6 +141,7 @@ def add_parser(sub) -> None:
                                                    "needs pip install 'clozelm[syntax]'")
     p.add_argument("--min-arcs", type=nonnegative_int, default=10, help="--syntax: leave out relations with fewer arcs (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="--report/--syntax: print JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace files that are already there (default: refuse)")
     p.set_defaults(func=_run)
 
 
@@ -154,4 +155,24 @@ def _run(args) -> None:
                 raise ClozelmError(f"--{name}: {error}") from None
     if args.report and args.syntax:
         raise ClozelmError("--report and --syntax are separate runs; give one of them")
+    for path in _outputs(args):  # before any work: the user's files are replaced only with --overwrite
+        check_output_file(path, args.overwrite)
     cmd_heads(args)
+
+
+def _outputs(args) -> list[Path]:
+    """The files this call will write."""
+    if args.report:
+        folder = Path(args.report)
+        if folder.exists() and not folder.is_dir():
+            raise ClozelmError(f"--report {folder} is a file, expected a directory")
+        return [folder / name for name in ("heads.md", "heads.json", "heads.png")] if folder.is_dir() else []
+    if args.syntax:
+        if not args.out:
+            return []
+        out = Path(args.out)
+        return [out] if out.suffix == ".json" else [out, out.with_suffix(".json")]
+    paths = [Path(spec[1]) for spec in (args.png, args.svg) if spec]
+    if args.out or not paths:
+        paths.append(Path(args.out or "heads.html"))
+    return paths
