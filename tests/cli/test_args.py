@@ -3,6 +3,7 @@
 
 import argparse
 import io
+import json
 import os
 import subprocess
 import sys
@@ -93,12 +94,27 @@ def one_line(code, err, fragment):
     (["fill", "the ___", "--top", "9" * 5000], "--top"),
     (["tokenizer", "train", "c.txt", "--vocab-size", "nan", "--out", "x"], "--vocab-size"),
     (["heads", "the cat", "--min-arcs", "-1"], "--min-arcs"),
-    (["fill", "--bogus"], "unrecognized arguments: --bogus"),
+    (["fill", "--bogus"], "unrecognized arguments: --bogus (see clozelm fill --help)"),
+    (["tokenizer", "train", "c.txt", "--vocab-size", "300", "--out", "x", "--zz"],
+     "unrecognized arguments: --zz (see clozelm tokenizer train"),
+    (["eval"], "the following arguments are required: model (see clozelm eval --help)"),
     (["fill", "the \ud800 ___"], "lone surrogate"),
 ])
 def test_bad_options_are_one_line_before_any_work(argv, fragment, capsys):
     code, _, err = run(argv, capsys)
     one_line(code, err, fragment)
+
+
+def test_files_may_follow_the_options(tmp_path, capsys):
+    # `clozelm eval default --tasks ppl held-out.txt`: files after options, as most command lines take them
+    (tmp_path / "a.txt").write_text("The cat sat on the mat. The dog ran home.\n" * 20)
+    (tmp_path / "b.txt").write_text("A bird flew away over the hill.\n" * 20)
+    code, out, err = run(["eval", "default", "--tasks", "ppl", "--json", tmp_path / "a.txt", tmp_path / "b.txt"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tasks"]["ppl"]["documents"] == 2
+    code, out, err = run(["tokenizer", "train", "--vocab-size", "280", "--out", tmp_path / "tok", tmp_path / "a.txt"],
+                         capsys)
+    assert code == 0 and (tmp_path / "tok" / "vocab.bpe").is_file(), err
 
 
 def test_input_text_errors(tmp_path, capsys):

@@ -259,6 +259,28 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"clozelm: error: {_one_line(message)} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:  # said here, not by argparse, to point at the command's own --help
+            command = " ".join(getattr(namespace, name) for name in ("command", "tokenizer_command")
+                               if isinstance(getattr(namespace, name, None), str))
+            prog = f"{self.prog} {command}".strip()
+            self.exit(2, f"clozelm: error: {_one_line('unrecognized arguments: ' + ' '.join(extras))} "
+                         f"(see {prog} --help)\n")
+        return namespace
+
+    def parse_known_args(self, args=None, namespace=None):
+        # A command with a list of files takes them after its options too (`clozelm eval default --tasks ppl
+        # held-out.txt`): argparse's intermixed parsing, which itself calls this method, hence the flag.
+        lists = any(a.nargs in ("*", "+") for a in self._get_positional_actions())
+        if not lists or getattr(self, "_intermixed", False):
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="clozelm", description="GPT-2 and BERT from scratch: fill hidden tokens, "

@@ -117,7 +117,7 @@ def add_parser(sub) -> None:
                        description="Evaluate MODEL on held-out FILES and built-in tasks. Causal and masked models "
                                    "are measured on one scale (bits per byte; an upper bound for masked models).")
     p.add_argument("model", help="embedded name, directory or hub id")
-    p.add_argument("files", nargs="*", help="held-out UTF-8 text files or folders (one document per file)")
+    p.add_argument("files", nargs="*", default=[], help="held-out UTF-8 text files or folders (one document per file)")
     p.add_argument("--tasks", help="comma-separated: ppl,lastword,cloze,pairs,probe, or all")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", metavar="DIR", help="also write DIR/results.json and DIR/report.md")

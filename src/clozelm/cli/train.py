@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune a model (clm, mlm, fim, hybrid or mdlm)", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Tokenize UTF-8 text once (documents separated by blank lines), then train.")
-    p.add_argument("files", nargs="*", metavar="FILES_OR_DIRS", help="UTF-8 text files or folders of them")
+    p.add_argument("files", nargs="*", default=[], metavar="FILES_OR_DIRS", help="UTF-8 text files or folders of them")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, metrics, the trained model)")
     g = p.add_argument_group("run directory")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
