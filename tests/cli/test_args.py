@@ -99,6 +99,11 @@ def one_line(code, err, fragment):
      "unrecognized arguments: --zz (see clozelm tokenizer train"),
     (["eval"], "the following arguments are required: model (see clozelm eval --help)"),
     (["fill", "the \ud800 ___"], "lone surrogate"),
+    (["generate", "Hello", "--beams", "2", "--temperature", "0.8", "--seed", "1"],
+     "leave out --temperature, --seed"),
+    (["generate", "Hello", "--stop", ""], "--stop needs a non-empty string"),
+    (["eval", "default", "--tasks", "pairs", "--lambada", "x.jsonl"], "--lambada is read by the lastword task"),
+    (["fill", "the ___", "-f", "x.txt"], "not both"),
 ])
 def test_bad_options_are_one_line_before_any_work(argv, fragment, capsys):
     code, _, err = run(argv, capsys)

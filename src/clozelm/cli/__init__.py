@@ -66,6 +66,15 @@ def cmd_generate(args) -> None:
     from ..generation import Sampling, stream_text
     if args.bf16 and args.dtype not in ("fp32", "bf16"):
         raise ClozelmError(f"--bf16 and --dtype {args.dtype} ask for two precisions; give one")
+    sampling_flags = [flag for flag, given in (("--temperature", args.temperature > 0), ("--top-k", args.top_k > 0),
+                                               ("--top-p", args.top_p < 1), ("--repetition-penalty",
+                                                                             args.repetition_penalty != 1),
+                                               ("--seed", args.seed is not None)) if given]
+    if args.beams > 1 and sampling_flags:
+        raise ClozelmError(f"--beams searches for the most likely text and samples nothing: leave out "
+                           f"{', '.join(sampling_flags)}")
+    if args.stop and not all(args.stop):
+        raise ClozelmError("--stop needs a non-empty string (an empty one would stop before the first token)")
     prompt = read_text_arg(args)
     # bf16 weights halve the bytes read per token: decoding is bound by exactly that
     model = cached_load(args.model, dtype="bf16" if args.bf16 else args.dtype)

@@ -105,9 +105,11 @@ port = int_in(0, 65535)
 def read_text_arg(args) -> str:
     """TEXT from the argument, -f FILE, or standard input (when TEXT is '-' or absent and stdin is not a terminal)."""
     path = getattr(args, "file", None)
+    text = getattr(args, "text", None)
+    if path is not None and text not in (None, "-"):
+        raise ClozelmError("give the text as TEXT or as -f FILE, not both")
     if path is not None:
         return read_text_file(path, "input file")
-    text = getattr(args, "text", None)
     if text not in (None, "-"):
         return _checked(text, "the text argument")
     return read_stdin()

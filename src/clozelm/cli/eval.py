@@ -67,6 +67,12 @@ def _out_dir(args) -> Path | None:
     return out
 
 
+def _task_names(tasks: str | None) -> tuple[str, ...]:
+    """The tasks --tasks names (without --tasks: any, since the defaults follow the files given)."""
+    from ..eval.options import TASKS, parse_tasks
+    return TASKS if tasks is None else parse_tasks(tasks)
+
+
 def _create(out: Path | None) -> Path | None:
     """Make the --out folder now; returns it if this call created it."""
     if out is None or out.is_dir():
@@ -82,6 +88,10 @@ def run(args) -> None:
     from ..api import load
     from ..files import atomic_write_text
     from ..eval import EvalOptions, evaluate, markdown, table
+    for flag, task in (("--lambada", "lastword"), ("--pairs", "pairs"), ("--probe", "probe")):
+        if getattr(args, flag[2:]) is not None and task not in _task_names(args.tasks):
+            raise ClozelmError(f"{flag} is read by the {task} task, which --tasks leaves out; add {task} to --tasks "
+                               f"or leave out {flag}")
     out = _out_dir(args)  # refuse before the model is loaded and the work done
     options = EvalOptions(seed=args.seed, stride=args.stride, samples=args.samples, pair_samples=args.pair_samples,
                           pll_tokens=args.pll_tokens, limit=args.limit, lambada=args.lambada, pairs=args.pairs,
