@@ -81,3 +81,13 @@ def test_a_failed_set_up_leaves_a_dir_its_retry_uses(tmp_path, corpus, bpe_dir, 
     rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2"], capsys)
     one_line_error(rc, err, "notes.txt", "not a training run's")  # a file of the user's: not a set-up of ours
     assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_too_little_text_is_said_before_the_run_exists(tmp_path, corpus, bpe_dir, capsys):
+    (tmp_path / "tiny.txt").write_text("Tiny text.\n\nAnother one.\n")
+    run = tmp_path / "run"
+    rc, err = cli([tmp_path / "tiny.txt", "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2"], capsys)
+    one_line_error(rc, err, "fewer than one sequence")
+    assert sorted(p.name for p in run.iterdir()) == ["tokenizer", "tokens", "train.lock"]  # a set-up, not a run
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2"], capsys)  # the fixed command
+    assert rc == 0, err

@@ -309,7 +309,7 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
                            else "a from-scratch run needs --tokenizer DIR (train one with: clozelm tokenizer train)")
     model_cfg = _model_config(config, init, tok)
     cfg = _new_run_config(config, model_cfg, init is not None, d.world)
-    make_objective(cfg.objective, tok, model_cfg.vocab_size)  # fail on missing special tokens before tokenizing
+    objective = make_objective(cfg.objective, tok, model_cfg.vocab_size)  # missing special tokens: before tokenizing
     numerics = num.for_new_run(config)
     checked = check_corpus(corpus, config.skip_bad_files, _say)  # every file read and checked once
     model = _build_model(model_cfg, init, cfg.seed)  # a model too big for memory fails here, before any file is made
@@ -324,6 +324,10 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
     tok.save_pretrained(run_dir / rundir.TOKENIZER_DIR)
     tok = load_tokenizer(run_dir / rundir.TOKENIZER_DIR)  # the copy every rank and every resume will use
     data = build_token_cache(run_dir / rundir.TOKENS_DIR, checked, tok)
+    # Checked before run.json exists, so the directory stays a set-up that the corrected command may use.
+    if len(data.train.windows(cfg.seq_len + objective.extra_tokens, cfg.seq_len)) == 0:
+        raise ClozelmError(f"the training split has {data.train.n_tokens} tokens, fewer than one sequence of "
+                           f"{cfg.seq_len + objective.extra_tokens}; use more text or a smaller --seq-len")
     settings = {
         "version": SETTINGS_VERSION,
         "train": cfg.recipe(),
