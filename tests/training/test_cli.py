@@ -31,6 +31,15 @@ def test_mlm_option_is_recorded_refused_on_resume_and_checked(tmp_path, corpus, 
         assert not (tmp_path / f"bad{bad}").exists()
 
 
+@pytest.mark.parametrize("objective, option, value", [("clm", "--mask-rate", "0.3"), ("mlm", "--fim-rate", "0.9"),
+                                                      ("fim", "--hybrid-causal-share", "0.5"), ("mdlm", "--mask-rate", "0.2")])
+def test_a_setting_of_another_objective_is_refused(tmp_path, corpus, bpe_dir, capsys, objective, option, value):
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / "run", *TINY, "--objective", objective, option,
+                   value], capsys)
+    one_line_error(rc, err, option, f"not {objective}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_non_utf8_file_is_named_or_skipped(tmp_path, corpus, bpe_dir, capsys):
     bad = tmp_path / "in" / "latin1.txt"
     bad.parent.mkdir()

@@ -429,4 +429,13 @@ def _new_run_config(config: TrainConfig, model_cfg: ModelConfig, from_init: bool
     cfg = cfg.with_defaults("schedule")
     if cfg.seq_len > model_cfg.n_positions:
         raise InvalidTrainConfig([("seq_len", f"{cfg.seq_len} exceeds the model's {model_cfg.n_positions} positions")])
+    for name, objectives in OBJECTIVE_SETTINGS.items():  # a setting that would change nothing is a mistake to say
+        if getattr(config, name) is not None and cfg.objective not in objectives:
+            raise InvalidTrainConfig([(name, f"applies to {' and '.join(objectives)} training, not {cfg.objective}; "
+                                             "leave it out")])
     return cfg
+
+
+# The recipe settings that only some objectives read.
+OBJECTIVE_SETTINGS = {"fim_rate": ("fim",), "spm_rate": ("fim",), "mask_rate": ("mlm", "hybrid"),
+                      "hybrid_causal_share": ("hybrid",)}
