@@ -117,6 +117,7 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     assert "**Partial**: 5 run(s) not finished yet" in (out / "report.md").read_text()
     with pytest.raises(ClozelmError, match="holds no study yet"):
         run_study(replace(config, out=tmp_path / "none", report_only=True), log=lambda text: None)
+    assert not (tmp_path / "none").exists()
 
 
 def test_the_held_out_split_is_every_nth_document_and_nothing_else(tmp_path):

@@ -81,13 +81,13 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
         raise ClozelmError(f"{out} exists and is not a directory")
     if out.is_dir() and not (out / "study.json").is_file() and any(p.name != "study.lock" for p in out.iterdir()):
         raise ClozelmError(f"{out} holds files but no study (study.json); choose a new or empty directory")
+    names = [(o, s) for s in config.seed_list for o in config.objectives]
+    if config.report_only:  # reads a study; creates nothing
+        return _report_only(out, config, corpus, names, say)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ClozelmError(f"cannot create {out}: {e.strerror}") from None
-    names = [(o, s) for s in config.seed_list for o in config.objectives]
-    if config.report_only:
-        return _report_only(out, config, corpus, names, say)
     lock = RunLock(out)
     lock.path = out / "study.lock"
     lock.acquire()
