@@ -51,8 +51,12 @@ def test_nonexistent_path(tmp_path):
     assert_one_line_error(run_cli("info", tmp_path / "nope"), "no such file or directory")
 
 
-def test_file_instead_of_directory(gpt2_dir):
+def test_file_instead_of_directory(gpt2_dir, tmp_path):
     assert_one_line_error(run_cli("info", gpt2_dir / "config.json"), "expects a model directory")
+    (tmp_path / "model.gguf").write_text("not a GGUF file")
+    assert_one_line_error(run_cli("info", tmp_path / "model.gguf"), "not (no GGUF header)")
+    assert_one_line_error(run_cli("tokenize", "hi", "--tokenizer", gpt2_dir / "config.json"),
+                          "is a file; a tokenizer is a directory")
 
 
 def test_directory_without_weights(tmp_path):

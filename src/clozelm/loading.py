@@ -109,7 +109,9 @@ def _objective(network: Transformer) -> str:
 
 def load_dir(path: Path) -> Transformer:
     if not path.is_dir():
-        raise ClozelmError(f"{path} is a file; clozelm.load expects a model directory (config.json + weights)")
+        raise ClozelmError(f"{path} is a file; clozelm.load expects a model directory (config.json + weights)"
+                           + (" or a GGUF file, which this is not (no GGUF header)" if path.suffix.lower() == ".gguf"
+                              else ""))
     if hf.is_hf_dir(path):
         model = hf.load_hf_dir(path)
     elif openai_tf.is_openai_dir(path):

@@ -23,6 +23,9 @@ _WORDPIECE_FILE = "vocab.txt"
 def load_tokenizer(path) -> Tokenizer:
     """Open the tokenizer saved in directory ``path``, whichever kind it is."""
     directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ClozelmError(f"{directory} is a file; a tokenizer is a directory (vocab.json + merges.txt, "
+                           "encoder.json + vocab.bpe, vocab.txt or tokenizer.json)")
     if not directory.is_dir():
         raise ClozelmError(f"tokenizer directory not found: {directory}")
     if PretrainedBPE.reads_dir(directory):  # a model's own tokenizer.json (SmolLM2, Qwen2, Llama 3)
