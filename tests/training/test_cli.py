@@ -114,3 +114,10 @@ def test_fine_tuning_refuses_another_tokenizer(tmp_path, corpus, bpe_dir, capsys
     rc, err = cli([corpus, "--init", run / "model", "--tokenizer", bpe_dir, "--out", tmp_path / "tuned", "--steps", "1",
                    "--no-progress"], capsys)  # its own, named: fine
     assert rc == 0, err
+
+
+def test_held_out_text_that_is_also_training_text_is_refused(tmp_path, corpus, bpe_dir, capsys):
+    rc, err = cli([corpus, "--valid", corpus / "b.txt", "--tokenizer", bpe_dir, "--out", tmp_path / "run", *TINY],
+                  capsys)
+    one_line_error(rc, err, "b.txt is both training and held-out text")
+    assert not (tmp_path / "run").exists()

@@ -300,6 +300,10 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
     rundir.check_new_run_dir(run_dir, config.overwrite)
     files = expand_inputs(config.files, exclude=[run_dir])  # a run inside its corpus folder does not read itself
     valid = expand_inputs(config.valid, exclude=[run_dir]) if config.valid is not None else None
+    both = sorted({f.resolve() for f in files} & {f.resolve() for f in valid or []})
+    if both:
+        raise ClozelmError(f"{both[0]} is both training and held-out text ({len(both)} file(s) in both); held-out "
+                           "text must be unseen: take it out of FILES_OR_DIRS or --valid")
     corpus = CorpusFiles(files, valid, default_of("valid_every") if config.valid_every is None else config.valid_every)
     tok = init.tokenizer if init is not None else None
     if config.tokenizer is not None:
