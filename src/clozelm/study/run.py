@@ -208,7 +208,9 @@ def _split(out: Path, files: list[Path], valid_every: int, say) -> tuple[int, in
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "heldout").mkdir(parents=True)
         try:
-            n = sum(1 for path in files for _ in iter_documents(path))
+            n = 0
+            for path in files:
+                n += sum(1 for _ in iter_documents(path))
             if n < 2:
                 raise ClozelmError(f"the corpus holds {n} document(s) (separated by blank lines): a study holds out "
                                    f"one in {valid_every} and trains on the rest, so it needs at least two")
