@@ -139,6 +139,9 @@ def test_tokenizer_train_out_must_be_a_directory(tmp_path, capsys):
     code, out, err = run(["tokenizer", "train", tmp_path / "corpus.txt", "--vocab-size", "280", "--out",
                           tmp_path / "new" / "tok"], capsys)
     assert code == 0 and (tmp_path / "new" / "tok" / "vocab.bpe").is_file(), err
+    code, out, err = run(["tokenizer", "train", tmp_path / "corpus.txt", "--vocab-size", "100000", "--out",
+                          tmp_path / "big"], capsys)  # more than the text can give: said, not silent
+    assert code == 0 and "no more pairs to merge" in err and "not 100,000" in err, err
 
 
 def test_output_errors_are_one_line_in_process(capsys, monkeypatch):

@@ -155,9 +155,12 @@ def cmd_tokenizer_train(args) -> None:
     out = output_dir(args.out, "--out")  # before training: a bad --out must not cost the training time
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ClozelmError(f"{out} is not empty; choose a new directory or pass --overwrite")
-    files = expand_inputs(args.files)
+    files = expand_inputs(args.files, exclude=[out])
     tok = train_bpe(files, vocab_size=args.vocab_size, special_tokens=args.special or ["<|endoftext|>"],
                     min_frequency=args.min_frequency)
+    if tok.vocab_size < args.vocab_size:
+        print(f"clozelm: note: the text has no more pairs to merge (at least --min-frequency "
+              f"{args.min_frequency} times): {tok.vocab_size:,} tokens, not {args.vocab_size:,}", file=sys.stderr)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
