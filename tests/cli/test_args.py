@@ -104,6 +104,8 @@ def one_line(code, err, fragment):
     (["generate", "Hello", "--stop", ""], "--stop needs a non-empty string"),
     (["eval", "default", "--tasks", "pairs", "--lambada", "x.jsonl"], "--lambada is read by the lastword task"),
     (["fill", "the ___", "-f", "x.txt"], "not both"),
+    (["heads", "the cat", "--json"], "--json changes --report/--syntax output, and none is asked for"),
+    (["heads", "the cat", "--word-level"], "--word-level changes --png/--svg maps"),
 ])
 def test_bad_options_are_one_line_before_any_work(argv, fragment, capsys):
     code, _, err = run(argv, capsys)

@@ -155,6 +155,12 @@ def _run(args) -> None:
                 raise ClozelmError(f"--{name}: {error}") from None
     if args.report and args.syntax:
         raise ClozelmError("--report and --syntax are separate runs; give one of them")
+    for flag, given, needs in (("--word-level", args.word_level, args.png or args.svg),
+                               ("--hide-sinks", args.hide_sinks, args.png or args.svg),
+                               ("--json", args.json, args.report or args.syntax)):
+        if given and not needs:
+            raise ClozelmError(f"{flag} changes " + ("--png/--svg maps" if flag != "--json" else
+                                                     "--report/--syntax output") + ", and none is asked for")
     for path in _outputs(args):  # before any work: the user's files are replaced only with --overwrite
         check_output_file(path, args.overwrite)
     cmd_heads(args)
