@@ -119,6 +119,8 @@ def load_dir(path: Path) -> Transformer:
     elif (path / "config.json").is_file():
         hf.read_config_json(path / "config.json")  # a corrupt config gets its own error first
         raise ClozelmError(f"no weights in {path} (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)")
+    elif (path / "run.json").is_file() and (path / "model").is_dir():  # a `clozelm train` run directory
+        raise ClozelmError(f"{path} is a training run; its model is {path / 'model'}")
     else:
         raise ClozelmError(f"{path} is not a model directory: expected config.json + model.safetensors (Hugging Face) "
                            "or hparams.json + model.ckpt.* (OpenAI GPT-2)")

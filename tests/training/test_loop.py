@@ -221,6 +221,8 @@ def test_fim_run_then_finetune_with_init(tmp_path, corpus, bpe_dir, capsys):
     rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--objective", "fim", "--steps", "8"], capsys)
     assert rc == 0, err
     assert clozelm.load(run / "model").config.extra["objective"] == "fim"
+    with pytest.raises(ClozelmError, match="is a training run; its model is .*model"):
+        clozelm.load(run)
     tuned = tmp_path / "tuned"
     rc, err = cli([corpus / "a.txt", "--init", run / "model", "--out", tuned, "--steps", "3", "--batch-size", "2",
                    "--no-progress"], capsys)
