@@ -270,15 +270,17 @@ def markdown(results: dict, plots: list[str]) -> str:
                      if isinstance(figures, dict) and "error" in figures})
     if failed:
         lines += ["## Tasks that did not run", ""] + [f"- {task}: {why}" for task, why in failed] + [""]
-    lines += ["## Runs", "", "| objective | seed | parameters | tokens | train seconds | best held-out loss (step) |",
+    lines += ["## Runs", "", "| objective | seed | parameters | tokens | train seconds | final held-out loss |",
               "|---|---|---|---|---|---|"]
     for r in runs:
-        best = "" if r.get("best_val_loss") is None else f"{r['best_val_loss']:.4f} ({r['best_step']})"
+        curve = r.get("held_out_loss") or []
+        final = f"{curve[-1][1]:.4f}" if curve else ""
         lines.append(f"| {r['objective']} | {r['seed']} | {r['params']:,} | {r['tokens']:,} | "
-                     f"{r['train_seconds']:.1f} | {best} |")
+                     f"{r['train_seconds']:.1f} | {final} |")
     lines += ["", "Held-out loss is each objective's own training loss on held-out text (nats per predicted token: "
               "clm and fim the next token, mlm the masked tokens, hybrid its mix, mdlm the diffusion bound per "
-              "token); it orders checkpoints within a run, not objectives.", ""]
+              "token), watched during training; it compares no objectives and chooses no weights (each model is "
+              "its last step's).", ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
