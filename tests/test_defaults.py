@@ -95,3 +95,13 @@ def test_fill_finds_the_word_the_text_after_the_blank_decides(trained):
     # The left context alone ranks "light" ~50th after "Let there be"; the text after the blank decides it.
     answers = clozelm.fill("And God said, Let there be ___: and there was light.", model=clozelm.load(trained), top=3)
     assert answers[0].blanks[0].strip() == "light", [a.text for a in answers]
+
+
+@pytest.mark.parametrize("trained", ["default", "default-fim"])
+def test_a_word_blank_at_the_end_outranks_the_fragments_it_begins_with(trained):
+    # Both " Mediterr" + "ane" and + "anean" survive the search; the plain log-probability of the fragment is
+    # always the higher one, so the final ranking must also price in that the word ends with the text.
+    answers = clozelm.fill("The ship sailed across the Mediterr___", model=clozelm.load(trained), top=8,
+                           precision="fp32")
+    rank = {a.blanks[0]: i for i, a in enumerate(answers)}
+    assert "anean" in rank and rank["anean"] < rank.get("ane", len(answers)), [a.blanks for a in answers]

@@ -14,7 +14,8 @@ everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, le
    log P(a word boundary follows), so " wif" cannot pass for " wife";
 3. keep the best few partial texts and move to the next blank.
 
-The final score is log P(whole completed text), comparable across answers of one model.
+The final score is log P(whole completed text), plus log P(a word boundary follows) when a word blank
+ends the text, comparable across answers of one model.
 
 Models trained with fill-in-the-middle can also read the text after the blank natively, in the context
 <|fim_prefix|> <|fim_suffix|> right <|fim_middle|> left (Bavarian et al. 2022, SPM order:
@@ -93,7 +94,8 @@ class CausalFiller:
         if not both:
             return [(fim_score, fills) for fim_score, _, _, fills in states]
         # Two estimates of one joint probability, up to terms the fills do not change: report their mean.
-        exact = self._sequence_logprobs([self.start_ids + text for _, _, text, _ in states])
+        exact = self._sequence_logprobs([self.start_ids + text for _, _, text, _ in states],
+                                        self._word_ends_text(segments, blanks))
         return sorted((((f + e) / 2, fills) for e, (f, _, _, fills) in zip(exact, states)), key=lambda s: -s[0])
 
     def _fill_left_to_right(self, segments: list[list[int]], blanks: list[Blank]):
@@ -112,12 +114,25 @@ class CausalFiller:
             states = scored[:self.n_states]
             if not states:  # no token the tokenizer has can stand in this blank (e.g. "a[MASK]" glued to a word)
                 return []
-        exact = self._sequence_logprobs([ids for _, ids, _ in states])
+        exact = self._sequence_logprobs([ids for _, ids, _ in states], self._word_ends_text(segments, blanks))
         return sorted(((e, fills) for e, (_, _, fills) in zip(exact, states)), key=lambda s: -s[0])
 
-    def _sequence_logprobs(self, seqs: list[list[int]]) -> list[float]:
-        """log P(tokens after the first) for each sequence, one right-padded batch."""
-        return scoring.sequence_logprobs(self.model(scoring.pad_right(seqs)).logits, seqs)
+    @staticmethod
+    def _word_ends_text(segments, blanks) -> bool:
+        return bool(blanks) and blanks[-1].kind == "word" and not segments[-1]
+
+    def _sequence_logprobs(self, seqs: list[list[int]], word_ends: bool = False) -> list[float]:
+        """log P(tokens after the first) for each sequence, one right-padded batch; with `word_ends` (a word
+        blank ends the text), also log P(a word boundary follows), as the search judged it, so that a fragment
+        (" Mediterr" + "ane") cannot outrank the whole word it begins (" Mediterr" + "anean")."""
+        logits = self.model(scoring.pad_right(seqs)).logits
+        scores = scoring.sequence_logprobs(logits, seqs)
+        if word_ends:
+            cont = self.classes.word_continue
+            for r, s in enumerate(seqs):
+                p_cont = scoring.log_probs(logits[r, len(s) - 1]).exp()[cont].sum().clamp(max=1 - 1e-6)
+                scores[r] += float(torch.log1p(-p_cont))
+        return scores
 
     def _candidates(self, ctx: list[int], blank: Blank, follow: list[int], at_end: bool):
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
