@@ -128,11 +128,14 @@ class CausalFiller:
         logits = self.model(scoring.pad_right(seqs)).logits
         scores = scoring.sequence_logprobs(logits, seqs)
         if word_ends:
-            cont = self.classes.word_continue
             for r, s in enumerate(seqs):
-                p_cont = scoring.log_probs(logits[r, len(s) - 1]).exp()[cont].sum().clamp(max=1 - 1e-6)
-                scores[r] += float(torch.log1p(-p_cont))
+                scores[r] += self._word_boundary(logits[r, len(s) - 1])
         return scores
+
+    def _word_boundary(self, logits: torch.Tensor) -> float:
+        """log P(the next token does not continue the word) from one position's logits [V]."""
+        p_cont = scoring.log_probs(logits).exp()[self.classes.word_continue].sum().clamp(max=1 - 1e-6)
+        return float(torch.log1p(-p_cont))
 
     def _candidates(self, ctx: list[int], blank: Blank, follow: list[int], at_end: bool):
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
@@ -200,7 +203,6 @@ class CausalFiller:
         if not pool:
             return []
         first_logp = scoring.log_probs(last_logits)
-        cont = self.classes.word_continue
         lengths = [len(c) + len(follow) for c in pool]
         L = max(lengths)
         rows_per_chunk = max(1, MAX_LOGIT_FLOATS // (L * self.vocab))
@@ -220,7 +222,6 @@ class CausalFiller:
                 if len(s) > 1:
                     total += float(picked[r, :len(s) - 1].sum())
                 if needs_boundary:  # the word must end here: the next token may not continue it
-                    p_cont = scoring.log_probs(logits[r, len(s) - 1]).exp()[cont].sum().clamp(max=1 - 1e-6)
-                    total += float(torch.log1p(-p_cont))
+                    total += self._word_boundary(logits[r, len(s) - 1])
                 results.append((chunk[r], total))
         return results

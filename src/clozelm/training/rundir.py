@@ -40,7 +40,7 @@ RUN_ENTRIES = SET_UP_BEFORE_RUN_FILE | {RUN_FILE, MODEL_DIR, "checkpoint.pt", "b
 def _is_run_entry(name: str) -> bool:
     """A run's file, or the temporary file of an atomic write of one that was interrupted (.NAME.XXXX.tmp)."""
     return name in RUN_ENTRIES or (name.startswith(".") and name.endswith(".tmp")
-                                   and name[1:].split(".tmp")[0].rsplit(".", 1)[0] in RUN_ENTRIES)
+                                   and name[1:-len(".tmp")].rsplit(".", 1)[0] in RUN_ENTRIES)
 
 
 class RunLock:
