@@ -2,7 +2,8 @@
 and the step time as a fraction of this machine's matrix-product limit.
 
 One optimizer step = forward + backward + gradient clipping + AdamW, on the same batches for both sides,
-measured interleaved (A B A B ...) so slow phases of a shared machine hit both alike. Both models start from
+each side in a process of its own, stepped in turn (A B, B A, ...) so slow phases of a shared machine hit
+both alike. Both models start from
 the same weights (transformers' random init, copied into clozelm through save_pretrained + clozelm.load),
 use the same dropout, the same AdamW hyperparameters and decay groups, and the same learning-rate warm-up;
 after the loss-check steps their losses must agree within 1%.
@@ -10,6 +11,11 @@ after the loss-check steps their losses must agree within 1%.
     clozelm    the trainer's default step: bf16 weights with fp32 master copies, the vocabulary projection
                fused into the cross-entropy, fused AdamW (--precision / --no-fused-loss: the other paths)
     reference  transformers GPT2LMHeadModel, fp32, torch AdamW with its default implementation
+
+Each side runs with its own process settings: clozelm's as `clozelm train` sets them (it keeps freed memory
+for the next step, training/memory.py; --no-reuse-memory: the C library's default), transformers' as a
+script of its own runs (the C library's default; --reference-reuse-memory gives it clozelm's setting too,
+from which it gains as well).
 
 The limit: the step's matrix products (every Linear layer and the output projection, forward and both
 backward products, and the causal attention products) timed alone in bf16 at the step's own shapes on this
@@ -28,6 +34,7 @@ tokenizer over data/corpus when present (else random ids).
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import tempfile
 import time
@@ -41,6 +48,7 @@ import clozelm
 from clozelm.model import Transformer
 from clozelm.training import TrainConfig
 from clozelm.training.loop import autocast, fused_loss_sum, lr_at, make_optimizer
+from clozelm.training.memory import reuse_freed_memory
 from clozelm.training.objectives import loss_sum
 from clozelm.training.precision import MasterWeights
 
@@ -65,23 +73,25 @@ def token_stream(n_tokens: int, vocab: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, n_tokens)
 
 
-def models(shape: dict, dropout: float):
+def save_reference(shape: dict, dropout: float, directory: str) -> None:
+    """transformers' randomly initialised GPT2LMHeadModel of `shape`, saved in `directory`: both sides start from it."""
     import transformers
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=shape["vocab_size"], n_positions=max(1024, shape["seq"]),
                                   n_embd=shape["n_embd"], n_layer=shape["n_layer"], n_head=shape["n_head"],
                                   resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-    hf = transformers.GPT2LMHeadModel(cfg)
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        loaded = clozelm.load(d, tokenizer=False)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(directory)
+
+
+def clozelm_model(directory: str, dropout: float) -> Transformer:
+    loaded = clozelm.load(directory, tokenizer=False)
     assert loaded.config.dropout == dropout
     # As `clozelm train --init` builds its model: a fresh network that the loaded weights are copied into, laid
     # out contiguously (loading reads GPT-2's [in, out] projections as transposed views, which a training step
     # would copy to contiguous memory inside the fused optimizer at every step).
     ours = Transformer(loaded.config)
     ours.load_state_dict(loaded.network.state_dict())
-    return hf.train(), ours
+    return ours
 
 
 def hf_optimizer(hf, cfg: TrainConfig):
@@ -118,51 +128,89 @@ def clozelm_step(forward, network, opt, masters, params, cfg: TrainConfig, i: in
     return loss.detach()
 
 
+def _side(side: str, conn, directory: str, shape: dict, dropout: float, cfg: TrainConfig, batches: torch.Tensor,
+          threads: int, reuse_memory: bool, compile: bool, precision: str, fused: bool) -> None:
+    """One side of the comparison in a process of its own: build the model, then run step i whenever the parent
+    sends i, answering (loss, seconds); None ends it."""
+    torch.set_num_threads(threads)
+    if reuse_memory:
+        reuse_freed_memory()
+    torch.manual_seed(0)
+    if side == "clozelm":
+        ours = clozelm_model(directory, dropout).train()
+        masters = MasterWeights(ours) if precision == "bf16-master" else None
+        opt = make_optimizer(ours, cfg, masters=masters)
+        params = masters.masters if masters is not None else list(ours.parameters())
+        forward = torch.compile(ours) if compile else ours
+
+        def step(i, w):
+            return clozelm_step(forward, ours, opt, masters, params, cfg, i, w[:, :-1], w[:, 1:], precision,
+                                fused).item()
+    else:
+        import transformers
+        hf = transformers.GPT2LMHeadModel.from_pretrained(directory).train()
+        hf_opt = hf_optimizer(hf, cfg)
+
+        def step(i, w):
+            for g in hf_opt.param_groups:
+                g["lr"] = lr_at(cfg, i)
+            x, y = w[:, :-1], w[:, 1:]
+            logits = hf(input_ids=x).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.grad_clip)
+            hf_opt.step()
+            hf_opt.zero_grad(set_to_none=True)
+            return loss.item()
+    conn.send("ready")
+    while (i := conn.recv()) is not None:
+        t0 = time.perf_counter()
+        loss = step(i, batches[i])
+        conn.send((loss, time.perf_counter() - t0))
+
+
 def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout: float, compile: bool,
-              precision: str, fused: bool):
+              precision: str, fused: bool, reuse_memory: bool, reference_reuse_memory: bool):
+    """Both sides, each in its own process (so each runs with its own process settings: clozelm train's memory
+    reuse, the C library's default for a transformers script), stepped in turn: A B, B A, ..."""
     cfg = TrainConfig(lr=6e-4, warmup=5, steps=max(loss_steps, timed_steps) + 1, grad_clip=1.0,
                       precision=precision, fused_loss=fused).with_defaults("recipe")
-    hf, ours = models(shape, dropout)
-    ours.train()
-    masters = MasterWeights(ours) if precision == "bf16-master" else None
-    hf_opt = hf_optimizer(hf, cfg)
-    our_opt = make_optimizer(ours, cfg, masters=masters)
-    our_params = masters.masters if masters is not None else list(ours.parameters())
-    forward = torch.compile(ours) if compile else ours
     B, T = shape["batch"], shape["seq"]
     n_steps = max(loss_steps, timed_steps)
     stream = token_stream(n_steps * B * (T + 1) + 1, shape["vocab_size"])
     batches = torch.from_numpy(stream[: n_steps * B * (T + 1)].reshape(n_steps, B, T + 1)).long()
-
-    def step_ours(i, w):
-        return clozelm_step(forward, ours, our_opt, masters, our_params, cfg, i, w[:, :-1], w[:, 1:], precision,
-                            fused).item()
-
-    def step_hf(i, w):
-        for g in hf_opt.param_groups:
-            g["lr"] = lr_at(cfg, i)
-        x, y = w[:, :-1], w[:, 1:]
-        logits = hf(input_ids=x).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.grad_clip)
-        hf_opt.step()
-        hf_opt.zero_grad(set_to_none=True)
-        return loss.item()
-
+    context = mp.get_context("spawn")
+    sides = {}
+    with tempfile.TemporaryDirectory() as directory:
+        save_reference(shape, dropout, directory)
+        for side, reuse in (("clozelm", reuse_memory), ("transformers", reference_reuse_memory)):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_side, args=(side, child, directory, shape, dropout, cfg, batches,
+                                                       torch.get_num_threads(), reuse, compile, precision, fused))
+            proc.start()
+            sides[side] = (parent, proc)
+        for side, (conn, _) in sides.items():  # both built before the model files go away
+            if not conn.poll(600) or conn.recv() != "ready":
+                raise SystemExit(f"the {side} process did not start")
     times = {"clozelm": [], "transformers": []}
     losses = {"clozelm": [], "transformers": []}
-    for i in range(n_steps):
-        w = batches[i]
-        order = [("clozelm", step_ours), ("transformers", step_hf)]
-        if i % 2:
-            order.reverse()  # A B, B A, ...: neither side always runs right after the other
-        for side, fn in order:
-            t0 = time.perf_counter()
-            losses[side].append(fn(i, w))
-            times[side].append(time.perf_counter() - t0)
-        print(f"  {name} step {i + 1}/{n_steps}: clozelm {losses['clozelm'][-1]:.4f} ({times['clozelm'][-1]:.2f}s)  "
-              f"transformers {losses['transformers'][-1]:.4f} ({times['transformers'][-1]:.2f}s)", flush=True)
+    try:
+        for i in range(n_steps):
+            order = ["clozelm", "transformers"]
+            if i % 2:
+                order.reverse()  # A B, B A, ...: neither side always runs right after the other
+            for side in order:
+                conn = sides[side][0]
+                conn.send(i)
+                loss, seconds = conn.recv()
+                losses[side].append(loss)
+                times[side].append(seconds)
+            print(f"  {name} step {i + 1}/{n_steps}: clozelm {losses['clozelm'][-1]:.4f} ({times['clozelm'][-1]:.2f}s)  "
+                  f"transformers {losses['transformers'][-1]:.4f} ({times['transformers'][-1]:.2f}s)", flush=True)
+    finally:
+        for conn, proc in sides.values():
+            conn.send(None)
+            proc.join()
     tokens = B * T
     skip = 1 if n_steps > 2 else 0  # the first step pays one-time costs (allocation, compilation)
     step_time = {side: statistics.median(t[skip:]) for side, t in times.items()}
@@ -311,6 +359,10 @@ def main() -> None:
     ap.add_argument("--no-fused-loss", dest="fused", action="store_false")
     ap.add_argument("--compile", action="store_true", help="torch.compile clozelm's model")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
+                    help="clozelm's side with malloc as the C library sets it (clozelm train --no-reuse-memory)")
+    ap.add_argument("--reference-reuse-memory", action="store_true",
+                    help="transformers' side with clozelm train's memory reuse too (it gains from it as well)")
     ap.add_argument("--batch", type=int, help="sequences per step (default: 16 for default, 8 for 124M; half with --quick)")
     ap.add_argument("--loss-steps", type=int, help="steps before comparing losses on the default shape (default 50; 8 with --quick)")
     ap.add_argument("--mfu", metavar="DEVICE", help="instead: clozelm's step alone on DEVICE (cuda, cuda:1, cpu) "
@@ -334,9 +386,11 @@ def main() -> None:
             shape["batch"] = args.batch
         if name == "default":
             loss_steps = args.loss_steps or (8 if args.quick else 50)
-            run_shape(name, shape, loss_steps, loss_steps, args.dropout, args.compile, args.precision, args.fused)
+            steps = (loss_steps, loss_steps)
         else:
-            run_shape(name, shape, 0, 3 if args.quick else 5, args.dropout, args.compile, args.precision, args.fused)
+            steps = (0, 3 if args.quick else 5)
+        run_shape(name, shape, *steps, args.dropout, args.compile, args.precision, args.fused, args.reuse_memory,
+                  args.reference_reuse_memory)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,9 @@ def add_parser(sub) -> None:
     g.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="fuse the vocabulary projection into the cross-entropy (default on; --no-fused-loss: the plain path)")
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    g.add_argument("--no-reuse-memory", action="store_true",
+                   help="let the C library hand freed memory back to the system at once (glibc's default) instead of "
+                        "keeping it for the next step; results are the same, steps slower")
     g.add_argument("--seed", type=int, metavar="N", help="seed for init, data order, masks and dropout (default 0)")
     g.add_argument("--device", choices=DEVICES, help="default auto: a CUDA GPU if there is one (a resumed run: the run's)")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores, or the run's own "
@@ -117,7 +120,8 @@ FIELDS = ["files", "out", "resume", "overwrite", "init", "tokenizer", "objective
           "fim_rate", "spm_rate", "mask_rate", "hybrid_causal_share", "locality_warmup", "steps", "batch_size", "grad_accum", "lr",
           "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "precision", "fused_loss", "compile", "seed", "device", "threads",
           "eval_every", "eval_examples", "eval_spread", "checkpoint_every", "keep_best", "log_every", "stop_after"]
-FLAGS = {name: flag(name) for name in FIELDS} | {"files": "FILES_OR_DIRS", "progress": "--no-progress"}
+FLAGS = {name: flag(name) for name in FIELDS} | {"files": "FILES_OR_DIRS", "progress": "--no-progress",
+                                                  "reuse_memory": "--no-reuse-memory"}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -127,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["skip_bad_files"] = bool(args.skip_bad_files)
     values["files"] = tuple(args.files or ())
     values["progress"] = not args.no_progress
+    values["reuse_memory"] = not args.no_reuse_memory
     with flag_names():
         return TrainConfig(**values)
 

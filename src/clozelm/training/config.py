@@ -16,7 +16,7 @@ Fields by what they decide (`GROUP` of each field):
     setup      how the model and data were set up: recorded ("setup"); a resume refuses a change
     numerics   the machine settings that change float results (device, threads, compile): recorded
                ("numerics") and restored on resume; a resume refuses a different value (see numerics.py)
-    session    this call only: where, what to read, resume/overwrite, output, a step limit
+    session    this call only: where, what to read, resume/overwrite, output, a step limit, memory reuse
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class TrainConfig:
     overwrite: bool = _opt("session", "bool", value=False)  # start over in `out` (its token cache is kept)
     progress: bool = _opt("session", "bool", value=True)  # the per-step progress line (messages are printed anyway)
     stop_after: int | None = _opt("session", "int", lo=1)  # stop (with a checkpoint) after this many steps of this call
+    # keep freed memory in the process for the next step (glibc's malloc; results unchanged): see memory.py
+    reuse_memory: bool = _opt("session", "bool", value=True)
 
     # ---- setup: the model and the data
     init: str | None = _opt("setup", "path")  # fine-tune this model (a name or path; train() takes it loaded)

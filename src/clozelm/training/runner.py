@@ -34,6 +34,7 @@ from .config import InvalidTrainConfig, TrainConfig, default_of, flag, names_in
 from .data import CorpusFiles, TokenData, build_token_cache, check_corpus
 from .distributed import Dist, init_distributed, on_main
 from .loop import Callback, Trainer
+from .memory import reuse_freed_memory
 from .objectives import BIDIRECTIONAL, OBJECTIVES, make_objective
 
 SETTINGS_VERSION = 1
@@ -118,6 +119,8 @@ def train(config: TrainConfig, *, init: Model | None = None, callbacks: Iterable
     if config.init is not None and init is None and not config.resume:
         raise ClozelmError(f"init {config.init!r} is a name: pass the loaded model as train(config, init=...) "
                            "or call clozelm.train(config), which loads it")
+    if config.reuse_memory:
+        reuse_freed_memory()
     run_dir = Path(config.out)
     d = init_distributed(_group_device(config, run_dir))
     lock = rundir.RunLock(run_dir)
