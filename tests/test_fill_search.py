@@ -76,3 +76,34 @@ def test_deterministic(tok):
 def test_a_blank_no_token_can_fill_gives_no_answers_not_a_crash(tok):
     # "a[MASK]" asks for a token glued to "a" without a space: the word-level vocabulary has none.
     assert fill("the cat sat down a[MASK][MASK] away", model=BigramLM(tok, SENTENCES), top=3) == []
+
+
+def _split_into_two_tokens(tok, text: str) -> tuple[int, int]:
+    """Two tokens that together spell `text` (which the tokenizer itself encodes as one)."""
+    for i in range(2, len(text)):
+        left, right = tok.encode(text[:i]), tok.encode(text[i:])
+        if len(left) == len(right) == 1:
+            return left[0], right[0]
+    raise AssertionError(f"no two-token spelling of {text!r}")
+
+
+def test_two_tokenizations_of_one_word_are_one_answer(tok):
+    # " cat" and " c" + "at" (say) spell one answer. Made equally likely, both would fill a beam of 2 and leave a
+    # single answer; the search keeps the better of the two and a second, different word.
+    model = BigramLM(tok, SENTENCES)
+    [the], [cat], [sat] = tok.encode("the"), tok.encode(" cat"), tok.encode(" sat")
+    a, b = _split_into_two_tokens(tok, " cat")
+    model.table[the, a] = model.table[the, cat]
+    model.table[a, b] = 0.0  # log 1
+    model.table[b, sat] = model.table[cat, sat]
+    answers = fill("the ___ sat down", model=model, top=2, beam=2)
+    assert [x.blanks for x in answers][0] == ["cat"] and len(answers) == 2
+    assert answers[1].blanks != ["cat"]
+
+
+@pytest.mark.parametrize("model_class", [BigramLM, NeighbourMLM])
+def test_no_answer_ends_inside_a_character(tok, model_class):
+    # The vocabulary has byte tokens that complete no character alone; an answer made with one would show U+FFFD.
+    answers = fill("the ___ sat down", model=model_class(tok, SENTENCES), top=20)
+    assert len(answers) == 20
+    assert not [x.blanks for x in answers if "\ufffd" in x.text]

@@ -104,6 +104,7 @@ def test_frame(bpe, wordpiece, tmp_path):
 def test_blank_text(bpe, wordpiece):
     assert bpe.blank_text(bpe.encode(" cat")) == "cat"
     assert bpe.blank_text(bpe.encode("café")) == "café"
+    assert bpe.blank_text(bpe.encode("  cat")) == " cat"  # one space is the template's; the other was hidden
     pieces = wordpiece.encode("unaffable")
     assert len(pieces) > 1 and wordpiece.blank_text(pieces) == "unaffable"
     assert wordpiece.blank_text(wordpiece.encode("the")) == "the"

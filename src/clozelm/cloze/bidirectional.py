@@ -18,7 +18,7 @@ import itertools
 import torch
 
 from .. import scoring
-from .blanks import Blank
+from .blanks import Blank, whole_characters
 from .options import FillOptions
 
 MAX_CONFIGS = 27  # length combinations tried for several word blanks at once
@@ -50,7 +50,8 @@ class BidirectionalFiller:
             for n in lengths:
                 fills.append([filled[p] for p, _ in slots[k:k + n]])
                 k += n
-            out.append((score, fills))
+            if all(whole_characters(self.tok, f) for f in fills):
+                out.append((score, fills))
         out.sort(key=lambda s: -s[0])
         return out
 

@@ -54,3 +54,14 @@ def parse(text: str) -> Template:
         raise ClozelmError("no blank in the text: hide words with ___ or tokens with [MASK] "
                            "(to continue a text instead, use `clozelm generate`)")
     return Template(tuple(segments), tuple(blanks))
+
+
+def whole_characters(tokenizer, ids) -> bool:
+    """Whether tokens `ids` spell whole characters: a fill may not end (or start) inside a multi-byte
+    character, whose other bytes no known text supplies."""
+    try:
+        b"".join(map(tokenizer.token_bytes, ids)).decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from .. import scoring
-from .blanks import Blank
+from .blanks import Blank, whole_characters
 from .options import FillOptions
 
 MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB of float32 logits)
@@ -88,7 +88,7 @@ class CausalFiller:
                 for (cand, gain), causal_gain in zip(self._judge(*fim_read, pool, end, False), causal_gains):
                     scored.append((fim_score + gain, causal_score + causal_gain, left + cand + follow, fills + [cand]))
             scored.sort(key=lambda s: -(s[0] + s[1]))
-            states = scored[:self.n_states]
+            states = self._distinct(scored, [s[3] for s in scored])
             if not states:
                 return []
         if not both:
@@ -111,11 +111,24 @@ class CausalFiller:
                 for cand, gain in self._candidates(ids, blank, follow[:self.follow_window], at_end):
                     scored.append((score + gain, ids + cand + follow, fills + [cand]))
             scored.sort(key=lambda s: -s[0])
-            states = scored[:self.n_states]
+            states = self._distinct(scored, [s[2] for s in scored])
             if not states:  # no token the tokenizer has can stand in this blank (e.g. "a[MASK]" glued to a word)
                 return []
         exact = self._sequence_logprobs([ids for _, ids, _ in states], self._word_ends_text(segments, blanks))
         return sorted(((e, fills) for e, (_, _, fills) in zip(exact, states)), key=lambda s: -s[0])
+
+    def _distinct(self, scored: list, fills: list[list[list[int]]]) -> list:
+        """The best `beam` of `scored` (sorted, best first) that spell different texts: two tokenizations of one
+        word (" cat", " c" + "at") are one answer, and the better-scored stands for both."""
+        seen, kept = set(), []
+        for state, state_fills in zip(scored, fills):
+            key = tuple(self.tok.blank_text(f) for f in state_fills)
+            if key not in seen:
+                seen.add(key)
+                kept.append(state)
+                if len(kept) == self.n_states:
+                    break
+        return kept
 
     @staticmethod
     def _word_ends_text(segments, blanks) -> bool:
@@ -175,7 +188,7 @@ class CausalFiller:
             beam_cache = beam_cache.select(rows)
             if blank.kind == "word" or step == n_tokens - 1:
                 pool += hyps
-        return [h for h in pool if self._is_whole_text(h)]
+        return [h for h in pool if whole_characters(self.tok, h)]
 
     def _look_ahead(self, cache, logp: torch.Tensor, n_allowed: int, next_known: int) -> list[int]:
         """The `lookahead_keep` best first tokens t by log P(t | left) + log P(next_known | left + t), among the
@@ -185,13 +198,6 @@ class CausalFiller:
                           last_logits_only=True).logits[:, -1].float()
         both = wide.values + scoring.log_probs(step)[:, next_known]
         return wide.indices[both.topk(min(self.lookahead_keep, len(both))).indices].tolist()
-
-    def _is_whole_text(self, ids: list[int]) -> bool:
-        try:
-            b"".join(map(self.tok.token_bytes, ids)).decode("utf-8")
-            return True
-        except UnicodeDecodeError:  # ends inside a multi-byte character
-            return False
 
     def _read(self, ctx: list[int], room: int):
         """A cache holding `ctx` with `room` more positions, and the logits after its last token."""

@@ -629,8 +629,10 @@ class ByteBPE(Tokenizer):
         return ids, spans, readable
 
     def blank_text(self, ids) -> str:
-        """The text of the hidden tokens, without the space the first one may carry (" cat" -> "cat")."""
-        return self.decode(ids).lstrip(" ")
+        """The text of the hidden tokens, without the one space the first may carry (" cat" -> "cat"); the
+        space before a blank is the template's, and any further spaces are part of what was hidden."""
+        text = self.decode(ids)
+        return text[1:] if text.startswith(" ") else text
 
     def _token_classes(self, vocab_size: int) -> TokenClasses:
         start_space = torch.zeros(vocab_size, dtype=torch.bool)  # " word": opens a word after a space
