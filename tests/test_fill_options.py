@@ -1,11 +1,12 @@
 """FillOptions: one typed, self-checking set of fill options; old names for a release; notes returned, not
 printed."""
 
+import re
 import warnings
 
 import pytest
 
-from clozelm.cloze import FillOptions, fill, method_for
+from clozelm.cloze import FillOptions, fill, method_for, parse
 from clozelm.errors import ClozelmError
 from clozelm.loaded import Model
 from clozelm.model import ModelConfig, Transformer
@@ -113,7 +114,13 @@ def test_notes_are_returned_per_answer_not_printed(tok, capsys):
     answers = fill(text, model, top=3, precision="fp32")
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
-    assert len(answers) == 3 and all("kept a window" in a.notes[0] for a in answers)
+    assert len(answers) == 3 and all(a.notes == answers[0].notes for a in answers)
+    # What the note says adds up: the window holds 40 - 1 (start token) - 4 (the word's room) tokens of text, and
+    # those with the ones left out are the whole text.
+    kept, before, after = map(int, re.search(r"the (\d+) tokens of text nearest the blanks, not the first (\d+) or "
+                                              r"the last (\d+)", answers[0].notes[0]).groups())
+    assert kept == 40 - 1 - 4 and kept + before + after == sum(len(tok.encode(s)) for s in parse(text).segments)
+    assert before > 0 and after > 0
     answers[0].notes.append("mine")
     assert answers[1].notes != answers[0].notes  # each answer has its own list
     assert fill("the ___ sat down", model, top=1)[0].notes == []

@@ -114,7 +114,9 @@ def _fit_context(model, template: Template, segments: list[list[int]], overhead:
         raise ClozelmError(f"the text between the first and last blank is longer than the model's {n_ctx}-token context")
     left_keep = min(len(segments[0]), room // 2 + max(0, room // 2 - len(segments[-1])))
     right_keep = min(len(segments[-1]), room - left_keep)
-    dropped = len(segments[0]) - left_keep + len(segments[-1]) - right_keep
-    segments = [segments[0][len(segments[0]) - left_keep:], *segments[1:-1], segments[-1][:right_keep]] if len(segments) > 1 else segments
-    note = f"text longer than the model's {n_ctx}-token context: kept a window of {n_ctx} tokens around the blanks ({dropped} tokens dropped)"
+    before, after = len(segments[0]) - left_keep, len(segments[-1]) - right_keep
+    segments = [segments[0][before:], *segments[1:-1], segments[-1][:right_keep]] if len(segments) > 1 else segments
+    kept = sum(map(len, segments))
+    note = (f"text longer than the model's {n_ctx}-token context: the model read the {kept} tokens of text nearest "
+            f"the blanks, not the first {before} or the last {after}")
     return segments, [note]
