@@ -40,6 +40,16 @@ def test_a_setting_of_another_objective_is_refused(tmp_path, corpus, bpe_dir, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("option, says", [("--warmup", "never reach its peak"), ("--locality-warmup", "never fade out")])
+def test_a_warm_up_longer_than_the_run_is_refused(tmp_path, corpus, bpe_dir, capsys, option, says):
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / "run", *TINY, "--steps", "5", option, "6"],
+                  capsys)
+    one_line_error(rc, err, option, "--steps", says)
+    assert not (tmp_path / "run").exists()
+    rc, _ = cli([corpus, "--tokenizer", bpe_dir, "--out", tmp_path / "run", *TINY, "--steps", "2", option, "2"], capsys)
+    assert rc == 0  # as long as the run: fine
+
+
 def test_non_utf8_file_is_named_or_skipped(tmp_path, corpus, bpe_dir, capsys):
     bad = tmp_path / "in" / "latin1.txt"
     bad.parent.mkdir()

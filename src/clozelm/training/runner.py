@@ -436,6 +436,11 @@ def _new_run_config(config: TrainConfig, model_cfg: ModelConfig, from_init: bool
     cfg = cfg.with_defaults("schedule")
     if cfg.seq_len > model_cfg.n_positions:
         raise InvalidTrainConfig([("seq_len", f"{cfg.seq_len} exceeds the model's {model_cfg.n_positions} positions")])
+    for name, what in (("warmup", "the learning rate would never reach its peak"),
+                       ("locality_warmup", "the attention distance penalty would never fade out")):
+        if getattr(cfg, name) > cfg.steps:
+            raise InvalidTrainConfig([(name, f"{getattr(cfg, name)} is longer than the run's {cfg.steps} {{steps}}: "
+                                             f"{what}; give at most {cfg.steps}")])
     for name, objectives in OBJECTIVE_SETTINGS.items():  # a setting that would change nothing is a mistake to say
         if getattr(config, name) is not None and cfg.objective not in objectives:
             raise InvalidTrainConfig([(name, f"applies to {' and '.join(objectives)} training, not {cfg.objective}; "
