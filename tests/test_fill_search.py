@@ -107,3 +107,14 @@ def test_no_answer_ends_inside_a_character(tok, model_class):
     answers = fill("the ___ sat down", model=model_class(tok, SENTENCES), top=20)
     assert len(answers) == 20
     assert not [x.blanks for x in answers if "\ufffd" in x.text]
+
+
+def test_masked_lm_finds_long_words_among_many_word_blanks(tmp_path):
+    # "birdcat" and "flewsat" are three tokens each to a tokenizer that never saw them; with four word blanks
+    # their lengths (1, 3, 3, 1) are beyond the shortest combinations, which alone give "flew" for "flewsat".
+    tok = word_tokenizer(tmp_path, ["the dog ran home", "the cat sat down", "a bird flew away", "dog cat bird",
+                                    "ran sat flew", "home down away"])
+    assert [len(tok.encode(w)) for w in (" birdcat", " flewsat")] == [3, 3]
+    model = NeighbourMLM(tok, ["a birdcat flewsat the home"] * 5)
+    assert fill("a ___ ___ the home", model=model, top=1)[0].blanks == ["birdcat", "flewsat"]
+    assert fill("___ ___ ___ the ___", model=model, top=1)[0].blanks == ["a", "birdcat", "flewsat", "home"]

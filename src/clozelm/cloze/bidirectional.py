@@ -5,7 +5,8 @@ pick a word that only fits alone. Here:
 
 1. unmask most-confident-first: run the model, fix the single masked position it is surest about,
    run again with that token visible, and so on; a small beam branches on the top tokens each time;
-2. a word blank `___` tries 1..n pieces (first piece opens a word, the rest continue it);
+2. a word blank `___` tries 1..n pieces (first piece opens a word, the rest continue it); with several,
+   the shortest combinations of lengths first, then, around the best answer, each blank's other lengths;
 3. finished candidates are rescored by pseudo-log-likelihood, each filled piece predicted with the
    rest of the text visible but the later pieces of its own word masked (the "word-l2r" PLL of
    Kauf & Ivanova 2023: plain PLL overrates words split into many predictable pieces).
@@ -21,7 +22,7 @@ from .. import scoring
 from .blanks import Blank, whole_characters
 from .options import FillOptions
 
-MAX_CONFIGS = 27  # length combinations tried for several word blanks at once
+MAX_CONFIGS = 27  # length combinations tried first for several word blanks at once (the shortest)
 
 
 class BidirectionalFiller:
@@ -37,7 +38,27 @@ class BidirectionalFiller:
     @torch.inference_mode()
     def fill(self, segments: list[list[int]], blanks: list[Blank]):
         options = [range(1, self.max_word_pieces + 1) if b.kind == "word" else [b.n_tokens] for b in blanks]
-        configs = sorted(itertools.product(*options), key=sum)[:MAX_CONFIGS]
+        every = set(itertools.product(*options))
+        tried = sorted(every, key=sum)[:MAX_CONFIGS]
+        results = self._try(segments, blanks, tried)
+        # Several word blanks have more length combinations than are tried above, and the ones left out are the
+        # longest. Look around the best answer instead: each blank at each other length, the others as they are,
+        # for as long as that finds a better answer.
+        while results and len(tried) < len(every):
+            best_score, _, best = max(results, key=lambda r: r[0])
+            around = {best[:i] + (n,) + best[i + 1:] for i, lengths in enumerate(options) for n in lengths} - set(tried)
+            if not around:
+                break
+            tried += sorted(around)
+            more = self._try(segments, blanks, sorted(around))
+            results += more
+            if not more or max(r[0] for r in more) <= best_score:
+                break
+        results.sort(key=lambda r: -r[0])
+        return [(score, fills) for score, fills, _ in results]
+
+    def _try(self, segments, blanks, configs) -> list[tuple[float, list[list[int]], tuple[int, ...]]]:
+        """(score, fills, lengths) of every answer the unmasking finds with the blanks at these lengths."""
         finished = []
         for lengths in configs:
             ids, slots, allowed = self._layout(segments, blanks, lengths)
@@ -51,8 +72,7 @@ class BidirectionalFiller:
                 fills.append([filled[p] for p, _ in slots[k:k + n]])
                 k += n
             if all(whole_characters(self.tok, f) for f in fills):
-                out.append((score, fills))
-        out.sort(key=lambda s: -s[0])
+                out.append((score, fills, lengths))
         return out
 
     def _layout(self, segments, blanks, lengths):
