@@ -24,7 +24,8 @@ middle, is what a small model learns first). With `fim_judge="both"` candidates 
 the left-to-right one, and each is judged by both readings: log P(candidate + <|endoftext|> | FIM context),
 the separator saying the middle is complete, and log P(whole text) as above. Both estimate the same joint
 probability up to terms the candidate does not change, so the score is their mean. `fim_judge="fim"` keeps
-the FIM reading alone.
+the FIM reading alone. With several blanks, a blank's FIM suffix is the known text up to the next blank: what
+comes after that still has holes, which the format has no way to show.
 
 `clozelm.fill` judges FIM models by both readings by default. At the size of the embedded models the FIM
 reading alone is not enough: a small FIM model learns how often middles end better than where they end, so
