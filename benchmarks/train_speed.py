@@ -186,11 +186,16 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
         for side, reuse in (("clozelm", reuse_memory), ("transformers", reference_reuse_memory)):
             parent, child = context.Pipe()
             proc = context.Process(target=_side, args=(side, child, directory, shape, dropout, cfg, batches,
-                                                       torch.get_num_threads(), reuse, compile, precision, fused))
+                                                       torch.get_num_threads(), reuse, compile, precision, fused),
+                                   daemon=True)  # a side left behind by an error dies with this process
             proc.start()
             sides[side] = (parent, proc)
         for side, (conn, _) in sides.items():  # both built before the model files go away
-            if not conn.poll(600) or conn.recv() != "ready":
+            try:
+                ready = conn.poll(600) and conn.recv() == "ready"
+            except EOFError:  # it died; its traceback is on stderr
+                ready = False
+            if not ready:
                 raise SystemExit(f"the {side} process did not start")
     times = {"clozelm": [], "transformers": []}
     losses = {"clozelm": [], "transformers": []}
@@ -207,10 +212,17 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
                 times[side].append(seconds)
             print(f"  {name} step {i + 1}/{n_steps}: clozelm {losses['clozelm'][-1]:.4f} ({times['clozelm'][-1]:.2f}s)  "
                   f"transformers {losses['transformers'][-1]:.4f} ({times['transformers'][-1]:.2f}s)", flush=True)
+    except EOFError:
+        raise SystemExit("a side's process died; its traceback is above") from None
     finally:
         for conn, proc in sides.values():
-            conn.send(None)
-            proc.join()
+            try:
+                conn.send(None)
+                proc.join(30)
+            except (BrokenPipeError, OSError):
+                pass
+            if proc.is_alive():
+                proc.terminate()
     tokens = B * T
     skip = 1 if n_steps > 2 else 0  # the first step pays one-time costs (allocation, compilation)
     step_time = {side: statistics.median(t[skip:]) for side, t in times.items()}

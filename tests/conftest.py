@@ -13,6 +13,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _malloc_as_it_is(monkeypatch):
+    """`clozelm train` and `study` run in process here: their memory setting would stay for every later test."""
+    from clozelm.training import runner
+    monkeypatch.setattr(runner, "reuse_freed_memory", lambda: False)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run faster on one thread, and far faster when other jobs share the cores."""

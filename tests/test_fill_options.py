@@ -121,6 +121,9 @@ def test_notes_are_returned_per_answer_not_printed(tok, capsys):
                                               r"the last (\d+)", answers[0].notes[0]).groups())
     assert kept == 40 - 1 - 4 and kept + before + after == sum(len(tok.encode(s)) for s in parse(text).segments)
     assert before > 0 and after > 0
+    # Cut on one side only, the note names that side alone.
+    note = fill("the dog ran home " * 24 + "the ___ sat down", model, top=1, precision="fp32")[0].notes[0]
+    assert re.search(r"nearest the blanks, not the first \d+$", note)
     answers[0].notes.append("mine")
     assert answers[1].notes != answers[0].notes  # each answer has its own list
     assert fill("the ___ sat down", model, top=1)[0].notes == []

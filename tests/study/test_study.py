@@ -207,3 +207,13 @@ def test_config_checks_each_value_in_one_line():
     assert StudyConfig(**base, preset="gpt2", seq_len=128).shape == {"n_layer": 12, "n_embd": 768, "n_head": 12,
                                                                      "seq_len": 128}
     assert StudyConfig(**base, tokens=10).steps == 1  # at least one step
+
+
+def test_the_command_line_study_reuses_memory_unless_told_not_to(tmp_path, corpus, monkeypatch):
+    import clozelm.study as study_package
+    seen = []
+    monkeypatch.setattr(study_package, "run_study", lambda config: seen.append(config) or {"summary": []})
+    for flags, expected in (([], True), (["--no-reuse-memory"], False)):
+        assert main(["study", str(corpus), "--out", str(tmp_path / "s"), *flags]) == 0
+        assert seen[-1].reuse_memory is expected
+        assert study_run.train_config(seen[-1], tmp_path / "run", "clm", 0).reuse_memory is expected

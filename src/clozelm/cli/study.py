@@ -63,6 +63,8 @@ def add_parser(sub) -> None:
     g.add_argument("--samples", type=int_in(2), default=4, metavar="N", help="mask rates per window for the masked-diffusion "
                                                                 "bound (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress lines")
+    p.add_argument("--no-reuse-memory", action="store_true",
+                   help="as clozelm train --no-reuse-memory: freed memory goes back to the system at once")
     p.add_argument("--report-only", action="store_true",
                    help="write the report of the runs finished so far (while the study runs on, too); train nothing")
     p.set_defaults(func=run)
@@ -77,7 +79,8 @@ def run(args) -> None:
                          batch_size=args.batch_size, lr=args.lr, locality_warmup=args.locality_warmup,
                          valid_every=args.valid_every, evals=args.evals, tasks=args.tasks, eval_limit=args.eval_limit or None,
                          eval_samples=args.samples, device=args.device, threads=args.threads,
-                         progress=not args.no_progress, report_only=args.report_only)
+                         progress=not args.no_progress, reuse_memory=not args.no_reuse_memory,
+                         report_only=args.report_only)
     results = run_study(config)
     labels = [f"{row['task']}: {row['label']}" for row in results["summary"]]
     width = max(map(len, labels), default=0)

@@ -91,7 +91,7 @@ def add_parser(sub) -> None:
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     g.add_argument("--no-reuse-memory", action="store_true",
                    help="let the C library hand freed memory back to the system at once (glibc's default) instead of "
-                        "keeping it for the next step; results are the same, steps slower")
+                        "keeping it for the next step (CPU runs); results are the same, steps slower")
     g.add_argument("--seed", type=int, metavar="N", help="seed for init, data order, masks and dropout (default 0)")
     g.add_argument("--device", choices=DEVICES, help="default auto: a CUDA GPU if there is one (a resumed run: the run's)")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores, or the run's own "

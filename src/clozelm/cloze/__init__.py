@@ -117,6 +117,7 @@ def _fit_context(model, template: Template, segments: list[list[int]], overhead:
     before, after = len(segments[0]) - left_keep, len(segments[-1]) - right_keep
     segments = [segments[0][before:], *segments[1:-1], segments[-1][:right_keep]] if len(segments) > 1 else segments
     kept = sum(map(len, segments))
+    left_out = " or ".join(f"the {side} {n}" for side, n in (("first", before), ("last", after)) if n)
     note = (f"text longer than the model's {n_ctx}-token context: the model read the {kept} tokens of text nearest "
-            f"the blanks, not the first {before} or the last {after}")
+            f"the blanks, not {left_out}")
     return segments, [note]

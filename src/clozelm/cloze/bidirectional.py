@@ -22,7 +22,7 @@ from .. import scoring
 from .blanks import Blank, whole_characters
 from .options import FillOptions
 
-MAX_CONFIGS = 27  # length combinations tried first for several word blanks at once (the shortest)
+MAX_CONFIGS = 27  # length combinations tried first for several word blanks (the shortest), and at most again
 
 
 class BidirectionalFiller:
@@ -38,19 +38,26 @@ class BidirectionalFiller:
     @torch.inference_mode()
     def fill(self, segments: list[list[int]], blanks: list[Blank]):
         options = [range(1, self.max_word_pieces + 1) if b.kind == "word" else [b.n_tokens] for b in blanks]
-        every = set(itertools.product(*options))
-        tried = sorted(every, key=sum)[:MAX_CONFIGS]
+        ordered = sorted(itertools.product(*options), key=lambda c: (sum(c), c))  # shortest first
+        tried = ordered[:MAX_CONFIGS]
         results = self._try(segments, blanks, tried)
         # Several word blanks have more length combinations than are tried above, and the ones left out are the
         # longest. Look around the best answer instead: each blank at each other length, the others as they are,
-        # for as long as that finds a better answer.
-        while results and len(tried) < len(every):
-            best_score, _, best = max(results, key=lambda r: r[0])
-            around = {best[:i] + (n,) + best[i + 1:] for i, lengths in enumerate(options) for n in lengths} - set(tried)
-            if not around:
+        # for as long as that finds a better answer (or, if nothing was found, the next shortest), trying at most
+        # MAX_CONFIGS more.
+        budget = MAX_CONFIGS
+        while budget > 0 and len(tried) < len(ordered):
+            if results:
+                best_score, _, best = max(results, key=lambda r: r[0])
+                around = {best[:i] + (n,) + best[i + 1:] for i, lengths in enumerate(options) for n in lengths}
+                more_configs = sorted(around - set(tried), key=lambda c: (sum(c), c))[:budget]
+            else:
+                best_score, more_configs = float("-inf"), [c for c in ordered if c not in set(tried)][:budget]
+            if not more_configs:
                 break
-            tried += sorted(around)
-            more = self._try(segments, blanks, sorted(around))
+            tried += more_configs
+            budget -= len(more_configs)
+            more = self._try(segments, blanks, more_configs)
             results += more
             if not more or max(r[0] for r in more) <= best_score:
                 break

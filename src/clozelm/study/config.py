@@ -64,6 +64,7 @@ class StudyConfig:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+    reuse_memory: bool = False  # TrainConfig.reuse_memory for every run (`clozelm study` sets it)
     report_only: bool = False  # write the report of the runs finished so far; train and evaluate nothing
 
     def __post_init__(self) -> None:
@@ -96,7 +97,7 @@ class StudyConfig:
             raise ClozelmError(f"locality_warmup must be a share of the steps in [0, 1], not {self.locality_warmup!r}")
         if self.device not in DEVICES:
             raise ClozelmError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        for name in ("progress", "report_only"):
+        for name in ("progress", "reuse_memory", "report_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ClozelmError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if self.shape["n_embd"] % self.shape["n_head"]:

@@ -277,6 +277,7 @@ def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, 
         **layers, n_positions=shape["seq_len"], seq_len=shape["seq_len"], batch_size=config.batch_size, steps=steps,
         lr=config.lr, seed=seed, locality_warmup=round(config.locality_warmup * steps), eval_every=every,
         eval_examples=EVAL_EXAMPLES, checkpoint_every=every, keep_best=False, progress=config.progress,
+        reuse_memory=config.reuse_memory,
         device=config.device, threads=config.threads)
 
 
@@ -309,7 +310,8 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
         os.symlink(os.path.join("..", "..", "tokens"), tokens)  # one token cache for every run
     if (run_dir / "run.json").is_file() and (run_dir / "checkpoint.pt").is_file():
         say(f"study: resuming {run_dir}")
-        run = train(TrainConfig(out=str(run_dir), resume=True, progress=config.progress))
+        run = train(TrainConfig(out=str(run_dir), resume=True, progress=config.progress,
+                                reuse_memory=config.reuse_memory))
     else:
         run = train(train_config(config, run_dir, objective, seed, overwrite=(run_dir / "run.json").exists()))
     if not run.complete:

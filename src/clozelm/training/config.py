@@ -81,8 +81,9 @@ class TrainConfig:
     overwrite: bool = _opt("session", "bool", value=False)  # start over in `out` (its token cache is kept)
     progress: bool = _opt("session", "bool", value=True)  # the per-step progress line (messages are printed anyway)
     stop_after: int | None = _opt("session", "int", lo=1)  # stop (with a checkpoint) after this many steps of this call
-    # keep freed memory in the process for the next step (glibc's malloc; results unchanged): see memory.py
-    reuse_memory: bool = _opt("session", "bool", value=True)
+    # CPU runs: keep freed memory in the process for the next step (glibc's malloc; results unchanged). A setting
+    # of the whole process that outlives the call, so off unless asked; `clozelm train` asks. See memory.py.
+    reuse_memory: bool = _opt("session", "bool", value=False)
 
     # ---- setup: the model and the data
     init: str | None = _opt("setup", "path")  # fine-tune this model (a name or path; train() takes it loaded)

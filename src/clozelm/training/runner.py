@@ -119,8 +119,6 @@ def train(config: TrainConfig, *, init: Model | None = None, callbacks: Iterable
     if config.init is not None and init is None and not config.resume:
         raise ClozelmError(f"init {config.init!r} is a name: pass the loaded model as train(config, init=...) "
                            "or call clozelm.train(config), which loads it")
-    if config.reuse_memory:
-        reuse_freed_memory()
     run_dir = Path(config.out)
     d = init_distributed(_group_device(config, run_dir))
     lock = rundir.RunLock(run_dir)
@@ -187,6 +185,8 @@ def _train(setup: _Setup, run_dir: Path, d: Dist, callbacks) -> Run:
         how = ", as the run started" if setup.numerics_recorded else ""
         trainer.progress.message(f"resuming {run_dir} at step {trainer.step}/{cfg.steps} "
                                  f"({num.describe(setup.numerics)}{how})")
+    if cfg.reuse_memory and setup.numerics.device == "cpu":
+        reuse_freed_memory()
     stopped = trainer.fit(stop_after=cfg.stop_after)
     if stopped is None and d.main:
         best_step = trainer.load_best_weights()
