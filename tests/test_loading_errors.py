@@ -382,3 +382,12 @@ def test_safetensors_written_by_clozelm_read_back_exactly(tmp_path):
     assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
     with safe_open(tmp_path / "x.safetensors", "pt") as f:
         assert f.metadata() == {"format": "pt"}
+
+
+def test_a_tokenizer_is_a_directory_or_an_embedded_models_name(tmp_path, monkeypatch):
+    from clozelm.loading import DEFAULTS_DIR, tokenizer_dir
+    monkeypatch.chdir(tmp_path)
+    assert tokenizer_dir("default") == DEFAULTS_DIR / "default"
+    (tmp_path / "default").mkdir()  # a directory of that name, where the user is, is what they mean
+    assert tokenizer_dir("default") == Path("default")
+    assert tokenizer_dir("no-such-thing") == Path("no-such-thing")  # loading it says it is not found

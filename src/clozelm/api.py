@@ -67,8 +67,14 @@ def attention_map(text: str, model: str | Path | Model = "default", **options):
 
 def train(config):
     """Run a training described by a `clozelm.TrainConfig` (a new run, or `resume=True`); returns the Run."""
+    from dataclasses import replace
+
+    from .loading import tokenizer_dir
+    from .training import TrainConfig
     from .training import train as _train
     init = None if getattr(config, "init", None) is None or getattr(config, "resume", False) else load(config.init)
+    if isinstance(config, TrainConfig) and config.tokenizer is not None:  # a directory, or an embedded model's name
+        config = replace(config, tokenizer=str(tokenizer_dir(config.tokenizer)))
     return _train(config, init=init)
 
 

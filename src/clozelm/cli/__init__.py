@@ -128,9 +128,10 @@ def cmd_convert(args) -> None:
 
 
 def _tokenizer_for(args):
+    from ..loading import tokenizer_dir
     from ..tokenizers import load_tokenizer
     if args.tokenizer:
-        return load_tokenizer(Path(args.tokenizer))
+        return load_tokenizer(tokenizer_dir(args.tokenizer))
     from ..api import load
     model = load(args.model)
     if model.tokenizer is None:
@@ -247,7 +248,7 @@ def add_parser(sub) -> None:
     p.add_argument("text", nargs="?", help="text (or - / omitted for stdin)")
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="model whose tokenizer to use (default: %(default)s)")
-    p.add_argument("--tokenizer", help="a tokenizer directory instead of a model")
+    p.add_argument("--tokenizer", help="a tokenizer directory (or an embedded model's name) instead of a model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 

@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
     g.add_argument("--overwrite", action="store_true", help="start over in an existing RUN_DIR (its token cache is kept)")
     g = p.add_argument_group("model")
     g.add_argument("--init", metavar="PATH_OR_NAME", help="start from this model (fine-tuning) instead of random weights")
-    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (required unless --init has one)")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory, or an embedded model's name for its "
+                   "tokenizer (default, default-fim, default-bert); required unless --init has one")
     g.add_argument("--objective", choices=OBJECTIVES, help="clm (default for causal models), mlm (BERT; default for "
                    "bidirectional models), fim (fill-in-the-middle, causal), hybrid (GPT-BERT: causal and masked "
                    "rows in one causal model) or mdlm (masked diffusion, bidirectional)")
