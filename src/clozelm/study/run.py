@@ -61,8 +61,9 @@ STUDY_VERSION = 1
 EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds is the training's
 # Per task: raised when the evaluation code changes what the task's figures are, so a continued study evaluates
 # it again (3: the masked-diffusion bound drawn as k of n hidden, for ppl and for pairs scored by the bound;
-# lastword 3: fill's final ranking prices in that a word blank ends the text).
-EVAL_VERSIONS = {"ppl": 3, "lastword": 3, "cloze": 2, "pairs": 3, "probe": 2}
+# lastword 3: fill's final ranking prices in that a word blank ends the text; lastword 4 and cloze 3: fill's
+# beam keeps distinct spellings, a masked LM's answers are whole characters).
+EVAL_VERSIONS = {"ppl": 3, "lastword": 4, "cloze": 3, "pairs": 3, "probe": 2}
 HELD_OUT_TASKS = ("ppl", "lastword", "cloze")  # the tasks that read the held-out split (pairs and probe: their own data)
 EVAL_EXAMPLES = 128  # held-out windows per evaluation during training (the loss curves)
 LOSS_PLOT, ACCURACY_PLOT, CLOZE_PLOT = "loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"
