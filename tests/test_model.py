@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import transformers
 
 from clozelm.errors import ClozelmError
-from clozelm.model import PRESETS, ModelConfig, Transformer
+from clozelm.model import PRESETS, ModelConfig, Transformer, fused
 
 
 def count(model):
@@ -155,7 +155,7 @@ def test_packed_inference_weights_follow_every_weight_change(monkeypatch):
     assert bf16.dtype == torch.bfloat16 and (bf16.float() - after).abs().max() < 0.1
 
 
-def test_autocast_inference_casts_each_weight_once_and_gives_autocast_s_numbers(monkeypatch):
+def test_autocast_inference_casts_each_weight_once_and_gives_the_training_pass_s_numbers(monkeypatch):
     from clozelm.model import packed
 
     model = Transformer(ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)).eval()
@@ -170,7 +170,7 @@ def test_autocast_inference_casts_each_weight_once_and_gives_autocast_s_numbers(
         return out
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.enable_grad():
-            reference = model(ids).logits  # with grad: autocast casts the weights itself, at every use
+            reference = model(ids).logits  # with grad: the weights are cast at every use
         monkeypatch.setattr(torch.Tensor, "to", counting)
         first = model(ids).logits
         n_first = len(casts)
@@ -344,3 +344,71 @@ def test_the_causal_switch_overrides_the_config_for_one_pass():
         assert not torch.allclose(causal(ids, causal=False).logits, plain, atol=1e-3)
     with pytest.raises(ValueError, match="KV cache"):
         causal(ids, cache=causal.new_cache(3), causal=False)
+
+
+def _bf16_layer(n_in=96, n_out=160, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 50, n_in, generator=g).to(torch.bfloat16)
+    w = (torch.randn(n_out, n_in, generator=g) * 0.15).to(torch.bfloat16)
+    b = (torch.randn(n_out, generator=g) * 0.5).to(torch.bfloat16)
+    return x, w, b
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.parametrize("activation", [None, *fused.POST_OPS])
+def test_fused_bf16_product_is_rounded_once_from_the_exact_value(activation):
+    x, w, b = _bf16_layer()
+    exact = fused.activate(F.linear(x.double(), w.double(), b.double()), activation)
+    rounded_once = exact.to(torch.bfloat16)
+    plain = fused.activate(F.linear(x, w, b), activation)
+    got = fused.linear(x, w, b, activation)
+    assert got.dtype == torch.bfloat16 and got.shape == plain.shape
+    ulp = torch.finfo(torch.bfloat16).eps * exact.abs().clamp(min=1e-2)
+    assert ((got.double() - exact).abs() <= ulp).all()  # within one bf16 step of the exact value everywhere
+    same = (got == rounded_once).float().mean()
+    assert same >= 0.99 and same >= (plain == rounded_once).float().mean()  # never less exact than the plain path
+    if activation in (None, "relu"):  # nothing between the product and the rounding: exactly the plain path
+        assert torch.equal(got, plain)
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.parametrize("activation", [None, *fused.POST_OPS])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_bf16_product_has_the_plain_path_s_gradients(activation, bias):
+    x, w, b = _bf16_layer(seed=1)
+    b = b if bias else None
+    grad_out = torch.randn(3, 50, 160, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    grads = []
+    for use_fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        layer_b = leaves[2] if bias else None
+        y = fused.linear(*leaves[:2], layer_b, activation) if use_fused else fused.activate(F.linear(*leaves[:2], layer_b), activation)
+        y.backward(grad_out)
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):  # the same formulas on the same bf16 pre-activation, recomputed
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_linear_layers_take_the_fused_product_for_bf16_on_the_cpu_only(monkeypatch):
+    calls = []
+    real = fused._product
+    monkeypatch.setattr(fused, "_product", lambda *a: calls.append(a[3]) or real(*a))
+    config = ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=4)
+    ids = torch.randint(0, 50, (2, 7))
+    model = Transformer(config).train()
+    model(ids).logits.sum().backward()  # fp32: torch's own product and GELU
+    assert calls == []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids).logits.sum().backward()  # autocast's bf16 products, for training and inference alike
+    if not fused.AVAILABLE:
+        assert calls == []
+        return
+    # c_attn, attn.c_proj, mlp.c_fc with its GELU, mlp.c_proj, the output projection; then the backward
+    # recomputes c_fc's pre-activation
+    assert calls == [None, None, "gelu_tanh", None, None, None]
+    assert model.h[0].mlp.c_fc.weight.grad.dtype == torch.float32
+    calls.clear()
+    model.to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model(ids)
+    assert calls == [None, None, "gelu_tanh", None, None]  # inference on bf16 weights: the packed copies, fused

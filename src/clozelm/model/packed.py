@@ -27,6 +27,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from . import fused
+
 _cache: "weakref.WeakKeyDictionary[object, tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 _packed_bytes = [0]
 PACK_ROWS = 4  # input rows oneDNN tunes the layout for: one token or a short draft (4 measured best of 1-16)
@@ -223,26 +225,36 @@ def _has_amx() -> bool:
 PACK_FP32 = os.environ.get("CLOZELM_PACK_FP32", "0" if _has_amx() else "1") != "0"
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object) -> torch.Tensor:
-    """F.linear(x, weight, bias), through the packed copy of `weight` (cached on `owner`) when that is safe."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object,
+           activation: str | None = None) -> torch.Tensor:
+    """activation(F.linear(x, weight, bias)), through the packed copy of `weight` (cached on `owner`) when that is
+    safe, and with the bias and activation inside oneDNN's product where the product is bf16 (model/fused.py)."""
     kind = getattr(owner, "weight_format", None)
     if kind is not None and QUANTIZED.get(kind) and x.device.type == "cpu" and not torch.is_grad_enabled():
         y = _quantized_linear(x, weight, bias, owner, kind)
         if y is not None:
-            return y
-    if (not torch.is_grad_enabled() and weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
+            return fused.activate(y, activation)
+    if (weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        # Under inference mode autocast casts the weight to bf16 at every call: hand it the same cast, made once.
-        parts = _quantized(owner, weight, AUTOCAST_BF16)
-        if parts is not None:
-            return _plain_linear(x, parts[0], bias)
+        # autocast's bf16 product, made here so that it can take the fused one. Under inference mode autocast
+        # casts the weight to bf16 at every call: hand it the same cast, made once.
+        parts = None if torch.is_grad_enabled() else _quantized(owner, weight, AUTOCAST_BF16)
+        w = weight.to(torch.bfloat16) if parts is None else parts[0]
+        x, b = x.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
+        if fused.AVAILABLE and not torch.compiler.is_compiling():
+            return fused.linear(x, w, b, activation)
+        return fused.activate(_plain_linear(x, w, b), activation)
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dtype == weight.dtype and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and PACK_FP32))
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):
         packed = _packed(owner, weight)
         if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    return _plain_linear(x, weight, bias)
+            if weight.dtype == torch.bfloat16 and fused.AVAILABLE:
+                return fused.linear(x, packed, bias, activation)
+            return fused.activate(torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""), activation)
+    if fused.applies(x, weight, bias):
+        return fused.linear(x, weight, bias, activation)
+    return fused.activate(_plain_linear(x, weight, bias), activation)
 
 
 def _plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -255,7 +267,8 @@ def _plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 class Linear(torch.nn.Linear):
-    """nn.Linear (same parameters, same state dict) that takes the packed path in CPU inference."""
+    """nn.Linear (same parameters, same state dict) that takes the packed path in CPU inference and the fused
+    product for bf16 on the CPU; `activation` (a name of model/fused.py) is applied to its output."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self)
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self, activation)

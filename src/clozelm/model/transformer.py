@@ -73,16 +73,6 @@ class KVCache:
         return out
 
 
-def _activation(name: str):
-    if name == "gelu_tanh":
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "gelu":
-        return F.gelu
-    if name == "silu":
-        return F.silu
-    return F.relu
-
-
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight. Normalised in fp32 and cast back before the weight, as HF's Llama
     does, so bf16 models keep the reference numerics."""
@@ -220,12 +210,12 @@ class MLP(nn.Module):
         self.c_fc = Linear(config.n_embd, config.mlp_width, bias=config.bias)
         self.c_gate = Linear(config.n_embd, config.mlp_width, bias=config.bias) if config.mlp == "gated" else None
         self.c_proj = Linear(config.mlp_width, config.n_embd, bias=config.bias)
-        self.act = _activation(config.activation)
+        self.activation = config.activation  # applied by the Linear layer that feeds it (model/fused.py)
 
     def forward(self, x):
         if self.c_gate is not None:
-            return self.c_proj(self.act(self.c_gate(x)) * self.c_fc(x))
-        return self.c_proj(self.act(self.c_fc(x)))
+            return self.c_proj(self.c_gate(x, self.activation) * self.c_fc(x))
+        return self.c_proj(self.c_fc(x, self.activation))
 
 
 class Block(nn.Module):
@@ -256,12 +246,12 @@ class MLMHead(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.dense = Linear(config.n_embd, config.n_embd)
-        self.act = _activation(config.activation)
+        self.activation = config.activation
         self.ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def features(self, h):
-        return self.ln(self.act(self.dense(h)))
+        return self.ln(self.dense(h, self.activation))
 
     def forward(self, h, wte):
         return packed.linear(self.features(h), wte, self.bias, self)
