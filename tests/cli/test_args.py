@@ -102,6 +102,7 @@ def one_line(code, err, fragment):
     (["generate", "Hello", "--beams", "2", "--temperature", "0.8", "--seed", "1"],
      "leave out --temperature, --seed"),
     (["generate", "Hello", "--stop", ""], "--stop needs a non-empty string"),
+    (["generate", "Hello", "--stop", os.fsdecode(b"\xff")], "--stop '\\udcff' is not UTF-8 text"),  # a byte 0xff
     (["eval", "default", "--tasks", "pairs", "--lambada", "x.jsonl"], "--lambada is read by the lastword task"),
     (["fill", "the ___", "-f", "x.txt"], "not both"),
     (["heads", "the cat", "--json"], "--json changes --report/--syntax output, and none is asked for"),

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .args import DTYPES, float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
+from .args import DTYPES, _checked, float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
 from ..errors import ClozelmError
 from ..files import check_writable_dir, expand_inputs
 
@@ -75,6 +75,8 @@ def cmd_generate(args) -> None:
                            f"{', '.join(sampling_flags)}")
     if args.stop and not all(args.stop):
         raise ClozelmError("--stop needs a non-empty string (an empty one would stop before the first token)")
+    for stop in args.stop or []:  # one that is not UTF-8 could never match the text generated
+        _checked(stop, f"--stop {stop!r}")
     prompt = read_text_arg(args)
     # bf16 weights halve the bytes read per token: decoding is bound by exactly that
     model = cached_load(args.model, dtype="bf16" if args.bf16 else args.dtype)
@@ -204,7 +206,7 @@ def add_parser(sub) -> None:
                        epilog='examples:\n  clozelm generate "It was a dark and stormy night"\n'
                               '  clozelm generate "Once upon a time" --temperature 0.8 --top-k 40 --seed 3 --stop "."\n'
                               '  clozelm generate "The king said" --beams 4 --max-tokens 20')
-    p.add_argument("text", nargs="?", help="prompt (or - / omitted for stdin)")
+    p.add_argument("text", nargs="?", help="prompt (or - / omitted for stdin; an empty prompt starts a new document)")
     p.add_argument("-f", "--file", help="read the prompt from FILE")
     p.add_argument("--model", default="default")
     p.add_argument("--max-tokens", type=positive_int, default=64)
