@@ -1,5 +1,7 @@
 """The network's configuration switches and presets, against transformers' own models of the same config."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -412,3 +414,16 @@ def test_linear_layers_take_the_fused_product_for_bf16_on_the_cpu_only(monkeypat
     with torch.no_grad():
         model(ids)
     assert calls == [None, None, "gelu_tanh", None, None]  # inference on bf16 weights: the packed copies, fused
+
+
+def test_the_fused_product_can_be_turned_off():
+    import subprocess
+    import sys
+
+    from clozelm.model import packed
+
+    code = "from clozelm.model import fused, packed; print(fused.AVAILABLE, packed.AVAILABLE)"
+    for setting in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CLOZELM_FUSED_LINEAR": setting},
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out == [str(setting == "1" and fused.AVAILABLE), str(packed.AVAILABLE)]

@@ -14,10 +14,13 @@ pre-activation, then the products), so only the forward values change, and only 
 
 Used only where it applies: CPU, bf16 input and weight, a oneDNN build that has the fused product, not under
 autocast (whose dtype choice a custom function would bypass) and not while torch.compile traces (inductor
-fuses on its own). Everything else takes F.linear and the activation one after the other.
+fuses on its own). Everything else takes F.linear and the activation one after the other, as does everything
+when the environment sets `CLOZELM_FUSED_LINEAR=0`.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +61,8 @@ def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a
 
 
 def _available() -> bool:
+    if os.environ.get("CLOZELM_FUSED_LINEAR", "1") == "0":
+        return False
     try:
         if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             return False
