@@ -8,8 +8,9 @@ the same weights (transformers' random init, copied into clozelm through save_pr
 use the same dropout, the same AdamW hyperparameters and decay groups, and the same learning-rate warm-up;
 after the loss-check steps their losses must agree within 1%.
 
-    clozelm    the trainer's default step: bf16 weights with fp32 master copies, the vocabulary projection
-               fused into the cross-entropy, fused AdamW (--precision / --no-fused-loss: the other paths)
+    clozelm    the trainer's default step: bf16 weights with fp32 master copies, each Linear layer's bias and
+               GELU inside oneDNN's product (CLOZELM_FUSED_LINEAR=0: apart), the vocabulary projection fused
+               into the cross-entropy, fused AdamW (--precision / --no-fused-loss: the other paths)
     reference  transformers GPT2LMHeadModel, fp32, torch AdamW with its default implementation
 
 Each side runs with its own process settings: clozelm's as `clozelm train` sets them (it keeps freed memory
