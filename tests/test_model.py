@@ -376,19 +376,87 @@ def test_fused_bf16_product_is_rounded_once_from_the_exact_value(activation):
 @pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
 @pytest.mark.parametrize("activation", [None, *fused.POST_OPS])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_bf16_product_has_the_plain_path_s_gradients(activation, bias):
+@pytest.mark.parametrize("wanted", ["all", "input", "weights"])
+def test_fused_bf16_product_has_the_plain_path_s_gradients(activation, bias, wanted):
     x, w, b = _bf16_layer(seed=1)
-    b = b if bias else None
     grad_out = torch.randn(3, 50, 160, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     grads = []
     for use_fused in (True, False):
-        leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        leaves = [t.clone() for t in (x, w, b)]
+        for i, t in enumerate(leaves):
+            t.requires_grad_(wanted == "all" or (wanted == "input") == (i == 0))
         layer_b = leaves[2] if bias else None
-        y = fused.linear(*leaves[:2], layer_b, activation) if use_fused else fused.activate(F.linear(*leaves[:2], layer_b), activation)
+        if use_fused:
+            y = fused.linear(leaves[0], leaves[1], layer_b, activation)
+        else:
+            y = fused.activate(F.linear(leaves[0], leaves[1], layer_b), activation)
         y.backward(grad_out)
         grads.append([t.grad for t in leaves])
     for got, want in zip(*grads):  # the same formulas on the same bf16 pre-activation, recomputed
-        assert got.dtype == want.dtype and torch.equal(got, want)
+        assert (got is None) == (want is None)
+        assert got is None or (got.dtype == want.dtype and torch.equal(got, want))
+    assert grads[0][0] is not None or wanted == "weights"
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+def test_under_autocast_fp32_layers_get_autocast_s_gradients(monkeypatch):
+    from clozelm.model import packed
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 20, 48, generator=g)
+    grad_out = torch.randn(4, 20, 64, generator=g).to(torch.bfloat16)
+    grads, outputs = [], []
+    for use_fused in (True, False):
+        monkeypatch.setattr(fused, "AVAILABLE", use_fused)
+        torch.manual_seed(0)
+        layer = packed.Linear(48, 64).train()
+        inputs = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(inputs, "gelu_tanh")  # use_fused False: torch's autocast F.linear, then its GELU
+        y.backward(grad_out)
+        outputs.append(y.detach())
+        grads.append([inputs.grad, layer.weight.grad, layer.bias.grad])
+    for got, want in zip(*grads):
+        assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want)
+    assert outputs[0].dtype == outputs[1].dtype == torch.bfloat16
+    assert (outputs[0].float() - outputs[1].float()).abs().max() <= 2 ** -7 * outputs[1].float().abs().max()
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+def test_fused_product_refuses_a_second_derivative():
+    x, w, b = (t.requires_grad_() for t in _bf16_layer())
+    y = fused.linear(x, w, b, "gelu_tanh")
+    (grad_x,) = torch.autograd.grad(y.float().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):  # never a silently wrong second derivative
+        grad_x.float().sum().backward()
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.parametrize("switches", [dict(), dict(mlp="gated", activation="silu", norm="rmsnorm", positions="rope", bias=False),
+                                      dict(causal=False, pre_ln=False, activation="gelu", head="mlm")])
+def test_bf16_models_with_and_without_the_fused_product_agree(switches, monkeypatch):
+    config = ModelConfig(vocab_size=64, n_positions=32, n_embd=48, n_layer=2, n_head=4, **switches)
+    torch.manual_seed(0)
+    model = Transformer(config).to(torch.bfloat16)
+    ids = torch.randint(0, 64, (2, 12))
+    results = {}
+    for use_fused in (True, False):
+        monkeypatch.setattr(fused, "AVAILABLE", use_fused)
+        model.zero_grad()
+        logits = model(ids).logits
+        logits.float().square().mean().backward()
+        with torch.no_grad():
+            inference = model.eval()(ids).logits  # the packed weights' path
+        model.train()
+        results[use_fused] = (logits.detach().float(), inference.float(),
+                              [p.grad.float() for p in model.parameters() if p.grad is not None])
+    (train_a, infer_a, grads_a), (train_b, infer_b, grads_b) = results[True], results[False]
+    scale = train_b.abs().max()
+    assert (train_a - train_b).abs().max() < 0.05 * scale and (infer_a - infer_b).abs().max() < 0.05 * scale
+    assert torch.equal(train_a, infer_a)  # training and inference passes compute the same function
+    assert len(grads_a) == len(grads_b)
+    for a, b in zip(grads_a, grads_b):
+        assert (a - b).norm() <= 0.05 * b.norm() + 1e-6
 
 
 def test_linear_layers_take_the_fused_product_for_bf16_on_the_cpu_only(monkeypatch):

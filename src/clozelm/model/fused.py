@@ -5,16 +5,17 @@ it, and its GELU is a separate pass over the layer's widest tensor whose tanh is
 step of the default model the GELU forward cost about as much as the product that feeds it. oneDNN applies both
 to the product's fp32 accumulators as it writes them out ("post-ops"). That is also more exact: the activation
 sees the unrounded pre-activation and rounds once, where the plain path rounds the pre-activation to bf16,
-computes the activation from that and rounds again (tests/test_model.py measures both against fp32).
+computes the activation from that and rounds again (tests/test_model.py measures both against float64).
 
 The backward recomputes the pre-activation with a second product instead of keeping it from the forward pass:
 one product costs less than writing the [tokens, 4 D] tensor out and reading it back, and it is memory the step
 no longer holds. The gradients are the plain path's formulas (torch's own activation backward on the bf16
 pre-activation, then the products), so only the forward values change, and only in the last bf16 place.
 
-Used only where it applies: CPU, bf16 input and weight, a oneDNN build that has the fused product, not under
-autocast (whose dtype choice a custom function would bypass) and not while torch.compile traces (inductor
-fuses on its own). Everything else takes F.linear and the activation one after the other, as does everything
+Used only where it applies: CPU, bf16 input and weight, a oneDNN build that has the fused product, and not while
+torch.compile traces (inductor fuses on its own). `applies` says no under autocast, whose dtype choice a custom
+function would bypass: model/packed.py makes autocast's casts itself (x, weight and bias to bf16) and then calls
+`linear`. Everything else takes F.linear and the activation one after the other, as does everything
 when the environment sets `CLOZELM_FUSED_LINEAR=0`.
 """
 
@@ -93,6 +94,7 @@ class _FusedLinear(torch.autograd.Function):
         return _product(x, weight, bias, activation)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the fused product has no derivative of its own
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
         if ctx.activation is not None:

@@ -13,7 +13,8 @@ the weights it packs, so packing stops once packed copies would take more than a
 
 Under bf16 autocast (fill, eval, the validation passes of training) an fp32 weight is cast to bf16 once and the
 copy kept the same way: autocast's own cache of such casts lasts one autocast region and is off under inference
-mode, where fill and eval run, so it cast every weight again at every forward pass. The numbers are autocast's own.
+mode, where fill and eval run, so it cast every weight again at every forward pass. The numbers are a training
+pass's under autocast: the same casts, and the bias and activation inside the product (model/fused.py).
 
 Fewer bytes still: `use_quantized_weights` gives the products int8 or int4 copies of the weights (torch's
 weight-only CPU kernels, which dequantise inside the product), made and cached the same way.
