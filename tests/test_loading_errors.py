@@ -299,6 +299,25 @@ def test_a_pickle_that_asks_to_run_code_is_explained_without_torch_warnings(gpt2
 
 # ---------------------------------------------------------------- issue 18 items 8, 17: convert writes all or nothing
 
+@pytest.mark.parametrize("stale", ["tokenizer.json", "vocab.txt", "model.safetensors.index.json"])
+def test_convert_over_another_kind_of_model_leaves_no_file_of_the_old_one(tmp_path, capsys, stale):
+    out = tmp_path / "out"
+    assert in_process(["convert", "default", out], capsys)[0] == 0
+    (out / stale).write_text("{}")  # as another model's converted directory has (a Llama tokenizer, BERT's vocab)
+    (out / "notes.txt").write_text("the user's")
+    code, err = in_process(["convert", "default", out, "--overwrite"], capsys)
+    assert code == 0, err
+    assert not (out / stale).exists() and (out / "notes.txt").read_text() == "the user's"
+    loaded = clozelm.load(str(out))
+    assert loaded.tokenizer.encode("The cat sat.") == clozelm.load("default").tokenizer.encode("The cat sat.")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / stale).write_text("{}")
+    code, err = in_process(["convert", "default", other], capsys)  # none of its own files in the way, only that one
+    assert code == 2 and stale in err and "--overwrite" in err, err
+    assert [p.name for p in other.iterdir()] == [stale] and (other / stale).read_text() == "{}"
+
+
 USER_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
               "tokenizer_config.json", "special_tokens_map.json"]
 

@@ -509,6 +509,12 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
             tokenizer.save_pretrained(staging)
         names = sorted({"config.json", "model.safetensors", *(p.name for p in staging.iterdir())})
         _check_targets(out, names, overwrite)
+        # Files a loader would read beside the new ones (another model's tokenizer.json, a weight index): left
+        # there, they would make the directory a mixture that does not load.
+        stale = [name for name in MODEL_DIR_FILES if name not in names and os.path.lexists(out / name)]
+        if stale and not overwrite:
+            raise ClozelmError(f"{out} holds another model's {', '.join(stale)}; choose a new directory or pass "
+                               "--overwrite (overwrite=True), which removes them")
         tensor_io.write_safetensors(to_hf(model), staging / "model.safetensors", metadata={"format": "pt"})
         tensor_io.atomic_write_text(staging / "config.json", hf_config)
         for name in names:
@@ -516,6 +522,8 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
             if target.is_file() and not target.is_symlink():  # a replaced file keeps the permissions it had
                 os.chmod(staging / name, target.stat().st_mode & 0o7777)
             os.replace(staging / name, target)
+        for name in stale:
+            os.remove(out / name)
         fsync_dir(out)
         done = True
     except OSError as e:
@@ -554,13 +562,20 @@ def _make_dirs(out: Path) -> list[Path]:
     return created
 
 
+# Every file a model directory's loader reads (weights, their index, any kind of tokenizer's files).
+MODEL_DIR_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "encoder.json", "vocab.bpe", "vocab.txt")
+
+
 def _check_targets(out: Path, names: list[str], overwrite: bool) -> None:
     in_the_way = [name for name in names if (out / name).is_dir()]
     if in_the_way:
         raise ClozelmError(f"{out / in_the_way[0]} is a directory; it is in the way of the file clozelm would write")
     clobbered = [name for name in names if os.path.lexists(out / name)]
     if clobbered and not overwrite:
-        raise ClozelmError(f"refusing to overwrite {', '.join(clobbered)} in {out} (pass overwrite=True / --overwrite)")
+        raise ClozelmError(f"refusing to overwrite {', '.join(clobbered)} in {out}; choose a new directory or pass "
+                           "--overwrite (overwrite=True)")
 
 
 def is_hf_dir(path: Path) -> bool:
