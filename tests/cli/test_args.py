@@ -102,6 +102,14 @@ def one_line(code, err, fragment):
     (["generate", "Hello", "--beams", "2", "--temperature", "0.8", "--seed", "1"],
      "leave out --temperature, --seed"),
     (["generate", "Hello", "--stop", ""], "--stop needs a non-empty string"),
+    # an empty path would be the current directory to pathlib: `convert default ""` wrote a model into it
+    (["convert", "default", ""], "the output path is empty"),
+    (["eval", "default", "--tasks", "ppl", "x.txt", "--out", ""], "the output path is empty"),
+    (["tokenize", "x", "--tokenizer", ""], "the --tokenizer path is empty"),
+    (["fill", "the ___", "--model", " "], "the model name or path is empty"),
+    (["info", ""], "the model name or path is empty"),
+    (["heads", "the cat", "--png", "0.0", ""], "the --png file is empty"),
+    (["train", "", "--out", "run"], "the input path is empty"),
     (["generate", "Hello", "--stop", os.fsdecode(b"\xff")], "--stop '\\udcff' is not UTF-8 text"),  # a byte 0xff
     (["eval", "default", "--tasks", "pairs", "--lambada", "x.jsonl"], "--lambada is read by the lastword task"),
     (["fill", "the ___", "-f", "x.txt"], "not both"),

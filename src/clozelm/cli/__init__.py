@@ -389,6 +389,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         try:
             args = parser.parse_args(argv)
+            _refuse_empty_paths(args)
             args.func(args)
             code = 0
         except SystemExit as exit_:  # argparse after --help or a bad option (Parser.error), a command's own status
@@ -412,6 +413,25 @@ def _run(argv: list[str] | None) -> int:
     except OSError as e:  # a file the command reads or writes; a command should have said which, this is the net
         where = f"{e.filename}: " if e.filename else ""
         return _error(f"{where}{e.strerror or type(e).__name__}")
+
+
+# Arguments that name a file, a directory or a model, in every command, as a message names them: an empty one
+# would mean the current directory to pathlib (`convert default ""` would write a model into it).
+_PATH_ARGUMENTS = {"model": "model name or path", "compare": "--compare model", "init": "--init model",
+                   "tokenizer": "--tokenizer path", "out": "output path", "file": "input file", "report": "--report folder",
+                   "syntax": "--syntax file", "lambada": "--lambada file", "pairs": "--pairs file",
+                   "probe": "--probe folder", "files": "input path", "valid": "--valid path", "corpus": "corpus path",
+                   "png": "--png file", "svg": "--svg file"}
+
+
+def _refuse_empty_paths(args) -> None:
+    for name, what in _PATH_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        for item in value if isinstance(value, list) else [value]:
+            path = item[-1] if isinstance(item, (list, tuple)) else item  # --png/--svg: (LAYER.HEAD, PATH)
+            if isinstance(path, str) and not path.strip():
+                raise ClozelmError(f"the {what} is empty ({path!r}); give a path"
+                                   + (" or a model name" if "model" in what or name == "tokenizer" else ""))
 
 
 def _error(message: str) -> int:
