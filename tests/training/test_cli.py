@@ -99,6 +99,21 @@ def test_refuses_to_clobber_a_run_dir(tmp_path, corpus, bpe_dir, capsys):
     one_line_error(rc, err, "no run to resume")
 
 
+def test_overwrite_with_text_too_short_for_a_sequence_leaves_the_old_run(tmp_path, corpus, bpe_dir, capsys):
+    run = tmp_path / "run"
+    args = ["--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "2", "--precision", "fp32"]
+    rc, err = cli([corpus, *args], capsys)
+    assert rc == 0, err
+    assert err.count("tokenizing") == 1  # the tokens made before the tokenizer's copy is saved are the ones used
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file() and p.name != "train.lock"}
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.")
+    rc, err = cli([short, *args, "--overwrite"], capsys)
+    one_line_error(rc, err, "fewer than one sequence")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file() and p.name != "train.lock"} == before
+    assert (run / "model" / "model.safetensors").is_file() and (run / "run.json").is_file()
+
+
 def test_a_run_inside_its_corpus_folder_reads_only_the_corpus(tmp_path, corpus, bpe_dir, capsys):
     # The run writes binary files (checkpoint.pt, best.pt, loss_curve.png) into a folder the next run reads.
     data = tmp_path / "data"

@@ -327,14 +327,16 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
         raise ClozelmError(f"cannot create {run_dir}: {e.strerror}") from None
     lock.acquire()
     rundir.check_new_run_dir(run_dir, config.overwrite)  # again, now that no other process can change it
-    rundir.clear_for_new_run(run_dir)
-    tok.save_pretrained(run_dir / rundir.TOKENIZER_DIR)
-    tok = load_tokenizer(run_dir / rundir.TOKENIZER_DIR)  # the copy every rank and every resume will use
+    # Tokenized into the token cache (which --overwrite keeps) and checked before the previous run is removed:
+    # a command that fails on its text leaves that run as it was.
     data = build_token_cache(run_dir / rundir.TOKENS_DIR, checked, tok)
-    # Checked before run.json exists, so the directory stays a set-up that the corrected command may use.
     if len(data.train.windows(cfg.seq_len + objective.extra_tokens, cfg.seq_len)) == 0:
         raise ClozelmError(f"the training split has {data.train.n_tokens} tokens, fewer than one sequence of "
                            f"{cfg.seq_len + objective.extra_tokens}; use more text or a smaller --seq-len")
+    rundir.clear_for_new_run(run_dir)
+    tok.save_pretrained(run_dir / rundir.TOKENIZER_DIR)
+    tok = load_tokenizer(run_dir / rundir.TOKENIZER_DIR)  # the copy every rank and every resume will use
+    data = build_token_cache(run_dir / rundir.TOKENS_DIR, checked, tok)  # the same tokens, found by their key
     settings = {
         "version": SETTINGS_VERSION,
         "train": cfg.recipe(),
