@@ -46,15 +46,21 @@ def can_generate(model) -> bool:
     return bool(model.config.causal and model.config.head is not None and tok is not None and tok.lossless)
 
 
-def _window(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int]:
-    """Keep the end of a prompt that, with the new tokens, would not fit the context."""
+def _check_model_and_budget(model, max_new_tokens: int) -> None:
     if not model.config.causal or model.config.head is None:
         raise ClozelmError("generation needs a causal language model (this one is bidirectional or headless: use fill)")
+    n_ctx = model.config.n_positions
+    if max_new_tokens >= n_ctx:
+        raise ClozelmError(f"cannot generate {max_new_tokens} tokens with a {n_ctx}-token context (at most "
+                           f"{n_ctx - 1}, which leaves one token of the prompt)")
+
+
+def _window(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int]:
+    """Keep the end of a prompt that, with the new tokens, would not fit the context."""
+    _check_model_and_budget(model, max_new_tokens)
     if not prompt_ids:
         raise ClozelmError("empty prompt")
     n_ctx = model.config.n_positions
-    if max_new_tokens >= n_ctx:
-        raise ClozelmError(f"cannot generate {max_new_tokens} tokens with a {n_ctx}-token context")
     keep = n_ctx - max_new_tokens
     dropped = max(0, len(prompt_ids) - keep)
     if dropped:  # said, as fill and heads say it: the continuation follows only the end of the prompt
@@ -188,10 +194,12 @@ def beam_search(model, prompt_ids: list[int], beams: int = 4, max_new_tokens: in
 
 def stream_text(model, prompt: str, sampling: Sampling | None = None, stop: list[str] = (),
                 beams: int = 1) -> Iterator[str]:
-    """Yields text pieces as tokens arrive. Bytes of a character split across tokens are held back until
-    it is complete; text that might be the start of a stop string is held back until it is not."""
+    """Text pieces as tokens arrive. Bytes of a character split across tokens are held back until it is
+    complete; text that might be the start of a stop string is held back until it is not. Everything is checked
+    before this returns (a caller may print the prompt then), the tokens come as the pieces are read."""
     sampling = sampling or Sampling()
     sampling.check()
+    _check_model_and_budget(model, sampling.max_new_tokens)
     tok = model.tokenizer
     if tok is None or not tok.lossless:
         # Streaming joins token bytes into text: that needs a tokenizer whose tokens spell the text exactly.
@@ -206,6 +214,10 @@ def stream_text(model, prompt: str, sampling: Sampling | None = None, stop: list
         ids = generate_ids(model, prompt_ids, sampling.max_new_tokens, temperature=sampling.temperature,
                            top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
                            seed=sampling.seed, eos_id=eos)
+    return _pieces(ids, tok, eos, stop)
+
+
+def _pieces(ids: Iterator[int], tok, eos: int | None, stop: list[str]) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     held = ""
     hold = max((len(s) for s in stop), default=1) - 1

@@ -81,8 +81,13 @@ def test_generate_streams_and_is_deterministic(model_dir):
 
 
 def test_generate_bad_input(model_dir):
-    one_line_error(run_cli("generate", "the cat", "--model", model_dir, "--max-tokens", "100"), "32-token context")
+    for max_tokens in ("100", "32"):
+        r = run_cli("generate", "the cat", "--model", model_dir, "--max-tokens", max_tokens)
+        one_line_error(r, "32-token context (at most 31")
+        assert r.stdout == ""  # refused before the prompt is written
     one_line_error(run_cli("generate", "the cat", "--model", model_dir, "--top-p", "0"), "top-p")
+    r = run_cli("generate", "the cat", "--model", model_dir, "--max-tokens", "31")
+    assert r.returncode == 0 and r.stdout.startswith("the cat"), r.stderr
 
 
 def test_tokenize_shows_pieces(model_dir):
