@@ -155,6 +155,22 @@ def test_tokenizer_train_out_must_be_a_directory(tmp_path, capsys):
     assert code == 0 and "no more pairs to merge" in err and "not 100,000" in err, err
 
 
+def test_tokenizer_train_specials_add_to_the_document_separator(tmp_path, capsys):
+    # `clozelm train` needs <|endoftext|>: a vocabulary trained with --special '[MASK]' (the help's example) lacked it
+    from clozelm.tokenizers import load_tokenizer
+
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat\n" * 50)
+    for specials, want in ([["[MASK]"], ["<|endoftext|>", "[MASK]"]],
+                           [["<|mask|>", "<|endoftext|>", "<|mask|>"], ["<|endoftext|>", "<|mask|>"]], [[], ["<|endoftext|>"]]):
+        out = tmp_path / f"tok{len(want)}{len(specials)}"
+        flags = [part for token in specials for part in ("--special", token)]
+        code, _, err = run(["tokenizer", "train", tmp_path / "corpus.txt", "--vocab-size", "280", "--out", out, *flags],
+                           capsys)
+        assert code == 0, err
+        tok = load_tokenizer(out)
+        assert sorted(tok.special_tokens, key=tok.special_tokens.get) == want and tok.eos_id is not None
+
+
 def test_output_errors_are_one_line_in_process(capsys, monkeypatch):
     with open("/dev/full", "w") as full:
         monkeypatch.setattr(sys, "stdout", full)

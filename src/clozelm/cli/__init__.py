@@ -159,8 +159,9 @@ def cmd_tokenizer_train(args) -> None:
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ClozelmError(f"{out} is not empty; choose a new directory or pass --overwrite")
     files = expand_inputs(args.files, exclude=[out])
-    tok = train_bpe(files, vocab_size=args.vocab_size, special_tokens=args.special or ["<|endoftext|>"],
-                    min_frequency=args.min_frequency)
+    # <|endoftext|> separates documents for `clozelm train`: --special adds to it, never replaces it
+    specials = ["<|endoftext|>"] + [t for t in dict.fromkeys(args.special or []) if t != "<|endoftext|>"]
+    tok = train_bpe(files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency)
     if tok.vocab_size < args.vocab_size:
         print(f"clozelm: note: the text has no more pairs to merge (at least --min-frequency "
               f"{args.min_frequency} times): {tok.vocab_size:,} tokens, not {args.vocab_size:,}", file=sys.stderr)
@@ -261,7 +262,8 @@ def add_parser(sub) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("files", nargs="+", help="UTF-8 text files or folders")
     t.add_argument("--vocab-size", type=positive_int, required=True)
-    t.add_argument("--special", action="append", help="a special token (repeatable; default <|endoftext|>)")
+    t.add_argument("--special", action="append", help="a special token besides <|endoftext|>, which every vocabulary "
+                                                      "gets (repeatable)")
     t.add_argument("--min-frequency", type=positive_int, default=2)
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true")
