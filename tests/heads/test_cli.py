@@ -59,3 +59,35 @@ def test_cli_syntax_without_spacy(monkeypatch, tmp_path, capsys):
     assert main(["heads", "--syntax", str(text), "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("clozelm: error:") and "clozelm[syntax]" in err and "\n" not in err
+
+
+def test_several_maps_in_one_call_and_no_output_named_twice(minilm, tmp_path, capsys):
+    from clozelm.cli import main
+    path = str(minilm.info.source)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert main(["heads", "The cat sat.", "--model", path, "--png", "0.0", str(a), "--png", "1.1", str(b)]) == 0
+    assert a.read_bytes() != b.read_bytes() and a.read_bytes()[:4] == b"\x89PNG"
+    assert capsys.readouterr().out.count("wrote") == 2
+    same = tmp_path / "same.x"
+    for argv in (["--png", "0.0", str(same), "--svg", "1.1", str(same)], ["-o", str(same), "--png", "0.0", str(same)],
+                 ["--png", "0.0", str(same), "--png", "0.1", str(tmp_path / "." / "same.x")]):
+        assert main(["heads", "The cat sat.", "--model", path, *argv]) == 2
+        err = capsys.readouterr().err
+        assert "named for two outputs" in err and err.count("\n") == 1
+        assert not same.exists()  # refused before anything was written
+
+
+def test_flags_that_would_be_ignored_are_refused(minilm, tmp_path, capsys):
+    from clozelm.cli import main
+    path = str(minilm.info.source)
+    text = tmp_path / "t.txt"
+    text.write_text("The cat sat on the mat.")
+    for argv, fragment in ((["--report", str(tmp_path / "r"), "-o", str(tmp_path / "x.html")], "--report writes its own"),
+                           (["--report", str(tmp_path / "r"), "--png", "0.0", str(tmp_path / "z.png")], "--png"),
+                           (["--syntax", str(text), "The cat"], "leave out the text"),
+                           (["--syntax", str(text), "--svg", "0.0", str(tmp_path / "z.svg")], "--svg"),
+                           (["The cat", "--min-arcs", "3"], "--min-arcs filters the --syntax table")):
+        assert main(["heads", "--model", path, *argv]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "x.html").exists()

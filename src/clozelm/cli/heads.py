@@ -51,9 +51,8 @@ def cmd_heads(args) -> None:
     for note in maps.notes:
         _note(note)
     wrote = []
-    for flag, spec, fmt in (("--png", args.png, "png"), ("--svg", args.svg, "svg")):
-        if spec:
-            (layer, head), path = spec
+    for specs, fmt in ((args.png, "png"), (args.svg, "svg")):
+        for (layer, head), path in specs:
             wrote.append(_export(maps, layer, head, Path(path), fmt, args.word_level, args.hide_sinks))
     if args.out or not wrote:
         from ..heads.views import write_page
@@ -130,8 +129,10 @@ def add_parser(sub) -> None:
     p.add_argument("--compare", metavar="M2", help="a second model shown side by side on the same text")
     p.add_argument("-o", "--out", help="the HTML page to write (default heads.html); with --syntax, the Markdown "
                                        "table (a .json is written next to it)")
-    p.add_argument("--png", nargs=2, metavar=("LAYER.HEAD", "OUT.png"), help="write one head's map as PNG")
-    p.add_argument("--svg", nargs=2, metavar=("LAYER.HEAD", "OUT.svg"), help="write one head's map as SVG with token labels")
+    p.add_argument("--png", nargs=2, action="append", default=[], metavar=("LAYER.HEAD", "OUT.png"),
+                   help="write one head's map as PNG (repeatable)")
+    p.add_argument("--svg", nargs=2, action="append", default=[], metavar=("LAYER.HEAD", "OUT.svg"),
+                   help="write one head's map as SVG with token labels (repeatable)")
     p.add_argument("--word-level", action="store_true", help="PNG/SVG: words instead of pieces")
     p.add_argument("--hide-sinks", action="store_true", help="PNG/SVG: drop attention to the first token and "
                                                            "[CLS]/[SEP]/eos, renormalise rows")
@@ -139,7 +140,7 @@ def add_parser(sub) -> None:
                                                      "duplicate, induction); TEXT/-f give the text (default: a sample)")
     p.add_argument("--syntax", metavar="FILE", help="heads vs dependency syntax on FILE (Clark et al. 2019); "
                                                    "needs pip install 'clozelm[syntax]'")
-    p.add_argument("--min-arcs", type=nonnegative_int, default=10, help="--syntax: leave out relations with fewer arcs (default: %(default)s)")
+    p.add_argument("--min-arcs", type=nonnegative_int, help="--syntax: leave out relations with fewer arcs (default: 10)")
     p.add_argument("--json", action="store_true", help="--report/--syntax: print JSON")
     p.add_argument("--overwrite", action="store_true", help="replace files that are already there (default: refuse)")
     p.set_defaults(func=_run)
@@ -147,14 +148,24 @@ def add_parser(sub) -> None:
 
 def _run(args) -> None:
     for name in ("png", "svg"):
-        spec = getattr(args, name)
-        if spec:
-            try:
-                setattr(args, name, (_layer_head(spec[0]), spec[1]))
-            except argparse.ArgumentTypeError as error:
-                raise ClozelmError(f"--{name}: {error}") from None
+        try:
+            setattr(args, name, [(_layer_head(spec[0]), spec[1]) for spec in getattr(args, name)])
+        except argparse.ArgumentTypeError as error:
+            raise ClozelmError(f"--{name}: {error}") from None
     if args.report and args.syntax:
         raise ClozelmError("--report and --syntax are separate runs; give one of them")
+    if args.min_arcs is not None and not args.syntax:
+        raise ClozelmError("--min-arcs filters the --syntax table, and none is asked for")
+    args.min_arcs = 10 if args.min_arcs is None else args.min_arcs
+    page_flags = [name for name, given in (("--png", args.png), ("--svg", args.svg), ("--compare", args.compare))
+                  if given]
+    for flag, given, others in (("--report", args.report, (["-o"] if args.out else []) + page_flags),
+                                ("--syntax", args.syntax, page_flags)):  # --syntax -o: where its table goes
+        if given and others:
+            raise ClozelmError(f"{flag} writes its own output; {', '.join(others)} belong to the attention page "
+                               "and maps: run them separately")
+    if args.syntax and (args.text or args.file):
+        raise ClozelmError("--syntax reads its text from its FILE; leave out the text and -f")
     for flag, given, needs in (("--word-level", args.word_level, args.png or args.svg),
                                ("--hide-sinks", args.hide_sinks, args.png or args.svg),
                                ("--json", args.json, args.report or args.syntax)):
@@ -178,7 +189,13 @@ def _outputs(args) -> list[Path]:
             return []
         out = Path(args.out)
         return [out] if out.suffix == ".json" else [out, out.with_suffix(".json")]
-    paths = [Path(spec[1]) for spec in (args.png, args.svg) if spec]
+    paths = [Path(path) for _, path in args.png + args.svg]
     if args.out or not paths:
         paths.append(Path(args.out or "heads.html"))
+    seen = {}
+    for path in paths:  # two outputs to one file: the second would replace the first without a word
+        key = path.resolve()
+        if key in seen:
+            raise ClozelmError(f"{path} is named for two outputs; give each its own file")
+        seen[key] = path
     return paths
