@@ -162,5 +162,6 @@ def download_from_hub(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ClozelmError(f"could not fetch {repo_id!r} from the Hugging Face hub (offline? {reason}); "
-                           f"download it elsewhere and pass its local directory, e.g. clozelm.load('/path/to/{repo_id.split('/')[-1]}')") from None
+        raise ClozelmError(f"{repo_id!r} is not an embedded model ({', '.join(EMBEDDED_NAMES)}) or a local directory, "
+                           f"and fetching it from the Hugging Face hub failed (offline? {reason}); download it "
+                           "elsewhere and give its local directory") from None

@@ -102,6 +102,12 @@ def one_line(code, err, fragment):
     (["generate", "Hello", "--beams", "2", "--temperature", "0.8", "--seed", "1"],
      "leave out --temperature, --seed"),
     (["generate", "Hello", "--stop", ""], "--stop needs a non-empty string"),
+    # options that would be ignored without a word
+    (["generate", "Hello", "--bf16", "--dtype", "fp32"], "ask for two precisions"),
+    (["generate", "Hello", "--top-k", "40"], "--top-k shapes sampling"),
+    (["generate", "Hello", "--top-p", "0.5", "--seed", "1"], "--top-p, --seed shape sampling"),
+    (["tokenize", "x", "--model", "default-bert", "--tokenizer", "default"], "give one"),
+    (["generate", "Hello", "--seed", "9" * 30], "at most 9,223,372,036,854,775,807"),
     # an empty path would be the current directory to pathlib: `convert default ""` wrote a model into it
     (["convert", "default", ""], "the output path is empty"),
     (["eval", "default", "--tasks", "ppl", "x.txt", "--out", ""], "the output path is empty"),
@@ -131,6 +137,12 @@ def test_files_may_follow_the_options(tmp_path, capsys):
     code, out, err = run(["tokenizer", "train", "--vocab-size", "280", "--out", tmp_path / "tok", tmp_path / "a.txt"],
                          capsys)
     assert code == 0 and (tmp_path / "tok" / "vocab.bpe").is_file(), err
+
+
+def test_dash_file_reads_standard_input(capsys):
+    code, out, err = run(["tokenize", "-f", "-", "--json"], capsys, stdin="the cat")
+    assert code == 0, err
+    assert json.loads(out) == json.loads(run(["tokenize", "the cat", "--json"], capsys)[1])
 
 
 def test_input_text_errors(tmp_path, capsys):

@@ -131,11 +131,19 @@ def test_every_task(saved, tmp_path, capsys):
     (["--tasks", "pairs", "--pairs", "NOFILE"], "not found"),
     (["--tasks", "probe", "--probe", "NOFILE"], "probe folder not found"),
     (["--seed", "-1"], "--seed"),
+    # options of a task that does not run, or of a model of the other kind, would be ignored without a word
+    (["--tasks", "ppl", "--folds", "3"], "--folds is read by the probe task"),
+    (["--tasks", "pairs", "--stride", "8"], "--stride is read by the ppl task"),
+    (["--tasks", "pairs", "--samples", "4"], "--samples is read by the ppl task"),
+    (["--tasks", "ppl", "--pair-samples", "4"], "--pair-samples is read by the pairs task"),
+    (["HELDOUT", "--tasks", "ppl", "--samples", "4"], "--samples shape a masked model's bits per byte"),
+    (["HELDOUT", "--tasks", "ppl", "--pll-tokens", "0"], "is causal and scored exactly"),
 ])
 def test_bad_input_is_one_line(saved, tmp_path, capsys, args, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")
-    args = [a.replace("LAMBADA", str(bad)).replace("NOFILE", str(tmp_path / "nothing")) for a in args]
+    args = [a.replace("LAMBADA", str(bad)).replace("NOFILE", str(tmp_path / "nothing"))
+            .replace("HELDOUT", str(held_out(tmp_path))) for a in args]
     assert main(["eval", str(saved["clm"]), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("clozelm: error:") and message in err and "\n" not in err, err
@@ -156,3 +164,14 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_the_work(saved, tmp
     # a run that fails leaves no empty folder of its own behind
     assert main(["eval", str(tmp_path / "no-model"), "--tasks", "pairs", "--out", str(tmp_path / "new")]) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_the_help_gives_the_options_own_defaults(capsys):
+    from clozelm.eval import EvalOptions
+
+    assert main(["eval", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = EvalOptions()
+    for flag, value in (("--samples", defaults.samples), ("--pair-samples", defaults.pair_samples),
+                        ("--pll-tokens", defaults.pll_tokens), ("--folds", defaults.folds)):
+        assert f"(default: {value})" in text.split(flag, 2)[2].split(" --", 1)[0], flag

@@ -87,6 +87,7 @@ def test_heads_is_a_self_contained_page_for_both_models(server):
     status, _, posted = call(server, "POST", "/api/heads", {"text": "the cat sat on the mat", "model": "causal"})
     assert status == 200 and '"name":"causal"' in posted and '"name":"bidi"' not in posted
     assert_json_error(*call(server, "GET", "/api/heads?text=+"), 400, "empty text")
+    assert_json_error(*call(server, "GET", "/api/heads?text="), 400, "empty text")  # not "missing field"
     assert_json_error(*call(server, "GET", "/api/heads?text=a&color=red"), 400, "unknown parameter")
 
 

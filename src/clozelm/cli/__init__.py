@@ -64,8 +64,9 @@ def cmd_fill(args) -> None:
 def cmd_generate(args) -> None:
     from ..api import cached_load
     from ..generation import Sampling, stream_text
-    if args.bf16 and args.dtype not in ("fp32", "bf16"):
+    if args.bf16 and args.dtype not in (None, "bf16"):
         raise ClozelmError(f"--bf16 and --dtype {args.dtype} ask for two precisions; give one")
+    dtype = "bf16" if args.bf16 else args.dtype or "fp32"
     sampling_flags = [flag for flag, given in (("--temperature", args.temperature > 0), ("--top-k", args.top_k > 0),
                                                ("--top-p", args.top_p < 1), ("--repetition-penalty",
                                                                              args.repetition_penalty != 1),
@@ -73,13 +74,18 @@ def cmd_generate(args) -> None:
     if args.beams > 1 and sampling_flags:
         raise ClozelmError(f"--beams searches for the most likely text and samples nothing: leave out "
                            f"{', '.join(sampling_flags)}")
+    shaping = [flag for flag in sampling_flags if flag in ("--top-k", "--top-p", "--seed")]
+    if shaping and args.temperature == 0:
+        raise ClozelmError(f"{', '.join(shaping)} {'shapes' if len(shaping) == 1 else 'shape'} sampling, and without "
+                           "--temperature decoding is greedy and samples nothing: add --temperature (such as 0.8) or "
+                           "leave them out")
     if args.stop and not all(args.stop):
         raise ClozelmError("--stop needs a non-empty string (an empty one would stop before the first token)")
     for stop in args.stop or []:  # one that is not UTF-8 could never match the text generated
         _checked(stop, f"--stop {stop!r}")
     prompt = read_text_arg(args)
     # bf16 weights halve the bytes read per token: decoding is bound by exactly that
-    model = cached_load(args.model, dtype="bf16" if args.bf16 else args.dtype)
+    model = cached_load(args.model, dtype=dtype)
     sampling = Sampling(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed)
     pieces = stream_text(model, prompt, sampling, stop=args.stop or [], beams=args.beams)
@@ -133,11 +139,13 @@ def _tokenizer_for(args):
     from ..loading import tokenizer_dir
     from ..tokenizers import load_tokenizer
     if args.tokenizer:
+        if args.model is not None:
+            raise ClozelmError("--model and --tokenizer both name the tokenizer to use; give one")
         return load_tokenizer(tokenizer_dir(args.tokenizer))
     from ..api import load
-    model = load(args.model)
+    model = load(args.model or "default")
     if model.tokenizer is None:
-        raise ClozelmError(f"{args.model} has no tokenizer files; pass --tokenizer DIR")
+        raise ClozelmError(f"{args.model or 'default'} has no tokenizer files; pass --tokenizer DIR")
     return model.tokenizer
 
 
@@ -220,9 +228,9 @@ def add_parser(sub) -> None:
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--bf16", action="store_true", help="the same as --dtype bf16: faster on CPU, greedy output may differ")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+    p.add_argument("--dtype", choices=DTYPES,
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
-                        "copies for the products; int4 decodes fastest on CPU; default: %(default)s)")
+                        "copies for the products; int4 decodes fastest on CPU; default: fp32)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 
@@ -250,7 +258,7 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", help="text (or - / omitted for stdin)")
     p.add_argument("-f", "--file", help="read the text from FILE")
-    p.add_argument("--model", default="default", help="model whose tokenizer to use (default: %(default)s)")
+    p.add_argument("--model", help="model whose tokenizer to use (default: default)")
     p.add_argument("--tokenizer", help="a tokenizer directory (or an embedded model's name) instead of a model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tokenize)

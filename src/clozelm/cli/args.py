@@ -54,8 +54,10 @@ def int_in(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]
             value = int(text)
         except (ValueError, TypeError):  # also Python's limit on the digits of an int
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {_shown(text)}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi) or abs(value) > INT_LIMIT:
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {_shown(text)}")
+        if abs(value) > INT_LIMIT:  # what a 64-bit integer holds, which torch and numpy take
+            raise argparse.ArgumentTypeError(f"expected {wanted} of at most {INT_LIMIT:,}, got {_shown(text)}")
         return value
 
     parse.__name__ = "int"
@@ -108,6 +110,8 @@ def read_text_arg(args) -> str:
     text = getattr(args, "text", None)
     if path is not None and text not in (None, "-"):
         raise ClozelmError("give the text as TEXT or as -f FILE, not both")
+    if path == "-":  # -f -, as TEXT -: standard input
+        return read_stdin()
     if path is not None:
         return read_text_file(path, "input file")
     if text not in (None, "-"):

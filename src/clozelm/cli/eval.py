@@ -88,17 +88,24 @@ def run(args) -> None:
     from ..api import load
     from ..files import atomic_write_text
     from ..eval import EvalOptions, evaluate, markdown, table
-    for flag, task in (("--lambada", "lastword"), ("--pairs", "pairs"), ("--probe", "probe")):
-        if getattr(args, flag[2:]) is not None and task not in _task_names(args.tasks):
+    for flag, task in (("--lambada", "lastword"), ("--pairs", "pairs"), ("--probe", "probe"), ("--folds", "probe"),
+                       ("--stride", "ppl"), ("--samples", "ppl"), ("--pll-tokens", "ppl"), ("--pair-samples", "pairs")):
+        if getattr(args, flag[2:].replace("-", "_")) is not None and task not in _task_names(args.tasks):
             raise ClozelmError(f"{flag} is read by the {task} task, which --tasks leaves out; add {task} to --tasks "
                                f"or leave out {flag}")
     out = _out_dir(args)  # refuse before the model is loaded and the work done
-    options = EvalOptions(seed=args.seed, stride=args.stride, samples=args.samples, pair_samples=args.pair_samples,
-                          pll_tokens=args.pll_tokens, limit=args.limit, lambada=args.lambada, pairs=args.pairs,
-                          probe=args.probe, folds=args.folds)
+    given = {name: getattr(args, name) for name in ("samples", "pair_samples", "pll_tokens", "folds")
+             if getattr(args, name) is not None}  # the others: EvalOptions' defaults
+    options = EvalOptions(seed=args.seed, stride=args.stride, limit=args.limit, lambada=args.lambada, pairs=args.pairs,
+                          probe=args.probe, **given)
     created = _create(out)  # a folder that cannot be made is said before the work, not after it
     try:
         model = load(args.model, dtype=args.dtype)
+        masked_only = [flag for flag in ("--samples", "--pll-tokens") if getattr(args, flag[2:].replace("-", "_"))
+                       is not None]
+        if masked_only and model.config.causal:
+            raise ClozelmError(f"{' and '.join(masked_only)} shape a masked model's bits per byte; {args.model} is "
+                               "causal and scored exactly: leave them out")
         bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
         try:
             results = evaluate(model, args.files, tasks=args.tasks, options=options, on_progress=bar)
@@ -139,15 +146,15 @@ def add_parser(sub) -> None:
                                                       "given file; 200 passages and 100 sentences cut from FILES; "
                                                       "500 built-in probe texts)")
     p.add_argument("--stride", type=positive_int, help="ppl: tokens a window moves on (default: half the context)")
-    p.add_argument("--samples", type=int_in(2), default=16,
-                   help="masked models: mask rates drawn per window for the bound (default: %(default)s)")
-    p.add_argument("--pair-samples", type=positive_int, default=128,
-                   help="pairs, a masked-diffusion model: mask rates drawn per sentence for the bound (default: %(default)s)")
-    p.add_argument("--pll-tokens", type=nonnegative_int, default=256,
-                   help="masked models, ppl: positions the word-l2r PLL is sampled at, 0 = all (default: %(default)s)")
+    p.add_argument("--samples", type=int_in(2),
+                   help="ppl, masked models: mask rates drawn per window for the bound (default: 16)")
+    p.add_argument("--pair-samples", type=positive_int,
+                   help="pairs, a masked-diffusion model: mask rates drawn per sentence for the bound (default: 128)")
+    p.add_argument("--pll-tokens", type=nonnegative_int,
+                   help="ppl, masked models: positions the word-l2r PLL is sampled at, 0 = all (default: 256)")
     p.add_argument("--lambada", metavar="FILE.jsonl", help="lastword: passages, one {\"text\": ...} per line")
     p.add_argument("--pairs", metavar="FILE.jsonl", help="pairs: {\"good\": ..., \"bad\": ...} per line "
                                                          "(default: the built-in set)")
     p.add_argument("--probe", metavar="DIR", help="probe: one subfolder of texts per label (default: BBC News)")
-    p.add_argument("--folds", type=int_in(2), default=5, help="probe: cross-validation folds (default: %(default)s)")
+    p.add_argument("--folds", type=int_in(2), help="probe: cross-validation folds (default: 5)")
     p.set_defaults(func=run)
