@@ -310,6 +310,13 @@ def test_convert_over_another_kind_of_model_leaves_no_file_of_the_old_one(tmp_pa
     assert not (out / stale).exists() and (out / "notes.txt").read_text() == "the user's"
     loaded = clozelm.load(str(out))
     assert loaded.tokenizer.encode("The cat sat.") == clozelm.load("default").tokenizer.encode("The cat sat.")
+    weights_only = clozelm.load(str(out), tokenizer=False)  # weights saved beside the directory's own tokenizer
+    weights_only.save_pretrained(out, overwrite=True)
+    assert clozelm.load(str(out)).tokenizer.encode("The cat sat.") == loaded.tokenizer.encode("The cat sat.")
+    (out / stale).mkdir()  # a folder where a stale file would be: refused before anything is written
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    code, err = in_process(["convert", "default", out, "--overwrite"], capsys)
+    assert code == 2 and "is a directory" in err and (out / "model.safetensors").stat().st_mtime_ns == before, err
     other = tmp_path / "other"
     other.mkdir()
     (other / stale).write_text("{}")

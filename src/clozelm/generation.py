@@ -196,7 +196,8 @@ def stream_text(model, prompt: str, sampling: Sampling | None = None, stop: list
                 beams: int = 1) -> Iterator[str]:
     """Text pieces as tokens arrive. Bytes of a character split across tokens are held back until it is
     complete; text that might be the start of a stop string is held back until it is not. Everything is checked
-    before this returns (a caller may print the prompt then), the tokens come as the pieces are read."""
+    before this returns (a caller may print the prompt then); sampled and greedy tokens come as the pieces are
+    read, a beam search's (`beams` > 1) all at once, since its best text is known only at its end."""
     sampling = sampling or Sampling()
     sampling.check()
     _check_model_and_budget(model, sampling.max_new_tokens)

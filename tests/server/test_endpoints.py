@@ -88,6 +88,7 @@ def test_heads_is_a_self_contained_page_for_both_models(server):
     assert status == 200 and '"name":"causal"' in posted and '"name":"bidi"' not in posted
     assert_json_error(*call(server, "GET", "/api/heads?text=+"), 400, "empty text")
     assert_json_error(*call(server, "GET", "/api/heads?text="), 400, "empty text")  # not "missing field"
+    assert call(server, "GET", "/api/heads?model=&text=the+cat")[0] == 200  # a blank model: every model, as before
     assert_json_error(*call(server, "GET", "/api/heads?text=a&color=red"), 400, "unknown parameter")
 
 

@@ -426,8 +426,9 @@ def _run(argv: list[str] | None) -> int:
 
 
 # Arguments that name a file, a directory or a model, in every command, as a message names them: an empty one
-# would mean the current directory to pathlib (`convert default ""` would write a model into it).
-_PATH_ARGUMENTS = {"model": "model name or path", "compare": "--compare model", "init": "--init model",
+# would mean the current directory to pathlib (`convert default ""` would write a model into it). An empty
+# --compare means no second model, as it always has.
+_PATH_ARGUMENTS = {"model": "model name or path", "init": "--init model",
                    "tokenizer": "--tokenizer path", "out": "output path", "file": "input file", "report": "--report folder",
                    "syntax": "--syntax file", "lambada": "--lambada file", "pairs": "--pairs file",
                    "probe": "--probe folder", "files": "input path", "valid": "--valid path", "corpus": "corpus path",

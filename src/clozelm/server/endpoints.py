@@ -179,7 +179,9 @@ class APIHandler(JSONHandler):
             data = self._read_json()
         else:
             try:
-                data = {key: values[0] for key, values in parse_qs(query, keep_blank_values=True, max_num_fields=8).items()}
+                fields = parse_qs(query, keep_blank_values=True, max_num_fields=8).items()
+                # a blank text is an empty text (said so); any other blank parameter is one left out
+                data = {key: values[0] for key, values in fields if values[0] or key == "text"}
             except ValueError:
                 raise HTTPError(400, "too many parameters (this endpoint takes: model, text)") from None
             unknown = sorted(set(data) - set(self.server.fields["/api/heads"]))

@@ -510,8 +510,13 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
         names = sorted({"config.json", "model.safetensors", *(p.name for p in staging.iterdir())})
         _check_targets(out, names, overwrite)
         # Files a loader would read beside the new ones (another model's tokenizer.json, a weight index): left
-        # there, they would make the directory a mixture that does not load.
-        stale = [name for name in MODEL_DIR_FILES if name not in names and os.path.lexists(out / name)]
+        # there, they would make the directory a mixture that does not load. Without a tokenizer to save, the
+        # directory's own tokenizer files stay (they are what the weights are saved beside).
+        kinds = MODEL_DIR_FILES if tokenizer is not None else WEIGHT_FILES
+        stale = [name for name in kinds if name not in names and os.path.lexists(out / name)]
+        in_the_way = [name for name in stale if (out / name).is_dir() and not (out / name).is_symlink()]
+        if in_the_way:
+            raise ClozelmError(f"{out / in_the_way[0]} is a directory where another model's file would be; move it")
         if stale and not overwrite:
             raise ClozelmError(f"{out} holds another model's {', '.join(stale)}; choose a new directory or pass "
                                "--overwrite (overwrite=True), which removes them")
@@ -562,10 +567,10 @@ def _make_dirs(out: Path) -> list[Path]:
     return created
 
 
-# Every file a model directory's loader reads (weights, their index, any kind of tokenizer's files).
-MODEL_DIR_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "encoder.json", "vocab.bpe", "vocab.txt")
+# Every file a model directory's loader reads: the weights (and their index), any kind of tokenizer's files.
+WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+MODEL_DIR_FILES = WEIGHT_FILES + ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                                  "merges.txt", "encoder.json", "vocab.bpe", "vocab.txt")
 
 
 def _check_targets(out: Path, names: list[str], overwrite: bool) -> None:
