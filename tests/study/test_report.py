@@ -49,3 +49,26 @@ def test_seed_spread_and_item_noise_add_up():
     result = verdict(LASTWORD, stats)
     assert math.isclose(result["two_standard_errors"], 2 * math.hypot(stats["clm"].se, stats["mlm"].se))
     assert result["verdict"] == "left-to-right" and math.isclose(result["difference"], 0.64 - 0.45)
+
+
+def test_a_masked_bound_counts_its_monte_carlo_error_that_seeds_do_not_shrink():
+    # clm 3.700 / 3.702 against mdlm 3.650 / 3.652 bits per byte: the seeds alone make mdlm's lead look real, but
+    # its bound was sampled with a standard error of 0.05 (the same masks for every seed): within noise.
+    runs = [{"objective": "clm", "seed": s, "tasks": {"ppl": {"bits_per_byte": 3.700 + 0.002 * s}}} for s in (0, 1)]
+    runs += [{"objective": "mdlm", "seed": s, "tasks": {"ppl": {"bits_per_byte": 3.650 + 0.002 * s,
+                                                               "bits_per_byte_se": 0.05}}} for s in (0, 1)]
+    stats = stats_by_objective(runs, PPL)
+    assert stats["clm"].monte_carlo == [] and stats["mdlm"].monte_carlo == [0.05, 0.05]
+    assert math.isclose(stats["mdlm"].se, math.sqrt(stats["mdlm"].spread ** 2 / 2 + 0.05 ** 2))
+    assert verdict(PPL, stats)["verdict"] == "within noise"
+    # A precise bound (se 0.0001) leaves the same lead beyond the noise: against the claim.
+    for run in runs[2:]:
+        run["tasks"]["ppl"]["bits_per_byte_se"] = 0.0001
+    assert verdict(PPL, stats_by_objective(runs, PPL))["verdict"] == "bidirectional"
+
+
+def test_one_seed_names_a_tie_as_a_tie():
+    tie = verdict(LASTWORD, stats_by_objective(_runs({"clm": [0.0], "mlm": [0.0]}, n=100), LASTWORD))
+    assert tie["verdict"] == "no noise estimate" and tie["text"].startswith("a tie (clm and mlm both 0)")
+    ahead = verdict(LASTWORD, stats_by_objective(_runs({"clm": [0.3], "mlm": [0.2]}, n=100), LASTWORD))
+    assert ahead["text"].startswith("clm is ahead")

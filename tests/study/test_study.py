@@ -150,12 +150,22 @@ def test_eval_figures_are_kept_while_what_they_read_is_unchanged(tmp_path, corpu
     config = StudyConfig(corpus=[corpus], out=out, **{**TINY, "seeds": 1, "objectives": ("clm",)})
     run_study(config, log=lambda text: None)
     model = out / "runs" / "clm-seed0" / "model" / "model.safetensors"
-    before = study_run._eval_keys(out, config, model)
-    assert before == study_run._eval_keys(out, config, model)
+    before = study_run._eval_keys(out, config, model, causal=True)
+    assert before == study_run._eval_keys(out, config, model, causal=True)
+    assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", before).keys() == set(TASKS)
+    # The masked bound's samples are part of a masked model's bits per byte only; a key recorded with them for a
+    # causal model (as studies before that distinction recorded it) still holds.
+    more = replace(config, eval_samples=config.eval_samples + 1)
+    assert study_run._eval_keys(out, more, model, causal=True) == before
+    assert study_run._eval_keys(out, more, model, causal=False)["ppl"] != study_run._eval_keys(
+        out, config, model, causal=False)["ppl"]
+    cache = json.loads((out / "evals" / "clm-seed0.json").read_text())
+    cache["keys"]["ppl"]["samples"] = 2
+    (out / "evals" / "clm-seed0.json").write_text(json.dumps(cache))
     assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", before).keys() == set(TASKS)
     first = sorted((out / "data" / "heldout").iterdir())[0]
     first.write_text(first.read_text(encoding="utf-8") + " One more sentence.", encoding="utf-8")
-    after = study_run._eval_keys(out, config, model)
+    after = study_run._eval_keys(out, config, model, causal=True)
     changed = {task for task in TASKS if after[task] != before[task]}
     assert changed == {"ppl", "lastword", "cloze"}  # pairs and probe read their own data
     assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", after).keys() == {"pairs", "probe"}
@@ -174,7 +184,13 @@ def test_the_command_line_and_its_one_line_errors(tmp_path, corpus, capsys):
     assert rc == 2 and "latin1.txt is not UTF-8" in capsys.readouterr().err and not (tmp_path / "s").exists()
     (tmp_path / "small.txt").write_text("One document,\nin two lines.\n")
     rc = main(["study", str(tmp_path / "small.txt"), "--out", str(tmp_path / "s")])
-    assert rc == 2 and "holds 1 document(s)" in capsys.readouterr().err
+    assert rc == 2 and "holds 1 document(s)" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    # A window longer than the training split fails after the split and the tokenizer were built: a new study
+    # that trained nothing leaves nothing behind, so the corrected call below is not refused for its settings.
+    rc = main(["study", str(corpus), "--out", str(tmp_path / "s"), "--objectives", "clm", "--seeds", "1",
+               "--n-layer", "1", "--n-embd", "32", "--seq-len", "100000", "--vocab-size", "280", "--no-progress"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("clozelm: error: the training split has") and not (tmp_path / "s").exists()
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "report.md").write_text("mine")

@@ -58,10 +58,12 @@ class Figure:
     bound: bool = False  # the bidirectional models' figure is an upper bound on what they achieve
     note: str = ""
     items: Callable[[dict], float | None] | None = None  # an accuracy's number of test items
+    monte_carlo: Callable[[dict], float | None] | None = None  # a sampled figure's standard error, where it has one
 
 
 FIGURES = (
     Figure("ppl", "bits_per_byte", "bits per byte", "BITS/BYTE", False, _dig("ppl", "bits_per_byte"), bound=True,
+           monte_carlo=_dig("ppl", "bits_per_byte_se"),
            note="Causal models (clm, fim, hybrid): exact, sliding window. Masked models (mlm, mdlm): the "
                 "masked-diffusion upper bound, which an mlm trained at one mask rate is not trained for; a "
                 "bidirectional loss here is not conclusive (the bound may be loose), a bidirectional win is."),
@@ -85,6 +87,7 @@ FIGURES = (
 class Stats:
     values: list[float]
     items: list[float] = field(default_factory=list)  # test items behind each value, for accuracies
+    monte_carlo: list[float] = field(default_factory=list)  # each value's Monte Carlo standard error, if sampled
 
     @property
     def n(self) -> int:
@@ -101,16 +104,21 @@ class Stats:
 
     @property
     def sampling_variance(self) -> float:
-        """p (1 - p) / n for an accuracy p over n test items (0 where n is not known): the noise of which items
-        the test drew, the same for every seed."""
-        if not self.items:
-            return 0.0
-        p = min(max(self.mean, 0.0), 1.0)
-        return p * (1 - p) / statistics.fmean(self.items)
+        """The noise every seed shares, which more seeds do not shrink: p (1 - p) / n for an accuracy p over n test
+        items (which items the test drew), plus the squared Monte Carlo standard error of a sampled figure (the
+        masks every model's bound is drawn with); 0 where neither is known."""
+        variance = 0.0
+        if self.items:
+            p = min(max(self.mean, 0.0), 1.0)
+            variance += p * (1 - p) / statistics.fmean(self.items)
+        if self.monte_carlo:
+            variance += statistics.fmean(se ** 2 for se in self.monte_carlo)
+        return variance
 
     @property
     def se(self) -> float | None:
-        """The standard error of the mean: the spread over seeds and the items' sampling noise (None with one seed)."""
+        """The standard error of the mean: the spread over seeds and the noise the seeds share (None with one
+        seed)."""
         return None if self.spread is None else math.sqrt(self.spread ** 2 / self.n + self.sampling_variance)
 
 
@@ -124,6 +132,9 @@ def stats_by_objective(runs: list[dict], figure: Figure) -> dict[str, Stats]:
             items = figure.items(run.get("tasks", {})) if figure.items is not None else None
             if items:
                 stats.items.append(items)
+            error = figure.monte_carlo(run.get("tasks", {})) if figure.monte_carlo is not None else None
+            if error is not None and math.isfinite(error):
+                stats.monte_carlo.append(error)
     return out
 
 
@@ -158,9 +169,11 @@ def verdict(figure: Figure, stats: dict[str, Stats]) -> dict:
     ahead = l2r if _better(figure, a.mean, b.mean) else bi
     out = {"left_to_right": l2r, "bidirectional": bi, "difference": diff}
     if a.se is None or b.se is None:
+        standing = (f"a tie ({l2r} and {bi} both {a.mean:.4g})" if diff == 0 else
+                    f"{ahead} is ahead ({l2r} {a.mean:.4g} vs {bi} {b.mean:.4g})")
         out.update(verdict="no noise estimate",
-                   text=f"{ahead} is ahead ({l2r} {a.mean:.4g} vs {bi} {b.mean:.4g}), but with one seed there is no "
-                        "estimate of the noise: run more seeds before reading anything into it")
+                   text=f"{standing}, but with one seed there is no estimate of the noise: run more seeds before "
+                        "reading anything into it")
         return out
     noise = 2 * math.sqrt(a.se ** 2 + b.se ** 2)
     out["two_standard_errors"] = noise

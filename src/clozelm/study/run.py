@@ -52,6 +52,7 @@ from ..model.transformer import Transformer
 from ..tokenizers import load_tokenizer, train_bpe
 from ..training import TrainConfig, train
 from ..training.data import check_text_file, iter_documents
+from ..training.objectives import BIDIRECTIONAL
 from ..training.rundir import RunLock
 from .config import SPECIALS, StudyConfig
 from .plots import bars_png, lines_png
@@ -86,6 +87,7 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
     names = [(o, s) for s in config.seed_list for o in config.objectives]
     if config.report_only:  # reads a study; creates nothing
         return _report_only(out, config, corpus, names, say)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -93,22 +95,39 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
     lock = RunLock(out)
     lock.path = out / "study.lock"
     lock.acquire()
+    fresh = not (out / "study.json").is_file()
     try:
-        study = _settings(out, config, corpus)
-        n_documents, n_heldout = _split(out, [Path(c["file"]) for c in corpus], config.valid_every, say)
-        _tokenizer(out, config.vocab_size, say)
-        study.update(objectives=list(config.objectives), seeds=config.seed_list, documents=n_documents,
-                     heldout_documents=n_heldout, tasks=list(config.tasks))
-        runs = []
-        for i, (objective, seed) in enumerate(names, 1):
-            name = f"{objective}-seed{seed}"
-            say(f"study: [{i}/{len(names)}] {name}")
-            record = _trained(out, name, objective, seed, config, say)
-            record["tasks"] = _evaluated(out, name, config, say)
-            runs.append(record)
-        return _write_report(out, study, runs, say)
+        return _run(out, config, corpus, names, say)
+    except ClozelmError:
+        # A new study that fails before any run trained (a corpus too small for one window, say) leaves nothing
+        # behind: its recorded settings would refuse the corrected call that follows.
+        if fresh and not any((out / "runs").glob("*/checkpoint.pt")):
+            for path in out.iterdir():
+                if path.name != "study.lock":
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
     finally:
         lock.release()
+        if created and fresh and [p.name for p in out.iterdir()] == ["study.lock"]:
+            (out / "study.lock").unlink()
+            out.rmdir()
+
+
+def _run(out: Path, config: StudyConfig, corpus: list[dict], names: list[tuple[str, int]], say) -> dict:
+    """The study itself, under its lock: the record, the data split, the tokenizer, then every run."""
+    study = _settings(out, config, corpus)
+    n_documents, n_heldout = _split(out, [Path(c["file"]) for c in corpus], config.valid_every, say)
+    _tokenizer(out, config.vocab_size, say)
+    study.update(objectives=list(config.objectives), seeds=config.seed_list, documents=n_documents,
+                 heldout_documents=n_heldout, tasks=list(config.tasks))
+    runs = []
+    for i, (objective, seed) in enumerate(names, 1):
+        name = f"{objective}-seed{seed}"
+        say(f"study: [{i}/{len(names)}] {name}")
+        record = _trained(out, name, objective, seed, config, say)
+        record["tasks"] = _evaluated(out, name, config, say)
+        runs.append(record)
+    return _write_report(out, study, runs, say)
 
 
 def _write_report(out: Path, study: dict, runs: list[dict], say) -> dict:
@@ -342,8 +361,9 @@ def _check_same_size(runs: list[dict]) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _eval_keys(out: Path, config: StudyConfig, model_file: Path) -> dict[str, dict]:
-    """What each task's figures depend on; a cached figure is used only while its key holds."""
+def _eval_keys(out: Path, config: StudyConfig, model_file: Path, causal: bool) -> dict[str, dict]:
+    """What each task's figures depend on; a cached figure is used only while its key holds. A causal model's
+    bits per byte are exact: the masked bound's number of samples is no part of them."""
     model = _digest(model_file)
     heldout = hashlib.sha256()
     for path in sorted((out / "data" / "heldout").iterdir()):
@@ -354,7 +374,7 @@ def _eval_keys(out: Path, config: StudyConfig, model_file: Path) -> dict[str, di
                "model_sha256": model}
         if task in HELD_OUT_TASKS:
             key["heldout_sha256"] = heldout.hexdigest()
-        if task == "ppl":
+        if task == "ppl" and not causal:
             key["samples"] = config.eval_samples
         if task == "pairs":
             key["pair_samples"] = EvalOptions().pair_samples
@@ -366,14 +386,23 @@ def _cached_tasks(cache_path: Path, keys: dict[str, dict]) -> dict:
     """The figures in an eval cache file whose keys still hold."""
     cached = _read_json(cache_path) or {}
     tasks, recorded = cached.get("tasks", {}), cached.get("keys", {})
-    return {task: tasks[task] for task, key in keys.items() if task in tasks and recorded.get(task) == key}
+    return {task: tasks[task] for task, key in keys.items() if task in tasks and _holds(recorded.get(task), key)}
+
+
+def _holds(recorded: dict | None, key: dict) -> bool:
+    """Whether a recorded key is `key`. Keys recorded before a causal model's ppl left out the masked bound's
+    samples carry them: they do not count."""
+    if not isinstance(recorded, dict):
+        return False
+    return {k: v for k, v in recorded.items() if k in key or k != "samples"} == key
 
 
 def _evaluated(out: Path, name: str, config: StudyConfig, say) -> dict:
     """The run's eval figures per task (cached in DIR/evals/NAME.json). A task that cannot run on this
     corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal."""
     model_dir = out / "runs" / name / "model"
-    keys = _eval_keys(out, config, model_dir / "model.safetensors")
+    objective = name.rsplit("-seed", 1)[0]
+    keys = _eval_keys(out, config, model_dir / "model.safetensors", causal=objective not in BIDIRECTIONAL)
     cache_path = out / "evals" / f"{name}.json"
     tasks = _cached_tasks(cache_path, keys)
     todo = [t for t in config.tasks if t not in tasks]
