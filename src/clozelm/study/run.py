@@ -154,8 +154,10 @@ def _report_only(out: Path, config: StudyConfig, corpus: list[dict], names: list
         name = f"{objective}-seed{seed}"
         record = _read_json(out / "trained" / f"{name}.json")
         model_file = out / "runs" / name / "model" / "model.safetensors"
-        tasks = _cached_tasks(out / "evals" / f"{name}.json", _eval_keys(out, config, model_file)) \
-            if record is not None and model_file.is_file() else {}
+        tasks = {}
+        if record is not None and model_file.is_file():
+            keys = _eval_keys(out, config, model_file, causal=objective not in BIDIRECTIONAL)
+            tasks = _cached_tasks(out / "evals" / f"{name}.json", keys)
         if len(tasks) < len(config.tasks):
             missing.append(name)
             continue
