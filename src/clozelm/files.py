@@ -97,8 +97,9 @@ METADATA_SUFFIXES = (".json", ".jsonl")  # manifests and records beside a corpus
 def expand_inputs(items: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Files named, and every file under the folders named whose path below the folder has no hidden part, that
     is not JSON (METADATA_SUFFIXES: a corpus folder's MANIFEST.json is not one of its documents; a JSON file
-    named on its own is read) and that is not under a folder of `exclude` (the command's own output, say a run
-    directory inside its corpus folder), sorted, so the order is stable."""
+    named on its own is read), that is not the report.md of an eval or a study (it sits beside their
+    results.json) and that is not under a folder of `exclude` (the command's own output, say a run directory
+    inside its corpus folder), sorted, so the order is stable."""
     items = list(items)
     excluded = [Path(e).resolve() for e in exclude]
     files: list[Path] = []
@@ -107,6 +108,7 @@ def expand_inputs(items: Iterable[str | os.PathLike], exclude: Iterable[str | os
         if p.is_dir():
             files += sorted(f for f in p.rglob("*")
                             if f.is_file() and f.suffix.lower() not in METADATA_SUFFIXES
+                            and not (f.name == "report.md" and (f.parent / "results.json").is_file())
                             and not any(part.startswith(".") for part in f.relative_to(p).parts)
                             and not any(f.resolve().is_relative_to(e) for e in excluded))
         elif p.is_file():

@@ -36,13 +36,14 @@ class _Cache:
 
 
 class ConstantLM(nn.Module):
-    """Causal: whatever came before, the next token is `token` with probability p = e^5 / (e^5 + V - 1)."""
+    """Causal: whatever came before, the next token is `token` with probability p = e^m / (e^m + V - 1), the
+    logit margin m 5 unless told."""
 
-    def __init__(self, tokenizer, token: int, n_positions: int = 512):
+    def __init__(self, tokenizer, token: int, n_positions: int = 512, margin: float = 5.0):
         super().__init__()
         V = tokenizer.vocab_size
         self.config = ModelConfig(vocab_size=V, n_positions=n_positions, n_embd=8, n_layer=1, n_head=1)
-        self.token = token
+        self.token, self.margin = token, margin
 
     def new_cache(self, batch_size, max_len=None):
         return _Cache()
@@ -52,7 +53,7 @@ class ConstantLM(nn.Module):
         ids = ids[None] if ids.dim() == 1 else ids
         B, T = ids.shape
         logits = torch.zeros(B, T, self.config.vocab_size)
-        logits[:, :, self.token] = 5.0
+        logits[:, :, self.token] = self.margin
         if cache is not None:
             cache.length += T
         if last_logits_only:

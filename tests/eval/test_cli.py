@@ -114,11 +114,11 @@ def test_every_task(saved, tmp_path, capsys):
         for i in range(5):
             (topics / label / f"{i}.txt").write_text(words)
     for objective in ("clm", "mlm"):
-        assert main(["eval", str(saved[objective]), str(path), "--tasks", "all", "--limit", "2", "--lambada",
+        assert main(["eval", str(saved[objective]), str(path), "--tasks", "all", "--limit", "4", "--lambada",
                      str(lambada), "--probe", str(topics), "--folds", "2", "--json"]) == 0
         tasks = json.loads(capsys.readouterr().out)["tasks"]
         assert list(tasks) == ["ppl", "lastword", "cloze", "pairs", "probe"]
-        assert tasks["lastword"]["n"] == 2 and tasks["probe"]["n"] == 2 and tasks["pairs"]["n"] == 2 * 7
+        assert tasks["lastword"]["n"] == 3 and tasks["probe"]["n"] == 4 and tasks["pairs"]["n"] == 4 * 7
         assert ("left_only_accuracy" in tasks["lastword"]) == (objective == "clm")
 
 
@@ -132,12 +132,17 @@ def test_every_task(saved, tmp_path, capsys):
     (["--tasks", "probe", "--probe", "NOFILE"], "probe folder not found"),
     (["--seed", "-1"], "--seed"),
     # options of a task that does not run, or of a model of the other kind, would be ignored without a word
-    (["--tasks", "ppl", "--folds", "3"], "--folds is read by the probe task"),
+    (["HELDOUT", "--tasks", "ppl", "--folds", "3"], "--folds is read by the probe task"),
     (["--tasks", "pairs", "--stride", "8"], "--stride is read by the ppl task"),
     (["--tasks", "pairs", "--samples", "4"], "--samples is read by the ppl task"),
-    (["--tasks", "ppl", "--pair-samples", "4"], "--pair-samples is read by the pairs task"),
-    (["HELDOUT", "--tasks", "ppl", "--samples", "4"], "--samples shape a masked model's bits per byte"),
+    (["HELDOUT", "--tasks", "ppl", "--pair-samples", "4"], "--pair-samples is read by the pairs task"),
+    (["HELDOUT", "--tasks", "ppl", "--samples", "4"], "--samples shapes a masked model's figures"),
     (["HELDOUT", "--tasks", "ppl", "--pll-tokens", "0"], "is causal and scored exactly"),
+    (["HELDOUT", "--tasks", "ppl", "--limit", "5"], "--limit is read by the lastword, cloze, pairs and probe tasks"),
+    (["HELDOUT", "--folds", "3"], "--folds is read by the probe task"),  # the tasks run by default leave it out
+    (["--tasks", "pairs", "--pair-samples", "4"], "shapes the masked-diffusion bound, and this model's pairs are "
+                                                  "scored by log-probability"),
+    (["HELDOUT", "--tasks", "ppl", "--overwrite"], "--overwrite replaces results.json and report.md in --out DIR"),
 ])
 def test_bad_input_is_one_line(saved, tmp_path, capsys, args, message):
     bad = tmp_path / "bad.jsonl"

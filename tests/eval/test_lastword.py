@@ -56,7 +56,7 @@ def test_masked_models_report_fill_accuracy_only(tok, tmp_path):
 def test_passages_cut_from_files():
     sentence = "The quick brown fox jumps over the lazy dog near the river bank."
     text = " ".join([sentence] * 4) + "\n\nA short one ends here.\n\nIt was (late."
-    items = items_from_documents([("doc", text)])
+    items = items_from_documents([("doc", text)], fits=lambda word: True)
     flat = " ".join(text.split())
     for context, word in items:
         assert MIN_CONTEXT_WORDS <= len(context.split()) <= MAX_CONTEXT_WORDS
@@ -68,6 +68,11 @@ def test_passages_cut_from_files():
 
 @pytest.mark.parametrize("line,message", [
     ("not json", ":1: not a JSON object"),
+    ('{"text": "the dog ran home\\n"}', ":1: the passage ends with whitespace"),
+    ('{"text": "the dog ran home "}', ":1: the passage ends with whitespace"),
+    ('{"text": "name ____ and the dog ran home"}', ":1: the passage holds '____', which fill reads as a blank"),
+    ('{"text": "the dog [MASK] home"}', ":1: the passage holds '[MASK]'"),
+    ('{"text": "the dog ran ' + "q" * 2000 + '"}', ":1: the last word is longer than the model's context"),
     ('{"txt": "a b"}', ':1: expected {"text": ...}'),
     ('{"text": "single"}', ":1: the passage has no word before its last one"),
     ('[1, 2]', ":1: expected a JSON object"),
@@ -84,3 +89,20 @@ def test_lastword_needs_passages(tok):
     model = HandModel(ConstantLM(tok, 0), tok, "clm")
     with pytest.raises(ClozelmError, match="--lambada"):
         evaluate(model, tasks="lastword")
+
+
+def test_passages_a_fill_would_misread_are_not_cut_from_files():
+    sentence = "The quick brown fox jumps over the lazy dog near the river bank."
+    plain = " ".join([sentence] * 4)
+    assert len(items_from_documents([("doc", plain)], fits=lambda word: True)) == 2
+    blank = plain.replace("lazy", "___", 1)  # in the context of both passages: fill would read a second blank
+    assert items_from_documents([("doc", blank)], fits=lambda word: True) == []
+    assert items_from_documents([("doc", plain)], fits=lambda word: word != "bank") == []
+
+
+def test_a_hopeless_last_word_gives_an_infinite_perplexity_not_a_crash(tok, tmp_path):
+    home = tok.encode(" home")
+    model = HandModel(ConstantLM(tok, home[0], margin=800.0), tok, "clm")
+    lambada = write_jsonl(tmp_path / "lambada.jsonl", [{"text": "the dog ran away"}])
+    result = evaluate(model, tasks="lastword", lambada=lambada)["tasks"]["lastword"]
+    assert result["perplexity"] == math.inf and result["left_only_accuracy"] == 0.0

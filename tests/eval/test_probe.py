@@ -82,6 +82,8 @@ def test_draws_take_each_label_in_turn():
     ({"only": ["x"]}, "at least two labels"),
     ({"a": ["x"], "b": []}, "holds no text file"),
     ({"a": ["x"], "b": ["y"]}, "cannot be split into 5 folds"),
+    ({"a": ["x", "y", "z"], "b": ["u", "v", " \n"]}, r"b/2\.txt is empty"),  # named, before any forward pass
+    ({"a": ["x", "y", "z", "w"], "b": ["u"]}, "label 'b' has one text"),  # its fold could train on none of it
 ])
 def test_bad_folders(tok, tmp_path, layout, message):
     root = tmp_path / "data"

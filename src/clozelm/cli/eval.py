@@ -55,57 +55,60 @@ class _Bar:
         self.stream.flush()
 
 
+# The options the command line gives evaluate (each flag is the name with dashes)
+FLAGS = {name: f"--{name.replace('_', '-')}" for name in ("stride", "samples", "pair_samples", "pll_tokens", "limit",
+                                                          "lambada", "pairs", "probe", "folds")}
+
+
 def _out_dir(args) -> Path | None:
     if not args.out:
         return None
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ClozelmError(f"--out {out} is a file, expected a directory")
+    for name in ("results.json", "report.md"):
+        if (out / name).is_dir():
+            raise ClozelmError(f"{out / name} is a directory: eval writes its {name} there; choose another --out")
     taken = [name for name in ("results.json", "report.md") if (out / name).exists()]
     if taken and not args.overwrite:
         raise ClozelmError(f"{out} already holds {' and '.join(taken)}; choose a new directory or pass --overwrite")
     return out
 
 
-def _task_names(tasks: str | None) -> tuple[str, ...]:
-    """The tasks --tasks names (without --tasks: any, since the defaults follow the files given)."""
-    from ..eval.options import TASKS, parse_tasks
-    return TASKS if tasks is None else parse_tasks(tasks)
-
-
-def _create(out: Path | None) -> Path | None:
-    """Make the --out folder now; returns it if this call created it."""
+def _create(out: Path | None) -> list[Path]:
+    """Make the --out folder now; returns the folders this call created, the deepest first."""
     if out is None or out.is_dir():
-        return None
+        return []
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True)
     except OSError as error:
         raise ClozelmError(f"cannot create {out}: {error.strerror or type(error).__name__}") from None
-    return out
+    return missing
 
 
 def run(args) -> None:
     from ..api import load
     from ..files import atomic_write_text
     from ..eval import EvalOptions, evaluate, markdown, table
-    for flag, task in (("--lambada", "lastword"), ("--pairs", "pairs"), ("--probe", "probe"), ("--folds", "probe"),
-                       ("--stride", "ppl"), ("--samples", "ppl"), ("--pll-tokens", "ppl"), ("--pair-samples", "pairs")):
-        if getattr(args, flag[2:].replace("-", "_")) is not None and task not in _task_names(args.tasks):
-            raise ClozelmError(f"{flag} is read by the {task} task, which --tasks leaves out; add {task} to --tasks "
-                               f"or leave out {flag}")
-    out = _out_dir(args)  # refuse before the model is loaded and the work done
-    given = {name: getattr(args, name) for name in ("samples", "pair_samples", "pll_tokens", "folds")
-             if getattr(args, name) is not None}  # the others: EvalOptions' defaults
-    options = EvalOptions(seed=args.seed, stride=args.stride, limit=args.limit, lambada=args.lambada, pairs=args.pairs,
-                          probe=args.probe, **given)
+    from ..eval.options import unread_options
+    from ..eval.pairs import pairs_by_bound
+    from ..eval.run import chosen_tasks
+    if args.overwrite and not args.out:
+        raise ClozelmError("--overwrite replaces results.json and report.md in --out DIR: give --out, or leave it out")
+    given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    options = EvalOptions(seed=args.seed, **given)  # the options not given: EvalOptions' defaults
+    tasks = chosen_tasks(args.tasks, bool(args.files), options)
+    unread = unread_options(given, tasks, label=FLAGS.get)  # refused before the model is loaded and the work done
+    if unread:
+        raise ClozelmError(unread)
+    out = _out_dir(args)
     created = _create(out)  # a folder that cannot be made is said before the work, not after it
     try:
         model = load(args.model, dtype=args.dtype)
-        masked_only = [flag for flag in ("--samples", "--pll-tokens") if getattr(args, flag[2:].replace("-", "_"))
-                       is not None]
-        if masked_only and model.config.causal:
-            raise ClozelmError(f"{' and '.join(masked_only)} shape a masked model's bits per byte; {args.model} is "
-                               "causal and scored exactly: leave them out")
+        unread = unread_options(given, tasks, model.config.causal, pairs_by_bound(model, options), label=FLAGS.get)
+        if unread:
+            raise ClozelmError(unread)
         bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
         try:
             results = evaluate(model, args.files, tasks=args.tasks, options=options, on_progress=bar)
@@ -113,8 +116,9 @@ def run(args) -> None:
             if bar is not None:
                 bar.close()
     except BaseException:
-        if created is not None and not any(created.iterdir()):
-            created.rmdir()  # nothing was written: leave no empty folder behind
+        for folder in created:  # nothing was written: leave no empty folder behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
     results["model"] = args.model
     if out is not None:

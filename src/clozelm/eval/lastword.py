@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from ..cloze.blanks import BLANK
 from ..errors import ClozelmError
 from .forward import token_logprobs
 from .text import WORD, same, sentences
@@ -24,7 +25,10 @@ from .text import WORD, same, sentences
 MIN_CONTEXT_WORDS, MAX_CONTEXT_WORDS = 30, 80
 
 
-def items_from_jsonl(rows: list[tuple[int, dict]], path) -> list[tuple[str, str]]:
+def items_from_jsonl(rows: list[tuple[int, dict]], path, fits: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """(context, word) of every passage; a one-line error, with its line, for one the task cannot read as given:
+    no word before the last, whitespace at the end, a blank marker (fill would read it as a blank of its own),
+    or a last word longer than the model's context (`fits` says which fit)."""
     items = []
     for number, row in rows:
         text = row.get("text")
@@ -32,16 +36,28 @@ def items_from_jsonl(rows: list[tuple[int, dict]], path) -> list[tuple[str, str]
             raise ClozelmError(f"{path}:{number}: expected {{\"text\": ...}} (lm-eval-harness's LAMBADA format)")
         if " " not in text.strip():
             raise ClozelmError(f"{path}:{number}: the passage has no word before its last one")
+        if text != text.rstrip():
+            raise ClozelmError(f"{path}:{number}: the passage ends with whitespace: no last word to hide")
+        if BLANK.search(text):
+            raise ClozelmError(f"{path}:{number}: the passage holds {BLANK.search(text).group()!r}, which fill reads "
+                               "as a blank of its own")
         context, word = text.rsplit(" ", 1)
-        if not word:
-            raise ClozelmError(f"{path}:{number}: the passage ends with a space: no last word to hide")
+        if not fits(word):
+            raise ClozelmError(f"{path}:{number}: the last word is longer than the model's context")
         items.append((context, word))
     return items
 
 
-def items_from_documents(docs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def word_fits(model) -> Callable[[str], bool]:
+    """Whether a hidden last word's tokens leave room in the model's context for one token before them."""
+    tok, width = model.tokenizer, model.config.n_positions
+    return lambda word: len(tok.encode(" " + word)) < width
+
+
+def items_from_documents(docs: list[tuple[str, str]], fits: Callable[[str], bool]) -> list[tuple[str, str]]:
     """Every sentence-final word (letters only, right before . ! or ?) with 30 to 80 words of context: the
-    sentences before it, whole, as many as fit, and its own sentence up to the word."""
+    sentences before it, whole, as many as fit, and its own sentence up to the word. Passages fill would read
+    another blank in (`___`, `[MASK]`), and words longer than the model's context, are left out."""
     items = []
     for _, text in docs:
         sents = sentences(text)
@@ -62,8 +78,9 @@ def items_from_documents(docs: list[tuple[str, str]]) -> list[tuple[str, str]]:
                     break
                 parts.insert(0, previous)
                 count += n
-            if count >= MIN_CONTEXT_WORDS:
-                items.append((" ".join(parts), last.group()))
+            context = " ".join(parts)
+            if count >= MIN_CONTEXT_WORDS and not BLANK.search(context) and fits(last.group()):
+                items.append((context, last.group()))
     return items
 
 
@@ -85,7 +102,8 @@ def left_only(model, items, opts, advance=None) -> dict:
     scored = token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens, greedy=True, advance=advance)
     hits = [bool(greedy.all()) for _, greedy in scored]
     logprobs = [float(lp.sum()) for lp, _ in scored]
-    return {"left_only_accuracy": sum(hits) / len(hits), "perplexity": math.exp(-sum(logprobs) / len(logprobs))}
+    nll = -sum(logprobs) / len(logprobs)
+    return {"left_only_accuracy": sum(hits) / len(hits), "perplexity": math.exp(nll) if nll < 700 else math.inf}
 
 
 def by_fill(model, items, opts, fill, advance: Callable[[int], None] | None = None) -> list[bool]:
@@ -98,10 +116,13 @@ def by_fill(model, items, opts, fill, advance: Callable[[int], None] | None = No
     return hits
 
 
+NO_PASSAGE = (f"lastword: no passage found (give --lambada FILE.jsonl, or FILES with sentences that end in a word "
+              f"after at least {MIN_CONTEXT_WORDS} words)")
+
+
 def lastword(model, items, opts, fill, progress) -> dict:
     if not items:
-        raise ClozelmError("lastword: no passage found (give --lambada FILE.jsonl, or FILES with sentences "
-                           f"that end in a word after at least {MIN_CONTEXT_WORDS} words)")
+        raise ClozelmError(NO_PASSAGE)
     result: dict = {}
     causal = model.config.causal
     steps = progress("lastword", len(items) * (2 if causal else 1))

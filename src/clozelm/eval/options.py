@@ -82,6 +82,9 @@ class EvalOptions:
         if unknown:
             raise ClozelmError(f"unknown eval option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
                                f"(known: {', '.join(sorted(names))})")
+        if options is not None and not isinstance(options, cls):
+            raise ClozelmError(f"options must be an EvalOptions, not {type(options).__name__} (or give its fields "
+                               "as keywords)")
         base = options if options is not None else cls()
         return dataclasses.replace(base, **changes) if changes else base
 
@@ -108,3 +111,35 @@ def parse_tasks(tasks) -> tuple[str, ...]:
     if not names:
         raise ClozelmError(f"no task given: choose from {', '.join(TASKS)}")
     return tuple(names)
+
+
+# The tasks that read each option (seed and batch_tokens: every task), and which models it shapes there.
+READ_BY = {"stride": ("ppl",), "samples": ("ppl",), "pll_tokens": ("ppl",), "pair_samples": ("pairs",),
+           "limit": ("lastword", "cloze", "pairs", "probe"), "lambada": ("lastword",), "pairs": ("pairs",),
+           "probe": ("probe",), "folds": ("probe",), "l2": ("probe",), "probe_tokens": ("probe",),
+           "masked_score": ("pairs",), "fill_options": ("lastword", "cloze")}
+MASKED_ONLY = ("samples", "pll_tokens", "masked_score")  # a causal model's figures are exact: nothing to sample
+
+
+def unread_options(given, tasks, causal: bool | None = None, pairs_by_bound: bool | None = None,
+                   label=lambda name: name) -> str | None:
+    """Why options given would be silently ignored (one line), or None: an option no task of `tasks` reads, one
+    that only shapes a masked model's figures given with a causal model, or pair_samples where pairs are not
+    scored by the masked-diffusion bound. `causal` / `pairs_by_bound` None: not known yet (no model loaded);
+    `label` names an option as the caller's user knows it (a command-line flag, say)."""
+    def listed(names, last: str) -> str:
+        return ", ".join(names[:-1]) + f" {last} " + names[-1] if len(names) > 1 else names[0]
+
+    for name in sorted(set(given) & set(READ_BY), key=list(READ_BY).index):
+        readers = READ_BY[name]
+        if not set(readers) & set(tasks):
+            return (f"{label(name)} is read by the {listed(readers, 'and')} task{'s' if len(readers) > 1 else ''}, "
+                    f"which {'are' if len(readers) > 1 else 'is'} not run here; add {listed(readers, 'or')} to the "
+                    f"tasks or leave out {label(name)}")
+        if causal and name in MASKED_ONLY:
+            return (f"{label(name)} shapes a masked model's figures; this model is causal and scored exactly: leave "
+                    f"out {label(name)}")
+        if name == "pair_samples" and pairs_by_bound is False:
+            return (f"{label(name)} shapes the masked-diffusion bound, and this model's pairs are scored "
+                    f"{'by log-probability' if causal else 'by pseudo-log-likelihood'}: leave out {label(name)}")
+    return None

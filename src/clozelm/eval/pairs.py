@@ -42,6 +42,12 @@ def how_to_score(model, masked_score: str) -> str:
     return masked_score
 
 
+def pairs_by_bound(model, opts) -> bool:
+    """Whether the pairs task scores this model's sentences by the masked-diffusion bound (and so reads
+    pair_samples)."""
+    return how_to_score(model, opts.masked_score) == "bound"
+
+
 def sentence_scores(model, texts: list[str], opts, how: str, advance=None, rates_seed: list[int] | None = None
                     ) -> list[float]:
     """The score of each text (higher: more likely), by `how`: "log-prob", "pll" or "bound"."""

@@ -41,7 +41,11 @@ def read_folder(path: Path) -> list[tuple[str, str]]:
             files = expand_inputs([folder])
         except ClozelmError:
             raise ClozelmError(f"probe: the label folder {folder} holds no text file") from None
-        out += [(folder.name, read_text_file(f, "probe text")) for f in files]
+        for f in files:
+            text = read_text_file(f, "probe text")
+            if not text.strip():
+                raise ClozelmError(f"probe: {f} is empty")
+            out.append((folder.name, text))
     return out
 
 
@@ -171,6 +175,11 @@ def probe_items(opts) -> tuple[list[tuple[str, str]], str]:
     names = sorted({label for label, _ in items})
     if len(names) < 2:
         raise ClozelmError("probe: the texts drawn have a single label; a probe needs two or more")
+    counts = {name: sum(label == name for label, _ in items) for name in names}
+    alone = [name for name, count in counts.items() if count < 2]
+    if alone:
+        raise ClozelmError(f"probe: label {alone[0]!r} has one text; a label needs two or more (the fold that tests "
+                           "one must train on another)")
     return items, source
 
 

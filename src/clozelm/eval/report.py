@@ -42,16 +42,21 @@ def _rows(tasks: dict) -> list[tuple[str, str, str]]:
         elif task == "pairs":
             add(f"accuracy (mean of {len(r['phenomena'])})",
                 f"{_pct(r['accuracy'])} of {r['n']:,} pairs, by {r['score']}")
-            for name, v in r["phenomena"].items():
-                add(f"  {name}", f"{_pct(v['accuracy'])} (n={v['n']})")
+            for name, v in r["phenomena"].items():  # a name from the user's file, on one line
+                add(f"  {' '.join(name.split())}", f"{_pct(v['accuracy'])} (n={v['n']})")
         elif task == "probe":
             add("accuracy", f"{_pct(r['accuracy'])} ± {_pct(r['std'])} ({r['folds']} folds, {r['n']:,} texts, "
                 f"chance {_pct(r['chance'])})")
     return out
 
 
+def _all_rows(results: dict) -> list[tuple[str, str, str]]:
+    """The figures' rows, then a row for each task left out for want of input."""
+    return _rows(results["tasks"]) + [(task, "not run", why) for task, why in results.get("skipped", {}).items()]
+
+
 def table(results: dict) -> str:
-    rows = _rows(results["tasks"])
+    rows = _all_rows(results)
     head = f"{results['model']}" + (f" ({results['objective']})" if results.get("objective") else "") + \
         f", seed {results['seed']}"
     if not rows:
@@ -85,7 +90,7 @@ DEFINITIONS = """\
 
 
 def markdown(results: dict) -> str:
-    rows = _rows(results["tasks"])
+    rows = _all_rows(results)
     lines = [f"# clozelm eval: {results['model']}", ""]
     meta = [f"objective: {results['objective']}" if results.get("objective") else None, f"seed: {results['seed']}"]
     if results.get("files"):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..errors import ClozelmError
 from .cloze import cloze, cloze_sentences
-from .lastword import items_from_documents, items_from_jsonl, lastword
-from .options import DEFAULT_TASKS, EvalOptions, parse_tasks
-from .pairs import pairs, read_pairs
+from .lastword import NO_PASSAGE, items_from_documents, items_from_jsonl, lastword, word_fits
+from .options import DEFAULT_TASKS, EvalOptions, parse_tasks, unread_options
+from .pairs import pairs, pairs_by_bound, read_pairs
 from .ppl import perplexity
 from .probe import probe, probe_items
 from .progress import progress_factory
@@ -18,7 +18,7 @@ from .text import draw, read_documents, read_jsonl
 BUILTIN_PAIRS = "clozelm's generated minimal pairs (clozelm.eval.minimal_pairs)"
 
 
-def _chosen(tasks, has_files: bool, opts: EvalOptions) -> tuple[str, ...]:
+def chosen_tasks(tasks, has_files: bool, opts: EvalOptions) -> tuple[str, ...]:
     if tasks is None:
         available = {"ppl": has_files, "lastword": has_files or opts.lambada is not None, "cloze": has_files,
                      "pairs": True}
@@ -45,25 +45,45 @@ def evaluate(model, files: Sequence[str | Path] = (), *, tasks: str | Sequence[s
              **option_values) -> dict:
     """Measure a loaded `clozelm.Model` on `tasks` (None: every default task whose input is at hand).
 
-    files: text files or folders (ppl, cloze, and lastword without --lambada); options: an EvalOptions, and/or
-    its fields as keywords (seed=, stride=, samples=, limit=, lambada=, pairs=, probe=, folds=, ...).
+    files: text files or folders, or one path (ppl, cloze, and lastword without --lambada); options: an
+    EvalOptions, and/or its fields as keywords (seed=, stride=, samples=, limit=, lambada=, pairs=, probe=, folds=,
+    ...): a keyword that no task run here reads, or that does not apply to this model, is an error.
     on_progress(task, done, total) is called as work gets done. Returns
     {"model", "objective", "seed", "files", "tasks": {task: figures}} (see the task modules for the figures).
     """
     opts = EvalOptions.of(options, **option_values)
     _check_model(model)
-    files = list(files)
-    chosen = _chosen(tasks, bool(files), opts)
+    files = [files] if isinstance(files, (str, Path)) else list(files)
+    chosen = chosen_tasks(tasks, bool(files), opts)
+    # Options named here that nothing would read are refused (an options object may be shared by many calls)
+    unread = unread_options(option_values, chosen, model.config.causal, pairs_by_bound(model, opts))
+    if unread:
+        raise ClozelmError(unread)
     docs = read_documents(files) if files and {"ppl", "cloze", "lastword"} & set(chosen) else []
-    # Read every input before the first forward pass: a bad file fails in a second, not after an hour.
-    lambada_items = None
+    # Read every input before the first forward pass: a bad file fails in a second, not after an hour. A task
+    # that runs by default because FILES were given, but finds nothing to measure in them, is left out and said.
+    skipped: dict[str, str] = {}
+    lambada_items = sents = None
     if "lastword" in chosen:
         if opts.lambada is not None:
             rows = read_jsonl(opts.lambada, "LAMBADA file")
-            lambada_items = draw(items_from_jsonl(rows, opts.lambada), opts.limit_for("lastword", False), opts.seed)
+            items = items_from_jsonl(rows, opts.lambada, word_fits(model))
+            lambada_items = draw(items, opts.limit_for("lastword", False), opts.seed)
         else:
-            lambada_items = draw(items_from_documents(docs), opts.limit_for("lastword", True), opts.seed)
-    sents = cloze_sentences(docs, opts) if "cloze" in chosen else None
+            lambada_items = draw(items_from_documents(docs, word_fits(model)), opts.limit_for("lastword", True),
+                                 opts.seed)
+            if not lambada_items:
+                if tasks is not None:
+                    raise ClozelmError(NO_PASSAGE)
+                skipped["lastword"] = NO_PASSAGE.split(": ", 1)[1]
+    if "cloze" in chosen:
+        try:
+            sents = cloze_sentences(docs, opts)
+        except ClozelmError as error:
+            if tasks is not None:
+                raise
+            skipped["cloze"] = str(error).split(": ", 1)[1]
+    chosen = tuple(task for task in chosen if task not in skipped)
     pair_items, pair_source = None, None
     if "pairs" in chosen:
         if opts.pairs is not None:
@@ -89,6 +109,8 @@ def evaluate(model, files: Sequence[str | Path] = (), *, tasks: str | Sequence[s
     results: dict = {"model": model.name if hasattr(model, "name") else type(model).__name__,
                      "objective": getattr(getattr(model, "info", None), "objective", None),
                      "seed": opts.seed, "files": [str(f) for f in files], "tasks": {}}
+    if skipped:
+        results["skipped"] = skipped
     try:
         for task in chosen:
             if task == "ppl":

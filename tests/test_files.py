@@ -1,0 +1,27 @@
+"""clozelm.files: which files a folder given as input stands for."""
+
+from __future__ import annotations
+
+import pytest
+
+from clozelm.errors import ClozelmError
+from clozelm.files import expand_inputs
+
+
+def test_a_folder_stands_for_its_texts_and_not_what_clozelm_wrote_there(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    for name in ("a.txt", "sub/b.md", "report.md", ".hidden.txt", "MANIFEST.json"):
+        (corpus / name).write_text("text")
+    run = corpus / "eval-run"  # an earlier `clozelm eval ... --out corpus/eval-run`
+    run.mkdir()
+    (run / "results.json").write_text("{}")
+    (run / "report.md").write_text("# clozelm eval")
+    (corpus / "own").mkdir()
+    (corpus / "own" / "c.txt").write_text("text")
+    found = expand_inputs([corpus], exclude=[corpus / "own"])
+    assert [p.relative_to(corpus).as_posix() for p in found] == ["a.txt", "report.md", "sub/b.md"]
+    # named on its own, a file is read whatever it is
+    assert expand_inputs([run / "report.md", corpus / "MANIFEST.json"]) == [run / "report.md", corpus / "MANIFEST.json"]
+    with pytest.raises(ClozelmError, match="no input files found"):
+        expand_inputs([run])
