@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -223,6 +224,9 @@ def test_config_checks_each_value_in_one_line():
     assert StudyConfig(**base, preset="gpt2", seq_len=128).shape == {"n_layer": 12, "n_embd": 768, "n_head": 12,
                                                                      "seq_len": 128}
     assert StudyConfig(**base, tokens=10).steps == 1  # at least one step
+    # 39 steps, 10 evaluations asked for: every 4th step and the last (10 points, not every 3rd and the last: 14)
+    steps39 = StudyConfig(**base, tokens=39 * 16 * 256, batch_size=16, seq_len=256)
+    assert steps39.steps == 39 and study_run.train_config(steps39, Path("o/runs/x"), "clm", 0).eval_every == 4
 
 
 def test_the_command_line_study_reuses_memory_unless_told_not_to(tmp_path, corpus, monkeypatch):

@@ -53,7 +53,7 @@ class StudyConfig:
     # small budget's comparison by itself. 0 turns it off.
     locality_warmup: float = 0.25
     valid_every: int = 50  # one document in N is held out (training's validation split and every eval task)
-    evals: int = 10  # held-out evaluations per run (the loss curves' points)
+    evals: int = 10  # held-out evaluations per run, at most (the loss curves' points; the last at the last step)
     tasks: tuple[str, ...] = TASKS  # eval tasks run on every model
     # items per eval task (None: eval's own defaults, 200 passages, 100 sentences, 500 probe texts, every pair):
     # 100 keeps a small study's evaluation, which costs more than its training, to minutes

@@ -290,7 +290,7 @@ def _read_json(path: Path) -> dict | None:
 def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, overwrite: bool = False) -> TrainConfig:
     """The TrainConfig of one run of the study in `config.out` (its data split and tokenizer must exist)."""
     out, shape, steps = Path(config.out), config.shape, config.steps
-    every = max(1, steps // config.evals)
+    every = -(-steps // config.evals)  # ceil: `evals` points, the last at the last step
     layers = {"preset": config.preset} if config.preset else \
         {"n_layer": shape["n_layer"], "n_embd": shape["n_embd"], "n_head": shape["n_head"]}
     return TrainConfig(
