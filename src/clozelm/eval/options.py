@@ -113,7 +113,7 @@ def parse_tasks(tasks) -> tuple[str, ...]:
     return tuple(names)
 
 
-# The tasks that read each option (seed and batch_tokens: every task), and which models it shapes there.
+# The tasks that read each option (seed and batch_tokens: every task).
 READ_BY = {"stride": ("ppl",), "samples": ("ppl",), "pll_tokens": ("ppl",), "pair_samples": ("pairs",),
            "limit": ("lastword", "cloze", "pairs", "probe"), "lambada": ("lastword",), "pairs": ("pairs",),
            "probe": ("probe",), "folds": ("probe",), "l2": ("probe",), "probe_tokens": ("probe",),
