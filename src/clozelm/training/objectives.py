@@ -38,7 +38,9 @@ list of windows into a `Batch` (plus per-token weights for mdlm, per-row attenti
          with causal=False and a per-row additive mask that hides the future from the causal rows (one
          forward pass per micro-batch, whatever the mix). The loss is the mean over every labelled position
          of the global batch, causal and masked alike (a causal row labels T positions, a masked one about
-         mask_rate x T).
+         mask_rate x T, so the causal rows give about 30% of the gradient at 1/16 and 15%). That is the
+         released GPT-BERT script's `--token_weighted_loss` variant; its default averages each kind of row
+         on its own and weighs the two by their share of rows.
     mdlm    masked diffusion (MDLM, Sahoo et al. 2024), bidirectional. Window of T tokens. Per row a mask
          rate t = eps + (1 - eps) u, u ~ U[0, 1) (eps = 1e-3: the weight 1/t stays finite); each
          non-special token is replaced by the mask token independently with probability t; the loss is the
