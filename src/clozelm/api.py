@@ -79,8 +79,10 @@ def train(config):
 
 
 def evaluate(model: str | Path | Model, files=(), *, tasks=None, **options) -> dict:
-    """`clozelm eval` from Python: the model's figures on `files` for `tasks` (ppl, lastword, cloze, pairs,
-    probe; default: every task whose input is at hand). Options: see `clozelm.eval.EvalOptions`."""
+    """`clozelm eval` from Python: the model's figures on `files` (files or folders, or one path) for `tasks`
+    (ppl, lastword, cloze, pairs, probe; default: every task whose input is at hand). Options: the fields of
+    `clozelm.eval.EvalOptions` as keywords; one that no task run reads, or that does not apply to the model, is
+    an error."""
     from .eval import evaluate as _evaluate
     return _evaluate(as_model(model), files, tasks=tasks, **options)
 

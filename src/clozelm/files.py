@@ -144,3 +144,35 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output directory") 
     if path.exists() and not path.is_dir():
         raise ClozelmError(f"{what} {path} is a file, expected a directory")
     return path
+
+
+def make_dirs(out: Path) -> list[Path]:
+    """Create `out` and its missing parents; return those created, outermost first."""
+    missing = []
+    folder = out
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise ClozelmError(f"{folder} is a file, so {out} cannot be a directory" if folder != out
+                           else f"{out} exists and is not a directory")
+    created = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+    except OSError as e:
+        for folder in reversed(created):
+            folder.rmdir()
+        raise ClozelmError(f"cannot create {out}: {e.strerror or type(e).__name__}") from None
+    return created
+
+
+def remove_empty(created: list[Path]) -> None:
+    """Remove the folders `make_dirs` created, innermost first, as long as they are empty (a failed command
+    leaves no empty folder of its own behind)."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            break

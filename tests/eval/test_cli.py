@@ -165,10 +165,10 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_the_work(saved, tmp
     assert main(["eval", str(saved["clm"]), str(held_out(tmp_path)), "--tasks", "ppl", "--out",
                  str(blocker / "report")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("clozelm: error: cannot create") and "\n" not in err and blocker.read_text() == "mine"
+    assert err.startswith(f"clozelm: error: {blocker} is a file, so") and "\n" not in err and blocker.read_text() == "mine"
     # a run that fails leaves no empty folder of its own behind
-    assert main(["eval", str(tmp_path / "no-model"), "--tasks", "pairs", "--out", str(tmp_path / "new")]) == 2
-    assert not (tmp_path / "new").exists()
+    assert main(["eval", str(tmp_path / "no-model"), "--tasks", "pairs", "--out", str(tmp_path / "new" / "a" / "b")]) == 2
+    assert not (tmp_path / "new").exists()  # nor the folders above it that it made
 
 
 def test_the_help_gives_the_options_own_defaults(capsys):

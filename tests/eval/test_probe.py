@@ -83,7 +83,7 @@ def test_draws_take_each_label_in_turn():
     ({"a": ["x"], "b": []}, "holds no text file"),
     ({"a": ["x"], "b": ["y"]}, "cannot be split into 5 folds"),
     ({"a": ["x", "y", "z"], "b": ["u", "v", " \n"]}, r"b/2\.txt is empty"),  # named, before any forward pass
-    ({"a": ["x", "y", "z", "w"], "b": ["u"]}, "label 'b' has one text"),  # its fold could train on none of it
+    ({"a": ["x", "y", "z", "w", "v"], "b": ["u"]}, "the folder holds one text of label 'b'"),  # its fold: none to train on
 ])
 def test_bad_folders(tok, tmp_path, layout, message):
     root = tmp_path / "data"
@@ -107,3 +107,16 @@ def test_the_builtin_set_is_bbc_news():
     assert len(items) == 2225
     assert sorted({label for label, _ in items}) == ["business", "entertainment", "politics", "sports", "tech"]
     assert EvalOptions().limit_for("probe", from_files=True) == 500
+
+
+def test_a_limit_that_draws_one_text_of_a_label_says_so(tok, tmp_path):
+    root = tmp_path / "data"
+    for label in "abc":
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            (root / label / f"{i}.txt").write_text(f"{label} {i}")
+    model = HandModel(TokenIdentity(tok), tok, "mlm")
+    # five texts drawn from three labels in turn: a, b, c, a, b; c has one
+    with pytest.raises(ClozelmError, match=r"the 5 texts drawn \(of 15\) hold one text of label 'c'.*at least 6"):
+        evaluate(model, tasks="probe", probe=root, limit=5, folds=2)
+    assert evaluate(model, tasks="probe", probe=root, limit=6, folds=2)["tasks"]["probe"]["n"] == 6

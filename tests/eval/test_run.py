@@ -75,3 +75,26 @@ def test_a_default_task_without_input_to_measure_is_left_out_and_said(tok, tmp_p
     assert set(result["skipped"]) == {"lastword", "cloze"} and "no passage found" in result["skipped"]["lastword"]
     assert any(line.split()[:3] == ["lastword", "not", "run"] for line in table(result).splitlines())
     assert "| lastword | not run |" in markdown(result)
+
+
+def test_keywords_left_at_none_ask_for_nothing_and_any_path_like_is_one_file(tok, tmp_path):
+    import os
+
+    class Where(os.PathLike):
+        def __init__(self, path):
+            self.path = path
+
+        def __fspath__(self):
+            return str(self.path)
+
+    model = HandModel(BigramLM(tok, SENTENCES), tok, "clm")
+    result = evaluate(model, Where(_text(tmp_path)), tasks="ppl", lambada=None, limit=None, stride=None)
+    assert result["tasks"]["ppl"]["tokens"] == 4
+
+
+def test_json_has_no_infinity(tok, tmp_path):
+    import json
+
+    from clozelm.eval import to_json
+    text = to_json({"tasks": {"lastword": {"perplexity": float("inf"), "accuracy": 0.5}}})
+    assert json.loads(text) == {"tasks": {"lastword": {"perplexity": None, "accuracy": 0.5}}}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -75,27 +74,16 @@ def _out_dir(args) -> Path | None:
     return out
 
 
-def _create(out: Path | None) -> list[Path]:
-    """Make the --out folder now; returns the folders this call created, the deepest first."""
-    if out is None or out.is_dir():
-        return []
-    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
-    try:
-        out.mkdir(parents=True)
-    except OSError as error:
-        raise ClozelmError(f"cannot create {out}: {error.strerror or type(error).__name__}") from None
-    return missing
-
-
 def run(args) -> None:
     from ..api import load
-    from ..files import atomic_write_text
-    from ..eval import EvalOptions, evaluate, markdown, table
+    from ..files import atomic_write_text, make_dirs, remove_empty
+    from ..eval import EvalOptions, evaluate, markdown, table, to_json
     from ..eval.options import unread_options
     from ..eval.pairs import pairs_by_bound
     from ..eval.run import chosen_tasks
     if args.overwrite and not args.out:
-        raise ClozelmError("--overwrite replaces results.json and report.md in --out DIR: give --out, or leave it out")
+        raise ClozelmError("--overwrite replaces results.json and report.md in --out DIR: give --out, or leave out "
+                           "--overwrite")
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     options = EvalOptions(seed=args.seed, **given)  # the options not given: EvalOptions' defaults
     tasks = chosen_tasks(args.tasks, bool(args.files), options)
@@ -103,7 +91,7 @@ def run(args) -> None:
     if unread:
         raise ClozelmError(unread)
     out = _out_dir(args)
-    created = _create(out)  # a folder that cannot be made is said before the work, not after it
+    created = make_dirs(out) if out is not None else []  # one that cannot be made is said before the work
     try:
         model = load(args.model, dtype=args.dtype)
         unread = unread_options(given, tasks, model.config.causal, pairs_by_bound(model, options), label=FLAGS.get)
@@ -116,16 +104,14 @@ def run(args) -> None:
             if bar is not None:
                 bar.close()
     except BaseException:
-        for folder in created:  # nothing was written: leave no empty folder behind
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_empty(created)  # nothing was written: leave no empty folder behind
         raise
     results["model"] = args.model
     if out is not None:
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out / "results.json", to_json(results) + "\n")
         atomic_write_text(out / "report.md", markdown(results))
     if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
+        print(to_json(results))
     else:
         print(table(results))
     if out is not None:

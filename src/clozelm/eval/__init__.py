@@ -9,7 +9,7 @@ words and tokens), `pairs` (minimal pairs), `probe` (a linear probe on frozen fe
 """
 
 from .options import DEFAULT_TASKS, TASKS, EvalOptions
-from .report import markdown, table
+from .report import markdown, table, to_json
 from .run import evaluate
 
-__all__ = ["evaluate", "EvalOptions", "TASKS", "DEFAULT_TASKS", "table", "markdown"]
+__all__ = ["evaluate", "EvalOptions", "TASKS", "DEFAULT_TASKS", "table", "markdown", "to_json"]

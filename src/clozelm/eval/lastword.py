@@ -14,12 +14,12 @@ sentence-final word with the 30 to 80 words before it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from ..cloze.blanks import BLANK
 from ..errors import ClozelmError
 from .forward import token_logprobs
+from .ppl import perplexity_of
 from .text import WORD, same, sentences
 
 MIN_CONTEXT_WORDS, MAX_CONTEXT_WORDS = 30, 80
@@ -103,7 +103,7 @@ def left_only(model, items, opts, advance=None) -> dict:
     hits = [bool(greedy.all()) for _, greedy in scored]
     logprobs = [float(lp.sum()) for lp, _ in scored]
     nll = -sum(logprobs) / len(logprobs)
-    return {"left_only_accuracy": sum(hits) / len(hits), "perplexity": math.exp(nll) if nll < 700 else math.inf}
+    return {"left_only_accuracy": sum(hits) / len(hits), "perplexity": perplexity_of(nll)}
 
 
 def by_fill(model, items, opts, fill, advance: Callable[[int], None] | None = None) -> list[bool]:

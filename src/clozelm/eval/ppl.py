@@ -35,6 +35,14 @@ WINDOWS_AT_ONCE = 64  # masked bound: windows drawn and scored together
 POSITIONS_AT_ONCE = 1024  # word-l2r PLL: positions scored together
 
 
+
+def perplexity_of(nats: float) -> float:
+    """e^nats: a mean negative log-likelihood per token as a perplexity (infinite past what a float holds)."""
+    try:
+        return math.exp(nats)
+    except OverflowError:
+        return math.inf
+
 def plan_windows(n: int, width: int, stride: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
     """Windows (begin, end, first, last) of at most `width` positions of a sequence of `n`: the targets
     [first, last) of the windows partition [lo, hi), and each target has every earlier position of the sequence
@@ -96,7 +104,7 @@ def causal_ppl(model, docs, opts, progress: Progress) -> dict:
     nll = -float(sum(lp.sum() for lp in lps))
     return {
         "bits_per_byte": nll / LN2 / max(n_bytes, 1),
-        "token_perplexity": math.exp(nll / n_tokens),
+        "token_perplexity": perplexity_of(nll / n_tokens),
         "nats_per_token": nll / n_tokens,
         "tokens": n_tokens,
         "bytes": n_bytes,
@@ -184,7 +192,7 @@ def masked_ppl(model, docs, opts, progress: Progress) -> dict:
     result = {
         "bits_per_byte": nll / LN2 / n_bytes,
         "bits_per_byte_se": math.sqrt(variance) / LN2 / n_bytes,
-        "token_perplexity": math.exp(nll / n_tokens),
+        "token_perplexity": perplexity_of(nll / n_tokens),
         "nats_per_token": nll / n_tokens,
         "tokens": n_tokens,
         "bytes": n_bytes,
@@ -205,7 +213,7 @@ def masked_ppl(model, docs, opts, progress: Progress) -> dict:
     result["word_l2r_pll"] = {
         "bits_per_byte": mean * n_tokens / LN2 / n_bytes,
         "bits_per_byte_se": se * n_tokens / LN2 / n_bytes,
-        "token_perplexity": math.exp(mean),
+        "token_perplexity": perplexity_of(mean),
         "positions": len(per_token),
         "note": "pseudo-log-likelihood (word-l2r): NOT a likelihood; not comparable with bits_per_byte",
     }

@@ -169,17 +169,19 @@ def probe_items(opts) -> tuple[list[tuple[str, str]], str]:
         items, source = read_folder(opts.probe), str(opts.probe)
     else:
         items, source = read_builtin(), BBC
+    available, labels = len(items), len({label for label, _ in items})
     items = draw_stratified(items, opts.limit_for("probe", opts.probe is None), opts.seed)
     if len(items) < opts.folds:
         raise ClozelmError(f"probe: {len(items)} texts cannot be split into {opts.folds} folds")
     names = sorted({label for label, _ in items})
     if len(names) < 2:
         raise ClozelmError("probe: the texts drawn have a single label; a probe needs two or more")
-    counts = {name: sum(label == name for label, _ in items) for name in names}
-    alone = [name for name, count in counts.items() if count < 2]
-    if alone:
-        raise ClozelmError(f"probe: label {alone[0]!r} has one text; a label needs two or more (the fold that tests "
-                           "one must train on another)")
+    alone = [name for name in names if sum(label == name for label, _ in items) < 2]
+    if alone:  # its fold would train on no example of it, and count the miss as a figure
+        cause = (f"the {len(items)} texts drawn (of {available}) hold" if len(items) < available else "the folder holds")
+        more = f"; raise the limit to at least {2 * labels}" if len(items) < available else ""
+        raise ClozelmError(f"probe: {cause} one text of label {alone[0]!r}, and a label needs two or more (the fold "
+                           f"that tests one must train on another){more}")
     return items, source
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
@@ -102,3 +105,17 @@ def markdown(results: dict) -> str:
         lines.append(f"| {task if task != last else ''} | {cell(figure.strip())} | {cell(value)} |")
         last = task
     return "\n".join(lines) + "\n\n" + DEFINITIONS
+
+
+def to_json(results: dict) -> str:
+    """The results as strict JSON: an infinite figure (a perplexity past what a float holds) is written null,
+    since JSON has no infinity (Python's `Infinity` is not JSON that jq or a browser reads)."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+    return json.dumps(finite(results), indent=2, ensure_ascii=False, allow_nan=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -49,14 +50,17 @@ def evaluate(model, files: Sequence[str | Path] = (), *, tasks: str | Sequence[s
     EvalOptions, and/or its fields as keywords (seed=, stride=, samples=, limit=, lambada=, pairs=, probe=, folds=,
     ...): a keyword that no task run here reads, or that does not apply to this model, is an error.
     on_progress(task, done, total) is called as work gets done. Returns
-    {"model", "objective", "seed", "files", "tasks": {task: figures}} (see the task modules for the figures).
+    {"model", "objective", "seed", "files", "tasks": {task: figures}} (see the task modules for the figures), and
+    "skipped": {task: why} when a task run by default found nothing to measure in the files.
     """
     opts = EvalOptions.of(options, **option_values)
     _check_model(model)
-    files = [files] if isinstance(files, (str, Path)) else list(files)
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     chosen = chosen_tasks(tasks, bool(files), opts)
-    # Options named here that nothing would read are refused (an options object may be shared by many calls)
-    unread = unread_options(option_values, chosen, model.config.causal, pairs_by_bound(model, opts))
+    # Options named here that nothing would read are refused (an options object may be shared by many calls;
+    # a keyword left at None, as a wrapper passing its own optional arguments on does, asks for nothing)
+    given = [name for name, value in option_values.items() if value is not None]
+    unread = unread_options(given, chosen, model.config.causal, pairs_by_bound(model, opts))
     if unread:
         raise ClozelmError(unread)
     docs = read_documents(files) if files and {"ppl", "cloze", "lastword"} & set(chosen) else []

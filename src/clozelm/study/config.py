@@ -53,7 +53,9 @@ class StudyConfig:
     # small budget's comparison by itself. 0 turns it off.
     locality_warmup: float = 0.25
     valid_every: int = 50  # one document in N is held out (training's validation split and every eval task)
-    evals: int = 10  # held-out evaluations per run, at most (the loss curves' points; the last at the last step)
+    # held-out evaluations per run (the loss curves' points): every steps // evals steps and at the last, so a
+    # few more than `evals` where it does not divide the steps
+    evals: int = 10
     tasks: tuple[str, ...] = TASKS  # eval tasks run on every model
     # items per eval task (None: eval's own defaults, 200 passages, 100 sentences, 500 probe texts, every pair):
     # 100 keeps a small study's evaluation, which costs more than its training, to minutes

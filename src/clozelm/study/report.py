@@ -4,9 +4,10 @@ verdict on the claim "left-to-right beats bidirectional" (report.md, and the sum
 The claim is tested figure by figure between the best left-to-right objective (clm, fim) and the best
 bidirectional one (mlm, mdlm); hybrid (GPT-BERT: causal by design, masked in 15 of 16 rows) belongs to neither
 and is reported beside them. A difference counts only when it is larger than twice its standard error:
-each objective's spread over seeds, sd / sqrt(seeds), and for an accuracy the sampling noise of its n test
-items, p (1 - p) / n (every seed is measured on the same items, so more seeds do not shrink it), combined
-over the two objectives. With one seed there is no estimate of the noise, and the report says so instead of
+each objective's spread over seeds, sd / sqrt(seeds); for an accuracy the sampling noise of its n test
+items, p (1 - p) / n (every seed is measured on the same items, so more seeds do not shrink it); and for the
+masked models' bound on bits per byte its Monte Carlo standard error (every model draws the same masks, so more
+seeds do not shrink that either), combined over the two objectives. With one seed there is no estimate of the noise, and the report says so instead of
 naming a winner.
 """
 
@@ -248,7 +249,8 @@ def markdown(results: dict, plots: list[str]) -> str:
         "same pre-LN transformer with its output tied to the embeddings for all of them; only the attention "
         "direction and the training objective differ. Cells: mean ± standard deviation over seeds. A difference "
         "counts when it is larger than two standard errors: the seeds' spread and, for accuracies, the sampling "
-        "noise of the test items (p (1 - p) / n, which more seeds do not shrink).",
+        "noise of the test items (p (1 - p) / n), for the masked models' bound on bits per byte its Monte Carlo "
+        "error; more seeds shrink neither of the last two.",
         "",
     ]
     lines += summary_table(rows, objectives) + [""]

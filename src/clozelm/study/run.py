@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from ..cloze.blanks import BLANK
 from ..errors import ClozelmError
 from ..eval import EvalOptions, evaluate
 from ..files import atomic_write_bytes, atomic_write_text, expand_inputs
@@ -290,7 +291,7 @@ def _read_json(path: Path) -> dict | None:
 def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, overwrite: bool = False) -> TrainConfig:
     """The TrainConfig of one run of the study in `config.out` (its data split and tokenizer must exist)."""
     out, shape, steps = Path(config.out), config.shape, config.steps
-    every = -(-steps // config.evals)  # ceil: `evals` points, the last at the last step
+    every = max(1, steps // config.evals)
     layers = {"preset": config.preset} if config.preset else \
         {"n_layer": shape["n_layer"], "n_embd": shape["n_embd"], "n_head": shape["n_head"]}
     return TrainConfig(
@@ -367,15 +368,18 @@ def _eval_keys(out: Path, config: StudyConfig, model_file: Path, causal: bool) -
     """What each task's figures depend on; a cached figure is used only while its key holds. A causal model's
     bits per byte are exact: the masked bound's number of samples is no part of them."""
     model = _digest(model_file)
-    heldout = hashlib.sha256()
+    heldout, marked = hashlib.sha256(), False
     for path in sorted((out / "data" / "heldout").iterdir()):
         heldout.update(path.name.encode() + b"\0" + _digest(path).encode())
+        marked = marked or bool(BLANK.search(path.read_text(encoding="utf-8")))
     keys = {}
     for task in config.tasks:
         key = {"eval_version": EVAL_VERSIONS.get(task, 1), "limit": config.eval_limit, "seed": EVAL_SEED,
                "model_sha256": model}
         if task in HELD_OUT_TASKS:
             key["heldout_sha256"] = heldout.hexdigest()
+        if task == "lastword" and marked:  # such passages are left out since lastword 4: other items are drawn
+            key["blank_passages"] = "left out"
         if task == "ppl" and not causal:
             key["samples"] = config.eval_samples
         if task == "pairs":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ClozelmError
-from ..files import fsync_dir, read_text_file
+from ..files import fsync_dir, make_dirs, read_text_file, remove_empty
 from ..model.config import InvalidConfig, ModelConfig
 from ..model.transformer import Transformer
 from . import tensors as tensor_io
@@ -500,7 +500,7 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
     """
     out = Path(out_dir)
     hf_config = json.dumps(config_to_hf(model.config), indent=2) + "\n"
-    created = _make_dirs(out)
+    created = make_dirs(out)
     staging = None
     done = False
     try:
@@ -538,33 +538,7 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         if not done:
-            for folder in reversed(created):  # the folders this call made, innermost first, when still empty
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-
-
-def _make_dirs(out: Path) -> list[Path]:
-    """Create `out` and its missing parents; return those created, outermost first."""
-    missing = []
-    folder = out
-    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    if folder.exists() and not folder.is_dir():
-        raise ClozelmError(f"{folder} is a file, so {out} cannot be a directory" if folder != out
-                           else f"{out} exists and is not a directory")
-    created = []
-    try:
-        for folder in reversed(missing):
-            folder.mkdir()
-            created.append(folder)
-    except OSError as e:
-        for folder in reversed(created):
-            folder.rmdir()
-        raise ClozelmError(f"cannot create {out}: {e.strerror or type(e).__name__}") from None
-    return created
+            remove_empty(created)
 
 
 # Every file a model directory's loader reads: the weights (and their index), any kind of tokenizer's files.
