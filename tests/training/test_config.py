@@ -77,3 +77,26 @@ def test_a_changed_field_is_checked_again_by_replace_and_from_dict():
         TrainConfig.from_dict({"lr": "fast"})
     with pytest.raises(ClozelmError, match="object of settings"):
         TrainConfig.from_dict([1, 2, 3])
+
+
+@pytest.mark.parametrize("value", ["{mlm}", "{0}", "{a.b}", "{", "}{steps"])
+def test_braces_in_a_value_are_shown_as_given(value):
+    # the text names other fields as {field}; a user's value is no template (it raised, or was rewritten)
+    with pytest.raises(InvalidTrainConfig) as caught:
+        TrainConfig(objective=value)
+    assert repr(value) in caught.value.describe({"objective": "--objective"})
+
+
+def test_held_out_text_comes_from_one_place():
+    with pytest.raises(InvalidTrainConfig) as caught:
+        TrainConfig(valid=["v.txt"], valid_every=10)
+    assert caught.value.describe({"valid_every": "--valid-every", "valid": "--valid"}).startswith(
+        "--valid-every holds out part of the training text, and --valid gives the held-out text itself")
+
+
+def test_a_flag_whose_default_is_true_is_given_when_false():
+    assert TrainConfig(fused_loss=False).given("recipe") == {"fused_loss": False}
+    assert TrainConfig(keep_best=False).given("recipe") == {"keep_best": False}
+    assert TrainConfig(skip_bad_files=False).given("setup") == {}  # False is its unset meaning
+    # what a held-out loss is measured on, and whether the best is kept, is the recipe's: a resume refuses a change
+    assert {"eval_examples", "eval_spread", "keep_best"} <= set(names_in("recipe"))

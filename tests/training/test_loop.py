@@ -43,7 +43,7 @@ def test_evaluations_read_windows_spread_over_the_whole_held_out_split():
 
 
 def test_runs_recorded_before_spread_evaluations_keep_reading_the_first_windows():
-    assert TrainConfig().with_defaults("schedule").eval_spread is True
+    assert TrainConfig().with_defaults("recipe").eval_spread is True
     assert TrainConfig.from_dict({"steps": 7}).eval_spread is False  # what a recorded run without the field did
 
 

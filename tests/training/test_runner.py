@@ -93,3 +93,31 @@ def test_what_train_refuses_before_touching_anything(tmp_path, corpus, bpe_dir):
     with pytest.raises(InvalidTrainConfig, match="steps 5 differs from the run's 2"):
         train(TrainConfig(out=run.dir, resume=True, steps=5))
     assert train(TrainConfig(out=run.dir, resume=True, steps=2, eval_every=1)).complete  # the schedule may change
+
+
+def test_a_bert_preset_or_layout_without_an_objective_trains_a_masked_lm(bpe_dir):
+    from clozelm.tokenizers import load_tokenizer
+    from clozelm.training.runner import _model_config
+
+    tok = load_tokenizer(bpe_dir)
+    for given in (dict(preset="bert-base"), dict(layout="bert", n_layer=1, n_embd=32, n_head=2)):
+        cfg = _model_config(TrainConfig(**given), None, tok)
+        assert cfg.extra["objective"] == "mlm" and not cfg.causal and cfg.head == "mlm", given
+    assert _model_config(TrainConfig(preset="gpt2"), None, tok).extra["objective"] == "clm"
+
+
+def test_a_run_resumes_from_another_working_directory(tmp_path, corpus, bpe_dir, monkeypatch):
+    import shutil
+
+    local = tmp_path / "work"
+    shutil.copytree(corpus, local / "corpus")
+    monkeypatch.chdir(local)
+    first = clozelm.train(config("corpus", bpe_dir, "runs/x", steps=6, stop_after=3))
+    assert first.step == 3
+    assert json.loads((local / "runs" / "x" / "run.json").read_text())["inputs"]["train"][0].startswith(str(local))
+    monkeypatch.chdir(local / "runs")
+    resumed = clozelm.train(TrainConfig(out="x", resume=True, progress=False))
+    assert resumed.complete and resumed.step == 6
+    # the same files named another way are the same files
+    again = clozelm.train(TrainConfig(out="x", files=["../corpus"], resume=True, progress=False))
+    assert again.complete

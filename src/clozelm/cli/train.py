@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory, or an embedded model's name for its "
                    "tokenizer (default, default-fim, default-bert); required unless --init has one")
     g.add_argument("--objective", choices=OBJECTIVES, help="clm (default for causal models), mlm (BERT; default for "
-                   "bidirectional models), fim (fill-in-the-middle, causal), hybrid (GPT-BERT: causal and masked "
+                   "bidirectional models, a bert preset or --layout bert), fim (fill-in-the-middle, causal), hybrid (GPT-BERT: causal and masked "
                    "rows in one causal model) or mdlm (masked diffusion, bidirectional)")
     g.add_argument("--preset", choices=sorted(PRESETS), help="model shape preset (from scratch)")
     g.add_argument("--layout", choices=LAYOUTS, help="from scratch: gpt2 (pre-LN, output tied to the embeddings; "
@@ -63,11 +63,12 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--valid", action="append", metavar="FILE_OR_DIR", help="held-out text (repeatable); default: every "
                    "--valid-every'th document of the inputs")
-    g.add_argument("--valid-every", type=int, metavar="N", help="hold out one document in N (default 50; 0 = no held-out split)")
+    g.add_argument("--valid-every", type=int, metavar="N", help="hold out one document in N (default 50; 0 = no held-out "
+                   "split); not with --valid")
     g.add_argument("--skip-bad-files", action="store_true", help="skip non-UTF-8/binary files with a warning")
     g.add_argument("--seq-len", type=int, metavar="N", help="tokens per sequence (default: the model's n_positions)")
-    g.add_argument("--fim-rate", type=float, metavar="X", help="fim: share of documents reordered (default 0.5)")
-    g.add_argument("--spm-rate", type=float, metavar="X", help="fim: share of reordered documents in SPM order (default 0.5)")
+    g.add_argument("--fim-rate", type=float, metavar="X", help="fim: share of stretches of text reordered (default 0.5)")
+    g.add_argument("--spm-rate", type=float, metavar="X", help="fim: share of reordered stretches in SPM order (default 0.5)")
     g.add_argument("--mask-rate", type=float, metavar="X",
                    help="mlm, hybrid: share of tokens to predict (default 0.15, BERT's; 0.4 gives 2.7x the predictions per step)")
     g.add_argument("--hybrid-causal-share", type=float, metavar="X",
@@ -106,7 +107,8 @@ def add_parser(sub) -> None:
     g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                    help="the run's model is the evaluated weights with the lowest held-out loss (default on; "
                         "--no-keep-best: the last step's, when the held-out text is a test set)")
-    g.add_argument("--log-every", type=int, metavar="N", help="progress lines every N steps when stderr is not a terminal (default 10)")
+    g.add_argument("--log-every", type=int, metavar="N", help="progress lines every N steps when stderr is not a terminal (default 10; "
+                   "0: every step)")
     g.add_argument("--no-progress", action="store_true", help="no progress output")
     g.add_argument("--stop-after", type=int, metavar="N", help="stop after N steps of this call with a checkpoint "
                    "(exit 0); --resume continues")

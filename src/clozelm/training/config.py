@@ -12,7 +12,9 @@ resume is just `TrainConfig(out=RUN, resume=True)`, and a field given on resume 
 Fields by what they decide (`GROUP` of each field):
 
     recipe     what is computed: recorded in RUN/run.json ("train"); a resume refuses a change
-    schedule   when things are evaluated, saved or logged: recorded, and a resume may change them
+    schedule   when things are evaluated, saved or logged: recorded, and a resume may change them (not what a
+               held-out loss is measured on or whether the best one is kept: the best so far is compared
+               with the losses to come, so those are the recipe's)
     setup      how the model and data were set up: recorded ("setup"); a resume refuses a change
     numerics   the machine settings that change float results (device, threads, compile): recorded
                ("numerics") and restored on resume; a resume refuses a different value (see numerics.py)
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import ClozelmError
@@ -53,13 +56,15 @@ class InvalidTrainConfig(ClozelmError):
         super().__init__(self.describe())
 
     def describe(self, names: dict[str, str] | None = None) -> str:
-        names = _Names(names or {})
-        return "; ".join(f"{names[name]} {text.format_map(names)}" for name, text in self.problems)
+        names = names or {}
+
+        def named(match: re.Match) -> str:  # only {field} of a TrainConfig field: the text holds user values too
+            return names.get(match.group(1), match.group(1)) if match.group(1) in FIELD_NAMES else match.group(0)
+
+        return "; ".join(f"{names.get(name, name)} {_FIELD_REF.sub(named, text)}" for name, text in self.problems)
 
 
-class _Names(dict):
-    def __missing__(self, key: str) -> str:
-        return key
+_FIELD_REF = re.compile(r"\{(\w+)\}")
 
 
 def _opt(group: str, kind: str, default=None, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=(),
@@ -120,15 +125,15 @@ class TrainConfig:
     seed: int | None = _opt("recipe", "int", 0, lo=0)  # init, data order, masks, dropout
     # ---- schedule
     eval_every: int | None = _opt("schedule", "int", 200, lo=0)  # 0 = only at the end
-    eval_examples: int | None = _opt("schedule", "int", 256, lo=1)  # held-out sequences per evaluation
+    eval_examples: int | None = _opt("recipe", "int", 256, lo=1)  # held-out sequences per evaluation
     # those sequences spread evenly over the held-out split (False: its first ones, which may all come from the
     # first of several sources)
-    eval_spread: bool | None = _opt("schedule", "bool", True)
+    eval_spread: bool | None = _opt("recipe", "bool", True)
     checkpoint_every: int | None = _opt("schedule", "int", 200, lo=0)  # 0 = only at the end (and on a stop)
     # the run's model: the evaluated weights with the lowest held-out loss (False: the last step's, for when the
     # held-out text is a test set that nothing may be chosen on)
-    keep_best: bool | None = _opt("schedule", "bool", True)
-    log_every: int | None = _opt("schedule", "int", 10, lo=0)  # progress lines when stderr is not a terminal
+    keep_best: bool | None = _opt("recipe", "bool", True)
+    log_every: int | None = _opt("schedule", "int", 10, lo=0)  # progress lines when stderr is not a terminal (0: each step)
     # ---- recipe, continued
     fim_rate: float | None = _opt("recipe", "float", 0.5, lo=0.0, hi=1.0)  # fim: share of stretches reordered
     spm_rate: float | None = _opt("recipe", "float", 0.5, lo=0.0, hi=1.0)  # fim: share of those in SPM order
@@ -153,6 +158,9 @@ class TrainConfig:
                 problems.append((f.name, f"must be {wanted}, got {_shown(value)}"))
         if not problems and self.resume and self.overwrite:
             problems.append(("resume", "and {overwrite} contradict each other"))
+        if not problems and self.valid is not None and self.valid_every is not None:
+            problems.append(("valid_every", "holds out part of the training text, and {valid} gives the held-out "
+                                            "text itself: give one of them"))
         if problems:
             raise InvalidTrainConfig(problems)
 
@@ -175,9 +183,11 @@ class TrainConfig:
         return {name: getattr(self, name) for name in names_in("recipe", "schedule")}
 
     def given(self, group: str) -> dict:
-        """The fields of `group` that were set (not None, and not False for a flag)."""
+        """The fields of `group` that were set: not None, and for a flag not False where False is what it means
+        unset (a flag whose default is True, such as fused_loss, is given when False)."""
         return {name: getattr(self, name) for name in names_in(group)
-                if getattr(self, name) is not None and getattr(self, name) is not False}
+                if getattr(self, name) is not None
+                and not (getattr(self, name) is False and default_of(name) in (None, False))}
 
     def with_defaults(self, group: str, **decided) -> "TrainConfig":
         """A copy with every unset field of `group` given its default, or the value in `decided`."""
@@ -186,6 +196,9 @@ class TrainConfig:
             if f.metadata["group"] == group and getattr(self, f.name) is None:
                 values[f.name] = decided[f.name] if decided.get(f.name) is not None else f.metadata["default"]
         return replace(self, **values)
+
+
+FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
 
 
 def names_in(*groups: str) -> list[str]:

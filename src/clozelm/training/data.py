@@ -149,7 +149,9 @@ class ShardWriter:
         self._file = None
 
     def _open_next(self):
-        if self._file is not None:
+        if self._file is not None:  # on disk before meta.json says the cache is complete
+            self._file.flush()
+            os.fsync(self._file.fileno())
             self._file.close()
         self._file = open(self.directory / f"{self.name}-{len(self.sizes):05d}.bin", "wb")
         self.sizes.append(0)

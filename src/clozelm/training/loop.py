@@ -6,8 +6,9 @@ Choices, and why:
   LayerNorm parameters, embeddings (wte, which is also the tied output matrix, wpe, wtt) and the MLM
   output bias are not decayed (decaying embeddings shrinks rare tokens' vectors for no gain).
   `fused=True` (one kernel per step over all parameters) is used where torch supports it.
-- Learning rate: linear warm-up from lr/warmup to lr over `warmup` steps, then cosine to
-  lr * min_lr_ratio at the last step. A pure function of the step, so resuming needs only the step.
+- Learning rate: linear warm-up from lr/warmup to lr over `warmup` steps, then cosine towards
+  lr * min_lr_ratio, which it reaches where the last step ends (the last step itself runs a hair above
+  it). A pure function of the step, so resuming needs only the step.
 - Loss: summed cross-entropy divided by the number of labelled tokens in the whole *global* batch
   (all micro-batches, all ranks). Splitting a batch by accumulation or over DDP ranks therefore gives
   the same gradient as one big batch (up to float rounding), which is what the DDP test checks.

@@ -279,9 +279,9 @@ def _complete_config(config: TrainConfig, settings: dict, world: int) -> TrainCo
 
 def _refuse_changes(config: TrainConfig, settings: dict) -> None:
     """A resumed run keeps its settings: changing them would silently break the identical continuation."""
-    if config.files:
-        given = [str(p) for p in expand_inputs(config.files, exclude=[Path(config.out)])]
-        if given != settings["inputs"]["train"]:
+    if config.files:  # compared as absolute paths (runs recorded before that hold the paths as given)
+        given = [p.resolve() for p in expand_inputs(config.files, exclude=[Path(config.out)])]
+        if given != [Path(f).resolve() for f in settings["inputs"]["train"]]:
             raise InvalidTrainConfig([("files", "differ from the run's: a resumed run continues with its own "
                                                 "input files; leave them out")])
     problems = []
@@ -342,7 +342,9 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
         "train": cfg.recipe(),
         "model": model_cfg.to_dict(),
         "init": _init_name(config, init),
-        "inputs": {"train": [str(p) for p in files], "valid": None if valid is None else [str(p) for p in valid],
+        # absolute: a resume from another working directory opens the same files
+        "inputs": {"train": [str(p.resolve()) for p in files],
+                   "valid": None if valid is None else [str(p.resolve()) for p in valid],
                    "valid_every": corpus.valid_every, "skip_bad_files": bool(config.skip_bad_files)},
         "data_key": data.key,
         "setup": {name: _jsonable(getattr(config, name)) for name in names_in("setup")},
@@ -400,7 +402,9 @@ def _model_config(config: TrainConfig, init: Model | None, tok) -> ModelConfig:
             changes["dropout"] = config.dropout
         return cfg.replace(**changes)
 
-    objective = config.objective or "clm"
+    # not told: BERT's for a BERT preset or layout, GPT-2's otherwise
+    bert = config.layout == "bert" or (config.preset is not None and not PRESETS[config.preset].get("causal", True))
+    objective = config.objective or ("mlm" if bert else "clm")
     defaults = {f: default_of(f) for f in ("n_layer", "n_embd", "n_head", "n_positions")}
     base = dict(PRESETS[config.preset]) if config.preset else dict(ModelConfig().to_dict(), **defaults, extra={})
     base.update(shape)
