@@ -342,3 +342,42 @@ def test_the_file_is_not_modified_or_locked(good_file):
     net, tok = G.load_gguf(good_file)
     assert good_file.read_bytes() == before
     shutil.move(good_file, good_file.with_name("moved.gguf"))  # no handle left open that pins it
+
+
+def _meta_and_shapes(path):
+    reader = G.open_gguf(path)
+    return reader, G.read_metadata(reader), {t.name: tuple(reversed(t.shape.tolist())) for t in reader.tensors}
+
+
+def test_inconsistent_metadata_is_one_line_not_a_traceback(tmp_path):
+    hf = gguf_files.random_llama("llama")  # grouped-query: fewer key/value heads than query heads
+    path = tmp_path / "m.gguf"
+    gguf_files.write_llama_family(path, hf, Q.F32)
+    reader, meta, shapes = _meta_and_shapes(path)
+    for change, match in [({"llama.attention.head_count": np.array([4, 4])}, "per-layer llama.attention.head_count"),
+                          ({"llama.feed_forward_length": "wide"}, "feed_forward_length is not a whole number"),
+                          ({"llama.block_count": 2.5}, "block_count is not a whole number")]:
+        with pytest.raises(ClozelmError, match=match):
+            G.config_from_gguf({**meta, **change}, shapes, "m.gguf")
+    with pytest.raises(ClozelmError, match="token_embd.weight has shape"):
+        G.config_from_gguf(meta, {**shapes, "token_embd.weight": (5,)}, "m.gguf")
+    # head_count_kv left out of a grouped-query file: the key rows do not make that many heads
+    assert hf.config.num_key_value_heads < hf.config.num_attention_heads
+    no_kv = {k: v for k, v in meta.items() if k != "llama.attention.head_count_kv"}
+    cfg = G.config_from_gguf(no_kv, shapes, "m.gguf")
+    with pytest.raises(ClozelmError, match=r"attn_k\.weight has \d+ rows, but \d+ heads .*head_count_kv missing"):
+        G.state_dict_from_gguf(reader, cfg, "llama", torch.float32, "m.gguf")
+
+
+def test_rope_scaling_read_as_llama_cpp_reads_it(tmp_path):
+    hf = gguf_files.random_llama("llama")
+    path = tmp_path / "m.gguf"
+    gguf_files.write_llama_family(path, hf, Q.F32)
+    _, meta, shapes = _meta_and_shapes(path)
+    scaling = lambda change: G.config_from_gguf({**meta, **change}, shapes).rope_scaling  # noqa: E731
+    assert scaling({}) is None
+    assert scaling({"llama.rope.scaling.factor": 2.0}) == {"rope_type": "linear", "factor": 2.0}  # no type: linear
+    assert scaling({"llama.rope.scale_linear": 4.0}) == {"rope_type": "linear", "factor": 4.0}  # the older key
+    assert scaling({"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 2.0}) is None
+    with pytest.raises(ClozelmError, match="rope scaling 'yarn' is not supported"):
+        scaling({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 2.0})

@@ -143,6 +143,8 @@ def test_convert_refuses_to_overwrite(gpt2_dir, tmp_path):
     before = (out / "model.safetensors").read_bytes()
     assert_one_line_error(run_cli("convert", gpt2_dir, out), "refusing to overwrite")
     assert (out / "model.safetensors").read_bytes() == before
+    # said before the model is loaded (a load may take minutes): a model that is not there is not even looked for
+    assert_one_line_error(run_cli("convert", tmp_path / "no-such-model", out), "refusing to overwrite")
     assert run_cli("convert", gpt2_dir, out, "--overwrite").returncode == 0
 
 
@@ -417,3 +419,35 @@ def test_a_tokenizer_is_a_directory_or_an_embedded_models_name(tmp_path, monkeyp
     (tmp_path / "default").mkdir()  # a directory of that name, where the user is, is what they mean
     assert tokenizer_dir("default") == Path("default")
     assert tokenizer_dir("no-such-thing") == Path("no-such-thing")  # loading it says it is not found
+
+
+def test_a_hub_repository_with_only_pickled_weights_is_fetched_with_them(gpt2_dir, tmp_path, monkeypatch):
+    """The hub serves what allow_patterns asks for: a repository without safetensors (older GPT-2 and BERT ones)
+    needs its pytorch_model.bin asked for too."""
+    import fnmatch
+
+    import huggingface_hub
+    from safetensors.torch import load_file
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for f in gpt2_dir.iterdir():
+        if f.name != "model.safetensors":
+            shutil.copy(f, repo / f.name)
+    torch.save(load_file(gpt2_dir / "model.safetensors"), repo / "pytorch_model.bin")
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        asked.append(list(allow_patterns))
+        got = tmp_path / f"snapshot{len(asked)}"
+        got.mkdir()
+        for f in repo.iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, got / f.name)
+        return str(got)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = clozelm.load("someone/old-gpt2")
+    assert len(asked) == 2 and "pytorch_model.bin" not in asked[0] and "pytorch_model.bin" in asked[1]
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(model(ids).logits, clozelm.load(gpt2_dir)(ids).logits)

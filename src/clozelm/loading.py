@@ -17,9 +17,11 @@ from .weights import gguf, hf, openai_tf
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 EMBEDDED_NAMES = ("default", "default-bert", "default-fim")
-# Only the files clozelm reads, so a hub download never pulls TF/Flax/ONNX copies of the weights.
+# Only the files clozelm reads, so a hub download never pulls TF/Flax/ONNX copies of the weights; the pickled
+# PyTorch weights only for a repository without safetensors (older ones), since both would double the download.
 HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
              "vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+HUB_FALLBACK_WEIGHTS = ["pytorch_model.bin"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -159,7 +161,10 @@ def download_from_hub(repo_id: str) -> Path:
         raise ClozelmError(f"{repo_id!r} is not a local directory, and fetching it from the Hugging Face hub needs "
                            "huggingface_hub: pip install 'clozelm[hub]', or pass a local directory") from None
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        if not any((snapshot / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+            snapshot = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + HUB_FALLBACK_WEIGHTS))
+        return snapshot
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ClozelmError(f"{repo_id!r} is not an embedded model ({', '.join(EMBEDDED_NAMES)}) or a local directory, "

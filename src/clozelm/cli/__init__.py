@@ -130,6 +130,13 @@ def cmd_info(args) -> None:
 
 def cmd_convert(args) -> None:
     from ..api import load
+    from ..files import check_writable_dir
+    # what can be said before a load that may take minutes (save_pretrained checks every file it writes again)
+    out = check_writable_dir(args.out)
+    taken = [name for name in ("config.json", "model.safetensors") if (out / name).exists()]
+    if taken and not args.overwrite:
+        raise ClozelmError(f"refusing to overwrite {', '.join(taken)} in {out}; choose a new directory or pass "
+                           "--overwrite")
     model = load(args.model)
     model.save_pretrained(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} (config.json, model.safetensors{', tokenizer files' if model.tokenizer else ''})")

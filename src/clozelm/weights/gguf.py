@@ -144,17 +144,26 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], source: str
             raise ClozelmError(f"{source}: GGUF metadata lacks {arch}.{key}")
         return value
 
+    def count(key, value=None):  # one whole number (a per-layer array, as some files hold, is not supported)
+        value = need(key) if value is None else value
+        if isinstance(value, (np.ndarray, list, tuple)):
+            raise ClozelmError(f"{source}: per-layer {arch}.{key} is not supported")
+        if isinstance(value, (bool, str, bytes)) or not float(value).is_integer():
+            raise ClozelmError(f"{source}: {arch}.{key} is not a whole number: {value!r}")
+        return int(value)
+
     if "token_embd.weight" not in shapes:
         raise ClozelmError(f"{source}: GGUF file has no token_embd.weight tensor")
+    if len(shapes["token_embd.weight"]) != 2:
+        raise ClozelmError(f"{source}: token_embd.weight has shape {list(shapes['token_embd.weight'])}, expected 2-D")
     vocab_size, n_embd = shapes["token_embd.weight"]
-    if int(need("embedding_length")) != n_embd:
+    if count("embedding_length") != n_embd:
         raise ClozelmError(f"{source}: {arch}.embedding_length={need('embedding_length')} but token_embd is {n_embd} wide")
-    common = dict(vocab_size=int(vocab_size), n_positions=int(need("context_length")), n_embd=int(n_embd),
-                  n_layer=int(need("block_count")), n_head=int(need("attention.head_count")),
-                  n_inner=int(need("feed_forward_length")), causal=True, pre_ln=True, dropout=0.0)
+    common = dict(vocab_size=int(vocab_size), n_positions=count("context_length"), n_embd=int(n_embd),
+                  n_layer=count("block_count"), n_head=count("attention.head_count"),
+                  n_inner=count("feed_forward_length"), causal=True, pre_ln=True, dropout=0.0)
     n_kv = meta.get(f"{arch}.attention.head_count_kv")
-    if isinstance(n_kv, np.ndarray) or isinstance(common["n_head"], np.ndarray):
-        raise ClozelmError(f"{source}: per-layer head counts are not supported")
+    n_kv = None if n_kv is None else count("attention.head_count_kv", n_kv)
     tied = "output.weight" not in shapes
     extra = {"source_format": "gguf"}
     for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id")):
@@ -184,9 +193,11 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], source: str
 
 
 def _rope_scaling(meta: dict, arch: str, source: str) -> dict | None:
-    kind = meta.get(f"{arch}.rope.scaling.type", "none")
-    factor = meta.get(f"{arch}.rope.scaling.factor")
-    if kind == "none" or (kind == "linear" and factor in (None, 1.0)):
+    """As llama.cpp reads it: the type is linear unless the file says otherwise, and the factor is
+    rope.scaling.factor, or the older rope.scale_linear (absent, 0 or 1: no scaling)."""
+    kind = meta.get(f"{arch}.rope.scaling.type", "linear")
+    factor = meta.get(f"{arch}.rope.scaling.factor") or meta.get(f"{arch}.rope.scale_linear")
+    if kind == "none" or (kind == "linear" and factor in (None, 0, 0.0, 1, 1.0)):
         return None
     if kind == "linear":
         return {"rope_type": "linear", "factor": float(factor)}
@@ -256,8 +267,12 @@ def state_dict_from_gguf(reader, cfg: ModelConfig, arch: str, dtype: torch.dtype
         m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
         if m and arch != "gpt2" and m[2] in ("attn_q", "attn_k", "attn_v"):
             t = _dequantize(tensor, torch.float32, source)
+            heads = cfg.n_head if m[2] == "attn_q" else cfg.kv_heads
+            if t.shape[0] != heads * cfg.head_dim:
+                raise ClozelmError(f"{source}: {name} has {t.shape[0]} rows, but {heads} heads of {cfg.head_dim} make "
+                                   f"{heads * cfg.head_dim} (is {arch}.attention.head_count_kv missing or wrong?)")
             if arch == "llama" and m[2] != "attn_v":  # q and k rows permuted by llama.cpp's converter
-                t = _unpermute_rows(t, cfg.n_head if m[2] == "attn_q" else cfg.kv_heads)
+                t = _unpermute_rows(t, heads)
             qkv.setdefault((int(m[1]), m[3]), {})[m[2][-1]] = t.to(dtype)
             continue
         if m and m[2] in layer_map:

@@ -28,7 +28,8 @@ from . import tensors as tensor_io
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers some GPT-2/BERT files carry that hold no learned weights.
 IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|embeddings\.position_ids)$")
-# BERT's next-sentence head: not part of the MLM model, dropped with a note rather than an error.
+# BERT's next-sentence head: not part of the MLM model, dropped without a word rather than refused (a
+# BertForPreTraining checkpoint is the usual way BERT weights come).
 NSP_HEAD = re.compile(r"^cls\.seq_relationship\.")
 
 _HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -543,8 +544,11 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
 
 # Every file a model directory's loader reads: the weights (and their index), any kind of tokenizer's files.
 WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# (and what transformers reads beside them: another model's generation settings, added tokens or SentencePiece
+# model would change how the saved one generates or tokenizes there)
 MODEL_DIR_FILES = WEIGHT_FILES + ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                                  "merges.txt", "encoder.json", "vocab.bpe", "vocab.txt")
+                                  "merges.txt", "encoder.json", "vocab.bpe", "vocab.txt", "generation_config.json",
+                                  "added_tokens.json", "tokenizer.model", "pytorch_model.bin.index.json")
 
 
 def _check_targets(out: Path, names: list[str], overwrite: bool) -> None:
