@@ -14,6 +14,7 @@ import gguf
 from gguf import GGMLQuantizationType as Q
 
 import gguf_files
+import clozelm
 from clozelm.errors import ClozelmError
 from clozelm.generation import generate_ids
 from clozelm.weights import gguf as G
@@ -316,6 +317,11 @@ def test_tokenizer_missing_or_unsupported(tmp_path):
     for change, match in [({"model": "llama"}, "tokenizer kind 'llama'"), ({"pre": "jais"}, "pre-tokenizer 'jais'")]:
         gguf_files.write_llama_family(path, hf, Q.F32, tokenizer={**gguf_files.tokenizer_metadata(300), **change})
         _one_line_error(path, match)
+    # its weights still convert, alone
+    from clozelm.cli import main
+    assert main(["convert", str(path), str(tmp_path / "weights"), "--no-tokenizer"]) == 0
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(clozelm.load(tmp_path / "weights", tokenizer=False).network.wte.weight, net.wte.weight)
 
 
 def test_missing_tensor_and_nan_values(tmp_path):

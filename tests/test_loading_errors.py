@@ -301,7 +301,7 @@ def test_a_pickle_that_asks_to_run_code_is_explained_without_torch_warnings(gpt2
 
 # ---------------------------------------------------------------- issue 18 items 8, 17: convert writes all or nothing
 
-@pytest.mark.parametrize("stale", ["tokenizer.json", "vocab.txt", "model.safetensors.index.json"])
+@pytest.mark.parametrize("stale", ["tokenizer.json", "vocab.txt", "model.safetensors.index.json", "generation_config.json"])
 def test_convert_over_another_kind_of_model_leaves_no_file_of_the_old_one(tmp_path, capsys, stale):
     out = tmp_path / "out"
     assert in_process(["convert", "default", out], capsys)[0] == 0

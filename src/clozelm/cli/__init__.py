@@ -137,7 +137,7 @@ def cmd_convert(args) -> None:
     if taken and not args.overwrite:
         raise ClozelmError(f"refusing to overwrite {', '.join(taken)} in {out}; choose a new directory or pass "
                            "--overwrite")
-    model = load(args.model)
+    model = load(args.model, tokenizer=not args.no_tokenizer)
     model.save_pretrained(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} (config.json, model.safetensors{', tokenizer files' if model.tokenizer else ''})")
 
@@ -258,6 +258,8 @@ def add_parser(sub) -> None:
     p.add_argument("out")
     p.add_argument("--overwrite", action="store_true", help="replace model and tokenizer files already in OUT "
                    "(without it, nothing is written when any would be replaced)")
+    p.add_argument("--no-tokenizer", action="store_true", help="save the weights and config alone (a model whose "
+                   "tokenizer clozelm cannot read, or one whose tokenizer files OUT already holds)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("tokenize", help="show the pieces and ids of a text",
