@@ -125,3 +125,12 @@ def test_save_pretrained_opens_in_transformers(pair, tmp_path):
     again = clozelm.load(tmp_path / "out")
     for (k, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_saving_holds_no_second_copy_of_the_weights(pair):
+    from clozelm.weights.hf import to_hf
+
+    _, ours, _ = pair
+    own = {p.untyped_storage().data_ptr() for p in ours.network.state_dict().values()}
+    hf_tensors = to_hf(ours.network)
+    assert hf_tensors and all(t.untyped_storage().data_ptr() in own for t in hf_tensors.values())

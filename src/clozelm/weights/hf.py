@@ -374,26 +374,28 @@ def llama_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
         m = re.fullmatch(r"h\.(\d+)\.(.+)\.(weight|bias)", name)
         if m and m[2] == "attn.c_attn":
             for part, chunk in zip("qkv", t.split(split, 0)):
-                out[f"model.layers.{m[1]}.self_attn.{part}_proj.{m[3]}"] = chunk.contiguous().clone()
+                out[f"model.layers.{m[1]}.self_attn.{part}_proj.{m[3]}"] = chunk
         elif m:
-            out[f"model.layers.{m[1]}.{inverse_layer[m[2]]}.{m[3]}"] = t.contiguous().clone()
+            out[f"model.layers.{m[1]}.{inverse_layer[m[2]]}.{m[3]}"] = t
         else:
             module, kind = name.rsplit(".", 1)
-            out[f"{inverse_top[module]}.{kind}"] = t.contiguous().clone()
+            out[f"{inverse_top[module]}.{kind}"] = t
     return out
 
 
 def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
-    """Our tensors -> HF names, contiguous and unshared (safetensors refuses shared storage)."""
+    """Our tensors -> HF names: views of the model's own tensors (transposed or split where HF's layout differs),
+    no copies; tensors.write_safetensors copies one at a time as it writes, so saving never holds a second copy
+    of the model."""
     cfg, out = model.config, {}
     if is_llama(cfg):
         return llama_to_hf(model)
     sd = model.state_dict()
     if not (_is_gpt2(cfg) or _is_bert(cfg)):  # saved as model_type "clozelm": our names as they are
-        return {name: t.contiguous().clone() for name, t in sd.items()}
+        return dict(sd)
     if cfg.causal:
         for name, t in sd.items():
-            out["transformer." + name] = (t.t() if name.endswith(CONV1D) else t).contiguous().clone()
+            out["transformer." + name] = t.t() if name.endswith(CONV1D) else t
         return out
     if model.wtt is None:  # HF BERT always has segment embeddings: a single all-zero row adds nothing
         sd = {**sd, "wtt.weight": torch.zeros(1, cfg.n_embd, dtype=model.wte.weight.dtype)}
@@ -401,11 +403,10 @@ def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
     inverse_top = {ours: hf for hf, ours in _BERT_TOP}
     prefix = "bert." if cfg.head == "mlm" else ""
     for name, t in sd.items():
-        t = t.contiguous().clone()
         m = re.fullmatch(r"h\.(\d+)\.(.+)\.(weight|bias)", name)
         if m and m[2] == "attn.c_attn":
             for part, chunk in zip(("query", "key", "value"), t.chunk(3, 0)):
-                out[f"{prefix}encoder.layer.{m[1]}.attention.self.{part}.{m[3]}"] = chunk.contiguous().clone()
+                out[f"{prefix}encoder.layer.{m[1]}.attention.self.{part}.{m[3]}"] = chunk
         elif m:
             out[f"{prefix}encoder.layer.{m[1]}.{inverse_layer[m[2]]}.{m[3]}"] = t
         elif name == "mlm.bias":
