@@ -86,8 +86,31 @@ def test_flags_that_would_be_ignored_are_refused(minilm, tmp_path, capsys):
                            (["--report", str(tmp_path / "r"), "--png", "0.0", str(tmp_path / "z.png")], "--png"),
                            (["--syntax", str(text), "The cat"], "leave out the text"),
                            (["--syntax", str(text), "--svg", "0.0", str(tmp_path / "z.svg")], "--svg"),
-                           (["The cat", "--min-arcs", "3"], "--min-arcs filters the --syntax table")):
+                           (["The cat", "--min-arcs", "3"], "--min-arcs filters the --syntax table"),
+                           (["The cat", "--compare", path, "--png", "0.0", str(tmp_path / "c.png")], "add -o PAGE.html"),
+                           # a head the model does not have: said before the model runs or any map is written
+                           (["The cat", "--png", "0.0", str(tmp_path / "a.png"), "--png", "0.99", str(tmp_path / "b.png")],
+                            "--png 0.99: ")):
         assert main(["heads", "--model", path, *argv]) == 2
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1, err
-    assert not (tmp_path / "r").exists() and not (tmp_path / "x.html").exists()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "x.html").exists() and not (tmp_path / "a.png").exists()
+
+
+def test_the_report_reads_standard_input_when_asked_with_a_dash(minilm, tmp_path, capsys, monkeypatch):
+    import io
+    import json
+
+    from clozelm.cli import main
+    path = str(minilm.info.source)
+
+    class Piped(io.StringIO):
+        def isatty(self):
+            return False
+
+    text = "Tom saw Ann. Ann saw Tom. Then they went home together, and the dog followed them."
+    monkeypatch.setattr("sys.stdin", Piped(text))
+    assert main(["heads", "--model", path, "-", "--report", str(tmp_path / "piped"), "--json"]) == 0
+    piped = json.loads(capsys.readouterr().out)
+    assert main(["heads", "--model", path, text, "--report", str(tmp_path / "given"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == piped

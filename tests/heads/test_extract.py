@@ -42,6 +42,10 @@ def test_wordpiece_spans_and_words(minilm):
     pieces = {t: text[s[0]:s[1]] for t, s in zip(maps.tokens, maps.spans) if s}
     assert pieces["naive"] == "Naïve" and pieces["##bly"] == "bly"
     assert "unbelievably" in maps.words and "don't" in maps.words
+    # a [MASK] (or an [UNK]) in the text stands for a word: no sink, no special token; [CLS] and [SEP] are
+    masked = attention_map(minilm, "The cat sat on the [MASK].")
+    at = masked.tokens.index("[MASK]")
+    assert not masked.special[at] and not masked.sinks[at] and masked.special[0] and masked.special[-1]
 
 
 def test_word_level_and_sinks():

@@ -26,3 +26,8 @@ def test_png_and_svg_of_one_head(bpe):
     svg = map_svg(*maps.head(1, 2, words=True, hide_sinks=True), title="t")
     assert svg.startswith("<svg") and svg.count("<text") >= 2 * len(maps.words)
     assert png_bytes(np.zeros((2, 3, 3), np.uint8))[:8] == b"\x89PNG\r\n\x1a\n"
+    # control characters (a form feed of an old text file, ESC) are no XML: shown as U+FFFD, the SVG still parses
+    import xml.etree.ElementTree as ET
+    ugly = map_svg(np.eye(2, dtype=np.float32), ["page\x0cbreak", "\x1b[0m"], title="model\x0b")
+    ET.fromstring(ugly)
+    assert "page\ufffdbreak" in ugly

@@ -66,3 +66,19 @@ def test_serve_timeout_inf_exits_2_with_one_line():
     r = subprocess.run([sys.executable, "-m", "clozelm", "serve", "--timeout", "inf", "--port", "0"],
                        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--timeout" in r.stderr, r.stderr
+
+
+def test_a_larger_max_text_raises_the_body_limit_with_it(model_dirs, monkeypatch):
+    # A text of --max-text characters, as JSON, may take 4 bytes a character: the body limit follows it
+    import clozelm.server.app as app
+    from clozelm.cli import main
+
+    seen = {}
+
+    def make_server(models, limits, **_):
+        seen["limits"] = limits
+        raise KeyboardInterrupt  # stop before serving
+
+    monkeypatch.setattr(app, "make_server", make_server)
+    main(["serve", "--model", str(model_dirs[0]), "--compare", "none", "--port", "0", "--max-text", "50000"])
+    assert seen["limits"].max_text == 50000 and seen["limits"].max_body >= 4 * 50000

@@ -47,7 +47,13 @@ def cmd_heads(args) -> None:
         return _report(args, cached_load(args.model))
     from ..heads.extract import attention_map
     text = _text(args)
-    maps = attention_map(cached_load(args.model), text, model_name=model_label(args.model))
+    model = cached_load(args.model)
+    for flag, specs in (("--png", args.png), ("--svg", args.svg)):  # before the model runs and any file is written
+        for (layer, head), _ in specs:
+            if not (0 <= layer < model.config.n_layer and 0 <= head < model.config.n_head):
+                raise ClozelmError(f"{flag} {layer}.{head}: {args.model} has layers 0-{model.config.n_layer - 1} and "
+                                   f"heads 0-{model.config.n_head - 1}")
+    maps = attention_map(model, text, model_name=model_label(args.model))
     for note in maps.notes:
         _note(note)
     wrote = []
@@ -85,6 +91,7 @@ def _export(maps, layer: int, head: int, path: Path, fmt: str, words: bool, hide
 
 def _report(args, model) -> None:
     from ..heads.roles import ROLES, head_roles
+    # no text: the built-in sample (standard input only when asked for with "-": a script's stdin is no text)
     text = _text(args) if (args.text or args.file) else None
     report = head_roles(model, text, model_name=model_label(args.model))
     paths = report.write(args.report)
@@ -123,7 +130,7 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
                        description="Without --report/--syntax: write an interactive page (head view, model view, "
                                    "word level, sink-aware, side by side with --compare) and/or one head's map.")
-    p.add_argument("text", nargs="?", help="text to look at (or - / omitted for stdin)")
+    p.add_argument("text", nargs="?", help="text to look at (- or omitted: standard input; with --report, omitted: a built-in sample)")
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
     p.add_argument("--compare", metavar="M2", help="a second model shown side by side on the same text")
@@ -137,7 +144,8 @@ def add_parser(sub) -> None:
     p.add_argument("--hide-sinks", action="store_true", help="PNG/SVG: drop attention to the first token and "
                                                            "[CLS]/[SEP]/eos, renormalise rows")
     p.add_argument("--report", metavar="OUT_DIR", help="label every head (previous/next token, sink, delimiter, broad, "
-                                                     "duplicate, induction); TEXT/-f give the text (default: a sample)")
+                                                     "duplicate, induction); TEXT, -f FILE or - (standard input) give the text, "
+                                                     "its first 1,024 tokens (default: a sample)")
     p.add_argument("--syntax", metavar="FILE", help="heads vs dependency syntax on FILE (Clark et al. 2019); "
                                                    "needs pip install 'clozelm[syntax]'")
     p.add_argument("--min-arcs", type=nonnegative_int, help="--syntax: leave out relations with fewer arcs (default: 10)")
@@ -164,6 +172,9 @@ def _run(args) -> None:
         if given and others:
             raise ClozelmError(f"{flag} writes its own output; {', '.join(others)} belong to the attention page "
                                "and maps: run them separately")
+    if args.compare and (args.png or args.svg) and not args.out:
+        raise ClozelmError("--compare shows a second model on the attention page, which --png/--svg alone do not "
+                           "write: add -o PAGE.html")
     if args.syntax and (args.text or args.file):
         raise ClozelmError("--syntax reads its text from its FILE; leave out the text and -f")
     for flag, given, needs in (("--word-level", args.word_level, args.png or args.svg),

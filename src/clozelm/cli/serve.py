@@ -25,7 +25,9 @@ def cmd_serve(args) -> None:
     names = [args.model]
     if args.compare and args.compare.lower() != "none" and args.compare != args.model:
         names.append(args.compare)
-    limits = Limits(timeout=args.timeout, workers=args.workers, queue_size=args.queue, max_text=args.max_text)
+    # a body holds the text as JSON: up to 4 bytes a character (UTF-8), plus the other fields
+    limits = Limits(timeout=args.timeout, workers=args.workers, queue_size=args.queue, max_text=args.max_text,
+                    max_body=max(Limits.max_body, 4 * args.max_text + 4096))
     models = {name: cached_load(name) for name in names}
     server = make_server(models, host=args.host, port=args.port, limits=limits, quiet=args.quiet)
     try:

@@ -152,6 +152,12 @@ def frame_tokens(model: Model, add_special_tokens: bool = True) -> tuple[list[in
     return list(start), list(end)
 
 
+def structural_ids(tok) -> set[int]:
+    """The special tokens that are structure, not text: [CLS], [SEP], <|endoftext|>, ... A [MASK], [UNK] or [PAD]
+    in a text stands for a word (a blank, a character the vocabulary lacks): it is no sink and no delimiter."""
+    return set(tok.special_tokens.values()) - {tok.mask_id, tok.unk_id, tok.pad_id}
+
+
 def encode_for_model(model: Model, text: str, add_special_tokens: bool = True,
                      max_tokens: int | None = None) -> Encoded:
     """Token ids of `text` framed the way the model was trained ([CLS] ... [SEP]; <|endoftext|> first for
@@ -165,7 +171,7 @@ def encode_for_model(model: Model, text: str, add_special_tokens: bool = True,
         raise ClozelmError(f"a context of {limit} positions leaves no room for text")
     ids, spans, readable = tok.encode_with_spans(text, specials=True)
     ids, spans, readable = list(ids), list(spans), list(readable)
-    special_ids = set(tok.special_tokens.values())
+    special_ids = structural_ids(tok)
     if not ids:
         raise ClozelmError("the text is empty after tokenization (only characters the tokenizer drops)")
     notes = []

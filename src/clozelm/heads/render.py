@@ -58,8 +58,8 @@ def map_svg(matrix: np.ndarray, labels: list[str], title: str) -> str:
     side = n * cell
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{side + margin + 10}" height="{side + margin + 30}" '
              f'font-family="monospace" font-size="{min(11, cell)}">',
-             f'<title>{html.escape(title)}</title>',
-             f'<text x="4" y="16" font-size="13">{html.escape(title)}</text>',
+             f'<title>{html.escape(_visible(title))}</title>',
+             f'<text x="4" y="16" font-size="13">{html.escape(_visible(title))}</text>',
              f'<g transform="translate({margin},{margin + 20})">']
     if n <= 128:
         rgb = colormap(matrix)
@@ -84,7 +84,10 @@ def map_svg(matrix: np.ndarray, labels: list[str], title: str) -> str:
 
 
 def _visible(token: str) -> str:
-    return token.replace("\n", "\u21b5").replace("\t", "\u21e5") or "\u2205"
+    """A token as a label: line breaks and tabs as arrows, other control characters (which XML forbids: an SVG
+    holding a form feed does not open) and the non-characters U+FFFE/U+FFFF as U+FFFD."""
+    token = token.replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return "".join("\ufffd" if (ord(c) < 32 and c != "\r") or c in "\ufffe\uffff" else c for c in token) or "\u2205"
 
 
 def score_grid_png(panels: list[tuple[str, np.ndarray]], best: np.ndarray | None = None,

@@ -10,7 +10,8 @@ Scores are averages of attention weights (or of normalised entropy), so each lie
     duplicate   weight to the earlier copy of the same token        (random tokens, repeated)
     induction   weight to the token *after* the earlier copy        (random tokens, repeated)
 
-Natural-text scores come from the given text (or a built-in sample) in windows of at most 128 tokens;
+Natural-text scores come from the given text (or a built-in sample) in windows of at most 128 tokens, the
+first MAX_WINDOWS of them (1,024 tokens: the rest of a longer text is not read);
 duplicate and induction from sequences of random tokens repeated twice, where only copying can help.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..errors import ClozelmError
 from ..loaded import Model
-from .extract import check_model, frame_tokens, run_attention
+from .extract import check_model, frame_tokens, run_attention, structural_ids
 
 ROLES = ("previous", "next", "first", "delimiter", "broad", "duplicate", "induction")
 THRESHOLDS = {"previous": 0.5, "next": 0.5, "first": 0.5, "delimiter": 0.5, "broad": 0.8, "duplicate": 0.3,
@@ -254,7 +255,7 @@ def head_roles(model: Model, text: str | None = None, *, seed: int = 0, model_na
     width = min(WINDOW, room)
     windows = [ids[k:k + width] for k in range(0, len(ids), width)][:MAX_WINDOWS]
     windows = [w for w in windows if len(w) >= 4] or windows[:1]
-    special_ids = set(tok.special_tokens.values())
+    special_ids = structural_ids(tok)
     sums = None
     for window in windows:
         framed = start + window + end
