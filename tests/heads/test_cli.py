@@ -114,3 +114,16 @@ def test_the_report_reads_standard_input_when_asked_with_a_dash(minilm, tmp_path
     piped = json.loads(capsys.readouterr().out)
     assert main(["heads", "--model", path, text, "--report", str(tmp_path / "given"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == piped
+
+
+def test_the_page_reads_at_most_max_tokens_and_says_so(minilm, tmp_path, capsys):
+    from clozelm.cli import main
+    path = str(minilm.info.source)
+    out = tmp_path / "p.html"
+    assert main(["heads", "--model", path, "one two three four five six seven eight nine ten", "--max-tokens", "6",
+                 "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    # [CLS] and [SEP] take two of the six positions
+    assert "kept the first 4 tokens" in captured.err and ", 6 tokens)" in captured.out, captured
+    assert main(["heads", "--model", path, "--report", str(tmp_path / "r"), "--max-tokens", "6"]) == 2
+    assert "--max-tokens" in capsys.readouterr().err

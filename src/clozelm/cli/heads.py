@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .args import nonnegative_int, read_text_arg
+from .args import nonnegative_int, positive_int, read_text_arg
 from ..errors import ClozelmError
 from ..loaded import model_label
 from ..files import check_output_file, read_text_file
@@ -35,6 +35,9 @@ def _note(message: str) -> None:
     print(f"clozelm: note: {message}", file=sys.stderr)
 
 
+PAGE_TOKENS = 1024  # tokens the page and maps read by default (every layer's and head's T x T map is kept)
+
+
 def _text(args) -> str:
     return read_text_arg(args)
 
@@ -53,7 +56,8 @@ def cmd_heads(args) -> None:
             if not (0 <= layer < model.config.n_layer and 0 <= head < model.config.n_head):
                 raise ClozelmError(f"{flag} {layer}.{head}: {args.model} has layers 0-{model.config.n_layer - 1} and "
                                    f"heads 0-{model.config.n_head - 1}")
-    maps = attention_map(model, text, model_name=model_label(args.model))
+    limit = args.max_tokens or PAGE_TOKENS
+    maps = attention_map(model, text, model_name=model_label(args.model), max_tokens=limit)
     for note in maps.notes:
         _note(note)
     wrote = []
@@ -64,7 +68,8 @@ def cmd_heads(args) -> None:
         from ..heads.views import write_page
         maps_list = [maps]
         if args.compare:
-            other = attention_map(cached_load(args.compare), text, model_name=model_label(args.compare))
+            other = attention_map(cached_load(args.compare), text, model_name=model_label(args.compare),
+                                  max_tokens=limit)
             for note in other.notes:
                 _note(f"{args.compare}: {note}")
             maps_list.append(other)
@@ -134,6 +139,11 @@ def add_parser(sub) -> None:
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
     p.add_argument("--compare", metavar="M2", help="a second model shown side by side on the same text")
+    # every layer's and head's T x T map is kept: a long-context model (8k positions and more) reading a whole
+    # chapter would need tens of GB, and the page is meant for a few hundred tokens
+    p.add_argument("--max-tokens", type=positive_int, metavar="N",
+                   help=f"the page and maps read the text's first N tokens at most (default: {PAGE_TOKENS}; a note "
+                        "says when the text was cut)")
     p.add_argument("-o", "--out", help="the HTML page to write (default heads.html); with --syntax, the Markdown "
                                        "table (a .json is written next to it)")
     p.add_argument("--png", nargs=2, action="append", default=[], metavar=("LAYER.HEAD", "OUT.png"),
@@ -165,8 +175,8 @@ def _run(args) -> None:
     if args.min_arcs is not None and not args.syntax:
         raise ClozelmError("--min-arcs filters the --syntax table, and none is asked for")
     args.min_arcs = 10 if args.min_arcs is None else args.min_arcs
-    page_flags = [name for name, given in (("--png", args.png), ("--svg", args.svg), ("--compare", args.compare))
-                  if given]
+    page_flags = [name for name, given in (("--png", args.png), ("--svg", args.svg), ("--compare", args.compare),
+                                           ("--max-tokens", args.max_tokens)) if given]
     for flag, given, others in (("--report", args.report, (["-o"] if args.out else []) + page_flags),
                                 ("--syntax", args.syntax, page_flags)):  # --syntax -o: where its table goes
         if given and others:
