@@ -123,3 +123,27 @@ def test_fill_generate_and_heads_in_the_browser(browser, server, tmp_path):
     assert not outside, outside
     assert not problems, problems
     page.close()
+
+
+def test_the_heads_page_ignores_a_broken_link(browser, tmp_path):
+    # The offline page takes its starting view from the URL's hash; a hand-edited one must not break it
+    from clozelm.heads.extract import attention_map
+    from clozelm.heads.views import write_page
+
+    (tmp_path / "models").mkdir()
+    causal, _ = build_models(tmp_path / "models")
+    page_file = tmp_path / "heads.html"
+    write_page([attention_map(clozelm.load(causal), "the dog ran home and the cat sat down")], page_file)
+    for fragment in ("layer=x&pick=a.b&hover=from.-3", "view=model&pick=a.b", "view=model&pick=-1.0&layer=x",
+                     "layer=99&pick=7.7&hover=to.1e9", "pick=0.1&hover=from.5&words"):
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        problems = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{page_file.as_uri()}#{fragment}")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_timeout(200)
+        assert not problems, (fragment, problems)
+        # the layer shown is one the model has (a NaN layer drew an empty view with a blank selector)
+        assert page.eval_on_selector("select[aria-label=layer]", "s => s.value") in ("0", "1"), fragment
+        page.close()

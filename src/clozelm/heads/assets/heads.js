@@ -256,6 +256,7 @@
     scroller.append(track);
     headView.append(scroller, canvas);
     Object.assign(panel, { scroller, track, canvas, from, to, n, look: undefined });
+    if (panel.hover && panel.hover.index >= n) panel.hover = null;  // word level has fewer rows than tokens
     scroller.addEventListener("scroll", () => scheduleDraw(panel), { passive: true });
     layoutHeadView(panel);
   }
@@ -596,15 +597,21 @@
 
   drawLegend();
   const initial = new URLSearchParams(location.hash.slice(1));  // e.g. view.html#view=model&layer=3 (for links and screenshots)
-  if (initial.has("layer")) setLayer(+initial.get("layer"));
+  const whole = (text) => (/^\d{1,6}$/.test(text || "") ? Number(text) : null);  // a hand-edited link may hold anything
+  if (whole(initial.get("layer")) !== null) setLayer(whole(initial.get("layer")));
   if (initial.has("words")) { state.words = true; bar.querySelectorAll("input")[0].checked = true; }
   if (initial.has("sinks")) { state.hideSinks = true; bar.querySelectorAll("input")[1].checked = true; }
-  if (initial.has("pick")) { const [l, hd] = initial.get("pick").split(".").map(Number); state.picked = { layer: l, head: hd }; }
+  if (initial.has("pick")) {
+    const [l, hd] = initial.get("pick").split(".").map(whole);
+    if (l !== null && hd !== null && l < maxLayers && hd < maxHeads) state.picked = { layer: l, head: hd };
+  }
   setView(initial.get("view") === "model" ? "model" : "head");
   if (state.words || state.hideSinks) rebuildAll();
   if (initial.has("hover")) {  // e.g. #hover=from.5: start with token 5's lines shown
     const [side, index] = initial.get("hover").split(".");
-    panels.forEach((panel) => setHover(panel, { side: side === "to" ? "to" : "from", index: Math.min(+index, panel.n - 1) }));
+    if (whole(index) !== null) {
+      panels.forEach((panel) => setHover(panel, { side: side === "to" ? "to" : "from", index: Math.min(whole(index), panel.n - 1) }));
+    }
   }
   document.body.dataset.ready = "1";
 })();
