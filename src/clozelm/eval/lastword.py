@@ -38,9 +38,10 @@ def items_from_jsonl(rows: list[tuple[int, dict]], path, fits: Callable[[str], b
             raise ClozelmError(f"{path}:{number}: the passage has no word before its last one")
         if text != text.rstrip():
             raise ClozelmError(f"{path}:{number}: the passage ends with whitespace: no last word to hide")
-        if BLANK.search(text):
-            raise ClozelmError(f"{path}:{number}: the passage holds {BLANK.search(text).group()!r}, which fill reads "
-                               "as a blank of its own")
+        marker = BLANK.search(text)
+        if marker:
+            raise ClozelmError(f"{path}:{number}: the passage holds {marker.group()!r}, which fill reads as a blank "
+                               "of its own")
         context, word = text.rsplit(" ", 1)
         if not fits(word):
             raise ClozelmError(f"{path}:{number}: the last word is longer than the model's context")
