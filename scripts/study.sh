@@ -8,4 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f data/corpus/MANIFEST.json ] || python scripts/build_corpus.py
 clozelm study data/corpus --out data/study-3m --seeds 3 --tokens 3000000 --no-progress
+# The full-budget runs finished on other machines come from their record in the repository (scripts/study_record.sh).
+if [ -f docs/study/30m/record/study.json ]; then bash scripts/study_record.sh restore docs/study/30m/record data/study-30m; fi
 clozelm study data/corpus --out data/study-30m --seeds 1 --tokens 30310400 --no-progress

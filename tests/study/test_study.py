@@ -5,6 +5,7 @@ run resumes exactly) and does nothing twice; report.md, results.json and the plo
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from dataclasses import replace
 
@@ -149,7 +150,8 @@ def test_eval_figures_are_kept_while_what_they_read_is_unchanged(tmp_path, corpu
     out = tmp_path / "study"
     config = StudyConfig(corpus=[corpus], out=out, **{**TINY, "seeds": 1, "objectives": ("clm",)})
     run_study(config, log=lambda text: None)
-    model = out / "runs" / "clm-seed0" / "model" / "model.safetensors"
+    model = study_run._digest(out / "runs" / "clm-seed0" / "model" / "model.safetensors")
+    assert json.loads((out / "trained" / "clm-seed0.json").read_text())["model_sha256"] == model
     before = study_run._eval_keys(out, config, model, causal=True)
     assert before == study_run._eval_keys(out, config, model, causal=True)
     assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", before).keys() == set(TASKS)
@@ -173,6 +175,37 @@ def test_eval_figures_are_kept_while_what_they_read_is_unchanged(tmp_path, corpu
     first.write_text(first.read_text(encoding="utf-8") + " Mr. ____ came.", encoding="utf-8")
     assert study_run._eval_keys(out, config, model, causal=True)["lastword"]["blank_passages"] == "left out"
     assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", after).keys() == {"pairs", "probe"}
+
+
+def test_a_study_record_without_its_models_is_finished_and_continues_with_its_tokenizer(tmp_path, corpus):
+    """The record (study.json, tokenizer/, trained/, evals/) copied to a new directory: the report is the same
+    without the models, a continued study trains only what the record lacks, and a run whose figures are not all
+    there is trained again."""
+    out = tmp_path / "study"
+    config = StudyConfig(corpus=[corpus], out=out, **{**TINY, "seeds": 1, "objectives": ("clm", "mlm")})
+    first = run_study(config, log=lambda text: None)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for part in ("study.json", "tokenizer", "trained", "evals"):
+        (shutil.copytree if (out / part).is_dir() else shutil.copy)(out / part, copy / part)
+    vocab = (copy / "tokenizer" / "vocab.json").read_bytes()
+    said = []
+    moved = replace(config, out=copy)
+    again = run_study(moved, log=said.append)["runs"]  # the split rebuilt; nothing trained
+    assert again == first["runs"]
+    assert run_study(replace(moved, report_only=True), log=said.append)["runs"] == first["runs"]
+    assert (copy / "report.md").read_text() == (out / "report.md").read_text()
+    assert not (copy / "runs").exists() and (copy / "tokenizer" / "vocab.json").read_bytes() == vocab
+    assert sum("the model is not here" in line for line in said) == 2
+    # one more objective trains with the recorded tokenizer; a run missing a figure is trained again
+    cache = json.loads((copy / "evals" / "mlm-seed0.json").read_text())
+    del cache["tasks"]["probe"]
+    (copy / "evals" / "mlm-seed0.json").write_text(json.dumps(cache))
+    more = run_study(replace(moved, objectives=("clm", "mlm", "fim")), log=lambda text: None)
+    assert sorted(p.name for p in (copy / "runs").iterdir()) == ["fim-seed0", "mlm-seed0"]
+    assert (copy / "tokenizer" / "vocab.json").read_bytes() == vocab
+    assert [r["objective"] for r in more["runs"]] == ["clm", "mlm", "fim"]
+    assert more["runs"][0] == first["runs"][0]
 
 
 def test_the_command_line_and_its_one_line_errors(tmp_path, corpus, capsys):

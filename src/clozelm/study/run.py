@@ -8,8 +8,8 @@
     DIR/tokens/           the token cache every run shares (each run's tokens/ points here)
     DIR/runs/OBJ-seedK/   one training run directory per objective and seed (`clozelm train --resume` works)
     DIR/trained/OBJ-seedK.json, DIR/evals/OBJ-seedK.json
-                          a finished training's facts and a finished evaluation's figures: what a continued
-                          study does not do again
+                          a finished training's facts (with its model's digest) and a finished evaluation's
+                          figures: what a continued study does not do again
     DIR/results.json, DIR/report.md, DIR/*.png
 
 Why this way:
@@ -28,6 +28,11 @@ Why this way:
   and renamed into place); a run with a checkpoint resumes exactly; a finished run or evaluation is skipped.
   Re-running with the same DIR and other FIXED settings is refused in one line; other objectives or more seeds
   add runs.
+- A study's record is small: study.json, tokenizer/, trained/ and evals/ (kilobytes). A run whose model is gone
+  (runs/ and tokens/ deleted to save space, or the record copied to another machine) still counts as finished
+  while its evaluation's figures hold for the model digest its training recorded: a continued study rebuilds
+  the data split from the corpus (seconds), trains only the runs the record lacks, with the same tokenizer, and
+  reports every run.
 """
 
 from __future__ import annotations
@@ -154,10 +159,10 @@ def _report_only(out: Path, config: StudyConfig, corpus: list[dict], names: list
     for objective, seed in names:
         name = f"{objective}-seed{seed}"
         record = _read_json(out / "trained" / f"{name}.json")
-        model_file = out / "runs" / name / "model" / "model.safetensors"
+        digest = _model_digest(out, name, record)
         tasks = {}
-        if record is not None and model_file.is_file():
-            keys = _eval_keys(out, config, model_file, causal=objective not in BIDIRECTIONAL)
+        if record is not None and digest is not None:
+            keys = _eval_keys(out, config, digest, causal=objective not in BIDIRECTIONAL)
             tasks = _cached_tasks(out / "evals" / f"{name}.json", keys)
         if len(tasks) < len(config.tasks):
             missing.append(name)
@@ -323,7 +328,14 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
     record_path = out / "trained" / f"{name}.json"
     run_dir = out / "runs" / name
     record = _read_json(record_path)
-    if record is not None and (run_dir / "model" / "model.safetensors").is_file():
+    model_file = run_dir / "model" / "model.safetensors"
+    if record is not None and model_file.is_file():
+        if "model_sha256" not in record:  # recorded before the record kept it
+            record["model_sha256"] = _digest(model_file)
+            atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+        return record
+    if record is not None and _finished_without_model(out, name, record, config):
+        say(f"study: {name}: trained and evaluated (its record; the model is not here)")
         return record
     (out / "evals" / f"{name}.json").unlink(missing_ok=True)  # the model is about to change
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -348,11 +360,29 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
     seq_len, per_step = settings["train"]["seq_len"], settings["train"]["batch_size"] * settings["train"]["grad_accum"]
     record = {"objective": objective, "seed": seed, "params": params, "tokens": run.step * per_step * seq_len,
               "steps": run.step, "train_seconds": round(seconds, 3), "best_val_loss": run.best_val_loss,
-              "best_step": run.best_step, "held_out_loss": curve, "run_dir": str(run_dir),
-              "train_split_tokens": sum(shard["tokens"] for shard in data["train"])}
+              "best_step": run.best_step, "held_out_loss": [list(point) for point in curve], "run_dir": str(run_dir),
+              "train_split_tokens": sum(shard["tokens"] for shard in data["train"]),
+              "model_sha256": _digest(run_dir / "model" / "model.safetensors")}
     record_path.parent.mkdir(exist_ok=True)
     atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _finished_without_model(out: Path, name: str, record: dict, config: StudyConfig) -> bool:
+    """Whether a run whose model file is gone has every task's figures for the model its record names."""
+    digest = record.get("model_sha256")
+    if not isinstance(digest, str):
+        return False
+    keys = _eval_keys(out, config, digest, causal=record.get("objective") not in BIDIRECTIONAL)
+    return len(_cached_tasks(out / "evals" / f"{name}.json", keys)) == len(config.tasks)
+
+
+def _model_digest(out: Path, name: str, record: dict | None) -> str | None:
+    """The run's model digest: of its model file, or as its record keeps it when the file is gone."""
+    model_file = out / "runs" / name / "model" / "model.safetensors"
+    if model_file.is_file():
+        return _digest(model_file)
+    return record.get("model_sha256") if record is not None else None
 
 
 def _check_same_size(runs: list[dict]) -> None:
@@ -364,10 +394,10 @@ def _check_same_size(runs: list[dict]) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _eval_keys(out: Path, config: StudyConfig, model_file: Path, causal: bool) -> dict[str, dict]:
+def _eval_keys(out: Path, config: StudyConfig, model_sha256: str, causal: bool) -> dict[str, dict]:
     """What each task's figures depend on; a cached figure is used only while its key holds. A causal model's
     bits per byte are exact: the masked bound's number of samples is no part of them."""
-    model = _digest(model_file)
+    model = model_sha256
     heldout, marked = hashlib.sha256(), False
     for path in sorted((out / "data" / "heldout").iterdir()):
         heldout.update(path.name.encode() + b"\0" + _digest(path).encode())
@@ -408,7 +438,8 @@ def _evaluated(out: Path, name: str, config: StudyConfig, say) -> dict:
     corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal."""
     model_dir = out / "runs" / name / "model"
     objective = name.rsplit("-seed", 1)[0]
-    keys = _eval_keys(out, config, model_dir / "model.safetensors", causal=objective not in BIDIRECTIONAL)
+    keys = _eval_keys(out, config, _model_digest(out, name, _read_json(out / "trained" / f"{name}.json")),
+                      causal=objective not in BIDIRECTIONAL)
     cache_path = out / "evals" / f"{name}.json"
     tasks = _cached_tasks(cache_path, keys)
     todo = [t for t in config.tasks if t not in tasks]
