@@ -201,7 +201,10 @@ def test_a_study_record_without_its_models_is_finished_and_continues_with_its_to
     cache = json.loads((copy / "evals" / "mlm-seed0.json").read_text())
     del cache["tasks"]["probe"]
     (copy / "evals" / "mlm-seed0.json").write_text(json.dumps(cache))
-    more = run_study(replace(moved, objectives=("clm", "mlm", "fim")), log=lambda text: None)
+    said.clear()
+    more = run_study(replace(moved, objectives=("clm", "mlm", "fim")), log=said.append)
+    assert [line for line in said if "out of date" in line] == [
+        "study: mlm-seed0: its model is not here and its recorded figures are out of date: training it again"]
     assert sorted(p.name for p in (copy / "runs").iterdir()) == ["fim-seed0", "mlm-seed0"]
     assert (copy / "tokenizer" / "vocab.json").read_bytes() == vocab
     assert [r["objective"] for r in more["runs"]] == ["clm", "mlm", "fim"]

@@ -337,6 +337,10 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
     if record is not None and _finished_without_model(out, name, record, config):
         say(f"study: {name}: trained and evaluated (its record; the model is not here)")
         return record
+    if record is not None and not (run_dir / "checkpoint.pt").is_file():
+        # Its figures no longer hold (the evaluation changed, or its record is incomplete) and without the model
+        # they cannot be measured again: the run is trained again, so that every run is measured alike.
+        say(f"study: {name}: its model is not here and its recorded figures are out of date: training it again")
     (out / "evals" / f"{name}.json").unlink(missing_ok=True)  # the model is about to change
     run_dir.mkdir(parents=True, exist_ok=True)
     tokens = run_dir / "tokens"
