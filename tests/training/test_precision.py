@@ -50,3 +50,19 @@ def test_master_weights_round_trip_and_update_in_fp32():
         assert torch.equal(p, m.to(torch.bfloat16))
     # An update smaller than bf16's resolution survives in the master.
     assert any(not torch.equal(m, full[n]) for n, m in zip(masters.names, masters.masters))
+
+
+def test_micro_batch_gradients_sum_in_fp32():
+    """Gradient accumulation: each micro-batch's bf16 gradient is added into the fp32 master, not into a bf16 sum
+    that rounds at every micro-batch."""
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    masters = MasterWeights(net)
+    expected = [torch.zeros_like(m) for m in masters.masters]
+    for _ in range(16):
+        net(torch.randint(0, 50, (2, 6))).logits.float().sum().backward()
+        for total, p in zip(expected, net.parameters()):
+            total += p.grad.float()
+        masters.grads_to_masters()
+        assert all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(m.grad, total) for m, total in zip(masters.masters, expected))

@@ -383,13 +383,15 @@ class Trainer:
         for m, batch in enumerate(micro):
             batch = batch.to(self.device, non_blocking=True)
             bias = locality_bias(cfg, step, self.model.config.n_head, batch.inputs.shape[1], self.device)
-            sync = self.ddp.no_sync() if self.ddp is not None and m < len(micro) - 1 else contextlib.nullcontext()
-            with sync:
+            # With fp32 masters each micro-batch's gradients move into them (summed in fp32), so DDP reduces each
+            # micro-batch's; otherwise they sum in the parameters' .grad and DDP reduces the sum once, at the last.
+            defer = self.ddp is not None and self.masters is None and m < len(micro) - 1
+            with self.ddp.no_sync() if defer else contextlib.nullcontext():
                 s = batch_loss_sum(self.forward, self.model, self.objective, batch, cfg.precision, cfg.fused_loss, bias)
                 (s * scale).backward()
+            if self.masters is not None:
+                self.masters.grads_to_masters()
             total += s.detach()
-        if self.masters is not None:
-            self.masters.grads_to_masters()
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         loss = float(self.dist.all_sum(total.float().reshape(1))[0]) / max(float(count), 1.0)

@@ -33,9 +33,16 @@ class MasterWeights:
         return [{**g, "params": [self._master_of[id(p)] for p in g["params"]]} for g in groups]
 
     def grads_to_masters(self) -> None:
-        """Move the network's bf16 gradients into the masters' fp32 .grad (call before clipping and stepping)."""
+        """Add the network's bf16 gradients into the masters' fp32 .grad and clear them: after every backward
+        pass, so that gradient accumulation sums in fp32 (bf16 sums would round at every micro-batch and lose
+        the small ones), and before clipping and stepping. The optimizer's zero_grad clears the masters'."""
         for p, m in zip(self.params, self.masters):
-            m.grad = None if p.grad is None else p.grad.to(torch.float32)
+            if p.grad is None:
+                continue
+            if m.grad is None:
+                m.grad = p.grad.to(torch.float32)
+            else:
+                m.grad.add_(p.grad)
             p.grad = None
 
     @torch.no_grad()
