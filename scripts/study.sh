@@ -2,12 +2,19 @@
 # The runs behind docs/study.md, in the order they are published: 3 seeds at 3M tokens, then one seed at the
 # embedded defaults' full budget (7,400 steps x 16 x 256 = 30,310,400 tokens). Both continue where they stopped
 # when this is run again (a killed training resumes from its last checkpoint; finished runs are not redone).
-#   bash scripts/study.sh                 # hours on 2 CPU cores; see docs/study.md for the times measured
+#   bash scripts/study.sh [3m|30m]        # both, or one of them; hours on 2 CPU cores (docs/study.md)
 #   clozelm study data/corpus --out data/study-3m --seeds 3 --tokens 3000000 --report-only   # the report so far
 set -euo pipefail
 cd "$(dirname "$0")/.."
+which=${1:-all}
+case $which in all|3m|30m) ;; *) echo "usage: $0 [3m|30m]" >&2; exit 2 ;; esac
 [ -f data/corpus/MANIFEST.json ] || python scripts/build_corpus.py
-clozelm study data/corpus --out data/study-3m --seeds 3 --tokens 3000000 --no-progress
-# The full-budget runs finished on other machines come from their record in the repository (scripts/study_record.sh).
+if [ "$which" != 30m ]; then
+  clozelm study data/corpus --out data/study-3m --seeds 3 --tokens 3000000 --no-progress
+fi
+[ "$which" != 3m ] || exit 0
+# The full-budget runs finished on other machines come from their record in the repository, and the record is
+# saved back when this stops, finished or not (scripts/study_record.sh): commit docs/study/30m/record after a run.
 if [ -f docs/study/30m/record/study.json ]; then bash scripts/study_record.sh restore docs/study/30m/record data/study-30m; fi
+trap '[ -f data/study-30m/study.json ] && bash scripts/study_record.sh save data/study-30m docs/study/30m/record' EXIT
 clozelm study data/corpus --out data/study-30m --seeds 1 --tokens 30310400 --no-progress
