@@ -28,11 +28,12 @@ Why this way:
   and renamed into place); a run with a checkpoint resumes exactly; a finished run or evaluation is skipped.
   Re-running with the same DIR and other FIXED settings is refused in one line; other objectives or more seeds
   add runs.
-- A study's record is small: study.json, tokenizer/, trained/ and evals/ (the tokenizer's megabyte, the rest kilobytes). A run whose model is gone
-  (runs/ and tokens/ deleted to save space, or the record copied to another machine) still counts as finished
-  while its evaluation's figures hold for the model digest its training recorded: a continued study rebuilds
-  the data split from the corpus (seconds), trains only the runs the record lacks, with the same tokenizer, and
-  reports every run.
+- A study's record is small: study.json, tokenizer/, trained/ and evals/ (the tokenizer's megabyte, the rest
+  kilobytes). A run whose model is gone (runs/ and tokens/ deleted to save space, or the record copied to another
+  machine) still counts as finished while its evaluation's figures hold for the model digest its training
+  recorded: a continued study rebuilds the data split from the corpus (seconds), trains only the runs the record
+  lacks, with the same tokenizer, and reports every run. Figures that no longer hold (an eval task's version
+  raised) cannot be measured again without the model: that run is trained again.
 """
 
 from __future__ import annotations
