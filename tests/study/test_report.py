@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from clozelm.study.report import FIGURES, stats_by_objective, verdict
+from clozelm.study.report import FIGURES, runs_table, stats_by_objective, verdict
 
 LASTWORD = next(f for f in FIGURES if f.task == "lastword" and f.key == "accuracy")
 PPL = next(f for f in FIGURES if f.task == "ppl")
@@ -72,3 +72,14 @@ def test_one_seed_names_a_tie_as_a_tie():
     assert tie["verdict"] == "no noise estimate" and tie["text"].startswith("a tie (clm and mlm both 0)")
     ahead = verdict(LASTWORD, stats_by_objective(_runs({"clm": [0.3], "mlm": [0.2]}, n=100), LASTWORD))
     assert ahead["text"].startswith("clm is ahead")
+
+
+def test_runs_trained_on_different_machines_are_said_to_be():
+    runs = _runs({"clm": [0.3], "mlm": [0.2]}, n=100)
+    for run, machine in zip(runs, ("Xeon, 2 threads", "EPYC, 2 threads")):
+        run.update(params=1000, tokens=4096, train_seconds=60.0, held_out_loss=[[4096, 3.0]], machine=machine)
+    table = "\n".join(runs_table(runs))
+    assert table.count(" | 60.0 | 3.0000 | ") == 2 and "| Xeon, 2 threads |" in table and "| EPYC, 2 threads |" in table
+    assert "trained on more than one machine" in table
+    runs[1]["machine"] = runs[0]["machine"]
+    assert "more than one machine" not in "\n".join(runs_table(runs))

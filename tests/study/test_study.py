@@ -10,6 +10,7 @@ import struct
 from dataclasses import replace
 
 import pytest
+import torch
 
 from clozelm.cli import main
 from clozelm.errors import ClozelmError
@@ -95,6 +96,10 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     for heading in ("## ppl: bits per byte", "## lastword:", "## cloze: middle word", "## pairs:", "## Runs"):
         assert heading in report
     assert " ± " in report and "The claim: " in report
+    # each run says where it trained (its seconds compare only runs of one machine), and one machine says nothing more
+    machine = results["runs"][0]["machine"]
+    assert machine.endswith(f", 1 thread, torch {torch.__version__}") and {r["machine"] for r in results["runs"]} == {machine}
+    assert report.count(f" | {machine} |") == len(results["runs"]) and "more than one machine" not in report
     summary_rows = [line for line in report.split("## Summary")[1].split("\n## ")[0].splitlines() if line.startswith("| ")]
     assert len(summary_rows) == 1 + len(results["summary"])  # the header, then a row per figure
     for name in ("loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"):

@@ -285,13 +285,7 @@ def markdown(results: dict, plots: list[str]) -> str:
                      if isinstance(figures, dict) and "error" in figures})
     if failed:
         lines += ["## Tasks that did not run", ""] + [f"- {task}: {why}" for task, why in failed] + [""]
-    lines += ["## Runs", "", "| objective | seed | parameters | tokens | train seconds | final held-out loss |",
-              "|---|---|---|---|---|---|"]
-    for r in runs:
-        curve = r.get("held_out_loss") or []
-        final = f"{curve[-1][1]:.4f}" if curve else ""
-        lines.append(f"| {r['objective']} | {r['seed']} | {r['params']:,} | {r['tokens']:,} | "
-                     f"{r['train_seconds']:.1f} | {final} |")
+    lines += ["## Runs", ""] + runs_table(runs)
     lines += ["", "Held-out loss is each objective's own training loss on held-out text (nats per predicted token: "
               "clm and fim the next token, mlm the masked tokens, hybrid its mix, mdlm the diffusion bound per "
               "token), watched during training; it compares no objectives and chooses no weights (each model is "
@@ -299,6 +293,21 @@ def markdown(results: dict, plots: list[str]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
+
+
+def runs_table(runs: list[dict]) -> list[str]:
+    """One row per run: its size, budget, training time, final held-out loss and the machine it trained on."""
+    lines = ["| objective | seed | parameters | tokens | train seconds | final held-out loss | trained on |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        curve = r.get("held_out_loss") or []
+        final = f"{curve[-1][1]:.4f}" if curve else ""
+        lines.append(f"| {r['objective']} | {r['seed']} | {r['params']:,} | {r['tokens']:,} | "
+                     f"{r['train_seconds']:.1f} | {final} | {r.get('machine', '')} |")
+    if len({r.get("machine") for r in runs}) > 1:
+        lines += ["", "The runs were trained on more than one machine: their train seconds compare only runs of one "
+                  "machine (the figures do not depend on it beyond float rounding)."]
+    return lines
 
 
 def summary_table(rows: list[dict], objectives: list[str]) -> list[str]:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import sys
 import time
@@ -367,10 +368,37 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
               "steps": run.step, "train_seconds": round(seconds, 3), "best_val_loss": run.best_val_loss,
               "best_step": run.best_step, "held_out_loss": [list(point) for point in curve], "run_dir": str(run_dir),
               "train_split_tokens": sum(shard["tokens"] for shard in data["train"]),
-              "model_sha256": _digest(run_dir / "model" / "model.safetensors")}
+              "model_sha256": _digest(run_dir / "model" / "model.safetensors"),
+              "machine": _machine(settings.get("numerics", {}))}
     record_path.parent.mkdir(exist_ok=True)
     atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _machine(numerics: dict) -> str:
+    """Where a run finished training, for the report (its train seconds compare only runs of one machine)."""
+    device = str(numerics.get("device", "cpu"))
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else _cpu_name()
+    threads = numerics.get("threads")
+    return f"{name}, {threads} thread{'' if threads == 1 else 's'}, torch {numerics.get('torch', torch.__version__)}"
+
+
+def _cpu_name() -> str:
+    """The CPU's model name, and its bf16 matrix units where it has them (they decide the training speed)."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    units = "AMX" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else ""
+    return f"{name} ({units})" if units else name
 
 
 def _finished_without_model(out: Path, name: str, record: dict, config: StudyConfig) -> bool:
