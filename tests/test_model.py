@@ -495,3 +495,51 @@ def test_the_fused_product_can_be_turned_off():
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CLOZELM_FUSED_LINEAR": setting},
                              capture_output=True, text=True, check=True).stdout.split()
         assert out == [str(setting == "1" and fused.AVAILABLE), str(packed.AVAILABLE)]
+
+
+@pytest.mark.parametrize("kv_heads, mask_heads", [(6, 1), (2, 1), (2, 6), (6, None)])
+def test_one_query_attention_is_as_exact_as_sdpa(kv_heads, mask_heads):
+    """Decoding's one-query attention in bf16 (fp32 products): within float rounding of a float64 reference, and no
+    further from it than torch's SDPA on the same bf16 tensors; grouped key heads and masks of either width."""
+    from clozelm.model.transformer import _one_query
+    torch.manual_seed(0)
+    B, H, S, Dh = 3, 6, 37, 16
+    q = torch.randn(B, H, 1, Dh).bfloat16()
+    k, v = (torch.randn(B, kv_heads, S, Dh).bfloat16() for _ in range(2))
+    mask = None
+    if mask_heads is not None:
+        mask = torch.zeros(B, mask_heads, 1, S).masked_fill(torch.rand(B, mask_heads, 1, S) < 0.3,
+                                                             torch.finfo(torch.bfloat16).min).bfloat16()
+        mask[..., 0] = 0  # every row sees a key
+    group = H // kv_heads
+    k_full, v_full = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    exact = F.scaled_dot_product_attention(q.double(), k_full.double(), v_full.double(),
+                                           attn_mask=None if mask is None else mask.double())
+    ours = _one_query(q, k, v, mask)
+    sdpa = F.scaled_dot_product_attention(q, k_full, v_full, attn_mask=mask)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (B, H, 1, Dh)
+    assert (ours.double() - exact).abs().max() <= max(2 ** -8, (sdpa.double() - exact).abs().max())
+
+
+def test_bf16_decoding_takes_the_one_query_path_and_matches_a_full_pass():
+    from clozelm.model import transformer
+    torch.manual_seed(0)
+    for kv in (4, 2):
+        config = ModelConfig(vocab_size=64, n_positions=80, n_embd=32, n_layer=2, n_head=4, n_kv_head=kv,
+                             norm="rmsnorm", mlp="gated", activation="silu", positions="rope", bias=False,
+                             head="untied")
+        net = Transformer(config).eval().to(torch.bfloat16)
+        ids = torch.randint(0, 64, (2, 72))  # a cache of 64 keys or more
+        calls = []
+        original = transformer._one_query
+        with torch.inference_mode():
+            full = net(ids).logits[:, -1].float()
+            cache = net.new_cache(2, 72)
+            net(ids[:, :71], cache=cache)
+            try:
+                transformer._one_query = lambda *a: calls.append(1) or original(*a)
+                step = net(ids[:, 71:], cache=cache).logits[:, -1].float()
+            finally:
+                transformer._one_query = original
+        assert len(calls) == config.n_layer
+        assert torch.allclose(step, full, atol=0.05, rtol=0.02)
