@@ -14,7 +14,15 @@ if [ "$which" != 30m ]; then
 fi
 [ "$which" != 3m ] || exit 0
 # The full-budget runs finished on other machines come from their record in the repository, and the record is
-# saved back when this stops, finished or not (scripts/study_record.sh): commit docs/study/30m/record after a run.
-if [ -f docs/study/30m/record/study.json ]; then bash scripts/study_record.sh restore docs/study/30m/record data/study-30m; fi
-trap '[ -f data/study-30m/study.json ] && bash scripts/study_record.sh save data/study-30m docs/study/30m/record' EXIT
-clozelm study data/corpus --out data/study-30m --seeds 1 --tokens 30310400 --no-progress
+# saved back after each run and when this stops (scripts/study_record.sh): commit docs/study/30m/record then.
+# One objective at a time, so that a run finished is saved before the next starts.
+RECORD=docs/study/30m/record
+save() { if [ -f data/study-30m/study.json ]; then bash scripts/study_record.sh save data/study-30m "$RECORD"; fi; }
+trap 'status=$?; save || true; exit $status' EXIT
+if [ -f "$RECORD/study.json" ]; then bash scripts/study_record.sh restore "$RECORD" data/study-30m; fi
+done_so_far=
+for objective in clm mlm fim hybrid mdlm; do
+  done_so_far=${done_so_far:+$done_so_far,}$objective
+  clozelm study data/corpus --out data/study-30m --seeds 1 --tokens 30310400 --objectives "$done_so_far" --no-progress
+  save
+done

@@ -196,6 +196,15 @@ def test_a_study_record_without_its_models_is_finished_and_continues_with_its_to
     vocab = (copy / "tokenizer" / "vocab.json").read_bytes()
     said = []
     moved = replace(config, out=copy)
+    with pytest.raises(ClozelmError, match="no data split .* without --report-only once"):
+        run_study(replace(moved, report_only=True), log=said.append)
+    # the record's settings hold before anything is rebuilt: another budget, or other evaluation settings
+    # (figures that cannot be measured again without the model), are refused and nothing is trained
+    with pytest.raises(ClozelmError, match="holds a study with tokens 4096, not 8192"):
+        run_study(replace(moved, tokens=8192), log=said.append)
+    with pytest.raises(ClozelmError, match="model is not here and its .* measured with --eval-limit 4"):
+        run_study(replace(moved, eval_limit=5), log=said.append)
+    assert not (copy / "runs").exists() and json.loads((copy / "study.json").read_text())["fixed"]["tokens"] == 4096
     again = run_study(moved, log=said.append)["runs"]  # the split rebuilt; nothing trained
     assert again == first["runs"]
     assert run_study(replace(moved, report_only=True), log=said.append)["runs"] == first["runs"]
@@ -209,7 +218,8 @@ def test_a_study_record_without_its_models_is_finished_and_continues_with_its_to
     said.clear()
     more = run_study(replace(moved, objectives=("clm", "mlm", "fim")), log=said.append)
     assert [line for line in said if "out of date" in line] == [
-        "study: mlm-seed0: its model is not here and its recorded figures are out of date: training it again"]
+        "study: mlm-seed0: its model is not here and its recorded figures are out of date or missing: "
+        "training it again"]
     assert sorted(p.name for p in (copy / "runs").iterdir()) == ["fim-seed0", "mlm-seed0"]
     assert (copy / "tokenizer" / "vocab.json").read_bytes() == vocab
     assert [r["objective"] for r in more["runs"]] == ["clm", "mlm", "fim"]

@@ -304,7 +304,7 @@ def runs_table(runs: list[dict]) -> list[str]:
         final = f"{curve[-1][1]:.4f}" if curve else ""
         lines.append(f"| {r['objective']} | {r['seed']} | {r['params']:,} | {r['tokens']:,} | "
                      f"{r['train_seconds']:.1f} | {final} | {r.get('machine', '')} |")
-    if len({r.get("machine") for r in runs}) > 1:
+    if len({r["machine"] for r in runs if r.get("machine")}) > 1:  # records before the field have none
         lines += ["", "The runs were trained on more than one machine: their train seconds compare only runs of one "
                   "machine (the figures do not depend on it beyond float rounding)."]
     return lines

@@ -73,6 +73,9 @@ EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds 
 # lastword 3: fill's final ranking prices in that a word blank ends the text; lastword 4 and cloze 3: fill's
 # beam keeps distinct spellings, a masked LM's answers are whole characters).
 EVAL_VERSIONS = {"ppl": 3, "lastword": 4, "cloze": 3, "pairs": 3, "probe": 2}
+# The evaluation settings a call may change (eval key field -> its `clozelm study` option): a run whose model is
+# gone keeps the figures measured with them, so a call with other values is refused (see _finished_without_model).
+CALL_OPTIONS = {"limit": "--eval-limit", "samples": "--samples"}
 HELD_OUT_TASKS = ("ppl", "lastword", "cloze")  # the tasks that read the held-out split (pairs and probe: their own data)
 EVAL_EXAMPLES = 128  # held-out windows per evaluation during training (the loss curves)
 LOSS_PLOT, ACCURACY_PLOT, CLOZE_PLOT = "loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"
@@ -153,8 +156,11 @@ def _write_report(out: Path, study: dict, runs: list[dict], say) -> dict:
 def _report_only(out: Path, config: StudyConfig, corpus: list[dict], names: list[tuple[str, int]], say) -> dict:
     """The report of the runs already trained and evaluated (with this config's evaluation settings), training
     and evaluating nothing; it takes no lock, so it can read a study that another process is continuing."""
-    if not (out / "study.json").is_file() or not (out / "data" / "done").is_file():
-        raise ClozelmError(f"{out} holds no study yet (study.json and its data split); run it first")
+    if not (out / "study.json").is_file():
+        raise ClozelmError(f"{out} holds no study yet (study.json); run it first")
+    if not (out / "data" / "done").is_file():
+        raise ClozelmError(f"{out} has no data split (a study restored from its record?): run the study without "
+                           "--report-only once to rebuild it from the corpus; finished runs are not trained again")
     study = _settings(out, config, corpus)  # refuses other settings, as continuing would
     counts = json.loads((out / "data" / "done").read_text())
     runs, missing = [], []
@@ -205,10 +211,13 @@ def _checked_corpus(files: list[Path]) -> list[dict]:
 
 def _settings(out: Path, config: StudyConfig, corpus: list[dict]) -> dict:
     """The study's record: written by the first call, and a later call must agree with it once anything was
-    built from it (the data split)."""
+    built from it (the data split, the tokenizer, a finished run: a record restored from elsewhere has the last
+    two without the first)."""
     settings = {"version": STUDY_VERSION, "fixed": config.fixed(), "corpus": corpus}
     path = out / "study.json"
-    if path.is_file() and (out / "data" / "done").is_file():
+    built = ((out / "data" / "done").is_file() or (out / "tokenizer" / "done").is_file()
+             or any((out / "trained").glob("*.json")))
+    if path.is_file() and built:
         try:
             recorded = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -332,18 +341,22 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
     record = _read_json(record_path)
     model_file = run_dir / "model" / "model.safetensors"
     if record is not None and model_file.is_file():
-        if "model_sha256" not in record:  # recorded before the record kept it
-            record["model_sha256"] = _digest(model_file)
+        digest = _digest(model_file)
+        if record.get("model_sha256") != digest:  # recorded before the record kept it
+            record["model_sha256"] = digest
             atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
         return record
     if record is not None and _finished_without_model(out, name, record, config):
         say(f"study: {name}: trained and evaluated (its record; the model is not here)")
         return record
     if record is not None and not (run_dir / "checkpoint.pt").is_file():
-        # Its figures no longer hold (the evaluation changed, or its record is incomplete) and without the model
-        # they cannot be measured again: the run is trained again, so that every run is measured alike.
-        say(f"study: {name}: its model is not here and its recorded figures are out of date: training it again")
-    (out / "evals" / f"{name}.json").unlink(missing_ok=True)  # the model is about to change
+        # Its figures are out of date (the evaluation changed) or missing, and without the model they cannot be
+        # measured again: the run is trained again, so that every run is measured alike.
+        say(f"study: {name}: its model is not here and its recorded figures are out of date or missing: "
+            "training it again")
+    # the model is about to change: what was recorded of the old one goes
+    (out / "evals" / f"{name}.json").unlink(missing_ok=True)
+    record_path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokens = run_dir / "tokens"
     if not tokens.exists() and not tokens.is_symlink():
@@ -402,12 +415,26 @@ def _cpu_name() -> str:
 
 
 def _finished_without_model(out: Path, name: str, record: dict, config: StudyConfig) -> bool:
-    """Whether a run whose model file is gone has every task's figures for the model its record names."""
+    """Whether a run whose model file is gone has every task's figures for the model its record names. Figures
+    measured with other evaluation settings than this call's are refused in one line: without the model they
+    cannot be measured again, and training it again for an option would throw hours away."""
     digest = record.get("model_sha256")
     if not isinstance(digest, str):
         return False
     keys = _eval_keys(out, config, digest, causal=record.get("objective") not in BIDIRECTIONAL)
-    return len(_cached_tasks(out / "evals" / f"{name}.json", keys)) == len(config.tasks)
+    cache_path = out / "evals" / f"{name}.json"
+    held = _cached_tasks(cache_path, keys)
+    recorded = (_read_json(cache_path) or {}).get("keys", {})
+    for task, key in keys.items():
+        old = recorded.get(task)
+        if task in held or not isinstance(old, dict):
+            continue
+        changed = [k for k in CALL_OPTIONS if k in key and old.get(k) != key[k]]
+        if changed:
+            was = ", ".join(f"{CALL_OPTIONS[k]} {0 if old.get(k) is None else old.get(k)}" for k in changed)
+            raise ClozelmError(f"{name}'s model is not here and its {task} figures were measured with {was}: without "
+                               "the model they cannot be measured again; continue the study with that setting")
+    return len(held) == len(config.tasks)
 
 
 def _model_digest(out: Path, name: str, record: dict | None) -> str | None:
