@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A study's record (study.json, tokenizer/, trained/, evals/: about a megabyte, most of it the tokenizer) copied
-# between its working directory and the repository, so that finished runs outlive the machine that trained them
-# (the models and token caches, hundreds of MB, stay behind). A study continued from a record rebuilds its data
+# A study's record (study.json, tokenizer/, trained/, evals/: under half a megabyte, most of it the tokenizer)
+# copied between its working directory and the repository, so that finished runs outlive the machine that trained
+# them (the models and token caches, hundreds of MB, stay behind). A study continued from a record rebuilds its data
 # split from the corpus, trains only the runs the record lacks (with the recorded tokenizer) and reports every
 # run (see study/run.py).
 #   bash scripts/study_record.sh save data/study-30m docs/study/30m/record      # after a run finishes

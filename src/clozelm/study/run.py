@@ -28,7 +28,7 @@ Why this way:
   and renamed into place); a run with a checkpoint resumes exactly; a finished run or evaluation is skipped.
   Re-running with the same DIR and other FIXED settings is refused in one line; other objectives or more seeds
   add runs.
-- A study's record is small: study.json, tokenizer/, trained/ and evals/ (the tokenizer's megabyte, the rest
+- A study's record is small: study.json, tokenizer/, trained/ and evals/ (the tokenizer's 400 kB, the rest
   kilobytes). A run whose model is gone (runs/ and tokens/ deleted to save space, or the record copied to another
   machine) still counts as finished while its evaluation's figures hold for the model digest its training
   recorded: a continued study rebuilds the data split from the corpus (seconds), trains only the runs the record
