@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runs behind docs/study.md, in the order they are published: 3 seeds at 3M tokens, then one seed at the
 # embedded defaults' full budget (7,400 steps x 16 x 256 = 30,310,400 tokens). Both continue where they stopped
-# when this is run again (a killed training resumes from its last checkpoint; finished runs are not redone).
+# when this is run again on the same machine (a killed training resumes from its last checkpoint; finished runs
+# are not redone); on another machine the 30M study continues from its record (finished runs only).
 #   bash scripts/study.sh [3m|30m]        # both, or one of them; hours on 2 CPU cores (docs/study.md)
 #   clozelm study data/corpus --out data/study-3m --seeds 3 --tokens 3000000 --report-only   # the report so far
 set -euo pipefail

@@ -521,25 +521,48 @@ def test_one_query_attention_is_as_exact_as_sdpa(kv_heads, mask_heads):
     assert (ours.double() - exact).abs().max() <= max(2 ** -8, (sdpa.double() - exact).abs().max())
 
 
-def test_bf16_decoding_takes_the_one_query_path_and_matches_a_full_pass():
+ONE_QUERY_CONFIGS = {
+    "gpt2": dict(),
+    "llama": dict(norm="rmsnorm", mlp="gated", activation="silu", positions="rope", bias=False, head="untied"),
+    "llama-gqa": dict(norm="rmsnorm", mlp="gated", activation="silu", positions="rope", bias=False, head="untied",
+                      n_kv_head=2),
+}
+
+
+@pytest.mark.parametrize("family, autocast", [("gpt2", False), ("gpt2", True), ("llama", False), ("llama-gqa", False)])
+def test_decoding_through_the_one_query_path_matches_sdpa(family, autocast, monkeypatch):
+    """A cached decoding step that takes `_one_query` (plain and grouped heads, a left-padded batch, a bf16 model or
+    an fp32 one under bf16 autocast, as fill runs) gives what the same step gives through SDPA, within bf16
+    rounding; attention made sharp (large q/k weights) so that the scores decide the output."""
     from clozelm.model import transformer
     torch.manual_seed(0)
-    for kv in (4, 2):
-        config = ModelConfig(vocab_size=64, n_positions=80, n_embd=32, n_layer=2, n_head=4, n_kv_head=kv,
-                             norm="rmsnorm", mlp="gated", activation="silu", positions="rope", bias=False,
-                             head="untied")
-        net = Transformer(config).eval().to(torch.bfloat16)
-        ids = torch.randint(0, 64, (2, 72))  # a cache of 64 keys or more
-        calls = []
+    config = ModelConfig(vocab_size=64, n_positions=80, n_embd=32, n_layer=2, n_head=4, **ONE_QUERY_CONFIGS[family])
+    net = Transformer(config).eval()
+    with torch.no_grad():
+        for block in net.h:
+            block.attn.c_attn.weight.mul_(25)
+        (net.lm_head if net.lm_head is not None else net.wte).weight.mul_(50)  # logits large enough to differ
+    if not autocast:
+        net = net.to(torch.bfloat16)
+    ids = torch.randint(0, 64, (2, 72))
+    valid = torch.ones(2, 72, dtype=torch.bool)
+    valid[1, :5] = False  # left padding in the second row: a mask reaches the attention
+
+    def step(one_query: bool):
+        taken = []
         original = transformer._one_query
-        with torch.inference_mode():
-            full = net(ids).logits[:, -1].float()
+        monkeypatch.setattr(transformer, "_one_query", lambda *a: taken.append(1) or original(*a))
+        if not one_query:
+            monkeypatch.setattr(transformer, "_takes_one_query", lambda *a: False)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             cache = net.new_cache(2, 72)
-            net(ids[:, :71], cache=cache)
-            try:
-                transformer._one_query = lambda *a: calls.append(1) or original(*a)
-                step = net(ids[:, 71:], cache=cache).logits[:, -1].float()
-            finally:
-                transformer._one_query = original
-        assert len(calls) == config.n_layer
-        assert torch.allclose(step, full, atol=0.05, rtol=0.02)
+            net(ids[:, :71], attention_mask=valid[:, :71], cache=cache)
+            logits = net(ids[:, 71:], attention_mask=valid[:, 71:], cache=cache).logits[:, -1].float()
+        monkeypatch.undo()
+        return logits, len(taken)
+
+    ours, taken = step(True)
+    reference, not_taken = step(False)
+    assert taken == config.n_layer and not_taken == 0
+    assert ours.std() > 1  # sharp enough that a wrong score would show
+    assert (ours - reference).abs().max() <= 0.02 * reference.abs().max()  # a bf16 place or two

@@ -139,20 +139,22 @@ def _one_query(q, k, v, mask):
     two products at one query, and more the longer the cache; these accumulate in fp32 as it does."""
     B, H, _, Dh = q.shape
     G, S = k.size(1), k.size(2)
-    # the query heads of one key head as the rows of one product: [B, Hkv, H/Hkv, Dh] x [B, Hkv, Dh, S]
-    scores = torch.matmul(q.float().view(B, G, H // G, Dh), k.float().transpose(-2, -1)) * (1.0 / math.sqrt(Dh))
-    if mask is not None:
-        m = mask.float()
-        scores = scores + (m.view(m.size(0), 1, 1, S) if m.size(1) == 1 else m.view(m.size(0), G, H // G, S))
-    return torch.matmul(scores.softmax(dim=-1), v.float()).view(B, H, 1, Dh).to(q.dtype)
+    with torch.autocast(q.device.type, enabled=False):  # fill runs under bf16 autocast: these products stay fp32
+        # the query heads of one key head as the rows of one product: [B, Hkv, H/Hkv, Dh] x [B, Hkv, Dh, S]
+        scores = torch.matmul(q.float().view(B, G, H // G, Dh), k.float().transpose(-2, -1)) * (1.0 / math.sqrt(Dh))
+        if mask is not None:
+            m = mask.float()
+            scores = scores + (m.view(m.size(0), 1, 1, S) if m.size(1) == 1 else m.view(m.size(0), G, H // G, S))
+        return torch.matmul(scores.softmax(dim=-1), v.float()).view(B, H, 1, Dh).to(q.dtype)
 
 
-def _takes_one_query(q, k, dropout: float, is_causal: bool) -> bool:
+def _takes_one_query(q, k, mask, dropout: float, is_causal: bool) -> bool:
     """Whether `_one_query` computes this attention: inference on the CPU, one reduced-precision query per row, a
     few rows (decoding a text or a handful) over a cache of 64 keys or more. Below that the flash kernel's fixed
     cost is the smaller; with many rows, `_one_query`'s fp32 copies of the cache cost more than they save."""
     return (q.size(2) == 1 and q.size(0) <= 8 and k.size(2) >= 64 and q.dtype in (torch.bfloat16, torch.float16)
-            and q.device.type == "cpu" and not is_causal and dropout == 0.0 and not torch.is_grad_enabled())
+            and q.device.type == "cpu" and not is_causal and dropout == 0.0 and not torch.is_grad_enabled()
+            and (mask is None or (mask.dim() == 4 and mask.size(2) == 1 and mask.size(3) == k.size(2))))
 
 
 class Attention(nn.Module):
@@ -194,7 +196,7 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(_causal_block(T, k.size(2), x.device).logical_not(), torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
             y = F.dropout(probs, dropout, self.training) @ v
-        elif _takes_one_query(q, k, dropout, is_causal):
+        elif _takes_one_query(q, k, mask, dropout, is_causal):
             y = _one_query(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
@@ -222,7 +224,7 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(_causal_block(T, S, q.device).logical_not(), torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
             y = (F.dropout(probs, dropout, self.training).view(B, G, H // G, T, S) @ v[:, :, None]).view(B, H, T, Dh)
-        elif _takes_one_query(q, k, dropout, is_causal):
+        elif _takes_one_query(q, k, mask, dropout, is_causal):
             y = _one_query(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,

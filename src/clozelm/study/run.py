@@ -33,7 +33,8 @@ Why this way:
   machine) still counts as finished while its evaluation's figures hold for the model digest its training
   recorded: a continued study rebuilds the data split from the corpus (seconds), trains only the runs the record
   lacks, with the same tokenizer, and reports every run. Figures that no longer hold (an eval task's version
-  raised) cannot be measured again without the model: that run is trained again.
+  raised, a task the record lacks) cannot be measured again without the model: that run is trained again;
+  figures measured with another --eval-limit or --samples stop the study in one line instead.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def _report_only(out: Path, config: StudyConfig, corpus: list[dict], names: list
         raise ClozelmError(f"{out} holds no study yet (study.json); run it first")
     if not (out / "data" / "done").is_file():
         raise ClozelmError(f"{out} has no data split (a study restored from its record?): run the study without "
-                           "--report-only once to rebuild it from the corpus; finished runs are not trained again")
+                           "--report-only to rebuild it from the corpus (stop it once the split is written, if "
+                           "runs are left to train); finished runs are not trained again")
     study = _settings(out, config, corpus)  # refuses other settings, as continuing would
     counts = json.loads((out / "data" / "done").read_text())
     runs, missing = [], []
