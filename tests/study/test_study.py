@@ -196,7 +196,7 @@ def test_a_study_record_without_its_models_is_finished_and_continues_with_its_to
     vocab = (copy / "tokenizer" / "vocab.json").read_bytes()
     said = []
     moved = replace(config, out=copy)
-    with pytest.raises(ClozelmError, match="no data split .* without --report-only once"):
+    with pytest.raises(ClozelmError, match="no data split .* without --report-only to rebuild it"):
         run_study(replace(moved, report_only=True), log=said.append)
     # the record's settings hold before anything is rebuilt: another budget, or other evaluation settings
     # (figures that cannot be measured again without the model), are refused and nothing is trained
