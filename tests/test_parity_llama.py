@@ -214,3 +214,16 @@ def test_untied_file_without_lm_head_refuses_to_run_on_random_weights(tmp_path):
     save_file({k: v for k, v in sd.items() if k != "lm_head.weight"}, path / "model.safetensors")
     with pytest.raises(ClozelmError, match="missing 1 tensors: lm_head.weight"):
         hf_weights.load_hf_dir(path)
+
+
+def test_loading_in_bf16_converts_while_building_and_copies_nothing_already_bf16(pair, tmp_path):
+    """load(dtype="bf16") gives exactly the fp32 model rounded to bf16; a bf16 file's tensors become the network's
+    parameters as they are (no fp32 model in between: its memory would be twice the file's)."""
+    _, ours, _, path = pair
+    low = clozelm.load(path, tokenizer=False, dtype="bf16").network
+    expected = ours.to(torch.bfloat16).state_dict()
+    assert all(t.dtype == torch.bfloat16 and torch.equal(t, expected[k]) for k, t in low.state_dict().items())
+    sd = {k: v.clone() for k, v in expected.items()}
+    pointers = {k: v.data_ptr() for k, v in sd.items()}
+    built = hf_weights.build_model(ours.config, sd, dtype=torch.bfloat16)
+    assert {k: v.data_ptr() for k, v in built.state_dict().items()} == pointers

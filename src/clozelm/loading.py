@@ -101,7 +101,7 @@ def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") 
         network, tok = gguf.load_gguf(source, dtype=DTYPES[dtype], tokenizer=tokenizer)
         objective = "clm"
     else:
-        network = load_dir(source).to(DTYPES[dtype])
+        network = load_dir(source, DTYPES[dtype])
         tok = _tokenizer_or_none(source, network) if tokenizer else None
         objective = _objective(network)
     if dtype in packed.QUANTIZED:  # quantized copies of the weight matrices for inference products, fp32 elsewhere
@@ -117,15 +117,15 @@ def _objective(network: Transformer) -> str:
     return "clm" if network.config.causal else "mlm"
 
 
-def load_dir(path: Path) -> Transformer:
+def load_dir(path: Path, dtype: torch.dtype = torch.float32) -> Transformer:
     if not path.is_dir():
         raise ClozelmError(f"{path} is a file; clozelm.load expects a model directory (config.json + weights)"
                            + (" or a GGUF file, which this is not (no GGUF header)" if path.suffix.lower() == ".gguf"
                               else ""))
     if hf.is_hf_dir(path):
-        model = hf.load_hf_dir(path)
+        model = hf.load_hf_dir(path, dtype)
     elif openai_tf.is_openai_dir(path):
-        model = openai_tf.load_openai_dir(path)
+        model = openai_tf.load_openai_dir(path).to(dtype)
     elif (path / "config.json").is_file():
         hf.read_config_json(path / "config.json")  # a corrupt config gets its own error first
         raise ClozelmError(f"no weights in {path} (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)")

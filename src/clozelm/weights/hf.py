@@ -435,7 +435,8 @@ def read_config_json(path: Path) -> dict:
     return d
 
 
-def load_hf_dir(path: Path) -> Transformer:
+def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32) -> Transformer:
+    """The network (eval mode) of a Hugging Face model directory, its weights in `dtype`."""
     hf_config = read_config_json(path / "config.json")
     sd = tensor_io.read_weights(path)
     if hf_config.get("model_type") == "gpt2":
@@ -459,11 +460,14 @@ def load_hf_dir(path: Path) -> Transformer:
     else:
         cfg = config_from_hf(hf_config)  # raises the unsupported-model_type error
         raise AssertionError("unreachable")
-    return build_model(cfg, ours, unexpected, source=str(path))
+    return build_model(cfg, ours, unexpected, source=str(path), dtype=dtype)
 
 
-def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], unexpected: list[str] = (), source: str = "") -> Transformer:
-    """Instantiate without random init (meta device) and fill every tensor, or fail listing what is wrong."""
+def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], unexpected: list[str] = (), source: str = "",
+                dtype: torch.dtype = torch.float32) -> Transformer:
+    """Instantiate without random init (meta device) and fill every tensor, converted to `dtype`, or fail listing
+    what is wrong (`sd`'s values are replaced by their converted tensors). Converted here and not after: a bf16 file
+    read as bf16 keeps its tensors as they are, where an fp32 model first would take twice their memory."""
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -480,10 +484,12 @@ def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], unexpected: list[
         problems.append(f"mis-shaped tensors (file != config): {_short_list(misshaped)}")
     if problems:
         raise ClozelmError(f"weights in {source} do not match the config: " + "; ".join(problems))
-    dtype = next(iter(sd.values())).dtype
-    if not dtype.is_floating_point:
-        raise ClozelmError(f"weights in {source} are not floating point ({dtype})")
-    model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True, assign=True)
+    stored = next(iter(sd.values())).dtype
+    if not stored.is_floating_point:
+        raise ClozelmError(f"weights in {source} are not floating point ({stored})")
+    for name in list(sd):  # one tensor at a time, each original dropped once converted (when nothing else holds it)
+        sd[name] = sd[name].to(dtype)
+    model.load_state_dict(sd, strict=True, assign=True)
     return model.eval()
 
 
