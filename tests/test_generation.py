@@ -1,9 +1,11 @@
 """Generation: decoding rules, streaming that never splits a character, stop strings."""
 
+import pytest
 import torch
 
+from clozelm.errors import ClozelmError
 from clozelm.generation import Sampling, beam_search, generate, generate_ids, pick_token, stream_text
-from clozelm.model import ModelConfig, Transformer
+from clozelm.model import ModelConfig, Output, Transformer
 from handbuilt import ScriptedLM, word_tokenizer
 
 
@@ -92,3 +94,75 @@ def test_cache_truncate_then_continue_matches_full_pass():
         got = model(ids[:, 8:], cache=cache).logits
         want = model(ids).logits[:, 8:]
     assert (got - want).abs().max() <= 1e-5
+
+
+class _Recording(torch.nn.Module):
+    """A causal LM over `tokenizer` that records what it reads and always prefers id `favourite`."""
+
+    def __init__(self, tokenizer, favourite: int, vocab_size: int | None = None, n_positions: int = 64):
+        super().__init__()
+        self.tokenizer, self.favourite, self.read = tokenizer, favourite, []
+        self.config = ModelConfig(vocab_size=vocab_size or tokenizer.vocab_size, n_positions=n_positions, n_embd=8,
+                                  n_layer=1, n_head=1)
+
+    def new_cache(self, batch_size, max_len=None):
+        return Transformer(self.config).new_cache(batch_size, max_len)
+
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False, **_):
+        self.read.append(input_ids[0].tolist())
+        if cache is not None:
+            cache.length += input_ids.size(1)
+        logits = torch.zeros(input_ids.size(0), input_ids.size(1), self.config.vocab_size)
+        logits[..., self.favourite] = 5.0
+        return Output(logits=logits, hidden=logits)
+
+
+def _llama_style_tokenizer(add_bos: bool):
+    from clozelm.tokenizers.bpe import GPT2_SPLIT_PATTERN
+    from clozelm.tokenizers.pretrained_bpe import PretrainedBPE
+    return PretrainedBPE([], {"<|begin_of_text|>": 256, "<|end_of_text|>": 257}, {bytes([b]): b for b in range(256)},
+                         split_pattern=GPT2_SPLIT_PATTERN, roles={"bos": "<|begin_of_text|>", "eos": "<|end_of_text|>"},
+                         add_bos=add_bos)
+
+
+def test_the_prompt_starts_as_the_model_s_own_tokenizer_starts_a_text():
+    """Llama 3's tokenizer puts BOS before every text (HF's tokenizer(prompt) does): so does generation, and a
+    prompt cut to fit the context keeps it in front; a tokenizer that adds nothing gets nothing."""
+    for add_bos in (True, False):
+        tok = _llama_style_tokenizer(add_bos)
+        model = _Recording(tok, favourite=ord("x"))
+        assert generate(model, "Hi", max_new_tokens=3) == "xxx"
+        assert model.read[0] == ([256] if add_bos else []) + list(b"Hi")
+    model = _Recording(_llama_style_tokenizer(True), favourite=ord("x"), n_positions=16)
+    assert generate(model, "abcdefghijklmnopqrstuvwxyz", max_new_tokens=4) == "xxxx"
+    assert model.read[0] == [256] + list(b"pqrstuvwxyz")  # BOS, then the prompt's last 11 of 16 - 4 tokens
+    model = _Recording(_llama_style_tokenizer(False), favourite=ord("x"))
+    generate(model, "", max_new_tokens=2)
+    assert model.read[0] == [256]  # an empty prompt starts a new document: the frame's start (BOS, else EOS)
+
+
+def test_ids_no_token_has_are_never_produced(tmp_path):
+    """Output rows past the tokenizer's vocabulary (a matrix padded to a round size) are never picked, greedy,
+    sampled or by the beam, even when the model prefers them."""
+    tok = _llama_style_tokenizer(False)
+    model = _Recording(tok, favourite=300, vocab_size=320)
+    for options in ({}, {"temperature": 1.5, "seed": 0}, {"beams": 2}):
+        text = generate(model, "Hi", max_new_tokens=3, **options)
+        assert len(text.encode()) == 3 and all(b < 256 for b in text.encode())
+
+
+def test_stop_is_a_string_or_strings_and_never_empty(tmp_path):
+    tok = word_tokenizer(tmp_path, ["one two. three"])
+    ids = tok.encode(" one two. three")
+    model = ScriptedLM(tok, ids, prompt_len=len(tok.encode("go")))
+    assert generate(model, "go", max_new_tokens=20, stop=". ") == " one two"  # one stop string, not ". " and " "
+    for bad in ([""], "", [None]):
+        with pytest.raises(ClozelmError, match="stop strings must be non-empty"):
+            generate(model, "go", max_new_tokens=20, stop=bad)
+
+
+def test_max_new_tokens_below_one_is_refused_before_any_work():
+    model = tiny_model()
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ClozelmError, match="max new tokens"):
+            list(generate_ids(model, [1, 2, 3], bad))

@@ -49,14 +49,17 @@ def can_generate(model) -> bool:
 def _check_model_and_budget(model, max_new_tokens: int) -> None:
     if not model.config.causal or model.config.head is None:
         raise ClozelmError("generation needs a causal language model (this one is bidirectional or headless: use fill)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ClozelmError(f"max new tokens must be a whole number of at least 1, not {max_new_tokens!r}")
     n_ctx = model.config.n_positions
     if max_new_tokens >= n_ctx:
         raise ClozelmError(f"cannot generate {max_new_tokens} tokens with a {n_ctx}-token context (at most "
                            f"{n_ctx - 1}, which leaves one token of the prompt)")
 
 
-def _window(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int]:
-    """Keep the end of a prompt that, with the new tokens, would not fit the context."""
+def _window(model, prompt_ids: list[int], max_new_tokens: int, fixed: int = 0) -> tuple[list[int], int]:
+    """Keep the end of a prompt that, with the new tokens, would not fit the context; the first `fixed` ids (a BOS
+    the tokenizer puts first) stay in front of it."""
     _check_model_and_budget(model, max_new_tokens)
     if not prompt_ids:
         raise ClozelmError("empty prompt")
@@ -65,27 +68,38 @@ def _window(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int
     dropped = max(0, len(prompt_ids) - keep)
     if dropped:  # said, as fill and heads say it: the continuation follows only the end of the prompt
         print(f"clozelm: note: prompt longer than the model's {n_ctx}-token context less {max_new_tokens} new tokens: "
-              f"kept its last {keep} tokens ({dropped} dropped)", file=sys.stderr)
-    return prompt_ids[-keep:], dropped
+              f"kept its last {keep - fixed} tokens ({dropped} dropped)", file=sys.stderr)
+        return prompt_ids[:fixed] + prompt_ids[fixed + dropped:], dropped
+    return prompt_ids, 0
+
+
+def _known_only(logits: torch.Tensor, known: int | None) -> torch.Tensor:
+    """`logits` [..., V] with the ids at or past `known` (output rows no token of the tokenizer has, as in Qwen2's
+    padded matrix) made impossible."""
+    if known is None or known >= logits.size(-1):
+        return logits
+    return logits.index_fill(-1, torch.arange(known, logits.size(-1), device=logits.device), float("-inf"))
 
 
 @torch.inference_mode()
 def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 eos_id: int | None = None, lookahead: int = 6) -> Iterator[int]:
-    """Yields new token ids one at a time (stops after eos_id, which it yields).
+                 eos_id: int | None = None, lookahead: int = 6, known: int | None = None) -> Iterator[int]:
+    """Yields new token ids one at a time (stops after eos_id, which it yields); ids at or past `known` (output
+    rows no token has) are never produced.
 
     Greedy decoding drafts up to `lookahead` tokens by finding the last few tokens earlier in the text
     and proposing what followed them there (prompt-lookup decoding), then checks the whole draft in one
     forward pass and keeps the part the model agrees with. The output is the greedy output either way;
     on one CPU the check costs about one token's time because decoding is bound by reading the weights,
-    so every accepted draft token is nearly free. `lookahead=0` turns it off.
+    so every accepted draft token is nearly free. `lookahead=0` turns it off. (In bf16 a step that reads the
+    draft rounds differently from one that reads a single token, so a near tie may break the other way.)
     """
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + lookahead + 1)
-    logits = model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1]
+    logits = _known_only(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1], known)
     if temperature <= 0 and repetition_penalty == 1.0 and lookahead > 0:
-        yield from _greedy_with_lookup(model, cache, list(prompt_ids), logits, max_new_tokens, eos_id, lookahead)
+        yield from _greedy_with_lookup(model, cache, list(prompt_ids), logits, max_new_tokens, eos_id, lookahead, known)
         return
     # Tokens are picked on the CPU whatever the model's device: a seed then gives the same draws everywhere.
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -98,10 +112,10 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temp
         if token == eos_id or step == max_new_tokens - 1:
             return
         seen[token] = True
-        logits = model(torch.tensor([[token]]), cache=cache, last_logits_only=True).logits[0, -1]
+        logits = _known_only(model(torch.tensor([[token]]), cache=cache, last_logits_only=True).logits[0, -1], known)
 
 
-def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lookahead):
+def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lookahead, known=None):
     token, produced = int(logits.argmax()), 0
     while True:
         yield token
@@ -110,7 +124,7 @@ def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lo
             return
         tokens.append(token)
         draft = _lookup_draft(tokens, min(lookahead, max_new_tokens - produced - 1))
-        step = model(torch.tensor([[token] + draft]), cache=cache).logits[0]  # [1 + len(draft), V]
+        step = _known_only(model(torch.tensor([[token] + draft]), cache=cache).logits[0], known)  # [1 + len(draft), V]
         predicted = step.argmax(-1).tolist()
         accepted = 0
         while accepted < len(draft) and draft[accepted] == predicted[accepted]:
@@ -163,11 +177,12 @@ def pick_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, t
 
 @torch.inference_mode()
 def beam_search(model, prompt_ids: list[int], beams: int = 4, max_new_tokens: int = 32,
-                eos_id: int | None = None, length_penalty: float = 1.0) -> list[int]:
+                eos_id: int | None = None, length_penalty: float = 1.0, known: int | None = None) -> list[int]:
     """The most likely continuation under a beam of `beams`; finished beams scored by sum log p / len^penalty."""
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
-    logp = scoring.log_probs(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[:, -1])
+    logits = model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[:, -1]
+    logp = scoring.log_probs(_known_only(logits, known))
     hyps, scores = [[]], torch.zeros(1, device=logp.device)
     finished: list[tuple[float, list[int]]] = []
     for step in range(max_new_tokens):
@@ -186,7 +201,7 @@ def beam_search(model, prompt_ids: list[int], beams: int = 4, max_new_tokens: in
         hyps, scores = new_hyps, torch.tensor(new_scores, device=logp.device)
         cache = cache.select(torch.tensor(keep_rows))
         logits = model(torch.tensor([[h[-1]] for h in hyps]), cache=cache, last_logits_only=True).logits[:, -1]
-        logp = scoring.log_probs(logits)
+        logp = scoring.log_probs(_known_only(logits, known))
     if not finished:
         finished = [(s / max(1, len(h)) ** length_penalty, h) for s, h in zip(scores.tolist(), hyps)]
     return max(finished, key=lambda f: f[0])[1]
@@ -205,17 +220,32 @@ def stream_text(model, prompt: str, sampling: Sampling | None = None, stop: list
     if tok is None or not tok.lossless:
         # Streaming joins token bytes into text: that needs a tokenizer whose tokens spell the text exactly.
         raise ClozelmError("generation needs a tokenizer that spells text exactly (a byte-level BPE)")
-    prompt_ids = tok.encode(prompt)
-    if tok.eos_id is not None and (not prompt_ids or not prompt.strip()):
-        prompt_ids = [tok.eos_id] + prompt_ids  # an empty prompt starts a new document
+    stop = _stop_strings(stop)
+    # What the model's own tokenizer puts first (Llama 3's BOS), as the model saw every text in training; a prompt
+    # of nothing but whitespace starts a new document.
+    start = tok.prompt_prefix()
+    prompt_ids = start + tok.encode(prompt)
+    if not start and (len(prompt_ids) == 0 or not prompt.strip()):
+        start = tok.frame_tokens(causal=True)[0]
+        prompt_ids = start + prompt_ids
+    prompt_ids, _ = _window(model, prompt_ids, sampling.max_new_tokens, fixed=len(start))  # checked here, not later
     eos = tok.eos_id if sampling.stop_at_eos else None
+    known = tok.vocab_size
     if beams > 1:
-        ids = iter(beam_search(model, prompt_ids, beams, sampling.max_new_tokens, eos))
+        ids = iter(beam_search(model, prompt_ids, beams, sampling.max_new_tokens, eos, known=known))
     else:
         ids = generate_ids(model, prompt_ids, sampling.max_new_tokens, temperature=sampling.temperature,
                            top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
-                           seed=sampling.seed, eos_id=eos)
+                           seed=sampling.seed, eos_id=eos, known=known)
     return _pieces(ids, tok, eos, stop)
+
+
+def _stop_strings(stop) -> list[str]:
+    """Stop strings as a list: one string is one stop string (not its characters); an empty one is refused."""
+    stop = [stop] if isinstance(stop, str) else list(stop or ())
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ClozelmError("stop strings must be non-empty strings")
+    return stop
 
 
 def _pieces(ids: Iterator[int], tok, eos: int | None, stop: list[str]) -> Iterator[str]:
@@ -243,4 +273,4 @@ def generate(model, prompt: str, **options) -> str:
     """The continuation of `prompt` as one string (see `stream_text` for the options)."""
     stop = options.pop("stop", ())
     beams = options.pop("beams", 1)
-    return "".join(stream_text(model, prompt, Sampling(**options), stop=list(stop), beams=beams))
+    return "".join(stream_text(model, prompt, Sampling(**options), stop=stop, beams=beams))

@@ -196,6 +196,11 @@ class Tokenizer(ABC):
         end = self.sep_id if self.sep_id is not None else self.eos_id
         return ([] if start is None else [start]), ([] if end is None else [end])
 
+    def prompt_prefix(self) -> list[int]:
+        """The tokens this vocabulary's own tokenizer puts before any text it encodes, as Hugging Face's
+        `tokenizer(text)` does (Llama 3's BOS); none for GPT-2's and clozelm's BPE or BERT's WordPiece."""
+        return []
+
     def frame(self, ids: Sequence[int], *, causal: bool) -> list[int]:
         """start + ids + end (see `frame_tokens`)."""
         start, end = self.frame_tokens(causal=causal)

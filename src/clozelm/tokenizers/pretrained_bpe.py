@@ -310,6 +310,9 @@ class PretrainedBPE(ByteBPE):
                 return [self.special_tokens[ENDOFTEXT]], []
         return super().frame_tokens(causal=causal)
 
+    def prompt_prefix(self) -> list[int]:
+        return [self.bos_id] if self.add_bos and self.bos_id is not None else []
+
     def __repr__(self) -> str:
         return (f"PretrainedBPE(vocab_size={self.vocab_size}, merges={len(self._merges)}, pre_tokenizer="
                 f"{self.pre_tokenizer!r}, add_bos={self.add_bos}, source={self.source!r})")
