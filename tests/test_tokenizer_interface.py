@@ -231,3 +231,23 @@ def test_token_classes_agree_with_the_old_cloze_masks(tok):
     moved = classes.to("meta")  # where the model's logits are (a GPU): every mask goes along
     for f in dataclasses.fields(classes):
         assert getattr(moved, f.name).device.type == "meta" and getattr(moved, f.name).shape == (vocab,)
+
+
+def test_load_tokenizer_names_a_tokenizer_json_it_cannot_read(tmp_path):
+    import json
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}))
+    with pytest.raises(ClozelmError, match="holds a Unigram tokenizer, which clozelm does not read"):
+        load_tokenizer(tmp_path)
+
+
+def test_a_roberta_config_beside_both_kinds_of_files_means_bpe(bpe, wordpiece, tmp_path):
+    """Both BPE and WordPiece files in one directory: the config's class decides, and RoBERTa's (or DeBERTa's)
+    tokenizer is a byte-level BPE although its name holds "bert"."""
+    import json
+    for cls, kind in (("RobertaTokenizer", ByteBPE), ("DebertaTokenizerFast", ByteBPE), ("BertTokenizer", WordPiece),
+                      ("DistilBertTokenizerFast", WordPiece)):
+        directory = tmp_path / cls
+        bpe.save(directory, format="gpt2")
+        wordpiece.save_pretrained(directory)
+        (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls}))
+        assert isinstance(load_tokenizer(directory), kind), cls

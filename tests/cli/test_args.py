@@ -202,3 +202,22 @@ def test_the_dtype_choices_are_the_ones_load_takes():
     from clozelm.cli.args import DTYPES
     from clozelm.loading import DTYPES as LOAD_DTYPES
     assert DTYPES == tuple(LOAD_DTYPES)
+
+
+def test_tokenizer_train_overwrite_leaves_no_other_tokenizer_behind(tmp_path, capsys):
+    """--overwrite on a directory holding another tokenizer (a BERT WordPiece, a model's tokenizer.json): its
+    files would be read instead of the new ones, so they go, and the note says which."""
+    from clozelm.tokenizers import ByteBPE, load_tokenizer
+
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat\n" * 50)
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\ncat\n")
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    (out / "notes.md").write_text("mine")
+    code, _, err = run(["tokenizer", "train", tmp_path / "corpus.txt", "--vocab-size", "280", "--out", out,
+                        "--overwrite"], capsys)
+    assert code == 0, err
+    assert "removed the previous tokenizer's tokenizer_config.json, vocab.txt" in err
+    assert isinstance(load_tokenizer(out), ByteBPE)
+    assert sorted(p.name for p in out.iterdir()) == ["encoder.json", "notes.md", "vocab.bpe"]

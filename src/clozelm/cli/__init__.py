@@ -169,7 +169,7 @@ def cmd_tokenize(args) -> None:
 
 
 def cmd_tokenizer_train(args) -> None:
-    from ..tokenizers import train_bpe
+    from ..tokenizers import TOKENIZER_FILES, train_bpe
     out = output_dir(args.out, "--out")  # before training: a bad --out must not cost the training time
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ClozelmError(f"{out} is not empty; choose a new directory or pass --overwrite")
@@ -185,6 +185,12 @@ def cmd_tokenizer_train(args) -> None:
     except OSError as error:
         raise ClozelmError(f"cannot create {out}: {error.strerror or type(error).__name__}") from None
     tok.save(out, format="gpt2")
+    # --overwrite: another tokenizer's files left beside the new ones would be read instead of them
+    stale = [name for name in TOKENIZER_FILES if name not in ("encoder.json", "vocab.bpe") and (out / name).is_file()]
+    for name in stale:
+        (out / name).unlink()
+    if stale:
+        print(f"clozelm: note: removed the previous tokenizer's {', '.join(stale)} from {out}", file=sys.stderr)
     print(f"trained {tok.vocab_size} tokens on {len(files)} file(s) -> {out}/encoder.json, {out}/vocab.bpe")
 
 

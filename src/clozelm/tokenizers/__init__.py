@@ -14,7 +14,12 @@ from clozelm.tokenizers.pretrained_bpe import PretrainedBPE
 from clozelm.tokenizers.wordpiece import WordPiece
 
 __all__ = ["Tokenizer", "FimIds", "TokenClasses", "FIM_TOKENS", "ByteBPE", "PretrainedBPE", "WordPiece", "train_bpe",
-           "load_tokenizer"]
+           "load_tokenizer", "TOKENIZER_FILES"]
+
+# Every file a tokenizer directory's reader (ours or transformers') may take a tokenizer from: a directory that
+# gets a new tokenizer must not keep another one's (it would be read instead, or beside it).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "encoder.json", "vocab.bpe", "vocab.txt", "added_tokens.json", "tokenizer.model")
 
 _BPE_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 _WORDPIECE_FILE = "vocab.txt"
@@ -34,16 +39,31 @@ def load_tokenizer(path) -> Tokenizer:
     has_wordpiece = (directory / _WORDPIECE_FILE).is_file()
     if has_bpe and has_wordpiece:
         # Both kinds of files side by side: let the HF config decide, else prefer BPE.
-        has_wordpiece = "bert" in _configured_class(directory).lower()
+        has_wordpiece = _configured_class(directory).lower().startswith(("bert", "distilbert"))  # not RoBERTa's
         has_bpe = not has_wordpiece
     if has_bpe:
         return ByteBPE.from_dir(directory)
     if has_wordpiece:
         return WordPiece.from_dir(directory)
+    kind = _tokenizer_json_model(directory)
+    if kind is not None:
+        raise ClozelmError(f"{directory / 'tokenizer.json'} holds a {kind} tokenizer, which clozelm does not read "
+                           "(it reads byte-level BPE and WordPiece)")
     raise ClozelmError(
         f"no tokenizer in {directory}: looked for encoder.json + vocab.bpe, "
-        "vocab.json + merges.txt (byte-level BPE) or vocab.txt (WordPiece)"
+        "vocab.json + merges.txt (byte-level BPE), vocab.txt (WordPiece) or tokenizer.json"
     )
+
+
+def _tokenizer_json_model(directory: Path) -> str | None:
+    """The model type a tokenizer.json names ("Unigram", "WordLevel", ...), if the directory has a readable one."""
+    try:
+        data = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    kind = model.get("type") if isinstance(model, dict) else None
+    return kind if isinstance(kind, str) and kind else None
 
 
 def _configured_class(directory: Path) -> str:

@@ -23,6 +23,7 @@ from ..errors import ClozelmError
 from ..files import fsync_dir, make_dirs, read_text_file, remove_empty
 from ..model.config import InvalidConfig, ModelConfig
 from ..model.transformer import Transformer
+from ..tokenizers import TOKENIZER_FILES
 from . import tensors as tensor_io
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -553,9 +554,7 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
 WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # (and what transformers reads beside them: another model's generation settings, added tokens or SentencePiece
 # model would change how the saved one generates or tokenizes there)
-MODEL_DIR_FILES = WEIGHT_FILES + ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                                  "merges.txt", "encoder.json", "vocab.bpe", "vocab.txt", "generation_config.json",
-                                  "added_tokens.json", "tokenizer.model", "pytorch_model.bin.index.json")
+MODEL_DIR_FILES = WEIGHT_FILES + TOKENIZER_FILES + ("generation_config.json", "pytorch_model.bin.index.json")
 
 
 def _check_targets(out: Path, names: list[str], overwrite: bool) -> None:
