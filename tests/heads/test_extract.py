@@ -117,3 +117,22 @@ def test_tasks_take_a_loaded_model_not_a_name(bpe):
         with pytest.raises(ClozelmError, match="loaded model") as error:
             attention_map(given, "hello there")
         assert "\n" not in str(error.value)
+
+
+def test_a_document_separator_that_is_also_unk_or_pad_stays_structural(bpe, tmp_path):
+    """GPT-2's Hugging Face configuration names <|endoftext|> its BOS, EOS and UNK (and many name the EOS their
+    PAD): read from such files it still opens the text as a sink and a special token."""
+    import json
+
+    from clozelm.heads.extract import structural_ids
+    from clozelm.tokenizers import load_tokenizer
+    bpe.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.update(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                  pad_token="<|endoftext|>")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(tmp_path)
+    eos = tok.special_tokens["<|endoftext|>"]
+    assert tok.unk_id == tok.pad_id == eos and eos in structural_ids(tok)
+    maps = attention_map(random_model(tok, causal=True), "The cat sat.")
+    assert maps.tokens[0] == "<|endoftext|>" and maps.special[0]

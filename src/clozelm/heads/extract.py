@@ -154,8 +154,11 @@ def frame_tokens(model: Model, add_special_tokens: bool = True) -> tuple[list[in
 
 def structural_ids(tok) -> set[int]:
     """The special tokens that are structure, not text: [CLS], [SEP], <|endoftext|>, ... A [MASK], [UNK] or [PAD]
-    in a text stands for a word (a blank, a character the vocabulary lacks): it is no sink and no delimiter."""
-    return set(tok.special_tokens.values()) - {tok.mask_id, tok.unk_id, tok.pad_id}
+    in a text stands for a word (a blank, a character the vocabulary lacks): it is no sink and no delimiter,
+    unless it is also what starts or ends a text (GPT-2's configuration names <|endoftext|> its BOS, EOS and UNK;
+    many name the EOS their PAD)."""
+    framing = {tok.bos_id, tok.eos_id, tok.cls_id, tok.sep_id}
+    return set(tok.special_tokens.values()) - ({tok.mask_id, tok.unk_id, tok.pad_id} - framing)
 
 
 def encode_for_model(model: Model, text: str, add_special_tokens: bool = True,
