@@ -118,3 +118,29 @@ def test_masked_lm_finds_long_words_among_many_word_blanks(tmp_path):
     model = NeighbourMLM(tok, ["a birdcat flewsat the home"] * 5)
     assert fill("a ___ ___ the home", model=model, top=1)[0].blanks == ["birdcat", "flewsat"]
     assert fill("___ ___ ___ the ___", model=model, top=1)[0].blanks == ["a", "birdcat", "flewsat", "home"]
+
+
+def test_a_wordpiece_mask_glued_to_a_word_continues_it_and_a_spaced_one_starts_a_word():
+    """BERT's WordPiece: "play[MASK]" may be completed by a "##" piece, and the answer reads "play...", never
+    "play##..."; a [MASK] after a space takes only a piece that starts a word. A random masked LM over MiniLM's
+    real vocabulary (every piece is a candidate), so only the rules decide."""
+    import torch
+
+    from clozelm.loaded import Model
+    from clozelm.model import ModelConfig, Transformer
+    from clozelm.tokenizers import load_tokenizer
+    from corpora import bert_uncased_model_dir
+    wp = load_tokenizer(bert_uncased_model_dir())
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=wp.vocab_size, n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                                  causal=False, pre_ln=False, head="mlm")).eval()
+    model = Model(net, wp)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            net.wte.weight.normal_(0, 1)  # a different random preference each time
+        for answer in fill("he was play[MASK] football .", model, top=5):
+            assert "#" not in answer.text and answer.text.startswith("he was play")
+        for answer in fill("the [MASK] sat on the mat .", model, top=5):
+            assert "#" not in answer.text and not any(wp.id_to_token(i).startswith("##") for i in
+                                                      wp.encode(answer.blanks[0]))

@@ -108,6 +108,9 @@ def test_blank_text(bpe, wordpiece):
     pieces = wordpiece.encode("unaffable")
     assert len(pieces) > 1 and wordpiece.blank_text(pieces) == "unaffable"
     assert wordpiece.blank_text(wordpiece.encode("the")) == "the"
+    # a [MASK] glued to a word ("un[MASK]") filled with the "##" pieces that continue it: the text, not "##..."
+    head = wordpiece.blank_text(pieces[:1])
+    assert wordpiece.blank_text(pieces[1:]) == "unaffable"[len(head):]
 
 
 def test_spans(bpe, wordpiece):
@@ -209,8 +212,9 @@ def old_wordpiece_masks(tokenizer, vocab_size):
             cont[i] = True
         elif any(c.isalnum() for c in tok):
             start[i] = True
-    masks = (start, cont, any_token, any_token, any_token)
-    return {True: masks, False: masks}
+    # after a space a [MASK] takes a piece that starts a word; glued to one, also a "##" piece that continues it
+    return {True: (start, cont, any_token, any_token & ~cont, any_token), False: (start, cont, any_token, any_token,
+                                                                               any_token)}
 
 
 def test_token_classes_agree_with_the_old_cloze_masks(tok):

@@ -114,6 +114,19 @@ def test_overwrite_with_text_too_short_for_a_sequence_leaves_the_old_run(tmp_pat
     assert (run / "model" / "model.safetensors").is_file() and (run / "run.json").is_file()
 
 
+def test_overwrite_refuses_to_clear_the_model_it_starts_from(tmp_path, corpus, bpe_dir, capsys):
+    """`--init RUN/model --out RUN --overwrite` (fine-tuning a run's model in place) would delete the model before
+    training: refused in one line, the run left as it was."""
+    run = tmp_path / "run"
+    args = ["--out", run, *TINY, "--steps", "2", "--precision", "fp32"]
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, *args], capsys)
+    assert rc == 0, err
+    before = (run / "model" / "model.safetensors").read_bytes()
+    rc, err = cli([corpus, "--init", run / "model", *args, "--overwrite"], capsys)
+    one_line_error(rc, err, "is inside")
+    assert (run / "model" / "model.safetensors").read_bytes() == before
+
+
 def test_a_run_inside_its_corpus_folder_reads_only_the_corpus(tmp_path, corpus, bpe_dir, capsys):
     # The run writes binary files (checkpoint.pt, best.pt, loss_curve.png) into a folder the next run reads.
     data = tmp_path / "data"

@@ -112,7 +112,7 @@ class BidirectionalFiller:
                 if done:
                     best[list(done)] = float("-inf")
                 slot = int(best.argmax())  # the open slot the model is surest about
-                top = lp[slot].topk(self.beam)
+                top = lp[slot].topk(min(self.beam, lp.size(-1)))
                 for value, token in zip(top.values, top.indices):
                     if torch.isfinite(value):
                         new = seq.clone()

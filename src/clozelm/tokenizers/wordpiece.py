@@ -405,8 +405,10 @@ class WordPiece(Tokenizer):
         return spans
 
     def blank_text(self, ids) -> str:
-        """The hidden pieces as one word: "##" pieces glued on, no surrounding space."""
-        return self.decode(ids).replace(" ##", "").strip()
+        """The hidden pieces as one word: "##" pieces glued on (a first "##" piece too: it continues the word
+        the blank is glued to), no surrounding space."""
+        text = self.decode(ids).replace(" ##", "").strip()
+        return text[len(CONTINUATION_PREFIX):] if text.startswith(CONTINUATION_PREFIX) else text
 
     def _token_classes(self, vocab_size: int) -> TokenClasses:
         # A hidden word opens with a whole-word piece that has a letter or digit and goes on with "##" pieces;
@@ -424,9 +426,10 @@ class WordPiece(Tokenizer):
                 cont[i] = True
             elif any(c.isalnum() for c in token):
                 start[i] = True
-        # Spaces are not part of WordPiece tokens: a [MASK] takes any ordinary piece, space before it or not.
+        # Spaces are not part of WordPiece tokens: a [MASK] glued to a word may take a "##" piece that continues
+        # it ("play[MASK]" -> "##ing"), one after a space only a piece that starts a word.
         return TokenClasses(word_start_spaced=start, word_start_bare=start, word_continue=cont, ordinary=ordinary,
-                            spaced=ordinary & ~cont, token_start_spaced=ordinary, token_start_bare=ordinary)
+                            spaced=ordinary & ~cont, token_start_spaced=ordinary & ~cont, token_start_bare=ordinary)
 
     # ------------------------------------------------------------------ saving
 

@@ -400,7 +400,8 @@ class Trainer:
             where = (f"{self.checkpoint_path} (step {ckpt.read_step(self.checkpoint_path)}) is the last good checkpoint"
                      if self.checkpoint_path.is_file() else "no checkpoint had been written yet")
             raise NonFiniteLoss(f"loss is {loss} (gradient norm {float(grad_norm):.3g}) at step {step + 1}; stopped "
-                                f"before updating the weights; {where}; try a lower --lr or --grad-clip")
+                                f"before updating the weights; {where}; start again with a lower --lr or --grad-clip (a resume "
+                                "keeps the run's recipe and would meet the same batch)")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.masters is not None:

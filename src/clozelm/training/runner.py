@@ -301,6 +301,13 @@ def _refuse_changes(config: TrainConfig, settings: dict) -> None:
 def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, init: Model | None) -> _Setup:
     """Check everything, then create, lock and fill the run directory."""
     rundir.check_new_run_dir(run_dir, config.overwrite)
+    # --overwrite clears the previous run before training: the model this run starts from must not be in it (it
+    # would exist only in memory until this run saves its own, and be lost if this run stops before that)
+    init_path = Path(config.init).expanduser() if isinstance(config.init, (str, Path)) else None
+    if run_dir.is_dir() and init_path is not None and init_path.exists() and \
+            init_path.resolve().is_relative_to(run_dir.resolve()):
+        raise ClozelmError(f"--init {config.init} is inside {run_dir}, which --overwrite clears before training: copy "
+                           "it elsewhere first, or train into another --out")
     files = expand_inputs(config.files, exclude=[run_dir])  # a run inside its corpus folder does not read itself
     valid = expand_inputs(config.valid, exclude=[run_dir]) if config.valid is not None else None
     both = sorted({f.resolve() for f in files} & {f.resolve() for f in valid or []})
