@@ -144,3 +144,16 @@ def test_a_wordpiece_mask_glued_to_a_word_continues_it_and_a_spaced_one_starts_a
         for answer in fill("the [MASK] sat on the mat .", model, top=5):
             assert "#" not in answer.text and not any(wp.id_to_token(i).startswith("##") for i in
                                                       wp.encode(answer.blanks[0]))
+
+
+def test_the_final_scores_are_the_same_in_chunks(tok, monkeypatch):
+    """Many answers over a long text are scored a chunk of rows at a time (their logits would not fit in memory
+    at once): the same scores as in one batch."""
+    from clozelm.cloze import causal
+    model = BigramLM(tok, SENTENCES)
+    text = "the ___ sat down and the ___ ran home"
+    whole = fill(text, model, top=6)
+    monkeypatch.setattr(causal, "MAX_LOGIT_FLOATS", 1)  # one row a chunk
+    chunked = fill(text, model, top=6)
+    assert [a.blanks for a in chunked] == [a.blanks for a in whole]
+    assert [a.score for a in chunked] == pytest.approx([a.score for a in whole], abs=1e-4)

@@ -139,11 +139,18 @@ class CausalFiller:
         """log P(tokens after the first) for each sequence, one right-padded batch; with `word_ends` (a word
         blank ends the text), also log P(a word boundary follows), as the search judged it, so that a fragment
         (" Mediterr" + "ane") cannot outrank the whole word it begins (" Mediterr" + "anean")."""
-        logits = self.model(scoring.pad_right(seqs)).logits
-        scores = scoring.sequence_logprobs(logits, seqs)
-        if word_ends:
-            for r, s in enumerate(seqs):
-                scores[r] += self._word_boundary(logits[r, len(s) - 1])
+        length = max(map(len, seqs))
+        rows = max(1, MAX_LOGIT_FLOATS // (length * self.vocab))  # many answers over a long text: in chunks
+        scores = []
+        for start in range(0, len(seqs), rows):
+            chunk = seqs[start:start + rows]
+            batch = scoring.pad_right([list(s) + [0] * (length - len(s)) for s in chunk])  # one length for all
+            logits = self.model(batch).logits
+            chunk_scores = scoring.sequence_logprobs(logits, chunk)
+            if word_ends:
+                for r, s in enumerate(chunk):
+                    chunk_scores[r] += self._word_boundary(logits[r, len(s) - 1])
+            scores += chunk_scores
         return scores
 
     def _word_boundary(self, logits: torch.Tensor) -> float:
