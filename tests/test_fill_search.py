@@ -157,3 +157,21 @@ def test_the_final_scores_are_the_same_in_chunks(tok, monkeypatch):
     chunked = fill(text, model, top=6)
     assert [a.blanks for a in chunked] == [a.blanks for a in whole]
     assert [a.score for a in chunked] == pytest.approx([a.score for a in whole], abs=1e-4)
+
+
+def test_a_word_blank_followed_by_another_ends_where_the_next_one_starts(tok):
+    """"the ___ ___ home": with nothing known between the blanks, the first word must still end there. Judged by
+    the left context alone, " c" (a fragment) scores as well as " cat", and with a beam of 2 the fragments and
+    spellings of one word crowd out the other word the best answer needs."""
+    model = BigramLM(tok, SENTENCES)
+    [the], [dog], [cat], [ran], [sat] = (tok.encode(w) for w in ("the", " dog", " cat", " ran", " sat"))
+    a, b = _split_into_two_tokens(tok, " dog")
+    e, f = _split_into_two_tokens(tok, " cat")
+    table = model.table
+    table[the, dog] = table[the, cat] = float("-inf")  # only the two-token spellings
+    table[the, a], table[the, e] = -1.2, -1.0  # " c..." a little likelier than " d..." from the left
+    table[a], table[e], table[b], table[f] = -20.0, -20.0, -20.0, -20.0
+    table[a, b] = table[e, f] = 0.0  # " d" goes on with "og", " c" with "at"
+    table[b, ran] = table[f, sat] = 0.0  # dog ran, cat sat
+    answers = fill("the ___ ___ home", model=model, top=2, beam=2)
+    assert answers[0].blanks == ["dog", "ran"]

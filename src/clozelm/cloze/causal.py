@@ -46,6 +46,14 @@ from .options import FillOptions
 MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB of float32 logits)
 
 
+def _word_ends_after(blanks: list[Blank], i: int, follow: list[int]) -> bool:
+    """Whether blank i's word must end where it does although no known text follows to show it: it ends the
+    text, or the next blank comes right after it with a space ("the ___ ___ sat"). Without the check its
+    candidates would be judged by the left context alone, where every prefix of a word scores at least as well
+    as the word, and fragments would crowd the beam."""
+    return not follow and (i == len(blanks) - 1 or blanks[i + 1].lead_space)
+
+
 class CausalFiller:
     def __init__(self, model, tokenizer, options: FillOptions):
         """`options` resolved for the model's method (FillOptions.for_method): no None left in them."""
@@ -71,7 +79,7 @@ class CausalFiller:
         states = [(0.0, 0.0, segments[0], [])]  # (FIM score, causal score so far, text so far, fills)
         for i, blank in enumerate(blanks):
             follow = segments[i + 1]
-            needs_boundary = i == len(blanks) - 1 and not follow and blank.kind == "word"
+            needs_boundary = blank.kind == "word" and _word_ends_after(blanks, i, follow)
             n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
             scored = []
             for fim_score, causal_score, left, fills in states:
@@ -104,7 +112,7 @@ class CausalFiller:
         states = [(0.0, ctx, [])]
         for i, blank in enumerate(blanks):
             follow = segments[i + 1]
-            at_end = i == len(blanks) - 1 and not follow
+            at_end = _word_ends_after(blanks, i, follow)
             scored = []
             for score, ids, fills in states:
                 # Judging on the next few tokens is what separates candidates; the exact score of the
