@@ -111,6 +111,24 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, corpus, bpe_dir, capsy
     assert rc == 0 and "tokenizing" not in err, err  # starting again keeps the token cache
 
 
+def test_a_resume_with_changed_input_files_is_refused_before_tokenizing(tmp_path, corpus, bpe_dir, capsys):
+    """The changed text is found by its digest before any tokenizing (a large corpus would take hours for
+    nothing), and the run and its token cache stay as they were."""
+    import shutil
+    mine = tmp_path / "corpus"
+    shutil.copytree(corpus, mine)
+    run = tmp_path / "run"
+    rc, err = cli([mine, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "4", "--stop-after", "2"], capsys)
+    assert rc == 0, err
+    caches = sorted(p.name for p in (run / "tokens").iterdir())
+    first = sorted(mine.glob("*.txt"))[0]
+    first.write_text(first.read_text() + "\nOne more line.\n")
+    rc, err = cli(["--resume", "--out", run], capsys)
+    one_line_error(rc, err, "changed since the run started")
+    assert "tokenizing" not in err and sorted(p.name for p in (run / "tokens").iterdir()) == caches
+    assert max(losses(run)) == 2
+
+
 def test_resume_of_nothing_creates_nothing(tmp_path, capsys):
     rc, err = cli(["--resume", "--out", tmp_path / "nothing"], capsys)
     one_line_error(rc, err, "no run to resume")

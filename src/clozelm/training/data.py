@@ -216,22 +216,30 @@ def check_corpus(corpus: CorpusFiles, skip_bad_files: bool = False,
     return CheckedCorpus(train, valid, corpus.valid_every)
 
 
-def build_token_cache(cache_root: Path, corpus: CorpusFiles | CheckedCorpus, tok, skip_bad_files: bool = False,
-                      log: Callable[[str], None] | None = None) -> "TokenData":
-    """Tokenize `corpus` into shards under cache_root/KEY/, or reuse them if that KEY is complete."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+def token_cache_key(corpus: CheckedCorpus, tok) -> str:
+    """The token cache's key: what the tokens depend on (the files' contents, the tokenizer, the split), so that
+    a resume can tell changed inputs before it tokenizes anything."""
     sep = separator_id(tok)
     if sep is None:
         raise ClozelmError("the tokenizer has no document separator token (<|endoftext|> or [SEP])")
-    if not isinstance(corpus, CheckedCorpus):
-        corpus = check_corpus(corpus, skip_bad_files, log)
     train, valid = corpus.train, corpus.valid
     key_source = {
         "format": FORMAT_VERSION, "tokenizer": tokenizer_fingerprint(tok), "separator": sep,
         "train": [d for _, d in train], "valid": None if valid is None else [d for _, d in valid],
         "valid_every": 0 if valid is not None else corpus.valid_every,
     }
-    key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def build_token_cache(cache_root: Path, corpus: CorpusFiles | CheckedCorpus, tok, skip_bad_files: bool = False,
+                      log: Callable[[str], None] | None = None) -> "TokenData":
+    """Tokenize `corpus` into shards under cache_root/KEY/, or reuse them if that KEY is complete."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not isinstance(corpus, CheckedCorpus):
+        corpus = check_corpus(corpus, skip_bad_files, log)
+    key = token_cache_key(corpus, tok)
+    sep = separator_id(tok)
+    train, valid = corpus.train, corpus.valid
     directory = cache_root / key
     if (directory / "meta.json").is_file():
         return TokenData.open(directory)

@@ -31,7 +31,7 @@ from . import checkpoint as ckpt
 from . import numerics as num
 from . import rundir
 from .config import InvalidTrainConfig, TrainConfig, default_of, flag, names_in
-from .data import CorpusFiles, TokenData, build_token_cache, check_corpus
+from .data import CorpusFiles, TokenData, build_token_cache, check_corpus, token_cache_key
 from .distributed import Dist, init_distributed, on_main
 from .loop import Callback, Trainer
 from .memory import reuse_freed_memory
@@ -254,10 +254,11 @@ def _reopen(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist) -
                          [Path(f) for f in inputs["valid"]] if inputs["valid"] is not None else None,
                          inputs["valid_every"])
     tok = load_tokenizer(run_dir / rundir.TOKENIZER_DIR)
-    data = build_token_cache(run_dir / rundir.TOKENS_DIR, corpus, tok, inputs["skip_bad_files"])
-    if data.key != settings["data_key"]:
+    checked = check_corpus(corpus, inputs["skip_bad_files"], _say)
+    if token_cache_key(checked, tok) != settings["data_key"]:  # before tokenizing a changed corpus for nothing
         raise ClozelmError(f"the input files of {run_dir} changed since the run started; resume needs the same "
                            "data (or start a new run)")
+    build_token_cache(run_dir / rundir.TOKENS_DIR, checked, tok)
     return _Setup(settings, cfg, numerics)
 
 
