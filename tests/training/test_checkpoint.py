@@ -129,6 +129,24 @@ def test_a_resume_with_changed_input_files_is_refused_before_tokenizing(tmp_path
     assert max(losses(run)) == 2
 
 
+def test_a_resume_removes_what_killed_writes_left(tmp_path, corpus, bpe_dir, capsys):
+    """A kill during a checkpoint's or the model's write leaves a temporary file or folder (each can be as large
+    as a checkpoint): the next resume removes them, and nothing else."""
+    run = tmp_path / "run"
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *TINY, "--steps", "4", "--stop-after", "2"], capsys)
+    assert rc == 0, err
+    (run / ".checkpoint.pt.k2j4.tmp").write_bytes(b"half a checkpoint")
+    (run / "model").mkdir(exist_ok=True)
+    (run / "model" / ".clozelm-save-x1").mkdir()
+    (run / "model" / ".clozelm-save-x1" / "model.safetensors").write_bytes(b"half a model")
+    (run / ".notes.tmp").write_text("not the run's")
+    rc, err = cli(["--resume", "--out", run], capsys)
+    assert rc == 0, err
+    assert "removed what an interrupted write left: .checkpoint.pt.k2j4.tmp, model/.clozelm-save-x1" in err
+    assert not (run / ".checkpoint.pt.k2j4.tmp").exists() and not (run / "model" / ".clozelm-save-x1").exists()
+    assert (run / ".notes.tmp").read_text() == "not the run's" and max(losses(run)) == 4
+
+
 def test_resume_of_nothing_creates_nothing(tmp_path, capsys):
     rc, err = cli(["--resume", "--out", tmp_path / "nothing"], capsys)
     one_line_error(rc, err, "no run to resume")

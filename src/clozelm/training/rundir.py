@@ -43,6 +43,23 @@ def _is_run_entry(name: str) -> bool:
                                    and name[1:-len(".tmp")].rsplit(".", 1)[0] in RUN_ENTRIES)
 
 
+def remove_interrupted_writes(run_dir: Path) -> list[str]:
+    """Remove what writes cut short by a kill left (a checkpoint's .checkpoint.pt.XXXX.tmp, a model's staging
+    folder model/.clozelm-save-XXXX): each can be as large as a checkpoint, and every kill would add one. Call
+    with the run's lock held. Returns the names removed."""
+    removed = []
+    candidates = [p for p in run_dir.iterdir() if p.name.startswith(".") and _is_run_entry(p.name)]
+    if (run_dir / MODEL_DIR).is_dir():
+        candidates += [p for p in (run_dir / MODEL_DIR).iterdir() if p.name.startswith(".clozelm-save-")]
+    for path in candidates:
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(str(path.relative_to(run_dir)))
+    return removed
+
+
 class RunLock:
     """An exclusive lock on a run directory for as long as a process trains in it. The kernel releases it
     when the process ends, however it ends, so a killed run never leaves a stale lock."""

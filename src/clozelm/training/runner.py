@@ -259,6 +259,10 @@ def _reopen(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist) -
         raise ClozelmError(f"the input files of {run_dir} changed since the run started; resume needs the same "
                            "data (or start a new run)")
     build_token_cache(run_dir / rundir.TOKENS_DIR, checked, tok)
+    if d.main:
+        removed = rundir.remove_interrupted_writes(run_dir)
+        if removed:
+            _say(f"clozelm: note: removed what an interrupted write left: {', '.join(removed)}")
     return _Setup(settings, cfg, numerics)
 
 
