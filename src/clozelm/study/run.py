@@ -137,7 +137,7 @@ def _run(out: Path, config: StudyConfig, corpus: list[dict], names: list[tuple[s
         name = f"{objective}-seed{seed}"
         say(f"study: [{i}/{len(names)}] {name}")
         record = _trained(out, name, objective, seed, config, say)
-        record["tasks"] = _evaluated(out, name, config, say)
+        record["tasks"] = _evaluated(out, name, config, say, record["model_sha256"])
         runs.append(record)
     return _write_report(out, study, runs, say)
 
@@ -459,7 +459,6 @@ def _check_same_size(runs: list[dict]) -> None:
 def _eval_keys(out: Path, config: StudyConfig, model_sha256: str, causal: bool) -> dict[str, dict]:
     """What each task's figures depend on; a cached figure is used only while its key holds. A causal model's
     bits per byte are exact: the masked bound's number of samples is no part of them."""
-    model = model_sha256
     heldout, marked = hashlib.sha256(), False
     for path in sorted((out / "data" / "heldout").iterdir()):
         heldout.update(path.name.encode() + b"\0" + _digest(path).encode())
@@ -467,7 +466,7 @@ def _eval_keys(out: Path, config: StudyConfig, model_sha256: str, causal: bool) 
     keys = {}
     for task in config.tasks:
         key = {"eval_version": EVAL_VERSIONS.get(task, 1), "limit": config.eval_limit, "seed": EVAL_SEED,
-               "model_sha256": model}
+               "model_sha256": model_sha256}
         if task in HELD_OUT_TASKS:
             key["heldout_sha256"] = heldout.hexdigest()
         if task == "lastword" and marked:  # such passages are left out since lastword 4: other items are drawn
@@ -495,13 +494,12 @@ def _holds(recorded: dict | None, key: dict) -> bool:
     return {k: v for k, v in recorded.items() if k in key or k != "samples"} == key
 
 
-def _evaluated(out: Path, name: str, config: StudyConfig, say) -> dict:
+def _evaluated(out: Path, name: str, config: StudyConfig, say, model_sha256: str) -> dict:
     """The run's eval figures per task (cached in DIR/evals/NAME.json). A task that cannot run on this
     corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal."""
     model_dir = out / "runs" / name / "model"
     objective = name.rsplit("-seed", 1)[0]
-    keys = _eval_keys(out, config, _model_digest(out, name, _read_json(out / "trained" / f"{name}.json")),
-                      causal=objective not in BIDIRECTIONAL)
+    keys = _eval_keys(out, config, model_sha256, causal=objective not in BIDIRECTIONAL)  # _trained's digest
     cache_path = out / "evals" / f"{name}.json"
     tasks = _cached_tasks(cache_path, keys)
     todo = [t for t in config.tasks if t not in tasks]
