@@ -18,6 +18,7 @@ from clozelm.files import expand_inputs
 from clozelm.eval import TASKS
 from clozelm.study import StudyConfig, run_study
 from clozelm.study import run as study_run
+from clozelm.training import checkpoint as ckpt
 from clozelm.training import train
 from clozelm.training.objectives import OBJECTIVES
 
@@ -61,10 +62,20 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
         run_study(config, log=lambda text: None)
     monkeypatch.undo()
 
-    # 3. run again: continues, and does nothing twice
-    said = []
+    # 3. run again: continues, and does nothing twice; every run, the resumed one too, checkpoints at least every
+    # CHECKPOINT_EVERY steps (here 5; its evaluations come every 16), so that a kill without warning costs little
+    said, saved = [], []
+    def spied_save(state, path):
+        saved.append((path.parent.name, state["step"]))
+        real_save(state, path)
+    real_save = ckpt.save
+    monkeypatch.setattr(ckpt, "save", spied_save)
+    monkeypatch.setattr(study_run, "CHECKPOINT_EVERY", 5)
     results = run_study(config, log=said.append)
+    monkeypatch.undo()
     assert "study: resuming " + str(out / "runs" / "hybrid-seed0") in said
+    for name in order[3:]:
+        assert [step for run, step in saved if run == name] == [5, 10, 15, 20, 25, 30, 32]
     assert not any(name in text for text in said for name in order[:3] if "evaluating" in text)
     assert len(kept) == 6 and all(path.stat().st_mtime_ns == t for path, t in kept.items())
     # the stopped run resumed exactly: the same losses as the same run trained straight through

@@ -79,6 +79,9 @@ EVAL_VERSIONS = {"ppl": 3, "lastword": 4, "cloze": 3, "pairs": 3, "probe": 2}
 CALL_OPTIONS = {"limit": "--eval-limit", "samples": "--samples"}
 HELD_OUT_TASKS = ("ppl", "lastword", "cloze")  # the tasks that read the held-out split (pairs and probe: their own data)
 EVAL_EXAMPLES = 128  # held-out windows per evaluation during training (the loss curves)
+# A full-budget run takes hours and may be killed without warning (a machine taken back): it checkpoints at least
+# this often, not only at its evaluations, so that a kill costs minutes. A checkpoint costs about a second.
+CHECKPOINT_EVERY = 100
 LOSS_PLOT, ACCURACY_PLOT, CLOZE_PLOT = "loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"
 
 
@@ -309,7 +312,7 @@ def _read_json(path: Path) -> dict | None:
 def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, overwrite: bool = False) -> TrainConfig:
     """The TrainConfig of one run of the study in `config.out` (its data split and tokenizer must exist)."""
     out, shape, steps = Path(config.out), config.shape, config.steps
-    every = max(1, steps // config.evals)
+    every = _evaluate_every(config)
     layers = {"preset": config.preset} if config.preset else \
         {"n_layer": shape["n_layer"], "n_embd": shape["n_embd"], "n_head": shape["n_head"]}
     return TrainConfig(
@@ -317,9 +320,17 @@ def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, 
         tokenizer=str(out / "tokenizer"), out=str(run_dir), overwrite=overwrite, objective=objective, layout="gpt2",
         **layers, n_positions=shape["seq_len"], seq_len=shape["seq_len"], batch_size=config.batch_size, steps=steps,
         lr=config.lr, seed=seed, locality_warmup=round(config.locality_warmup * steps), eval_every=every,
-        eval_examples=EVAL_EXAMPLES, checkpoint_every=every, keep_best=False, progress=config.progress,
+        eval_examples=EVAL_EXAMPLES, checkpoint_every=_checkpoint_every(config), keep_best=False, progress=config.progress,
         reuse_memory=config.reuse_memory,
         device=config.device, threads=config.threads)
+
+
+def _evaluate_every(config: StudyConfig) -> int:
+    return max(1, config.steps // config.evals)
+
+
+def _checkpoint_every(config: StudyConfig) -> int:
+    return min(_evaluate_every(config), CHECKPOINT_EVERY)
 
 
 def _metrics(run_dir: Path) -> tuple[list[tuple[int, float]], float]:
@@ -367,7 +378,7 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
     if (run_dir / "run.json").is_file() and (run_dir / "checkpoint.pt").is_file():
         say(f"study: resuming {run_dir}")
         run = train(TrainConfig(out=str(run_dir), resume=True, progress=config.progress,
-                                reuse_memory=config.reuse_memory))
+                                reuse_memory=config.reuse_memory, checkpoint_every=_checkpoint_every(config)))
     else:
         run = train(train_config(config, run_dir, objective, seed, overwrite=(run_dir / "run.json").exists()))
     if not run.complete:
