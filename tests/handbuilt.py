@@ -49,6 +49,9 @@ class _Cache:
         new.last, new.length = self.last.index_select(0, rows), self.length
         return new
 
+    def fork(self, rows):
+        return self.select(torch.zeros(rows, dtype=torch.long))
+
 
 class BigramLM(nn.Module):
     """Causal: P(next | previous token) counted from `sentences`, each started by <|endoftext|>."""

@@ -566,3 +566,61 @@ def test_decoding_through_the_one_query_path_matches_sdpa(family, autocast, monk
     assert taken == config.n_layer and not_taken == 0
     assert ours.std() > 1  # sharp enough that a wrong score would show
     assert (ours - reference).abs().max() <= 0.02 * reference.abs().max()  # a bf16 place or two
+
+
+@pytest.mark.parametrize("family, autocast", [("gpt2", False), ("gpt2", True), ("llama", False), ("llama-gqa", False),
+                                              ("llama-gqa", True)])
+def test_rows_forked_from_one_context_read_it_as_copies_of_it_would(family, autocast):
+    """`KVCache.fork` shares one row's cached context with many rows instead of copying it (fill's look-ahead, beam
+    and judge): one new token per row or several, a fork pruned by `select` and continued, the attention
+    probabilities, and a context that starts with padding all give what rows holding copies give."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, n_positions=48, n_embd=32, n_layer=2, n_head=4, **ONE_QUERY_CONFIGS[family])
+    net = Transformer(config).eval()
+    with torch.no_grad():
+        for block in net.h:
+            block.attn.c_attn.weight.mul_(25)  # sharp attention: a misplaced key or a wrong mask would show
+    context = torch.randint(0, 64, (1, 20))
+    valid = torch.ones(1, 20, dtype=torch.bool)
+    valid[0, :3] = False  # the context starts with padding: its mask reaches every row of the fork
+    rows, follow = torch.randint(0, 64, (6, 1)), torch.randint(0, 64, (6, 5))
+    keep = torch.tensor([4, 0, 0, 2])
+
+    def run(net, forked: bool, autocast: bool):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            cache = net.new_cache(1, 30)
+            net(context, attention_mask=valid, cache=cache)
+            many = cache.fork(6) if forked else cache.select(torch.zeros(6, dtype=torch.long))
+            first = net(rows, cache=many, attentions=True)
+            second = net(follow, cache=many).logits
+            pruned = many.select(keep)
+            third = net(follow[keep, :2], cache=pruned).logits
+            return [t.double() for t in (first.logits, first.attentions[-1], second, third)]
+
+    ours, copies = run(net, True, autocast), run(net, False, autocast)
+    exact = run(net.double(), False, False)  # float64: what both round
+    probs = exact[1]
+    assert probs[..., :3].max() == 0 and probs.amax(-1).mean() > 0.5  # the padding unread, the rest sharp
+    for mine, theirs, truth in zip(ours, copies, exact):
+        assert mine.shape == theirs.shape and truth.std() > 0.1
+        # fp32: equal up to the order of additions; bf16: no further from the exact values than the copies are
+        limit = 2 * (theirs - truth).abs().max() if autocast else 1e-5 * truth.abs().max()
+        assert (mine - truth).abs().max() <= max(limit, 1e-6)
+
+
+def test_a_fork_keeps_its_shared_context():
+    net = Transformer(ModelConfig(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=4)).eval()
+    cache = net.new_cache(2, 16)
+    with torch.inference_mode():
+        net(torch.randint(0, 64, (2, 4)), cache=cache)
+    with pytest.raises(ValueError, match="only a cache of one row"):
+        cache.fork(3)
+    one = cache.select(torch.tensor([0]))
+    fork = one.fork(3)
+    with pytest.raises(ValueError, match="only a cache of one row that is not itself a fork"):
+        fork.select(torch.tensor([0])).fork(2)
+    with torch.inference_mode():
+        net(torch.randint(0, 64, (3, 2)), cache=fork)
+    fork.truncate(5)
+    with pytest.raises(ValueError, match="its first 4 are shared"):
+        fork.truncate(3)

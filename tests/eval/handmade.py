@@ -34,6 +34,9 @@ class _Cache:
         new.length = self.length
         return new
 
+    def fork(self, rows):
+        return self.select(torch.zeros(rows, dtype=torch.long))
+
 
 class ConstantLM(nn.Module):
     """Causal: whatever came before, the next token is `token` with probability p = e^m / (e^m + V - 1), the

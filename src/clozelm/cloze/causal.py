@@ -191,7 +191,7 @@ class CausalFiller:
         hyps = [[t] for t in firsts]
         scores = logp[firsts]
         pool = list(hyps) if blank.kind == "word" or n_tokens == 1 else []
-        beam_cache = cache.select(torch.zeros(len(hyps), dtype=torch.long))
+        beam_cache = cache.fork(len(hyps))
         for step in range(1, n_tokens):
             logits = self.model(torch.tensor([[h[-1]] for h in hyps]), cache=beam_cache,
                                 last_logits_only=True).logits[:, -1].float()
@@ -210,7 +210,7 @@ class CausalFiller:
         """The `lookahead_keep` best first tokens t by log P(t | left) + log P(next_known | left + t), among the
         `lookahead` best by the left alone: one batched single-token step over the cached context."""
         wide = logp.topk(min(self.lookahead, n_allowed))
-        step = self.model(wide.indices[:, None], cache=cache.select(torch.zeros(len(wide.indices), dtype=torch.long)),
+        step = self.model(wide.indices[:, None], cache=cache.fork(len(wide.indices)),
                           last_logits_only=True).logits[:, -1].float()
         both = wide.values + scoring.log_probs(step)[:, next_known]
         return wide.indices[both.topk(min(self.lookahead_keep, len(both))).indices].tolist()
@@ -235,7 +235,7 @@ class CausalFiller:
             # Right padding needs no mask in a causal model: real tokens never see the pads after them. Every
             # chunk is padded to the longest candidate of the pool, so a score does not depend on its chunk.
             batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs], device=self.model.device)
-            context = cache.select(torch.zeros(len(chunk), dtype=torch.long))  # the left context, once per row
+            context = cache.fork(len(chunk))  # every row reads the one left context
             logits = self.model(batch, cache=context).logits
             # position i predicts token i + 1 of its row (the pad after a row's end predicts nothing used)
             picked = scoring.target_logprobs(logits, torch.cat((batch[:, 1:], batch[:, :1]), dim=1))

@@ -46,9 +46,16 @@ class KVCache:
         self.has_padding = False
         self.length = 0
         self.max_len = max_len
+        # A fork's first `shared` positions are one row's keys and values that every row reads (`fork`); `keys`
+        # and `values` then hold each row's own positions from there on.
+        self.shared = 0
+        self.shared_keys: list[torch.Tensor] | None = None  # per layer [1, Hkv, shared, Dh]
+        self.shared_values: list[torch.Tensor] | None = None
 
     def truncate(self, length: int) -> None:
         """Forget everything after `length` (rejected draft tokens); their slots get overwritten later."""
+        if length < self.shared:
+            raise ValueError(f"cannot truncate a fork to {length} positions: its first {self.shared} are shared")
         dropped = self.key_valid[:, length:self.length].sum(1)
         self.seen -= dropped
         self.key_valid[:, length:self.length] = True
@@ -63,14 +70,43 @@ class KVCache:
         new.key_valid = self.key_valid.index_select(0, rows)
         new.seen = self.seen.index_select(0, rows)
         new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
+        new.shared, new.shared_keys, new.shared_values = self.shared, self.shared_keys, self.shared_values
+        return new
+
+    def fork(self, rows: int) -> "KVCache":
+        """`rows` rows that all continue this one-row cache, reading its keys and values so far without copies of
+        them: fill scores hundreds of continuations of one context, and copying the context into each row cost
+        more than the attention that reads it. The fork holds views of this cache's filled positions: this cache
+        may go on (later positions) but must not be truncated and written over while the fork is in use."""
+        if self.keys[0].size(0) != 1 or self.shared:
+            raise ValueError("only a cache of one row that is not itself a fork can be forked")
+        shared = self.length
+        new = object.__new__(KVCache)
+        new.shared_keys = [k[:, :, :shared] for k in self.keys]
+        new.shared_values = [v[:, :, :shared] for v in self.values]
+        own = lambda buffer: buffer.new_empty((rows, buffer.size(1), self.max_len - shared, buffer.size(3)))
+        new.keys, new.values = [own(k) for k in self.keys], [own(v) for v in self.values]
+        new.key_valid = self.key_valid.expand(rows, -1).clone()
+        new.seen = self.seen.expand(rows).clone()
+        new.has_padding, new.length, new.max_len, new.shared = self.has_padding, shared, self.max_len, shared
         return new
 
     def _select_filled(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         # Only the first `length` slots hold keys/values (later ones are written before they are read), so
         # copying just those keeps beam forks cheap when the cache is much longer than the text.
+        filled = self.length - self.shared
         out = buffer.new_empty((len(rows),) + buffer.shape[1:])
-        torch.index_select(buffer[:, :, :self.length], 0, rows, out=out[:, :, :self.length])
+        torch.index_select(buffer[:, :, :filled], 0, rows, out=out[:, :, :filled])
         return out
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new positions' keys and values [B, Hkv, T, Dh] of `layer` after the cached ones; -> every
+        row's own keys and values so far (all of them, unless this is a fork: then those after the shared ones)."""
+        start = self.length - self.shared
+        end = start + k.size(2)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class RMSNorm(nn.Module):
@@ -148,6 +184,30 @@ def _one_query(q, k, v, mask):
         return torch.matmul(scores.softmax(dim=-1), v.float()).view(B, H, 1, Dh).to(q.dtype)
 
 
+def _after_shared(q, k, v, shared_k, shared_v, mask, need_probs: bool):
+    """Attention for rows that all continue one context (a `KVCache.fork`): q [B, H, T, Dh]; each row's own keys
+    and values k, v [B, Hkv, S1, Dh]; the context's shared_k, shared_v [1, Hkv, P, Dh], read by every row without
+    being copied into it; mask None or additive [B, 1 or H, T, P + S1]. Products and softmax in fp32, as the
+    flash kernel accumulates. -> ([B, H, T, Dh] in q's dtype, probabilities [B, H, T, P + S1] when asked)."""
+    B, H, T, Dh = q.shape
+    G, S1, P = k.size(1), k.size(2), shared_k.size(2)
+    R = H // G  # query heads per key head
+    with torch.autocast(q.device.type, enabled=False):  # fill runs under bf16 autocast: these stay fp32
+        qf = q.float().view(B, G, R, T, Dh)
+        # Every row's queries against the shared keys as one product per key head: [G, B R T, Dh] x [G, Dh, P].
+        rows = qf.permute(1, 0, 2, 3, 4).reshape(G, B * R * T, Dh)
+        past = torch.matmul(rows, shared_k[0].float().transpose(-2, -1)).view(G, B, R, T, P).permute(1, 0, 2, 3, 4)
+        own = torch.matmul(qf, k.float()[:, :, None].transpose(-2, -1))  # [B, G, R, T, S1]
+        scores = torch.cat((past, own), dim=-1).view(B, H, T, P + S1) * (1.0 / math.sqrt(Dh))
+        if mask is not None:
+            scores = scores + mask.float()
+        probs = scores.softmax(dim=-1)
+        to_past, to_own = probs.view(B, G, R, T, P + S1).split((P, S1), dim=-1)
+        y = torch.matmul(to_past.permute(1, 0, 2, 3, 4).reshape(G, B * R * T, P), shared_v[0].float())
+        y = y.view(G, B, R, T, Dh).permute(1, 0, 2, 3, 4) + torch.matmul(to_own, v.float()[:, :, None])
+        return y.reshape(B, H, T, Dh).to(q.dtype), (probs if need_probs else None)
+
+
 def _takes_one_query(q, k, mask, dropout: float, is_causal: bool) -> bool:
     """Whether `_one_query` computes this attention: inference on the CPU, one reduced-precision query per row, a
     few rows (decoding a text or a handful) over a cache of 64 keys or more. Below that the flash kernel's fixed
@@ -179,13 +239,13 @@ class Attention(nn.Module):
             q, k, v = qk[:, :H], qk[:, H:], heads[:, H + Hkv:]
         else:
             q, k, v = heads.split((H, Hkv, Hkv), dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh] twice
-        if self.n_kv_head != self.n_head:
-            return self._grouped(q, k, v, mask, is_causal, cache, layer, need_probs)
         if cache is not None:
-            start, end = cache.length, cache.length + T
-            cache.keys[layer][:, :, start:end] = k
-            cache.values[layer][:, :, start:end] = v
-            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # [B, H, S, Dh]
+            k, v = cache.store(layer, k, v)  # [B, Hkv, S, Dh]
+            if cache.shared:
+                y, probs = _after_shared(q, k, v, cache.shared_keys[layer], cache.shared_values[layer], mask, need_probs)
+                return self.c_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim)), probs
+        if self.n_kv_head != self.n_head:
+            return self._grouped(q, k, v, mask, is_causal, need_probs)
         dropout = self.dropout if self.training else 0.0
         probs = None
         if need_probs:
@@ -203,14 +263,9 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.c_proj(y), probs
 
-    def _grouped(self, q, k, v, mask, is_causal, cache, layer, need_probs):
+    def _grouped(self, q, k, v, mask, is_causal, need_probs):
         """Grouped-query attention: each of the Hkv key/value heads serves H / Hkv consecutive query heads."""
         B, H, T, Dh = q.shape
-        if cache is not None:
-            start, end = cache.length, cache.length + T
-            cache.keys[layer][:, :, start:end] = k
-            cache.values[layer][:, :, start:end] = v
-            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # [B, Hkv, S, Dh]
         dropout = self.dropout if self.training else 0.0
         probs = None
         if need_probs:
