@@ -1,6 +1,7 @@
 """The fill search on hand-built models whose right answers are known (tests/handbuilt.py)."""
 
 import pytest
+import torch
 
 import clozelm
 from clozelm.cloze import fill, parse
@@ -175,3 +176,41 @@ def test_a_word_blank_followed_by_another_ends_where_the_next_one_starts(tok):
     table[b, ran] = table[f, sat] = 0.0  # dog ran, cat sat
     answers = fill("the ___ ___ home", model=model, top=2, beam=2)
     assert answers[0].blanks == ["dog", "ran"]
+
+
+def test_an_answers_score_is_the_log_probability_of_its_whole_text(tok):
+    """The final score is log P(the completed text) under the model, worked out by hand from the bigram table
+    (the text before the first blank is read once and shared by every answer: its log P counts in each)."""
+    model = BigramLM(tok, SENTENCES)
+    start = tok.frame_tokens(causal=True)[0]
+    for text in ("the ___ sat down and the ___ ran home", "___ cat sat down"):
+        answers = fill(text, model, top=6, precision="fp32")
+        assert len(answers) >= 2
+        for answer in answers:
+            ids = start + tok.encode(answer.text)
+            assert answer.score == pytest.approx(float(sum(model.table[a, b] for a, b in zip(ids, ids[1:]))),
+                                                 abs=1e-4)
+
+
+@pytest.mark.parametrize("logit_floats", [None, 3])
+def test_an_answers_score_is_the_log_probability_of_its_whole_text_under_a_transformer(tok, logit_floats, monkeypatch):
+    """The same with a small random transformer (float64 reference, fp32 fill), whose cached context is shared
+    between answers: sharing must give what reading each whole text alone gives, also when the logits are
+    computed a few positions at a time (a long text)."""
+    from clozelm.cloze import causal
+    if logit_floats:
+        monkeypatch.setattr(causal, "MAX_LOGIT_FLOATS", logit_floats * tok.vocab_size)
+    from clozelm.loaded import Model
+    from clozelm.model import ModelConfig, Transformer
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+    model = Model(net, tok)
+    start = tok.frame_tokens(causal=True)[0]
+    answers = fill("the ___ sat down and the ___ ran home", model, top=4, precision="fp32")
+    assert len(answers) == 4
+    reference = net.double()
+    for answer in answers:
+        ids = torch.tensor([start + tok.encode(answer.text)])
+        with torch.no_grad():
+            logp = torch.log_softmax(reference(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None]).sum()
+        assert answer.score == pytest.approx(float(logp), abs=1e-3)

@@ -144,20 +144,38 @@ class CausalFiller:
         return bool(blanks) and blanks[-1].kind == "word" and not segments[-1]
 
     def _sequence_logprobs(self, seqs: list[list[int]], word_ends: bool = False) -> list[float]:
-        """log P(tokens after the first) for each sequence, one right-padded batch; with `word_ends` (a word
-        blank ends the text), also log P(a word boundary follows), as the search judged it, so that a fragment
-        (" Mediterr" + "ane") cannot outrank the whole word it begins (" Mediterr" + "anean")."""
-        length = max(map(len, seqs))
-        rows = max(1, MAX_LOGIT_FLOATS // (length * self.vocab))  # many answers over a long text: in chunks
+        """log P(tokens after the first) for each sequence; with `word_ends` (a word blank ends the text), also
+        log P(a word boundary follows), as the search judged it, so that a fragment (" Mediterr" + "ane") cannot
+        outrank the whole word it begins (" Mediterr" + "anean"). The sequences' common beginning (the text before
+        the first blank) is read once; each row reads the rest after it through a fork of its cache."""
+        common = 0
+        shortest = min(map(len, seqs))
+        while common < shortest - 1 and all(s[common] == seqs[0][common] for s in seqs):
+            common += 1
+        cache = self.model.new_cache(1, max(map(len, seqs)))
+        prefix, after_prefix = 0.0, None  # log P(the common tokens after the first); log P(next) after them
+        piece = max(1, MAX_LOGIT_FLOATS // self.vocab)  # a long common text: its logits a piece at a time
+        for start in range(0, common, piece):
+            ids = seqs[0][start:min(start + piece, common)]
+            logits = self.model(torch.tensor([ids]), cache=cache).logits[0]  # [len(ids), V]
+            known = torch.tensor(seqs[0][start + 1:min(start + len(ids) + 1, common)], device=logits.device)
+            prefix += float(scoring.target_logprobs(logits[:len(known)], known).sum())  # the common tokens predicted
+            if start + len(ids) == common:
+                after_prefix = scoring.log_probs(logits[-1])
+        rests = [s[common:] for s in seqs]
+        length = max(map(len, rests))
+        rows = max(1, MAX_LOGIT_FLOATS // (length * self.vocab))  # many answers after a long text: in chunks
         scores = []
-        for start in range(0, len(seqs), rows):
-            chunk = seqs[start:start + rows]
-            batch = scoring.pad_right([list(s) + [0] * (length - len(s)) for s in chunk])  # one length for all
-            logits = self.model(batch).logits
-            chunk_scores = scoring.sequence_logprobs(logits, chunk)
-            if word_ends:
-                for r, s in enumerate(chunk):
-                    chunk_scores[r] += self._word_boundary(logits[r, len(s) - 1])
+        for start in range(0, len(rests), rows):
+            chunk = rests[start:start + rows]
+            batch = scoring.pad_right([list(r) + [0] * (length - len(r)) for r in chunk]).to(self.model.device)
+            logits = self.model(batch, cache=cache.fork(len(chunk)) if common else None).logits
+            chunk_scores = scoring.sequence_logprobs(logits, chunk)  # each rest's tokens after its first
+            for r, rest in enumerate(chunk):
+                if common:  # the rest's first token, read after the common beginning
+                    chunk_scores[r] += prefix + float(after_prefix[rest[0]])
+                if word_ends:
+                    chunk_scores[r] += self._word_boundary(logits[r, len(rest) - 1])
             scores += chunk_scores
         return scores
 

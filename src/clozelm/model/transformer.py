@@ -205,7 +205,7 @@ def _after_shared(q, k, v, shared_k, shared_v, mask, need_probs: bool):
         to_past, to_own = probs.view(B, G, R, T, P + S1).split((P, S1), dim=-1)
         y = torch.matmul(to_past.permute(1, 0, 2, 3, 4).reshape(G, B * R * T, P), shared_v[0].float())
         y = y.view(G, B, R, T, Dh).permute(1, 0, 2, 3, 4) + torch.matmul(to_own, v.float()[:, :, None])
-        return y.reshape(B, H, T, Dh).to(q.dtype), (probs if need_probs else None)
+        return y.reshape(B, H, T, Dh).to(q.dtype), (probs.to(q.dtype) if need_probs else None)
 
 
 def _takes_one_query(q, k, mask, dropout: float, is_causal: bool) -> bool:
@@ -241,8 +241,9 @@ class Attention(nn.Module):
             q, k, v = heads.split((H, Hkv, Hkv), dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh] twice
         if cache is not None:
             k, v = cache.store(layer, k, v)  # [B, Hkv, S, Dh]
-            if cache.shared:
-                y, probs = _after_shared(q, k, v, cache.shared_keys[layer], cache.shared_values[layer], mask, need_probs)
+            if cache.shared:  # rows continuing one context (inference: no dropout)
+                y, probs = _after_shared(q, k, v, cache.shared_keys[layer], cache.shared_values[layer], mask,
+                                         need_probs)
                 return self.c_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim)), probs
         if self.n_kv_head != self.n_head:
             return self._grouped(q, k, v, mask, is_causal, need_probs)
