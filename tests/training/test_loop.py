@@ -161,6 +161,35 @@ def test_model_is_the_step_with_the_lowest_held_out_loss(tmp_path, corpus, bpe_d
     assert all(torch.equal(last["model"][k], weights[6][k]) for k in last["model"])
 
 
+def test_a_best_found_after_the_last_checkpoint_outlives_a_kill_and_another_eval_schedule(tmp_path, corpus, bpe_dir,
+                                                                                           capsys, monkeypatch):
+    # Killed without warning after step 3's evaluation wrote best.pt (the checkpoint is step 2's), then resumed
+    # evaluating every 2 steps: step 3 is never evaluated again, and step 4 (better than anything step 2 knew,
+    # worse than step 3) must not overwrite step 3's weights.
+    scripted = {1: 3.0, 2: 2.5, 3: 1.5, 4: 2.0, 5: 2.2, 6: 2.9}
+    weights, killed = {}, []
+
+    def evaluate(self):
+        if self.step == 4 and not killed:
+            killed.append(4)
+            raise KeyboardInterrupt  # as a kill: no checkpoint of this step
+        weights[self.step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return scripted[self.step]
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    run = tmp_path / "run"
+    common = [*TINY, "--checkpoint-every", "2", "--precision", "fp32", "--lr", "3e-3"]
+    rc, err = cli([corpus, "--tokenizer", bpe_dir, "--out", run, *common, "--eval-every", "1", "--steps", "6"], capsys)
+    assert rc == 130, err
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
+    rc, err = cli(["--resume", "--out", run, "--eval-every", "2", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "weights of step 3" in err and "1.5000" in err
+    model = clozelm.load(run / "model").state_dict()
+    assert all(torch.equal(model[k], weights[3][k]) for k in model)
+    assert not all(torch.equal(model[k], weights[4][k]) for k in model)
+
+
 def test_no_keep_best_gives_the_last_weights_whatever_the_held_out_loss(tmp_path, corpus, bpe_dir, capsys, monkeypatch):
     # When the held-out text is a test set (the study's), nothing may be chosen on it: the model is the last step's.
     scripted = {1: 3.0, 2: 2.0, 3: 2.5}

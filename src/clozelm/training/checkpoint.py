@@ -12,6 +12,7 @@ every entry checked, and stopping on Ctrl-C/SIGTERM at a step boundary.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from pathlib import Path
@@ -112,6 +113,18 @@ def read_step(path: Path) -> int | str:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
     except Exception:
         return "?"
+
+
+def read_best(path: Path) -> tuple[int, float] | None:
+    """(step, held-out loss) of the weights in best.pt, or None when it is gone or cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        step, val = state["step"], state["val_loss"]
+    except Exception:
+        return None
+    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(val, float) or not math.isfinite(val):
+        return None
+    return step, val
 
 
 def load_best(path: Path, step: int, device: torch.device) -> dict | None:

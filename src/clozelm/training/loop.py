@@ -362,6 +362,12 @@ class Trainer:
         ckpt.load_optimizer_state(self.optimizer, state["optimizer"], path)
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], float(state["elapsed"])
         self.best_val, self.best_step = float(state.get("best_val", math.inf)), int(state.get("best_step", 0))
+        best = ckpt.read_best(self.run_dir / ckpt.BEST) if self.cfg.keep_best else None
+        if best is not None and best[0] > self.step and best[1] < self.best_val:
+            # Found after this checkpoint, before the run was stopped: this run's weights, measured on the same
+            # held-out windows. They stay the best until an evaluation beats them (one resumed with another
+            # --eval-every may never evaluate their step again).
+            self.best_step, self.best_val = best
         rank = self.dist.rank
         if len(state["rng_cpu"]) > rank:
             cuda = state["rng_cuda"][rank] if self.device.type == "cuda" and len(state["rng_cuda"]) > rank else None
