@@ -256,3 +256,19 @@ def test_user_errors_are_one_line(tmp_path):
     assert_one_line_error(lambda: train_bpe([good], 300, special_tokens=["[X]", "[X]"]), "twice")
     assert_one_line_error(lambda: train_bpe([good], 300, special_tokens=["a"]), "spelled like an ordinary token")
     assert_one_line_error(lambda: train_bpe([good], 300, min_frequency=0), "min_frequency")
+
+
+@pytest.mark.parametrize("special", ["Ġhe", "a", "é", "ĊĊ", "Ġ"])
+def test_a_special_token_spelled_like_an_ordinary_one_is_refused_before_training(tmp_path, special):
+    """"Ġhe" is how the vocabulary files spell the token " he": had merges learned it, the files could not tell
+    the two apart. Refused before any file is read (a long training run must not end in the clash)."""
+    with pytest.raises(ClozelmError, match="spelled like an ordinary token"):
+        train_bpe([tmp_path / "not read"], vocab_size=300, special_tokens=["<|endoftext|>", special])
+
+
+@pytest.mark.parametrize("special", ["hello", "Ġ<s>", "<|he|>"])
+def test_special_tokens_that_merges_cannot_produce_train_on_text_that_spells_them(tmp_path, special):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello he <s> <|he|> hello he he\n" * 60, encoding="utf-8")
+    tok = train_bpe([corpus], vocab_size=300, special_tokens=["<|endoftext|>", special])
+    assert special in tok.special_tokens and tok.decode(tok.encode(" he hello <s>")) == " he hello <s>"

@@ -21,7 +21,7 @@ import regex
 
 from clozelm.errors import ClozelmError
 from clozelm.files import read_text_file
-from clozelm.tokenizers.bpe import _GPT2_SPLITTER, GPT2_BYTE_ORDER, ByteBPE
+from clozelm.tokenizers.bpe import _GPT2_SPLITTER, GPT2_BYTE_ORDER, ByteBPE, symbols_to_bytes
 
 
 def _read_training_file(path: Path) -> str:
@@ -41,7 +41,29 @@ def _check_special_tokens(special_tokens) -> list[str]:
     duplicates = sorted({token for token in specials if specials.count(token) > 1})
     if duplicates:
         raise ClozelmError(f"special token listed twice: {duplicates[0]}")
+    for token in specials:
+        if _spells_a_possible_token(token):
+            raise ClozelmError(f"special token {token!r} is spelled like an ordinary token (the vocabulary files "
+                               "could not tell them apart); pick a name merges cannot produce, such as <|name|>")
     return specials
+
+
+def _spells_a_possible_token(special: str) -> bool:
+    """Whether the vocabulary files' spelling of an ordinary token could be `special`: a single byte's symbol, or
+    the symbols of other text ("Ġhe" spells " he") that the pre-tokenizer keeps in one piece, which merges may
+    join into one token. (Text spelled as itself, "hello", is cut out of the training text with the special
+    tokens: it is never learned.) Checked before training, so that a long run does not end in the clash; the
+    tokenizer checks the trained table too."""
+    raw = symbols_to_bytes(special)
+    if raw is None:
+        return False
+    if len(raw) == 1:
+        return True
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text != special and _GPT2_SPLITTER.findall(text) == [text]
 
 
 def count_pieces(texts, special_tokens: list[str]) -> Counter:
