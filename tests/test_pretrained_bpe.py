@@ -153,6 +153,8 @@ def test_tokenizer_json_layouts(tmp_path, split, bos, nfc):
     assert ours.frame_tokens(causal=True) == ([0] if bos else [1], [])
     docs = documents(300_000, block_chars=2_000)[-40:] + ["Cafe\u0301 ﬁ 1234567 it's IT'S\r\n\r\n  x"]
     assert ours.encode_batch(docs) == [e.ids for e in oracle.encode_batch(docs, add_special_tokens=False)]
+    with pytest.warns(DeprecationWarning):  # the old keyword takes the same path: NFC first where it applies
+        assert ours.encode_batch(docs[-1:], allowed_special="all") == ours.encode_batch(docs[-1:], specials=True)
 
     @settings(max_examples=200, deadline=None)
     @given(texts)

@@ -25,7 +25,7 @@ import regex
 
 from clozelm.errors import ClozelmError
 from clozelm.files import atomic_write_text
-from clozelm.tokenizers.base import UNSET
+from clozelm.tokenizers.base import UNSET, deprecated_keyword
 from clozelm.tokenizers.bpe import (
     ENDOFTEXT,
     GPT2_SPLIT_PATTERN,
@@ -260,8 +260,10 @@ class PretrainedBPE(ByteBPE):
     def encode_batch(self, texts: Iterable[str], allowed_special=UNSET, *,
                      specials: bool | Collection[str] = False) -> list[list[int]]:
         texts = list(texts)
-        if allowed_special is UNSET and (self.nfc or any(self._has_missing_bytes(t) for t in texts)):
-            allowed = self._allowed_specials(specials)
+        if self.nfc or any(self._has_missing_bytes(t) for t in texts):  # each text through _encode's rules
+            if allowed_special is not UNSET:
+                deprecated_keyword("encode_batch(texts, allowed_special=...)", "encode_batch(texts, specials=True)")
+            allowed = self._allowed_set(allowed_special, specials)
             return [self._encode(text, allowed) for text in texts]
         return super().encode_batch(texts, allowed_special, specials=specials)
 
