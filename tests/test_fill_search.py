@@ -214,3 +214,18 @@ def test_an_answers_score_is_the_log_probability_of_its_whole_text_under_a_trans
         with torch.no_grad():
             logp = torch.log_softmax(reference(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None]).sum()
         assert answer.score == pytest.approx(float(logp), abs=1e-3)
+
+
+def test_a_word_whose_first_character_is_split_over_two_tokens_can_fill_a_blank():
+    """In a byte-level vocabulary a CJK character is often two tokens, the first only opening it (" \\xe7\\x8c"
+    + "\\xab" = " 猫"): such a token may open a `___` word, and answers that are no word once whole ("。") are
+    not given."""
+    from clozelm.tokenizers import ByteBPE
+    cat, stop = "猫".encode(), "。".encode()
+    merges = [(cat[:1], cat[1:2]), (b" ", cat[:2]), (stop[:1], stop[1:2]), (b" ", stop[:2])]
+    tok = ByteBPE(merges, {"<|endoftext|>": 256 + len(merges)})
+    assert tok.encode(" 猫") == [tok.encode(" 猫")[0], tok.encode(" 猫")[1]] and len(tok.encode(" 猫")) == 2
+    sentences = ["我 爱 猫 。"] * 10 + ["我 爱 。"] * 3
+    answers = fill("我 爱 ___ 。", BigramLM(tok, sentences), top=5)
+    assert answers[0].blanks == ["猫"] and all("。" not in a.blanks[0] for a in answers)
+    assert all("\ufffd" not in a.text for a in answers)

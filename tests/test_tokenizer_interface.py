@@ -178,7 +178,8 @@ def _wordish(text):
 
 
 def old_bpe_masks(tokenizer, vocab_size):
-    """cloze/vocab.py's BPE masks as they were before the tokenizers computed them."""
+    """cloze/vocab.py's BPE masks as they were before the tokenizers computed them, and one change since: a token
+    that only opens a multi-byte character (its first bytes, nothing completed) may open a word."""
     start_space, start_bare, cont, any_token, spaced = (torch.zeros(vocab_size, dtype=torch.bool) for _ in range(5))
     special = set(tokenizer.special_tokens.values())
     for i in range(min(vocab_size, tokenizer.vocab_size)):
@@ -191,10 +192,12 @@ def old_bpe_masks(tokenizer, vocab_size):
         any_token[i] = True
         spaced[i] = raw.startswith(b" ")
         text = raw.decode("utf-8", errors="ignore")
+        body = raw[1:] if raw.startswith(b" ") else raw
+        opens = bool(body) and not body.decode("utf-8", errors="ignore") and body[0] in range(0xC2, 0xF5)
         if raw.startswith(b" "):
-            start_space[i] = _wordish(text[1:])
+            start_space[i] = _wordish(text[1:]) or opens
         else:
-            start_bare[i] = _wordish(text)
+            start_bare[i] = _wordish(text) or opens
             cont[i] = _wordish(text) or (not text and bool(raw))
     return {True: (start_space, cont, any_token, any_token & spaced, any_token),
             False: (start_bare, cont, any_token, any_token & ~spaced, any_token)}

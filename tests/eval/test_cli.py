@@ -112,7 +112,7 @@ def test_every_task(saved, tmp_path, capsys):
     for label, words in (("a", "the dog ran home"), ("b", "a bird flew away")):
         (topics / label).mkdir(parents=True)
         for i in range(5):
-            (topics / label / f"{i}.txt").write_text(words)
+            (topics / label / f"{i}.txt").write_text(" ".join([words] * (i + 1)))  # no two alike
     for objective in ("clm", "mlm"):
         assert main(["eval", str(saved[objective]), str(path), "--tasks", "all", "--limit", "4", "--lambada",
                      str(lambada), "--probe", str(topics), "--folds", "2", "--json"]) == 0

@@ -51,3 +51,18 @@ def test_cloze_on_a_bigram_model(tmp_path):
     assert sorted(result["tokens"]) == ["1", "2", "3", "4", "5"]
     for row in result["tokens"].values():
         assert 0 <= row["left_only_exact"] <= row["left_only_top5"] <= 1 and row["exact"] <= row["top5"]
+
+
+def test_hidden_runs_are_whole_characters_with_a_byte_level_tokenizer():
+    """"é" is two byte tokens in a byte-level BPE: a run of hidden tokens that starts or ends inside it would
+    hide text no fill can give back whole; such runs are left out, and every case put back gives the sentence."""
+    import clozelm
+    tok = clozelm.load("default").tokenizer
+    sentence = "He said the café in Zürich was naïve, and the señor from Łódź agreed with the old crêpe maker there."
+    seen = 0
+    for seed in range(60):
+        for k in range(1, 6):
+            for text, hidden in cases(tok, [sentence], seed=seed)[str(k)]:
+                seen += 1
+                assert "\ufffd" not in hidden and text.replace("[MASK]" * k, hidden) == sentence
+    assert seen > 100

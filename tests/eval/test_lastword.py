@@ -106,3 +106,14 @@ def test_a_hopeless_last_word_gives_an_infinite_perplexity_not_a_crash(tok, tmp_
     lambada = write_jsonl(tmp_path / "lambada.jsonl", [{"text": "the dog ran away"}])
     result = evaluate(model, tasks="lastword", lambada=lambada)["tasks"]["lastword"]
     assert result["perplexity"] == math.inf and result["left_only_accuracy"] == 0.0
+
+
+def test_a_passage_holding_a_unicode_line_separator_is_one_line(tok, tmp_path):
+    """JSON strings may hold U+2028, U+2029 and U+0085 raw (json.dumps with ensure_ascii=False writes them so):
+    only a newline ends a JSON Lines record."""
+    import json
+    path = tmp_path / "lambada.jsonl"
+    path.write_text("\r\n".join(json.dumps({"text": f"the dog ran{sep}home the cat sat down"}, ensure_ascii=False)
+                                for sep in ("\u2028", "\u2029", "\x85")) + "\n", encoding="utf-8")
+    model = HandModel(ConstantLM(tok, 0), tok, "clm")
+    assert evaluate(model, tasks="lastword", lambada=path)["tasks"]["lastword"]["n"] == 3

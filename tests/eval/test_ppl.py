@@ -18,7 +18,7 @@ from clozelm.model import ModelConfig
 from handbuilt import SMOOTH, BigramLM, NeighbourMLM
 
 from .conftest import SENTENCES
-from .handmade import HandModel
+from .handmade import ConstantLM, HandModel
 
 LN2 = math.log(2)
 
@@ -201,3 +201,16 @@ def test_windows_scored_a_few_at_a_time_give_the_same_figures(tok, monkeypatch):
     monkeypatch.setattr(ppl, "POSITIONS_AT_ONCE", 2)
     assert run(model, text, samples=4, pll_tokens=7, stride=2) == whole
     assert whole["word_l2r_pll"]["positions"] == 7 and whole["word_l2r_pll"]["bits_per_byte_se"] > 0
+
+
+def test_nothing_to_score_is_a_one_line_error(tmp_path):
+    """Without a start token nothing predicts a document's first token: one-token documents leave nothing."""
+    from clozelm.tokenizers import train_bpe
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b a b\n" * 20)
+    bare = train_bpe([corpus], 260, special_tokens=[], min_frequency=1)
+    assert bare.frame_tokens(causal=True) == ([], [])
+    model = HandModel(ConstantLM(bare, 0), bare, "clm")
+    with pytest.raises(ClozelmError, match="no token to score"):
+        perplexity(model, [("doc", "a"), ("doc2", "b")], EvalOptions(), progress_factory(None))
+    assert run(model, "a b")["tokens"] == 1  # a second token: scored

@@ -17,7 +17,7 @@ def topic_folder(root, per_label=6):
     for label, vocab in words.items():
         (root / label).mkdir(parents=True)
         for i in range(per_label):
-            text = " ".join(vocab[(i + k) % len(vocab)] for k in range(5))
+            text = " ".join(vocab[(i + k) % len(vocab)] for k in range(5 + i))  # no two alike
             (root / label / f"{i:02d}.txt").write_text(text)
     (root / "animals" / ".hidden.txt").write_text("ran away home")  # hidden files are not read
     return root
@@ -120,3 +120,17 @@ def test_a_limit_that_draws_one_text_of_a_label_says_so(tok, tmp_path):
     with pytest.raises(ClozelmError, match=r"the 5 texts drawn \(of 15\) hold one text of label 'c'.*at least 6"):
         evaluate(model, tasks="probe", probe=root, limit=5, folds=2)
     assert evaluate(model, tasks="probe", probe=root, limit=6, folds=2)["tasks"]["probe"]["n"] == 6
+
+
+def test_a_text_found_twice_counts_once(tok, tmp_path):
+    """A copy of a test fold's text in the training folds would be remembered, not generalised from: the BBC set
+    holds 98 articles twice, and a folder may too."""
+    root = topic_folder(tmp_path / "topics")
+    (root / "animals" / "copy.txt").write_text((root / "animals" / "00.txt").read_text() + "\n")
+    model = HandModel(TokenIdentity(tok), tok, "mlm")
+    result = evaluate(model, tasks="probe", probe=root, folds=3)["tasks"]["probe"]
+    assert result["labels"] == {"animals": 6, "travel": 6} and result["n"] == 12
+    from clozelm.eval.probe import probe_items
+    items, _ = probe_items(EvalOptions())  # the built-in set's default draw: 500 texts, no two alike
+    texts = [text.strip() for _, text in items]
+    assert len(texts) == len(set(texts)) == 500

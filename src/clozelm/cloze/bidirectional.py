@@ -19,7 +19,7 @@ import itertools
 import torch
 
 from .. import scoring
-from .blanks import Blank, whole_characters
+from .blanks import Blank, spells_a_word, whole_characters
 from .options import FillOptions
 
 MAX_CONFIGS = 27  # length combinations tried first for several word blanks (the shortest), and at most again
@@ -78,7 +78,8 @@ class BidirectionalFiller:
             for n in lengths:
                 fills.append([filled[p] for p, _ in slots[k:k + n]])
                 k += n
-            if all(whole_characters(self.tok, f) for f in fills):
+            if all(whole_characters(self.tok, f) and (blank.kind != "word" or spells_a_word(self.tok, f))
+                   for f, blank in zip(fills, blanks)):
                 out.append((score, fills, lengths))
         return out
 

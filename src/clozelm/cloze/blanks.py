@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ClozelmError
+from ..tokenizers.base import is_wordish
 
 BLANK = re.compile(r"_{3,}|(?:\[MASK\])+")
 
@@ -65,3 +66,8 @@ def whole_characters(tokenizer, ids) -> bool:
     except UnicodeDecodeError:
         return False
 
+
+def spells_a_word(tokenizer, ids) -> bool:
+    """Whether a `___` fill of whole characters spells a word: a token that only opens a character may start one
+    (its character is known once whole), and "。" must not pass for a word."""
+    return is_wordish(tokenizer.blank_text(ids))

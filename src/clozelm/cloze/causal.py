@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from .. import scoring
-from .blanks import Blank, whole_characters
+from .blanks import Blank, spells_a_word, whole_characters
 from .options import FillOptions
 
 MAX_LOGIT_FLOATS = 1 << 25  # rows x length x vocab per scoring chunk (~128 MB of float32 logits)
@@ -222,7 +222,7 @@ class CausalFiller:
             beam_cache = beam_cache.select(rows)
             if blank.kind == "word" or step == n_tokens - 1:
                 pool += hyps
-        return [h for h in pool if whole_characters(self.tok, h)]
+        return [h for h in pool if whole_characters(self.tok, h) and (blank.kind != "word" or spells_a_word(self.tok, h))]
 
     def _look_ahead(self, cache, logp: torch.Tensor, n_allowed: int, next_known: int) -> list[int]:
         """The `lookahead_keep` best first tokens t by log P(t | left) + log P(next_known | left + t), among the

@@ -18,6 +18,7 @@ import random
 
 import torch
 
+from ..cloze.blanks import spells_a_word, whole_characters
 from ..errors import ClozelmError
 from .forward import top_tokens
 from .text import WORD, draw, same, sentences
@@ -53,9 +54,12 @@ def cases(tok, sents: list[str], seed: int) -> dict[str, list[tuple[str, str]]]:
             if len(ids) < k + 6:
                 continue
             i = rng.randrange(3, len(ids) - k - 2)
-            if spans[i] is None or spans[i + k - 1] is None:
+            run = spans[i:i + k]
+            # A run that starts or ends inside a multi-byte character ("é" is two byte tokens) hides text that no
+            # fill can give back whole: it is left out.
+            if any(span is None for span in run) or not whole_characters(tok, ids[i:i + k]):
                 continue
-            start, end = spans[i][0], spans[i + k - 1][1]
+            start, end = run[0][0], max(e for _, e in run)  # a token that only ends a character spans nothing
             if s[start].isspace():  # the hidden run opens with the space its first token carries
                 start += 1
             hidden = tok.blank_text(ids[i:i + k])
@@ -106,6 +110,8 @@ def left_only(model, text: str, opts) -> list[str]:
         done = beams
     answers = []
     for toks, _ in sorted(done, key=lambda b: -b[1]):
+        if "___" in text and not (whole_characters(tok, toks) and spells_a_word(tok, toks)):
+            continue  # a word cut inside a character, or one that opened a character and is no word once whole
         answer = tok.blank_text(toks)
         if answer not in answers:
             answers.append(answer)

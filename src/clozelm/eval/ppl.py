@@ -99,6 +99,9 @@ def causal_ppl(model, docs, opts, progress: Progress) -> dict:
             rows.append(seq[begin:end])
             targets.append([(p - 1 - begin, seq[p]) for p in range(first, last)])
             n_tokens += last - first
+    if n_tokens == 0:
+        raise ClozelmError("ppl: no token to score: every document is one token long and this model's tokenizer has "
+                           "no start token to predict it from")
     advance = progress("ppl", len(rows))
     lps = token_logprobs(model, rows, targets, batch_tokens=opts.batch_tokens, advance=advance)
     nll = -float(sum(lp.sum() for lp in lps))

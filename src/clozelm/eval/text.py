@@ -48,7 +48,9 @@ def read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a JSON Lines file; a one-line error for a bad line."""
     import json
     rows = []
-    for number, line in enumerate(read_text_file(path, what).splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines also cuts at U+2028, U+2029 and U+0085, which JSON strings may hold.
+    for number, line in enumerate(read_text_file(path, what).split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

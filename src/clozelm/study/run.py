@@ -72,8 +72,10 @@ EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds 
 # Per task: raised when the evaluation code changes what the task's figures are, so a continued study evaluates
 # it again (3: the masked-diffusion bound drawn as k of n hidden, for ppl and for pairs scored by the bound;
 # lastword 3: fill's final ranking prices in that a word blank ends the text; lastword 4 and cloze 3: fill's
-# beam keeps distinct spellings, a masked LM's answers are whole characters).
-EVAL_VERSIONS = {"ppl": 3, "lastword": 4, "cloze": 3, "pairs": 3, "probe": 2}
+# beam keeps distinct spellings, a masked LM's answers are whole characters; lastword 5 and cloze 4: fill's rows
+# share their context's cache (other float rounding), a word may open with a token that only opens a character,
+# and cloze hides no run of tokens that cuts a character; probe 3: a text found twice counts once).
+EVAL_VERSIONS = {"ppl": 3, "lastword": 5, "cloze": 4, "pairs": 3, "probe": 3}
 # The evaluation settings a call may change (eval key field -> its `clozelm study` option): a run whose model is
 # gone keeps the figures measured with them, so a call with other values is refused (see _finished_without_model).
 CALL_OPTIONS = {"limit": "--eval-limit", "samples": "--samples"}

@@ -647,12 +647,16 @@ class ByteBPE(Tokenizer):
             raw = self._bytes_of_id[i]
             ordinary[i] = True
             spaced[i] = raw.startswith(b" ")
-            # A token may end inside a multi-byte character; judge the characters it does complete.
-            text = raw.decode("utf-8", errors="ignore")
+            # A token may end inside a multi-byte character; judge the characters it does complete. One that only
+            # opens a character (a CJK character is often two byte tokens) may open a word: fill keeps the answers
+            # that spell a word once their characters are whole.
+            body = raw[1:] if raw.startswith(b" ") else raw
+            text = body.decode("utf-8", errors="ignore")
+            opens = not text and bool(body) and 0xC2 <= body[0] <= 0xF4  # a UTF-8 lead byte, nothing completed
             if raw.startswith(b" "):
-                start_space[i] = is_wordish(text[1:])
+                start_space[i] = is_wordish(text) or opens
             else:
-                start_bare[i] = is_wordish(text)
+                start_bare[i] = is_wordish(text) or opens
                 cont[i] = is_wordish(text) or (not text and bool(raw))  # pure partial-character bytes continue
         # A [MASK] carries the space the user wrote before it (" cat"), or none if there was none.
         return TokenClasses(word_start_spaced=start_space, word_start_bare=start_bare, word_continue=cont,
