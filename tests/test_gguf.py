@@ -362,7 +362,9 @@ def test_inconsistent_metadata_is_one_line_not_a_traceback(tmp_path):
     reader, meta, shapes = _meta_and_shapes(path)
     for change, match in [({"llama.attention.head_count": np.array([4, 4])}, "per-layer llama.attention.head_count"),
                           ({"llama.feed_forward_length": "wide"}, "feed_forward_length is not a whole number"),
-                          ({"llama.block_count": 2.5}, "block_count is not a whole number")]:
+                          ({"llama.block_count": 2.5}, "block_count is not a whole number"),
+                          ({"llama.attention.layer_norm_rms_epsilon": "abc"}, "a value of the wrong kind"),
+                          ({"llama.rope.freq_base": np.array([1.0, 2.0])}, "a value of the wrong kind")]:
         with pytest.raises(ClozelmError, match=match):
             G.config_from_gguf({**meta, **change}, shapes, "m.gguf")
     with pytest.raises(ClozelmError, match="token_embd.weight has shape"):

@@ -101,3 +101,9 @@ def test_tf_checkpoint_with_missing_layer_lists_it(openai_dir, tmp_path):
     (bad / "hparams.json").write_text(json.dumps({"n_vocab": 300, "n_ctx": 48, "n_embd": 64, "n_head": 4, "n_layer": 4}))
     with pytest.raises(ClozelmError, match=r"missing \d+ tensors: h\.3\."):
         clozelm.load(bad)
+
+
+def test_a_convolution_weight_of_the_wrong_rank_is_one_line():
+    from clozelm.weights.openai_tf import gpt2_from_openai
+    with pytest.raises(ClozelmError, match=r"model/h0/attn/c_attn/w has shape \[3\]: expected \[1, in, out\]"):
+        gpt2_from_openai({"model/h0/attn/c_attn/w": np.zeros(3, dtype=np.float32)})

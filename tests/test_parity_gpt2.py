@@ -134,3 +134,19 @@ def test_saving_holds_no_second_copy_of_the_weights(pair):
     own = {p.untyped_storage().data_ptr() for p in ours.network.state_dict().values()}
     hf_tensors = to_hf(ours.network)
     assert hf_tensors and all(t.untyped_storage().data_ptr() in own for t in hf_tensors.values())
+
+
+@pytest.mark.parametrize("prefix", ["", "module._orig_mod.", "_orig_mod.module."])
+def test_a_tied_pair_saved_once_under_the_heads_name_and_wrapped_names_load(tmp_path, prefix):
+    """safetensors' save_model keeps one name of tensors that share memory, the one that sorts first: here
+    lm_head.weight, the embeddings gone from the file (transformers loads it). DDP around torch.compile (or the
+    other way round) prefixes every name."""
+    from safetensors.torch import save_file
+    hf = make_hf("tiny", tmp_path)
+    state = {prefix + k: v.contiguous() for k, v in hf.state_dict().items() if k != "transformer.wte.weight"}
+    assert prefix + "lm_head.weight" in state
+    (tmp_path / "model.safetensors").unlink()
+    save_file(state, tmp_path / "model.safetensors")
+    ids = torch.randint(0, SHAPES["tiny"]["vocab_size"], (2, 12))
+    with torch.no_grad():
+        assert (clozelm.load(tmp_path)(ids).logits - hf(ids).logits).abs().max() <= 1e-4

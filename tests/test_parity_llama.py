@@ -227,3 +227,27 @@ def test_loading_in_bf16_converts_while_building_and_copies_nothing_already_bf16
     pointers = {k: v.data_ptr() for k, v in sd.items()}
     built = hf_weights.build_model(ours.config, sd, dtype=torch.bfloat16)
     assert {k: v.data_ptr() for k, v in built.state_dict().items()} == pointers
+
+
+def test_a_tied_llama_saved_once_under_the_heads_name_loads(tmp_path):
+    from safetensors.torch import save_file
+    hf = make_hf("llama-gqa-tied", tmp_path)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "model.embed_tokens.weight"}
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    save_file(state, tmp_path / "model.safetensors")
+    ids = torch.randint(0, BASE["vocab_size"], (2, 12))
+    with torch.no_grad():
+        assert (clozelm.load(tmp_path)(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+
+
+def test_query_key_and_value_that_do_not_fit_together_are_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+    make_hf("llama-gqa-tied", tmp_path)
+    path = next(tmp_path.glob("*.safetensors"))
+    state = load_file(path)
+    state["model.layers.1.self_attn.k_proj.weight"] = state["model.layers.1.self_attn.k_proj.weight"][:, :16].clone()
+    save_file(state, path)
+    with pytest.raises(ClozelmError, match=r"layer 1: the attention's query, key and value tensors do not fit together "
+                                           r"\(q \[64, 64\], k \[32, 16\], v \[32, 64\]\)"):
+        clozelm.load(tmp_path)

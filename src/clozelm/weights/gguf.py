@@ -32,6 +32,7 @@ from ..errors import ClozelmError
 from ..model.config import ModelConfig
 from ..model.transformer import Transformer
 from ..tokenizers.base import Tokenizer
+from .tensors import fused_qkv
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
@@ -134,6 +135,13 @@ def read_metadata(reader) -> dict[str, Any]:
 
 def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], source: str = "") -> ModelConfig:
     """The network a file describes; `shapes` (tensor name -> PyTorch shape) fills in what metadata may omit."""
+    try:
+        return _config_from_gguf(meta, shapes, source)
+    except (TypeError, ValueError) as e:  # a number stored as text, an array where one value belongs
+        raise ClozelmError(f"{source}: GGUF metadata holds a value of the wrong kind ({str(e).splitlines()[0][:120]})") from None
+
+
+def _config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], source: str) -> ModelConfig:
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ClozelmError(f"{source}: GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
@@ -288,7 +296,7 @@ def state_dict_from_gguf(reader, cfg: ModelConfig, arch: str, dtype: torch.dtype
             missing = sorted({"q", "k", "v"} - set(parts))
             raise ClozelmError(f"{source}: layer {layer} lacks attention {kind} tensors for: "
                                f"{', '.join('attn_' + p for p in missing)}")
-        out[f"h.{layer}.attn.c_attn.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
+        out[f"h.{layer}.attn.c_attn.{kind}"] = fused_qkv(f"{source}: layer {layer}", parts, ("q", "k", "v"))
     return out, unexpected
 
 

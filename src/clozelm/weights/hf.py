@@ -146,10 +146,10 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 # ---------------------------------------------------------------- tensor names
 
 def _strip_wrappers(name: str) -> str:
-    # torch.compile and DDP wrap modules; their prefixes carry no meaning for the weights.
-    for prefix in ("_orig_mod.", "module."):
-        while name.startswith(prefix):
-            name = name[len(prefix):]
+    # torch.compile and DDP wrap modules, in either order; their prefixes carry no meaning for the weights.
+    prefixes = ("_orig_mod.", "module.")
+    while name.startswith(prefixes):
+        name = name[len(next(p for p in prefixes if name.startswith(p))):]
     return name
 
 
@@ -186,6 +186,8 @@ def gpt2_from_hf(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
         out[name] = t.t() if name.endswith(CONV1D) and t.dim() == 2 else t
     if lm_head is not None and "wte.weight" in out and not torch.equal(lm_head, out["wte.weight"]):
         raise ClozelmError("lm_head.weight differs from the token embeddings: GPT-2's head is tied, untied heads are not supported")
+    if lm_head is not None and "wte.weight" not in out:
+        out["wte.weight"] = lm_head  # a tied pair saved once, under the head's name (safetensors' save_model)
     return out, unexpected
 
 
@@ -232,7 +234,7 @@ def bert_from_hf(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str], list[str
         if set(parts) != {"query", "key", "value"}:
             missing = sorted({"query", "key", "value"} - set(parts))
             raise ClozelmError(f"layer {layer} lacks attention {kind} tensors for: {', '.join(missing)}")
-        out[f"h.{layer}.attn.c_attn.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+        out[f"h.{layer}.attn.c_attn.{kind}"] = tensor_io.fused_qkv(f"layer {layer}", parts, ("query", "key", "value"))
     if "cls.predictions.decoder.weight" in decoder and "wte.weight" in out:
         if not torch.equal(decoder["cls.predictions.decoder.weight"], out["wte.weight"]):
             raise ClozelmError("cls.predictions.decoder.weight differs from the word embeddings: untied MLM decoders are not supported")
@@ -338,13 +340,18 @@ def llama_config_to_hf(cfg: ModelConfig) -> dict:
 
 def llama_from_hf(sd: dict[str, torch.Tensor], tied: bool) -> tuple[dict, list[str]]:
     """HF Llama/Qwen2/Mistral tensors -> ours (q, k, v concatenated into c_attn). Returns (state dict, unplaced names).
-    A tied model's lm_head.weight, when a file carries one, is dropped: transformers ties it to the embeddings."""
+    A tied model's lm_head.weight, when a file carries one, is dropped (transformers ties it to the embeddings),
+    unless the embeddings are missing: a tied pair saved once keeps the name that sorts first."""
     out, unexpected = {}, []
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     layer_map, top_map = dict(_LLAMA_LAYER), dict(_LLAMA_TOP)
+    lm_head = None
     for name, t in sd.items():
         name = _strip_wrappers(name)
-        if LLAMA_IGNORED.search(name) or (tied and name == "lm_head.weight"):
+        if LLAMA_IGNORED.search(name):
+            continue
+        if name == "lm_head.weight":
+            lm_head = t
             continue
         m = re.fullmatch(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", name)
         if m:
@@ -363,7 +370,11 @@ def llama_from_hf(sd: dict[str, torch.Tensor], tied: bool) -> tuple[dict, list[s
         if set(parts) != {"q", "k", "v"}:
             missing = sorted({"q", "k", "v"} - set(parts))
             raise ClozelmError(f"layer {layer} lacks attention {kind} tensors for: {', '.join(p + '_proj' for p in missing)}")
-        out[f"h.{layer}.attn.c_attn.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
+        out[f"h.{layer}.attn.c_attn.{kind}"] = tensor_io.fused_qkv(f"layer {layer}", parts, ("q", "k", "v"))
+    if not tied and lm_head is not None:
+        out["lm_head.weight"] = lm_head
+    elif tied and "wte.weight" not in out and lm_head is not None:
+        out["wte.weight"] = lm_head  # a tied pair saved once, under the head's name (safetensors' save_model)
     return out, unexpected
 
 

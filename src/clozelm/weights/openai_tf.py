@@ -8,6 +8,7 @@ spares users a 500 MB TensorFlow install just to convert four files.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -167,7 +168,9 @@ def gpt2_from_openai(tensors: dict[str, np.ndarray]) -> tuple[dict[str, torch.Te
             out["ln_f." + ("weight" if m[1].endswith("g") else "bias")] = t
         else:
             module = m[3].replace("/", ".")
-            if m[4] == "w":
+            if m[4] == "w":  # a 1 x 1 convolution: [1, in, out]
+                if t.dim() < 2 or math.prod(t.shape[:-2]) != 1:
+                    raise ClozelmError(f"{name} has shape {list(t.shape)}: expected [1, in, out]")
                 out[f"h.{m[2]}.{module}.weight"] = t.reshape(t.shape[-2], t.shape[-1]).t().contiguous()
             else:
                 out[f"h.{m[2]}.{module}.{'weight' if m[4] == 'g' else 'bias'}"] = t

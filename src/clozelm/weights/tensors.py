@@ -85,6 +85,16 @@ def _index_shards(index: Path) -> list[str]:
     return shards
 
 
+def fused_qkv(where: str, parts: dict[str, torch.Tensor], names: tuple[str, str, str]) -> torch.Tensor:
+    """The query, key and value tensors (named `names` in `parts`) stacked as one [q; k; v] along dim 0, after
+    checking that they can be: same rank, and weights of the same width (a malformed file gets one line)."""
+    tensors = [parts[n] for n in names]
+    if len({t.dim() for t in tensors}) != 1 or len({tuple(t.shape[1:]) for t in tensors}) != 1:
+        shapes = ", ".join(f"{n} {list(t.shape)}" for n, t in zip(names, tensors))
+        raise ClozelmError(f"{where}: the attention's query, key and value tensors do not fit together ({shapes})")
+    return torch.cat(tensors, 0)
+
+
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     """Write a safetensors file atomically (clozelm.files.atomic_write: the old file or the new one, never half of
     one, with the permissions the user's umask gives), one tensor at a time so no second copy of the model is
