@@ -55,7 +55,7 @@ def test_masked_models_report_fill_accuracy_only(tok, tmp_path):
 
 def test_passages_cut_from_files():
     sentence = "The quick brown fox jumps over the lazy dog near the river bank."
-    text = " ".join([sentence] * 4) + "\n\nA short one ends here.\n\nIt was (late."
+    text = " ".join([sentence] * 4) + "\n\nA short one ends here.\n\nIt was (late.\n\n" + "word " * 90 + "end."
     items = items_from_documents([("doc", text)], fits=lambda word: True)
     flat = " ".join(text.split())
     for context, word in items:

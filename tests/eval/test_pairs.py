@@ -41,12 +41,12 @@ def test_known_answers(tok, tmp_path, network, objective):
 
 
 def test_the_bound_scores_pairs_too(tok, tmp_path):
-    rows = [{"good": g, "bad": b} for g, b in SEEN]
+    rows = [{"good": g, "bad": b, **({"phenomenon": None} if i % 2 else {})} for i, (g, b) in enumerate(SEEN)]
     model = HandModel(NeighbourMLM(tok, SENTENCES), tok, "mlm")
     result = evaluate(model, tasks="pairs", pairs=pairs_file(tmp_path, rows), masked_score="bound",
                       pair_samples=64)["tasks"]["pairs"]
     assert result["accuracy"] == 1.0 and result["score"] == "minus the masked-diffusion bound"
-    assert list(result["phenomena"]) == ["pairs"]  # no phenomenon given: the file's name
+    assert list(result["phenomena"]) == ["pairs"]  # no phenomenon given (or null): the file's name
 
 
 def test_pair_samples_set_the_noise_of_the_bound(tok):

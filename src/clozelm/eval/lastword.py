@@ -73,6 +73,8 @@ def items_from_documents(docs: list[tuple[str, str]], fits: Callable[[str], bool
             if head and not sentence[last.start() - 1].isspace():
                 continue  # glued to what precedes it ("(word" or "-word"): not a word of its own
             parts, count = [head] if head else [], len(head.split())
+            if count > MAX_CONTEXT_WORDS:  # its own sentence is already too long a passage
+                continue
             for previous in reversed(sents[:i]):
                 n = len(previous.split())
                 if count + n > MAX_CONTEXT_WORDS:

@@ -29,7 +29,7 @@ def read_pairs(path: Path, rows: list[tuple[int, dict]]) -> list[dict]:
         if not isinstance(good, str) or not isinstance(bad, str) or not good.strip() or not bad.strip():
             raise ClozelmError(f"{path}:{number}: expected {{\"good\": ..., \"bad\": ...}} with two non-empty "
                                "sentences (BLiMP's format)")
-        phenomenon = row.get("phenomenon", row.get("UID", path.stem))
+        phenomenon = row.get("phenomenon") or row.get("UID") or path.stem  # null or "" names none
         out.append({"phenomenon": str(phenomenon), "good": good, "bad": bad})
     return out
 
