@@ -255,3 +255,18 @@ def test_errors_are_one_line(tmp_path):
 def _write(path, text):
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_a_tokenizer_json_alone_reads_as_its_vocab_txt(uncased, hf_uncased, tmp_path):
+    """A BERT directory may hold tokenizer.json without vocab.txt: the same vocabulary, casing and ids."""
+    (tmp_path / "tokenizer.json").write_bytes((bert_uncased_model_dir() / "tokenizer.json").read_bytes())
+    alone = load_tokenizer(tmp_path)
+    assert isinstance(alone, WordPiece) and alone.vocab_size == uncased.vocab_size and alone.lowercase
+    text = " ".join(documents(20_000, block_chars=2_000)) + " Café naïve 東京 [MASK] [SEP]"
+    assert alone.encode(text, specials=True) == uncased.encode(text, specials=True)
+    assert alone.encode(text, specials=True) == hf_ids(hf_uncased, text)  # written special tokens count, as in HF
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    data["model"]["continuing_subword_prefix"] = "@@"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ClozelmError, match="continuing_subword_prefix '@@' is not supported"):
+        load_tokenizer(tmp_path)

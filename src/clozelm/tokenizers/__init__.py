@@ -46,6 +46,8 @@ def load_tokenizer(path) -> Tokenizer:
     if has_wordpiece:
         return WordPiece.from_dir(directory)
     kind = _tokenizer_json_model(directory)
+    if kind == "WordPiece":  # a BERT tokenizer saved as tokenizer.json alone
+        return WordPiece.from_tokenizer_json(directory)
     if kind is not None:
         raise ClozelmError(f"{directory / 'tokenizer.json'} holds a {kind} tokenizer, which clozelm does not read "
                            "(it reads byte-level BPE and WordPiece)")

@@ -210,6 +210,38 @@ class WordPiece(Tokenizer):
             source=str(directory),
         )
 
+    @classmethod
+    def from_tokenizer_json(cls, path) -> "WordPiece":
+        """A BERT-style tokenizer.json (model WordPiece, BertNormalizer, BertPreTokenizer), for a directory that has
+        no vocab.txt beside it."""
+        directory = Path(path)
+        file = directory / "tokenizer.json"
+        try:
+            data = json.loads(read_text_file(file, "tokenizer file"))
+        except ValueError as error:
+            raise ClozelmError(f"cannot read {file}: {error}") from None
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+            raise ClozelmError(f"{file} holds no WordPiece vocabulary")
+        unsupported = [f"{key} {model.get(key)!r}" for key, ours in (("unk_token", SPECIAL_ROLES["unk"]),
+                                                                   ("continuing_subword_prefix", "##"),
+                                                                   ("max_input_chars_per_word", MAX_CHARS_PER_WORD))
+                       if model.get(key, ours) != ours]
+        normalizer, pre = data.get("normalizer") or {}, data.get("pre_tokenizer") or {}
+        if normalizer.get("type") != "BertNormalizer" or normalizer.get("clean_text", True) is not True:
+            unsupported.append(f"normalizer {json.dumps(normalizer)[:60]}")
+        if pre.get("type") != "BertPreTokenizer":
+            unsupported.append(f"pre-tokenizer {json.dumps(pre)[:60]}")
+        if unsupported:
+            raise ClozelmError(f"{file}: {unsupported[0]} is not supported (clozelm reads BERT's WordPiece)")
+        vocab = model["vocab"]
+        ids = sorted(vocab.values()) if all(isinstance(i, int) for i in vocab.values()) else None
+        if ids != list(range(len(vocab))):
+            raise ClozelmError(f"{file}: the WordPiece ids are not 0 to {len(vocab) - 1}, each once")
+        tokens = sorted(vocab, key=vocab.get)
+        return cls(tokens, lowercase=normalizer.get("lowercase", True), strip_accents=normalizer.get("strip_accents"),
+                   tokenize_chinese_chars=normalizer.get("handle_chinese_chars", True), source=str(directory))
+
     # ------------------------------------------------------------------ encoding
 
     def _normalize(self, text: str) -> str:
