@@ -229,3 +229,14 @@ def test_a_word_whose_first_character_is_split_over_two_tokens_can_fill_a_blank(
     answers = fill("我 爱 ___ 。", BigramLM(tok, sentences), top=5)
     assert answers[0].blanks == ["猫"] and all("。" not in a.blanks[0] for a in answers)
     assert all("\ufffd" not in a.text for a in answers)
+
+
+def test_words_with_combining_marks_fill_blanks(tmp_path):
+    """Vowel signs (Hindi, Tamil, Thai) are combining marks, not letters: a word holding them is still a word."""
+    sentences = ["मैं घर में हूँ"] * 10 + ["मैं भारत में हूँ"] * 3
+    tok = word_tokenizer(tmp_path, sentences)
+    for model in (BigramLM(tok, sentences), NeighbourMLM(tok, sentences)):
+        answers = fill("मैं ___ में हूँ", model, top=3)
+        assert answers and answers[0].blanks == ["घर"], type(model).__name__
+        answers = fill("मैं घर ___ हूँ", model, top=3)
+        assert answers and answers[0].blanks == ["में"], type(model).__name__

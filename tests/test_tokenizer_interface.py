@@ -4,6 +4,8 @@ specials on and off, roles, framing, blanks, token classes, spans, saving, and t
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import unicodedata
 
 import pytest
 import torch
@@ -174,12 +176,29 @@ WORD_PUNCTUATION = "'’-"
 
 
 def _wordish(text):
-    return bool(text) and all(c.isalnum() or c in WORD_PUNCTUATION for c in text) and any(c.isalnum() for c in text)
+    return (bool(text) and all(c.isalnum() or c in WORD_PUNCTUATION or unicodedata.category(c).startswith("M")
+                               for c in text) and any(c.isalnum() for c in text))
+
+
+def _may_open_a_letter(first_bytes: bytes) -> bool:
+    """Some completion of these first bytes of a character decodes to a letter (by trying every completion)."""
+    try:
+        need = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}[first_bytes[0] >> 4] - len(first_bytes)
+    except KeyError:
+        return False
+    for tail in itertools.product(range(0x80, 0xC0), repeat=need):
+        try:
+            if (first_bytes + bytes(tail)).decode("utf-8").isalpha():
+                return True
+        except UnicodeDecodeError:
+            continue
+    return False
 
 
 def old_bpe_masks(tokenizer, vocab_size):
-    """cloze/vocab.py's BPE masks as they were before the tokenizers computed them, and one change since: a token
-    that only opens a multi-byte character (its first bytes, nothing completed) may open a word."""
+    """cloze/vocab.py's BPE masks as they were before the tokenizers computed them, and two changes since: a token
+    that only opens a multi-byte character that may be a letter (its first bytes, nothing completed) may open a
+    word, and combining marks count as word characters (a token of marks alone continues a word)."""
     start_space, start_bare, cont, any_token, spaced = (torch.zeros(vocab_size, dtype=torch.bool) for _ in range(5))
     special = set(tokenizer.special_tokens.values())
     for i in range(min(vocab_size, tokenizer.vocab_size)):
@@ -193,12 +212,13 @@ def old_bpe_masks(tokenizer, vocab_size):
         spaced[i] = raw.startswith(b" ")
         text = raw.decode("utf-8", errors="ignore")
         body = raw[1:] if raw.startswith(b" ") else raw
-        opens = bool(body) and not body.decode("utf-8", errors="ignore") and body[0] in range(0xC2, 0xF5)
+        opens = bool(body) and not body.decode("utf-8", errors="ignore") and _may_open_a_letter(body)
         if raw.startswith(b" "):
             start_space[i] = _wordish(text[1:]) or opens
         else:
             start_bare[i] = _wordish(text) or opens
-            cont[i] = _wordish(text) or (not text and bool(raw))
+            cont[i] = _wordish(text) or (not text and bool(raw)) or (bool(text) and all(
+                unicodedata.category(c).startswith("M") for c in text))
     return {True: (start_space, cont, any_token, any_token & spaced, any_token),
             False: (start_bare, cont, any_token, any_token & ~spaced, any_token)}
 

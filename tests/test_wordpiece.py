@@ -270,3 +270,7 @@ def test_a_tokenizer_json_alone_reads_as_its_vocab_txt(uncased, hf_uncased, tmp_
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(ClozelmError, match="continuing_subword_prefix '@@' is not supported"):
         load_tokenizer(tmp_path)
+    data["model"]["continuing_subword_prefix"], data["normalizer"] = "##", "x"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ClozelmError, match="its normalizer and pre-tokenizer should be JSON objects"):
+        load_tokenizer(tmp_path)

@@ -9,6 +9,7 @@ else here (the `specials` keyword, role ids, FIM ids, framing, the cache of toke
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Sequence
@@ -34,8 +35,10 @@ UNSET = object()
 
 
 def is_wordish(text: str) -> bool:
-    """Letters, digits and in-word punctuation only, with at least one letter or digit."""
-    return bool(text) and all(c.isalnum() or c in WORD_PUNCTUATION for c in text) and any(c.isalnum() for c in text)
+    """Letters, digits, combining marks (the vowel signs of Hindi, Tamil or Thai words) and in-word punctuation
+    only, with at least one letter or digit."""
+    return (bool(text) and all(c.isalnum() or c in WORD_PUNCTUATION or unicodedata.category(c)[0] == "M" for c in text)
+            and any(c.isalnum() for c in text))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ does produces self-consistent tokens by construction; GPT-2's 50,000 merges are 
 
 from __future__ import annotations
 
+import functools
 import json
+import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -120,6 +122,29 @@ def merges_as_bytes(merges, source: str) -> tuple[list[tuple[bytes, bytes]], set
 
 class LoneSurrogateError(ClozelmError, ValueError):
     """Text holds a lone UTF-16 surrogate, which has no UTF-8 encoding."""
+
+
+def _marks_only(text: str) -> bool:
+    return bool(text) and all(unicodedata.category(c)[0] == "M" for c in text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _opens_a_letter(data: bytes) -> bool:
+    """Whether `data` are the first bytes of a UTF-8 character that may be a letter: the bytes fix a range of
+    code points ("\xe4\xbd": U+4F40-U+4F7F, CJK ideographs), and a letter lies in it. "\xe2\x80" (U+2000-U+203F:
+    dashes, quotes) and "\xf0\x9f" (U+1F000-U+1FFFF: emoji) open no word."""
+    if not data or not 0xC2 <= data[0] <= 0xF4 or any(not 0x80 <= b <= 0xBF for b in data[1:]):
+        return False
+    length = 2 if data[0] < 0xE0 else 3 if data[0] < 0xF0 else 4
+    if len(data) >= length:
+        return False
+    point = data[0] & (0x7F >> length)
+    for b in data[1:]:
+        point = (point << 6) | (b & 0x3F)
+    unknown = 6 * (length - len(data))
+    low = max(point << unknown, (0x80, 0x800, 0x10000)[length - 2])
+    high = min(((point + 1) << unknown) - 1, 0x10FFFF)
+    return any(chr(c).isalpha() for c in range(low, high + 1) if not 0xD800 <= c <= 0xDFFF)
 
 
 def check_encodable(text: str) -> None:
@@ -652,12 +677,14 @@ class ByteBPE(Tokenizer):
             # that spell a word once their characters are whole.
             body = raw[1:] if raw.startswith(b" ") else raw
             text = body.decode("utf-8", errors="ignore")
-            opens = not text and bool(body) and 0xC2 <= body[0] <= 0xF4  # a UTF-8 lead byte, nothing completed
+            opens = not text and _opens_a_letter(body)
             if raw.startswith(b" "):
                 start_space[i] = is_wordish(text) or opens
             else:
                 start_bare[i] = is_wordish(text) or opens
-                cont[i] = is_wordish(text) or (not text and bool(raw))  # pure partial-character bytes continue
+                # Pure partial-character bytes continue a word, and so do combining marks alone: GPT-2's pre-tokenizer
+                # cuts the vowel signs of "में" from its letter.
+                cont[i] = is_wordish(text) or (not text and bool(raw)) or _marks_only(text)
         # A [MASK] carries the space the user wrote before it (" cat"), or none if there was none.
         return TokenClasses(word_start_spaced=start_space, word_start_bare=start_bare, word_continue=cont,
                             ordinary=ordinary, spaced=spaced, token_start_spaced=ordinary & spaced,

@@ -49,9 +49,9 @@ def _check_special_tokens(special_tokens) -> list[str]:
 
 
 def _spells_a_possible_token(special: str) -> bool:
-    """Whether the vocabulary files' spelling of an ordinary token could be `special`: a single byte's symbol, or
-    the symbols of other text ("Ġhe" spells " he") that the pre-tokenizer keeps in one piece, which merges may
-    join into one token. (Text spelled as itself, "hello", is cut out of the training text with the special
+    """Whether the vocabulary files' spelling of an ordinary token could be `special`: a single byte's symbol, the
+    symbols of part of a character, or of other text ("Ġhe" spells " he") that the pre-tokenizer keeps in one
+    piece, which merges may join into one token. (Text spelled as itself, "hello", is cut out of the training text with the special
     tokens: it is never learned.) Checked before training, so that a long run does not end in the clash; the
     tokenizer checks the trained table too."""
     raw = symbols_to_bytes(special)
@@ -62,7 +62,7 @@ def _spells_a_possible_token(special: str) -> bool:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return False
+        return True  # part of a character ("ĠâĢ" spells " " and the first two bytes of "’"): merges learn those
     return text != special and _GPT2_SPLITTER.findall(text) == [text]
 
 

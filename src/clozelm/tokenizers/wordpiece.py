@@ -228,6 +228,8 @@ class WordPiece(Tokenizer):
                                                                    ("max_input_chars_per_word", MAX_CHARS_PER_WORD))
                        if model.get(key, ours) != ours]
         normalizer, pre = data.get("normalizer") or {}, data.get("pre_tokenizer") or {}
+        if not isinstance(normalizer, dict) or not isinstance(pre, dict):
+            raise ClozelmError(f"{file}: its normalizer and pre-tokenizer should be JSON objects")
         if normalizer.get("type") != "BertNormalizer" or normalizer.get("clean_text", True) is not True:
             unsupported.append(f"normalizer {json.dumps(normalizer)[:60]}")
         if pre.get("type") != "BertPreTokenizer":

@@ -363,7 +363,7 @@ class Trainer:
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], float(state["elapsed"])
         self.best_val, self.best_step = float(state.get("best_val", math.inf)), int(state.get("best_step", 0))
         best = ckpt.read_best(self.run_dir / ckpt.BEST) if self.cfg.keep_best else None
-        if best is not None and best[0] > self.step and best[1] < self.best_val:
+        if best is not None and self.step < best[0] <= self.cfg.steps and best[1] < self.best_val:
             # Found after this checkpoint, before the run was stopped: this run's weights, measured on the same
             # held-out windows. They stay the best until an evaluation beats them (one resumed with another
             # --eval-every may never evaluate their step again).
