@@ -46,6 +46,15 @@ def test_beam_search_finds_at_least_the_greedy_likelihood():
     assert beam_search(model, prompt, beams=1, max_new_tokens=6) == greedy
 
 
+def test_beams_that_share_the_prompt_find_what_beams_holding_copies_of_it_find(monkeypatch):
+    from clozelm.model.transformer import KVCache
+    model = tiny_model()
+    prompt = [int(t) for t in torch.randint(0, 50, (40,), generator=torch.Generator().manual_seed(3))]
+    shared = beam_search(model, prompt, beams=4, max_new_tokens=12)
+    monkeypatch.setattr(KVCache, "fork", lambda self, n: self.select(torch.zeros(n, dtype=torch.long)))
+    assert beam_search(model, prompt, beams=4, max_new_tokens=12) == shared and len(shared) == 12
+
+
 def test_repetition_penalty_lowers_seen_tokens():
     logits = torch.tensor([2.0, 1.9, -1.0])
     seen = torch.tensor([True, False, False])

@@ -199,7 +199,8 @@ def beam_search(model, prompt_ids: list[int], beams: int = 4, max_new_tokens: in
         if not new_hyps or len(finished) >= beams:
             break
         hyps, scores = new_hyps, torch.tensor(new_scores, device=logp.device)
-        cache = cache.select(torch.tensor(keep_rows))
+        # Every beam continues the one prompt: its keys and values are shared (KVCache.fork), not copied at each step.
+        cache = cache.fork(len(keep_rows)) if step == 0 else cache.select(torch.tensor(keep_rows))
         logits = model(torch.tensor([[h[-1]] for h in hyps]), cache=cache, last_logits_only=True).logits[:, -1]
         logp = scoring.log_probs(_known_only(logits, known))
     if not finished:
