@@ -29,6 +29,7 @@ def one_line(excinfo) -> str:
 def test_defaults_in_one_place():
     o = FillOptions()
     assert (o.beam, o.width, o.follow_window, o.lookahead, o.lookahead_keep) == (8, 32, 12, 256, 32)
+    assert (o.screen_window, o.screen_keep) == (4, 16)
     assert o.precision == "bf16"
     assert o.max_word_tokens is None and o.fim_judge is None  # they depend on the method
     assert FillOptions().for_method("causal").max_word_tokens == 4
@@ -40,6 +41,7 @@ def test_defaults_in_one_place():
 
 @pytest.mark.parametrize("name, value", [("beam", 0), ("width", -1), ("max_word_tokens", 0), ("follow_window", -1),
                                          ("lookahead", -5), ("lookahead_keep", -1), ("width", 2.5), ("beam", True),
+                                         ("screen_window", -1), ("screen_keep", 0),
                                          ("width", "8")])
 def test_out_of_range_is_a_one_line_error_naming_the_option(name, value):
     with pytest.raises(ClozelmError, match=name) as excinfo:
@@ -127,3 +129,23 @@ def test_notes_are_returned_per_answer_not_printed(tok, capsys):
     answers[0].notes.append("mine")
     assert answers[1].notes != answers[0].notes  # each answer has its own list
     assert fill("the ___ sat down", model, top=1)[0].notes == []
+
+
+def test_the_screen_passes_on_the_best_by_the_first_known_tokens(tok, monkeypatch):
+    """The pool is first judged on `screen_window` known tokens after the blank, and only the `screen_keep` best
+    are judged on the whole `follow_window`; screen_window=0 judges every candidate on the whole window."""
+    from clozelm.cloze import causal
+    model = BigramLM(tok, SENTENCES)
+    judged = []
+    real = causal.CausalFiller._judge
+    monkeypatch.setattr(causal.CausalFiller, "_judge",
+                        lambda self, cache, last, pool, follow, boundary: judged.append((len(pool), len(follow)))
+                        or real(self, cache, last, pool, follow, boundary))
+    text = "the ___ sat down and the dog ran home"
+    screened = fill(text, model, top=1, screen_window=1, screen_keep=2)
+    (pool, first), (kept, window) = judged
+    assert pool > 2 and first == 1 and kept == 2 and window > 1
+    judged.clear()
+    whole = fill(text, model, top=1, screen_window=0)
+    assert judged == [(pool, window)]
+    assert screened[0].blanks == whole[0].blanks == ["cat"] and screened[0].score == pytest.approx(whole[0].score)

@@ -59,6 +59,7 @@ class CausalFiller:
         """`options` resolved for the model's method (FillOptions.for_method): no None left in them."""
         self.model, self.tok = model, tokenizer
         self.fim_judge, self.follow_window = options.fim_judge, options.follow_window
+        self.screen_window, self.screen_keep = options.screen_window, options.screen_keep
         self.width, self.max_word_tokens, self.n_states = options.width, options.max_word_tokens, options.beam
         self.lookahead, self.lookahead_keep = options.lookahead, options.lookahead_keep
         self.vocab = model.config.vocab_size
@@ -188,6 +189,11 @@ class CausalFiller:
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
         cache, last = self._read(ctx, n_max + len(follow) + 1)
         pool = self._propose(cache, last, blank, follow[0] if follow else None)
+        if 0 < self.screen_window < len(follow) and len(pool) > self.screen_keep:
+            # Most candidates are told apart by the first few known tokens after them: those screen the pool,
+            # and only the best are read on the whole window.
+            screened = sorted(self._judge(cache, last, pool, follow[:self.screen_window], False), key=lambda c: -c[1])
+            pool = [candidate for candidate, _ in screened[:self.screen_keep]]
         return self._judge(cache, last, pool, follow, at_end and blank.kind == "word")
 
     def _propose(self, cache, last_logits: torch.Tensor, blank: Blank, next_known: int | None) -> list[list[int]]:

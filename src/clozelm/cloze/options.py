@@ -39,6 +39,9 @@ class FillOptions:
     max_word_tokens  most tokens a `___` word may take (None: 4 for causal and FIM models, 3 for masked LMs,
                      whose word pieces are each predicted with all the others hidden)
     follow_window    causal, FIM: known tokens after a blank that judge its candidates
+    screen_window    causal: known tokens after a blank that first screen its candidates (0: no screen); the
+                     `screen_keep` best are then judged on `follow_window`
+    screen_keep      causal: candidates the screen passes on
     lookahead        causal, FIM: first tokens (best by the left context) also scored with the next known token
     lookahead_keep   causal, FIM: how many of those the look-ahead adds to the `width` best
     fim_judge        FIM models: "both" (default: the FIM and left-to-right readings, averaged), "fim" or
@@ -50,6 +53,8 @@ class FillOptions:
     width: int = 32
     max_word_tokens: int | None = None
     follow_window: int = 12
+    screen_window: int = 4
+    screen_keep: int = 16
     lookahead: int = 256
     lookahead_keep: int = 32
     fim_judge: str | None = None
@@ -57,7 +62,7 @@ class FillOptions:
 
     def __post_init__(self) -> None:
         for name, low in (("beam", 1), ("width", 1), ("max_word_tokens", 1), ("follow_window", 0),
-                          ("lookahead", 0), ("lookahead_keep", 0)):
+                          ("screen_window", 0), ("screen_keep", 1), ("lookahead", 0), ("lookahead_keep", 0)):
             value = getattr(self, name)
             if value is None and name == "max_word_tokens":
                 continue
