@@ -92,10 +92,18 @@ class CausalFiller:
                     seen = set(map(tuple, pool))
                     pool += [c for c in self._propose(*causal_read, blank, follow[0] if follow else None)
                              if tuple(c) not in seen]
+                    fim_judged = self._judge(*fim_read, pool, end, False)
+                    if 0 < self.screen_window < len(window) and len(pool) > self.screen_keep:
+                        # screened by both readings, the left-to-right one on the first known tokens only
+                        short = self._judge(*causal_read, pool, window[:self.screen_window], False)
+                        best = sorted(range(len(pool)), key=lambda j: -(fim_judged[j][1] + short[j][1]))
+                        pool = [pool[j] for j in best[:self.screen_keep]]
+                        fim_judged = [fim_judged[j] for j in best[:self.screen_keep]]
                     causal_gains = [g for _, g in self._judge(*causal_read, pool, window, needs_boundary)]
                 else:
+                    fim_judged = self._judge(*fim_read, pool, end, False)
                     causal_gains = [0.0] * len(pool)
-                for (cand, gain), causal_gain in zip(self._judge(*fim_read, pool, end, False), causal_gains):
+                for (cand, gain), causal_gain in zip(fim_judged, causal_gains):
                     scored.append((fim_score + gain, causal_score + causal_gain, left + cand + follow, fills + [cand]))
             scored.sort(key=lambda s: -(s[0] + s[1]))
             states = self._distinct(scored, [s[3] for s in scored])

@@ -39,9 +39,9 @@ class FillOptions:
     max_word_tokens  most tokens a `___` word may take (None: 4 for causal and FIM models, 3 for masked LMs,
                      whose word pieces are each predicted with all the others hidden)
     follow_window    causal, FIM: known tokens after a blank that judge its candidates
-    screen_window    causal: known tokens after a blank that first screen its candidates (0: no screen); the
-                     `screen_keep` best are then judged on `follow_window`
-    screen_keep      causal: candidates the screen passes on
+    screen_window    causal, FIM: known tokens after a blank that first screen its candidates (0: no screen);
+                     the `screen_keep` best are then judged on `follow_window` (FIM: with the FIM reading)
+    screen_keep      causal, FIM: candidates the screen passes on
     lookahead        causal, FIM: first tokens (best by the left context) also scored with the next known token
     lookahead_keep   causal, FIM: how many of those the look-ahead adds to the `width` best
     fim_judge        FIM models: "both" (default: the FIM and left-to-right readings, averaged), "fim" or
