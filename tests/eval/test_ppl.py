@@ -214,3 +214,16 @@ def test_nothing_to_score_is_a_one_line_error(tmp_path):
     with pytest.raises(ClozelmError, match="no token to score"):
         perplexity(model, [("doc", "a"), ("doc2", "b")], EvalOptions(), progress_factory(None))
     assert run(model, "a b")["tokens"] == 1  # a second token: scored
+
+
+def test_a_tokenizer_that_drops_text_is_said_to(tok):
+    """Bits per byte count the bytes of the text given; a WordPiece tokenizer reads it lower-cased and without
+    accents, so its figures compare only with models that drop the same."""
+    from clozelm.tokenizers import WordPiece
+    from corpora import bert_uncased_model_dir
+    wordpiece = WordPiece.from_file(bert_uncased_model_dir() / "vocab.txt")
+    lossy = run(HandModel(ConstantLM(wordpiece, 0, margin=1.0), wordpiece, "clm"), "The Café was open.")
+    assert "does not keep all of the text" in lossy["tokenizer_note"]
+    from clozelm.eval.report import table
+    assert lossy["tokenizer_note"] in table({"model": "m", "seed": 0, "tasks": {"ppl": lossy}})
+    assert "tokenizer_note" not in run(HandModel(ConstantLM(tok, 0, margin=1.0), tok, "clm"), "the dog ran home")

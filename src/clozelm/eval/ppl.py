@@ -43,6 +43,7 @@ def perplexity_of(nats: float) -> float:
     except OverflowError:
         return math.inf
 
+
 def plan_windows(n: int, width: int, stride: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
     """Windows (begin, end, first, last) of at most `width` positions of a sequence of `n`: the targets
     [first, last) of the windows partition [lo, hi), and each target has every earlier position of the sequence
@@ -261,6 +262,9 @@ def pll_row(seq: list[int], p: int, hi: int, same: list[bool], mask_id: int, wid
 
 
 def perplexity(model, docs, opts, progress: Progress) -> dict:
-    if model.config.causal:
-        return causal_ppl(model, docs, opts, progress)
-    return masked_ppl(model, docs, opts, progress)
+    result = (causal_ppl if model.config.causal else masked_ppl)(model, docs, opts, progress)
+    if not model.tokenizer.lossless:
+        result["tokenizer_note"] = ("this tokenizer does not keep all of the text (case, accents or characters): "
+                                    "bits per byte count the bytes of the text given, and compare only with models "
+                                    "whose tokenizer drops the same")
+    return result

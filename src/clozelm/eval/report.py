@@ -29,6 +29,8 @@ def _rows(tasks: dict) -> list[tuple[str, str, str]]:
             if pll:
                 add("word-l2r PLL, NOT a likelihood", f"{pll['bits_per_byte']:.4f} ± {pll['bits_per_byte_se']:.4f} "
                     f"bits per byte ({pll['positions']:,} positions)")
+            if "tokenizer_note" in r:
+                add("note", r["tokenizer_note"])
         elif task == "lastword":
             add("accuracy (fill)", f"{_pct(r['accuracy'])} of {r['n']:,}")
             if "left_only_accuracy" in r:
