@@ -127,6 +127,20 @@ def test_overwrite_refuses_to_clear_the_model_it_starts_from(tmp_path, corpus, b
     assert (run / "model" / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_tokenizer_inside_the_run_folder_is_not_cleared(tmp_path, corpus, bpe_dir, capsys, overwrite):
+    """`clozelm tokenizer train ... --out runs/a/tokenizer` then `clozelm train --tokenizer runs/a/tokenizer --out
+    runs/a`: a new run writes its own tokenizer folder there, deleting the user's (and what else they kept in it)."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(bpe_dir, run / "tokenizer")
+    (run / "tokenizer" / "NOTES.md").write_text("mine")
+    rc, err = cli([corpus, "--tokenizer", run / "tokenizer", "--out", run, *TINY, "--steps", "1", *overwrite], capsys)
+    one_line_error(rc, err, "is inside")
+    assert (run / "tokenizer" / "NOTES.md").read_text() == "mine"
+    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == sorted([*(p.name for p in bpe_dir.iterdir()), "NOTES.md"])
+
+
 def test_a_run_inside_its_corpus_folder_reads_only_the_corpus(tmp_path, corpus, bpe_dir, capsys):
     # The run writes binary files (checkpoint.pt, best.pt, loss_curve.png) into a folder the next run reads.
     data = tmp_path / "data"

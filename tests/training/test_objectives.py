@@ -51,6 +51,22 @@ def test_mlm_exact_rate_and_80_10_10(tok, rate):
     assert abs(counts["random"] / total - 0.1) < 0.01 and abs(counts["same"] / total - 0.1) < 0.01
 
 
+@pytest.mark.parametrize("name", ["mlm", "hybrid"])
+def test_random_replacements_are_tokens_the_tokenizer_has(tok, name):
+    """A model's vocabulary may be larger than its tokenizer's (padded to a round size): the ids past it occur in
+    no text, and BERT's random replacements never draw them."""
+    obj = make_objective(name, tok, tok.vocab_size + 64)
+    special = set(tok.special_tokens.values())
+    ordinary = np.array(sorted(set(range(tok.vocab_size)) - special))
+    drawn = set()
+    for i in range(400):
+        window = np.random.default_rng(i).choice(ordinary, size=65)
+        x = np.asarray(obj.example(window, np.random.default_rng([7, i]))[0])
+        assert x.max() < tok.vocab_size
+        drawn |= {int(t) for t in x[x != window[:len(x)]]} - special  # the random replacements
+    assert len(drawn) > 50
+
+
 def test_mlm_at_least_one_and_none_without_ordinary_tokens(tok):
     obj = make_objective("mlm", tok, tok.vocab_size)
     eot = tok.special_tokens["<|endoftext|>"]

@@ -280,7 +280,9 @@ def make_objective(name: str, tok, vocab_size: int, fim_rate: float = 0.5, spm_r
         if tok.mask_id is None:
             raise ClozelmError(f"tokenizer {source} lacks a mask token needed by --objective {name}; retrain it with "
                                "--special '<|mask|>'")
-        specials = tok.special_tokens.values()
+        # Ids past the tokenizer's (a model's vocabulary padded to a round size) are never drawn as BERT's random
+        # replacement tokens: no text has them, so their embeddings never learned anything.
+        specials = [*tok.special_tokens.values(), *range(tok.vocab_size, vocab_size)]
         if name == "hybrid":
             return Hybrid(vocab_size, specials, tok.mask_id, mask_rate, hybrid_causal_share)
         if name == "mdlm":

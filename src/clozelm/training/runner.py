@@ -313,6 +313,12 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
             init_path.resolve().is_relative_to(run_dir.resolve()):
         raise ClozelmError(f"--init {config.init} is inside {run_dir}, which --overwrite clears before training: copy "
                            "it elsewhere first, or train into another --out")
+    # A new run writes its own tokenizer folder, clearing what was there: the tokenizer it reads must live elsewhere.
+    tokenizer_path = Path(config.tokenizer).expanduser() if config.tokenizer is not None else None
+    if run_dir.is_dir() and tokenizer_path is not None and tokenizer_path.exists() and \
+            tokenizer_path.resolve().is_relative_to(run_dir.resolve()):
+        raise ClozelmError(f"--tokenizer {config.tokenizer} is inside {run_dir}, where a new run writes its own "
+                           "tokenizer folder: copy it elsewhere first, or train into another --out")
     files = expand_inputs(config.files, exclude=[run_dir])  # a run inside its corpus folder does not read itself
     valid = expand_inputs(config.valid, exclude=[run_dir]) if config.valid is not None else None
     both = sorted({f.resolve() for f in files} & {f.resolve() for f in valid or []})
