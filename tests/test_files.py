@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from clozelm.errors import ClozelmError
@@ -25,3 +27,29 @@ def test_a_folder_stands_for_its_texts_and_not_what_clozelm_wrote_there(tmp_path
     assert expand_inputs([run / "report.md", corpus / "MANIFEST.json"]) == [run / "report.md", corpus / "MANIFEST.json"]
     with pytest.raises(ClozelmError, match="no input files found"):
         expand_inputs([run])
+
+
+def test_a_pipe_is_read_up_to_a_limit(tmp_path, monkeypatch):
+    """`-f /dev/stdin` or `<(command)` is a pipe, which may never end (`yes |`): read up to a limit, then refused."""
+    import threading
+    from clozelm import files
+    monkeypatch.setattr(files, "STREAM_LIMIT", 1000)
+    for size, ok in ((900, True), (5000, False)):
+        fifo = tmp_path / f"fifo{size}"
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda f=fifo, n=size: _write_ignoring_a_closed_reader(f, b"a" * n))
+        writer.start()
+        if ok:
+            assert files.read_text_file(fifo, "text") == "a" * size
+        else:
+            with pytest.raises(ClozelmError, match="holds more than"):
+                files.read_text_file(fifo, "text")
+        writer.join()
+
+
+def _write_ignoring_a_closed_reader(path, data):
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except BrokenPipeError:
+        pass

@@ -240,3 +240,18 @@ def test_words_with_combining_marks_fill_blanks(tmp_path):
         assert answers and answers[0].blanks == ["घर"], type(model).__name__
         answers = fill("मैं घर ___ हूँ", model, top=3)
         assert answers and answers[0].blanks == ["में"], type(model).__name__
+
+
+def test_length_combinations_are_made_shortest_first_one_at_a_time(tmp_path):
+    """A masked LM tries the shortest length combinations of several word blanks first: there are 3^k of them for
+    k blanks, and listing them all (60 blanks: 4e28) took the server's memory; they are made as they are needed."""
+    import itertools
+    from clozelm.cloze.bidirectional import _shortest_first
+    for options in ([range(1, 4)] * 4, [range(1, 4), [2], range(1, 3)], [[1], [3]]):
+        assert list(_shortest_first(options)) == sorted(itertools.product(*options), key=lambda c: (sum(c), c))
+    first = list(itertools.islice(_shortest_first([range(1, 4)] * 60), 27))
+    assert first[0] == (1,) * 60 and first[1] == (1,) * 59 + (2,) and len(first) == 27
+    sentences = ["the cat sat down"] * 5
+    tok = word_tokenizer(tmp_path, sentences)
+    answers = fill(" ".join(["___"] * 16), NeighbourMLM(tok, sentences), top=2)  # 43 million combinations
+    assert answers and all(len(a.blanks) == 16 for a in answers)

@@ -68,13 +68,23 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+STREAM_LIMIT = 256 * 2**20  # bytes read from a pipe, which could be endless (`yes |`)
+
+
 def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
     """The UTF-8 text of `path`, or a one-line ClozelmError saying why it cannot be read."""
     path = Path(path)
     try:
-        if stat.S_ISCHR(path.stat().st_mode) or stat.S_ISBLK(path.stat().st_mode):  # /dev/zero would never end
+        mode = path.stat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero would never end
             raise ClozelmError(f"{what} {path} is a device, expected a file")
-        data = path.read_bytes()
+        if stat.S_ISREG(mode):
+            data = path.read_bytes()
+        else:  # a pipe (-f /dev/stdin, <(command)) has no size to check first: read it up to the limit
+            with open(path, "rb") as stream:
+                data = stream.read(STREAM_LIMIT + 1)
+            if len(data) > STREAM_LIMIT:
+                raise ClozelmError(f"{what} {path} holds more than {STREAM_LIMIT >> 20} MiB; a text to read is smaller")
     except ValueError:  # a NUL character in the name
         raise ClozelmError(f"{what} {str(path)[:80]!r} is not a valid file name") from None
     except FileNotFoundError:

@@ -120,6 +120,7 @@ BAD_REQUESTS = [
     ("GET", "/api/models", None, {"Host": "evil.example:8765"}, 403, "unexpected Host"),
     ("POST", "/api/fill", {"text": "the ___"}, {"Sec-Fetch-Site": "cross-site"}, 403, "cross-site"),
     ("POST", "/api/fill", {"text": "the ___"}, {"Origin": "http://evil.example"}, 403, "cross-origin"),
+    ("POST", "/api/fill", {"text": "the ___"}, {"Origin": "http://[::1"}, 403, "cross-origin"),  # not a URL
     ("BREW", "/api/models", None, {}, 501, "Unsupported method"),
 ]
 

@@ -158,3 +158,13 @@ def test_a_huge_content_length_with_expect_100_is_answered(server):
     answer = raw_request(server, b"POST /api/fill HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                  b"Content-Length: " + b"9" * 5000 + b"\r\nExpect: 100-continue\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+
+
+@pytest.mark.parametrize("repeated", [b"Host: 127.0.0.1\r\nHost: evil.example", b"Host: 127.0.0.1\r\nContent-Length: 15"])
+def test_a_header_given_twice_is_refused(server, repeated):
+    """Which of two Host or Content-Length values counts is the sender's trick (a proxy and this server may read
+    different ones): refused."""
+    body = b'{"text": "a ___"}'
+    answer = raw_request(server, b"POST /api/fill HTTP/1.1\r\n" + repeated + b"\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert answer.startswith(b"HTTP/1.1 400") and b"more than once" in answer

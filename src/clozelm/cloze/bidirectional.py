@@ -15,6 +15,8 @@ pick a word that only fits alone. Here:
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator
 
 import torch
 
@@ -23,6 +25,26 @@ from .blanks import Blank, spells_a_word, whole_characters
 from .options import FillOptions
 
 MAX_CONFIGS = 27  # length combinations tried first for several word blanks (the shortest), and at most again
+
+
+def _shortest_first(options: list) -> Iterator[tuple[int, ...]]:
+    """Every combination of one length per blank, by total length then in order, made one at a time."""
+    choices = [sorted(o) for o in options]
+    low, high = [0] * (len(choices) + 1), [0] * (len(choices) + 1)  # the least and most the blanks from i on take
+    for i in reversed(range(len(choices))):
+        low[i], high[i] = low[i + 1] + choices[i][0], high[i + 1] + choices[i][-1]
+
+    def summing_to(i: int, total: int) -> Iterator[tuple[int, ...]]:
+        if i == len(choices):
+            yield ()
+            return
+        for n in choices[i]:
+            if low[i + 1] <= total - n <= high[i + 1]:
+                for tail in summing_to(i + 1, total - n):
+                    yield (n, *tail)
+
+    for total in range(low[0], high[0] + 1):
+        yield from summing_to(0, total)
 
 
 class BidirectionalFiller:
@@ -38,21 +60,23 @@ class BidirectionalFiller:
     @torch.inference_mode()
     def fill(self, segments: list[list[int]], blanks: list[Blank]):
         options = [range(1, self.max_word_pieces + 1) if b.kind == "word" else [b.n_tokens] for b in blanks]
-        ordered = sorted(itertools.product(*options), key=lambda c: (sum(c), c))  # shortest first
-        tried = ordered[:MAX_CONFIGS]
+        total = math.prod(len(lengths) for lengths in options)  # 3^k for k word blanks: never listed whole
+        tried = list(itertools.islice(_shortest_first(options), MAX_CONFIGS))
         results = self._try(segments, blanks, tried)
         # Several word blanks have more length combinations than are tried above, and the ones left out are the
         # longest. Look around the best answer instead: each blank at each other length, the others as they are,
         # for as long as that finds a better answer (or, if nothing was found, the next shortest), trying at most
         # MAX_CONFIGS more.
         budget = MAX_CONFIGS
-        while budget > 0 and len(tried) < len(ordered):
+        while budget > 0 and len(tried) < total:
+            seen = set(tried)
             if results:
                 best_score, _, best = max(results, key=lambda r: r[0])
                 around = {best[:i] + (n,) + best[i + 1:] for i, lengths in enumerate(options) for n in lengths}
-                more_configs = sorted(around - set(tried), key=lambda c: (sum(c), c))[:budget]
+                more_configs = sorted(around - seen, key=lambda c: (sum(c), c))[:budget]
             else:
-                best_score, more_configs = float("-inf"), [c for c in ordered if c not in set(tried)][:budget]
+                best_score = float("-inf")
+                more_configs = list(itertools.islice((c for c in _shortest_first(options) if c not in seen), budget))
             if not more_configs:
                 break
             tried += more_configs

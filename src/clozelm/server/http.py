@@ -349,6 +349,9 @@ class JSONHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ request checks
 
     def _check_host(self) -> None:
+        for name in ("Host", "Content-Length", "Origin"):  # two values: which one counts is the sender's trick
+            if len(self.headers.get_all(name) or []) > 1:
+                raise HTTPError(400, f"the {name} header is given more than once")
         allowed = self.server.allowed_hosts
         host = self.headers.get("Host", "")
         if allowed is None or not host:
@@ -365,7 +368,12 @@ class JSONHandler(BaseHTTPRequestHandler):
         if site not in (None, "same-origin", "none"):
             raise HTTPError(403, "cross-site requests are refused: use the page this server serves")
         origin = self.headers.get("Origin")
-        if origin and origin != "null" and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+        try:
+            foreign = bool(origin) and origin != "null" and \
+                urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower()
+        except ValueError:  # not a URL ("http://[::1"): no page of this server sent it
+            foreign = True
+        if foreign:
             raise HTTPError(403, "cross-origin requests are refused: use the page this server serves")
 
     def _too_big(self, length: int) -> str:
