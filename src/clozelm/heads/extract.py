@@ -169,9 +169,10 @@ def encode_for_model(model: Model, text: str, add_special_tokens: bool = True,
     if not isinstance(text, str) or not text.strip():
         raise ClozelmError("the text is empty: give at least one word")
     limit = model.config.n_positions if max_tokens is None else min(max_tokens, model.config.n_positions)
+    reads = f"a limit of {limit} tokens" if limit < model.config.n_positions else f"the model's {limit} positions"
     start, end = frame_tokens(model, add_special_tokens)
     if len(start) + len(end) >= limit:
-        raise ClozelmError(f"a context of {limit} positions leaves no room for text")
+        raise ClozelmError(f"no room for text beside the {len(start) + len(end)} framing token(s) within {reads}")
     ids, spans, readable = tok.encode_with_spans(text, specials=True)
     ids, spans, readable = list(ids), list(spans), list(readable)
     special_ids = structural_ids(tok)
@@ -184,8 +185,8 @@ def encode_for_model(model: Model, text: str, add_special_tokens: bool = True,
         cut = max((s[1] for s in spans[:room] if s is not None), default=0)
         kept_text = text[:cut]
         tail = " ".join(kept_text.split()[-4:])
-        notes.append(f"the text is {len(ids)} tokens but the model reads at most {limit} positions: kept the first "
-                     f"{room} tokens (characters 0-{cut} of {len(text)}, ending '...{tail}')")
+        notes.append(f"the text is {len(ids)} tokens, and {room} fit within {reads}: kept the first {room} tokens "
+                     f"(characters 0-{cut} of {len(text)}, ending '...{tail}')")
         ids, spans, readable = ids[:room], spans[:room], readable[:room]
     return Encoded(
         ids=start + ids + end,

@@ -539,7 +539,7 @@ def save_pretrained(model: Transformer, out_dir, tokenizer=None, overwrite: bool
             raise ClozelmError(f"{out / in_the_way[0]} is a directory where another model's file would be; move it")
         if stale and not overwrite:
             raise ClozelmError(f"{out} holds another model's {', '.join(stale)}; choose a new directory or pass "
-                               "--overwrite (overwrite=True), which removes them")
+                               "--overwrite (overwrite=True in Python), which removes them")
         tensor_io.write_safetensors(to_hf(model), staging / "model.safetensors", metadata={"format": "pt"})
         tensor_io.atomic_write_text(staging / "config.json", hf_config)
         for name in names:
@@ -575,7 +575,7 @@ def _check_targets(out: Path, names: list[str], overwrite: bool) -> None:
     clobbered = [name for name in names if os.path.lexists(out / name)]
     if clobbered and not overwrite:
         raise ClozelmError(f"refusing to overwrite {', '.join(clobbered)} in {out}; choose a new directory or pass "
-                           "--overwrite (overwrite=True)")
+                           "--overwrite (overwrite=True in Python)")
 
 
 def is_hf_dir(path: Path) -> bool:
