@@ -156,6 +156,16 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output directory") 
     return path
 
 
+def check_can_write_into(folder: Path, what: str = "output directory") -> None:
+    """A one-line error now, before the work, when files cannot be created in `folder` (read-only, /proc)."""
+    import tempfile
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".clozelm-write-test-"):
+            pass
+    except OSError as e:
+        raise ClozelmError(f"cannot write into {what} {folder}: {e.strerror or type(e).__name__}") from None
+
+
 def make_dirs(out: Path) -> list[Path]:
     """Create `out` and its missing parents; return those created, outermost first."""
     missing = []

@@ -167,6 +167,28 @@ def test_tokenizer_train_out_must_be_a_directory(tmp_path, capsys):
     assert code == 0 and "no more pairs to merge" in err and "not 100,000" in err, err
 
 
+def test_an_output_folder_that_cannot_be_written_is_said_before_the_work(tmp_path, capsys, monkeypatch):
+    """/proc/sys, a read-only mount, a folder without write permission: said before training or evaluating, and
+    a folder the command created for the purpose is removed again."""
+    from clozelm import files
+
+    def refuse(folder, what="output directory"):
+        raise files.ClozelmError(f"cannot write into {what} {folder}: Read-only file system")
+    monkeypatch.setattr(files, "check_can_write_into", refuse)
+    monkeypatch.setattr("clozelm.cli.check_can_write_into", refuse)
+    trained = []
+    monkeypatch.setattr("clozelm.tokenizers.train_bpe", lambda *a, **k: trained.append(1))
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat\n" * 50)
+    one_line(*run(["tokenizer", "train", tmp_path / "corpus.txt", "--vocab-size", "280", "--out", tmp_path / "a" / "tok"],
+                  capsys)[::2], "cannot write into --out")
+    assert not trained and not (tmp_path / "a").exists()
+    loaded = []
+    monkeypatch.setattr("clozelm.api.load", lambda *a, **k: loaded.append(1))
+    one_line(*run(["eval", "default", tmp_path / "corpus.txt", "--tasks", "ppl", "--out", tmp_path / "b"], capsys)[::2],
+             "cannot write into --out")
+    assert not loaded and not (tmp_path / "b").exists()
+
+
 def test_tokenizer_train_specials_add_to_the_document_separator(tmp_path, capsys):
     # `clozelm train` needs <|endoftext|>: a vocabulary trained with --special '[MASK]' (the help's example) lacked it
     from clozelm.tokenizers import load_tokenizer

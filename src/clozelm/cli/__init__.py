@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .args import DTYPES, _checked, float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
 from ..errors import ClozelmError
-from ..files import check_writable_dir, expand_inputs
+from ..files import check_can_write_into, check_writable_dir, expand_inputs, make_dirs, remove_empty
 
 # A fill keeps `top` hypotheses and a beam search 2 x `beams` (each with its cache) at every step: past these the
 # memory, not the answer, is what grows.
@@ -176,14 +176,16 @@ def cmd_tokenizer_train(args) -> None:
     files = expand_inputs(args.files, exclude=[out])
     # <|endoftext|> separates documents for `clozelm train`: --special adds to it, never replaces it
     specials = ["<|endoftext|>"] + [t for t in dict.fromkeys(args.special or []) if t != "<|endoftext|>"]
-    tok = train_bpe(files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency)
+    created = make_dirs(out)
+    try:
+        check_can_write_into(out, "--out")
+        tok = train_bpe(files, vocab_size=args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency)
+    except BaseException:
+        remove_empty(created)  # nothing was written: leave no empty folder behind
+        raise
     if tok.vocab_size < args.vocab_size:
         print(f"clozelm: note: the text has no more pairs to merge (at least --min-frequency "
               f"{args.min_frequency} times): {tok.vocab_size:,} tokens, not {args.vocab_size:,}", file=sys.stderr)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ClozelmError(f"cannot create {out}: {error.strerror or type(error).__name__}") from None
     tok.save(out, format="gpt2")
     # --overwrite: another tokenizer's files left beside the new ones would be read instead of them
     stale = [name for name in TOKENIZER_FILES if name not in ("encoder.json", "vocab.bpe") and (out / name).is_file()]

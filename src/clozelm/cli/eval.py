@@ -76,7 +76,7 @@ def _out_dir(args) -> Path | None:
 
 def run(args) -> None:
     from ..api import load
-    from ..files import atomic_write_text, make_dirs, remove_empty
+    from ..files import atomic_write_text, check_can_write_into, make_dirs, remove_empty
     from ..eval import EvalOptions, evaluate, markdown, table, to_json
     from ..eval.options import unread_options
     from ..eval.pairs import pairs_by_bound
@@ -93,6 +93,8 @@ def run(args) -> None:
     out = _out_dir(args)
     created = make_dirs(out) if out is not None else []  # one that cannot be made is said before the work
     try:
+        if out is not None:
+            check_can_write_into(out, "--out")
         model = load(args.model, dtype=args.dtype)
         unread = unread_options(given, tasks, model.config.causal, pairs_by_bound(model, options), label=FLAGS.get)
         if unread:
