@@ -163,7 +163,9 @@ def check_can_write_into(folder: Path, what: str = "output directory") -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".clozelm-write-test-"):
             pass
     except OSError as e:
-        raise ClozelmError(f"cannot write into {what} {folder}: {e.strerror or type(e).__name__}") from None
+        why = "files cannot be created there" if isinstance(e, FileNotFoundError) and Path(folder).is_dir() \
+            else e.strerror or type(e).__name__  # /proc/sys answers ENOENT for a folder that exists
+        raise ClozelmError(f"cannot write into {what} {folder}: {why}") from None
 
 
 def make_dirs(out: Path) -> list[Path]:
