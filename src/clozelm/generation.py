@@ -39,6 +39,20 @@ class Sampling:
             raise ClozelmError("need temperature >= 0, top-k >= 0, 0 < top-p <= 1, repetition penalty > 0")
 
 
+def unused_settings(sampling: Sampling, beams: int) -> tuple[str, list[str]] | None:
+    """The settings a request gives that its decoding would not use, as (why, Sampling field names), or None:
+    a beam search samples nothing, and greedy decoding (temperature 0) no top-k, top-p or seed."""
+    given = [name for name, used in (("temperature", sampling.temperature > 0), ("top_k", sampling.top_k > 0),
+                                     ("top_p", sampling.top_p < 1), ("repetition_penalty", sampling.repetition_penalty != 1),
+                                     ("seed", sampling.seed is not None)) if used]
+    if beams > 1 and given:
+        return "beams", given
+    shaping = [name for name in given if name in ("top_k", "top_p", "seed")]
+    if shaping and sampling.temperature == 0:
+        return "greedy", shaping
+    return None
+
+
 def can_generate(model) -> bool:
     """Whether a loaded model can continue a text: a causal LM with a head, and a lossless tokenizer (the
     stream joins the bytes of the tokens as they come)."""

@@ -113,6 +113,8 @@ BAD_REQUESTS = [
     ("POST", "/api/fill", '{"text": "the ___"}', {"Content-Type": "text/plain"}, 415, "application/json"),
     ("POST", "/api/generate", {"text": "x", "temperature": float("nan")}, {}, 400, "'temperature'"),
     ("POST", "/api/generate", {"text": "x", "top_p": 0}, {}, 400, "top-p"),
+    ("POST", "/api/generate", {"text": "x", "beams": 4, "temperature": 1}, {}, 400, "temperature: beams > 1 searches"),
+    ("POST", "/api/generate", {"text": "x", "seed": 3}, {}, 400, "seed: temperature 0 decodes greedily"),
     ("GET", "/api/fill", None, {}, 405, "answers POST"),
     ("PUT", "/api/models", "{}", {}, 405, "answers GET"),
     ("DELETE", "/", None, {}, 405, "GET only"),

@@ -63,22 +63,19 @@ def cmd_fill(args) -> None:
 
 def cmd_generate(args) -> None:
     from ..api import cached_load
-    from ..generation import Sampling, stream_text
+    from ..generation import Sampling, stream_text, unused_settings
     if args.bf16 and args.dtype not in (None, "bf16"):
         raise ClozelmError(f"--bf16 and --dtype {args.dtype} ask for two precisions; give one")
     dtype = "bf16" if args.bf16 else args.dtype or "fp32"
-    sampling_flags = [flag for flag, given in (("--temperature", args.temperature > 0), ("--top-k", args.top_k > 0),
-                                               ("--top-p", args.top_p < 1), ("--repetition-penalty",
-                                                                             args.repetition_penalty != 1),
-                                               ("--seed", args.seed is not None)) if given]
-    if args.beams > 1 and sampling_flags:
-        raise ClozelmError(f"--beams searches for the most likely text and samples nothing: leave out "
-                           f"{', '.join(sampling_flags)}")
-    shaping = [flag for flag in sampling_flags if flag in ("--top-k", "--top-p", "--seed")]
-    if shaping and args.temperature == 0:
-        raise ClozelmError(f"{', '.join(shaping)} {'shapes' if len(shaping) == 1 else 'shape'} sampling, and without "
-                           "--temperature decoding is greedy and samples nothing: add --temperature (such as 0.8) or "
-                           "leave them out")
+    unused = unused_settings(Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                      repetition_penalty=args.repetition_penalty, seed=args.seed), args.beams)
+    if unused is not None:
+        why, names = unused
+        flags = ", ".join("--" + name.replace("_", "-") for name in names)
+        if why == "beams":
+            raise ClozelmError(f"--beams searches for the most likely text and samples nothing: leave out {flags}")
+        raise ClozelmError(f"{flags} {'shapes' if len(names) == 1 else 'shape'} sampling, and without --temperature "
+                           "decoding is greedy and samples nothing: add --temperature (such as 0.8) or leave them out")
     if args.stop and not all(args.stop):
         raise ClozelmError("--stop needs a non-empty string (an empty one would stop before the first token)")
     for stop in args.stop or []:  # one that is not UTF-8 could never match the text generated

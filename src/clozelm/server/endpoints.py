@@ -203,7 +203,7 @@ class APIHandler(JSONHandler):
         self._send(200, page.encode("utf-8"), "text/html; charset=utf-8", {"Content-Security-Policy": HEADS_CSP})
 
     def api_generate(self, method, query):
-        from ..generation import Sampling, can_generate, stream_text
+        from ..generation import Sampling, can_generate, stream_text, unused_settings
         f = self._fields("/api/generate", self._read_json())
         models = self.server.models
         name = f["model"]
@@ -218,6 +218,12 @@ class APIHandler(JSONHandler):
         sampling = Sampling(max_new_tokens=f["max_tokens"], temperature=f["temperature"], top_k=f["top_k"],
                             top_p=f["top_p"], repetition_penalty=f["repetition_penalty"], seed=f["seed"])
         sampling.check()
+        unused = unused_settings(sampling, beams)
+        if unused is not None:  # refused, as the command line refuses it, rather than silently ignored
+            why, names = unused
+            raise HTTPError(400, f"{', '.join(names)}: " + ("beams > 1 searches for the most likely text and samples "
+                                                            "nothing" if why == "beams" else "temperature 0 decodes "
+                                                            "greedily and samples nothing"))
 
         def work(job):
             for piece in stream_text(model, text, sampling, stop=stop, beams=beams):
