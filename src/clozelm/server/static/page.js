@@ -266,8 +266,8 @@
       max_tokens: intFrom($("max-tokens"), 1, limits.max_new_tokens, 40),
       temperature: Math.max(0, Number.parseFloat($("temperature").value) || 0),
     };
-    const seed = Number.parseInt($("seed").value, 10);
-    if (Number.isFinite(seed) && seed >= 0) body.seed = seed;
+    const seed = Number.parseInt($("seed").value, 10);  // a seed shapes sampling only: greedy decoding takes none
+    if (Number.isFinite(seed) && seed >= 0 && body.temperature > 0) body.seed = seed;
     const output = $("gen-output");
     output.querySelector(".prompt").textContent = prompt;
     const continuation = output.querySelector(".continuation");
