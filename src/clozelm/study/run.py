@@ -82,7 +82,7 @@ CALL_OPTIONS = {"limit": "--eval-limit", "samples": "--samples"}
 HELD_OUT_TASKS = ("ppl", "lastword", "cloze")  # the tasks that read the held-out split (pairs and probe: their own data)
 EVAL_EXAMPLES = 128  # held-out windows per evaluation during training (the loss curves)
 # A full-budget run takes hours and may be killed without warning (a machine taken back): it checkpoints at least
-# this often, not only at its evaluations, so that a kill costs minutes. A checkpoint costs about a second.
+# this often, not only at its evaluations, so that a kill costs minutes; writing one costs little beside 100 steps.
 CHECKPOINT_EVERY = 100
 LOSS_PLOT, ACCURACY_PLOT, CLOZE_PLOT = "loss_vs_tokens.png", "accuracy_by_task.png", "cloze_by_k.png"
 
