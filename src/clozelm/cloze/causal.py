@@ -93,12 +93,9 @@ class CausalFiller:
                     pool += [c for c in self._propose(*causal_read, blank, follow[0] if follow else None)
                              if tuple(c) not in seen]
                     fim_judged = self._judge(*fim_read, pool, end, False)
-                    if 0 < self.screen_window < len(window) and len(pool) > self.screen_keep:
-                        # screened by both readings, the left-to-right one on the first known tokens only
-                        short = self._judge(*causal_read, pool, window[:self.screen_window], False)
-                        best = sorted(range(len(pool)), key=lambda j: -(fim_judged[j][1] + short[j][1]))
-                        pool = [pool[j] for j in best[:self.screen_keep]]
-                        fim_judged = [fim_judged[j] for j in best[:self.screen_keep]]
+                    # screened by both readings, the left-to-right one on the first known tokens only
+                    kept = self._screen(*causal_read, pool, window, [g for _, g in fim_judged])
+                    pool, fim_judged = [pool[j] for j in kept], [fim_judged[j] for j in kept]
                     causal_gains = [g for _, g in self._judge(*causal_read, pool, window, needs_boundary)]
                 else:
                     fim_judged = self._judge(*fim_read, pool, end, False)
@@ -161,7 +158,7 @@ class CausalFiller:
         shortest = min(map(len, seqs))
         while common < shortest - 1 and all(s[common] == seqs[0][common] for s in seqs):
             common += 1
-        cache = self.model.new_cache(1, max(map(len, seqs)))
+        cache = self.model.new_cache(1, max(map(len, seqs))) if common else None
         prefix, after_prefix = 0.0, None  # log P(the common tokens after the first); log P(next) after them
         piece = max(1, MAX_LOGIT_FLOATS // self.vocab)  # a long common text: its logits a piece at a time
         for start in range(0, common, piece):
@@ -178,7 +175,7 @@ class CausalFiller:
         for start in range(0, len(rests), rows):
             chunk = rests[start:start + rows]
             batch = scoring.pad_right([list(r) + [0] * (length - len(r)) for r in chunk]).to(self.model.device)
-            logits = self.model(batch, cache=cache.fork(len(chunk)) if common else None).logits
+            logits = self.model(batch, cache=cache.fork(len(chunk)) if cache is not None else None).logits
             chunk_scores = scoring.sequence_logprobs(logits, chunk)  # each rest's tokens after its first
             for r, rest in enumerate(chunk):
                 if common:  # the rest's first token, read after the common beginning
@@ -197,12 +194,19 @@ class CausalFiller:
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
         cache, last = self._read(ctx, n_max + len(follow) + 1)
         pool = self._propose(cache, last, blank, follow[0] if follow else None)
-        if 0 < self.screen_window < len(follow) and len(pool) > self.screen_keep:
-            # Most candidates are told apart by the first few known tokens after them: those screen the pool,
-            # and only the best are read on the whole window.
-            screened = sorted(self._judge(cache, last, pool, follow[:self.screen_window], False), key=lambda c: -c[1])
-            pool = [candidate for candidate, _ in screened[:self.screen_keep]]
+        pool = [pool[j] for j in self._screen(cache, last, pool, follow)]
         return self._judge(cache, last, pool, follow, at_end and blank.kind == "word")
+
+    def _screen(self, cache, last_logits, pool, follow, other_scores=None) -> list[int]:
+        """Indices of the `screen_keep` candidates of `pool` that read best on the first `screen_window` tokens of
+        `follow` (plus `other_scores`, one per candidate), best first; all of them, in order, where no screen applies.
+        Most candidates are told apart by the first few known tokens after them, so only the best need reading on
+        the whole window."""
+        if not (0 < self.screen_window < len(follow) and len(pool) > self.screen_keep):
+            return list(range(len(pool)))
+        short = self._judge(cache, last_logits, pool, follow[:self.screen_window], False)
+        totals = [score + (other_scores[j] if other_scores else 0.0) for j, (_, score) in enumerate(short)]
+        return sorted(range(len(pool)), key=lambda j: -totals[j])[:self.screen_keep]
 
     def _propose(self, cache, last_logits: torch.Tensor, blank: Blank, next_known: int | None) -> list[list[int]]:
         """Beam over the blank's tokens from the context (first tokens also by one token of look-ahead when the
