@@ -59,6 +59,17 @@ def test_file_instead_of_directory(gpt2_dir, tmp_path):
                           "is a file; a tokenizer is a directory")
 
 
+@pytest.mark.parametrize("present, missing", [("vocab.json", "merges.txt"), ("merges.txt", "vocab.json"),
+                                              ("vocab.bpe", "encoder.json")])
+def test_half_a_bpe_tokenizer_is_named_not_taken_for_none(gpt2_dir, tmp_path, present, missing):
+    """A model directory with one file of a byte-level BPE pair is an incomplete copy: loading it says which file is
+    missing, where it used to load the model with no tokenizer at all."""
+    d = copy(gpt2_dir, tmp_path / "m")
+    (d / present).write_text('{"a": 0}' if present.endswith(".json") else "#version: 0.2\n", encoding="utf-8")
+    for result in (run_cli("info", d), run_cli("tokenize", "hi", "--tokenizer", d)):
+        assert_one_line_error(result, f"has {present} but not {missing}")
+
+
 def test_directory_without_weights(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     assert_one_line_error(run_cli("info", tmp_path), "is not a model directory")

@@ -51,6 +51,12 @@ def load_tokenizer(path) -> Tokenizer:
     if kind is not None:
         raise ClozelmError(f"{directory / 'tokenizer.json'} holds a {kind} tokenizer, which clozelm does not read "
                            "(it reads byte-level BPE and WordPiece)")
+    for vocab_name, merges_name in _BPE_FILE_PAIRS:  # half a byte-level BPE: an incomplete copy, not no tokenizer
+        present = [name for name in (vocab_name, merges_name) if (directory / name).is_file()]
+        if len(present) == 1:
+            missing = merges_name if present[0] == vocab_name else vocab_name
+            raise ClozelmError(f"{directory} has {present[0]} but not {missing}: a byte-level BPE tokenizer needs both "
+                               "(an incomplete copy?)")
     raise ClozelmError(
         f"no tokenizer in {directory}: looked for encoder.json + vocab.bpe, "
         "vocab.json + merges.txt (byte-level BPE), vocab.txt (WordPiece) or tokenizer.json"
