@@ -150,3 +150,27 @@ def test_a_tied_pair_saved_once_under_the_heads_name_and_wrapped_names_load(tmp_
     ids = torch.randint(0, SHAPES["tiny"]["vocab_size"], (2, 12))
     with torch.no_grad():
         assert (clozelm.load(tmp_path)(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+
+
+def test_an_untied_gpt2_loads_and_saves_as_transformers_reads_it(tmp_path):
+    """tie_word_embeddings false (a GPT-2 GGUF whose output matrix is quantized apart from its embeddings converts
+    to this): the head is its own matrix, read from lm_head.weight and written back under that name, so transformers
+    opens the saved directory; a tied config whose file holds a different head is refused."""
+    hf = make_hf("tiny", tmp_path / "in", tie_word_embeddings=False)
+    assert not torch.equal(hf.lm_head.weight, hf.transformer.wte.weight)
+    ours = clozelm.load(tmp_path / "in")
+    assert ours.network.config.head == "untied"
+    ids = torch.randint(0, SHAPES["tiny"]["vocab_size"], (2, 16))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+    ours.save_pretrained(tmp_path / "out")
+    reopened = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert reopened.config.model_type == "gpt2" and not reopened.config.tie_word_embeddings
+    with torch.no_grad():
+        assert (reopened(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+    import json
+    config = json.loads((tmp_path / "in" / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (tmp_path / "in" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(clozelm.ClozelmError, match="lm_head.weight differs from the token embeddings"):
+        clozelm.load(tmp_path / "in")

@@ -75,7 +75,8 @@ def _config_from_hf(d: dict, has_head: bool | None, has_pooler: bool) -> ModelCo
         return ModelConfig(
             vocab_size=d["vocab_size"], n_positions=d.get("n_positions", 1024), n_embd=d["n_embd"],
             n_layer=d["n_layer"], n_head=d["n_head"], n_inner=d.get("n_inner"), causal=True, pre_ln=True,
-            activation=act, layer_norm_eps=d.get("layer_norm_epsilon", 1e-5), head="tied",
+            activation=act, layer_norm_eps=d.get("layer_norm_epsilon", 1e-5),
+            head="tied" if d.get("tie_word_embeddings", True) else "untied",  # GPT-2's default: tied
             dropout=d.get("resid_pdrop", 0.0), bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
             pad_token_id=d.get("pad_token_id"), extra=d.get("clozelm_extra", {}),
         )
@@ -102,7 +103,7 @@ def _activation_from_hf(name: str) -> str:
 
 
 def _is_gpt2(cfg: ModelConfig) -> bool:
-    return (cfg.causal and cfg.pre_ln and cfg.head == "tied" and not cfg.type_vocab_size and not cfg.pooler
+    return (cfg.causal and cfg.pre_ln and cfg.head in ("tied", "untied") and not cfg.type_vocab_size and not cfg.pooler
             and _plain_block(cfg))
 
 
@@ -127,7 +128,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
             "activation_function": _ACT_HF[cfg.activation], "layer_norm_epsilon": cfg.layer_norm_eps,
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
             "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-            "scale_attn_weights": True, "tie_word_embeddings": True, "clozelm_extra": cfg.extra,
+            "scale_attn_weights": True, "tie_word_embeddings": cfg.head == "tied", "clozelm_extra": cfg.extra,
         }
     if _is_bert(cfg):
         return {
@@ -167,8 +168,9 @@ _BERT_TOP = [
 ]
 
 
-def gpt2_from_hf(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
-    """HF GPT-2 tensors -> ours. Returns (state dict, names we could not place)."""
+def gpt2_from_hf(sd: dict[str, torch.Tensor], tied: bool = True) -> tuple[dict, list[str]]:
+    """HF GPT-2 tensors -> ours. Returns (state dict, names we could not place). An untied model
+    (tie_word_embeddings false) keeps its lm_head.weight as its own matrix."""
     out, unexpected = {}, []
     lm_head = None
     for name, t in sd.items():
@@ -184,8 +186,13 @@ def gpt2_from_hf(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
             unexpected.append(name)
             continue
         out[name] = t.t() if name.endswith(CONV1D) and t.dim() == 2 else t
+    if not tied:
+        if lm_head is not None:
+            out["lm_head.weight"] = lm_head
+        return out, unexpected
     if lm_head is not None and "wte.weight" in out and not torch.equal(lm_head, out["wte.weight"]):
-        raise ClozelmError("lm_head.weight differs from the token embeddings: GPT-2's head is tied, untied heads are not supported")
+        raise ClozelmError("lm_head.weight differs from the token embeddings, but config.json ties them "
+                           "(tie_word_embeddings is true or absent)")
     if lm_head is not None and "wte.weight" not in out:
         out["wte.weight"] = lm_head  # a tied pair saved once, under the head's name (safetensors' save_model)
     return out, unexpected
@@ -407,7 +414,7 @@ def to_hf(model: Transformer) -> dict[str, torch.Tensor]:
         return dict(sd)
     if cfg.causal:
         for name, t in sd.items():
-            out["transformer." + name] = t.t() if name.endswith(CONV1D) else t
+            out[name if name == "lm_head.weight" else "transformer." + name] = t.t() if name.endswith(CONV1D) else t
         return out
     if model.wtt is None:  # HF BERT always has segment embeddings: a single all-zero row adds nothing
         sd = {**sd, "wtt.weight": torch.zeros(1, cfg.n_embd, dtype=model.wte.weight.dtype)}
@@ -452,8 +459,8 @@ def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32) -> Transformer:
     hf_config = read_config_json(path / "config.json")
     sd = tensor_io.read_weights(path)
     if hf_config.get("model_type") == "gpt2":
-        ours, unexpected = gpt2_from_hf(sd)
         cfg = config_from_hf(hf_config)
+        ours, unexpected = gpt2_from_hf(sd, tied=cfg.head == "tied")
     elif hf_config.get("model_type") == "bert":
         ours, unexpected, _nsp = bert_from_hf(sd)
         cfg = config_from_hf(hf_config, has_head="mlm.dense.weight" in ours, has_pooler="pooler.weight" in ours)
