@@ -118,6 +118,22 @@ def test_too_long_input_is_refused():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
+@pytest.mark.parametrize("positions", ["gpt2", "rope"])
+def test_position_ids_may_be_a_list_or_a_tensor_on_another_device(positions):
+    """Given positions are placed on the model's device as the input ids are (a CPU tensor meeting a GPU model, or
+    a list), on both position schemes; spread-out positions change the logits, so they are used."""
+    rope = positions == "rope"
+    cfg = ModelConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=4,
+                      **(dict(positions="rope", norm="rmsnorm", mlp="gated", bias=False) if rope else {}))
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, 50, (1, 6))
+    with torch.no_grad():
+        as_list = model(ids, position_ids=[[0, 2, 4, 6, 8, 10]]).logits
+        as_tensor = model(ids, position_ids=torch.arange(0, 12, 2)[None]).logits
+        plain = model(ids).logits
+    assert torch.equal(as_list, as_tensor) and not torch.allclose(as_list, plain)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
 def test_logits_at_selected_positions_equal_the_full_logits_there(family):
     bert = family == "bert"

@@ -446,7 +446,7 @@ class Transformer(nn.Module):
 
         rope = None
         if self.wpe is not None:
-            x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, D]
+            x = self.wte(input_ids) + self.wpe(torch.as_tensor(position_ids, device=self.device))  # [B, T, D]
         else:
             x = self.wte(input_ids)
             rope = rope_cos_sin(self.config, torch.as_tensor(position_ids, device=self.device), x.dtype)

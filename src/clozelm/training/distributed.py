@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+
+# How long a rank waits in a collective before it gives up (set-up included: see init_distributed).
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass
@@ -57,7 +62,10 @@ def init_distributed(device: str) -> Dist:
         torch.cuda.set_device(local)
     started = not dist.is_initialized()
     if started:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # The other ranks wait in a collective while rank 0 tokenizes the corpus (runner.on_main), which takes
+        # longer than NCCL's default 10-minute watchdog on a large corpus.
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT,
+                                device_id=torch.device("cuda", local) if use_cuda else None)
     return Dist(dist.get_rank(), dist.get_world_size(), torch.device("cuda", local) if use_cuda else torch.device("cpu"),
                 owns_group=started)
 

@@ -500,6 +500,8 @@ class Trainer:
                 while self.step < cfg.steps:
                     t0 = time.perf_counter()
                     rec = self.train_step()
+                    if self.device.type == "cuda":  # the optimizer's kernels may still run: count them in this step
+                        torch.cuda.synchronize(self.device)
                     dt = time.perf_counter() - t0
                     self.elapsed += dt
                     self.tokens_seen += tokens_per_step
