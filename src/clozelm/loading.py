@@ -22,6 +22,7 @@ EMBEDDED_NAMES = ("default", "default-bert", "default-fim")
 HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
              "vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 HUB_FALLBACK_WEIGHTS = ["pytorch_model.bin"]
+DEVICES = ("auto", "cpu", "cuda")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -69,16 +70,31 @@ def local_models(root: Path | None = None) -> list[Path]:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32, "int4": torch.float32}  # int8/int4: see model/packed.py
 
 
-def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") -> Model:
+def resolve_device(device: str, dtype: str = "fp32") -> torch.device:
+    """Where a model runs: "cpu", "cuda" (refused without a GPU), or "auto": a CUDA GPU when there is one and
+    `dtype`'s products run there (the int8 and int4 weight-only kernels are the CPU's)."""
+    if device not in DEVICES:
+        raise ClozelmError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and dtype not in packed.QUANTIZED else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ClozelmError("--device cuda: no CUDA GPU is available")
+    if device == "cuda" and dtype in packed.QUANTIZED:
+        raise ClozelmError(f"--dtype {dtype} multiplies with CPU kernels; on a GPU use fp32 or bf16")
+    return torch.device(device)
+
+
+def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32", device: str = "cpu") -> Model:
     """The model named (eval mode) with its tokenizer (`model.tokenizer`, None when asked not to load one or
     the directory has none) and where it came from (`model.info`); weights in `dtype` ("fp32" or "bf16":
     half the memory, and faster on CPUs with bf16 units; "int8" and "int4": fp32 weights whose inference products
     read int8 copies (a quarter of the bytes) or int4 copies in groups of 32 (about a sixth; a Q4_1 GGUF keeps its
-    4-bit codes))."""
+    4-bit codes)), on `device` (see resolve_device)."""
     if dtype not in DTYPES:
         raise ClozelmError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if dtype in packed.QUANTIZED and not packed.QUANTIZED[dtype]:
         raise ClozelmError(f"dtype {dtype}: this torch build has no {dtype} weight-only CPU kernel; use fp32 or bf16")
+    place = resolve_device(device, dtype)  # before the load, which may take minutes
     name = str(name_or_path)
     path = Path(name).expanduser()
     if not path.exists() and (DEFAULTS_DIR / name).is_dir():
@@ -106,6 +122,8 @@ def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32") 
         objective = _objective(network)
     if dtype in packed.QUANTIZED:  # quantized copies of the weight matrices for inference products, fp32 elsewhere
         packed.use_quantized_weights(network, dtype)
+    if place.type != "cpu":
+        network.to(place)
     return Model(network, tok, ModelInfo(name=name, source=source, objective=objective))
 
 

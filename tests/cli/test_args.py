@@ -226,6 +226,31 @@ def test_the_dtype_choices_are_the_ones_load_takes():
     assert DTYPES == tuple(LOAD_DTYPES)
 
 
+def test_the_device_choices_are_the_ones_load_takes():
+    from clozelm.cli.args import DEVICES
+    from clozelm.loading import DEVICES as LOAD_DEVICES
+    assert DEVICES == tuple(LOAD_DEVICES)
+
+
+@pytest.mark.parametrize("argv", [["fill", "the ___"], ["generate", "Hello"], ["eval", "default", "--tasks", "ppl"],
+                                  ["heads", "the cat"], ["serve"]])
+def test_every_command_that_runs_a_model_takes_a_device(argv, tmp_path, capsys, monkeypatch):
+    """--device cuda without a GPU, and int8 weights on a GPU (their kernels are the CPU's), are one line each,
+    said before the model is read."""
+    import torch
+
+    if argv[0] == "eval":
+        (tmp_path / "a.txt").write_text("Some held-out text.\n", encoding="utf-8")
+        argv = argv + [tmp_path / "a.txt"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(argv + ["--device", "cuda"], capsys)
+    one_line(code, err, "--device cuda: no CUDA GPU is available")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if argv[0] in ("fill", "generate", "eval"):
+        code, _, err = run(argv + ["--device", "cuda", "--dtype", "int8"], capsys)
+        one_line(code, err, "--dtype int8 multiplies with CPU kernels; on a GPU use fp32 or bf16")
+
+
 def test_tokenizer_train_overwrite_leaves_no_other_tokenizer_behind(tmp_path, capsys):
     """--overwrite on a directory holding another tokenizer (a BERT WordPiece, a model's tokenizer.json): its
     files would be read instead of the new ones, so they go, and the note says which."""

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .args import DTYPES, _checked, float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
+from .args import DTYPES, _checked, add_device_option, float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
 from ..errors import ClozelmError
 from ..files import check_can_write_into, check_writable_dir, expand_inputs, make_dirs, remove_empty
 
@@ -45,7 +45,7 @@ def cmd_fill(args) -> None:
     from ..api import cached_load
     from ..cloze import fill, method_for
     text = read_text_arg(args)
-    model = cached_load(args.model, dtype=args.dtype)
+    model = cached_load(args.model, dtype=args.dtype, device=args.device)
     answers = fill(text, model, top=args.top)
     for note in dict.fromkeys(note for a in answers for note in a.notes):  # each once, in order
         print(f"clozelm: note: {note}", file=sys.stderr)
@@ -82,7 +82,7 @@ def cmd_generate(args) -> None:
         _checked(stop, f"--stop {stop!r}")
     prompt = read_text_arg(args)
     # bf16 weights halve the bytes read per token: decoding is bound by exactly that
-    model = cached_load(args.model, dtype=dtype)
+    model = cached_load(args.model, dtype=dtype, device=args.device)
     sampling = Sampling(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed)
     pieces = stream_text(model, prompt, sampling, stop=args.stop or [], beams=args.beams)
@@ -220,6 +220,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
                         "copies for the products; int4 decodes fastest on CPU; default: %(default)s)")
+    add_device_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
 
@@ -243,6 +244,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=DTYPES,
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
                         "copies for the products; int4 decodes fastest on CPU; default: fp32)")
+    add_device_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

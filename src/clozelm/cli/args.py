@@ -22,6 +22,13 @@ from ..files import read_text_file
 # Integers past this are refused: torch keeps sizes, seeds and counts in 64 bits.
 INT_LIMIT = 2**63 - 1
 DTYPES = ("fp32", "bf16", "int8", "int4")  # --dtype: clozelm.loading.DTYPES, named here so --help needs no torch
+DEVICES = ("auto", "cpu", "cuda")  # --device: clozelm.loading.DEVICES
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the model runs: auto (default) is a CUDA GPU when there is one (with --dtype "
+                             "int8/int4: the CPU, whose kernels they use)")
 
 
 def _shown(text: str) -> str:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .args import DTYPES, int_in, nonnegative_int, positive_int
+from .args import DTYPES, add_device_option, int_in, nonnegative_int, positive_int
 from ..errors import ClozelmError
 
 EPILOG = """examples:
@@ -95,7 +95,7 @@ def run(args) -> None:
     try:
         if out is not None:
             check_can_write_into(out, "--out")
-        model = load(args.model, dtype=args.dtype)
+        model = load(args.model, dtype=args.dtype, device=args.device)
         unread = unread_options(given, tasks, model.config.causal, pairs_by_bound(model, options), label=FLAGS.get)
         if unread:
             raise ClozelmError(unread)
@@ -134,6 +134,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0, help="every random choice follows from it (default: 0)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision (int8/int4: the products read quantized copies; default: %(default)s)")
+    add_device_option(p)
     p.add_argument("--limit", type=positive_int, help="items per task, pairs per phenomenon (default: all of a "
                                                       "given file; 200 passages and 100 sentences cut from FILES; "
                                                       "500 built-in probe texts)")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .args import nonnegative_int, positive_int, read_text_arg
+from .args import add_device_option, nonnegative_int, positive_int, read_text_arg
 from ..errors import ClozelmError
 from ..loaded import model_label
 from ..files import check_output_file, read_text_file
@@ -47,10 +47,10 @@ def cmd_heads(args) -> None:
     if args.syntax:
         return _syntax(args)
     if args.report:
-        return _report(args, cached_load(args.model))
+        return _report(args, cached_load(args.model, device=args.device))
     from ..heads.extract import attention_map
     text = _text(args)
-    model = cached_load(args.model)
+    model = cached_load(args.model, device=args.device)
     for flag, specs in (("--png", args.png), ("--svg", args.svg)):  # before the model runs and any file is written
         for (layer, head), _ in specs:
             if not (0 <= layer < model.config.n_layer and 0 <= head < model.config.n_head):
@@ -68,8 +68,8 @@ def cmd_heads(args) -> None:
         from ..heads.views import write_page
         maps_list = [maps]
         if args.compare:
-            other = attention_map(cached_load(args.compare), text, model_name=model_label(args.compare),
-                                  max_tokens=limit)
+            other = attention_map(cached_load(args.compare, device=args.device), text,
+                                  model_name=model_label(args.compare), max_tokens=limit)
             for note in other.notes:
                 _note(f"{args.compare}: {note}")
             maps_list.append(other)
@@ -117,7 +117,7 @@ def _syntax(args) -> None:
     from ..heads.syntax import load_spacy, syntax_analysis
     nlp = load_spacy()  # before loading anything: a missing extra is the first thing to say
     text = read_text_file(args.syntax, "--syntax file")
-    model = cached_load(args.model)
+    model = cached_load(args.model, device=args.device)
     report = syntax_analysis(model, text, nlp=nlp, min_arcs=args.min_arcs, model_name=model_label(args.model))
     if args.out:
         from ..heads.render import write_file
@@ -139,6 +139,7 @@ def add_parser(sub) -> None:
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
     p.add_argument("--compare", metavar="M2", help="a second model shown side by side on the same text")
+    add_device_option(p)
     # every layer's and head's T x T map is kept: a long-context model (8k positions and more) reading a whole
     # chapter would need tens of GB, and the page is meant for a few hundred tokens
     p.add_argument("--max-tokens", type=positive_int, metavar="N",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .args import float_in, int_in, port
+from .args import add_device_option, float_in, int_in, port
 from ..loaded import model_label
 from ..server.limits import LIMIT_RANGES
 
@@ -28,7 +28,7 @@ def cmd_serve(args) -> None:
     # a body holds the text as JSON: up to 4 bytes a character (UTF-8), plus the other fields
     limits = Limits(timeout=args.timeout, workers=args.workers, queue_size=args.queue, max_text=args.max_text,
                     max_body=max(Limits.max_body, 4 * args.max_text + 4096))
-    models = {name: cached_load(name) for name in names}
+    models = {name: cached_load(name, device=args.device) for name in names}
     server = make_server(models, host=args.host, port=args.port, limits=limits, quiet=args.quiet)
     try:
         if server.allowed_hosts is None:
@@ -57,6 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="default", help="embedded name or model directory (default: %(default)s)")
     p.add_argument("--compare", default="default-bert", metavar="M2",
                    help="a second model shown beside the first; 'none' for one model (default: %(default)s)")
+    add_device_option(p)
     p.add_argument("--port", type=port, default=8765, help="0 picks a free port (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--timeout", type=_limit("timeout"), default=60.0,

@@ -517,7 +517,7 @@ def _evaluated(out: Path, name: str, config: StudyConfig, say, model_sha256: str
     tasks = _cached_tasks(cache_path, keys)
     todo = [t for t in config.tasks if t not in tasks]
     if todo:
-        model = load(model_dir)
+        model = load(model_dir, device=config.device)
         options = EvalOptions(seed=EVAL_SEED, limit=config.eval_limit, samples=config.eval_samples)
         heldout = out / "data" / "heldout"
         for task in todo:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from .. import loading
 from ..errors import ClozelmError
 from .config import InvalidTrainConfig, TrainConfig
 
@@ -50,11 +51,7 @@ class Numerics:
 
 def resolve_device(device: str | None) -> str:
     """"auto" (or None) is CUDA when a GPU is available, else the CPU."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ClozelmError("--device cuda: no CUDA GPU is available")
-    return device
+    return loading.resolve_device(device or "auto").type
 
 
 def for_new_run(config: TrainConfig) -> Numerics:
