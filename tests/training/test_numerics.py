@@ -51,3 +51,43 @@ def test_train_puts_the_process_settings_back_and_refuses_other_ones(tmp_path, c
         train(TrainConfig(out=run.dir, resume=True, compile=True))
     assert train(TrainConfig(out=run.dir, resume=True, device="cpu", threads=before + 1, progress=False)).complete
     assert torch.get_num_threads() == before
+
+
+def test_compile_is_the_default_only_where_it_pays(monkeypatch):
+    """On CPUs without AMX, for long runs in one process with a C++ compiler at hand; elsewhere the eager step."""
+    from clozelm.model import packed
+    from clozelm.training import numerics
+
+    long = numerics.COMPILE_FROM_STEPS
+    monkeypatch.setattr(packed, "has_amx", lambda: False)
+    monkeypatch.setattr(numerics.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert numerics.compile_by_default("cpu", long, 1)
+    assert not numerics.compile_by_default("cpu", long - 1, 1)
+    assert not numerics.compile_by_default("cpu", long, 2)
+    assert not numerics.compile_by_default("cuda", long, 1)
+    monkeypatch.setattr(numerics.shutil, "which", lambda name: None)
+    assert not numerics.compile_by_default("cpu", long, 1)
+    monkeypatch.setattr(numerics.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(packed, "has_amx", lambda: True)
+    assert not numerics.compile_by_default("cpu", long, 1)
+    # what a new run records: the machine's choice when the config leaves it out, the config's otherwise
+    monkeypatch.setattr(packed, "has_amx", lambda: False)
+    assert numerics.for_new_run(TrainConfig(device="cpu"), long, 1).compile
+    assert not numerics.for_new_run(TrainConfig(device="cpu", compile=False), long, 1).compile
+    assert numerics.for_new_run(TrainConfig(device="cpu", compile=True), 10, 1).compile
+
+
+def test_a_compiled_run_trains_as_the_plain_one(tmp_path, corpus, bpe_dir):
+    """torch.compile fuses the step's small operations, so its bf16 roundings differ a little; the losses must
+    follow the plain run's."""
+    runs = {}
+    for compiled in (False, True):
+        cfg = TrainConfig(files=[corpus], tokenizer=bpe_dir, out=tmp_path / str(compiled), n_layer=2, n_embd=32,
+                          n_head=2, n_positions=32, batch_size=4, steps=8, dropout=0.0, compile=compiled,
+                          eval_every=0, progress=False)
+        run = train(cfg)
+        assert json.loads(run.settings.read_text())["numerics"]["compile"] is compiled
+        runs[compiled] = losses(run.dir)
+    assert sorted(runs[True]) == sorted(runs[False]) == list(range(1, 9))
+    for step, loss in runs[False].items():
+        assert runs[True][step] == pytest.approx(loss, rel=1e-2), step

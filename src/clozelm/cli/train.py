@@ -90,7 +90,9 @@ def add_parser(sub) -> None:
                    help="bf16-master (default): bf16 weights with fp32 master copies; bf16: autocast over fp32 weights; fp32")
     g.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="fuse the vocabulary projection into the cross-entropy (default on; --no-fused-loss: the plain path)")
-    g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on CPUs without AMX, for runs long enough to repay the compile "
+                        "time; --no-compile: never)")
     g.add_argument("--no-reuse-memory", action="store_true",
                    help="let the C library hand freed memory back to the system at once (glibc's default) instead of "
                         "keeping it for the next step (CPU runs); results are the same, steps slower")

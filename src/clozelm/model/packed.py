@@ -212,7 +212,8 @@ def _quantized_linear(x, weight, bias, owner, kind):
     return y if bias is None else y + bias
 
 
-def _has_amx() -> bool:
+def has_amx() -> bool:
+    """Whether this CPU has AMX matrix units (recent Xeons): the machine classes differ in what pays."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
@@ -223,7 +224,7 @@ def _has_amx() -> bool:
 # Which weights to pack, by machine class (benchmarks/generate_speed.py, A/B with CLOZELM_PACKED_WEIGHTS=0): the
 # blocked layout pays for bf16 everywhere measured, and for fp32 on CPUs without AMX; on a Xeon with AMX the fp32
 # single-row product is faster with the plain row-major weight.
-PACK_FP32 = os.environ.get("CLOZELM_PACK_FP32", "0" if _has_amx() else "1") != "0"
+PACK_FP32 = os.environ.get("CLOZELM_PACK_FP32", "0" if has_amx() else "1") != "0"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object,

@@ -146,7 +146,8 @@ class TrainConfig:
     # ---- numerics: machine settings that change the float results
     device: str | None = _opt("numerics", "str", "auto", choices=DEVICES)
     threads: int | None = _opt("numerics", "int", lo=1, hi=THREAD_LIMIT)  # CPU threads (default: torch's)
-    compile: bool | None = _opt("numerics", "bool", False)  # torch.compile the model
+    # torch.compile the model (default: where it pays, numerics.compile_by_default)
+    compile: bool | None = _opt("numerics", "bool")
 
     def __post_init__(self) -> None:
         problems = []

@@ -14,11 +14,13 @@ different one is only noted, since it cannot be restored.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from .. import loading
+from ..model import packed
 from ..errors import ClozelmError
 from .config import InvalidTrainConfig, TrainConfig
 
@@ -54,10 +56,28 @@ def resolve_device(device: str | None) -> str:
     return loading.resolve_device(device or "auto").type
 
 
-def for_new_run(config: TrainConfig) -> Numerics:
-    """The settings a new run will train with: what `config` asks for, the process's own for the rest."""
-    return Numerics(device=resolve_device(config.device), threads=config.threads or torch.get_num_threads(),
-                    compile=bool(config.compile), deterministic=torch.are_deterministic_algorithms_enabled(),
+# The shortest run compiled by default: the compile time (a minute or two on 2 cores) must be repaid by the
+# faster steps.
+COMPILE_FROM_STEPS = 2000
+
+
+def compile_by_default(device: str, steps: int, world: int) -> bool:
+    """Whether a new run that does not say is trained through torch.compile: on CPUs without AMX, where
+    inductor's fused kernels shorten the step (benchmarks/train_speed.py --compile), for runs long enough to repay
+    the compile time, in one process, and only where the C++ compiler inductor needs is installed. Not on a Xeon
+    with AMX, whose eager step already fuses each product with its bias and GELU in oneDNN (model/fused.py),
+    nor on a GPU, where it is not yet measured."""
+    return (device == "cpu" and world == 1 and steps >= COMPILE_FROM_STEPS and not packed.has_amx()
+            and any(shutil.which(name) for name in ("g++", "c++", "clang++")))
+
+
+def for_new_run(config: TrainConfig, steps: int = 0, world: int = 1) -> Numerics:
+    """The settings a new run of `steps` optimizer steps in `world` processes will train with: what `config` asks
+    for, the process's own for the rest."""
+    device = resolve_device(config.device)
+    compile = config.compile if config.compile is not None else compile_by_default(device, steps, world)
+    return Numerics(device=device, threads=config.threads or torch.get_num_threads(),
+                    compile=compile, deterministic=torch.are_deterministic_algorithms_enabled(),
                     matmul_precision=torch.get_float32_matmul_precision(), mkldnn=torch.backends.mkldnn.enabled,
                     torch=torch.__version__)
 

@@ -335,7 +335,7 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
     model_cfg = _model_config(config, init, tok)
     cfg = _new_run_config(config, model_cfg, init is not None, d.world)
     objective = make_objective(cfg.objective, tok, model_cfg.vocab_size)  # missing special tokens: before tokenizing
-    numerics = num.for_new_run(config)
+    numerics = num.for_new_run(config, cfg.steps, d.world)
     checked = check_corpus(corpus, config.skip_bad_files, _say)  # every file read and checked once
     model = _build_model(model_cfg, init, cfg.seed)  # a model too big for memory fails here, before any file is made
 
