@@ -10,7 +10,8 @@ after the loss-check steps their losses must agree within 1%.
 
     clozelm    the trainer's default step: bf16 weights with fp32 master copies, each Linear layer's bias and
                GELU inside oneDNN's product (CLOZELM_FUSED_LINEAR=0: apart), the vocabulary projection fused
-               into the cross-entropy, fused AdamW (--precision / --no-fused-loss: the other paths)
+               into the cross-entropy, fused AdamW, and torch.compile where a long `clozelm train` run on this
+               machine uses it (--precision / --no-fused-loss / --no-compile: the other paths)
     reference  transformers GPT2LMHeadModel, fp32, torch AdamW with its default implementation
 
 Each side runs with its own process settings: clozelm's as `clozelm train` sets them (it keeps freed memory
@@ -28,7 +29,7 @@ tokenizer over data/corpus when present (else random ids).
 
     python benchmarks/train_speed.py            # both shapes; 50 loss-check steps on the default shape
     python benchmarks/train_speed.py --quick    # a short run (half batches, 8 steps; 124M timed on 3)
-    python benchmarks/train_speed.py --compile  # also torch.compile clozelm's model
+    python benchmarks/train_speed.py --no-compile  # clozelm's step eager where a long run would compile it
     python benchmarks/train_speed.py --mfu cuda --batch 64   # on a GPU: clozelm's step alone, tokens/s and MFU
 """
 
@@ -50,6 +51,7 @@ from clozelm.model import Transformer
 from clozelm.training import TrainConfig
 from clozelm.training.loop import autocast, fused_loss_sum, lr_at, make_optimizer
 from clozelm.training.memory import reuse_freed_memory
+from clozelm.training.numerics import COMPILE_FROM_STEPS, compile_by_default
 from clozelm.training.objectives import loss_sum
 from clozelm.training.precision import MasterWeights
 
@@ -232,6 +234,8 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
     print(f"{name}: clozelm {rate['clozelm']:,.0f} tok/s, transformers fp32 {rate['transformers']:,.0f} tok/s, "
           f"ratio x{rate['clozelm'] / rate['transformers']:.2f} (batch {B} x {T}, dropout {dropout}, "
           f"{precision}, fused loss {'on' if fused else 'off'})")
+    if compile:
+        print(f"{name}: clozelm's first step, compilation included, took {times['clozelm'][0]:.1f}s (not counted)")
     print(f"{name}: the step's matrix products alone take {limit:.2f}s in bf16 here: clozelm's step "
           f"({step_time['clozelm']:.2f}s) is {limit / step_time['clozelm']:.0%} of that limit")
     if loss_steps:
@@ -370,7 +374,9 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.0, help="on both sides (default 0, clozelm train's default)")
     ap.add_argument("--precision", default="bf16-master", choices=["bf16-master", "bf16", "fp32"])
     ap.add_argument("--no-fused-loss", dest="fused", action="store_false")
-    ap.add_argument("--compile", action="store_true", help="torch.compile clozelm's model")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile clozelm's model (default: as a long `clozelm train` run on this machine "
+                         "does, training.numerics.compile_by_default)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
                     help="clozelm's side with malloc as the C library sets it (clozelm train --no-reuse-memory)")
@@ -391,6 +397,10 @@ def main() -> None:
             run_mfu(name, shape, args.steps, args.precision, args.fused, args.compile, torch.device(args.mfu))
         return
     matmul_ceiling()
+    if args.compile is None:
+        args.compile = compile_by_default("cpu", COMPILE_FROM_STEPS, 1)
+        print(f"clozelm's step {'compiled' if args.compile else 'eager'}: what `clozelm train` does here for runs of "
+              f"{COMPILE_FROM_STEPS:,} steps or more (--compile / --no-compile to choose)")
     for name in args.shapes:
         shape = dict(SHAPES[name])
         if args.quick:  # half the batch: a minute or two on a shared 2-core machine
