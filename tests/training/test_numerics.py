@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clozelm.training import InvalidTrainConfig, TrainConfig, train
+from clozelm.training.config import default_of
 
 from .helpers import TINY, child, losses, one_line_error
 
@@ -63,6 +64,7 @@ def test_compile_is_the_default_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(numerics.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert numerics.compile_by_default("cpu", long, 1)
     assert not numerics.compile_by_default("cpu", long - 1, 1)
+    assert numerics.compile_by_default("cpu", default_of("steps"), 1)  # `clozelm train`'s own length
     assert not numerics.compile_by_default("cpu", long, 2)
     assert not numerics.compile_by_default("cuda", long, 1)
     monkeypatch.setattr(numerics.shutil, "which", lambda name: None)
