@@ -36,6 +36,12 @@ def bigram_counts(tokenizer, sentences: list[str]) -> torch.Tensor:
     return counts
 
 
+def at_positions(logits: torch.Tensor, logits_at) -> torch.Tensor:
+    """The network's `logits_at` contract: the logits [B, T, V] at the True places of `logits_at` only, [N, V] in
+    row-major order."""
+    return logits if logits_at is None else logits[torch.as_tensor(logits_at, dtype=torch.bool)]
+
+
 class _Cache:
     def __init__(self, batch):
         self.last = torch.zeros(batch, dtype=torch.long)
@@ -70,7 +76,8 @@ class BigramLM(nn.Module):
     def new_cache(self, batch_size, max_len=None):
         return _Cache(batch_size)
 
-    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False, **_):
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False,
+                logits_at=None, **_):
         ids = torch.as_tensor(input_ids)
         ids = ids[None] if ids.dim() == 1 else ids
         logits = self.table[ids]
@@ -78,7 +85,7 @@ class BigramLM(nn.Module):
             cache.last, cache.length = ids[:, -1], cache.length + ids.size(1)
         if last_logits_only:
             logits = logits[:, -1:]
-        return Output(logits=logits, hidden=torch.zeros(*ids.shape, 8))
+        return Output(logits=at_positions(logits, logits_at), hidden=torch.zeros(*ids.shape, 8))
 
 
 class NeighbourMLM(nn.Module):
@@ -99,7 +106,7 @@ class NeighbourMLM(nn.Module):
         self.forward_logp = (counts / counts.sum(1, keepdim=True)).log()  # [prev, x]
         self.backward_logp = (counts / counts.sum(0, keepdim=True)).log()  # [x, next]
 
-    def forward(self, input_ids, attention_mask=None, attentions=False, **_):
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, logits_at=None, **_):
         ids = torch.as_tensor(input_ids)
         ids = ids[None] if ids.dim() == 1 else ids
         B, T = ids.shape
@@ -116,7 +123,7 @@ class NeighbourMLM(nn.Module):
                 if t + 1 < T and ids[b, t + 1] != self.mask:
                     score = score + self.backward_logp[:, ids[b, t + 1]]
                 logits[b, t] = score
-        return Output(logits=logits, hidden=torch.zeros(B, T, 8))
+        return Output(logits=at_positions(logits, logits_at), hidden=torch.zeros(B, T, 8))
 
 
 def counts_of(sentences):
@@ -138,7 +145,8 @@ class ScriptedLM(nn.Module):
     def new_cache(self, batch_size, max_len=None):
         return _Cache(batch_size)
 
-    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False, **_):
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False,
+                logits_at=None, **_):
         ids = torch.as_tensor(input_ids)
         ids = ids[None] if ids.dim() == 1 else ids
         B, T = ids.shape
@@ -152,4 +160,4 @@ class ScriptedLM(nn.Module):
             cache.length += T
         if last_logits_only:
             logits = logits[:, -1:]
-        return Output(logits=logits, hidden=torch.zeros(B, T, 8))
+        return Output(logits=at_positions(logits, logits_at), hidden=torch.zeros(B, T, 8))

@@ -12,6 +12,8 @@ import torch.nn as nn
 from clozelm.loaded import Model, ModelInfo
 from clozelm.model import ModelConfig, Output
 
+from handbuilt import at_positions
+
 
 class HandModel(Model):
     device = torch.device("cpu")
@@ -51,7 +53,8 @@ class ConstantLM(nn.Module):
     def new_cache(self, batch_size, max_len=None):
         return _Cache()
 
-    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False, **_):
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, cache=None, last_logits_only=False,
+                logits_at=None, **_):
         ids = torch.as_tensor(input_ids)
         ids = ids[None] if ids.dim() == 1 else ids
         B, T = ids.shape
@@ -61,7 +64,7 @@ class ConstantLM(nn.Module):
             cache.length += T
         if last_logits_only:
             logits = logits[:, -1:]
-        return Output(logits=logits, hidden=torch.zeros(B, T, 8))
+        return Output(logits=at_positions(logits, logits_at), hidden=torch.zeros(B, T, 8))
 
 
 class TokenIdentity(nn.Module):
@@ -73,8 +76,9 @@ class TokenIdentity(nn.Module):
         self.config = ModelConfig(vocab_size=V, n_positions=64, n_embd=V, n_layer=1, n_head=1, causal=False,
                                   pre_ln=False, head="mlm")
 
-    def forward(self, input_ids, attention_mask=None, attentions=False, **_):
+    def forward(self, input_ids, attention_mask=None, attentions=False, *, logits_at=None, **_):
         ids = torch.as_tensor(input_ids)
         ids = ids[None] if ids.dim() == 1 else ids
         hidden = torch.nn.functional.one_hot(ids, self.config.vocab_size).float()
-        return Output(logits=torch.zeros(*ids.shape, self.config.vocab_size), hidden=hidden)
+        logits = torch.zeros(*ids.shape, self.config.vocab_size)
+        return Output(logits=at_positions(logits, logits_at), hidden=hidden)

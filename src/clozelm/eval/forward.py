@@ -43,13 +43,25 @@ def _padded(model, rows: Sequence[Sequence[int]], batch: list[int]):
     return ids.to(model.device), (valid.to(model.device) if ragged else None)
 
 
-def _batch_logits(model, rows: Sequence[Sequence[int]], batch_tokens: int):
-    """(indices of the rows in a batch, the model's logits over that padded batch), batch by batch."""
+def _batch_logits(model, rows: Sequence[Sequence[int]], batch_tokens: int,
+                  positions: Sequence[Sequence[int]] | None = None):
+    """(indices of the rows in a batch, the model's logits over that padded batch [B, T, V]), batch by batch;
+    with `positions` (per row, the positions whose logits are read), the logits there only, [N, V] in row-major
+    order, and where each position's row is in them ([B, T] long, -1 elsewhere): a masked model's pseudo-likelihood
+    reads one position of each row, and the vocabulary projection of every other would be wasted."""
     max_tokens = max(1, min(batch_tokens, MAX_LOGITS // model.config.vocab_size))
     for batch in _batches([len(r) for r in rows], max_tokens):
         ids, valid = _padded(model, rows, batch)
+        if positions is None:
+            with torch.inference_mode():
+                yield batch, model(ids, attention_mask=valid).logits, None
+            continue
+        at = torch.zeros(ids.shape, dtype=torch.bool)
+        for r, i in enumerate(batch):
+            at[r, list(positions[i])] = True
+        index = torch.where(at, at.flatten().cumsum(0).view(at.shape) - 1, -1).to(ids.device)
         with torch.inference_mode():
-            yield batch, model(ids, attention_mask=valid).logits
+            yield batch, model(ids, attention_mask=valid, logits_at=at.to(ids.device)).logits, index
 
 
 def token_logprobs(model, rows: Sequence[Sequence[int]], targets: Sequence[Sequence[tuple[int, int]]], *,
@@ -63,7 +75,8 @@ def token_logprobs(model, rows: Sequence[Sequence[int]], targets: Sequence[Seque
     to put it back, and dropping it only moves probability onto real tokens). `greedy`: each row's result is
     (log-probabilities, bool tensor: the token is the argmax there)."""
     results: list[torch.Tensor | None] = [None] * len(rows)
-    for batch, logits in _batch_logits(model, rows, batch_tokens):
+    wanted = [[position for position, _ in row_targets] for row_targets in targets]
+    for batch, logits, index in _batch_logits(model, rows, batch_tokens, wanted):
         where_r, where_p, tokens, owners = [], [], [], []
         for r, i in enumerate(batch):
             for position, token in targets[i]:
@@ -71,8 +84,8 @@ def token_logprobs(model, rows: Sequence[Sequence[int]], targets: Sequence[Seque
                 where_p.append(position)
                 tokens.append(token)
             owners.append(len(targets[i]))
-        picked = logits[torch.tensor(where_r, dtype=torch.long, device=logits.device),
-                        torch.tensor(where_p, dtype=torch.long, device=logits.device)].float()
+        picked = logits[index[torch.tensor(where_r, dtype=torch.long, device=logits.device),
+                              torch.tensor(where_p, dtype=torch.long, device=logits.device)]].float()
         if exclude:
             picked[:, list(exclude)] = float("-inf")
         chosen = torch.tensor(tokens, dtype=torch.long, device=picked.device)
@@ -93,9 +106,9 @@ def top_tokens(model, rows: Sequence[Sequence[int]], positions: Sequence[int], *
                ) -> list[torch.Tensor]:
     """For each row, the log-softmax (float32) over the vocabulary at `positions[i]`."""
     results: list[torch.Tensor | None] = [None] * len(rows)
-    for batch, logits in _batch_logits(model, rows, batch_tokens):
+    for batch, logits, index in _batch_logits(model, rows, batch_tokens, [[p] for p in positions]):
         for r, i in enumerate(batch):
-            results[i] = scoring.log_probs(logits[r, positions[i]]).cpu()
+            results[i] = scoring.log_probs(logits[index[r, positions[i]]]).cpu()
     return results  # type: ignore[return-value]
 
 
