@@ -70,6 +70,21 @@ def init_distributed(device: str) -> Dist:
                 owns_group=started)
 
 
+def fp32_mean_hook(process_group, bucket):
+    """DDP communication hook: the ranks' mean of a bucket of gradients, summed in fp32 whatever their dtype. With
+    bf16 weights (bf16-master) the default hook sums bf16 gradients, rounding at each rank's addition; here they
+    are rounded once, like the gradient of one process with the whole batch."""
+    group = process_group if process_group is not None else dist.group.WORLD
+    buffer = bucket.buffer()
+    full = buffer.to(torch.float32).div_(dist.get_world_size(group))
+    reduced = dist.all_reduce(full, group=group, async_op=True).get_future()
+
+    def back(future):
+        return buffer.copy_(future.value()[0])
+
+    return reduced.then(back)
+
+
 class OtherRankFailed(Exception):
     """Rank 0 failed during set-up and has reported why; the other ranks just stop (the CLI exits 2 quietly)."""
 

@@ -66,7 +66,7 @@ from ..model.transformer import Transformer
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import TokenData, Windows
-from .distributed import Dist
+from .distributed import Dist, fp32_mean_hook
 from .fused_loss import linear_cross_entropy
 from .objectives import IGNORE, Batch, Objective, loss_sum
 from .precision import MasterWeights
@@ -287,6 +287,8 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
             forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.masters is not None:  # bf16 gradients: averaged across ranks in fp32, rounded to bf16 once
+                forward.register_comm_hook(None, fp32_mean_hook)
         self.ddp = forward if self.dist.enabled else None
         self.forward = torch.compile(forward) if compile else forward
         self.optimizer = make_optimizer(self.model, cfg, masters=self.masters)
