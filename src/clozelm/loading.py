@@ -11,6 +11,7 @@ import torch
 from .errors import ClozelmError
 from .loaded import OBJECTIVES, Model, ModelInfo
 from .model import packed
+from .model.device import DEVICES, resolve_device  # noqa: F401 (DEVICES: the choices load takes)
 from .model.transformer import Transformer
 from .tokenizers import Tokenizer, load_tokenizer
 from .weights import gguf, hf, openai_tf
@@ -22,7 +23,6 @@ EMBEDDED_NAMES = ("default", "default-bert", "default-fim")
 HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
              "vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 HUB_FALLBACK_WEIGHTS = ["pytorch_model.bin"]
-DEVICES = ("auto", "cpu", "cuda")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -68,20 +68,6 @@ def local_models(root: Path | None = None) -> list[Path]:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32, "int4": torch.float32}  # int8/int4: see model/packed.py
-
-
-def resolve_device(device: str, dtype: str = "fp32") -> torch.device:
-    """Where a model runs: "cpu", "cuda" (refused without a GPU), or "auto": a CUDA GPU when there is one and
-    `dtype`'s products run there (the int8 and int4 weight-only kernels are the CPU's)."""
-    if device not in DEVICES:
-        raise ClozelmError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and dtype not in packed.QUANTIZED else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ClozelmError("--device cuda: no CUDA GPU is available")
-    if device == "cuda" and dtype in packed.QUANTIZED:
-        raise ClozelmError(f"--dtype {dtype} multiplies with CPU kernels; on a GPU use fp32 or bf16")
-    return torch.device(device)
 
 
 def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32", device: str = "cpu") -> Model:

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from .. import loading
-from ..model import packed
 from ..errors import ClozelmError
+from ..model import packed
+from ..model.device import resolve_device as place
 from .config import InvalidTrainConfig, TrainConfig
 
 
@@ -53,7 +53,7 @@ class Numerics:
 
 def resolve_device(device: str | None) -> str:
     """"auto" (or None) is CUDA when a GPU is available, else the CPU."""
-    return loading.resolve_device(device or "auto").type
+    return place(device or "auto").type
 
 
 # The shortest run compiled by default: the compile time (tens of seconds on 2 cores, less once inductor has

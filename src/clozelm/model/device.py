@@ -1,0 +1,25 @@
+"""Where a network runs: the CPU, a CUDA GPU, or "auto" (the GPU when there is one and the weights' products
+run there)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ClozelmError
+from . import packed
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str, dtype: str = "fp32") -> torch.device:
+    """Where a model runs: "cpu", "cuda" (refused without a GPU), or "auto": a CUDA GPU when there is one and
+    `dtype`'s products run there (the int8 and int4 weight-only kernels are the CPU's)."""
+    if device not in DEVICES:
+        raise ClozelmError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and dtype not in packed.QUANTIZED else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ClozelmError("--device cuda: no CUDA GPU is available")
+    if device == "cuda" and dtype in packed.QUANTIZED:
+        raise ClozelmError(f"--dtype {dtype} multiplies with CPU kernels; on a GPU use fp32 or bf16")
+    return torch.device(device)
