@@ -235,7 +235,7 @@ class CausalFiller:
             values, rows, tokens = scoring.beam_step(logp, self.width, finite_only=True)
             if len(rows) == 0:
                 break
-            hyps = [hyps[r] + [int(t)] for r, t in zip(rows, tokens)]
+            hyps = [hyps[r] + [t] for r, t in zip(rows.tolist(), tokens.tolist())]  # one read back from a GPU
             scores = values
             beam_cache = beam_cache.select(rows)
             if blank.kind == "word" or step == n_tokens - 1:
