@@ -113,7 +113,7 @@ def main() -> int:
                 failed.append(f"{name}: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1][:120]}")
         return not failed, "; ".join(failed) or "all four ran"
 
-        @check("bf16 autocast with the flash attention kernel, forward and backward")
+    @check("bf16 autocast with the flash attention kernel, forward and backward")
     def _():
         from torch.nn.attention import SDPBackend, sdpa_kernel
         network = clozelm.load("default", tokenizer=False).network.to(device).train()
