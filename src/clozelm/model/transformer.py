@@ -217,6 +217,32 @@ def _takes_one_query(q, k, mask, dropout: float, is_causal: bool) -> bool:
             and (mask is None or (mask.dim() == 4 and mask.size(2) == 1 and mask.size(3) == k.size(2))))
 
 
+def _products_and_softmax(q, k, v, mask, is_causal: bool, dropout: float):
+    """softmax(q k^T / sqrt(Dh) + mask) v spelled out: a product, an fp32 softmax, a product.
+    q [B, H, T, Dh], k, v [B, H, S, Dh], mask None or additive [B, 1 or H, T, S] -> [B, H, T, Dh].
+
+    Why: compiled training on a CPU, where inductor fuses the scale, the mask, the softmax and its casts into
+    one pass and its backward into another, while torch's CPU flash kernel (tiled for long sequences) takes
+    several times the products' own time at training's short ones. The scores are rounded to the inputs' dtype
+    once, as the product writes them, and everything after that is fp32 up to the probabilities: the precision of
+    transformers' and nanoGPT's explicit bf16 attention (tests/model/test_transformer.py measures it against
+    float64 beside the flash kernel's)."""
+    scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.size(-1)))  # [B, H, T, S]
+    if mask is not None:
+        scores = scores + mask
+    elif is_causal:
+        scores = scores.masked_fill(_causal_block(q.size(2), k.size(2), q.device).logical_not(), float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    return F.dropout(probs, dropout, training=dropout > 0.0) @ v
+
+
+def _compiled_cpu_training(q) -> bool:
+    """Whether `_products_and_softmax` computes this attention: while torch.compile traces a bf16 training step
+    on the CPU (eager, the flash kernel is the faster)."""
+    return (torch.compiler.is_compiling() and q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and torch.is_grad_enabled())
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -259,6 +285,8 @@ class Attention(nn.Module):
             y = F.dropout(probs, dropout, self.training) @ v
         elif _takes_one_query(q, k, mask, dropout, is_causal):
             y = _one_query(q, k, v, mask)
+        elif _compiled_cpu_training(q):
+            y = _products_and_softmax(q, k, v, mask, is_causal, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, D)
