@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from ..errors import ClozelmError
 from ..model.config import PRESETS
+from ..model.device import DEVICES
 from .objectives import HYBRID_CAUSAL_SHARE, OBJECTIVES
 
 PRECISIONS = ("bf16-master", "bf16", "fp32")  # see training/precision.py
@@ -40,7 +41,6 @@ LEGACY_VALUES = {"fused_loss": False, "hybrid_causal_share": HYBRID_CAUSAL_SHARE
 # A from-scratch network's layout (see runner._model_config): GPT-2's pre-LN blocks with the output tied to the
 # embeddings (bidirectional for mlm and mdlm), or BERT's post-LN blocks with its MLM head (mlm and mdlm only).
 LAYOUTS = ("gpt2", "bert")
-DEVICES = ("auto", "cpu", "cuda")
 INT_LIMIT = 2**63 - 1  # torch keeps sizes, seeds and counts in 64 bits
 THREAD_LIMIT = 1024
 # Far above what fits in memory or time: a typo is one line, not a long wait for an allocation that fails.
