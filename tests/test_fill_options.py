@@ -149,3 +149,25 @@ def test_the_screen_passes_on_the_best_by_the_first_known_tokens(tok, monkeypatc
     whole = fill(text, model, top=1, screen_window=0)
     assert judged == [(pool, window)]
     assert screened[0].blanks == whole[0].blanks == ["cat"] and screened[0].score == pytest.approx(whole[0].score)
+
+
+def test_fill_autocasts_to_bf16_only_where_bf16_has_units(tok, monkeypatch):
+    """precision "bf16" autocasts fill's products, except on a device where bf16 is emulated (a GPU older than
+    Ampere), which fills in fp32 instead."""
+    import torch
+
+    import clozelm.cloze as cloze
+    net = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=1, n_head=1))
+    model = Model(net, tok)
+    real, entered = torch.autocast, []
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: entered.append(k.get("enabled", True)) or real(*a, **k))
+
+    def fill_autocasts(units: bool, precision: str) -> bool:
+        monkeypatch.setattr(cloze, "has_bf16_units", lambda device: units)
+        entered.clear()
+        fill("the ___ sat down", model, top=1, precision=precision)
+        return entered[0]  # fill's own; the network's one-query attention opens others, disabled
+
+    assert fill_autocasts(True, "bf16")
+    assert not fill_autocasts(False, "bf16")
+    assert not fill_autocasts(True, "fp32")

@@ -472,3 +472,11 @@ def test_the_device_auto_is_a_gpu_when_there_is_one_except_for_cpu_kernels(monke
     assert [resolve_device("auto", dtype).type for dtype in ("fp32", "bf16", "int8", "int4")] == ["cuda", "cuda", "cpu", "cpu"]
     with pytest.raises(ClozelmError, match="device must be one of auto, cpu, cuda, not 'gpu'"):
         resolve_device("gpu")
+
+
+def test_bf16_has_units_on_the_cpu_and_on_gpus_from_ampere(monkeypatch):
+    from clozelm.model.device import has_bf16_units
+    assert has_bf16_units(torch.device("cpu"))
+    for major, native in ((6, False), (7, False), (8, True), (9, True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, major=major: (major, 0))
+        assert has_bf16_units(torch.device("cuda")) is native

@@ -66,3 +66,27 @@ def test_micro_batch_gradients_sum_in_fp32():
         masters.grads_to_masters()
         assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(m.grad, total) for m, total in zip(masters.masters, expected))
+
+
+def test_new_runs_train_in_fp32_on_gpus_without_bf16_matrix_units(monkeypatch, capsys):
+    """bf16 with fp32 masters by default, but fp32 on a CUDA GPU older than Ampere (torch emulates bf16 products
+    there), with a note; a precision the run asks for is kept."""
+    from clozelm.model import ModelConfig
+    from clozelm.training.config import TrainConfig
+    from clozelm.training.distributed import Dist
+    from clozelm.training.precision import default_precision
+    from clozelm.training.runner import _new_run_config
+
+    capability = {"major": 7}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (capability["major"], 5))
+    gpu = Dist(device=torch.device("cuda"))
+    model = ModelConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2, extra={"objective": "clm"})
+    assert default_precision(torch.device("cpu")) == "bf16-master"
+    assert default_precision(gpu.device) == "fp32"
+    assert _new_run_config(TrainConfig(), model, False, gpu).precision == "fp32"
+    assert "no bf16 matrix units" in capsys.readouterr().err
+    assert _new_run_config(TrainConfig(precision="bf16-master"), model, False, gpu).precision == "bf16-master"
+    assert capsys.readouterr().err == ""
+    capability["major"] = 8  # Ampere and later
+    assert _new_run_config(TrainConfig(), model, False, gpu).precision == "bf16-master"
+    assert _new_run_config(TrainConfig(), model, False, Dist()).precision == "bf16-master"

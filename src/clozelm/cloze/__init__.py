@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from ..errors import ClozelmError
+from ..model.device import has_bf16_units
 from .bidirectional import BidirectionalFiller
 from .blanks import Blank, Template, parse
 from .causal import CausalFiller
@@ -76,8 +77,10 @@ def fill(text: str, model, top: int = 5, options: FillOptions | None = None, **k
     opts = replace(opts, beam=max(top, opts.beam))
     filler = BidirectionalFiller(model, tok, opts) if method == "masked" else CausalFiller(model, tok, opts)
     # bf16 matrix products (AMX on recent Xeons, tensor cores on GPUs) make the search several times faster;
-    # LayerNorm and softmax stay in fp32 under autocast, and scores stay comparable within one setting.
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+    # LayerNorm and softmax stay in fp32 under autocast, and scores stay comparable within one setting. Where bf16
+    # is emulated (GPUs older than Ampere) it would be slower than fp32.
+    bf16 = opts.precision == "bf16" and has_bf16_units(model.device)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
         results = filler.fill(segments, list(template.blanks))
     answers, seen = [], set()
     for score, fills in results:

@@ -23,3 +23,9 @@ def resolve_device(device: str, dtype: str = "fp32") -> torch.device:
     if device == "cuda" and dtype in packed.QUANTIZED:
         raise ClozelmError(f"--dtype {dtype} multiplies with CPU kernels; on a GPU use fp32 or bf16")
     return torch.device(device)
+
+
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether bf16 products run natively here: the CPU (oneDNN's bf16 kernels), a CUDA GPU from Ampere on; older
+    GPUs (a T4, a V100) have no bf16 matrix units and torch emulates bf16 there, slower than fp32."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8

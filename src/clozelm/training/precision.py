@@ -16,6 +16,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..model.device import has_bf16_units
+
+
+def default_precision(device: torch.device) -> str:
+    """A new run's precision when it does not say: bf16 with fp32 masters, or fp32 where bf16 products are
+    emulated (a CUDA GPU older than Ampere)."""
+    return "bf16-master" if has_bf16_units(device) else "fp32"
+
 
 class MasterWeights:
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):

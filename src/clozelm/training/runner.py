@@ -36,6 +36,7 @@ from .distributed import Dist, init_distributed, on_main
 from .loop import Callback, Trainer
 from .memory import reuse_freed_memory
 from .objectives import BIDIRECTIONAL, OBJECTIVES, make_objective
+from .precision import default_precision
 
 SETTINGS_VERSION = 1
 DEFAULT_LR, DEFAULT_INIT_LR = 6e-4, 1e-4
@@ -333,7 +334,7 @@ def _set_up(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist, i
         raise ClozelmError(f"{_init_name(config, init)} has no tokenizer files; pass --tokenizer DIR" if init
                            else "a from-scratch run needs --tokenizer DIR (train one with: clozelm tokenizer train)")
     model_cfg = _model_config(config, init, tok)
-    cfg = _new_run_config(config, model_cfg, init is not None, d.world)
+    cfg = _new_run_config(config, model_cfg, init is not None, d)
     objective = make_objective(cfg.objective, tok, model_cfg.vocab_size)  # missing special tokens: before tokenizing
     numerics = num.for_new_run(config, cfg.steps, d.world)
     checked = check_corpus(corpus, config.skip_bad_files, _say)  # every file read and checked once
@@ -449,14 +450,17 @@ def _default_objective(init: Model) -> str:
     return "clm" if init.config.causal else "mlm"
 
 
-def _new_run_config(config: TrainConfig, model_cfg: ModelConfig, from_init: bool, world: int) -> TrainConfig:
-    """Every recipe and schedule field decided: the defaults, and what follows from the model."""
+def _new_run_config(config: TrainConfig, model_cfg: ModelConfig, from_init: bool, d: Dist) -> TrainConfig:
+    """Every recipe and schedule field decided: the defaults, and what follows from the model and the device."""
+    world = d.world
     if config.world_size is not None and config.world_size != world:
         raise InvalidTrainConfig([("world_size", f"is {config.world_size} but {world} process(es) are running")])
     steps = config.steps if config.steps is not None else default_of("steps")
     cfg = config.with_defaults("recipe", objective=model_cfg.extra["objective"], seq_len=model_cfg.n_positions,
                                lr=DEFAULT_INIT_LR if from_init else DEFAULT_LR, warmup=min(100, steps // 10),
-                               world_size=world)
+                               world_size=world, precision=default_precision(d.device))
+    if config.precision is None and cfg.precision != default_of("precision"):
+        _say(f"clozelm: note: training in {cfg.precision} ({d.device} has no bf16 matrix units; --precision to choose)")
     cfg = cfg.with_defaults("schedule")
     if cfg.seq_len > model_cfg.n_positions:
         raise InvalidTrainConfig([("seq_len", f"{cfg.seq_len} exceeds the model's {model_cfg.n_positions} positions")])
