@@ -671,7 +671,7 @@ def test_compiled_training_attention_is_about_as_exact_as_the_flash_kernel(maski
     flash = run(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal), torch.bfloat16)
     ours = run(lambda q, k, v, m: _products_and_softmax(q, k, v, m, causal, 0.0), torch.bfloat16)
     for mine, theirs, truth in zip(ours, flash, exact):
-        assert (mine - truth).norm() <= 2 * (theirs - truth).norm()
+        assert (mine - truth).norm() <= 2 * (theirs - truth).norm() + 1e-3 * truth.norm()
         assert (mine - truth).norm() <= 0.02 * truth.norm()
 
 
@@ -686,3 +686,49 @@ def test_compiled_cpu_training_attends_through_products_and_softmax(monkeypatch)
     assert not transformer._compiled_cpu_training(q.float())
     with torch.no_grad():
         assert not transformer._compiled_cpu_training(q)
+
+
+@pytest.mark.parametrize("case", ["causal", "padded", "bidirectional", "locality bias"])
+def test_a_compiled_cpu_training_pass_attends_as_the_flash_kernel_does(case, monkeypatch):
+    """Through the whole network, as torch.compile traces a bf16 training pass (`is_compiling` made true here, so
+    the spelled-out attention runs eager): every layer takes `_products_and_softmax`, and the logits and the
+    gradients follow the flash kernel's pass within bf16 rounding: a causal model, one with padding, a causal
+    model read bidirectionally (the hybrid's masked batches) and one with the locality warm-up's bias."""
+    from clozelm.model import transformer
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+    with torch.no_grad():
+        for block in net.h:
+            block.attn.c_attn.weight.mul_(8)  # sharp attention: a misplaced mask would show
+    net = net.to(torch.bfloat16).train()
+    ids = torch.randint(0, 64, (3, 24))
+    kwargs, valid = {}, torch.ones(3, 24, dtype=torch.bool)
+    if case == "padded":
+        valid[1, :6] = False
+        kwargs["attention_mask"] = valid
+    elif case == "bidirectional":
+        kwargs["causal"] = False
+    elif case == "locality bias":
+        distance = (torch.arange(24)[None] - torch.arange(24)[:, None]).abs()
+        kwargs.update(causal=False, attention_bias=(-0.5 * distance * torch.arange(1, 5)[:, None, None]).bfloat16())
+
+    def run(compiling: bool):
+        taken = []
+        if compiling:
+            original = transformer._products_and_softmax
+            monkeypatch.setattr(transformer, "_products_and_softmax", lambda *a: taken.append(1) or original(*a))
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        net.zero_grad(set_to_none=True)
+        # the loss read where there is text: a padding query sees no key, and its gradient is garbage (the flash
+        # kernel's backward even takes every masked key's probability for 1 there)
+        logits = net(ids, **kwargs).logits.float()[valid]
+        (logits.square().mean()).backward()
+        grads = torch.cat([p.grad.float().flatten() for p in net.parameters() if p.grad is not None])
+        monkeypatch.undo()
+        return logits, grads, len(taken)
+
+    ours, our_grads, taken = run(True)
+    flash, flash_grads, not_taken = run(False)
+    assert taken == 2 and not_taken == 0
+    assert (ours - flash).norm() <= 0.02 * flash.norm()
+    assert (our_grads - flash_grads).norm() <= 0.03 * flash_grads.norm()

@@ -79,12 +79,13 @@ def test_new_runs_train_in_fp32_on_gpus_without_bf16_matrix_units(monkeypatch, c
 
     capability = {"major": 7}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (capability["major"], 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     gpu = Dist(device=torch.device("cuda"))
     model = ModelConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2, extra={"objective": "clm"})
     assert default_precision(torch.device("cpu")) == "bf16-master"
     assert default_precision(gpu.device) == "fp32"
     assert _new_run_config(TrainConfig(), model, False, gpu).precision == "fp32"
-    assert "no bf16 matrix units" in capsys.readouterr().err
+    assert "Tesla T4 has no bf16 units" in capsys.readouterr().err
     assert _new_run_config(TrainConfig(precision="bf16-master"), model, False, gpu).precision == "bf16-master"
     assert capsys.readouterr().err == ""
     capability["major"] = 8  # Ampere and later

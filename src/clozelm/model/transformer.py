@@ -219,14 +219,15 @@ def _takes_one_query(q, k, mask, dropout: float, is_causal: bool) -> bool:
 
 def _products_and_softmax(q, k, v, mask, is_causal: bool, dropout: float):
     """softmax(q k^T / sqrt(Dh) + mask) v spelled out: a product, an fp32 softmax, a product.
-    q [B, H, T, Dh], k, v [B, H, S, Dh], mask None or additive [B, 1 or H, T, S] -> [B, H, T, Dh].
+    q [B, H, T, Dh], k, v [B, H, S, Dh], mask None or additive [B, 1 or H, T, S] or [H, T, S] (the locality
+    warm-up's bias) -> [B, H, T, Dh].
 
     Why: compiled training on a CPU, where inductor fuses the scale, the mask, the softmax and its casts into
     one pass and its backward into another, while torch's CPU flash kernel (tiled for long sequences) takes
     several times the products' own time at training's short ones. The scores are rounded to the inputs' dtype
     once, as the product writes them, and everything after that is fp32 up to the probabilities: the precision of
-    transformers' and nanoGPT's explicit bf16 attention (tests/model/test_transformer.py measures it against
-    float64 beside the flash kernel's)."""
+    transformers' and nanoGPT's explicit bf16 attention (tests/test_model.py measures it against float64 beside
+    the flash kernel's)."""
     scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.size(-1)))  # [B, H, T, S]
     if mask is not None:
         scores = scores + mask
@@ -237,8 +238,9 @@ def _products_and_softmax(q, k, v, mask, is_causal: bool, dropout: float):
 
 
 def _compiled_cpu_training(q) -> bool:
-    """Whether `_products_and_softmax` computes this attention: while torch.compile traces a bf16 training step
-    on the CPU (eager, the flash kernel is the faster)."""
+    """Whether `_products_and_softmax` computes this attention: while torch.compile traces a training step on the
+    CPU whose attention is in bf16 (bf16 weights, or bf16 autocast over fp32 ones); eager, the flash kernel is the
+    faster."""
     return (torch.compiler.is_compiling() and q.device.type == "cpu" and q.dtype == torch.bfloat16
             and torch.is_grad_enabled())
 

@@ -24,6 +24,7 @@ from ..errors import ClozelmError
 from ..files import expand_inputs
 from ..loaded import Model
 from ..model.config import PRESETS, ModelConfig
+from ..model.device import has_bf16_units
 from ..model.transformer import Transformer
 from ..tokenizers import load_tokenizer
 from ..weights.hf import save_pretrained
@@ -244,6 +245,9 @@ def _reopen(config: TrainConfig, run_dir: Path, lock: rundir.RunLock, d: Dist) -
     settings = rundir.read_settings(run_dir)
     _refuse_changes(config, settings)
     cfg = _complete_config(config, settings, d.world)
+    if cfg.precision != "fp32" and not has_bf16_units(d.device) and d.main:
+        _say(f"clozelm: note: the run trains in {cfg.precision}, which {_device_name(d.device)} emulates (no bf16 "
+             "units): slower than fp32, which only a new run can choose")
     where = str(run_dir / rundir.RUN_FILE)
     numerics = num.for_resume(config, num.Numerics.from_dict(settings["numerics"], where), _say) \
         if "numerics" in settings else num.for_new_run(config)
@@ -380,6 +384,10 @@ def _init_name(config: TrainConfig, init: Model | None) -> str | None:
     return init.name if init is not None else None
 
 
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -460,7 +468,8 @@ def _new_run_config(config: TrainConfig, model_cfg: ModelConfig, from_init: bool
                                lr=DEFAULT_INIT_LR if from_init else DEFAULT_LR, warmup=min(100, steps // 10),
                                world_size=world, precision=default_precision(d.device))
     if config.precision is None and cfg.precision != default_of("precision"):
-        _say(f"clozelm: note: training in {cfg.precision} ({d.device} has no bf16 matrix units; --precision to choose)")
+        _say(f"clozelm: note: training in {cfg.precision} ({_device_name(d.device)} has no bf16 units; --precision "
+             "to choose)")
     cfg = cfg.with_defaults("schedule")
     if cfg.seq_len > model_cfg.n_positions:
         raise InvalidTrainConfig([("seq_len", f"{cfg.seq_len} exceeds the model's {model_cfg.n_positions} positions")])
