@@ -220,7 +220,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
                         "copies for the products; int4 decodes fastest on CPU; default: %(default)s)")
-    add_device_option(p)
+    add_device_option(p, with_dtype=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
 
@@ -244,7 +244,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=DTYPES,
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
                         "copies for the products; int4 decodes fastest on CPU; default: fp32)")
-    add_device_option(p)
+    add_device_option(p, with_dtype=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

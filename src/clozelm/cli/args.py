@@ -25,10 +25,11 @@ DTYPES = ("fp32", "bf16", "int8", "int4")  # --dtype: clozelm.loading.DTYPES, na
 DEVICES = ("auto", "cpu", "cuda")  # --device: clozelm.loading.DEVICES
 
 
-def add_device_option(parser: argparse.ArgumentParser) -> None:
+def add_device_option(parser: argparse.ArgumentParser, with_dtype: bool = False) -> None:
+    """--device; `with_dtype`: the command also has --dtype, whose int8/int4 keep the model on the CPU."""
+    quantized = " (with --dtype int8/int4: the CPU, whose kernels they use)" if with_dtype else ""
     parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where the model runs: auto (default) is a CUDA GPU when there is one (with --dtype "
-                             "int8/int4: the CPU, whose kernels they use)")
+                        help=f"where the model runs: auto (default) is a CUDA GPU when there is one{quantized}")
 
 
 def _shown(text: str) -> str:

@@ -134,7 +134,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0, help="every random choice follows from it (default: 0)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision (int8/int4: the products read quantized copies; default: %(default)s)")
-    add_device_option(p)
+    add_device_option(p, with_dtype=True)
     p.add_argument("--limit", type=positive_int, help="items per task, pairs per phenomenon (default: all of a "
                                                       "given file; 200 passages and 100 sentences cut from FILES; "
                                                       "500 built-in probe texts)")
