@@ -29,6 +29,38 @@ def test_a_folder_stands_for_its_texts_and_not_what_clozelm_wrote_there(tmp_path
         expand_inputs([run])
 
 
+def test_a_file_named_twice_is_read_once(tmp_path):
+    """A folder and a file in it, the same folder twice, the same file by two spellings: each document once (read
+    twice, it would be trained on twice, and one held out could be trained on in its other copy)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (corpus / name).write_text("text")
+    once = expand_inputs([corpus])
+    assert expand_inputs([corpus, corpus]) == once
+    assert expand_inputs([corpus, corpus / "b.txt"]) == once
+    assert expand_inputs([corpus / "b.txt", corpus, tmp_path / "corpus" / ".." / "corpus" / "a.txt"]) == \
+        [corpus / "b.txt", corpus / "a.txt"]
+
+
+@pytest.mark.parametrize("marker", ["run.json", "config.json", "vocab.json", "encoder.json", "tokenizer.json",
+                                    "study.json"])
+def test_a_folder_holding_a_model_a_tokenizer_or_a_run_is_not_text(tmp_path, marker):
+    """A run trained into its corpus folder leaves merges.txt, vocab.bpe, metrics.csv and train.lock there: none
+    is a document, whatever its name, and neither is anything below that folder."""
+    corpus = tmp_path / "corpus"
+    run = corpus / "runs" / "small"
+    (run / "model").mkdir(parents=True)
+    (corpus / "a.txt").write_text("text")
+    (run / marker).write_text("{}")
+    for name in ("merges.txt", "vocab.bpe", "metrics.csv", "train.lock", "model/merges.txt"):
+        (run / name).write_text("not text")
+    assert expand_inputs([corpus]) == [corpus / "a.txt"]
+    with pytest.raises(ClozelmError, match=f"no input files found in {run}.*{run} holds a model"):
+        expand_inputs([run])
+    assert expand_inputs([run / "merges.txt"]) == [run / "merges.txt"]  # named on its own, it is read
+
+
 def test_a_pipe_is_read_up_to_a_limit(tmp_path, monkeypatch):
     """`-f /dev/stdin` or `<(command)` is a pipe, which may never end (`yes |`): read up to a limit, then refused."""
     import threading

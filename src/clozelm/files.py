@@ -104,31 +104,66 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
 METADATA_SUFFIXES = (".json", ".jsonl")  # manifests and records beside a corpus: data about the text, not text
 
 
+# A folder holding one of these is a model, a tokenizer, a training run or a study, not text: a corpus folder
+# that holds one (say a run trained on the corpus, written inside it) is read without it. Their .txt files
+# (merges.txt, vocab.txt) and logs (metrics.csv, train.lock) would otherwise be taken for documents.
+NOT_TEXT_MARKERS = ("config.json", "vocab.json", "encoder.json", "tokenizer.json", "tokenizer_config.json",
+                    "run.json", "study.json")
+
+
 def expand_inputs(items: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Files named, and every file under the folders named whose path below the folder has no hidden part, that
     is not JSON (METADATA_SUFFIXES: a corpus folder's MANIFEST.json is not one of its documents; a JSON file
     named on its own is read), that is not the report.md of an eval or a study (it sits beside their
-    results.json) and that is not under a folder of `exclude` (the command's own output, say a run directory
-    inside its corpus folder), sorted, so the order is stable."""
+    results.json), that is not in a folder holding a model, a tokenizer, a run or a study (NOT_TEXT_MARKERS) and
+    that is not under a folder of `exclude` (the command's own output, say a run directory inside its corpus
+    folder). Each file once, however often it is named (a folder and a file in it, the same folder twice): where
+    it is first named counts; a folder's files are sorted, so the order is stable."""
     items = list(items)
     excluded = [Path(e).resolve() for e in exclude]
+    marked: dict[Path, bool] = {}
+
+    def in_marked_folder(f: Path, root: Path) -> Path | None:
+        for folder in [f.parent, *f.parent.parents]:
+            if folder not in marked:
+                marked[folder] = any((folder / name).is_file() for name in NOT_TEXT_MARKERS)
+            if marked[folder]:
+                return folder
+            if folder == root:
+                return None
+        return None
+
     files: list[Path] = []
+    seen: set[Path] = set()
+    skipped: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*")
-                            if f.is_file() and f.suffix.lower() not in METADATA_SUFFIXES
-                            and not (f.name == "report.md" and (f.parent / "results.json").is_file())
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                            and not any(f.resolve().is_relative_to(e) for e in excluded))
+            found = []
+            for f in sorted(p.rglob("*")):
+                if (not f.is_file() or f.suffix.lower() in METADATA_SUFFIXES
+                        or (f.name == "report.md" and (f.parent / "results.json").is_file())
+                        or any(part.startswith(".") for part in f.relative_to(p).parts)
+                        or any(f.resolve().is_relative_to(e) for e in excluded)):
+                    continue
+                folder = in_marked_folder(f, p)
+                if folder is None:
+                    found.append(f)
+                elif folder not in skipped:
+                    skipped.append(folder)
         elif p.is_file():
-            files.append(p)
+            found = [p]
         elif p.exists():
             raise ClozelmError(f"{item}: not a regular file or directory")
         else:
             raise ClozelmError(f"{item}: no such file or directory")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                files.append(f)
     if not files:
-        raise ClozelmError(f"no input files found in {', '.join(map(str, items)) or 'nothing'}")
+        why = f" ({skipped[0]} holds a model, a tokenizer, a run or a study, not text)" if skipped else ""
+        raise ClozelmError(f"no input files found in {', '.join(map(str, items)) or 'nothing'}{why}")
     return files
 
 

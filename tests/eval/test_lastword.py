@@ -117,3 +117,13 @@ def test_a_passage_holding_a_unicode_line_separator_is_one_line(tok, tmp_path):
                                 for sep in ("\u2028", "\u2029", "\x85")) + "\n", encoding="utf-8")
     model = HandModel(ConstantLM(tok, 0), tok, "clm")
     assert evaluate(model, tasks="lastword", lambada=path)["tasks"]["lastword"]["n"] == 3
+
+
+def test_a_file_that_starts_with_a_byte_order_mark_reads_as_without_it(tok, tmp_path):
+    """Windows editors save UTF-8 with a byte order mark; json.loads refuses one at the start of the first line."""
+    model = HandModel(ConstantLM(tok, tok.encode(" home")[0]), tok, "clm")
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"text": t} for t in PASSAGES])
+    marked = tmp_path / "marked.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    results = [evaluate(model, tasks="lastword", lambada=path)["tasks"]["lastword"] for path in (plain, marked)]
+    assert results[1]["n"] == 5 and {**results[1], "source": None} == {**results[0], "source": None}

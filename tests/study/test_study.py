@@ -39,7 +39,7 @@ def _png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkeypatch):
+def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkeypatch, capsys):
     out = tmp_path / "study"
     config = StudyConfig(corpus=[corpus], out=out, **TINY)
     order = [f"{o}-seed{s}" for s in (0, 1) for o in OBJECTIVES]
@@ -54,13 +54,16 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     kept = {p: p.stat().st_mtime_ns for p in [*(out / "trained").iterdir(), *(out / "evals").iterdir()]}
 
     # 2. stopped in the middle of the fourth run's training (as a kill after a checkpoint would leave it)
-    def stopping_train(cfg):
-        return real_train(replace(cfg, stop_after=3) if cfg.objective == "hybrid" else cfg)
+    def stopping_train(cfg, **kw):
+        return real_train(replace(cfg, stop_after=3) if cfg.objective == "hybrid" else cfg, **kw)
     real_train = study_run.train
     monkeypatch.setattr(study_run, "train", stopping_train)
+    capsys.readouterr()
     with pytest.raises(ClozelmError, match="stopped at step 3 of 32"):
         run_study(config, log=lambda text: None)
     monkeypatch.undo()
+    # what the stop tells the user to run is the study again, not the run's own `clozelm train --resume`
+    assert "continue with: the same `clozelm study` command" in capsys.readouterr().err
 
     # 3. run again: continues, and does nothing twice; every run, the resumed one too, checkpoints at least every
     # CHECKPOINT_EVERY steps (here 5; its evaluations come every 16), so that a kill without warning costs little
@@ -121,6 +124,8 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     # a continued study keeps its settings; fewer objectives or seeds reuse what is there
     with pytest.raises(ClozelmError, match="holds a study with tokens 4096, not 8192"):
         run_study(replace(config, tokens=8192), log=lambda text: None)
+    with pytest.raises(ClozelmError, match="holds a study with lr the default, not 0.01;"):
+        run_study(replace(config, lr=0.01), log=lambda text: None)
     said.clear()
     again = run_study(replace(config, objectives=("clm", "mdlm"), seeds=1), log=said.append)
     assert [r["objective"] for r in again["runs"]] == ["clm", "mdlm"] and not any("evaluating" in t for t in said)

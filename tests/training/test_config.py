@@ -94,6 +94,23 @@ def test_held_out_text_comes_from_one_place():
         "--valid-every holds out part of the training text, and --valid gives the held-out text itself")
 
 
+def test_holding_out_every_document_is_refused_before_anything_is_tokenized():
+    for n in (0, 2, 50):
+        assert TrainConfig(valid_every=n).valid_every == n
+    with pytest.raises(InvalidTrainConfig) as caught:
+        TrainConfig(valid_every=1)
+    assert caught.value.describe({"valid_every": "--valid-every"}).startswith(
+        "--valid-every 1 would hold out every document: give 0 (no held-out split) or 2 or more")
+
+
+def test_a_preset_fixes_layers_width_and_heads_as_in_the_study():
+    assert TrainConfig(preset="gpt2", n_positions=256, n_inner=1024, dropout=0.1).preset == "gpt2"
+    with pytest.raises(InvalidTrainConfig) as caught:
+        TrainConfig(preset="gpt2", n_embd=32, n_head=2)
+    assert caught.value.describe({"n_embd": "--n-embd", "preset": "--preset"}) == (
+        "--n-embd and --preset contradict each other: the preset fixes the layers, the width and the heads")
+
+
 def test_a_flag_whose_default_is_true_is_given_when_false():
     assert TrainConfig(fused_loss=False).given("recipe") == {"fused_loss": False}
     assert TrainConfig(keep_best=False).given("recipe") == {"keep_best": False}

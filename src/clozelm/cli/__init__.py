@@ -43,9 +43,12 @@ EPILOG = """examples:
 
 def cmd_fill(args) -> None:
     from ..api import cached_load
-    from ..cloze import fill, method_for
+    from ..cloze import FillOptions, fill, method_for, parse
     text = read_text_arg(args)
     model = cached_load(args.model, dtype=args.dtype, device=args.device)
+    if args.top > FillOptions().beam and len(parse(text).blanks) > 1:  # said first: the search can take minutes
+        print(f"clozelm: note: {args.top} partial answers are carried from one blank to the next, so the search grows "
+              "with --top; a smaller --top is faster", file=sys.stderr)
     answers = fill(text, model, top=args.top)
     for note in dict.fromkeys(note for a in answers for note in a.notes):  # each once, in order
         print(f"clozelm: note: {note}", file=sys.stderr)
@@ -411,9 +414,9 @@ def _run(argv: list[str] | None) -> int:
                 return _error(f"argument {item[:40]!r} holds a NUL character")
         except UnicodeEncodeError:
             return _error(f"argument {item[:40]!r} is not text a command line can hold (a lone surrogate)")
-    parser = build_parser()
     try:
         try:
+            parser = build_parser()  # imports torch: a Ctrl-C in these first seconds is an interrupt like any other
             args = parser.parse_args(argv)
             _refuse_empty_paths(args)
             args.func(args)

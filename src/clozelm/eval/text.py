@@ -49,7 +49,8 @@ def read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
     import json
     rows = []
     # Lines end at "\n" only: str.splitlines also cuts at U+2028, U+2029 and U+0085, which JSON strings may hold.
-    for number, line in enumerate(read_text_file(path, what).split("\n"), 1):
+    text = read_text_file(path, what).removeprefix("\ufeff")  # a byte order mark, as Windows editors write one
+    for number, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")
         if not line.strip():
             continue

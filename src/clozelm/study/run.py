@@ -216,6 +216,11 @@ def _checked_corpus(files: list[Path]) -> list[dict]:
     return corpus
 
 
+def _setting(value) -> str:
+    """A recorded setting as a message names it: None is the default (the option was not given)."""
+    return "the default" if value is None else str(value)
+
+
 def _settings(out: Path, config: StudyConfig, corpus: list[dict]) -> dict:
     """The study's record: written by the first call, and a later call must agree with it once anything was
     built from it (the data split, the tokenizer, a finished run: a record restored from elsewhere has the last
@@ -233,8 +238,8 @@ def _settings(out: Path, config: StudyConfig, corpus: list[dict]) -> dict:
             raise ClozelmError(f"{path} is damaged; move it away to start the study again")
         for name, value in settings["fixed"].items():
             if recorded.get("fixed", {}).get(name) != value:
-                raise ClozelmError(f"{out} holds a study with {name} {recorded.get('fixed', {}).get(name)}, not "
-                                   f"{value}; continue it with its settings, or use another --out")
+                raise ClozelmError(f"{out} holds a study with {name} {_setting(recorded.get('fixed', {}).get(name))}, "
+                                   f"not {_setting(value)}; continue it with its settings, or use another --out")
         if [c["sha256"] for c in recorded.get("corpus", [])] != [c["sha256"] for c in corpus]:
             raise ClozelmError(f"{out} holds a study of other corpus files (or they changed since); use another --out")
         return recorded
@@ -311,6 +316,9 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+RESUME_COMMAND = "the same `clozelm study` command (finished runs are kept)"
+
+
 def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, overwrite: bool = False) -> TrainConfig:
     """The TrainConfig of one run of the study in `config.out` (its data split and tokenizer must exist)."""
     out, shape, steps = Path(config.out), config.shape, config.steps
@@ -380,9 +388,11 @@ def _trained(out: Path, name: str, objective: str, seed: int, config: StudyConfi
     if (run_dir / "run.json").is_file() and (run_dir / "checkpoint.pt").is_file():
         say(f"study: resuming {run_dir}")
         run = train(TrainConfig(out=str(run_dir), resume=True, progress=config.progress,
-                                reuse_memory=config.reuse_memory, checkpoint_every=_checkpoint_every(config)))
+                                reuse_memory=config.reuse_memory, checkpoint_every=_checkpoint_every(config)),
+                    resume_command=RESUME_COMMAND)
     else:
-        run = train(train_config(config, run_dir, objective, seed, overwrite=(run_dir / "run.json").exists()))
+        run = train(train_config(config, run_dir, objective, seed, overwrite=(run_dir / "run.json").exists()),
+                    resume_command=RESUME_COMMAND)
     if not run.complete:
         raise ClozelmError(f"{run_dir} stopped at step {run.step} of {run.steps} ({run.stopped}); run the study again "
                            "to continue")

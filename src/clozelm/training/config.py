@@ -162,6 +162,13 @@ class TrainConfig:
         if not problems and self.valid is not None and self.valid_every is not None:
             problems.append(("valid_every", "holds out part of the training text, and {valid} gives the held-out "
                                             "text itself: give one of them"))
+        if not problems and self.valid_every == 1:
+            problems.append(("valid_every", "1 would hold out every document: give 0 (no held-out split) or 2 or more"))
+        if not problems and self.preset is not None:
+            given = [name for name in ("n_layer", "n_embd", "n_head") if getattr(self, name) is not None]
+            if given:  # as `clozelm study` has it: a preset is a shape, not defaults to override one by one
+                problems.append((given[0], "and {preset} contradict each other: the preset fixes the layers, the "
+                                           "width and the heads"))
         if problems:
             raise InvalidTrainConfig(problems)
 

@@ -271,8 +271,9 @@ class Trainer:
 
     def __init__(self, model: Transformer, objective: Objective, data: TokenData, cfg: TrainConfig,
                  run_dir: Path, dist_info: Dist | None = None, compile: bool = False, progress: bool = True,
-                 extra_state: dict | None = None, callbacks: Iterable[Callback] = ()):
+                 extra_state: dict | None = None, callbacks: Iterable[Callback] = (), resume_command: str | None = None):
         self.cfg, self.run_dir, self.objective, self.data = cfg, Path(run_dir), objective, data
+        self.resume_command = resume_command or f"clozelm train --resume --out {self.run_dir}"
         self.dist = dist_info or Dist()
         if cfg.world_size != self.dist.world:
             raise ClozelmError(f"the run was set up for {cfg.world_size} process(es) but {self.dist.world} are running")
@@ -535,8 +536,7 @@ class Trainer:
                         self.metrics.write_summaries()
                     if stopping and not last:
                         self.progress.message(f"clozelm: stopped by {self._stop} after step {self.step}; checkpoint "
-                                              f"saved to {self.checkpoint_path}; continue with: clozelm train --resume "
-                                              f"--out {self.run_dir}")
+                                              f"saved to {self.checkpoint_path}; continue with: {self.resume_command}")
                         if by_signal:
                             raise Stopped(self._stop)
                         return self._stop

@@ -100,13 +100,15 @@ class _Setup:
         return "numerics" in self.settings
 
 
-def train(config: TrainConfig, *, init: Model | None = None, callbacks: Iterable[Callback] = ()) -> Run:
+def train(config: TrainConfig, *, init: Model | None = None, callbacks: Iterable[Callback] = (),
+          resume_command: str | None = None) -> Run:
     """Train as `config` says: a new run in `config.out`, or (config.resume) continue the run there.
 
     `init` is the loaded model to fine-tune (`config.init` names it; `clozelm.train` loads it by that name).
     `callbacks` are called after every step as `callback(trainer, record)` (see loop.py). Ctrl-C / SIGTERM
     save a checkpoint and raise `loop.Stopped` (a KeyboardInterrupt); `stop_after` or a callback's
-    `trainer.request_stop()` save one and return the incomplete Run.
+    `trainer.request_stop()` save one and return the incomplete Run. `resume_command` is what the message at
+    such a stop tells the user to run to continue (default: `clozelm train --resume --out RUN`).
     """
     if not isinstance(config, TrainConfig):
         raise ClozelmError(f"train() takes a TrainConfig, not {type(config).__name__}")
@@ -132,7 +134,7 @@ def train(config: TrainConfig, *, init: Model | None = None, callbacks: Iterable
             setup.numerics = num.Numerics.from_dict(setup.settings["numerics"], str(run_dir / rundir.RUN_FILE)) \
                 if "numerics" in setup.settings else num.for_new_run(config)
         with num.applied(setup.numerics):
-            return _train(setup, run_dir, d, callbacks)
+            return _train(setup, run_dir, d, callbacks, resume_command)
     except OSError as e:  # a full disk, a file made read-only: what is on disk is whole (atomic writes)
         raise ClozelmError(f"{e.filename or run_dir}: {e.strerror or type(e).__name__}") from None
     except (MemoryError, RuntimeError) as e:
@@ -164,7 +166,7 @@ def _group_device(config: TrainConfig, run_dir: Path) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def _train(setup: _Setup, run_dir: Path, d: Dist, callbacks) -> Run:
+def _train(setup: _Setup, run_dir: Path, d: Dist, callbacks, resume_command: str | None = None) -> Run:
     cfg, settings = setup.config, setup.settings
     tok = load_tokenizer(run_dir / rundir.TOKENIZER_DIR)
     data = TokenData.open(run_dir / rundir.TOKENS_DIR / settings["data_key"])
@@ -181,7 +183,7 @@ def _train(setup: _Setup, run_dir: Path, d: Dist, callbacks) -> Run:
     if d.rank:
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
     trainer = Trainer(model, objective, data, cfg, run_dir, d, compile=setup.numerics.compile, progress=cfg.progress,
-                      callbacks=callbacks)
+                      callbacks=callbacks, resume_command=resume_command)
     if state is not None:
         trainer.load_checkpoint(state)
         how = ", as the run started" if setup.numerics_recorded else ""

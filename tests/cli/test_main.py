@@ -1,0 +1,25 @@
+"""The `clozelm` entry point itself: what every command shares (interrupts, notes said before long work)."""
+
+from __future__ import annotations
+
+import clozelm.cli
+from clozelm.cli import main
+
+from .test_fill_generate import model_dir  # noqa: F401 (a fixture)
+
+
+def test_ctrl_c_while_the_commands_load_is_an_interrupt_not_a_traceback(monkeypatch, capsys):
+    """Building the parser imports every command and torch with them: the first seconds of any command."""
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(clozelm.cli, "build_parser", interrupted)
+    assert main(["--help"]) == 130
+    assert capsys.readouterr().err == "clozelm: interrupted\n"
+
+
+def test_fill_says_first_that_many_answers_over_several_blanks_take_long(model_dir, capsys):  # noqa: F811
+    for args, said in ((["the ___ sat on the ___", "--top", "9"], True), (["the ___ sat on the ___", "--top", "8"], False),
+                       (["the ___ sat on the mat", "--top", "9"], False)):
+        assert main(["fill", *args, "--model", str(model_dir)]) == 0
+        err = capsys.readouterr().err
+        assert ("9 partial answers are carried from one blank to the next" in err) is said, err
