@@ -176,6 +176,10 @@ def cmd_tokenizer_train(args) -> None:
     files = expand_inputs(args.files, exclude=[out])
     # <|endoftext|> separates documents for `clozelm train`: --special adds to it, never replaces it
     specials = ["<|endoftext|>"] + [t for t in dict.fromkeys(args.special or []) if t != "<|endoftext|>"]
+    for token in specials:
+        if any(ch.isalnum() for ch in token) and all(ch.isalnum() or ch.isspace() for ch in token):
+            print(f"clozelm: note: special token {token!r} is plain text: wherever it occurs in a text, inside a word "
+                  "too, it becomes that token (write special tokens as <|name|> or [NAME])", file=sys.stderr)
     created = make_dirs(out)
     try:
         check_can_write_into(out, "--out")
