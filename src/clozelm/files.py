@@ -158,8 +158,9 @@ def expand_inputs(items: Iterable[str | os.PathLike], exclude: Iterable[str | os
         else:
             raise ClozelmError(f"{item}: no such file or directory")
         for f in found:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
                 files.append(f)
     if not files:
         why = f" ({skipped[0]} holds a model, a tokenizer, a run or a study, not text)" if skipped else ""

@@ -265,3 +265,4 @@ PRESETS: dict[str, dict] = {
     "bert-base": dict(_BERT, n_layer=12, n_embd=768, n_head=12),
     "bert-large": dict(_BERT, n_layer=24, n_embd=1024, n_head=16),
 }
+PRESET_SHAPE = ("n_layer", "n_embd", "n_head")  # what a preset fixes; training and the study refuse them beside one

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import ClozelmError
 from ..eval import TASKS
-from ..model.config import PRESETS
+from ..model.config import PRESET_SHAPE, PRESETS
 from ..training.config import DEVICES, THREAD_LIMIT
 from ..training.objectives import OBJECTIVES
 
@@ -90,7 +90,7 @@ class StudyConfig:
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise ClozelmError(f"preset must be one of {', '.join(sorted(PRESETS))}, not {self.preset!r}")
-            given = [n for n in ("n_layer", "n_embd", "n_head") if getattr(self, n) is not None]
+            given = [n for n in PRESET_SHAPE if getattr(self, n) is not None]
             if given:
                 raise ClozelmError(f"preset fixes the shape: leave out {', '.join(given)} (or the preset)")
         if self.lr is not None and not (_real(self.lr) and self.lr > 0):

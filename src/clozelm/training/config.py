@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import ClozelmError
-from ..model.config import PRESETS
+from ..model.config import PRESET_SHAPE, PRESETS
 from ..model.device import DEVICES
 from .objectives import HYBRID_CAUSAL_SHARE, OBJECTIVES
 
@@ -165,7 +165,7 @@ class TrainConfig:
         if not problems and self.valid_every == 1:
             problems.append(("valid_every", "1 would hold out every document: give 0 (no held-out split) or 2 or more"))
         if not problems and self.preset is not None:
-            given = [name for name in ("n_layer", "n_embd", "n_head") if getattr(self, name) is not None]
+            given = [name for name in PRESET_SHAPE if getattr(self, name) is not None]
             if given:  # as `clozelm study` has it: a preset is a shape, not defaults to override one by one
                 problems.append((given[0], "and {preset} contradict each other: the preset fixes the layers, the "
                                            "width and the heads"))
