@@ -106,8 +106,9 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temp
     and proposing what followed them there (prompt-lookup decoding), then checks the whole draft in one
     forward pass and keeps the part the model agrees with. The output is the greedy output either way;
     on one CPU the check costs about one token's time because decoding is bound by reading the weights,
-    so every accepted draft token is nearly free. `lookahead=0` turns it off. (In bf16 a step that reads the
-    draft rounds differently from one that reads a single token, so a near tie may break the other way.)
+    so every accepted draft token is nearly free. `lookahead=0` turns it off. (In bf16, int8 and int4 a step
+    that reads the draft rounds differently from one that reads a single token, so a near tie may break the
+    other way.)
     """
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + lookahead + 1)
