@@ -66,3 +66,81 @@ def test_hidden_runs_are_whole_characters_with_a_byte_level_tokenizer():
                 seen += 1
                 assert "\ufffd" not in hidden and text.replace("[MASK]" * k, hidden) == sentence
     assert seen > 100
+
+
+# Sentences whose token counts differ between a word-level and a byte-level vocabulary from the first one on.
+VARIED = ["Extraordinarily, the weatherbeaten fisherman mended his nets beside the harbour wall today.",
+          "the dog ran home and the cat sat down, and a bird flew away over the hill.",
+          "Nevertheless, Mr. Darcy's housekeeper showed them every portrait in the long gallery upstairs.",
+          "She said that the old mill by the river had been grinding corn for three hundred years.",
+          "In 1850 the village had 312 houses, 4 churches and 27 inns along its single street.",
+          "the dog ran home."]  # too short for a run of five tokens
+
+
+def test_middle_words_do_not_depend_on_the_tokenizer(tok):
+    """Models with different vocabularies are scored on the same hidden words."""
+    import clozelm
+    other = clozelm.load("default").tokenizer
+    assert [len(tok.encode(s)) for s in VARIED] != [len(other.encode(s)) for s in VARIED]
+    for seed in range(5):
+        ours, theirs = cases(tok, VARIED, seed)["middle_word"], cases(other, VARIED, seed)["middle_word"]
+        assert ours == theirs and len(ours) == len(VARIED) - 1
+
+
+def test_the_token_rows_hide_runs_in_the_same_sentences():
+    """The k rows compare k with k: a sentence too short for some k is in none of them."""
+    import clozelm
+    tok = clozelm.load("default").tokenizer
+    for seed in range(5):
+        found = cases(tok, VARIED, seed)
+        put_back = {k: [text.replace("[MASK]" * k, hidden) for text, hidden in found[str(k)]] for k in range(1, 6)}
+        assert all(rows == VARIED[:-1] for rows in put_back.values())
+
+
+def test_a_run_written_after_a_space_opens_with_a_token_that_may_follow_one():
+    """SmolLM2's tokenizer gives the space before a digit a token of its own: a run that starts at the digit
+    would be written "in [MASK]850", a blank after a space, which no fill can give back with "1"."""
+    from clozelm.tokenizers import PretrainedBPE
+    from clozelm.weights import gguf as G
+    tok = PretrainedBPE.from_gguf_metadata(G.read_metadata(G.open_gguf(G.find_smollm2())), source="smollm2")
+    sentence = "In 1850 the village had 312 houses, 4 churches, 27 inns and 1066 people along 9 streets."
+    assert [tok.decode([i]) for i in tok.encode(" 1850")][:2] == [" ", "1"]
+    digits_hidden = 0
+    for seed in range(40):
+        for k in range(1, 6):
+            for text, hidden in cases(tok, [sentence], seed)[str(k)]:
+                assert text.replace("[MASK]" * k, hidden) == sentence
+                if " [MASK]" in text:  # the run holds the space before it: " " + what it hides is k tokens
+                    assert len(tok.encode(" " + hidden)) == k, (text, hidden)
+                digits_hidden += hidden[0].isdigit()
+    assert digits_hidden > 0  # digits inside a number, glued to the text before the blank, are still hidden
+
+
+def test_wordpiece_runs_open_words():
+    """WordPiece tokens carry no space: a run written after one opens with a word's first piece."""
+    from clozelm.tokenizers import WordPiece
+    from corpora import bert_uncased_model_dir
+    tok = WordPiece.from_file(bert_uncased_model_dir() / "vocab.txt")
+    sentence = "the fisherman mended his nets beside the harbour wall and sang an old song to the gulls."
+    for seed in range(10):
+        found = cases(tok, [sentence], seed)
+        for k in range(1, 6):
+            (text, hidden), = found[str(k)]
+            assert text.replace("[MASK]" * k, hidden) == sentence
+            assert " [MASK]" not in text or not tok.pieces(tok.encode(hidden))[0].startswith("##")
+
+
+def test_no_middle_word_is_glued_to_an_underscore(tok):
+    sentence = "He told me that the _old_ miller kept his foo_bar key under the stone by the door."
+    for seed in range(30):
+        for text, word in cases(tok, [sentence], seed)["middle_word"]:
+            assert "____" not in text and word not in ("old", "foo", "bar")
+
+
+def test_answers_are_compared_in_a_lossy_tokenizers_own_spelling(tok):
+    from clozelm.eval.text import same
+    from clozelm.tokenizers import WordPiece
+    from corpora import bert_uncased_model_dir
+    uncased = WordPiece.from_file(bert_uncased_model_dir() / "vocab.txt")
+    assert same(uncased, "cafe", "Café") and same(uncased, "naive", "Naïve") and not same(uncased, "cafe", "tea")
+    assert tok.lossless and not same(tok, "dog", "Dog")

@@ -2,7 +2,8 @@
 
 Sentences of 8 to 40 words are drawn by seed. In each, one middle word (letters only, not among the first two
 or last two words) is hidden as `___`, and separately k = 1..5 consecutive tokens from the middle as k
-`[MASK]`s. An answer counts when the fill's top answer (`exact`) or one of its top five (`top5`) spells the
+`[MASK]`s. The middle words do not depend on the tokenizer, and the k rows hide runs in the same sentences
+(`cases`). An answer counts when the fill's top answer (`exact`) or one of its top five (`top5`) spells the
 hidden text, as `tokenizer.blank_text` spells it.
 
 Causal models also get the left-only baseline: what the model would say from the text before the blank alone,
@@ -30,8 +31,9 @@ MAX_WORD_TOKENS = 4
 
 
 def _glued(neighbour: str) -> bool:
-    """A letter-run next to this is part of a longer word ("don't", "well-known", "café")."""
-    return bool(neighbour) and (neighbour.isalnum() or neighbour in "'’-")
+    """A letter-run next to this is part of a longer word ("don't", "well-known", "café", "foo_bar", Gutenberg's
+    _emphasis_, whose underscores would run into the blank)."""
+    return bool(neighbour) and (neighbour.isalnum() or neighbour in "'’-_")
 
 
 def sentence_pool(docs) -> list[str]:
@@ -39,33 +41,66 @@ def sentence_pool(docs) -> list[str]:
             if MIN_WORDS <= len(s.split()) <= MAX_WORDS and "___" not in s and "[MASK]" not in s]
 
 
-def cases(tok, sents: list[str], seed: int) -> dict[str, list[tuple[str, str]]]:
-    """{"middle_word": [(text with ___, word)], "1".."5": [(text with k [MASK]s, hidden text)]}."""
-    rng = random.Random(seed)
+def cases(tok, sents: list[str], seed: int, vocab_size: int | None = None) -> dict[str, list[tuple[str, str]]]:
+    """{"middle_word": [(text with ___, word)], "1".."5": [(text with k [MASK]s, hidden text)]}.
+
+    Each sentence draws from generators of its own (the seed and the sentence's place), so the middle words do
+    not depend on the tokenizer: models with different vocabularies are scored on the same words. The token rows
+    hide runs in the same sentences for every k, so that they compare k with k: a sentence where some k finds no
+    run that a fill could give back is left out of all of them. `vocab_size`: the model's (default: the
+    tokenizer's)."""
+    classes = tok.token_classes(vocab_size or tok.vocab_size)
     out: dict[str, list[tuple[str, str]]] = {"middle_word": [], **{str(k): [] for k in K_TOKENS}}
-    for s in sents:
-        words = [w for w in WORD.finditer(s)
-                 if not _glued(s[w.start() - 1:w.start()]) and not _glued(s[w.end():w.end() + 1])]
-        if len(words) >= 5:
-            m = words[rng.randrange(2, len(words) - 2)]
-            out["middle_word"].append((s[:m.start()] + "___" + s[m.end():], m.group()))
-        ids, spans, _ = tok.encode_with_spans(s, specials=False)
-        for k in K_TOKENS:
-            if len(ids) < k + 6:
-                continue
-            i = rng.randrange(3, len(ids) - k - 2)
-            run = spans[i:i + k]
-            # A run that starts or ends inside a multi-byte character ("é" is two byte tokens) hides text that no
-            # fill can give back whole: it is left out.
-            if any(span is None for span in run) or not whole_characters(tok, ids[i:i + k]):
-                continue
-            start, end = run[0][0], max(e for _, e in run)  # a token that only ends a character spans nothing
-            if s[start].isspace():  # the hidden run opens with the space its first token carries
-                start += 1
-            hidden = tok.blank_text(ids[i:i + k])
-            if hidden:
-                out[str(k)].append((s[:start] + "[MASK]" * k + s[end:], hidden))
+    for j, s in enumerate(sents):
+        word = _middle_word(s, random.Random(f"{seed}:word:{j}"))
+        if word is not None:
+            out["middle_word"].append(word)
+        runs = _token_runs(tok, classes, s, random.Random(f"{seed}:tokens:{j}"))
+        if runs is not None:
+            for k, run in zip(K_TOKENS, runs):
+                out[str(k)].append(run)
     return out
+
+
+def _middle_word(s: str, rng: random.Random) -> tuple[str, str] | None:
+    """(s with one middle word as ___, the word): a word of letters alone, not among the first two or last two."""
+    words = [w for w in WORD.finditer(s) if not _glued(s[w.start() - 1:w.start()]) and not _glued(s[w.end():w.end() + 1])]
+    if len(words) < 5:
+        return None
+    m = words[rng.randrange(2, len(words) - 2)]
+    return s[:m.start()] + "___" + s[m.end():], m.group()
+
+
+def _token_runs(tok, classes, s: str, rng: random.Random) -> list[tuple[str, str]] | None:
+    """For each k of K_TOKENS, (s with a run of k tokens from its middle as k [MASK]s, the hidden text); None when
+    some k has no run that a fill could give back."""
+    ids, spans, _ = tok.encode_with_spans(s, specials=False)
+    runs = []
+    for k in K_TOKENS:
+        places = list(range(3, len(ids) - k - 2))  # not among the first three tokens or the last two
+        rng.shuffle(places)
+        run = next((r for r in (_token_run(tok, classes, s, ids, spans, i, k) for i in places) if r), None)
+        if run is None:
+            return None
+        runs.append(run)
+    return runs
+
+
+def _token_run(tok, classes, s, ids, spans, i: int, k: int) -> tuple[str, str] | None:
+    run = spans[i:i + k]
+    # A run that starts or ends inside a multi-byte character ("é" is two byte tokens) hides text that no fill can
+    # give back whole.
+    if any(span is None for span in run) or not whole_characters(tok, ids[i:i + k]):
+        return None
+    start, end = run[0][0], max(e for _, e in run)  # a token that only ends a character spans nothing
+    if s[start].isspace():  # the hidden run opens with the space its first token carries
+        start += 1
+    # Written after a space, a [MASK] is filled with a token that opens with one (or opens a word, in WordPiece):
+    # a run whose first token does not (Llama 3's "1" after its own " " token) could never be given back.
+    if not classes.token_start(s[:start].endswith(" "))[ids[i]]:
+        return None
+    hidden = tok.blank_text(ids[i:i + k])
+    return (s[:start] + "[MASK]" * k + s[end:], hidden) if hidden else None
 
 
 def _log1mexp(x: float) -> float:
@@ -130,7 +165,7 @@ def cloze_sentences(docs, opts) -> list[str]:
 
 def cloze(model, sents: list[str], opts, fill, progress) -> dict:
     tok = model.tokenizer
-    all_cases = cases(tok, sents, opts.seed)
+    all_cases = cases(tok, sents, opts.seed, model.config.vocab_size)
     causal = model.config.causal
     total = sum(len(c) for c in all_cases.values())
     steps = progress("cloze", total * (2 if causal else 1))

@@ -31,9 +31,12 @@ def sentences(text: str) -> list[str]:
 
 
 def same(tok, answer: str, hidden: str) -> bool:
-    """Whether a fill's answer spells the hidden text. A tokenizer that does not keep the text (a lower-casing
-    WordPiece) gives back its own spelling of it, so there case does not count."""
-    return answer == hidden or (not tok.lossless and answer.lower() == hidden.lower())
+    """Whether a fill's answer spells the hidden text. A tokenizer that does not keep the text (a lower-casing,
+    accent-stripping WordPiece; a tokenizer that normalises Unicode) gives back its own spelling of it: the
+    answer is compared with that ("café" is "cafe" to an uncased BERT)."""
+    if answer == hidden:
+        return True
+    return not tok.lossless and answer == tok.blank_text(tok.encode(hidden))
 
 
 def draw(items: list, limit: int | None, seed: int) -> list:

@@ -74,8 +74,11 @@ EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds 
 # lastword 3: fill's final ranking prices in that a word blank ends the text; lastword 4 and cloze 3: fill's
 # beam keeps distinct spellings, a masked LM's answers are whole characters; lastword 5 and cloze 4: fill's rows
 # share their context's cache (other float rounding), a word may open with a token that only opens a character,
-# and cloze hides no run of tokens that cuts a character; probe 3: a text found twice counts once).
-EVAL_VERSIONS = {"ppl": 3, "lastword": 5, "cloze": 4, "pairs": 3, "probe": 3}
+# and cloze hides no run of tokens that cuts a character; probe 3: a text found twice counts once; lastword 6,
+# cloze 5, pairs 4, probe 4: answers compared in a lossy tokenizer's own spelling, middle words drawn apart from
+# the tokenizer and the k rows from the same sentences, no pair whose bad sentence is English, copies told apart
+# by their words alone).
+EVAL_VERSIONS = {"ppl": 3, "lastword": 6, "cloze": 5, "pairs": 4, "probe": 4}
 # The evaluation settings a call may change (eval key field -> its `clozelm study` option): a run whose model is
 # gone keeps the figures measured with them, so a call with other values is refused (see _finished_without_model).
 CALL_OPTIONS = {"limit": "--eval-limit", "samples": "--samples"}
