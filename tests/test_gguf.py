@@ -389,3 +389,13 @@ def test_rope_scaling_read_as_llama_cpp_reads_it(tmp_path):
     assert scaling({"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 2.0}) is None
     with pytest.raises(ClozelmError, match="rope scaling 'yarn' is not supported"):
         scaling({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 2.0})
+
+
+def test_one_part_of_a_split_file_says_to_join_the_parts(tmp_path):
+    """llama.cpp splits large models into FILE-00001-of-0000N.gguf: one part holds only some of the tensors."""
+    hf = gguf_files.random_llama("llama")
+    path = tmp_path / "m-00001-of-00002.gguf"
+    gguf_files.write_llama_family(path, hf, Q.F32, extra={"split.no": 0, "split.count": 2})
+    with pytest.raises(ClozelmError, match=r"part 1 of a GGUF file split in 2: join the parts first, with llama.cpp's "
+                                           r"`llama-gguf-split --merge"):
+        G.load_gguf(path)

@@ -480,3 +480,62 @@ def test_bf16_has_units_on_the_cpu_and_on_gpus_from_ampere(monkeypatch):
     for major, native in ((6, False), (7, False), (8, True), (9, True)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, major=major: (major, 0))
         assert has_bf16_units(torch.device("cuda")) is native
+
+
+def test_quantized_hf_checkpoints_are_named_not_listed_tensor_by_tensor(gpt2_dir, tmp_path):
+    d = copy(gpt2_dir, tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gptq", "bits": 4}}))
+    assert_one_line_error(run_cli("info", d), "holds quantized weights (gptq)", "--dtype int8")
+
+
+def test_sharded_pickles_are_named_with_the_way_to_convert_them(gpt2_dir, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(gpt2_dir / "config.json", d / "config.json")
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"wte.weight": "pytorch_model-1.bin"}}))
+    with pytest.raises(ClozelmError, match=r"sharded pickles \(pytorch_model.bin.index.json\).*convert it to safetensors"):
+        clozelm.load(d)
+
+
+def test_a_shard_must_hold_what_the_index_puts_in_it(gpt2_dir, tmp_path):
+    """A shard of another version of the model would otherwise swap tensors without a word."""
+    from safetensors.torch import load_file, save_file
+    d = copy(gpt2_dir, tmp_path / "m")
+    state = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    names = sorted(state)
+    half = len(names) // 2
+    save_file({k: state[k] for k in names[:half]}, d / "model-00001-of-00002.safetensors")
+    save_file({k: state[k] for k in names[half:]}, d / "model-00002-of-00002.safetensors")
+    weight_map = {k: f"model-0000{1 if i < half else 2}-of-00002.safetensors" for i, k in enumerate(names)}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    reference = clozelm.load(d, tokenizer=False).network.state_dict()
+    save_file({k: state[k] for k in names[half - 1:]}, d / "model-00002-of-00002.safetensors")  # one tensor twice
+    with pytest.raises(ClozelmError, match=f"model-00002-of-00002.safetensors holds {names[half - 1]} again"):
+        clozelm.load(d)
+    save_file({k: state[k] for k in names[half + 1:]}, d / "model-00002-of-00002.safetensors")  # one missing
+    with pytest.raises(ClozelmError, match=f"lacks {names[half]}, which model.safetensors.index.json puts there"):
+        clozelm.load(d)
+    assert reference
+
+
+@pytest.mark.parametrize("activation", ["gelu_fast", "gelu_pytorch_tanh"])
+def test_the_tanh_gelu_under_all_its_names(gpt2_dir, tmp_path, activation):
+    d = copy(gpt2_dir, tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "activation_function": activation}))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
+    ids = torch.randint(0, 120, (1, 16))
+    with torch.no_grad():
+        assert (clozelm.load(d, tokenizer=False)(ids).logits - hf(ids).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("full_layers,context", [(None, 128), (2, 128), (1, 64), (0, 64)])
+def test_qwen2_caps_its_context_only_where_a_layer_slides_its_window(full_layers, context):
+    from clozelm.weights.hf import llama_config_from_hf
+    d = {"model_type": "qwen2", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "max_position_embeddings": 128, "use_sliding_window": True, "sliding_window": 64}
+    if full_layers is not None:
+        d["max_window_layers"] = full_layers
+    assert llama_config_from_hf(d).n_positions == context

@@ -200,7 +200,18 @@ def test_missing_or_unsupported_llama_files_are_one_line_errors(tmp_path):
     config = json.loads((path / "config.json").read_text())
     for bad, match in [({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "'yarn' is not supported"),
                        ({"head_dim": 32}, "unsupported llama config options: {'head_dim': 32}"),
-                       ({"num_key_value_heads": 3}, "not a multiple of n_kv_head=3")]:
+                       ({"num_key_value_heads": 3}, "not a multiple of n_kv_head=3"),
+                       ({"rope_parameters": {"rope_type": "linear", "factor": 0, "rope_theta": 1e4}},
+                        "rope_scaling factor must be > 0, got 0"),
+                       ({"rope_parameters": {"rope_type": "linear", "factor": float("nan"), "rope_theta": 1e4}},
+                        "needs finite numbers for factor"),
+                       ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0, "rope_theta": 1e4,
+                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
+                        "needs 0 < low_freq_factor < high_freq_factor, got 0 and 4.0"),
+                       ({"rope_parameters": {"factor": 4.0, "rope_theta": 1e4}}, "rope_parameters {'factor': 4.0} names no rope_type"),
+                       ({"rope_parameters": None, "rope_scaling": {"rope_type": "linear", "factor": -2.0}},
+                        "rope_scaling factor must be > 0, got -2.0"),
+                       ({"rope_parameters": None, "rope_scaling": {"factor": 4.0}}, "rope_scaling {'factor': 4.0} names no rope_type")]:
         (path / "config.json").write_text(json.dumps({**config, **bad}))
         with pytest.raises(ClozelmError, match=match.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
             hf_weights.load_hf_dir(path)
@@ -251,3 +262,58 @@ def test_query_key_and_value_that_do_not_fit_together_are_one_line(tmp_path):
     with pytest.raises(ClozelmError, match=r"layer 1: the attention's query, key and value tensors do not fit together "
                                            r"\(q \[64, 64\], k \[32, 16\], v \[32, 64\]\)"):
         clozelm.load(tmp_path)
+
+
+def test_a_refused_config_is_said_before_the_weights_are_read(tmp_path):
+    """A setting clozelm refuses costs no minutes of reading gigabytes first: the weights here are not even valid."""
+    path = tmp_path / "m"
+    make_hf("llama-gqa-tied", path)
+    config = json.loads((path / "config.json").read_text())
+    yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}
+    (path / "config.json").write_text(json.dumps({**config, "rope_parameters": yarn}))
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ClozelmError, match="'yarn' is not supported"):
+        hf_weights.load_hf_dir(path)
+
+
+def test_a_tied_config_with_a_head_of_its_own_is_refused(tmp_path):
+    """transformers would tie the head to the embeddings and drop the file's own trained head without a word."""
+    from safetensors.torch import load_file, save_file
+    path = tmp_path / "m"
+    make_hf("llama-gqa-tied", path)
+    state = load_file(path / "model.safetensors")
+    state["lm_head.weight"] = state["model.embed_tokens.weight"] + 0.01
+    save_file(state, path / "model.safetensors")
+    with pytest.raises(ClozelmError, match="lm_head.weight differs from the token embeddings, but config.json ties them"):
+        hf_weights.load_hf_dir(path)
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()  # the same matrix saved twice: fine
+    save_file(state, path / "model.safetensors")
+    hf_weights.load_hf_dir(path)
+
+
+def test_each_tensor_read_is_held_once_while_the_model_is_built(tmp_path, monkeypatch):
+    """A bf16 checkpoint loaded as fp32: each tensor read must be freed once converted, so nothing but the dict
+    build_model converts may hold it (the file's own dict kept every one alive, and q/k/v beside their fused copy)."""
+    import gc
+    import weakref
+    path = tmp_path / "m"
+    make_hf("llama-gqa-tied", path)
+    read = []
+    real_read, real_build = hf_weights.tensor_io.read_weights, hf_weights.build_model
+
+    def reading(where):
+        sd = real_read(where)
+        read.extend(weakref.ref(t) for t in sd.values())
+        return sd
+
+    def building(cfg, sd, *args, **kwargs):
+        gc.collect()
+        alive = [r() for r in read if r() is not None]
+        assert len(alive) < len(read)  # q, k and v, once fused, are gone
+        assert all(len([h for h in gc.get_referrers(t) if isinstance(h, dict)]) == 1 for t in alive)
+        del alive
+        return real_build(cfg, sd, *args, **kwargs)
+
+    monkeypatch.setattr(hf_weights.tensor_io, "read_weights", reading)
+    monkeypatch.setattr(hf_weights, "build_model", building)
+    hf_weights.load_hf_dir(path)

@@ -175,3 +175,17 @@ def test_unsupported_tokenizer_json_is_one_line(tmp_path):
         with pytest.raises(ClozelmError, match=match) as info:
             PretrainedBPE.from_dir(tmp_path)
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("pre,given,expected", [("llama-bpe", None, True), ("llama3", None, True),
+                                                ("smollm", None, False), ("qwen2", None, False),
+                                                ("llama-bpe", False, False), ("smollm", True, True)])
+def test_the_bos_rule_of_a_gguf_file_follows_llama_cpp(pre, given, expected):
+    """llama.cpp opens a text with BOS after Llama 3's pre-tokenizers unless tokenizer.ggml.add_bos_token says
+    otherwise; Llama 3 GGUF files often leave the key out."""
+    from gguf_files import tokenizer_metadata
+    meta = {f"tokenizer.ggml.{key}": value for key, value in tokenizer_metadata(300, pre=pre).items()
+            if key != "add_bos_token"}
+    if given is not None:
+        meta["tokenizer.ggml.add_bos_token"] = given
+    assert PretrainedBPE.from_gguf_metadata(meta, source="test").add_bos is expected

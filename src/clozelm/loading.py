@@ -14,7 +14,7 @@ from .model import packed
 from .model.device import DEVICES, resolve_device  # noqa: F401 (DEVICES: the choices load takes)
 from .model.transformer import Transformer
 from .tokenizers import Tokenizer, load_tokenizer
-from .weights import gguf, hf, openai_tf
+from .weights import gguf, hf, openai_tf, tensors
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 EMBEDDED_NAMES = ("default", "default-bert", "default-fim")
@@ -132,7 +132,7 @@ def load_dir(path: Path, dtype: torch.dtype = torch.float32) -> Transformer:
         model = openai_tf.load_openai_dir(path).to(dtype)
     elif (path / "config.json").is_file():
         hf.read_config_json(path / "config.json")  # a corrupt config gets its own error first
-        raise ClozelmError(f"no weights in {path} (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)")
+        raise ClozelmError(tensors.no_weights(path))
     elif (path / "run.json").is_file() and (path / "model").is_dir():  # a `clozelm train` run directory
         raise ClozelmError(f"{path} is a training run; its model is {path / 'model'}")
     else:

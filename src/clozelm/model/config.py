@@ -248,8 +248,24 @@ def _rope_scaling_problems(scaling) -> list[str]:
         return [f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})"]
     need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                                                "original_max_position_embeddings")}.get(kind, ())
-    missing = [k for k in need if not isinstance(scaling.get(k), (int, float))]
-    return [f"rope_scaling {kind!r} needs numbers for {', '.join(missing)}"] if missing else []
+    missing = [k for k in need if not _finite_number(scaling.get(k))]
+    if missing:
+        return [f"rope_scaling {kind!r} needs finite numbers for {', '.join(missing)}"]
+    # The formulas divide by each of these (model/transformer.py, rope_inv_freq): out of range, the logits would be
+    # inf or NaN with no word of why.
+    if "factor" in need and scaling["factor"] <= 0:
+        return [f"rope_scaling factor must be > 0, got {scaling['factor']}"]
+    if kind == "llama3":
+        low, high, old_len = scaling["low_freq_factor"], scaling["high_freq_factor"], scaling["original_max_position_embeddings"]
+        if not 0 < low < high:
+            return [f"rope_scaling 'llama3' needs 0 < low_freq_factor < high_freq_factor, got {low} and {high}"]
+        if old_len <= 0:
+            return [f"rope_scaling original_max_position_embeddings must be > 0, got {old_len}"]
+    return []
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _GPT2 = dict(vocab_size=50257, n_positions=1024, causal=True, pre_ln=True, activation="gelu_tanh",

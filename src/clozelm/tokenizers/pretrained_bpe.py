@@ -55,6 +55,9 @@ SPLITS = {
     "falcon3": LLAMA3_SPLIT, "dbrx": LLAMA3_SPLIT, "pixtral": LLAMA3_SPLIT,
     "qwen2": QWEN2_SPLIT, "deepseek-r1-qwen": QWEN2_SPLIT, "megrez": QWEN2_SPLIT,
 }
+# Pre-tokenizers after which llama.cpp opens every text with the BOS token unless the file says otherwise
+# (tokenizer.ggml.add_bos_token): Llama 3's family, whose GGUF files often leave the key out.
+ADDS_BOS = {"llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"}
 # GGUF token types (llama.cpp's enum)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -155,7 +158,7 @@ class PretrainedBPE(ByteBPE):
             if token_id is not None and 0 <= int(token_id) < len(tokens) and tokens[int(token_id)] in specials:
                 roles[role] = tokens[int(token_id)]
         return cls.from_tables(vocab, pairs, specials, split_pattern=SPLITS[pre], pre_tokenizer=pre, roles=roles,
-                               add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), source=source)
+                               add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", pre in ADDS_BOS)), source=source)
 
     @classmethod
     def from_tokenizer_json(cls, path, tokenizer_config: Mapping | None = None,

@@ -313,6 +313,10 @@ def load_gguf(path, dtype: torch.dtype = torch.float32, tokenizer: bool = True) 
     source = str(path)
     reader = open_gguf(path)
     meta = read_metadata(reader)
+    parts = meta.get("split.count")
+    if parts is not None and int(parts) > 1:  # the rest of the tensors are in the other files
+        raise ClozelmError(f"{source} is part {int(meta.get('split.no', 0)) + 1} of a GGUF file split in {int(parts)}: "
+                           "join the parts first, with llama.cpp's `llama-gguf-split --merge FIRST-PART OUT.gguf`")
     shapes = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
     cfg = config_from_gguf(meta, shapes, source)
     arch = meta["general.architecture"]

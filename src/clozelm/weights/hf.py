@@ -33,7 +33,8 @@ IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|embeddings\.position_
 # BertForPreTraining checkpoint is the usual way BERT weights come).
 NSP_HEAD = re.compile(r"^cls\.seq_relationship\.")
 
-_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu",
+           "relu": "relu", "silu": "silu", "swish": "silu"}
 _ACT_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
@@ -190,11 +191,8 @@ def gpt2_from_hf(sd: dict[str, torch.Tensor], tied: bool = True) -> tuple[dict, 
         if lm_head is not None:
             out["lm_head.weight"] = lm_head
         return out, unexpected
-    if lm_head is not None and "wte.weight" in out and not torch.equal(lm_head, out["wte.weight"]):
-        raise ClozelmError("lm_head.weight differs from the token embeddings, but config.json ties them "
-                           "(tie_word_embeddings is true or absent)")
-    if lm_head is not None and "wte.weight" not in out:
-        out["wte.weight"] = lm_head  # a tied pair saved once, under the head's name (safetensors' save_model)
+    if lm_head is not None:
+        _tied_head(out, lm_head)
     return out, unexpected
 
 
@@ -280,14 +278,21 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
             raise ClozelmError(f"unsupported {model_type} config options: {unsupported}")
         rope = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else None  # transformers 5
         theta = (rope or {}).get("rope_theta", d.get("rope_theta", 10000.0))
-        scaling = d.get("rope_scaling") if rope is None else (rope if rope.get("rope_type", "default") != "default" else None)
+        scaling = d.get("rope_scaling") if rope is None else rope
         if isinstance(scaling, dict):
             scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
-            if scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+            kind = scaling.get("rope_type", scaling.get("type"))
+            if kind is None and scaling:  # transformers refuses it too: which formula the factor is for is unknown
+                raise ClozelmError(f"{'rope_scaling' if rope is None else 'rope_parameters'} {scaling} names no rope_type")
+            if kind in (None, "default"):
                 scaling = None
         n_positions = d.get("max_position_embeddings", 2048)
         window = d.get("sliding_window")
-        if window and (model_type == "mistral" or d.get("use_sliding_window")):
+        # Qwen2 slides the window only in the layers from max_window_layers on (none, when that is all of them;
+        # transformers' default is 28)
+        full_layers = 28 if d.get("max_window_layers") is None else d["max_window_layers"]
+        slides = model_type == "mistral" or (d.get("use_sliding_window") and full_layers < d.get("num_hidden_layers", 0))
+        if window and slides:
             n_positions = min(n_positions, window)
         return ModelConfig(
             vocab_size=d["vocab_size"], n_positions=n_positions, n_embd=n_embd,
@@ -347,8 +352,8 @@ def llama_config_to_hf(cfg: ModelConfig) -> dict:
 
 def llama_from_hf(sd: dict[str, torch.Tensor], tied: bool) -> tuple[dict, list[str]]:
     """HF Llama/Qwen2/Mistral tensors -> ours (q, k, v concatenated into c_attn). Returns (state dict, unplaced names).
-    A tied model's lm_head.weight, when a file carries one, is dropped (transformers ties it to the embeddings),
-    unless the embeddings are missing: a tied pair saved once keeps the name that sorts first."""
+    A tied model's lm_head.weight, when a file carries one, must equal the embeddings (or stand for them where they
+    are missing: a tied pair saved once keeps the name that sorts first); transformers would drop a different one."""
     out, unexpected = {}, []
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     layer_map, top_map = dict(_LLAMA_LAYER), dict(_LLAMA_TOP)
@@ -380,9 +385,19 @@ def llama_from_hf(sd: dict[str, torch.Tensor], tied: bool) -> tuple[dict, list[s
         out[f"h.{layer}.attn.c_attn.{kind}"] = tensor_io.fused_qkv(f"layer {layer}", parts, ("q", "k", "v"))
     if not tied and lm_head is not None:
         out["lm_head.weight"] = lm_head
-    elif tied and "wte.weight" not in out and lm_head is not None:
-        out["wte.weight"] = lm_head  # a tied pair saved once, under the head's name (safetensors' save_model)
+    elif tied and lm_head is not None:
+        _tied_head(out, lm_head)
     return out, unexpected
+
+
+def _tied_head(out: dict[str, torch.Tensor], lm_head: torch.Tensor) -> None:
+    """A tied model's file that also holds lm_head.weight: the same matrix as the embeddings (or their only copy),
+    never a head of its own that config.json would have clozelm drop."""
+    if "wte.weight" not in out:
+        out["wte.weight"] = lm_head  # a tied pair saved once, under the head's name (safetensors' save_model)
+    elif not torch.equal(lm_head, out["wte.weight"]):
+        raise ClozelmError("lm_head.weight differs from the token embeddings, but config.json ties them "
+                           "(tie_word_embeddings is true or absent)")
 
 
 def llama_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
@@ -457,17 +472,16 @@ def read_config_json(path: Path) -> dict:
 def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32) -> Transformer:
     """The network (eval mode) of a Hugging Face model directory, its weights in `dtype`."""
     hf_config = read_config_json(path / "config.json")
-    sd = tensor_io.read_weights(path)
-    if hf_config.get("model_type") == "gpt2":
-        cfg = config_from_hf(hf_config)
-        ours, unexpected = gpt2_from_hf(sd, tied=cfg.head == "tied")
-    elif hf_config.get("model_type") == "bert":
-        ours, unexpected, _nsp = bert_from_hf(sd)
-        cfg = config_from_hf(hf_config, has_head="mlm.dense.weight" in ours, has_pooler="pooler.weight" in ours)
-    elif hf_config.get("model_type") in LLAMA_TYPES:
+    kind = hf_config.get("model_type")
+    # The config first: a setting clozelm refuses is said before gigabytes of weights are read.
+    quantized = hf_config.get("quantization_config")
+    if quantized:
+        method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
+        raise ClozelmError(f"{path} holds quantized weights ({method}): clozelm reads fp32, bf16 and fp16 checkpoints, "
+                           "and GGUF files (`--dtype int8` or `int4` quantizes after loading)")
+    if kind in LLAMA_TYPES:
         cfg = llama_config_from_hf(hf_config)
-        ours, unexpected = llama_from_hf(sd, tied=cfg.head == "tied")
-    elif hf_config.get("model_type") == NATIVE:
+    elif kind == NATIVE:
         if not isinstance(hf_config.get("clozelm_config"), dict):
             raise ClozelmError(f"{path / 'config.json'}: model_type 'clozelm' needs a 'clozelm_config' object")
         try:
@@ -475,10 +489,21 @@ def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32) -> Transformer:
         except ClozelmError as e:
             detail = e.describe() if isinstance(e, InvalidConfig) else str(e)
             raise ClozelmError(f"{path / 'config.json'}: invalid clozelm_config: {detail}") from None
-        ours, unexpected = sd, []
     else:
-        cfg = config_from_hf(hf_config)  # raises the unsupported-model_type error
-        raise AssertionError("unreachable")
+        cfg = config_from_hf(hf_config)  # GPT-2, BERT (its heads as its tensors say, below), or the model_type error
+    sd = tensor_io.read_weights(path)
+    if kind == "gpt2":
+        ours, unexpected = gpt2_from_hf(sd, tied=cfg.head == "tied")
+    elif kind == "bert":
+        ours, unexpected, _nsp = bert_from_hf(sd)
+        cfg = config_from_hf(hf_config, has_head="mlm.dense.weight" in ours, has_pooler="pooler.weight" in ours)
+    elif kind in LLAMA_TYPES:
+        ours, unexpected = llama_from_hf(sd, tied=cfg.head == "tied")
+    else:
+        ours, unexpected = sd, []
+    # The file's own dict goes: then each tensor read is freed as soon as build_model has converted it (a bf16
+    # checkpoint loaded as fp32 would otherwise be held twice over, and Llama's q/k/v beside their fused copy).
+    del sd
     return build_model(cfg, ours, unexpected, source=str(path), dtype=dtype)
 
 

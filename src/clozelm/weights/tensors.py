@@ -60,25 +60,42 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
         return read_safetensors(single)
     if index.is_file():
         sd = {}
-        for shard in _index_shards(index):
+        for shard, names in _index_shards(index).items():
             shard_path = model_dir / shard
             if not shard_path.is_file():
                 raise ClozelmError(f"{index} names {shard}, which is missing")
-            sd.update(read_safetensors(shard_path))
+            tensors = read_safetensors(shard_path)
+            # A shard from another download, or one written twice, would otherwise swap tensors without a word.
+            lacking, twice = sorted(names - set(tensors)), sorted(set(tensors) & set(sd))
+            if lacking or twice:
+                what = f"lacks {lacking[0]}, which {index.name} puts there" if lacking else f"holds {twice[0]} again"
+                raise ClozelmError(f"{shard_path} {what} (a shard of another version of the model?)")
+            sd.update(tensors)
         return sd
     if (model_dir / "pytorch_model.bin").is_file():
         return read_pickle(model_dir / "pytorch_model.bin")
-    raise ClozelmError(f"no weights in {model_dir} (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)")
+    raise ClozelmError(no_weights(model_dir))
 
 
-def _index_shards(index: Path) -> list[str]:
-    """The shard file names a model.safetensors.index.json lists: plain names in the same directory only."""
+def no_weights(model_dir: Path) -> str:
+    """Why a directory with a config.json gives no weights, in one line."""
+    if (model_dir / "pytorch_model.bin.index.json").is_file():
+        return (f"{model_dir} holds its weights as sharded pickles (pytorch_model.bin.index.json), which clozelm does "
+                f"not read: {CONVERT_HINT.format(dir=str(model_dir))}")
+    return f"no weights in {model_dir} (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)"
+
+
+def _index_shards(index: Path) -> dict[str, set[str]]:
+    """{shard file name: the tensor names a model.safetensors.index.json puts in it}: plain names in the same
+    directory only."""
     from .hf import read_config_json  # the one reader of JSON settings files
     weight_map = read_config_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ClozelmError(f"{index} is not a valid safetensors index: it needs a \"weight_map\" of tensor names "
                            "to shard file names")
-    shards = sorted(set(weight_map.values()))
+    shards: dict[str, set[str]] = {}
+    for name, shard in sorted(weight_map.items(), key=lambda item: item[1]):
+        shards.setdefault(shard, set()).add(name)
     outside = [s for s in shards if Path(s).name != s or s.startswith(".")]
     if outside:
         raise ClozelmError(f"{index} names a shard outside its directory: {outside[0][:80]!r}")
