@@ -539,3 +539,10 @@ def test_qwen2_caps_its_context_only_where_a_layer_slides_its_window(full_layers
     if full_layers is not None:
         d["max_window_layers"] = full_layers
     assert llama_config_from_hf(d).n_positions == context
+
+
+def test_gpt2_weights_load_as_contiguous_parameters(gpt2_dir):
+    """GPT-2's Conv1D matrices are stored transposed: loaded as views they would be strided parameters, slower in
+    every kernel that wants rows (and in fused optimizers)."""
+    network = clozelm.load(gpt2_dir, tokenizer=False).network
+    assert all(p.is_contiguous() for p in network.parameters())

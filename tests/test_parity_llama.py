@@ -211,7 +211,9 @@ def test_missing_or_unsupported_llama_files_are_one_line_errors(tmp_path):
                        ({"rope_parameters": {"factor": 4.0, "rope_theta": 1e4}}, "rope_parameters {'factor': 4.0} names no rope_type"),
                        ({"rope_parameters": None, "rope_scaling": {"rope_type": "linear", "factor": -2.0}},
                         "rope_scaling factor must be > 0, got -2.0"),
-                       ({"rope_parameters": None, "rope_scaling": {"factor": 4.0}}, "rope_scaling {'factor': 4.0} names no rope_type")]:
+                       ({"rope_parameters": None, "rope_scaling": {"factor": 4.0}}, "rope_scaling {'factor': 4.0} names no rope_type"),
+                       ({"intermediate_size": 0}, "intermediate_size"),  # named as config.json names it
+                       ({"bos_token_id": 1.5}, "a token id must be a whole number, not 1.5")]:
         (path / "config.json").write_text(json.dumps({**config, **bad}))
         with pytest.raises(ClozelmError, match=match.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
             hf_weights.load_hf_dir(path)

@@ -50,6 +50,10 @@ HF_NAMES = {
              "n_head": "num_attention_heads", "n_inner": "intermediate_size", "dropout": "hidden_dropout_prob",
              "extra": "clozelm_extra"},
 }
+HF_NAMES["llama"] = HF_NAMES["qwen2"] = HF_NAMES["mistral"] = {
+    "n_positions": "max_position_embeddings", "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads", "n_kv_head": "num_key_value_heads", "n_inner": "intermediate_size",
+    "layer_norm_eps": "rms_norm_eps", "rope_scaling": "rope_scaling (or rope_parameters)", "extra": "clozelm_extra"}
 
 
 def config_from_hf(d: dict, has_head: bool | None = None, has_pooler: bool = False) -> ModelConfig:
@@ -306,6 +310,8 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
             bos_token_id=_single_id(d.get("bos_token_id")), eos_token_id=_single_id(d.get("eos_token_id")),
             pad_token_id=_single_id(d.get("pad_token_id")), extra=d.get("clozelm_extra", {}),
         )
+    except InvalidConfig as e:
+        raise ClozelmError(f"invalid config.json: {e.describe(HF_NAMES.get(model_type, {}))}") from None
     except (KeyError, TypeError, ValueError) as e:
         what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
         raise ClozelmError(f"invalid {model_type} config.json: {what}") from None
@@ -319,8 +325,12 @@ def _number(value):
 def _single_id(value):
     # Llama 3 lists several end-of-text ids; the first is the document end the tokenizer uses.
     if isinstance(value, list):
-        return int(value[0]) if value else None
-    return None if value is None else int(value)
+        value = value[0] if value else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):  # 1.5 is no token id; int() would make it 1
+        raise ValueError(f"a token id must be a whole number, not {value!r}")
+    return value
 
 
 def is_llama(cfg: ModelConfig) -> bool:
@@ -532,7 +542,7 @@ def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], unexpected: list[
     if not stored.is_floating_point:
         raise ClozelmError(f"weights in {source} are not floating point ({stored})")
     for name in list(sd):  # one tensor at a time, each original dropped once converted (when nothing else holds it)
-        sd[name] = sd[name].to(dtype)
+        sd[name] = sd[name].to(dtype).contiguous()  # GPT-2's Conv1D weights arrive transposed: views, until here
     model.load_state_dict(sd, strict=True, assign=True)
     return model.eval()
 
