@@ -319,3 +319,16 @@ def test_each_tensor_read_is_held_once_while_the_model_is_built(tmp_path, monkey
     monkeypatch.setattr(hf_weights.tensor_io, "read_weights", reading)
     monkeypatch.setattr(hf_weights, "build_model", building)
     hf_weights.load_hf_dir(path)
+
+
+def test_pretraining_tp_is_the_same_network(tmp_path):
+    """pretraining_tp > 1 makes transformers slice each product into as many pieces and add them up: the same
+    numbers, up to the order of the sums."""
+    path = tmp_path / "m"
+    make_hf("llama-mha-untied", path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "pretraining_tp": 2}))
+    hf = transformers.LlamaForCausalLM.from_pretrained(path).eval()
+    ids = torch.randint(0, BASE["vocab_size"], (2, 12))
+    with torch.no_grad():
+        assert (clozelm.load(path)(ids).logits - hf(ids).logits).abs().max() <= 1e-4

@@ -100,8 +100,6 @@ def pairs(model, items: list[dict], opts, progress, source: str) -> dict:
     tok = model.tokenizer
     if how != "log-prob" and tok.mask_id is None:
         raise ClozelmError("pairs: this masked model's tokenizer has no mask token")
-    if how == "bound" and model.config.causal:
-        raise ClozelmError("pairs: the masked-diffusion bound needs a bidirectional model")
     steps = progress("pairs", 2 * len(items))
     texts = [s for item in items for s in (item["good"], item["bad"])]
     seeds = [(opts.seed * 1_000_003 + i // 2) % 2**63 for i in range(len(texts))]

@@ -276,8 +276,6 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
         head_dim = d.get("head_dim")
         if head_dim is not None and n_head and head_dim * n_head != n_embd:
             unsupported["head_dim"] = head_dim
-        if int(d.get("pretraining_tp", 1) or 1) != 1:
-            unsupported["pretraining_tp"] = d["pretraining_tp"]
         if unsupported:
             raise ClozelmError(f"unsupported {model_type} config options: {unsupported}")
         rope = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else None  # transformers 5
