@@ -93,3 +93,17 @@ def test_a_compiled_run_trains_as_the_plain_one(tmp_path, corpus, bpe_dir):
     assert sorted(runs[True]) == sorted(runs[False]) == list(range(1, 9))
     for step, loss in runs[False].items():
         assert runs[True][step] == pytest.approx(loss, rel=1e-2), step
+
+
+def test_a_compiled_run_resumes_exactly(tmp_path, corpus, bpe_dir):
+    """The study trains compiled on CPUs without AMX and resumes after every stop: a resumed compiled run must log
+    the losses of one never stopped."""
+    def config(out, **kw):
+        return TrainConfig(files=[corpus], tokenizer=bpe_dir, out=tmp_path / out, n_layer=2, n_embd=32, n_head=2,
+                           n_positions=32, batch_size=4, steps=8, dropout=0.0, compile=True, eval_every=0,
+                           progress=False, **kw)
+    straight = train(config("straight"))
+    train(config("split", stop_after=3))
+    resumed = train(TrainConfig(out=tmp_path / "split", resume=True, progress=False))
+    assert resumed.complete and sorted(losses(straight.dir)) == list(range(1, 9))
+    assert losses(resumed.dir) == losses(straight.dir)
