@@ -1,6 +1,8 @@
 """GPU readiness in one run: every path on CUDA, one line per check, PASS or FAIL with the reason.
 
     python scripts/gpu_check.py [--corpus DIR_OR_FILE] [--steps 40]
+    PYTHONPATH=src PYTHONUNBUFFERED=1 python scripts/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"   # on a lent
+                                                          # machine with torch but no install of clozelm
 
 1. placement: `default` moved to the GPU fills and generates what it does on the CPU, and `clozelm fill`,
    `generate`, `eval` and `heads` run with `--device`;
@@ -11,8 +13,9 @@
    process group, and NCCL refuses two ranks on one device);
 5. MFU: `benchmarks/train_speed.py --mfu cuda` on GPT-2 124M's shape.
 
-Exits 1 when a check failed, 2 when there is no GPU. Each command it starts gets at most 10 minutes. Tests and CI never need a GPU; this is for a machine
-that has one (the project's device tool lends one to some sessions).
+Exits 1 when a check failed, 2 when there is no GPU. Each command it starts gets at most 4 minutes, so that one
+that hangs leaves time for the others within a lent machine's 10-minute command. Tests and CI never need a GPU;
+this is for a machine that has one (the project's device tool lends one to some sessions).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import clozelm
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
         "want of a ___.")
-TIMEOUT = 600
+TIMEOUT = 240
 results: list[tuple[str, bool | None, str]] = []
 
 

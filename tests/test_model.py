@@ -732,3 +732,22 @@ def test_a_compiled_cpu_training_pass_attends_as_the_flash_kernel_does(case, mon
     assert taken == 2 and not_taken == 0
     assert (ours - flash).norm() <= 0.02 * flash.norm()
     assert (our_grads - flash_grads).norm() <= 0.03 * flash_grads.norm()
+
+
+def test_grouped_keys_repeated_per_query_head_give_the_grouped_attention(monkeypatch):
+    """On CUDA, where SDPA would take grouped keys only in its math kernel (a mask, or fp32), each key head is
+    repeated for its query heads instead: the same attention. Forced here on the CPU."""
+    from clozelm.model import transformer
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, n_positions=40, n_embd=32, n_layer=2, n_head=4, **ONE_QUERY_CONFIGS["llama-gqa"])
+    net = Transformer(config).eval()
+    ids, valid = torch.randint(0, 64, (2, 24)), torch.ones(2, 24, dtype=torch.bool)
+    valid[1, :3] = False  # a mask reaches the attention
+    assert not transformer._gqa_falls_to_math(torch.zeros(1, 4, 2, 8), torch.zeros(1, 1, 2, 2))  # not on the CPU
+    asked = []
+    with torch.no_grad():
+        grouped = net(ids, attention_mask=valid).logits
+        monkeypatch.setattr(transformer, "_gqa_falls_to_math", lambda q, mask: asked.append(1) or True)
+        repeated = net(ids, attention_mask=valid).logits
+    assert len(asked) == config.n_layer
+    assert (repeated - grouped).abs().max() <= 1e-5 and grouped.std() > 0

@@ -217,6 +217,13 @@ def _takes_one_query(q, k, mask, dropout: float, is_causal: bool) -> bool:
             and (mask is None or (mask.dim() == 4 and mask.size(2) == 1 and mask.size(3) == k.size(2))))
 
 
+def _gqa_falls_to_math(q, mask) -> bool:
+    """Whether SDPA with enable_gqa would take torch's math kernel, which writes every score in fp32: on CUDA it
+    takes grouped keys only in flash attention, which takes no mask and no fp32 (ragged batches, a draft checked
+    against the cache, an fp32 model). Keys repeated once per query head reach the efficient kernels instead."""
+    return q.is_cuda and (mask is not None or q.dtype == torch.float32)
+
+
 def _products_and_softmax(q, k, v, mask, is_causal: bool, dropout: float):
     """softmax(q k^T / sqrt(Dh) + mask) v spelled out: a product, an fp32 softmax, a product.
     q [B, H, T, Dh], k, v [B, H, S, Dh], mask None or additive [B, 1 or H, T, S] or [H, T, S] (the locality
@@ -312,6 +319,10 @@ class Attention(nn.Module):
             y = (F.dropout(probs, dropout, self.training).view(B, G, H // G, T, S) @ v[:, :, None]).view(B, H, T, Dh)
         elif _takes_one_query(q, k, mask, dropout, is_causal):
             y = _one_query(q, k, v, mask)
+        elif _gqa_falls_to_math(q, mask):
+            repeat = H // self.n_kv_head  # query head h reads key head h // repeat
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1),
+                                               attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
                                                enable_gqa=True)
