@@ -64,7 +64,8 @@ def cases(tok, sents: list[str], seed: int, vocab_size: int | None = None) -> di
 
 def _middle_word(s: str, rng: random.Random) -> tuple[str, str] | None:
     """(s with one middle word as ___, the word): a word of letters alone, not among the first two or last two."""
-    words = [w for w in WORD.finditer(s) if not _glued(s[w.start() - 1:w.start()]) and not _glued(s[w.end():w.end() + 1])]
+    words = [w for w in WORD.finditer(s)
+             if not _glued(s[w.start() - 1:w.start()]) and not _glued(s[w.end():w.end() + 1])]
     if len(words) < 5:
         return None
     m = words[rng.randrange(2, len(words) - 2)]

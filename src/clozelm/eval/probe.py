@@ -189,7 +189,8 @@ def probe_items(opts) -> tuple[list[tuple[str, str]], str]:
 def _distinct(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Each text once (the first of its copies, with its label): a copy in the training folds of a text in the
     test fold would be remembered, not generalised from (the BBC set's 2,225 articles are 2,125 different
-    texts; 2 of the copies differ only in their line breaks). Copies are told by their words: spacing and line breaks do not count."""
+    texts; 2 of the copies differ only in their line breaks). Copies are told by their words: spacing and line
+    breaks do not count."""
     seen, out = set(), []
     for label, text in items:
         key = " ".join(text.split())
