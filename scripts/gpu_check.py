@@ -13,8 +13,8 @@
    process group, and NCCL refuses two ranks on one device);
 5. MFU: `benchmarks/train_speed.py --mfu cuda` on GPT-2 124M's shape.
 
-Exits 1 when a check failed, 2 when there is no GPU. Each command it starts gets at most 4 minutes, so that one
-that hangs leaves time for the others within a lent machine's 10-minute command. Tests and CI never need a GPU;
+Exits 1 when a check failed, 2 when there is no GPU. Each command it starts gets at most 4 minutes: a check that
+hangs fails on its own, and the others still run. Tests and CI never need a GPU;
 this is for a machine that has one (the project's device tool lends one to some sessions).
 """
 

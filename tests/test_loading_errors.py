@@ -510,14 +510,16 @@ def test_a_shard_must_hold_what_the_index_puts_in_it(gpt2_dir, tmp_path):
     save_file({k: state[k] for k in names[half:]}, d / "model-00002-of-00002.safetensors")
     weight_map = {k: f"model-0000{1 if i < half else 2}-of-00002.safetensors" for i, k in enumerate(names)}
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    reference = clozelm.load(d, tokenizer=False).network.state_dict()
+    sharded = clozelm.load(d, tokenizer=False).network.state_dict()
+    whole = clozelm.load(gpt2_dir, tokenizer=False).network.state_dict()
+    assert sharded.keys() == whole.keys() and all(torch.equal(sharded[k], whole[k]) for k in whole)
     save_file({k: state[k] for k in names[half - 1:]}, d / "model-00002-of-00002.safetensors")  # one tensor twice
-    with pytest.raises(ClozelmError, match=f"model-00002-of-00002.safetensors holds {names[half - 1]} again"):
+    with pytest.raises(ClozelmError, match=f"model-00002-of-00002.safetensors holds {names[half - 1]}, which "
+                                           f"model.safetensors.index.json puts in model-00001-of-00002.safetensors"):
         clozelm.load(d)
     save_file({k: state[k] for k in names[half + 1:]}, d / "model-00002-of-00002.safetensors")  # one missing
     with pytest.raises(ClozelmError, match=f"lacks {names[half]}, which model.safetensors.index.json puts there"):
         clozelm.load(d)
-    assert reference
 
 
 @pytest.mark.parametrize("activation", ["gelu_fast", "gelu_pytorch_tanh"])

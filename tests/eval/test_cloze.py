@@ -74,7 +74,7 @@ VARIED = ["Extraordinarily, the weatherbeaten fisherman mended his nets beside t
           "Nevertheless, Mr. Darcy's housekeeper showed them every portrait in the long gallery upstairs.",
           "She said that the old mill by the river had been grinding corn for three hundred years.",
           "In 1850 the village had 312 houses, 4 churches and 27 inns along its single street.",
-          "the dog ran home."]  # too short for a run of five tokens
+          "the dog ran home to sleep."]  # long enough for a run of one token, too short for one of five
 
 
 def test_middle_words_do_not_depend_on_the_tokenizer(tok):
@@ -84,13 +84,14 @@ def test_middle_words_do_not_depend_on_the_tokenizer(tok):
     assert [len(tok.encode(s)) for s in VARIED] != [len(other.encode(s)) for s in VARIED]
     for seed in range(5):
         ours, theirs = cases(tok, VARIED, seed)["middle_word"], cases(other, VARIED, seed)["middle_word"]
-        assert ours == theirs and len(ours) == len(VARIED) - 1
+        assert ours == theirs and len(ours) == len(VARIED)
 
 
 def test_the_token_rows_hide_runs_in_the_same_sentences():
     """The k rows compare k with k: a sentence too short for some k is in none of them."""
     import clozelm
     tok = clozelm.load("default").tokenizer
+    assert 7 <= len(tok.encode(VARIED[-1])) < 11  # a place for one token (3 before, 3 after), none for five
     for seed in range(5):
         found = cases(tok, VARIED, seed)
         put_back = {k: [text.replace("[MASK]" * k, hidden) for text, hidden in found[str(k)]] for k in range(1, 6)}
@@ -116,18 +117,21 @@ def test_a_run_written_after_a_space_opens_with_a_token_that_may_follow_one():
     assert digits_hidden > 0  # digits inside a number, glued to the text before the blank, are still hidden
 
 
-def test_wordpiece_runs_open_words():
-    """WordPiece tokens carry no space: a run written after one opens with a word's first piece."""
+def test_no_run_hides_a_token_no_fill_would_propose():
+    """WordPiece writes what its vocabulary lacks as [UNK], which no fill proposes: a run that holds one could
+    never be given back. Every other run of the sentence is still there to choose."""
     from clozelm.tokenizers import WordPiece
     from corpora import bert_uncased_model_dir
     tok = WordPiece.from_file(bert_uncased_model_dir() / "vocab.txt")
-    sentence = "the fisherman mended his nets beside the harbour wall and sang an old song to the gulls."
-    for seed in range(10):
-        found = cases(tok, [sentence], seed)
+    sentence = "the fisherman mended his nets beside the \U0001F99C harbour wall and sang to the gulls."
+    assert tok.unk_id in tok.encode(sentence)
+    runs = 0
+    for seed in range(30):
         for k in range(1, 6):
-            (text, hidden), = found[str(k)]
-            assert text.replace("[MASK]" * k, hidden) == sentence
-            assert " [MASK]" not in text or not tok.pieces(tok.encode(hidden))[0].startswith("##")
+            for text, hidden in cases(tok, [sentence], seed)[str(k)]:
+                runs += 1
+                assert "\U0001F99C" in text and text.replace("[MASK]" * k, hidden) == sentence
+    assert runs == 30 * 5
 
 
 def test_no_middle_word_is_glued_to_an_underscore(tok):

@@ -94,9 +94,9 @@ def test_the_shipped_set():
     assert digest == SHIPPED_SHA256, digest
 
 
-# English verbs whose past tense is their plain form ("The man read every day." is a good sentence), and forms that
-# dictionaries give in both the past and the participle's place ("had forgot", "she sung"): none may make a bad
-# sentence.
+# English verbs whose past tense is their plain form ("The man read every day." is a good sentence), and the forms
+# the set left out because standard dictionaries give them in both the past and the participle's place ("had
+# forgot", "she sung"): none may make a bad sentence.
 PAST_AS_PLAIN = {"read", "put", "cut", "hit", "let", "set", "shut", "hurt", "cast", "beat", "spread", "quit", "bet"}
 EITHER_WAY = {"forgot", "hid", "drank", "sung", "sunk", "shrunk", "sprung", "stunk", "got", "proved", "showed"}
 

@@ -123,8 +123,8 @@ def test_a_limit_that_draws_one_text_of_a_label_says_so(tok, tmp_path):
 
 
 def test_a_text_found_twice_counts_once(tok, tmp_path):
-    """A copy of a test fold's text in the training folds would be remembered, not generalised from: the BBC set's
-    2,225 articles are 2,125 different texts (2 copies differ only in their line breaks), and a folder may hold copies too."""
+    """A copy of a test fold's text in the training folds would be remembered, not generalised from: the BBC set
+    holds copies, some with other line breaks, and a folder may too."""
     root = topic_folder(tmp_path / "topics")
     original = (root / "animals" / "00.txt").read_text()
     (root / "animals" / "copy.txt").write_text(original + "\n")

@@ -21,6 +21,7 @@ import torch
 
 from ..cloze.blanks import spells_a_word, whole_characters
 from ..errors import ClozelmError
+from ..tokenizers.base import WORD_PUNCTUATION
 from .forward import top_tokens
 from .text import WORD, draw, same, sentences
 
@@ -33,7 +34,7 @@ MAX_WORD_TOKENS = 4
 def _glued(neighbour: str) -> bool:
     """A letter-run next to this is part of a longer word ("don't", "well-known", "café", "foo_bar", Gutenberg's
     _emphasis_, whose underscores would run into the blank)."""
-    return bool(neighbour) and (neighbour.isalnum() or neighbour in "'’-_")
+    return bool(neighbour) and (neighbour.isalnum() or neighbour in WORD_PUNCTUATION + "_")
 
 
 def sentence_pool(docs) -> list[str]:
@@ -78,7 +79,7 @@ def _token_runs(tok, classes, s: str, rng: random.Random) -> list[tuple[str, str
     ids, spans, _ = tok.encode_with_spans(s, specials=False)
     runs = []
     for k in K_TOKENS:
-        places = list(range(3, len(ids) - k - 2))  # not among the first three tokens or the last two
+        places = list(range(3, len(ids) - k - 2))  # not among the first three tokens or the last three
         rng.shuffle(places)
         run = next((r for r in (_token_run(tok, classes, s, ids, spans, i, k) for i in places) if r), None)
         if run is None:
@@ -96,9 +97,10 @@ def _token_run(tok, classes, s, ids, spans, i: int, k: int) -> tuple[str, str] |
     start, end = run[0][0], max(e for _, e in run)  # a token that only ends a character spans nothing
     if s[start].isspace():  # the hidden run opens with the space its first token carries
         start += 1
-    # Written after a space, a [MASK] is filled with a token that opens with one (or opens a word, in WordPiece):
-    # a run whose first token does not (Llama 3's "1" after its own " " token) could never be given back.
-    if not classes.token_start(s[:start].endswith(" "))[ids[i]]:
+    # Written after a space, a [MASK] is filled with a token that opens with one (or opens a word, in WordPiece),
+    # and the rest with ordinary tokens: a run whose first token does not (Llama 3's "1" after its own " " token),
+    # or that holds a token no fill proposes (WordPiece's [UNK]), could never be given back.
+    if not (classes.token_start(s[:start].endswith(" "))[ids[i]] and classes.ordinary[ids[i:i + k]].all()):
         return None
     hidden = tok.blank_text(ids[i:i + k])
     return (s[:start] + "[MASK]" * k + s[end:], hidden) if hidden else None

@@ -47,8 +47,9 @@ OBJECT_ENDINGS = ["yesterday", "last week", "in the town", "at the market", "aga
 REFLEXIVE_VERBS = ["hurt", "blamed", "praised", "washed", "helped", "saw", "surprised", "taught"]
 REFLEXIVE_ENDINGS = ["", " again", " yesterday", " in the morning", " at last"]
 
-# (past, past participle, objects) of irregular verbs whose two forms differ, neither of them also given by
-# dictionaries in the other's place (as in "had forgot", "had hid", "had drank", "she sung a song")
+# (past, past participle, objects) of irregular verbs whose two forms differ; left out are those whose past
+# standard dictionaries still give as a participle or the other way round ("had forgot", "had hid", "had drank",
+# "she sung a song"); archaic or dialect forms ("had spoke") count as errors, as in BLiMP
 IRREGULAR = [("ate", "eaten", ["the bread", "an apple"]), ("wrote", "written", ["a letter", "a song"]),
              ("took", "taken", ["the money", "the horse"]), ("gave", "given", ["an answer", "a gift"]),
              ("spoke", "spoken", ["the truth", "a word"]), ("broke", "broken", ["the glass", "a window"]),

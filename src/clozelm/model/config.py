@@ -238,12 +238,19 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def rope_kind(scaling: dict | None) -> str:
+    """Which of HF's rotary formulas `rope_scaling` asks for ("default": none), under either of its key names."""
+    return "default" if not scaling else scaling.get("rope_type", scaling.get("type", "default"))
+
+
 def _rope_scaling_problems(scaling) -> list[str]:
     if scaling is None:
         return []
     if not isinstance(scaling, dict):
         return [f"rope_scaling must be a dict or None, got {scaling!r}"]
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if scaling and "rope_type" not in scaling and "type" not in scaling:  # which formula its numbers are for
+        return [f"rope_scaling {scaling} names no rope_type"]
+    kind = rope_kind(scaling)
     if kind not in ROPE_SCALINGS:
         return [f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})"]
     need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import packed
-from .config import ModelConfig
+from .config import ModelConfig, rope_kind
 from .packed import Linear
 
 
@@ -134,7 +134,7 @@ def rope_inv_freq(config: ModelConfig, device=None) -> torch.Tensor:
     dim = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
     scaling = config.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = rope_kind(scaling)
     if kind == "linear":
         return inv_freq / scaling["factor"]
     if kind == "llama3":  # long wavelengths slowed by `factor`, short ones kept, a smooth ramp between

@@ -77,7 +77,8 @@ EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds 
 # and cloze hides no run of tokens that cuts a character; probe 3: a text found twice counts once; lastword 6,
 # cloze 5, pairs 4, probe 4: answers compared in a lossy tokenizer's own spelling, middle words drawn apart from
 # the tokenizer and the k rows from the same sentences, no pair whose bad sentence is English, copies told apart
-# by their words alone).
+# by their words alone; cloze 5 also leaves out runs that hold a token no fill proposes, WordPiece's [UNK], which
+# no byte-level BPE has: the study's figures stay as they were).
 EVAL_VERSIONS = {"ppl": 3, "lastword": 6, "cloze": 5, "pairs": 4, "probe": 4}
 # The evaluation settings a call may change (eval key field -> its `clozelm study` option): a run whose model is
 # gone keeps the figures measured with them, so a call with other values is refused (see _finished_without_model).

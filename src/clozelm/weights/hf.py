@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ClozelmError
 from ..files import fsync_dir, make_dirs, read_text_file, remove_empty
-from ..model.config import InvalidConfig, ModelConfig
+from ..model.config import InvalidConfig, ModelConfig, rope_kind
 from ..model.transformer import Transformer
 from ..tokenizers import TOKENIZER_FILES
 from . import tensors as tensor_io
@@ -196,7 +196,7 @@ def gpt2_from_hf(sd: dict[str, torch.Tensor], tied: bool = True) -> tuple[dict, 
             out["lm_head.weight"] = lm_head
         return out, unexpected
     if lm_head is not None:
-        _tied_head(out, lm_head)
+        _tied_head(out, lm_head, "tie_word_embeddings is true or absent")
     return out, unexpected
 
 
@@ -283,11 +283,9 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
         scaling = d.get("rope_scaling") if rope is None else rope
         if isinstance(scaling, dict):
             scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
-            kind = scaling.get("rope_type", scaling.get("type"))
-            if kind is None and scaling:  # transformers refuses it too: which formula the factor is for is unknown
-                raise ClozelmError(f"{'rope_scaling' if rope is None else 'rope_parameters'} {scaling} names no rope_type")
-            if kind in (None, "default"):
-                scaling = None
+            named = "rope_type" in scaling or "type" in scaling
+            if not scaling or (named and rope_kind(scaling) == "default"):
+                scaling = None  # plain rotary positions (numbers with no type stay, for ModelConfig to refuse)
         n_positions = d.get("max_position_embeddings", 2048)
         window = d.get("sliding_window")
         # Qwen2 slides the window only in the layers from max_window_layers on (none, when that is all of them;
@@ -305,8 +303,8 @@ def llama_config_from_hf(d: dict) -> ModelConfig:
             layer_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=_number(theta), rope_scaling=scaling,
             bias=False, qkv_bias=model_type == "qwen2",
             head="tied" if d.get("tie_word_embeddings", False) else "untied",  # transformers' default: untied
-            bos_token_id=_single_id(d.get("bos_token_id")), eos_token_id=_single_id(d.get("eos_token_id")),
-            pad_token_id=_single_id(d.get("pad_token_id")), extra=d.get("clozelm_extra", {}),
+            bos_token_id=_single_id(d, "bos_token_id"), eos_token_id=_single_id(d, "eos_token_id"),
+            pad_token_id=_single_id(d, "pad_token_id"), extra=d.get("clozelm_extra", {}),
         )
     except InvalidConfig as e:
         raise ClozelmError(f"invalid config.json: {e.describe(HF_NAMES.get(model_type, {}))}") from None
@@ -320,14 +318,15 @@ def _number(value):
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _single_id(value):
+def _single_id(d: dict, key: str):
     # Llama 3 lists several end-of-text ids; the first is the document end the tokenizer uses.
+    value = d.get(key)
     if isinstance(value, list):
         value = value[0] if value else None
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):  # 1.5 is no token id; int() would make it 1
-        raise ValueError(f"a token id must be a whole number, not {value!r}")
+        raise ValueError(f"{key} must be a whole number, not {value!r}")
     return value
 
 
@@ -394,18 +393,18 @@ def llama_from_hf(sd: dict[str, torch.Tensor], tied: bool) -> tuple[dict, list[s
     if not tied and lm_head is not None:
         out["lm_head.weight"] = lm_head
     elif tied and lm_head is not None:
-        _tied_head(out, lm_head)
+        _tied_head(out, lm_head, "tie_word_embeddings is true")
     return out, unexpected
 
 
-def _tied_head(out: dict[str, torch.Tensor], lm_head: torch.Tensor) -> None:
+def _tied_head(out: dict[str, torch.Tensor], lm_head: torch.Tensor, tie_reason: str) -> None:
     """A tied model's file that also holds lm_head.weight: the same matrix as the embeddings (or their only copy),
     never a head of its own that config.json would have clozelm drop."""
     if "wte.weight" not in out:
         out["wte.weight"] = lm_head  # a tied pair saved once, under the head's name (safetensors' save_model)
     elif not torch.equal(lm_head, out["wte.weight"]):
         raise ClozelmError("lm_head.weight differs from the token embeddings, but config.json ties them "
-                           "(tie_word_embeddings is true or absent)")
+                           f"({tie_reason})")
 
 
 def llama_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
@@ -507,7 +506,7 @@ def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32) -> Transformer:
         cfg = config_from_hf(hf_config, has_head="mlm.dense.weight" in ours, has_pooler="pooler.weight" in ours)
     elif kind in LLAMA_TYPES:
         ours, unexpected = llama_from_hf(sd, tied=cfg.head == "tied")
-    else:
+    else:  # clozelm's own layout: its names are the network's (any other model_type was refused above)
         ours, unexpected = sd, []
     # The file's own dict goes: then each tensor read is freed as soon as build_model has converted it (a bf16
     # checkpoint loaded as fp32 would otherwise be held twice over, and Llama's q/k/v beside their fused copy).

@@ -29,8 +29,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ClozelmError(f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}") from None
 
 
-CONVERT_HINT = ("convert it to safetensors in an environment where you trust the file, e.g. with transformers: "
-                "AutoModel.from_pretrained({dir!r}).save_pretrained({dir!r}, safe_serialization=True)")
+CONVERT_HINT = ("convert it to safetensors in an environment where you trust the file, e.g. with transformers "
+                "(AutoModelForMaskedLM for a BERT, whose head AutoModel would drop): "
+                "AutoModelForCausalLM.from_pretrained({dir!r}).save_pretrained({dir!r}, safe_serialization=True)")
 
 
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -59,16 +60,19 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         return read_safetensors(single)
     if index.is_file():
-        sd = {}
-        for shard, names in _index_shards(index).items():
+        sd, shards = {}, _index_shards(index)
+        home = {name: shard for shard, names in shards.items() for name in names}
+        for shard, names in shards.items():
             shard_path = model_dir / shard
             if not shard_path.is_file():
                 raise ClozelmError(f"{index} names {shard}, which is missing")
             tensors = read_safetensors(shard_path)
-            # A shard from another download, or one written twice, would otherwise swap tensors without a word.
-            lacking, twice = sorted(names - set(tensors)), sorted(set(tensors) & set(sd))
-            if lacking or twice:
-                what = f"lacks {lacking[0]}, which {index.name} puts there" if lacking else f"holds {twice[0]} again"
+            # A shard from another download would otherwise swap tensors without a word: each holds exactly what
+            # the index puts in it.
+            lacking, stray = sorted(names - set(tensors)), sorted(set(tensors) - names)
+            if lacking or stray:
+                what = (f"lacks {lacking[0]}, which {index.name} puts there" if lacking else
+                        f"holds {stray[0]}, which {index.name} puts " + (f"in {home[stray[0]]}" if stray[0] in home else "nowhere"))
                 raise ClozelmError(f"{shard_path} {what} (a shard of another version of the model?)")
             sd.update(tensors)
         return sd
