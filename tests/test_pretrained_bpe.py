@@ -155,6 +155,11 @@ def test_tokenizer_json_layouts(tmp_path, split, bos, nfc):
     assert ours.encode_batch(docs) == [e.ids for e in oracle.encode_batch(docs, add_special_tokens=False)]
     with pytest.warns(DeprecationWarning):  # the old keyword takes the same path: NFC first where it applies
         assert ours.encode_batch(docs[-1:], allowed_special="all") == ours.encode_batch(docs[-1:], specials=True)
+    # Spans are offsets into the text given, also where the tokenizer reads its NFC form ("e" + U+0301 is "é"):
+    # the tokens' spans tile it, so every word after a decomposed accent keeps its own characters.
+    for text in ["Cafe\u0301 au lait, garc\u0327on, la\u0300 et ici.", "Zu\u0308rich \u212b x\u0323\u0302y"]:
+        ids, spans, _ = ours.encode_with_spans(text, specials=False)
+        assert ids == ours.encode(text) and "".join(text[a:b] for a, b in spans) == text
 
     @settings(max_examples=200, deadline=None)
     @given(texts)

@@ -271,9 +271,15 @@ class PretrainedBPE(ByteBPE):
         return super().encode_batch(texts, allowed_special, specials=specials)
 
     def encode_with_spans(self, text: str, *, specials: bool | Collection[str] = True):
-        """As ByteBPE's, over the NFC form where the tokenizer normalizes; bytes without a token are skipped
-        (they belong to no token)."""
-        text = self._normalized(text)
+        """As ByteBPE's, the spans in `text`'s own offsets also where the tokenizer reads its NFC form; bytes
+        without a token are skipped (they belong to no token)."""
+        normalized = self._normalized(text)
+        ids, spans, pieces = self._spans_of(normalized, specials)
+        if normalized is not text:
+            spans = _spans_in_original(text, normalized, spans)
+        return ids, spans, pieces
+
+    def _spans_of(self, text: str, specials):
         if not self._has_missing_bytes(text):
             return super().encode_with_spans(text, specials=specials)
         ids = self.encode(text, specials=specials)
@@ -393,6 +399,24 @@ def _split_of(pre, source: str) -> str:
             return parts[0]["pattern"]["Regex"]
     raise ClozelmError(f"{source}: pre-tokenizer {json.dumps(pre)[:120]} is not supported "
                        "(supported: ByteLevel; Digits + ByteLevel; Split(regex) + ByteLevel)")
+
+
+def _spans_in_original(text: str, normalized: str, spans: list) -> list:
+    """Spans over NFC(`text`) moved to `text`'s offsets. NFC works within each run of a character and the combining
+    marks after it: a run it changes maps whole (a span that starts or ends inside it takes the run's start or
+    end), the others character by character. Where NFC joins runs (Hangul jamo) no span can be placed: None."""
+    runs = [i for i, c in enumerate(text) if i == 0 or not unicodedata.combining(c)] + [len(text)]
+    start_of, end_of = [], []  # for each offset into `normalized`: where it starts / ends in `text`
+    for a, b in zip(runs, runs[1:]):
+        piece = unicodedata.normalize("NFC", text[a:b])
+        same = piece == text[a:b]
+        start_of += [a + j if same else a for j in range(len(piece))]
+        end_of += [a + j if same or j == 0 else b for j in range(len(piece))]
+    if len(start_of) != len(normalized):  # composed across runs: the offsets cannot be followed
+        return [None] * len(spans)
+    start_of.append(len(text))
+    end_of.append(len(text))
+    return [None if span is None else (start_of[span[0]], end_of[span[1]]) for span in spans]
 
 
 def _nfc_of(normalizer, source: str) -> bool:
