@@ -147,3 +147,26 @@ def test_the_heads_page_ignores_a_broken_link(browser, tmp_path):
         # the layer shown is one the model has (a NaN layer drew an empty view with a blank selector)
         assert page.eval_on_selector("select[aria-label=layer]", "s => s.value") in ("0", "1"), fragment
         page.close()
+
+
+def test_the_heads_page_hides_sinks_and_groups_words(browser, tmp_path):
+    """Both switches at once: sink columns dropped, rows renormalised by the weights left, then word level."""
+    from clozelm.heads.extract import attention_map
+    from clozelm.heads.views import write_page
+
+    (tmp_path / "models").mkdir()
+    causal, _ = build_models(tmp_path / "models")
+    page_file = tmp_path / "heads.html"
+    write_page([attention_map(clozelm.load(causal), "the dog ran home and the cat sat down")], page_file)
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(page_file.as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    for label in ("hide sinks", "word level"):
+        page.locator("label.toggle", has_text=label).locator("input").check()
+    page.wait_for_timeout(300)
+    assert page.locator("canvas").evaluate_all(DREW_SOMETHING)
+    assert not problems, problems
+    page.close()

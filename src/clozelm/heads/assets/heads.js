@@ -124,10 +124,12 @@
           removed = new Float32Array(n);
           for (let i = 0; i < n; i++) {
             const row = i * n;
-            let lost = 0;
+            let lost = 0, keep = 0;
             for (const j of this.sinkIndex) { lost += values[row + j]; values[row + j] = 0; }
             removed[i] = lost;
-            const keep = 1 - lost, factor = keep > 1e-9 ? 1 / keep : 0;
+            // the weights left, as stored: 1 - lost would carry the sinks' rounding into rows with little left
+            for (let j = 0; j < n; j++) keep += values[row + j];
+            const factor = keep > 1e-9 ? 1 / keep : 0;
             for (let j = 0; j < n; j++) values[row + j] *= factor;
           }
         }
