@@ -286,7 +286,9 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("tokenizer", help="tokenizer tools")
+    p = sub.add_parser("tokenizer", help="tokenizer tools",
+                       epilog="example: clozelm tokenizer train corpus/ --vocab-size 8192 --special '<|mask|>' --out bpe/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="train a byte-level BPE vocabulary (GPT-2 file format)",
                         epilog="example: clozelm tokenizer train corpus/ --vocab-size 8000 --special '[MASK]' --special '[PAD]' --out bpe/",

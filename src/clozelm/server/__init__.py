@@ -7,7 +7,7 @@ and the small JSON API it uses. See docs/api.md.
 
 Layout: http.py (the hardened HTTP layer, no models), workers.py (the worker pool and its deadlines),
 fields.py (every request field's type and range), endpoints.py (the JSON API), limits.py, app.py (all of
-it put together), cli.py (`clozelm serve`).
+it put together); the command, `clozelm serve`, is clozelm/cli/serve.py.
 """
 
 from .app import Server, make_server

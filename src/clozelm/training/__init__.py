@@ -10,7 +10,7 @@ and calls it), and the pieces it is made of.
     distributed.py  DDP process group and rank-0 set-up
     progress.py     the progress line and the metrics files; plot.py draws the loss curve
     data.py         token shards; objectives.py: clm, mlm, fim, hybrid (GPT-BERT), mdlm (masked diffusion)
-    cli.py          `clozelm train`
+    (the command, `clozelm train`, is clozelm/cli/train.py)
 """
 
 from ..files import expand_inputs
