@@ -34,17 +34,49 @@ def test_minilm_syntax_table(nlp, news):
     rows = {(r.relation, r.direction): r for r in report.rows}
     for relation in ("det", "nsubj", "pobj", "prep"):
         assert (relation, "dep->head") in rows and (relation, "head->dep") in rows
-    # Clark et al.'s finding holds in the distilled model too: some head finds determiners' and
-    # objects' heads far better than any fixed offset.
-    for key in (("det", "dep->head"), ("pobj", "dep->head"), ("dobj", "dep->head")):
+    # Clark et al.'s finding holds in the distilled model too: some head finds objects' heads far better than any
+    # fixed offset, and determiners' better, also when it is chosen on other sentences than it is scored on.
+    for key in (("pobj", "dep->head"), ("dobj", "dep->head")):
         assert rows[key].accuracy > rows[key].baseline_accuracy + 0.1, rows[key]
+    assert rows[("det", "dep->head")].accuracy > rows[("det", "dep->head")].baseline_accuracy
     for r in report.rows:
         assert 0 <= r.baseline_accuracy <= 1 and 0 <= r.accuracy <= 1 and r.baseline_offset != 0
-        assert r.arcs >= 10
+        assert r.arcs >= 10 and 0 < r.chance < 1
     markdown = report.to_markdown()
-    assert "| det | dep->head |" in markdown and "best head" in markdown
+    assert "| det | dep->head |" in markdown and "best head" in markdown and "in-sample" in markdown
     data = report.to_dict()
     assert data["sentences"] > 20 and data["rows"][0]["arcs"] >= data["rows"][-1]["arcs"]
+
+
+def test_chance_and_held_out_heads_by_hand(nlp, tmp_path):
+    """"The dog ran home." twice (one sentence in each half): a causal query at "dog" may point only to "The", one
+    word, so every head finds det from "dog" (chance 1); at "ran" it has two ("The", "dog"): chance 1/2 for nsubj.
+    With the two halves alike, a head chosen on one half does on the other what the best head does on both."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(SAMPLE_TEXT * 3, encoding="utf-8")
+    tok = train_bpe([corpus], vocab_size=400, special_tokens=["<|endoftext|>"])
+    report = syntax_analysis(random_model(tok, causal=True, n_positions=64), "The dog ran home.\n\nThe dog ran home.",
+                             nlp=nlp, min_arcs=1)
+    rows = {(r.relation, r.direction): r for r in report.rows}
+    det, nsubj = rows[("det", "head->dep")], rows[("nsubj", "head->dep")]
+    assert (det.arcs, det.chance, det.accuracy, det.in_sample_accuracy) == (2, 1.0, 1.0, 1.0)
+    assert (nsubj.arcs, nsubj.chance) == (2, 0.5) and nsubj.accuracy == nsubj.in_sample_accuracy
+    assert report.sentences == 2
+
+
+def test_a_head_chosen_on_the_scored_arcs_is_flattered(nlp, news, tmp_path):
+    """Random attention knows no syntax, yet the best of its heads on the arcs it is chosen on beats chance; chosen
+    on the other half of the sentences it does not, on average."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(news, encoding="utf-8")
+    tok = train_bpe([corpus], vocab_size=600, special_tokens=["<|endoftext|>"])
+    report = syntax_analysis(random_model(tok, causal=False, n_positions=256, n_layer=4, n_head=8), news,
+                             nlp=nlp, min_arcs=20)
+    assert len(report.rows) >= 4
+    mean = lambda values: sum(values) / len(values)
+    in_sample = mean([r.in_sample_accuracy - r.chance for r in report.rows])
+    held_out = mean([r.accuracy - r.chance for r in report.rows])
+    assert in_sample > 0.02 and held_out < in_sample - 0.02
 
 
 def test_causal_scores_only_leftward(nlp, tmp_path):

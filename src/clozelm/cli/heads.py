@@ -118,7 +118,8 @@ def _syntax(args) -> None:
     nlp = load_spacy()  # before loading anything: a missing extra is the first thing to say
     text = read_text_file(args.syntax, "--syntax file")
     model = cached_load(args.model, device=args.device)
-    report = syntax_analysis(model, text, nlp=nlp, min_arcs=args.min_arcs, model_name=model_label(args.model))
+    chosen = {} if args.min_arcs is None else {"min_arcs": args.min_arcs}
+    report = syntax_analysis(model, text, nlp=nlp, model_name=model_label(args.model), **chosen)
     if args.out:
         from ..heads.render import write_file
         out = Path(args.out)
@@ -159,7 +160,9 @@ def add_parser(sub) -> None:
                                                      "its first 1,024 tokens (default: a sample)")
     p.add_argument("--syntax", metavar="FILE", help="heads vs dependency syntax on FILE (Clark et al. 2019); "
                                                    "needs pip install 'clozelm[syntax]'")
-    p.add_argument("--min-arcs", type=nonnegative_int, help="--syntax: leave out relations with fewer arcs (default: 10)")
+    p.add_argument("--min-arcs", type=nonnegative_int, help="--syntax: leave out relations with fewer arcs in a direction "
+                                                          "(default: 40, 20 in each half the heads are chosen and "
+                                                          "scored on)")
     p.add_argument("--json", action="store_true", help="--report/--syntax: print JSON")
     p.add_argument("--overwrite", action="store_true", help="replace files that are already there (default: refuse)")
     p.set_defaults(func=_run)
@@ -175,7 +178,6 @@ def _run(args) -> None:
         raise ClozelmError("--report and --syntax are separate runs; give one of them")
     if args.min_arcs is not None and not args.syntax:
         raise ClozelmError("--min-arcs filters the --syntax table, and none is asked for")
-    args.min_arcs = 10 if args.min_arcs is None else args.min_arcs
     page_flags = [name for name, given in (("--png", args.png), ("--svg", args.svg), ("--compare", args.compare),
                                            ("--max-tokens", args.max_tokens)) if given]
     for flag, given, others in (("--report", args.report, (["-o"] if args.out else []) + page_flags),
