@@ -6,9 +6,10 @@ stay under 10 MB. Each map is stored as:
 * the sink columns (first token, [CLS]/[SEP]/eos) as uint16 fixed point, nearly exact, because the
   sink-aware view divides every row by what is left after removing them;
 * every other weight as a uint8 code times a per-row step: step = max(row's largest non-sink weight /
-  255, floor). The floor is 0 (pure per-row scale) unless the page would exceed its budget; then the
-  largest maps get the smallest absolute floor (1/8192, 1/4096, ...) that fits their share. Faint weights
-  are what such a floor rounds, so the picture does not change;
+  255, floor x the row's non-sink mass). The floor is 0 (pure per-row scale) unless the page would exceed its
+  budget; then the largest maps get the smallest floor (1/8192, 1/4096, ...) that fits their share. Faint
+  weights are what such a floor rounds, so the picture does not change; scaled by what the sinks leave, the
+  floor stays the same size in the sink-hidden view, which divides each row by that mass;
 * zlib-compressed on its own (a causal map keeps only its lower triangle), so the page inflates only
   what it shows, with the browser's DecompressionStream. Small pages skip compression, so they also
   open where DecompressionStream is missing.
@@ -44,9 +45,10 @@ ASSETS = Path(__file__).parent / "assets"
 
 
 def row_steps(matrix: np.ndarray, sinks: np.ndarray, floor: float = 0.0) -> np.ndarray:
-    """Quantisation step of each row: its largest non-sink weight / 255, at least `floor`."""
+    """Quantisation step of each row: its largest non-sink weight / 255, at least `floor` times the row's
+    non-sink mass (see the module docstring)."""
     rest = np.where(sinks[None, :], 0.0, matrix)
-    step = np.maximum(rest.max(axis=1) / LEVELS, floor).astype(np.float32)
+    step = np.maximum(rest.max(axis=1) / LEVELS, floor * rest.sum(axis=1)).astype(np.float32)
     return np.where(step > 0, step, np.float32(1.0 / LEVELS))  # an all-sink row has nothing to scale
 
 
