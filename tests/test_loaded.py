@@ -59,3 +59,13 @@ def test_old_attribute_paths_reach_the_network_with_a_warning():
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
     with pytest.raises(TypeError):
         Model("not a network")
+
+
+def test_a_missing_attribute_is_said_of_the_model_with_the_likely_name():
+    """m.save(...) once said "'Transformer' object has no attribute 'save'", of an object the user never held."""
+    model = Model(network())
+    with pytest.raises(AttributeError, match=r"^'Model' object has no attribute 'save'; did you mean save_pretrained\?$"):
+        model.save("out/")
+    with pytest.raises(AttributeError, match=r"^'Model' object has no attribute 'no_such_thing'$"):
+        model.no_such_thing
+    assert not hasattr(model, "fill_methodd")  # hasattr still answers False

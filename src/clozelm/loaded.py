@@ -7,6 +7,8 @@ which decides how it fills blanks (`fill_method`).
 
 from __future__ import annotations
 
+import difflib
+
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -155,7 +157,13 @@ class Model:
         # working for a release.
         if name.startswith("_") or name in ("network", "tokenizer", "info"):
             raise AttributeError(name)
-        value = getattr(self.network, name)
+        try:
+            value = getattr(self.network, name)
+        except AttributeError:  # say it of the Model the user holds, not of the network behind it
+            public = [n for n in dir(type(self)) if not n.startswith("_")]
+            close = [n for n in public if n.startswith(name)][:1] or difflib.get_close_matches(name, public, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise AttributeError(f"'Model' object has no attribute {name!r}{hint}") from None
         warnings.warn(f"Model.{name} reaches into the network: use model.network.{name}", DeprecationWarning,
                       stacklevel=2)
         return value
