@@ -255,7 +255,7 @@ def _rope_scaling_problems(scaling) -> list[str]:
         return [f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})"]
     need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                                                "original_max_position_embeddings")}.get(kind, ())
-    missing = [k for k in need if not _finite_number(scaling.get(k))]
+    missing = [k for k in need if not _coerce(scaling.get(k), (float,))[0]]  # a finite number, as a float field
     if missing:
         return [f"rope_scaling {kind!r} needs finite numbers for {', '.join(missing)}"]
     # The formulas divide by each of these (model/transformer.py, rope_inv_freq): out of range, the logits would be
@@ -270,9 +270,6 @@ def _rope_scaling_problems(scaling) -> list[str]:
             return [f"rope_scaling original_max_position_embeddings must be > 0, got {old_len}"]
     return []
 
-
-def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _GPT2 = dict(vocab_size=50257, n_positions=1024, causal=True, pre_ln=True, activation="gelu_tanh",
