@@ -61,7 +61,8 @@ def test_invalid_configs_are_clear_errors():
     rope = dict(positions="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False)
     for scaling, message in [({"factor": 4.0}, "names no rope_type"),  # from any file: a GGUF, clozelm's own
                              ({"type": "linear", "factor": float("inf")}, "needs finite numbers for factor"),
-                             ({"rope_type": "linear", "factor": -1}, "factor must be > 0")]:
+                             ({"rope_type": "linear", "factor": -1}, "factor must be > 0"),
+                             ({"rope_type": "linear", "factor": 10**400}, "needs finite numbers for factor")]:
         with pytest.raises(ClozelmError, match=message):
             ModelConfig(rope_scaling=scaling, **rope)
     assert ModelConfig(rope_scaling={"type": "linear", "factor": 2.0}, **rope).rope_scaling["factor"] == 2.0
