@@ -18,6 +18,11 @@ import torch
 
 from . import scoring
 from .errors import ClozelmError
+from .model import step
+
+# Generations of this many new tokens or more decode through compiled steps unless told (`Sampling.compile`): the
+# compile takes seconds (a few with inductor's disk cache warm, about ten without), which a long generation repays.
+COMPILE_FROM_TOKENS = 1000
 
 
 @dataclass
@@ -29,10 +34,15 @@ class Sampling:
     repetition_penalty: float = 1.0  # CTRL's rule: >1 discourages tokens already in the text
     seed: int | None = None
     stop_at_eos: bool = True
+    # Each layer of a one-token step as one compiled graph (int8 and int4 weights on the CPU; model/step.py).
+    # None: for generations of COMPILE_FROM_TOKENS new tokens or more, where the model allows it.
+    compile: bool | None = None
 
     def check(self) -> None:
         if self.max_new_tokens < 1:
             raise ClozelmError("max new tokens must be at least 1")
+        if self.compile not in (None, True, False):
+            raise ClozelmError(f"compile must be true, false or none, not {self.compile!r}")
         finite = all(math.isfinite(x) for x in (self.temperature, self.top_p, self.repetition_penalty))
         if not finite or not self.temperature >= 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or \
                 not self.repetition_penalty > 0:  # written so that NaN fails every test
@@ -98,9 +108,10 @@ def _known_only(logits: torch.Tensor, known: int | None) -> torch.Tensor:
 @torch.inference_mode()
 def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 eos_id: int | None = None, lookahead: int = 6, known: int | None = None) -> Iterator[int]:
+                 eos_id: int | None = None, lookahead: int = 6, known: int | None = None,
+                 compile: bool | None = None) -> Iterator[int]:
     """Yields new token ids one at a time (stops after eos_id, which it yields); ids at or past `known` (output
-    rows no token has) are never produced.
+    rows no token has) are never produced. compile: as `Sampling.compile`.
 
     Greedy decoding drafts up to `lookahead` tokens by finding the last few tokens earlier in the text
     and proposing what followed them there (prompt-lookup decoding), then checks the whole draft in one
@@ -111,6 +122,25 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temp
     other way.)
     """
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
+    with step.compiled_steps(_network(model), _compiles(model, compile, max_new_tokens)):
+        yield from _generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                                 eos_id, lookahead, known)
+
+
+def _network(model):
+    return getattr(model, "network", model)  # a loaded Model or the Transformer itself
+
+
+def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
+    """Whether this generation decodes through compiled steps; refuses `compile=True` where they cannot run."""
+    why_not = step.fits(_network(model))
+    if compile and why_not:
+        raise ClozelmError(why_not)
+    return compile if compile is not None else (max_new_tokens >= COMPILE_FROM_TOKENS and why_not is None)
+
+
+def _generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, eos_id,
+                  lookahead, known):
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + lookahead + 1)
     logits = _known_only(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1], known)
     if temperature <= 0 and repetition_penalty == 1.0 and lookahead > 0:
@@ -248,11 +278,15 @@ def stream_text(model, prompt: str, sampling: Sampling | None = None, stop: list
     eos = tok.eos_id if sampling.stop_at_eos else None
     known = tok.vocab_size
     if beams > 1:
+        if sampling.compile:
+            raise ClozelmError("compiled decoding steps read one row, and a beam search reads one per beam: "
+                               "leave out compile or beams")
         ids = iter(beam_search(model, prompt_ids, beams, sampling.max_new_tokens, eos, known=known))
     else:
+        _compiles(model, sampling.compile, sampling.max_new_tokens)  # refused here, before the caller prints
         ids = generate_ids(model, prompt_ids, sampling.max_new_tokens, temperature=sampling.temperature,
                            top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
-                           seed=sampling.seed, eos_id=eos, known=known)
+                           seed=sampling.seed, eos_id=eos, known=known, compile=sampling.compile)
     return _pieces(ids, tok, eos, stop)
 
 

@@ -195,20 +195,33 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     return parts
 
 
-def _quantized_linear(x, weight, bias, owner, kind):
+def quantized_parts(owner: object, weight: torch.Tensor, kind: str) -> tuple[str, tuple[torch.Tensor, ...]] | None:
+    """(the format, the cached quantized copy of `weight`) for a product in `kind`: int4 falls back to int8 for a
+    shape its kernel cannot take; None where no quantized format fits."""
     parts = _quantized(owner, weight, kind)
-    if parts is None and kind == INT4:  # a shape the int4 kernel cannot take: int8 where that fits
+    if parts is None and kind == INT4:
         kind = INT8
         parts = _quantized(owner, weight, kind)
-    if parts is None:
-        return None
+    return None if parts is None else (kind, parts)
+
+
+def quantized_product(x: torch.Tensor, kind: str, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """x [..., in] times the weight quantized in `parts` (from `quantized_parts`) -> [..., out] in x's dtype; the
+    product reads bf16 rows."""
     shape = x.shape
     rows = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
     if kind == INT8:
         y = torch.ops.aten._weight_int8pack_mm(rows, *parts)
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, parts[0], INT4_GROUP, parts[1])
-    y = y.to(x.dtype).reshape(*shape[:-1], weight.shape[0])
+    return y.to(x.dtype).reshape(*shape[:-1], y.size(-1))
+
+
+def _quantized_linear(x, weight, bias, owner, kind):
+    found = quantized_parts(owner, weight, kind)
+    if found is None:
+        return None
+    y = quantized_product(x, *found)
     return y if bias is None else y + bias
 
 

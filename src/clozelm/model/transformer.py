@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import packed
+from . import packed, step
 from .config import ModelConfig, rope_kind
 from .packed import Linear
 
@@ -51,6 +51,7 @@ class KVCache:
         self.shared = 0
         self.shared_keys: list[torch.Tensor] | None = None  # per layer [1, Hkv, shared, Dh]
         self.shared_values: list[torch.Tensor] | None = None
+        self.step_weights: list | None = None  # the layers' weights as compiled steps read them (model/step.py)
 
     def truncate(self, length: int) -> None:
         """Forget everything after `length` (rejected draft tokens); their slots get overwritten later."""
@@ -71,6 +72,7 @@ class KVCache:
         new.seen = self.seen.index_select(0, rows)
         new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
         new.shared, new.shared_keys, new.shared_values = self.shared, self.shared_keys, self.shared_values
+        new.step_weights = self.step_weights
         return new
 
     def fork(self, rows: int) -> "KVCache":
@@ -89,6 +91,7 @@ class KVCache:
         new.key_valid = self.key_valid.expand(rows, -1).clone()
         new.seen = self.seen.expand(rows).clone()
         new.has_padding, new.length, new.max_len, new.shared = self.has_padding, shared, self.max_len, shared
+        new.step_weights = None
         return new
 
     def _select_filled(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -498,10 +501,14 @@ class Transformer(nn.Module):
             x = self.ln_emb(x)
         x = self.drop(x)
         probs_per_layer = []
-        for i, block in enumerate(self.h):
-            x, probs = block(x, mask, is_causal, cache, i, attentions, rope)
-            if attentions:
-                probs_per_layer.append(probs)
+        if (cache is not None and B == T == 1 and mask is None and not attentions and not cache.shared
+                and not self.training and not torch.is_grad_enabled() and step.takes(self, cache)):
+            x = step.run(self, x, cache, rope)  # one token through compiled layers (model/step.py)
+        else:
+            for i, block in enumerate(self.h):
+                x, probs = block(x, mask, is_causal, cache, i, attentions, rope)
+                if attentions:
+                    probs_per_layer.append(probs)
         if cache is not None:
             cache.length += T
         if self.ln_f is not None:

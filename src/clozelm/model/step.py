@@ -1,0 +1,166 @@
+"""Decoding one token with each layer as one compiled graph (torch.compile): CPU decoding with int8 or int4 weights.
+
+Why: with quantized weights the products take about half of a token's time on a 2-core CPU, and the rest goes to
+each layer's few dozen small operations (norms, rotary positions, the cache write, attention over the cache,
+casts) dispatched one at a time from Python. Inductor fuses those into a few kernels. Every layer has the same
+shapes, so one graph, with the layer's weights and cache as its inputs, serves them all: it compiles in seconds,
+where a graph of the whole network takes tens of seconds and runs no faster (docs/performance.md).
+
+Only the quantized formats: their products (torch's weight-only int8 and int4 kernels) are ordinary operations in
+a graph, while the oneDNN-packed fp32 and bf16 products are not (inductor's lowering refuses the packed layout,
+and wrapped as a custom operation each product costs more per call than the fusion saves).
+
+The graph computes what `Block.forward` computes for one token of one row, with attention as `_one_query` does it
+(fp32 products and softmax) over the whole preallocated cache, the positions after the token masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from . import fused, packed
+from . import transformer  # its attention functions; transformer.py imports this module too
+from .config import ModelConfig
+
+# The networks whose one-token steps run compiled (`compiled_steps`); weak, so that a freed network leaves it.
+_compiled_networks: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+_compiled_layer = None  # the compiled graph, made on first use: importing torch._dynamo costs a second
+
+
+def compiler_available() -> bool:
+    """Whether inductor can build its CPU kernels: it needs a C++ compiler."""
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+def fits(network) -> str | None:
+    """Why one-token steps of `network` cannot run compiled, or None where they can."""
+    if not isinstance(network, transformer.Transformer):
+        return "compiled decoding steps run clozelm's own network"
+    config = network.config
+    if not (config.causal and config.pre_ln):
+        return "compiled decoding steps take a causal model"
+    if network.device.type != "cpu":
+        return "compiled decoding steps run on the CPU"
+    formats = {getattr(linear, "weight_format", None) for block in network.h for linear in _products(block) if linear}
+    if not all(packed.QUANTIZED.get(kind) for kind in formats):
+        return "compiled decoding steps take int8 or int4 weights (--dtype int8 or int4)"
+    if not compiler_available():
+        return "compiled decoding steps need a C++ compiler (g++ or clang++) for torch.compile"
+    return None
+
+
+@contextlib.contextmanager
+def compiled_steps(network: torch.nn.Module, on: bool = True):
+    """Within this, the one-token decoding steps of `network` (a Transformer) run each layer as one compiled
+    graph wherever `takes` says they can (on=False: the network's own forward, as outside)."""
+    added = on and network not in _compiled_networks
+    if added:
+        _compiled_networks.add(network)
+    try:
+        yield
+    finally:
+        if added:
+            _compiled_networks.discard(network)
+
+
+def _products(block) -> tuple:
+    """The Linear layers of a block, in the order `_layer` reads them."""
+    mlp = block.mlp
+    return block.attn.c_attn, block.attn.c_proj, mlp.c_fc, mlp.c_gate, mlp.c_proj
+
+
+def takes(network, cache) -> bool:
+    """Whether a one-token step of `network` into `cache` runs compiled: a causal pre-LN network on the CPU, in
+    `compiled_steps`, whose every layer product has a quantized copy (int8, or int4 where its shape allows).
+    The layers' weights as the graph reads them are gathered once per cache: they do not change while it is in use
+    (one generation)."""
+    if network not in _compiled_networks:
+        return False
+    if cache.step_weights is None:
+        config = network.config
+        fits = config.causal and config.pre_ln and network.device.type == "cpu"
+        cache.step_weights = [_weights(block) for block in network.h] if fits else []
+        if not all(cache.step_weights):
+            cache.step_weights = []
+        for buffer in cache.keys + cache.values:  # one graph for every cache length (each generation sizes its own)
+            torch._dynamo.maybe_mark_dynamic(buffer, 2)
+    return bool(cache.step_weights)
+
+
+def _weights(block) -> tuple | None:
+    """A block's tensors as `_layer` takes them: per norm (weight, bias or None); per product (format, quantized
+    parts, bias or None), None for an MLP without a gate. None where a product has no quantized copy."""
+    products = []
+    for linear in _products(block):
+        kind = getattr(linear, "weight_format", None)
+        found = packed.quantized_parts(linear, linear.weight, kind) if packed.QUANTIZED.get(kind) else None
+        if linear is not None and found is None:
+            return None
+        products.append(None if linear is None else (*found, linear.bias))
+    norms = [(norm.weight, getattr(norm, "bias", None)) for norm in (block.ln_1, block.ln_2)]
+    return (*norms, *products)
+
+
+def _normed(x, weight, bias, rms: bool, eps: float):
+    if rms:  # as RMSNorm.forward: normalised in fp32, cast back before the weight
+        return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
+    return F.layer_norm(x, weight.shape, weight, bias, eps)
+
+
+def _product(x, product, activation=None):
+    kind, parts, bias = product
+    y = packed.quantized_product(x, kind, parts)
+    y = y if bias is None else y + bias
+    return y if activation is None else fused.activate(y, activation)
+
+
+def _layer(x, slot, rope, weights, keys, values, shape):
+    """One block for one token: x [1, 1, D] -> [1, 1, D]. Its key and value are written into the layer's cache
+    buffers keys, values [1, Hkv, L, Dh] at `slot` ([1] long), and it attends to the slots up to that one. rope:
+    (cos, signed sin) [1, 1, 1, Dh] or None; shape: (n_head, kv_heads, head_dim, rms norm?, eps, activation),
+    constants of the graph."""
+    H, Hkv, Dh, rms, eps, activation = shape
+    ln_1, ln_2, qkv, proj, fc, gate, down = weights
+    heads = _product(_normed(x, *ln_1, rms, eps), qkv).view(1, 1, H + 2 * Hkv, Dh).transpose(1, 2)
+    if rope is not None:
+        qk = transformer._rotate(heads[:, :H + Hkv], *rope)
+        q, k, v = qk[:, :H], qk[:, H:], heads[:, H + Hkv:]
+    else:
+        q, k, v = heads.split((H, Hkv, Hkv), dim=1)
+    keys.index_copy_(2, slot, k.to(keys.dtype))
+    values.index_copy_(2, slot, v.to(values.dtype))
+    L = keys.size(2)
+    later = torch.arange(L, device=x.device) > slot
+    if q.dtype in (torch.bfloat16, torch.float16):  # as Attention.forward chooses for one query
+        mask = torch.zeros(1, 1, 1, L, device=x.device).masked_fill(later, float("-inf"))
+        y = transformer._one_query(q, keys, values, mask)
+    else:
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=later.logical_not().view(1, 1, 1, L),
+                                           enable_gqa=Hkv != H)
+    y = y.transpose(1, 2).reshape(1, 1, H * Dh)
+    x = x + _product(y, proj)
+    h = _normed(x, *ln_2, rms, eps)
+    if gate is not None:  # SwiGLU: c_proj(act(c_gate(h)) * c_fc(h))
+        return x + _product(_product(h, gate, activation) * _product(h, fc), down)
+    return x + _product(_product(h, fc, activation), down)
+
+
+def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor:
+    """After `takes` said yes: the layers of `network` for one token of one row, x [1, 1, D] after the embeddings
+    -> [1, 1, D] before the final norm; the token's keys and values go into `cache` at its current length (which
+    the caller advances)."""
+    global _compiled_layer
+    if _compiled_layer is None:
+        _compiled_layer = torch.compile(_layer)
+    config = network.config
+    shape = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
+             config.activation)
+    slot = torch.tensor([cache.length], device=x.device)
+    for i, weights in enumerate(cache.step_weights):  # gathered by `takes`
+        x = _compiled_layer(x, slot, rope, weights, cache.keys[i], cache.values[i], shape)
+    return x

@@ -1,0 +1,108 @@
+"""Compiled one-token decoding steps (model/step.py) against the network's own forward, for both families."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clozelm.errors import ClozelmError
+from clozelm.generation import COMPILE_FROM_TOKENS, Sampling, _compiles, generate_ids, stream_text
+from clozelm.model import ModelConfig, Transformer, packed, step
+
+GPT2_STYLE = dict(vocab_size=96, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+LLAMA_STYLE = dict(vocab_size=96, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, norm="rmsnorm",
+                   positions="rope", mlp="gated", activation="silu", bias=False, qkv_bias=True, n_inner=96,
+                   layer_norm_eps=1e-6)
+
+
+def network(config: dict, kind: str, dtype=torch.float32, seed=0) -> Transformer:
+    torch.manual_seed(seed)
+    net = Transformer(ModelConfig(**config)).to(dtype).eval()
+    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that a misread one shows
+        for name, p in net.named_parameters():
+            if "ln" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    packed.use_quantized_weights(net, kind)
+    return net
+
+
+def one_token_steps(net, ids, compiled: bool):
+    """Logits of each position [T, V], the prompt's first token read alone, then one token per step."""
+    cache = net.new_cache(1, len(ids) + 3)
+    with step.compiled_steps(net, compiled), torch.inference_mode():
+        rows = [net(torch.tensor([[t]]), cache=cache).logits[0, -1] for t in ids]
+    return torch.stack(rows), cache
+
+
+@pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("kind,dtype", [("int8", torch.float32), ("int4", torch.bfloat16)])
+def test_compiled_steps_give_the_forward_s_logits(config, kind, dtype):
+    net = network(config, kind, dtype)
+    ids = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    eager, eager_cache = one_token_steps(net, ids, compiled=False)
+    got, cache = one_token_steps(net, ids, compiled=True)
+    assert cache.step_weights and eager_cache.step_weights is None  # the compiled layers ran, and only there
+    with torch.inference_mode():
+        whole = net(torch.tensor([ids])).logits[0]  # the same positions read in one pass
+    reference_gap = (eager.float() - whole.float()).abs().max()
+    assert (got.float() - eager.float()).abs().max() <= max(2 * reference_gap, 1e-5)
+    if dtype == torch.float32:  # bf16 logits of a random model tie too often for an argmax to be stable
+        assert torch.equal(got.argmax(-1), eager.argmax(-1))
+    # the same keys and values cached, rotated where the model rotates (bf16: within a rounding or two)
+    tolerance = {} if dtype == torch.float32 else dict(atol=0.02, rtol=0.02)
+    for layer in range(config["n_layer"]):
+        for buffers, eager_buffers in ((cache.keys, eager_cache.keys), (cache.values, eager_cache.values)):
+            torch.testing.assert_close(buffers[layer][:, :, :len(ids)], eager_buffers[layer][:, :, :len(ids)],
+                                       **tolerance)
+
+
+def test_compiled_generation_gives_the_greedy_tokens_and_reads_new_weights_in_a_new_generation():
+    net = network(LLAMA_STYLE, "int8")
+    prompt = [3, 14, 15, 92, 65, 35]
+    for seed in (0, 1):  # the second generation after the weights changed under the same network
+        with torch.no_grad():
+            net.load_state_dict(network(LLAMA_STYLE, None, seed=seed).state_dict())
+        want = list(generate_ids(net, prompt, 30, lookahead=0, compile=False))
+        assert list(generate_ids(net, prompt, 30, lookahead=0, compile=True)) == want
+        assert list(generate_ids(net, prompt, 30, compile=True)) == want  # drafts read eagerly between steps
+    cache = net.new_cache(1, 8)
+    with torch.inference_mode():
+        net(torch.tensor([[5]]), cache=cache)
+    assert cache.step_weights is None  # the switch lasts one generation
+
+
+def test_compiled_steps_are_refused_where_they_cannot_run_and_chosen_for_long_generations():
+    fp32 = network(GPT2_STYLE, None)
+    with pytest.raises(ClozelmError, match="int8 or int4"):
+        list(generate_ids(fp32, [1, 2], 4, compile=True))
+    assert not _compiles(fp32, None, COMPILE_FROM_TOKENS)
+    quantized = network(GPT2_STYLE, "int8")
+    assert _compiles(quantized, None, COMPILE_FROM_TOKENS) == step.compiler_available()
+    assert not _compiles(quantized, None, COMPILE_FROM_TOKENS - 1)
+    assert not _compiles(quantized, False, COMPILE_FROM_TOKENS)
+    bert = network(dict(GPT2_STYLE, causal=False, pre_ln=False), "int8")
+    assert "causal" in step.fits(bert)
+    with pytest.raises(ClozelmError, match="true, false or none"):
+        Sampling(compile="yes").check()
+
+
+def test_compiled_steps_say_they_need_a_c_compiler(monkeypatch):
+    monkeypatch.setattr(step.shutil, "which", lambda name: None)
+    with pytest.raises(ClozelmError, match="C\\+\\+ compiler"):
+        list(generate_ids(network(GPT2_STYLE, "int4"), [1, 2], 4, compile=True))
+
+
+def test_a_beam_search_with_compiled_steps_is_refused():
+    from clozelm.api import load
+    model = load("default", dtype="int8")
+    with pytest.raises(ClozelmError, match="beam"):
+        stream_text(model, "The", Sampling(max_new_tokens=4, compile=True), beams=2)
+
+
+def test_generate_compile_on_full_weights_is_one_line_and_exit_2():
+    run = subprocess.run([sys.executable, "-m", "clozelm", "generate", "The", "--max-tokens", "3", "--compile"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["clozelm: error: compiled decoding steps take int8 or int4 weights "
+                                               "(--dtype int8 or int4)"]
