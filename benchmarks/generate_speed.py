@@ -1,6 +1,7 @@
 """Decoding speed: clozelm vs transformers' `generate`, GPT-2 124M shape, batch 1, 32-token prompt,
 128 new tokens, greedy. Measured interleaved (A B C A B C ...) in one run so slow phases of the machine
-hit every contender alike. Prints tokens/s, ratios, and whether the tokens are identical.
+hit every contender alike. Prints tokens/s, ratios, and whether the tokens are identical. The compiled rows
+(model/step.py) print their compile time apart: their first call, before the rounds.
 
 Decoding one token reads every weight once, so its limit is the bytes of the weights over how fast this machine
 streams memory (a sum over a 2 GB buffer, measured in the same run); each row without drafting prints its
@@ -103,7 +104,10 @@ def speed(args):
                   "clozelm fp32, no drafting": run_ours(ours, lookahead=0),
                   "clozelm bf16, no drafting": run_ours(ours_bf16, lookahead=0),
                   "clozelm int8, no drafting": run_ours(ours_int8, lookahead=0),
-                  "clozelm int4, no drafting": run_ours(ours_int4, lookahead=0)}
+                  "clozelm int4, no drafting": run_ours(ours_int4, lookahead=0),
+                  "clozelm int8, compiled, no drafting": run_ours(ours_int8, lookahead=0, compile=True),
+                  "clozelm int4, compiled, no drafting": run_ours(ours_int4, lookahead=0, compile=True)}
+    compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}  # the first call
     rate, outputs = interleaved(contenders, args.rounds, n)
     base = rate["transformers fp32"]
     bandwidth = stream_bandwidth()
@@ -119,7 +123,11 @@ def speed(args):
     for name in contenders:
         dtype = next((d for d in ("bf16", "int8", "int4") if d in name), "fp32")
         fraction = f"  {rate[name] / limit[dtype]:4.0%} of the {dtype} limit" if ("no drafting" in name or "transformers" in name) else "  (drafting: beyond the limit)"
-        print(f"{name:26s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers{fraction}")
+        print(f"{name:36s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers{fraction}")
+    for name, seconds in compiling.items():
+        eager = name.replace(", compiled", "")
+        print(f"{name}: first call (compiling) {seconds:.1f} s; tokens identical to {eager}: "
+              f"{outputs[name] == outputs[eager]}")
     print(f"fp32 tokens identical to transformers: {outputs['clozelm fp32'] == outputs['transformers fp32']} "
           f"(no drafting: {outputs['clozelm fp32, no drafting'] == outputs['transformers fp32']})")
     same = sum(a == b for a, b in zip(outputs["clozelm bf16"], outputs["clozelm fp32"]))

@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_speed import bytes_per_token, interleaved, stream_bandwidth  # noqa: E402
+from generate_speed import bytes_per_token, interleaved, stream_bandwidth, time_it  # noqa: E402
 
 
 def prompt_text() -> str:
@@ -84,7 +84,10 @@ def main(args) -> None:
                   "clozelm int8, no drafting": run_ours(models["int8"], lookahead=0),
                   "clozelm int4, no drafting": run_ours(models["int4"], lookahead=0),
                   "clozelm int4": run_ours(models["int4"]),
-                  "clozelm bf16": run_ours(models["bf16"])}
+                  "clozelm bf16": run_ours(models["bf16"]),
+                  "clozelm int4, compiled, no drafting": run_ours(models["int4"], lookahead=0, compile=True),
+                  "clozelm int4, compiled": run_ours(models["int4"], compile=True)}
+    compiling = time_it(contenders["clozelm int4, compiled"])[0]  # the first call compiles (model/step.py)
     rate, outputs = interleaved(contenders, args.rounds, n)
     bandwidth = stream_bandwidth()
     per_token = {"Q4_1": gguf_bytes(path), "fp32": bytes_per_token(models["fp32"].network),
@@ -100,11 +103,12 @@ def main(args) -> None:
         kind = next(k for k in per_token if k in name)  # noqa: B023
         fraction = (f"{rate[name] / (bandwidth / per_token[kind]):4.0%} of the {kind} limit" if "drafting" in name
                     or "llama" in name else "(drafting: beyond the limit)")
-        print(f"{name:26s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs llama.cpp   {fraction}")
+        print(f"{name:36s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs llama.cpp   {fraction}")
+    print(f"the compiled rows' first call (compiling, before the rounds): {compiling:.1f} s")
     reference = outputs["clozelm fp32, no drafting"]
     for name, tokens in outputs.items():
         same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
-        print(f"{name:26s} first {same} of {n} tokens equal to clozelm fp32's")
+        print(f"{name:36s} first {same} of {n} tokens equal to clozelm fp32's")
 
 
 if __name__ == "__main__":
