@@ -30,7 +30,8 @@ def network(config: dict, kind: str, dtype=torch.float32, seed=0) -> Transformer
 def one_token_steps(net, ids, compiled: bool):
     """Logits of each position [T, V], the prompt's first token read alone, then one token per step."""
     cache = net.new_cache(1, len(ids) + 3)
-    with step.compiled_steps(net, compiled), torch.inference_mode():
+    cache.compiled = compiled
+    with torch.inference_mode():
         rows = [net(torch.tensor([[t]]), cache=cache).logits[0, -1] for t in ids]
     return torch.stack(rows), cache
 
@@ -69,7 +70,7 @@ def test_compiled_generation_gives_the_greedy_tokens_and_reads_new_weights_in_a_
     cache = net.new_cache(1, 8)
     with torch.inference_mode():
         net(torch.tensor([[5]]), cache=cache)
-    assert cache.step_weights is None  # the switch lasts one generation
+    assert cache.step_weights is None  # the switch is the generation's own cache, not the network's
 
 
 def test_compiled_steps_are_refused_where_they_cannot_run_and_chosen_for_long_generations():
@@ -83,8 +84,11 @@ def test_compiled_steps_are_refused_where_they_cannot_run_and_chosen_for_long_ge
     assert not _compiles(quantized, False, COMPILE_FROM_TOKENS)
     bert = network(dict(GPT2_STYLE, causal=False, pre_ln=False), "int8")
     assert "causal" in step.fits(bert)
-    with pytest.raises(ClozelmError, match="true, false or none"):
-        Sampling(compile="yes").check()
+    for wrong in ("yes", 1):
+        with pytest.raises(ClozelmError, match="true, false or none"):
+            Sampling(compile=wrong).check()
+    odd = network(dict(GPT2_STYLE, n_embd=72, n_head=4), "int8")  # 72 inputs: not a multiple of 16
+    assert "widths" in step.fits(odd)
 
 
 def test_compiled_steps_say_they_need_a_c_compiler(monkeypatch):
@@ -106,3 +110,46 @@ def test_generate_compile_on_full_weights_is_one_line_and_exit_2():
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["clozelm: error: compiled decoding steps take int8 or int4 weights "
                                                "(--dtype int8 or int4)"]
+
+
+def test_a_generation_s_compiled_steps_leave_another_generation_of_the_same_network_alone(monkeypatch):
+    net = network(GPT2_STYLE, "int8")
+    calls = []
+    real_run = step.run
+    monkeypatch.setattr(step, "run", lambda *a: calls.append(1) or real_run(*a))
+    compiled = generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=True)
+    eager = generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=False)
+    tokens = [(next(compiled), next(eager)) for _ in range(10)]  # interleaved, as two requests of a server
+    assert len(calls) == 9  # the compiled generation's one-token steps, none of the other's
+    assert [a for a, _ in tokens] == [b for _, b in tokens]
+
+
+def test_a_failing_compile_is_said_once_and_decoding_goes_on_without_it(monkeypatch, capsys):
+    net = network(LLAMA_STYLE, "int4")
+    want = list(generate_ids(net, [7, 8, 9], 12, lookahead=0))
+
+    def broken(*args):
+        raise RuntimeError("inductor: cannot find Python.h\nmore lines")
+
+    monkeypatch.setattr(step, "_failure", [])
+    monkeypatch.setattr(step, "_compiled_layer", broken)
+    assert list(generate_ids(net, [7, 8, 9], 12, lookahead=0, compile=True)) == want
+    assert capsys.readouterr().err.count("compiled decoding steps failed (RuntimeError: inductor: cannot find "
+                                         "Python.h); decoding without them") == 1
+    assert "failed here earlier" in step.fits(net)  # later generations do not try again
+    assert not _compiles(net, None, COMPILE_FROM_TOKENS)
+
+
+def test_a_selected_cache_is_never_stepped_compiled():
+    net = network(GPT2_STYLE, "int8")
+    cache = net.new_cache(2, 8)
+    cache.compiled = True
+    assert not cache.select(torch.tensor([1])).compiled  # its slots past the filled ones are not zeros
+
+
+def test_a_streamed_generation_with_compiled_steps_gives_the_text_without_them():
+    from clozelm.api import load
+    model = load("default", dtype="int8")
+    text = "It was a dark and stormy night, and"
+    with_steps = "".join(stream_text(model, text, Sampling(max_new_tokens=12, compile=True)))
+    assert with_steps == "".join(stream_text(model, text, Sampling(max_new_tokens=12, compile=False)))

@@ -41,7 +41,7 @@ class Sampling:
     def check(self) -> None:
         if self.max_new_tokens < 1:
             raise ClozelmError("max new tokens must be at least 1")
-        if self.compile not in (None, True, False):
+        if self.compile is not None and not isinstance(self.compile, bool):
             raise ClozelmError(f"compile must be true, false or none, not {self.compile!r}")
         finite = all(math.isfinite(x) for x in (self.temperature, self.top_p, self.repetition_penalty))
         if not finite or not self.temperature >= 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or \
@@ -122,9 +122,25 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temp
     other way.)
     """
     prompt_ids, _ = _window(model, list(prompt_ids), max_new_tokens)
-    with step.compiled_steps(_network(model), _compiles(model, compile, max_new_tokens)):
-        yield from _generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
-                                 eos_id, lookahead, known)
+    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + lookahead + 1)
+    if _compiles(model, compile, max_new_tokens):
+        cache.compiled = True  # this generation's one-token steps only (model/step.py)
+    logits = _known_only(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1], known)
+    if temperature <= 0 and repetition_penalty == 1.0 and lookahead > 0:
+        yield from _greedy_with_lookup(model, cache, list(prompt_ids), logits, max_new_tokens, eos_id, lookahead, known)
+        return
+    # Tokens are picked on the CPU whatever the model's device: a seed then gives the same draws everywhere.
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    seen[torch.tensor(prompt_ids)] = True
+    for i in range(max_new_tokens):
+        token = pick_token(logits.float().cpu(), temperature, top_k, top_p, generator,
+                           seen if repetition_penalty != 1.0 else None, repetition_penalty)
+        yield token
+        if token == eos_id or i == max_new_tokens - 1:
+            return
+        seen[token] = True
+        logits = _known_only(model(torch.tensor([[token]]), cache=cache, last_logits_only=True).logits[0, -1], known)
 
 
 def _network(model):
@@ -137,27 +153,6 @@ def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
     if compile and why_not:
         raise ClozelmError(why_not)
     return compile if compile is not None else (max_new_tokens >= COMPILE_FROM_TOKENS and why_not is None)
-
-
-def _generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, eos_id,
-                  lookahead, known):
-    cache = model.new_cache(1, len(prompt_ids) + max_new_tokens + lookahead + 1)
-    logits = _known_only(model(torch.tensor([prompt_ids]), cache=cache, last_logits_only=True).logits[0, -1], known)
-    if temperature <= 0 and repetition_penalty == 1.0 and lookahead > 0:
-        yield from _greedy_with_lookup(model, cache, list(prompt_ids), logits, max_new_tokens, eos_id, lookahead, known)
-        return
-    # Tokens are picked on the CPU whatever the model's device: a seed then gives the same draws everywhere.
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-    seen[torch.tensor(prompt_ids)] = True
-    for step in range(max_new_tokens):
-        token = pick_token(logits.float().cpu(), temperature, top_k, top_p, generator,
-                           seen if repetition_penalty != 1.0 else None, repetition_penalty)
-        yield token
-        if token == eos_id or step == max_new_tokens - 1:
-            return
-        seen[token] = True
-        logits = _known_only(model(torch.tensor([[token]]), cache=cache, last_logits_only=True).logits[0, -1], known)
 
 
 def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lookahead, known=None):

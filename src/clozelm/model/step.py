@@ -10,26 +10,25 @@ Only the quantized formats: their products (torch's weight-only int8 and int4 ke
 a graph, while the oneDNN-packed fp32 and bf16 products are not (inductor's lowering refuses the packed layout,
 and wrapped as a custom operation each product costs more per call than the fusion saves).
 
-The graph computes what `Block.forward` computes for one token of one row, with attention as `_one_query` does it
-(fp32 products and softmax) over the whole preallocated cache, the positions after the token masked.
+The graph computes what `Block.forward` computes for one token of one row, attending over the whole preallocated
+cache with the positions after the token masked (a fresh cache is zeros; slots past a truncation hold finite keys
+of dropped drafts). A generation asks for it on the cache it makes (`KVCache.compiled`), so other callers of the
+same network, in the same thread or another, are not touched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import weakref
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from . import fused, packed
 from . import transformer  # its attention functions; transformer.py imports this module too
-from .config import ModelConfig
 
-# The networks whose one-token steps run compiled (`compiled_steps`); weak, so that a freed network leaves it.
-_compiled_networks: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 _compiled_layer = None  # the compiled graph, made on first use: importing torch._dynamo costs a second
+_failure: list[str] = []  # why torch.compile failed in this process, once it has: later steps stay eager
 
 
 def compiler_available() -> bool:
@@ -49,23 +48,13 @@ def fits(network) -> str | None:
     formats = {getattr(linear, "weight_format", None) for block in network.h for linear in _products(block) if linear}
     if not all(packed.QUANTIZED.get(kind) for kind in formats):
         return "compiled decoding steps take int8 or int4 weights (--dtype int8 or int4)"
+    if not all(_weights(block) for block in network.h):
+        return "compiled decoding steps need every layer's products in int8 or int4, and this model's widths do not fit"
     if not compiler_available():
         return "compiled decoding steps need a C++ compiler (g++ or clang++) for torch.compile"
+    if _failure:
+        return f"torch.compile failed here earlier ({_failure[0]})"
     return None
-
-
-@contextlib.contextmanager
-def compiled_steps(network: torch.nn.Module, on: bool = True):
-    """Within this, the one-token decoding steps of `network` (a Transformer) run each layer as one compiled
-    graph wherever `takes` says they can (on=False: the network's own forward, as outside)."""
-    added = on and network not in _compiled_networks
-    if added:
-        _compiled_networks.add(network)
-    try:
-        yield
-    finally:
-        if added:
-            _compiled_networks.discard(network)
 
 
 def _products(block) -> tuple:
@@ -75,16 +64,14 @@ def _products(block) -> tuple:
 
 
 def takes(network, cache) -> bool:
-    """Whether a one-token step of `network` into `cache` runs compiled: a causal pre-LN network on the CPU, in
-    `compiled_steps`, whose every layer product has a quantized copy (int8, or int4 where its shape allows).
-    The layers' weights as the graph reads them are gathered once per cache: they do not change while it is in use
+    """Whether a one-token step of `network` into `cache` runs compiled: the cache's generation asked for it
+    (`cache.compiled`, after `fits` said the network can) and torch.compile has not failed in this process. The
+    layers' weights as the graph reads them are gathered once per cache: they do not change while it is in use
     (one generation)."""
-    if network not in _compiled_networks:
+    if not cache.compiled or _failure:
         return False
     if cache.step_weights is None:
-        config = network.config
-        fits = config.causal and config.pre_ln and network.device.type == "cpu"
-        cache.step_weights = [_weights(block) for block in network.h] if fits else []
+        cache.step_weights = [_weights(block) for block in network.h]
         if not all(cache.step_weights):
             cache.step_weights = []
         for buffer in cache.keys + cache.values:  # one graph for every cache length (each generation sizes its own)
@@ -150,10 +137,11 @@ def _layer(x, slot, rope, weights, keys, values, shape):
     return x + _product(_product(h, fc, activation), down)
 
 
-def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor:
+def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
     """After `takes` said yes: the layers of `network` for one token of one row, x [1, 1, D] after the embeddings
     -> [1, 1, D] before the final norm; the token's keys and values go into `cache` at its current length (which
-    the caller advances)."""
+    the caller advances). None where torch.compile fails (a compiler without Python's or torch's headers, say): it
+    is said once, and the caller runs the layers itself (a layer that ran wrote the keys that it will write)."""
     global _compiled_layer
     if _compiled_layer is None:
         _compiled_layer = torch.compile(_layer)
@@ -161,6 +149,13 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor:
     shape = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
              config.activation)
     slot = torch.tensor([cache.length], device=x.device)
-    for i, weights in enumerate(cache.step_weights):  # gathered by `takes`
-        x = _compiled_layer(x, slot, rope, weights, cache.keys[i], cache.values[i], shape)
+    try:
+        for i, weights in enumerate(cache.step_weights):  # gathered by `takes`
+            x = _compiled_layer(x, slot, rope, weights, cache.keys[i], cache.values[i], shape)
+    except Exception as error:  # noqa: BLE001 (inductor raises many kinds; any of them means: decode eagerly)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        _failure.append(f"{type(error).__name__}: {first}")
+        print(f"clozelm: note: compiled decoding steps failed ({_failure[0]}); decoding without them",
+              file=sys.stderr)
+        return None
     return x

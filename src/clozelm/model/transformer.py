@@ -51,7 +51,10 @@ class KVCache:
         self.shared = 0
         self.shared_keys: list[torch.Tensor] | None = None  # per layer [1, Hkv, shared, Dh]
         self.shared_values: list[torch.Tensor] | None = None
-        self.step_weights: list | None = None  # the layers' weights as compiled steps read them (model/step.py)
+        # One-token steps into this cache run each layer compiled (model/step.py; a generation that asks sets it),
+        # reading the layers' weights as gathered once for the cache.
+        self.compiled = False
+        self.step_weights: list | None = None
 
     def truncate(self, length: int) -> None:
         """Forget everything after `length` (rejected draft tokens); their slots get overwritten later."""
@@ -72,7 +75,7 @@ class KVCache:
         new.seen = self.seen.index_select(0, rows)
         new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
         new.shared, new.shared_keys, new.shared_values = self.shared, self.shared_keys, self.shared_values
-        new.step_weights = self.step_weights
+        new.compiled, new.step_weights = False, None  # its unfilled slots are not zeros
         return new
 
     def fork(self, rows: int) -> "KVCache":
@@ -91,7 +94,7 @@ class KVCache:
         new.key_valid = self.key_valid.expand(rows, -1).clone()
         new.seen = self.seen.expand(rows).clone()
         new.has_padding, new.length, new.max_len, new.shared = self.has_padding, shared, self.max_len, shared
-        new.step_weights = None
+        new.compiled, new.step_weights = False, None
         return new
 
     def _select_filled(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -501,9 +504,12 @@ class Transformer(nn.Module):
             x = self.ln_emb(x)
         x = self.drop(x)
         probs_per_layer = []
-        if (cache is not None and B == T == 1 and mask is None and not attentions and not cache.shared
-                and not self.training and not torch.is_grad_enabled() and step.takes(self, cache)):
-            x = step.run(self, x, cache, rope)  # one token through compiled layers (model/step.py)
+        stepped = None
+        if (cache is not None and cache.compiled and B == T == 1 and mask is None and not attentions
+                and not cache.shared and not self.training and not torch.is_grad_enabled() and step.takes(self, cache)):
+            stepped = step.run(self, x, cache, rope)  # one token through compiled layers (model/step.py)
+        if stepped is not None:
+            x = stepped
         else:
             for i, block in enumerate(self.h):
                 x, probs = block(x, mask, is_causal, cache, i, attentions, rope)
