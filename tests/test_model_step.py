@@ -144,7 +144,7 @@ def test_a_selected_cache_is_never_stepped_compiled():
     net = network(GPT2_STYLE, "int8")
     cache = net.new_cache(2, 8)
     cache.compiled = True
-    assert not cache.select(torch.tensor([1])).compiled  # its slots past the filled ones are not zeros
+    assert not cache.select(torch.tensor([1])).compiled  # a beam search's rows, not a generation's one row
 
 
 def test_a_streamed_generation_with_compiled_steps_gives_the_text_without_them():

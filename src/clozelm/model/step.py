@@ -10,10 +10,10 @@ Only the quantized formats: their products (torch's weight-only int8 and int4 ke
 a graph, while the oneDNN-packed fp32 and bf16 products are not (inductor's lowering refuses the packed layout,
 and wrapped as a custom operation each product costs more per call than the fusion saves).
 
-The graph computes what `Block.forward` computes for one token of one row, attending over the whole preallocated
-cache with the positions after the token masked (a fresh cache is zeros; slots past a truncation hold finite keys
-of dropped drafts). A generation asks for it on the cache it makes (`KVCache.compiled`), so other callers of the
-same network, in the same thread or another, are not touched.
+The graph computes what `Block.forward` computes for one token of one row; it reads the layer's cache up to the
+token's own slot, a view whose length is symbolic in the graph, so one compile serves every length. A generation
+asks for it on the cache it makes (`KVCache.compiled`), so other callers of the same network, in the same thread or
+another, are not touched.
 """
 
 from __future__ import annotations
@@ -74,8 +74,6 @@ def takes(network, cache) -> bool:
         cache.step_weights = [_weights(block) for block in network.h]
         if not all(cache.step_weights):
             cache.step_weights = []
-        for buffer in cache.keys + cache.values:  # one graph for every cache length (each generation sizes its own)
-            torch._dynamo.maybe_mark_dynamic(buffer, 2)
     return bool(cache.step_weights)
 
 
@@ -106,11 +104,11 @@ def _product(x, product, activation=None):
     return y if activation is None else fused.activate(y, activation)
 
 
-def _layer(x, slot, rope, weights, keys, values, shape):
-    """One block for one token: x [1, 1, D] -> [1, 1, D]. Its key and value are written into the layer's cache
-    buffers keys, values [1, Hkv, L, Dh] at `slot` ([1] long), and it attends to the slots up to that one. rope:
-    (cos, signed sin) [1, 1, 1, Dh] or None; shape: (n_head, kv_heads, head_dim, rms norm?, eps, activation),
-    constants of the graph."""
+def _layer(x, rope, weights, keys, values, shape):
+    """One block for one token: x [1, 1, D] -> [1, 1, D]. keys, values [1, Hkv, S, Dh]: the layer's cache up to and
+    including the token's own slot, the last, where its key and value are written. rope: (cos, signed sin)
+    [1, 1, 1, Dh] or None; shape: (n_head, kv_heads, head_dim, rms norm?, eps, activation), constants of the
+    graph."""
     H, Hkv, Dh, rms, eps, activation = shape
     ln_1, ln_2, qkv, proj, fc, gate, down = weights
     heads = _product(_normed(x, *ln_1, rms, eps), qkv).view(1, 1, H + 2 * Hkv, Dh).transpose(1, 2)
@@ -119,16 +117,12 @@ def _layer(x, slot, rope, weights, keys, values, shape):
         q, k, v = qk[:, :H], qk[:, H:], heads[:, H + Hkv:]
     else:
         q, k, v = heads.split((H, Hkv, Hkv), dim=1)
-    keys.index_copy_(2, slot, k.to(keys.dtype))
-    values.index_copy_(2, slot, v.to(values.dtype))
-    L = keys.size(2)
-    later = torch.arange(L, device=x.device) > slot
-    if q.dtype in (torch.bfloat16, torch.float16):  # as Attention.forward chooses for one query
-        mask = torch.zeros(1, 1, 1, L, device=x.device).masked_fill(later, float("-inf"))
-        y = transformer._one_query(q, keys, values, mask)
+    keys[:, :, -1:] = k
+    values[:, :, -1:] = v
+    if q.dtype in (torch.bfloat16, torch.float16) and keys.size(2) >= 64:  # as Attention.forward chooses
+        y = transformer._one_query(q, keys, values, None)
     else:
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=later.logical_not().view(1, 1, 1, L),
-                                           enable_gqa=Hkv != H)
+        y = F.scaled_dot_product_attention(q, keys, values, enable_gqa=Hkv != H)
     y = y.transpose(1, 2).reshape(1, 1, H * Dh)
     x = x + _product(y, proj)
     h = _normed(x, *ln_2, rms, eps)
@@ -148,10 +142,13 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
     config = network.config
     shape = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
              config.activation)
-    slot = torch.tensor([cache.length], device=x.device)
+    end = cache.length + 1
     try:
         for i, weights in enumerate(cache.step_weights):  # gathered by `takes`
-            x = _compiled_layer(x, slot, rope, weights, cache.keys[i], cache.values[i], shape)
+            keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
+            torch._dynamo.maybe_mark_dynamic(keys, 2)  # one graph for every length
+            torch._dynamo.maybe_mark_dynamic(values, 2)
+            x = _compiled_layer(x, rope, weights, keys, values, shape)
     except Exception as error:  # noqa: BLE001 (inductor raises many kinds; any of them means: decode eagerly)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         _failure.append(f"{type(error).__name__}: {first}")

@@ -75,7 +75,7 @@ class KVCache:
         new.seen = self.seen.index_select(0, rows)
         new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
         new.shared, new.shared_keys, new.shared_values = self.shared, self.shared_keys, self.shared_values
-        new.compiled, new.step_weights = False, None  # its unfilled slots are not zeros
+        new.compiled, new.step_weights = False, None  # beams: rows stepped together, by the forward itself
         return new
 
     def fork(self, rows: int) -> "KVCache":
