@@ -36,10 +36,25 @@ def one_token_steps(net, ids, compiled: bool):
     return torch.stack(rows), cache
 
 
+def double_of_quantized(net) -> Transformer:
+    """A float64 copy of `net` whose matrices are its int8 copies' values (q * scale): the products the int8 ones
+    stand for, without their bf16 rounding."""
+    exact = Transformer(net.config).double().eval()
+    exact.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        for module, twin in zip(net.modules(), exact.modules()):
+            if isinstance(module, packed.Linear):
+                q, scales = packed.quantized_parts(module, module.weight, "int8")[1]
+                twin.weight.copy_(q.double() * scales.double()[:, None])
+    return exact
+
+
 @pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
-@pytest.mark.parametrize("kind,dtype", [("int8", torch.float32), ("int4", torch.bfloat16)])
-def test_compiled_steps_give_the_forward_s_logits(config, kind, dtype):
-    net = network(config, kind, dtype)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_int4_steps_give_the_forward_s_logits(config, dtype):
+    """int4 products go through the same kernel both ways: the steps must agree as closely as the forward agrees
+    with itself read in one pass."""
+    net = network(config, "int4", dtype)
     ids = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(1)).tolist()
     eager, eager_cache = one_token_steps(net, ids, compiled=False)
     got, cache = one_token_steps(net, ids, compiled=True)
@@ -56,6 +71,32 @@ def test_compiled_steps_give_the_forward_s_logits(config, kind, dtype):
         for buffers, eager_buffers in ((cache.keys, eager_cache.keys), (cache.values, eager_cache.values)):
             torch.testing.assert_close(buffers[layer][:, :, :len(ids)], eager_buffers[layer][:, :, :len(ids)],
                                        **tolerance)
+
+
+@pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
+def test_compiled_int8_steps_are_as_close_to_the_exact_products_as_the_forward(config):
+    """The compiled int8 product is a reduction of its own, rounded where torch's kernel rounds but summed in
+    another order: against float64 products of the same int8 weights it must be as exact as the forward."""
+    net = network(config, "int8")
+    ids = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    eager, _ = one_token_steps(net, ids, compiled=False)
+    got, cache = one_token_steps(net, ids, compiled=True)
+    assert cache.step_weights
+    with torch.inference_mode():
+        exact = double_of_quantized(net)(torch.tensor([ids])).logits[0]
+    eager_error = (eager.double() - exact).abs().max()
+    assert 0 < (got.double() - exact).abs().max() <= 2 * eager_error
+
+
+def test_the_compiled_int8_product_rounds_as_torch_s_kernel_does():
+    torch.manual_seed(0)
+    linear = packed.Linear(256, 96)
+    kind, parts = packed.quantized_parts(linear, linear.weight, "int8")
+    x = torch.randn(1, 1, 256)
+    got = step._product(x, (kind, parts, None))
+    want = packed.quantized_product(x, kind, parts)
+    ulp = want.abs().to(torch.bfloat16).float() * 2 ** -7  # one bf16 step, or two near a power of two
+    assert ((got - want).abs() <= ulp + 1e-30).all()
 
 
 def test_compiled_generation_gives_the_greedy_tokens_and_reads_new_weights_in_a_new_generation():

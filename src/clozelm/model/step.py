@@ -98,8 +98,17 @@ def _normed(x, weight, bias, rms: bool, eps: float):
 
 
 def _product(x, product, activation=None):
+    """x [1, 1, in] times a quantized weight. int8 as a reduction that inductor compiles for the weight's shape:
+    each weight read once, widened and multiplied by the row in fp32 (where torch's int8 kernel streams slower on
+    the CPUs measured); the row rounded to bf16 and the result too, as that kernel rounds them. int4 through
+    torch's kernel, which streams faster than a compiled reduction that unpacks the nibbles."""
     kind, parts, bias = product
-    y = packed.quantized_product(x, kind, parts)
+    if kind == packed.INT8:
+        weight, scales = parts  # [out, in] int8, [out] bf16
+        row = x.reshape(1, x.size(-1)).to(torch.bfloat16).float()
+        y = ((weight.float() * row).sum(-1) * scales.float()).to(torch.bfloat16).to(x.dtype).view(*x.shape[:-1], -1)
+    else:
+        y = packed.quantized_product(x, kind, parts)
     y = y if bias is None else y + bias
     return y if activation is None else fused.activate(y, activation)
 
