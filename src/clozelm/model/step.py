@@ -147,6 +147,9 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
     is said once, and the caller runs the layers itself (a layer that ran wrote the keys that it will write)."""
     global _compiled_layer
     if _compiled_layer is None:
+        # One graph per model shape and weight format: a process that decodes several models (a test suite, a
+        # study's evaluation) needs more than dynamo's default of 8 before it would quietly stop compiling.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _compiled_layer = torch.compile(_layer)
     config = network.config
     shape = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
