@@ -10,8 +10,8 @@ from clozelm.errors import ClozelmError
 from clozelm.generation import COMPILE_FROM_TOKENS, Sampling, _compiles, generate_ids, stream_text
 from clozelm.model import ModelConfig, Transformer, packed, step
 
-GPT2_STYLE = dict(vocab_size=96, n_positions=64, n_embd=64, n_layer=2, n_head=4)
-LLAMA_STYLE = dict(vocab_size=96, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, norm="rmsnorm",
+GPT2_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4)
+LLAMA_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, norm="rmsnorm",
                    positions="rope", mlp="gated", activation="silu", bias=False, qkv_bias=True, n_inner=96,
                    layer_norm_eps=1e-6)
 
@@ -19,19 +19,22 @@ LLAMA_STYLE = dict(vocab_size=96, n_positions=64, n_embd=64, n_layer=2, n_head=4
 def network(config: dict, kind: str, dtype=torch.float32, seed=0) -> Transformer:
     torch.manual_seed(seed)
     net = Transformer(ModelConfig(**config)).to(dtype).eval()
-    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that a misread one shows
-        for name, p in net.named_parameters():
+    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that a misread one shows;
+        for name, p in net.named_parameters():  # queries and keys large enough that attention picks positions
             if "ln" in name or "bias" in name:
                 p.add_(torch.randn_like(p) * 0.1)
+            elif "c_attn.weight" in name:
+                p.mul_(10)
     packed.use_quantized_weights(net, kind)
     return net
 
 
 def one_token_steps(net, ids, compiled: bool):
-    """Logits of each position [T, V], the prompt's first token read alone, then one token per step."""
-    cache = net.new_cache(1, len(ids) + 3)
-    cache.compiled = compiled
+    """Logits of each position [T, V], the prompt's first token read alone, then one token per step; the cache
+    made in inference mode, as a generation makes it."""
     with torch.inference_mode():
+        cache = net.new_cache(1, len(ids) + 3)
+        cache.compiled = compiled
         rows = [net(torch.tensor([[t]]), cache=cache).logits[0, -1] for t in ids]
     return torch.stack(rows), cache
 
@@ -50,42 +53,43 @@ def double_of_quantized(net) -> Transformer:
 
 
 @pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_int4_steps_give_the_forward_s_logits(config, dtype):
-    """int4 products go through the same kernel both ways: the steps must agree as closely as the forward agrees
-    with itself read in one pass."""
+def test_compiled_int4_steps_give_the_forward_s_logits(config):
+    """int4 products go through the same kernel both ways: the steps must give the forward's logits."""
+    dtype = torch.float32
     net = network(config, "int4", dtype)
-    ids = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    ids = torch.randint(0, 96, (80,), generator=torch.Generator().manual_seed(1)).tolist()
     eager, eager_cache = one_token_steps(net, ids, compiled=False)
     got, cache = one_token_steps(net, ids, compiled=True)
-    assert cache.step_weights and eager_cache.step_weights is None  # the compiled layers ran, and only there
-    with torch.inference_mode():
-        whole = net(torch.tensor([ids])).logits[0]  # the same positions read in one pass
-    reference_gap = (eager.float() - whole.float()).abs().max()
-    assert (got.float() - eager.float()).abs().max() <= max(2 * reference_gap, 1e-5)
-    if dtype == torch.float32:  # bf16 logits of a random model tie too often for an argmax to be stable
-        assert torch.equal(got.argmax(-1), eager.argmax(-1))
-    # the same keys and values cached, rotated where the model rotates (bf16: within a rounding or two)
-    tolerance = {} if dtype == torch.float32 else dict(atol=0.02, rtol=0.02)
-    for layer in range(config["n_layer"]):
+    assert cache.step_weights and eager_cache.step_weights is None and not step._failure  # compiled, and only there
+    # The products round to bf16 both ways, so a last-bit difference elsewhere (attention summed in another order)
+    # may round one of them a bf16 step the other way: a few such steps at most, where a wrong rotation, mask or
+    # cache slot moves the logits by far more.
+    bf16_steps = (got - eager).abs().max() / (eager.abs().max() * 2 ** -8)
+    assert bf16_steps <= 4
+    for layer in range(config["n_layer"]):  # the same keys and values cached, rotated where the model rotates
         for buffers, eager_buffers in ((cache.keys, eager_cache.keys), (cache.values, eager_cache.values)):
             torch.testing.assert_close(buffers[layer][:, :, :len(ids)], eager_buffers[layer][:, :, :len(ids)],
-                                       **tolerance)
+                                       atol=0.02, rtol=0.02)
 
 
 @pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
-def test_compiled_int8_steps_are_as_close_to_the_exact_products_as_the_forward(config):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_int8_steps_are_as_close_to_the_exact_products_as_the_forward(config, dtype):
     """The compiled int8 product is a reduction of its own, rounded where torch's kernel rounds but summed in
-    another order: against float64 products of the same int8 weights it must be as exact as the forward."""
-    net = network(config, "int8")
-    ids = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    another order, and bf16 attention sums in another order too: against float64 products of the same int8
+    weights the steps must be as exact as the forward. 80 positions: bf16 attention over 64 cached keys or more
+    takes `_one_query`, as the eager step does."""
+    net = network(config, "int8", dtype)
+    ids = torch.randint(0, 96, (80,), generator=torch.Generator().manual_seed(1)).tolist()
     eager, _ = one_token_steps(net, ids, compiled=False)
     got, cache = one_token_steps(net, ids, compiled=True)
-    assert cache.step_weights
+    assert cache.step_weights and not step._failure
     with torch.inference_mode():
         exact = double_of_quantized(net)(torch.tensor([ids])).logits[0]
-    eager_error = (eager.double() - exact).abs().max()
-    assert 0 < (got.double() - exact).abs().max() <= 2 * eager_error
+    eager_error = (eager.double() - exact).abs().mean()
+    assert 0 < (got.double() - exact).abs().mean() <= 2 * eager_error
+    # and position by position within a few bf16 steps of the forward (a key left out moves some by dozens)
+    assert (got.float() - eager.float()).abs().max() <= 8 * 2 ** -8 * eager.float().abs().max()
 
 
 def test_the_compiled_int8_product_rounds_as_torch_s_kernel_does():
@@ -99,15 +103,26 @@ def test_the_compiled_int8_product_rounds_as_torch_s_kernel_does():
     assert ((got - want).abs() <= ulp + 1e-30).all()
 
 
+def assert_greedy(net, prompt: list[int], tokens: list[int]) -> None:
+    """Each token is the one the forward, reading the text so far in one pass, finds most likely, up to a few bf16
+    steps: a random model's near ties may break either way where compiled products round in another order."""
+    with torch.inference_mode():
+        logits = net(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1].float()  # [len(tokens), V]
+    chosen = logits.gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+    best = logits.max(-1).values
+    assert ((best - chosen) <= 4 * 2 ** -8 * logits.abs().max()).all()
+    assert (chosen == best).float().mean() >= 0.8  # and mostly no tie at all
+
+
 def test_compiled_generation_gives_the_greedy_tokens_and_reads_new_weights_in_a_new_generation():
     net = network(LLAMA_STYLE, "int8")
     prompt = [3, 14, 15, 92, 65, 35]
     for seed in (0, 1):  # the second generation after the weights changed under the same network
         with torch.no_grad():
             net.load_state_dict(network(LLAMA_STYLE, None, seed=seed).state_dict())
-        want = list(generate_ids(net, prompt, 30, lookahead=0, compile=False))
-        assert list(generate_ids(net, prompt, 30, lookahead=0, compile=True)) == want
-        assert list(generate_ids(net, prompt, 30, compile=True)) == want  # drafts read eagerly between steps
+        assert_greedy(net, prompt, list(generate_ids(net, prompt, 30, lookahead=0, compile=True)))
+        assert_greedy(net, prompt, list(generate_ids(net, prompt, 30, compile=True)))  # drafts read eagerly between
+        assert not step._failure
     cache = net.new_cache(1, 8)
     with torch.inference_mode():
         net(torch.tensor([[5]]), cache=cache)
@@ -161,8 +176,13 @@ def test_a_generation_s_compiled_steps_leave_another_generation_of_the_same_netw
     compiled = generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=True)
     eager = generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=False)
     tokens = [(next(compiled), next(eager)) for _ in range(10)]  # interleaved, as two requests of a server
-    assert len(calls) == 9  # the compiled generation's one-token steps, none of the other's
-    assert [a for a, _ in tokens] == [b for _, b in tokens]
+    assert len(calls) == 9 and not step._failure  # the compiled generation's one-token steps, none of the other's
+    assert_greedy(net, [1, 2, 3], [a for a, _ in tokens])
+    assert [b for _, b in tokens] == list(generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=False))
+    calls.clear()
+    one_token_prompt = list(generate_ids(net, [4], 5, lookahead=0, compile=True))
+    assert len(calls) == 4  # the prompt is read as prompts are: never a first graph for a cache of one key
+    assert_greedy(net, [4], one_token_prompt)
 
 
 def test_a_failing_compile_is_said_once_and_decoding_goes_on_without_it(monkeypatch, capsys):

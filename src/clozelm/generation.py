@@ -149,10 +149,12 @@ def _network(model):
 
 def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
     """Whether this generation decodes through compiled steps; refuses `compile=True` where they cannot run."""
+    if compile is False or (compile is None and max_new_tokens < COMPILE_FROM_TOKENS):
+        return False
     why_not = step.fits(_network(model))
     if compile and why_not:
         raise ClozelmError(why_not)
-    return compile if compile is not None else (max_new_tokens >= COMPILE_FROM_TOKENS and why_not is None)
+    return why_not is None
 
 
 def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lookahead, known=None):

@@ -64,11 +64,12 @@ def _products(block) -> tuple:
 
 
 def takes(network, cache) -> bool:
-    """Whether a one-token step of `network` into `cache` runs compiled: the cache's generation asked for it
-    (`cache.compiled`, after `fits` said the network can) and torch.compile has not failed in this process. The
+    """Whether a one-token step of `network` into `cache`, whose generation asked for compiled steps
+    (`cache.compiled`, which the caller checks, after `fits` said the network can), runs them: unless torch.compile
+    has failed in this process. The
     layers' weights as the graph reads them are gathered once per cache: they do not change while it is in use
     (one generation)."""
-    if not cache.compiled or _failure:
+    if _failure:
         return False
     if cache.step_weights is None:
         cache.step_weights = [_weights(block) for block in network.h]
@@ -113,12 +114,12 @@ def _product(x, product, activation=None):
     return y if activation is None else fused.activate(y, activation)
 
 
-def _layer(x, rope, weights, keys, values, shape):
+def _layer(x, rope, weights, keys, values, spec):
     """One block for one token: x [1, 1, D] -> [1, 1, D]. keys, values [1, Hkv, S, Dh]: the layer's cache up to and
     including the token's own slot, the last, where its key and value are written. rope: (cos, signed sin)
-    [1, 1, 1, Dh] or None; shape: (n_head, kv_heads, head_dim, rms norm?, eps, activation), constants of the
+    [1, 1, 1, Dh] or None; spec: (n_head, kv_heads, head_dim, rms norm?, eps, activation), constants of the
     graph."""
-    H, Hkv, Dh, rms, eps, activation = shape
+    H, Hkv, Dh, rms, eps, activation = spec
     ln_1, ln_2, qkv, proj, fc, gate, down = weights
     heads = _product(_normed(x, *ln_1, rms, eps), qkv).view(1, 1, H + 2 * Hkv, Dh).transpose(1, 2)
     if rope is not None:
@@ -128,7 +129,7 @@ def _layer(x, rope, weights, keys, values, shape):
         q, k, v = heads.split((H, Hkv, Hkv), dim=1)
     keys[:, :, -1:] = k
     values[:, :, -1:] = v
-    if q.dtype in (torch.bfloat16, torch.float16) and keys.size(2) >= 64:  # as Attention.forward chooses
+    if q.dtype in (torch.bfloat16, torch.float16) and keys.size(2) >= transformer.ONE_QUERY_MIN_KEYS:  # as eager
         y = transformer._one_query(q, keys, values, None)
     else:
         y = F.scaled_dot_product_attention(q, keys, values, enable_gqa=Hkv != H)
@@ -144,7 +145,8 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
     """After `takes` said yes: the layers of `network` for one token of one row, x [1, 1, D] after the embeddings
     -> [1, 1, D] before the final norm; the token's keys and values go into `cache` at its current length (which
     the caller advances). None where torch.compile fails (a compiler without Python's or torch's headers, say): it
-    is said once, and the caller runs the layers itself (a layer that ran wrote the keys that it will write)."""
+    is said once, and the caller runs all the layers itself (rewriting the same keys into the slots of any layer
+    that ran here first)."""
     global _compiled_layer
     if _compiled_layer is None:
         # One graph per model shape and weight format: a process that decodes several models (a test suite, a
@@ -152,7 +154,7 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _compiled_layer = torch.compile(_layer)
     config = network.config
-    shape = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
+    spec = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
              config.activation)
     end = cache.length + 1
     try:
@@ -160,7 +162,7 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
             keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
             torch._dynamo.maybe_mark_dynamic(keys, 2)  # one graph for every length
             torch._dynamo.maybe_mark_dynamic(values, 2)
-            x = _compiled_layer(x, rope, weights, keys, values, shape)
+            x = _compiled_layer(x, rope, weights, keys, values, spec)
     except Exception as error:  # noqa: BLE001 (inductor raises many kinds; any of them means: decode eagerly)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         _failure.append(f"{type(error).__name__}: {first}")

@@ -172,6 +172,9 @@ def _rotate(x, cos, signed_sin):
     return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
 
 
+ONE_QUERY_MIN_KEYS = 64  # below this many cached keys the flash kernel's fixed cost is the smaller (`_takes_one_query`)
+
+
 def _one_query(q, k, v, mask):
     """softmax(q k^T / sqrt(Dh) + mask) v for one new token per row, with fp32 products and softmax.
     q [B, H, 1, Dh]; k, v [B, Hkv, S, Dh], each key head serving H / Hkv consecutive query heads; mask None or
@@ -218,7 +221,7 @@ def _takes_one_query(q, k, mask, dropout: float, is_causal: bool) -> bool:
     """Whether `_one_query` computes this attention: inference on the CPU, one reduced-precision query per row, a
     few rows (decoding a text or a handful) over a cache of 64 keys or more. Below that the flash kernel's fixed
     cost is the smaller; with many rows, `_one_query`'s fp32 copies of the cache cost more than they save."""
-    return (q.size(2) == 1 and q.size(0) <= 8 and k.size(2) >= 64 and q.dtype in (torch.bfloat16, torch.float16)
+    return (q.size(2) == 1 and q.size(0) <= 8 and k.size(2) >= ONE_QUERY_MIN_KEYS and q.dtype in (torch.bfloat16, torch.float16)
             and q.device.type == "cpu" and not is_causal and dropout == 0.0 and not torch.is_grad_enabled()
             and (mask is None or (mask.dim() == 4 and mask.size(2) == 1 and mask.size(3) == k.size(2))))
 
@@ -505,8 +508,9 @@ class Transformer(nn.Module):
         x = self.drop(x)
         probs_per_layer = []
         stepped = None
-        if (cache is not None and cache.compiled and B == T == 1 and mask is None and not attentions
-                and not cache.shared and not self.training and not torch.is_grad_enabled() and step.takes(self, cache)):
+        if (cache is not None and cache.compiled and B == T == 1 and cache.length > 0 and mask is None
+                and not attentions and not cache.shared and not self.training and not torch.is_grad_enabled()
+                and step.takes(self, cache)):  # a prompt of one token is read as prompts are, not compiled
             stepped = step.run(self, x, cache, rope)  # one token through compiled layers (model/step.py)
         if stepped is not None:
             x = stepped
