@@ -93,6 +93,7 @@ def test_compiled_int8_steps_are_as_close_to_the_exact_products_as_the_forward(c
 
 
 def test_the_compiled_int8_product_rounds_as_torch_s_kernel_does():
+    from torch._inductor import inductor_prims  # noqa: F401  (its prim, which step.run registers before compiling)
     torch.manual_seed(0)
     linear = packed.Linear(256, 96)
     kind, parts = packed.quantized_parts(linear, linear.weight, "int8")

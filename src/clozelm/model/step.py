@@ -100,18 +100,26 @@ def _normed(x, weight, bias, rms: bool, eps: float):
 
 def _product(x, product, activation=None):
     """x [1, 1, in] times a quantized weight. int8 as a reduction that inductor compiles for the weight's shape:
-    each weight read once, widened and multiplied by the row in fp32 (where torch's int8 kernel streams slower on
-    the CPUs measured); the row rounded to bf16 and the result too, as that kernel rounds them. int4 through
-    torch's kernel, which streams faster than a compiled reduction that unpacks the nibbles."""
+    each weight read once, widened and multiplied by the row in fp32 (torch's int8 kernel streams slower on the CPUs
+    measured), the result rounded to bf16 as that kernel rounds it (the row too, where inductor keeps the cast; it
+    may drop a cast down and back up). int4 through torch's kernel, which streams faster than a compiled reduction
+    that unpacks the nibbles."""
     kind, parts, bias = product
     if kind == packed.INT8:
         weight, scales = parts  # [out, in] int8, [out] bf16
-        row = x.reshape(1, x.size(-1)).to(torch.bfloat16).float()
+        row = _materialized(x.reshape(1, x.size(-1)).to(torch.bfloat16).float())
         y = ((weight.float() * row).sum(-1) * scales.float()).to(torch.bfloat16).to(x.dtype).view(*x.shape[:-1], -1)
     else:
         y = packed.quantized_product(x, kind, parts)
     y = y if bias is None else y + bias
     return y if activation is None else fused.activate(y, activation)
+
+
+def _materialized(row: torch.Tensor) -> torch.Tensor:
+    """`row` [1, in] as a buffer of its own in the compiled graph. Otherwise inductor computes what makes it (the
+    norm before a product, the activation after one) inside the reduction that reads it, again for every output row:
+    at the GPT-2 124M shape that took the compiled int8 step from 1.4x eager to 1.0x."""
+    return torch.ops.prims.inductor_force_stride_order(row, (row.size(1), 1))
 
 
 def _layer(x, rope, weights, keys, values, spec):
@@ -152,6 +160,7 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
         # One graph per model shape and weight format: a process that decodes several models (a test suite, a
         # study's evaluation) needs more than dynamo's default of 8 before it would quietly stop compiling.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        from torch._inductor import inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
         _compiled_layer = torch.compile(_layer)
     config = network.config
     spec = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
