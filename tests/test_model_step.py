@@ -83,7 +83,7 @@ def test_compiled_int8_steps_are_as_close_to_the_exact_products_as_the_forward(c
     ids = torch.randint(0, 96, (80,), generator=torch.Generator().manual_seed(1)).tolist()
     eager, _ = one_token_steps(net, ids, compiled=False)
     got, cache = one_token_steps(net, ids, compiled=True)
-    assert cache.step_weights and not step._failure
+    assert cache.step_weights and cache.step_weights[1] is not None and not step._failure  # the projection too
     with torch.inference_mode():
         exact = double_of_quantized(net)(torch.tensor([ids])).logits[0]
     eager_error = (eager.double() - exact).abs().mean()
@@ -171,13 +171,15 @@ def test_generate_compile_on_full_weights_is_one_line_and_exit_2():
 
 def test_a_generation_s_compiled_steps_leave_another_generation_of_the_same_network_alone(monkeypatch):
     net = network(GPT2_STYLE, "int8")
-    calls = []
-    real_run = step.run
+    calls, heads = [], []
+    real_run, real_head = step.run, step.head_logits
     monkeypatch.setattr(step, "run", lambda *a: calls.append(1) or real_run(*a))
+    monkeypatch.setattr(step, "head_logits", lambda *a: heads.append(1) or real_head(*a))
     compiled = generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=True)
     eager = generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=False)
     tokens = [(next(compiled), next(eager)) for _ in range(10)]  # interleaved, as two requests of a server
     assert len(calls) == 9 and not step._failure  # the compiled generation's one-token steps, none of the other's
+    assert len(heads) == 9  # the vocabulary projection of each of those steps, compiled too
     assert_greedy(net, [1, 2, 3], [a for a, _ in tokens])
     assert [b for _, b in tokens] == list(generate_ids(net, [1, 2, 3], 10, lookahead=0, compile=False))
     calls.clear()

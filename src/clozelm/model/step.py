@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from . import fused, packed
 from . import transformer  # its attention functions; transformer.py imports this module too
 
-_compiled_layer = None  # the compiled graph, made on first use: importing torch._dynamo costs a second
+_compiled_layer = None  # the compiled graphs, made on first use: importing torch._dynamo costs a second
+_compiled_head = None
 _failure: list[str] = []  # why torch.compile failed in this process, once it has: later steps stay eager
 
 
@@ -72,10 +73,17 @@ def takes(network, cache) -> bool:
     if _failure:
         return False
     if cache.step_weights is None:
-        cache.step_weights = [_weights(block) for block in network.h]
-        if not all(cache.step_weights):
-            cache.step_weights = []
+        layers = [_weights(block) for block in network.h]
+        cache.step_weights = (layers, _head_weights(network)) if all(layers) else ()
     return bool(cache.step_weights)
+
+
+def _head_weights(network) -> tuple | None:
+    """The vocabulary projection as `_product` takes it, where it is quantized (its int8 copy in int4 mode too)."""
+    owner = {"tied": network.wte, "untied": network.lm_head}.get(network.config.head)
+    kind = getattr(owner, "weight_format", None)
+    found = packed.quantized_parts(owner, owner.weight, kind) if packed.QUANTIZED.get(kind) else None
+    return None if found is None else (*found, None)
 
 
 def _weights(block) -> tuple | None:
@@ -155,27 +163,46 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
     the caller advances). None where torch.compile fails (a compiler without Python's or torch's headers, say): it
     is said once, and the caller runs all the layers itself (rewriting the same keys into the slots of any layer
     that ran here first)."""
-    global _compiled_layer
+    global _compiled_layer, _compiled_head
     if _compiled_layer is None:
         # One graph per model shape and weight format: a process that decodes several models (a test suite, a
         # study's evaluation) needs more than dynamo's default of 8 before it would quietly stop compiling.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         from torch._inductor import inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
         _compiled_layer = torch.compile(_layer)
+        _compiled_head = torch.compile(_product)
     config = network.config
     spec = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
              config.activation)
     end = cache.length + 1
     try:
-        for i, weights in enumerate(cache.step_weights):  # gathered by `takes`
+        for i, weights in enumerate(cache.step_weights[0]):  # gathered by `takes`
             keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
             torch._dynamo.maybe_mark_dynamic(keys, 2)  # one graph for every length
             torch._dynamo.maybe_mark_dynamic(values, 2)
             x = _compiled_layer(x, rope, weights, keys, values, spec)
     except Exception as error:  # noqa: BLE001 (inductor raises many kinds; any of them means: decode eagerly)
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        _failure.append(f"{type(error).__name__}: {first}")
-        print(f"clozelm: note: compiled decoding steps failed ({_failure[0]}); decoding without them",
-              file=sys.stderr)
+        _failed(error)
         return None
     return x
+
+
+def _failed(error: Exception) -> None:
+    """Remember that torch.compile failed here, and say it once."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    _failure.append(f"{type(error).__name__}: {first}")
+    print(f"clozelm: note: compiled decoding steps failed ({_failure[0]}); decoding without them", file=sys.stderr)
+
+
+def head_logits(h: torch.Tensor, cache) -> torch.Tensor | None:
+    """After `run`: the logits [1, 1, V] of the final hidden state h [1, 1, D] through the quantized vocabulary
+    projection, compiled as the layers' products are (an int8 reduction); None where the projection is not
+    quantized or torch.compile failed."""
+    head = cache.step_weights[1]
+    if head is None or _failure:
+        return None
+    try:
+        return _compiled_head(h, head)
+    except Exception as error:  # noqa: BLE001 (as in `run`)
+        _failed(error)
+        return None

@@ -52,9 +52,10 @@ class KVCache:
         self.shared_keys: list[torch.Tensor] | None = None  # per layer [1, Hkv, shared, Dh]
         self.shared_values: list[torch.Tensor] | None = None
         # One-token steps into this cache run each layer compiled (model/step.py; a generation that asks sets it),
-        # reading the layers' weights as gathered once for the cache.
+        # reading the weights as gathered once for the cache: (per layer, the vocabulary projection), or () where
+        # they cannot.
         self.compiled = False
-        self.step_weights: list | None = None
+        self.step_weights: tuple | None = None
 
     def truncate(self, length: int) -> None:
         """Forget everything after `length` (rejected draft tokens); their slots get overwritten later."""
@@ -527,8 +528,11 @@ class Transformer(nn.Module):
         h = hidden[:, -1:] if last_logits_only else hidden
         if logits_at is not None:
             h = hidden[torch.as_tensor(logits_at, device=self.device)]  # [N, D]
-        if not head or self.config.head is None:
-            logits = None
+        logits = None
+        if head and self.config.head is not None and stepped is not None:
+            logits = step.head_logits(h, cache)  # None where the head is not quantized
+        if not head or self.config.head is None or logits is not None:
+            pass
         elif self.config.head == "tied":
             logits = packed.linear(h, self.wte.weight, None, self.wte)  # no output bias, as in GPT-2
         elif self.config.head == "untied":
