@@ -55,7 +55,7 @@ def fill(text: str, model: str | Path | Model = "default", top: int = 5, **optio
 
 def generate(prompt: str, model: str | Path | Model = "default", **options) -> str:
     """The continuation of `prompt` (options: max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-    seed, stop, beams)."""
+    seed, stop, beams, compile)."""
     from .generation import generate as _generate
     return _generate(as_model(model), prompt, **options)
 

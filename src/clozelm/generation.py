@@ -21,7 +21,8 @@ from .errors import ClozelmError
 from .model import step
 
 # Generations of this many new tokens or more decode through compiled steps unless told (`Sampling.compile`): the
-# compile takes seconds (a few with inductor's disk cache warm, about ten without), which a long generation repays.
+# compile takes seconds (2-3 with inductor's disk cache warm, 5-9 without, on the machines measured), which a long
+# generation repays.
 COMPILE_FROM_TOKENS = 1000
 
 

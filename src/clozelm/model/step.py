@@ -4,11 +4,13 @@ Why: with quantized weights the products take about half of a token's time on a 
 each layer's few dozen small operations (norms, rotary positions, the cache write, attention over the cache,
 casts) dispatched one at a time from Python. Inductor fuses those into a few kernels. Every layer has the same
 shapes, so one graph, with the layer's weights and cache as its inputs, serves them all: it compiles in seconds,
-where a graph of the whole network takes tens of seconds and runs no faster (docs/performance.md).
+where a graph of the whole network takes tens of seconds and runs barely faster (docs/performance.md). The
+vocabulary projection is a second graph.
 
-Only the quantized formats: their products (torch's weight-only int8 and int4 kernels) are ordinary operations in
-a graph, while the oneDNN-packed fp32 and bf16 products are not (inductor's lowering refuses the packed layout,
-and wrapped as a custom operation each product costs more per call than the fusion saves).
+Only the quantized formats: int4 products are torch's weight-only kernel, an ordinary operation in a graph, and
+int8 products a reduction compiled into it (`_product`), while the oneDNN-packed fp32 and bf16 products cannot be
+(inductor's lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call
+than the fusion saves).
 
 The graph computes what `Block.forward` computes for one token of one row; it reads the layer's cache up to the
 token's own slot, a view whose length is symbolic in the graph, so one compile serves every length. A generation
