@@ -158,6 +158,19 @@ def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
     return why_not is None
 
 
+def compile_refusal(model) -> str | None:
+    """Why `model`'s generations cannot decode through compiled steps, or None where they can."""
+    return step.fits(_network(model))
+
+
+def compile_steps(model) -> None:
+    """Compile `model`'s one-token steps now (seconds; once per process and layer shape), so that its first
+    compiled generation does not wait for them: a server does this before it answers."""
+    prompt = list(range(min(8, model.config.vocab_size)))
+    for _ in generate_ids(model, prompt, 3, lookahead=0, compile=True):  # the second step has a length to generalize
+        pass
+
+
 def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lookahead, known=None):
     token, produced = int(logits.argmax()), 0
     while True:

@@ -13,9 +13,13 @@ import sys
 import pytest
 
 
-def test_serve_command_starts_answers_and_stops_on_ctrl_c(model_dirs):
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_serve_command_starts_answers_and_stops_on_ctrl_c(model_dirs, dtype):
+    """int8 weights: the generations decode through compiled steps, compiled before the server says it serves."""
+    from clozelm.model.step import compiler_available
+    compiles = dtype == "int8" and compiler_available()
     process = subprocess.Popen([sys.executable, "-m", "clozelm", "serve", "--model", str(model_dirs[0]),
-                                "--compare", "none", "--port", "0", "--quiet"],
+                                "--compare", "none", "--port", "0", "--quiet", "--dtype", dtype],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
@@ -26,11 +30,12 @@ def test_serve_command_starts_answers_and_stops_on_ctrl_c(model_dirs):
         conn.request("GET", "/api/models")
         data = json.loads(conn.getresponse().read())
         conn.close()
-        assert [m["label"] for m in data["models"]] == ["causal/model"]
+        assert [(m["label"], m["compiled_steps"]) for m in data["models"]] == [("causal/model", compiles)]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
         errors = process.stderr.read()
         assert "stopped" in errors and "Traceback" not in errors, errors
+        assert ("compiling the decoding steps of causal/model" in errors) == compiles, errors
     finally:
         if process.poll() is None:
             process.kill()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .args import add_device_option, float_in, int_in, port
+from .args import DTYPES, add_device_option, float_in, int_in, port
 from ..loaded import model_label
 from ..server.limits import LIMIT_RANGES
 
@@ -13,6 +13,7 @@ EPILOG = """examples:
   clozelm serve                                   default vs default-bert on http://127.0.0.1:8765/
   clozelm serve --model default-fim --compare none --port 9000
   clozelm serve --model my-gpt2/ --compare my-bert/ --timeout 120
+  clozelm serve --model smollm2.gguf --compare none --dtype int4    compiled int4 decoding on the CPU
 
 The server answers only on this machine unless --host says otherwise. Ctrl-C stops it.
 """
@@ -28,9 +29,14 @@ def cmd_serve(args) -> None:
     # a body holds the text as JSON: up to 4 bytes a character (UTF-8), plus the other fields
     limits = Limits(timeout=args.timeout, workers=args.workers, queue_size=args.queue, max_text=args.max_text,
                     max_body=max(Limits.max_body, 4 * args.max_text + 4096))
-    models = {name: cached_load(name, device=args.device) for name in names}
-    server = make_server(models, host=args.host, port=args.port, limits=limits, quiet=args.quiet)
+    models = {name: cached_load(name, dtype=args.dtype, device=args.device) for name in names}
+    server = make_server(models, host=args.host, port=args.port, limits=limits, quiet=args.quiet,
+                         compile=args.compile)
     try:
+        if server.compiled:
+            print(f"clozelm: compiling the decoding steps of {', '.join(map(model_label, sorted(server.compiled)))} "
+                  "(seconds, once)", file=sys.stderr, flush=True)
+            server.compile_steps()
         if server.allowed_hosts is None:
             print(f"clozelm: note: serving on {args.host}: anyone who can reach this machine can use the models",
                   file=sys.stderr)
@@ -57,7 +63,15 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="default", help="embedded name or model directory (default: %(default)s)")
     p.add_argument("--compare", default="default-bert", metavar="M2",
                    help="a second model shown beside the first; 'none' for one model (default: %(default)s)")
-    add_device_option(p)
+    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+                   help="weights in this precision, for every model served (bf16: half the memory; int8/int4: "
+                        "fp32 weights, int8 or int4 copies for the products; int4 decodes fastest on CPU; "
+                        "default: %(default)s)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="generate through compiled decoding steps (seconds of compiling at start; default: where a "
+                        "model allows it, --dtype int8 or int4 on the CPU; --compile refuses a generating model "
+                        "that does not allow it)")
+    add_device_option(p, with_dtype=True)
     p.add_argument("--port", type=port, default=8765, help="0 picks a free port (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--timeout", type=_limit("timeout"), default=60.0,

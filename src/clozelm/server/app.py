@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import ClozelmError
-from ..loaded import Model
+from ..loaded import Model, model_label
 from .endpoints import APIHandler, request_fields
 from .http import HardenedServer
 from .limits import Limits
@@ -36,7 +36,7 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
 
 class Server(HardenedServer):
     def __init__(self, models: dict, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, compile: bool | None = None):
         if not models:
             raise ClozelmError("no model to serve")
         for name, model in models.items():
@@ -47,12 +47,19 @@ class Server(HardenedServer):
         self.limits = limits or Limits()
         self.max_body, self.receive_timeout = self.limits.max_body, self.limits.receive_timeout
         self.fields = request_fields(self.limits, self.models)
+        self.compiled = _compiled_models(self.models, compile)
         self.static = _read_static()
         self.pool = None
         self._heads_cache: OrderedDict = OrderedDict()
         self._heads_lock = threading.Lock()
         super().__init__(host, port, APIHandler, quiet)
         self.pool = WorkerPool(self.limits.workers, self.limits.queue_size)
+
+    def compile_steps(self) -> None:
+        """Compile the decoding steps of the models whose streams run compiled now, not at their first request."""
+        from ..generation import compile_steps
+        for name in self.compiled:
+            compile_steps(self.models[name])
 
     def server_close(self) -> None:
         super().server_close()
@@ -73,6 +80,24 @@ class Server(HardenedServer):
         return page
 
 
+def _compiled_models(models: dict, compile: bool | None) -> frozenset:
+    """The names of the models whose generations decode through compiled steps: with `compile` None, every
+    generating model that allows them (int8 or int4 weights on the CPU; a server lives long enough to repay the
+    compile); True refuses a generating model that does not allow them; False: none."""
+    from ..generation import can_generate, compile_refusal
+    if compile is False:
+        return frozenset()
+    generating = [name for name, model in models.items() if can_generate(model)]
+    if compile and not generating:
+        raise ClozelmError("compiled decoding steps are for generating, and none of the models served can generate")
+    refusals = {name: compile_refusal(models[name]) for name in generating}
+    if compile:
+        for name, why in refusals.items():
+            if why:
+                raise ClozelmError(f"{model_label(name)}: {why}")
+    return frozenset(name for name, why in refusals.items() if why is None)
+
+
 def _read_static() -> dict:
     files = {}
     headers = {"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"}
@@ -86,7 +111,9 @@ def _read_static() -> dict:
 
 
 def make_server(models: dict, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
-                quiet: bool = False) -> Server:
+                quiet: bool = False, compile: bool | None = None) -> Server:
     """A server for `models` ({name: loaded Model}, first one first on the page), bound and ready for
-    serve_forever(). port=0 picks a free port (server.url tells which)."""
-    return Server(models, host, port, limits, quiet)
+    serve_forever(). port=0 picks a free port (server.url tells which). compile: whether generations decode
+    through compiled steps (None: where the model allows it; `server.compiled` names them, and
+    `server.compile_steps()` compiles them before the first request)."""
+    return Server(models, host, port, limits, quiet, compile)

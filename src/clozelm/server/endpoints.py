@@ -63,14 +63,16 @@ def request_fields(limits, models: dict) -> dict[str, dict[str, Field]]:
     }
 
 
-def model_info(name: str, model) -> dict:
+def model_info(name: str, model, compiled: bool = False) -> dict:
+    """What /api/models says of one model; `compiled`: its generations decode through compiled steps."""
     from ..cloze import method_for
     from ..generation import can_generate
     cfg, tok = model.config, model.tokenizer
     return {"name": name, "label": model_label(name), "family": cfg.family, "method": method_for(model),
             "causal": cfg.causal, "can_generate": can_generate(model), "layers": cfg.n_layer, "heads": cfg.n_head,
             "width": cfg.n_embd, "positions": cfg.n_positions, "vocab_size": cfg.vocab_size,
-            "parameters": model.num_parameters(), "tokenizer": None if tok is None else tok.kind}
+            "parameters": model.num_parameters(), "tokenizer": None if tok is None else tok.kind,
+            "compiled_steps": compiled}
 
 
 def answer_json(answer, template) -> dict:
@@ -127,7 +129,8 @@ class APIHandler(JSONHandler):
 
     def api_models(self, method, query):
         limits = asdict(self.server.limits)
-        self._send_json(200, {"models": [model_info(n, m) for n, m in self.server.models.items()],
+        self._send_json(200, {"models": [model_info(n, m, n in self.server.compiled)
+                                         for n, m in self.server.models.items()],
                               "limits": {k: limits[k] for k in PUBLIC_LIMITS}})
 
     def api_fill(self, method, query):
@@ -216,7 +219,8 @@ class APIHandler(JSONHandler):
                                  "tokenizer): use fill")
         model, text, stop, beams = models[name], f["text"], f["stop"], f["beams"]
         sampling = Sampling(max_new_tokens=f["max_tokens"], temperature=f["temperature"], top_k=f["top_k"],
-                            top_p=f["top_p"], repetition_penalty=f["repetition_penalty"], seed=f["seed"])
+                            top_p=f["top_p"], repetition_penalty=f["repetition_penalty"], seed=f["seed"],
+                            compile=name in self.server.compiled and beams == 1)
         sampling.check()
         unused = unused_settings(sampling, beams)
         if unused is not None:  # refused, as the command line refuses it, rather than silently ignored
