@@ -328,6 +328,27 @@ def test_int4_weights_are_exact_for_four_bit_weights_and_leave_the_parameters_al
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_products_of_many_rows_multiply_by_the_kernel_s_own_weights_in_bf16(kind):
+    """From AS_BF16_FROM_ROWS rows on, a quantized product is a bf16 product with the weights the weight-only kernel
+    multiplies by (read back through the kernel itself: the identity's rows pick out one weight each); fewer rows
+    (a token, a short draft) go through the kernel."""
+    from clozelm.model import packed
+    torch.manual_seed(0)
+    lin = packed.Linear(64, 48)
+    lin.weight_format = kind
+    rows = packed.AS_BF16_FROM_ROWS
+    with torch.inference_mode():
+        _, parts = packed.quantized_parts(lin, lin.weight, kind)
+        weights = packed.quantized_product(torch.eye(64), kind, parts).T.to(torch.bfloat16)  # [48, 64]
+        x = torch.randn(2, rows, 64)
+        expected = torch.nn.functional.linear(x.to(torch.bfloat16), weights).float() + lin.bias
+        assert torch.equal(lin(x), expected)
+        assert torch.equal(lin(x[:1, :rows // 2]), packed.quantized_product(x[:1, :rows // 2], kind, parts) + lin.bias)
+        full = torch.nn.functional.linear(x, lin.weight, lin.bias)
+        assert (lin(x) - full).abs().max() < 0.1 * full.abs().max()  # the quantized weights, not others
+
+
 def test_int4_falls_back_to_int8_where_only_int8_fits():
     from clozelm.model import packed
     torch.manual_seed(0)

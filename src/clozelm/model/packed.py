@@ -17,7 +17,8 @@ mode, where fill and eval run, so it cast every weight again at every forward pa
 pass's under autocast: the same casts, and the bias and activation inside the product (model/fused.py).
 
 Fewer bytes still: `use_quantized_weights` gives the products int8 or int4 copies of the weights (torch's
-weight-only CPU kernels, which dequantise inside the product), made and cached the same way.
+weight-only CPU kernels, which dequantise inside the product), made and cached the same way; products of many
+rows multiply by a bf16 copy of the dequantised weights instead, which is faster there (`AS_BF16_FROM_ROWS`).
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ AUTOCAST_BF16 = "autocast-bf16"  # the bf16 copy autocast makes of an fp32 weigh
 # torch's int8 kernel returns wrong numbers (or crashes) for inner sizes that are not a multiple of 16
 INT8_K_MULTIPLE = 16
 INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block (a Q4_1 GGUF keeps its 4-bit codes)
+# The weight-only kernels stream the weights once per product, which is what one token or a short draft needs; with
+# more rows they fall behind a bf16 product (2-3x at a few hundred rows, timed at the 124M and SmolLM2 shapes), so
+# products of this many rows or more (a prompt, fill's candidates, eval's windows) multiply by a bf16 copy of the
+# weights the kernel would use, made once and kept like the others.
+AS_BF16_FROM_ROWS = 8
+AS_BF16 = {INT8: "int8 as bf16", INT4: "int4 as bf16"}
 # owner -> {kind: (the weight's key, its quantized copy or None where the kind does not fit its shape)}
 _quant_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
@@ -173,26 +180,53 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     if kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
         copy = _counted(lambda: weight.detach().to(torch.bfloat16), weight.numel() * 2)
         parts = None if copy is None else (copy,)
+    elif kind in AS_BF16.values():
+        quantized = INT8 if kind == AS_BF16[INT8] else INT4
+        copy = None if _quantized(owner, weight, quantized) is None else \
+            _counted(lambda: _dequantized(w, quantized), weight.numel() * 2)
+        parts = None if copy is None else (copy,)
     elif w.shape[1] % (INT8_K_MULTIPLE if kind == INT8 else INT4_GROUP):
         parts = None
     elif kind == INT8:
-        scales = w.abs().amax(1).clamp(min=1e-12) / 127.0
-        q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-        parts = (q, scales.to(torch.bfloat16))
+        parts = _int8_codes(w)
     else:
-        # asymmetric: the group's minimum maps to 0 and its maximum to 15, w ~= (q - 8) * scale + zero
-        n, k = w.shape
-        groups = w.reshape(n, k // INT4_GROUP, INT4_GROUP)
-        low, high = groups.amin(-1), groups.amax(-1)
-        scale = ((high - low) / 15).clamp(min=1e-12)
-        q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
-        scales_zeros = torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        q, scales_zeros = _int4_codes(w)
         try:
             parts = (torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8), scales_zeros)
         except RuntimeError:  # a shape this torch's packing refuses
             parts = None
     copies[kind] = (key, parts)
     return parts
+
+
+def _int8_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [n, k] fp32 -> (q int8 [n, k], scales bf16 [n]), w ~= q * scale: one scale per output channel."""
+    scales = w.abs().amax(1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+    return q, scales.to(torch.bfloat16)
+
+
+def _int4_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [n, k] fp32 -> (q int32 [n, k] in 0..15, scales and zeros bf16 [k / INT4_GROUP, n, 2]) as torch's int4
+    kernel takes them: asymmetric, the group's minimum maps to 0 and its maximum to 15, w ~= (q - 8) * scale + zero."""
+    n, k = w.shape
+    groups = w.reshape(n, k // INT4_GROUP, INT4_GROUP)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
+    return q, torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def _dequantized(w: torch.Tensor, kind: str) -> torch.Tensor:
+    """The weights the `kind` kernel multiplies by, from the same codes, scales and zeros, rounded to bf16."""
+    if kind == INT8:
+        q, scales = _int8_codes(w)
+        return (q.float() * scales.float()[:, None]).to(torch.bfloat16)
+    q, scales_zeros = _int4_codes(w)
+    n, k = q.shape
+    scale, zero = scales_zeros.float().transpose(0, 1).unbind(-1)  # [n, k / INT4_GROUP] each
+    groups = (q.reshape(n, k // INT4_GROUP, INT4_GROUP) - 8).float()
+    return (groups * scale[..., None] + zero[..., None]).reshape(n, k).to(torch.bfloat16)
 
 
 def quantized_parts(owner: object, weight: torch.Tensor, kind: str) -> tuple[str, tuple[torch.Tensor, ...]] | None:
@@ -221,6 +255,11 @@ def _quantized_linear(x, weight, bias, owner, kind):
     found = quantized_parts(owner, weight, kind)
     if found is None:
         return None
+    if x.numel() >= AS_BF16_FROM_ROWS * x.size(-1):
+        copy = _quantized(owner, weight, AS_BF16[found[0]])
+        if copy is not None:
+            y = _plain_linear(x.to(torch.bfloat16), copy[0], None).to(x.dtype)
+            return y if bias is None else y + bias
     y = quantized_product(x, *found)
     return y if bias is None else y + bias
 
