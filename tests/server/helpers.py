@@ -45,8 +45,9 @@ def slow_copy(model_dir, seconds: float) -> Model:
 
 
 @contextlib.contextmanager
-def running(models: dict, compile: bool | None = None, **limits):
-    """A server on a free port of 127.0.0.1 in a thread of this process, stopped on exit."""
+def running(models: dict, compile: bool | None = False, **limits):
+    """A server on a free port of 127.0.0.1 in a thread of this process, stopped on exit; without compiled decoding
+    steps unless told (test_app.py tests them), so that no test's timing includes a compile."""
     server = make_server(models, port=0, limits=Limits(**limits), quiet=True, compile=compile)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

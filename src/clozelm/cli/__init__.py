@@ -253,7 +253,7 @@ def add_parser(sub) -> None:
                         "copies for the products; int4 decodes fastest on CPU; default: fp32)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="each layer of a decoding step as one compiled graph: faster tokens after seconds of "
-                        "compiling; needs --dtype int8 or int4 on the CPU and no --beams (refused otherwise); "
+                        "compiling; needs the CPU and no --beams (refused otherwise); "
                         "default: where it can run, for 1000 new tokens or more")
     add_device_option(p, with_dtype=True)
     p.add_argument("--json", action="store_true")

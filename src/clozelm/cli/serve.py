@@ -13,7 +13,7 @@ EPILOG = """examples:
   clozelm serve                                   default vs default-bert on http://127.0.0.1:8765/
   clozelm serve --model default-fim --compare none --port 9000
   clozelm serve --model my-gpt2/ --compare my-bert/ --timeout 120
-  clozelm serve --model smollm2.gguf --compare none --dtype int4    compiled int4 decoding on the CPU
+  clozelm serve --model smollm2.gguf --compare none --dtype int4    int4 weights: the fastest CPU decoding
 
 The server answers only on this machine unless --host says otherwise. Ctrl-C stops it.
 """
@@ -68,9 +68,8 @@ def add_parser(sub) -> None:
                         "fp32 weights, int8 or int4 copies for the products; int4 decodes fastest on CPU; "
                         "default: %(default)s)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="generate through compiled decoding steps (seconds of compiling at start; default: where a "
-                        "model allows it, --dtype int8 or int4 on the CPU; --compile refuses a generating model "
-                        "that does not allow it)")
+                   help="generate through compiled decoding steps, compiled before the server starts (seconds; "
+                        "default: on the CPU; --no-compile: never, for the quickest start)")
     add_device_option(p, with_dtype=True)
     p.add_argument("--port", type=port, default=8765, help="0 picks a free port (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")

@@ -1,16 +1,17 @@
-"""Decoding one token with each layer as one compiled graph (torch.compile): CPU decoding with int8 or int4 weights.
+"""Decoding one token with each layer as one compiled graph (torch.compile), on the CPU.
 
-Why: with quantized weights the products take about half of a token's time on a 2-core CPU, and the rest goes to
-each layer's few dozen small operations (norms, rotary positions, the cache write, attention over the cache,
-casts) dispatched one at a time from Python. Inductor fuses those into a few kernels. Every layer has the same
-shapes, so one graph, with the layer's weights and cache as its inputs, serves them all: it compiles in seconds,
-where a graph of the whole network takes tens of seconds and runs barely faster (docs/performance.md). The
-vocabulary projection is a second graph.
+Why: a 2-core CPU spends a token's time on two things, the products (reading every weight once) and each layer's
+few dozen small operations (norms, rotary positions, the cache write, attention over the cache, casts) dispatched
+one at a time from Python. Inductor fuses the small operations into a few kernels. Every layer has the same shapes,
+so one graph, with the layer's weights and cache as its inputs, serves them all: it compiles in seconds, where a
+graph of the whole network takes tens of seconds and runs barely faster (docs/performance.md). The vocabulary
+projection is a second graph.
 
-Only the quantized formats: int4 products are torch's weight-only kernel, an ordinary operation in a graph, and
-int8 products a reduction compiled into it (`_product`), while the oneDNN-packed fp32 and bf16 products cannot be
-(inductor's lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call
-than the fusion saves).
+The products: int4 through torch's weight-only kernel, an ordinary operation in a graph; int8, fp32 and bf16 as a
+reduction compiled into it (`_product`), each weight read once and multiplied by the row in fp32. Eager decoding
+multiplies fp32 and bf16 rows by oneDNN-packed copies of the weights, which a graph cannot take (inductor's
+lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call than the
+fusion saves); the compiled reduction reads the weights as they are, and streams them as fast.
 
 The graph computes what `Block.forward` computes for one token of one row; it reads the layer's cache up to the
 token's own slot, a view whose length is symbolic in the graph, so one compile serves every length. A generation
@@ -32,6 +33,7 @@ from . import transformer  # its attention functions; transformer.py imports thi
 _compiled_layer = None  # the compiled graphs, made on first use: importing torch._dynamo costs a second
 _compiled_head = None
 _failure: list[str] = []  # why torch.compile failed in this process, once it has: later steps stay eager
+DENSE = "dense"  # a product with the weight itself (fp32, bf16), as `_product` reads it
 
 
 def compiler_available() -> bool:
@@ -48,11 +50,6 @@ def fits(network) -> str | None:
         return "compiled decoding steps take a causal model"
     if network.device.type != "cpu":
         return "compiled decoding steps run on the CPU"
-    formats = {getattr(linear, "weight_format", None) for block in network.h for linear in _products(block) if linear}
-    if not all(packed.QUANTIZED.get(kind) for kind in formats):
-        return "compiled decoding steps take int8 or int4 weights (--dtype int8 or int4)"
-    if not all(_weights(block) for block in network.h):
-        return "compiled decoding steps need every layer's products in int8 or int4, and this model's widths do not fit"
     if not compiler_available():
         return "compiled decoding steps need a C++ compiler (g++ or clang++) for torch.compile"
     if _failure:
@@ -69,35 +66,34 @@ def _products(block) -> tuple:
 def takes(network, cache) -> bool:
     """Whether a one-token step of `network` into `cache`, whose generation asked for compiled steps
     (`cache.compiled`, which the caller checks, after `fits` said the network can), runs them: unless torch.compile
-    has failed in this process. The
-    layers' weights as the graph reads them are gathered once per cache: they do not change while it is in use
-    (one generation)."""
+    has failed in this process. The layers' weights as the graph reads them are gathered once per cache: they do
+    not change while it is in use (one generation)."""
     if _failure:
         return False
     if cache.step_weights is None:
-        layers = [_weights(block) for block in network.h]
-        cache.step_weights = (layers, _head_weights(network)) if all(layers) else ()
-    return bool(cache.step_weights)
+        cache.step_weights = ([_weights(block) for block in network.h], _head_weights(network))
+    return True
+
+
+def _parts(owner) -> tuple[str, tuple[torch.Tensor, ...]]:
+    """(format, tensors) of `owner`'s product as `_product` reads it: its quantized copy in int8 or int4 mode
+    (int4 falling back to int8 where the kernel cannot take the shape), else the weight itself, `DENSE`; the
+    eager forward makes the same choice."""
+    kind = getattr(owner, "weight_format", None)
+    found = packed.quantized_parts(owner, owner.weight, kind) if packed.QUANTIZED.get(kind) else None
+    return (DENSE, (owner.weight,)) if found is None else found
 
 
 def _head_weights(network) -> tuple | None:
-    """The vocabulary projection as `_product` takes it, where it is quantized (its int8 copy in int4 mode too)."""
+    """The vocabulary projection as `_product` takes it (int8 in int4 mode too); None for a head of another kind."""
     owner = {"tied": network.wte, "untied": network.lm_head}.get(network.config.head)
-    kind = getattr(owner, "weight_format", None)
-    found = packed.quantized_parts(owner, owner.weight, kind) if packed.QUANTIZED.get(kind) else None
-    return None if found is None else (*found, None)
+    return None if owner is None else (*_parts(owner), None)
 
 
-def _weights(block) -> tuple | None:
-    """A block's tensors as `_layer` takes them: per norm (weight, bias or None); per product (format, quantized
-    parts, bias or None), None for an MLP without a gate. None where a product has no quantized copy."""
-    products = []
-    for linear in _products(block):
-        kind = getattr(linear, "weight_format", None)
-        found = packed.quantized_parts(linear, linear.weight, kind) if packed.QUANTIZED.get(kind) else None
-        if linear is not None and found is None:
-            return None
-        products.append(None if linear is None else (*found, linear.bias))
+def _weights(block) -> tuple:
+    """A block's tensors as `_layer` takes them: per norm (weight, bias or None); per product (format, tensors,
+    bias or None), None for an MLP without a gate."""
+    products = [None if linear is None else (*_parts(linear), linear.bias) for linear in _products(block)]
     norms = [(norm.weight, getattr(norm, "bias", None)) for norm in (block.ln_1, block.ln_2)]
     return (*norms, *products)
 
@@ -109,13 +105,16 @@ def _normed(x, weight, bias, rms: bool, eps: float):
 
 
 def _product(x, product, activation=None):
-    """x [1, 1, in] times a quantized weight. int8 as a reduction that inductor compiles for the weight's shape:
-    each weight read once, widened and multiplied by the row in fp32 (torch's int8 kernel streams slower on the CPUs
-    measured), the result rounded to bf16 as that kernel rounds it (the row too, where inductor keeps the cast; it
+    """x [1, 1, in] times a weight. fp32, bf16 and int8 as a reduction that inductor compiles for the weight's
+    shape: each weight read once, widened and multiplied by the row in fp32 (torch's int8 kernel streams slower on
+    the CPUs measured), int8 rounded to bf16 as that kernel rounds it (the row too, where inductor keeps the cast; it
     may drop a cast down and back up). int4 through torch's kernel, which streams faster than a compiled reduction
     that unpacks the nibbles."""
     kind, parts, bias = product
-    if kind == packed.INT8:
+    if kind == DENSE:  # a bf16 row is exact in fp32; the sum is rounded once to x's dtype, as oneDNN's product is
+        row = _materialized(x.reshape(1, x.size(-1)).float())
+        y = (parts[0].float() * row).sum(-1).to(x.dtype).view(*x.shape[:-1], -1)
+    elif kind == packed.INT8:
         weight, scales = parts  # [out, in] int8, [out] bf16
         row = _materialized(x.reshape(1, x.size(-1)).to(torch.bfloat16).float())
         y = ((weight.float() * row).sum(-1) * scales.float()).to(torch.bfloat16).to(x.dtype).view(*x.shape[:-1], -1)
@@ -197,9 +196,9 @@ def _failed(error: Exception) -> None:
 
 
 def head_logits(h: torch.Tensor, cache) -> torch.Tensor | None:
-    """After `run`: the logits [1, 1, V] of the final hidden state h [1, 1, D] through the quantized vocabulary
-    projection, compiled as the layers' products are (an int8 reduction); None where the projection is not
-    quantized or torch.compile failed."""
+    """After `run`: the logits [1, 1, V] of the final hidden state h [1, 1, D] through the vocabulary projection,
+    compiled as the layers' products are (a reduction); None for another kind of head or where torch.compile
+    failed."""
     head = cache.step_weights[1]
     if head is None or _failure:
         return None

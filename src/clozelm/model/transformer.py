@@ -530,7 +530,7 @@ class Transformer(nn.Module):
             h = hidden[torch.as_tensor(logits_at, device=self.device)]  # [N, D]
         logits = None
         if head and self.config.head is not None and stepped is not None:
-            logits = step.head_logits(h, cache)  # None where the head is not quantized
+            logits = step.head_logits(h, cache)  # None where it failed to compile
         if not head or self.config.head is None or logits is not None:
             pass
         elif self.config.head == "tied":

@@ -82,8 +82,8 @@ class Server(HardenedServer):
 
 def _compiled_models(models: dict, compile: bool | None) -> frozenset:
     """The names of the models whose generations decode through compiled steps: with `compile` None, every
-    generating model that allows them (int8 or int4 weights on the CPU; a server lives long enough to repay the
-    compile); True refuses a generating model that does not allow them; False: none."""
+    generating model that allows them (on the CPU; a server lives long enough to repay the seconds of compiling);
+    True refuses a generating model that does not allow them; False: none."""
     from ..generation import can_generate, compile_refusal
     if compile is False:
         return frozenset()
