@@ -105,6 +105,8 @@ def speed(args):
                   "clozelm bf16, no drafting": run_ours(ours_bf16, lookahead=0),
                   "clozelm int8, no drafting": run_ours(ours_int8, lookahead=0),
                   "clozelm int4, no drafting": run_ours(ours_int4, lookahead=0),
+                  "clozelm fp32, compiled, no drafting": run_ours(ours, lookahead=0, compile=True),
+                  "clozelm bf16, compiled, no drafting": run_ours(ours_bf16, lookahead=0, compile=True),
                   "clozelm int8, compiled, no drafting": run_ours(ours_int8, lookahead=0, compile=True),
                   "clozelm int4, compiled, no drafting": run_ours(ours_int4, lookahead=0, compile=True)}
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}  # the first call

@@ -85,11 +85,13 @@ def main(args) -> None:
                   "clozelm int4, no drafting": run_ours(models["int4"], lookahead=0),
                   "clozelm int4": run_ours(models["int4"]),
                   "clozelm bf16": run_ours(models["bf16"]),
+                  "clozelm fp32, compiled, no drafting": run_ours(models["fp32"], lookahead=0, compile=True),
+                  "clozelm bf16, compiled, no drafting": run_ours(models["bf16"], lookahead=0, compile=True),
                   "clozelm int8, compiled, no drafting": run_ours(models["int8"], lookahead=0, compile=True),
                   "clozelm int4, compiled, no drafting": run_ours(models["int4"], lookahead=0, compile=True),
                   "clozelm int4, compiled": run_ours(models["int4"], compile=True)}
-    compiling = time_it(contenders["clozelm int4, compiled"])[0]  # the first call compiles (model/step.py)
-    compiling_int8 = time_it(contenders["clozelm int8, compiled, no drafting"])[0]
+    # the first call of each compiled row compiles (model/step.py), before the rounds
+    compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}
     rate, outputs = interleaved(contenders, args.rounds, n)
     bandwidth = stream_bandwidth()
     per_token = {"Q4_1": gguf_bytes(path), "fp32": bytes_per_token(models["fp32"].network),
@@ -106,8 +108,8 @@ def main(args) -> None:
         fraction = (f"{rate[name] / (bandwidth / per_token[kind]):4.0%} of the {kind} limit" if "drafting" in name
                     or "llama" in name else "(drafting: beyond the limit)")
         print(f"{name:36s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs llama.cpp   {fraction}")
-    print(f"the compiled rows' first calls (compiling, before the rounds): int4 {compiling:.1f} s, then int8 "
-          f"{compiling_int8:.1f} s")
+    print("the compiled rows' first calls (compiling, before the rounds): " +
+          ", ".join(f"{name.removeprefix('clozelm ')} {seconds:.1f} s" for name, seconds in compiling.items()))
     reference = outputs["clozelm fp32, no drafting"]
     for name, tokens in outputs.items():
         same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))

@@ -220,7 +220,7 @@ def test_a_failing_compile_is_said_once_and_decoding_goes_on_without_it(monkeypa
         raise RuntimeError("inductor: cannot find Python.h\nmore lines")
 
     monkeypatch.setattr(step, "_failure", [])
-    monkeypatch.setattr(step, "_compiled_layer", broken)
+    monkeypatch.setattr(step, "_compiled", lambda signature: (broken, broken))
     assert list(generate_ids(net, [7, 8, 9], 12, lookahead=0, compile=True)) == want
     assert capsys.readouterr().err.count("compiled decoding steps failed (RuntimeError: inductor: cannot find "
                                          "Python.h); decoding without them") == 1
@@ -241,3 +241,15 @@ def test_a_streamed_generation_with_compiled_steps_gives_the_text_without_them()
     text = "It was a dark and stormy night, and"
     with_steps = "".join(stream_text(model, text, Sampling(max_new_tokens=12, compile=True)))
     assert with_steps == "".join(stream_text(model, text, Sampling(max_new_tokens=12, compile=False)))
+
+
+def test_each_weight_signature_has_graphs_of_its_own_and_equal_ones_share_them():
+    """One compiled function per signature: dynamo would otherwise test every other model's guards at each call."""
+    caches = []
+    for kind, seed in (("int8", 0), ("int8", 1), (None, 0)):
+        net = network(GPT2_STYLE, kind, seed=seed)
+        _, cache = one_token_steps(net, [1, 2, 3], compiled=True)
+        caches.append(cache.step_weights[2:])
+    assert caches[0] == caches[1]  # another network of the same shapes and formats: the same graphs
+    code = [[getattr(f, "_torchdynamo_orig_callable", f).__code__ for f in graphs] for graphs in caches]
+    assert all(a is not b for a, b in zip(code[0], code[2])) and code[0] == code[1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import types
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from . import fused, packed
 from . import transformer  # its attention functions; transformer.py imports this module too
 
-_compiled_layer = None  # the compiled graphs, made on first use: importing torch._dynamo costs a second
-_compiled_head = None
+# (what the graph reads: formats, shapes, dtypes) -> (compiled layer, compiled projection), made on first use
+_graphs: dict[tuple, tuple] = {}
 _failure: list[str] = []  # why torch.compile failed in this process, once it has: later steps stay eager
 DENSE = "dense"  # a product with the weight itself (fp32, bf16), as `_product` reads it
 
@@ -71,8 +72,38 @@ def takes(network, cache) -> bool:
     if _failure:
         return False
     if cache.step_weights is None:
-        cache.step_weights = ([_weights(block) for block in network.h], _head_weights(network))
+        layers, head = [_weights(block) for block in network.h], _head_weights(network)
+        cache.step_weights = (layers, head, *_compiled(_signature((layers[0], head))))
     return True
+
+
+def _signature(tree) -> tuple:
+    """What a compiled graph is specialised to in `tree` (nested tuples of tensors, formats and None): formats, and
+    each tensor's dtype and shape."""
+    if isinstance(tree, (tuple, list)):
+        return tuple(_signature(item) for item in tree)
+    return (tree.dtype, tuple(tree.shape)) if isinstance(tree, torch.Tensor) else tree
+
+
+def _compiled(signature: tuple) -> tuple:
+    """(layer graph, projection graph) for weights of this signature. Each signature gets functions of its own:
+    dynamo keeps the graphs of one function in a list and a call tests their guards in turn, so with one function
+    every model (or weight format) decoded in a process would slow down the steps of the others (docs/performance.md)."""
+    if signature not in _graphs:
+        if not _graphs:
+            # A process that decodes several models (a test suite, a study's evaluation) needs more graphs than
+            # dynamo's default of 8 per function before it would quietly stop compiling.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            from torch._inductor import inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
+        _graphs[signature] = tuple(torch.compile(_copy(f, len(_graphs))) for f in (_layer, _product))
+    return _graphs[signature]
+
+
+def _copy(function, n: int):
+    """`function` with a code object of its own (dynamo keeps its compiled graphs on the code object)."""
+    name = f"{function.__name__}_{n}"
+    return types.FunctionType(function.__code__.replace(co_name=name), function.__globals__, name,
+                              function.__defaults__)
 
 
 def _parts(owner) -> tuple[str, tuple[torch.Tensor, ...]]:
@@ -164,24 +195,17 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor | None:
     the caller advances). None where torch.compile fails (a compiler without Python's or torch's headers, say): it
     is said once, and the caller runs all the layers itself (rewriting the same keys into the slots of any layer
     that ran here first)."""
-    global _compiled_layer, _compiled_head
-    if _compiled_layer is None:
-        # One graph per model shape and weight format: a process that decodes several models (a test suite, a
-        # study's evaluation) needs more than dynamo's default of 8 before it would quietly stop compiling.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        from torch._inductor import inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
-        _compiled_layer = torch.compile(_layer)
-        _compiled_head = torch.compile(_product)
     config = network.config
     spec = (config.n_head, config.kv_heads, config.head_dim, config.norm == "rmsnorm", config.layer_norm_eps,
              config.activation)
     end = cache.length + 1
     try:
-        for i, weights in enumerate(cache.step_weights[0]):  # gathered by `takes`
+        layers, _, layer, _ = cache.step_weights  # gathered by `takes`
+        for i, weights in enumerate(layers):
             keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
             torch._dynamo.maybe_mark_dynamic(keys, 2)  # one graph for every length
             torch._dynamo.maybe_mark_dynamic(values, 2)
-            x = _compiled_layer(x, rope, weights, keys, values, spec)
+            x = layer(x, rope, weights, keys, values, spec)
     except Exception as error:  # noqa: BLE001 (inductor raises many kinds; any of them means: decode eagerly)
         _failed(error)
         return None
@@ -199,11 +223,11 @@ def head_logits(h: torch.Tensor, cache) -> torch.Tensor | None:
     """After `run`: the logits [1, 1, V] of the final hidden state h [1, 1, D] through the vocabulary projection,
     compiled as the layers' products are (a reduction); None for another kind of head or where torch.compile
     failed."""
-    head = cache.step_weights[1]
+    _, head, _, projection = cache.step_weights
     if head is None or _failure:
         return None
     try:
-        return _compiled_head(h, head)
+        return projection(h, head)
     except Exception as error:  # noqa: BLE001 (as in `run`)
         _failed(error)
         return None
