@@ -339,8 +339,8 @@ def test_products_of_many_rows_multiply_by_the_kernel_s_own_weights_in_bf16(kind
     lin.weight_format = kind
     rows = packed.AS_BF16_FROM_ROWS
     with torch.inference_mode():
-        _, parts = packed.quantized_parts(lin, lin.weight, kind)
-        weights = packed.quantized_product(torch.eye(64), kind, parts).T.to(torch.bfloat16)  # [48, 64]
+        kind, parts = packed.quantized_parts(lin, lin.weight, kind)
+        weights = packed.quantized_product(torch.eye(64), kind, parts).T.to(torch.bfloat16).contiguous()  # [48, 64]
         x = torch.randn(2, rows, 64)
         expected = torch.nn.functional.linear(x.to(torch.bfloat16), weights).float() + lin.bias
         assert torch.equal(lin(x), expected)

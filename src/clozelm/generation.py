@@ -19,6 +19,7 @@ import torch
 from . import scoring
 from .errors import ClozelmError
 from .model import step
+from .model.transformer import ONE_QUERY_MIN_KEYS
 
 # Generations of this many new tokens or more decode through compiled steps unless told (`Sampling.compile`): the
 # compile takes seconds (2-3 with inductor's disk cache warm, 5-9 without, on the machines measured), which a long
@@ -35,7 +36,7 @@ class Sampling:
     repetition_penalty: float = 1.0  # CTRL's rule: >1 discourages tokens already in the text
     seed: int | None = None
     stop_at_eos: bool = True
-    # Each layer of a one-token step as one compiled graph (int8 and int4 weights on the CPU; model/step.py).
+    # Each layer of a one-token step as one compiled graph (on the CPU; model/step.py).
     # None: for generations of COMPILE_FROM_TOKENS new tokens or more, where the model allows it.
     compile: bool | None = None
 
@@ -164,10 +165,12 @@ def compile_refusal(model) -> str | None:
 
 
 def compile_steps(model) -> None:
-    """Compile `model`'s one-token steps now (seconds; once per process and layer shape), so that its first
+    """Compile `model`'s one-token steps now (seconds; once per process and weight signature), so that its first
     compiled generation does not wait for them: a server does this before it answers."""
-    prompt = list(range(min(8, model.config.vocab_size)))
-    for _ in generate_ids(model, prompt, 3, lookahead=0, compile=True):  # the second step has a length to generalize
+    # Steps on both sides of the cache length where bf16 attention changes kernels (a branch the graph guards on).
+    length = max(2, min(ONE_QUERY_MIN_KEYS - 2, model.config.n_positions - 4))
+    prompt = [i % model.config.vocab_size for i in range(length)]
+    for _ in generate_ids(model, prompt, 4, lookahead=0, compile=True):
         pass
 
 

@@ -75,7 +75,8 @@ def load(name_or_path: str | Path, tokenizer: bool = True, dtype: str = "fp32", 
     the directory has none) and where it came from (`model.info`); weights in `dtype` ("fp32" or "bf16":
     half the memory, and faster on CPUs with bf16 units; "int8" and "int4": fp32 weights whose inference products
     read int8 copies (a quarter of the bytes) or int4 copies in groups of 32 (about a sixth; a Q4_1 GGUF keeps its
-    4-bit codes)), on `device` (see resolve_device)."""
+    4-bit codes), and products of many rows a bf16 copy of those weights (model/packed.py)), on `device` (see
+    resolve_device)."""
     if dtype not in DTYPES:
         raise ClozelmError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if dtype in packed.QUANTIZED and not packed.QUANTIZED[dtype]:

@@ -41,9 +41,11 @@ def test_a_server_compiles_its_int8_generating_model_before_the_first_request_an
         calls = []
         run = step.run
         monkeypatch.setattr(step, "run", lambda *a: calls.append(1) or run(*a))
-        text = streamed(server, {"text": "the cat", "max_tokens": 6})
-        assert calls and torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # compiled, nothing new
-        assert text == clozelm.generate("the cat", model=int8_models["causal"], max_new_tokens=6, compile=True)
+        sampled = {"temperature": 0.8, "seed": 1}  # sampling drafts nothing: every token a one-token step
+        text = streamed(server, {"text": "the cat", "max_tokens": 6, **sampled})
+        assert len(calls) == 5 and torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # nothing new
+        assert text == clozelm.generate("the cat", model=int8_models["causal"], max_new_tokens=6, compile=True,
+                                        **sampled)
         status, _, info = call(server, "GET", "/api/models")
         assert [m["compiled_steps"] for m in info["models"]] == [True, False]
         calls.clear()
@@ -69,3 +71,12 @@ def test_serve_compile_where_it_cannot_run_is_one_line_and_exit_2(model_dirs, ca
     code = main(["serve", "--model", str(model_dirs[1]), "--compare", "none", "--port", "0", "--compile"])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "none of the models served can generate" in err, err
+
+
+@needs_compiler
+def test_after_a_failed_compile_the_server_streams_without_compiled_steps(int8_models, monkeypatch):
+    with running(int8_models, compile=True) as server:
+        monkeypatch.setattr(step, "_failure", ["RuntimeError: inductor: cannot find Python.h"])
+        assert streamed(server, {"text": "the cat", "max_tokens": 4})  # eager, not an error for every request
+        status, _, info = call(server, "GET", "/api/models")
+        assert [m["compiled_steps"] for m in info["models"]] == [False, False]

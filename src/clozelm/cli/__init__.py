@@ -226,7 +226,8 @@ def add_parser(sub) -> None:
     p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="number of answers (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
-                        "copies for the products; int4 decodes fastest on CPU; default: %(default)s)")
+                        "copies for single rows, a bf16 copy of them for many; int8/int4 decode fastest on CPU; "
+                        "default: %(default)s)")
     add_device_option(p, with_dtype=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
@@ -250,7 +251,8 @@ def add_parser(sub) -> None:
     p.add_argument("--bf16", action="store_true", help="the same as --dtype bf16: faster on CPU, greedy output may differ")
     p.add_argument("--dtype", choices=DTYPES,
                    help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
-                        "copies for the products; int4 decodes fastest on CPU; default: fp32)")
+                        "copies for single rows, a bf16 copy of them for many; int8/int4 decode fastest on CPU; "
+                        "default: fp32)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="each layer of a decoding step as one compiled graph: faster tokens after seconds of "
                         "compiling; needs the CPU and no --beams (refused otherwise); "

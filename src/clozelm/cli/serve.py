@@ -13,7 +13,7 @@ EPILOG = """examples:
   clozelm serve                                   default vs default-bert on http://127.0.0.1:8765/
   clozelm serve --model default-fim --compare none --port 9000
   clozelm serve --model my-gpt2/ --compare my-bert/ --timeout 120
-  clozelm serve --model smollm2.gguf --compare none --dtype int4    int4 weights: the fastest CPU decoding
+  clozelm serve --model smollm2.gguf --compare none --dtype int4    int4 weights: the fewest bytes a token
 
 The server answers only on this machine unless --host says otherwise. Ctrl-C stops it.
 """
@@ -65,7 +65,8 @@ def add_parser(sub) -> None:
                    help="a second model shown beside the first; 'none' for one model (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights in this precision, for every model served (bf16: half the memory; int8/int4: "
-                        "fp32 weights, int8 or int4 copies for the products; int4 decodes fastest on CPU; "
+                        "fp32 weights, int8 or int4 copies for single rows, a bf16 copy of them for many; "
+                        "int8/int4 decode fastest on CPU; "
                         "default: %(default)s)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="generate through compiled decoding steps, compiled before the server starts (seconds; "

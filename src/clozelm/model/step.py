@@ -73,7 +73,12 @@ def takes(network, cache) -> bool:
         return False
     if cache.step_weights is None:
         layers, head = [_weights(block) for block in network.h], _head_weights(network)
-        cache.step_weights = (layers, head, *_compiled(_signature((layers[0], head))))
+        try:
+            graphs = _compiled(_signature((layers[0], head)))
+        except Exception as error:  # noqa: BLE001 (a broken inductor install: decode eagerly, as in `run`)
+            _failed(error)
+            return False
+        cache.step_weights = (layers, head, *graphs)
     return True
 
 

@@ -52,8 +52,8 @@ class KVCache:
         self.shared_keys: list[torch.Tensor] | None = None  # per layer [1, Hkv, shared, Dh]
         self.shared_values: list[torch.Tensor] | None = None
         # One-token steps into this cache run each layer compiled (model/step.py; a generation that asks sets it),
-        # reading the weights as gathered once for the cache: (per layer, the vocabulary projection), or () where
-        # they cannot.
+        # reading the weights as gathered once for the cache: (per layer, the vocabulary projection, the compiled
+        # layer, the compiled projection).
         self.compiled = False
         self.step_weights: tuple | None = None
 

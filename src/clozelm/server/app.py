@@ -36,7 +36,7 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
 
 class Server(HardenedServer):
     def __init__(self, models: dict, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
-                 quiet: bool = False, compile: bool | None = None):
+                 quiet: bool = False, compile: bool | None = False):
         if not models:
             raise ClozelmError("no model to serve")
         for name, model in models.items():
@@ -60,6 +60,12 @@ class Server(HardenedServer):
         from ..generation import compile_steps
         for name in self.compiled:
             compile_steps(self.models[name])
+
+    def compiles(self, name: str) -> bool:
+        """Whether the generations of model `name` decode through compiled steps now: chosen at start, and not
+        since refused (a torch.compile that failed in this process leaves every model eager, without an error)."""
+        from ..generation import compile_refusal
+        return name in self.compiled and compile_refusal(self.models[name]) is None
 
     def server_close(self) -> None:
         super().server_close()
@@ -111,9 +117,9 @@ def _read_static() -> dict:
 
 
 def make_server(models: dict, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
-                quiet: bool = False, compile: bool | None = None) -> Server:
+                quiet: bool = False, compile: bool | None = False) -> Server:
     """A server for `models` ({name: loaded Model}, first one first on the page), bound and ready for
     serve_forever(). port=0 picks a free port (server.url tells which). compile: whether generations decode
-    through compiled steps (None: where the model allows it; `server.compiled` names them, and
-    `server.compile_steps()` compiles them before the first request)."""
+    through compiled steps (None: where the model allows it, as `clozelm serve` does; `server.compiled` names
+    them, and `server.compile_steps()` compiles them before the first request, which otherwise waits for it)."""
     return Server(models, host, port, limits, quiet, compile)

@@ -129,7 +129,7 @@ class APIHandler(JSONHandler):
 
     def api_models(self, method, query):
         limits = asdict(self.server.limits)
-        self._send_json(200, {"models": [model_info(n, m, n in self.server.compiled)
+        self._send_json(200, {"models": [model_info(n, m, self.server.compiles(n))
                                          for n, m in self.server.models.items()],
                               "limits": {k: limits[k] for k in PUBLIC_LIMITS}})
 
@@ -220,7 +220,7 @@ class APIHandler(JSONHandler):
         model, text, stop, beams = models[name], f["text"], f["stop"], f["beams"]
         sampling = Sampling(max_new_tokens=f["max_tokens"], temperature=f["temperature"], top_k=f["top_k"],
                             top_p=f["top_p"], repetition_penalty=f["repetition_penalty"], seed=f["seed"],
-                            compile=name in self.server.compiled and beams == 1)
+                            compile=beams == 1 and self.server.compiles(name))
         sampling.check()
         unused = unused_settings(sampling, beams)
         if unused is not None:  # refused, as the command line refuses it, rather than silently ignored
