@@ -157,12 +157,16 @@ def test_compiled_generation_gives_the_greedy_tokens_and_reads_new_weights_in_a_
     assert cache.step_weights is None  # the switch is the generation's own cache, not the network's
 
 
-def test_compiled_steps_are_refused_where_they_cannot_run_and_chosen_for_long_generations():
+def test_compiled_steps_are_refused_where_they_cannot_run_and_chosen_for_long_generations(monkeypatch):
+    monkeypatch.setattr(packed, "has_amx", lambda: False)  # where they were measured faster
     for kind in (None, "int8"):
         net = network(GPT2_STYLE, kind)
         assert _compiles(net, None, COMPILE_FROM_TOKENS) == step.compiler_available()
         assert not _compiles(net, None, COMPILE_FROM_TOKENS - 1)
         assert not _compiles(net, False, COMPILE_FROM_TOKENS)
+    monkeypatch.setattr(packed, "has_amx", lambda: True)  # not yet measured there: only when asked for
+    assert not _compiles(net, None, COMPILE_FROM_TOKENS)
+    assert _compiles(net, True, 4) == step.compiler_available()
     bert = network(dict(GPT2_STYLE, causal=False, pre_ln=False), "int8")
     assert "causal" in step.fits(bert)
     with pytest.raises(ClozelmError, match="causal"):

@@ -18,12 +18,12 @@ import torch
 
 from . import scoring
 from .errors import ClozelmError
-from .model import step
+from .model import packed, step
 from .model.transformer import ONE_QUERY_MIN_KEYS
 
-# Generations of this many new tokens or more decode through compiled steps unless told (`Sampling.compile`): the
-# compile takes seconds (2-3 with inductor's disk cache warm, 5-9 without, on the machines measured), which a long
-# generation repays.
+# Generations of this many new tokens or more decode through compiled steps unless told (`Sampling.compile`), on
+# CPUs where that was measured faster (`compiled_by_default`): the compile takes seconds (2-3 with inductor's disk
+# cache warm, 5-9 without, on the machines measured), which a long generation repays.
 COMPILE_FROM_TOKENS = 1000
 
 
@@ -37,7 +37,8 @@ class Sampling:
     seed: int | None = None
     stop_at_eos: bool = True
     # Each layer of a one-token step as one compiled graph (on the CPU; model/step.py).
-    # None: for generations of COMPILE_FROM_TOKENS new tokens or more, where the model allows it.
+    # None: for generations of COMPILE_FROM_TOKENS new tokens or more, where the model allows it and
+    # `compiled_by_default` says so.
     compile: bool | None = None
 
     def check(self) -> None:
@@ -151,12 +152,20 @@ def _network(model):
 
 def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
     """Whether this generation decodes through compiled steps; refuses `compile=True` where they cannot run."""
-    if compile is False or (compile is None and max_new_tokens < COMPILE_FROM_TOKENS):
+    if compile is False or (compile is None and (max_new_tokens < COMPILE_FROM_TOKENS or not compiled_by_default())):
         return False
     why_not = step.fits(_network(model))
     if compile and why_not:
         raise ClozelmError(why_not)
     return why_not is None
+
+
+def compiled_by_default() -> bool:
+    """Whether decoding compiles its steps when nobody says (long generations, a server): on CPUs without AMX,
+    where the compiled steps were measured about twice as fast as eager ones in every weight format
+    (docs/performance.md). Not yet measured on a Xeon with AMX, whose eager products differ (row-major fp32, AMX
+    bf16): there only when asked for."""
+    return not packed.has_amx()
 
 
 def compile_refusal(model) -> str | None:

@@ -10,7 +10,7 @@ import torch
 
 import clozelm
 from clozelm.errors import ClozelmError
-from clozelm.model import step
+from clozelm.model import packed, step
 from clozelm.server import make_server
 
 from .helpers import call, running
@@ -34,7 +34,7 @@ def streamed(server, body: dict) -> str:
 @needs_compiler
 def test_a_server_compiles_its_int8_generating_model_before_the_first_request_and_streams_through_it(
         int8_models, monkeypatch):
-    with running(int8_models, compile=None) as server:
+    with running(int8_models, compile=True) as server:
         assert server.compiled == {"causal"}  # the masked model does not generate
         server.compile_steps()
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -55,8 +55,12 @@ def test_a_server_compiles_its_int8_generating_model_before_the_first_request_an
 
 def test_compiled_steps_are_chosen_where_a_model_allows_them_and_refused_where_asked_for_in_vain(
         models, int8_models, monkeypatch):
+    monkeypatch.setattr(packed, "has_amx", lambda: False)
     with running(models, compile=None) as server:  # fp32 weights: compiled reductions over the weights themselves
         assert server.compiled == ({"causal"} if step.compiler_available() else frozenset())
+    monkeypatch.setattr(packed, "has_amx", lambda: True)  # not yet measured there
+    with running(models, compile=None) as server:
+        assert server.compiled == frozenset()
     with running(int8_models, compile=False) as server:
         assert server.compiled == frozenset()
     with pytest.raises(ClozelmError, match="none of the models served can generate"):
