@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .args import DTYPES, _checked, add_device_option, float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
+from .args import _checked, add_device_option, add_dtype_option, float_in, int_in, nonnegative_int, positive_int, read_text_arg  # noqa: F401 (read_text_arg)
 from ..errors import ClozelmError
 from ..files import check_can_write_into, check_writable_dir, expand_inputs, make_dirs, remove_empty
 
@@ -224,10 +224,7 @@ def add_parser(sub) -> None:
     p.add_argument("-f", "--file", help="read the text from FILE")
     p.add_argument("--model", default="default", help="embedded name, directory or hub id (default: %(default)s)")
     p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="number of answers (default: %(default)s)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32",
-                   help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
-                        "copies for single rows, a bf16 copy of them for many; int8/int4 decode fastest on CPU; "
-                        "default: %(default)s)")
+    add_dtype_option(p)
     add_device_option(p, with_dtype=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_fill)
@@ -249,10 +246,7 @@ def add_parser(sub) -> None:
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--seed", type=nonnegative_int)
     p.add_argument("--bf16", action="store_true", help="the same as --dtype bf16: faster on CPU, greedy output may differ")
-    p.add_argument("--dtype", choices=DTYPES,
-                   help="weights in this precision (bf16: half the memory; int8/int4: fp32 weights, int8 or int4 "
-                        "copies for single rows, a bf16 copy of them for many; int8/int4 decode fastest on CPU; "
-                        "default: fp32)")
+    add_dtype_option(p, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="each layer of a decoding step as one compiled graph: faster tokens after seconds of "
                         "compiling; needs the CPU and no --beams (refused otherwise); "

@@ -25,6 +25,14 @@ DTYPES = ("fp32", "bf16", "int8", "int4")  # --dtype: clozelm.loading.DTYPES, na
 DEVICES = ("auto", "cpu", "cuda")  # --device: clozelm.loading.DEVICES
 
 
+def add_dtype_option(parser: argparse.ArgumentParser, default: str | None = "fp32", scope: str = "") -> None:
+    """--dtype for a command that runs a model; `default` None where another option may set it (generate's --bf16)."""
+    parser.add_argument("--dtype", choices=DTYPES, default=default,
+                        help=f"weights in this precision{scope} (bf16: half the memory; int8/int4: fp32 weights, int8 "
+                             "or int4 copies for single rows, a bf16 copy of them for many; int8/int4 decode fastest "
+                             "on CPU; default: fp32)")
+
+
 def add_device_option(parser: argparse.ArgumentParser, with_dtype: bool = False) -> None:
     """--device; `with_dtype`: the command also has --dtype, whose int8/int4 keep the model on the CPU."""
     quantized = " (with --dtype int8/int4: the CPU, whose kernels they use)" if with_dtype else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .args import DTYPES, add_device_option, float_in, int_in, port
+from .args import add_device_option, add_dtype_option, float_in, int_in, port
 from ..loaded import model_label
 from ..server.limits import LIMIT_RANGES
 
@@ -63,11 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="default", help="embedded name or model directory (default: %(default)s)")
     p.add_argument("--compare", default="default-bert", metavar="M2",
                    help="a second model shown beside the first; 'none' for one model (default: %(default)s)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32",
-                   help="weights in this precision, for every model served (bf16: half the memory; int8/int4: "
-                        "fp32 weights, int8 or int4 copies for single rows, a bf16 copy of them for many; "
-                        "int8/int4 decode fastest on CPU; "
-                        "default: %(default)s)")
+    add_dtype_option(p, scope=", for every model served")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="generate through compiled decoding steps, compiled before the server starts (seconds; "
                         "default: on CPUs without AMX, where measured faster; --no-compile: never, for the quickest "
