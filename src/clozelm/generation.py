@@ -176,6 +176,8 @@ def compile_refusal(model) -> str | None:
 def compile_steps(model) -> None:
     """Compile `model`'s one-token steps now (seconds; once per process and weight signature), so that its first
     compiled generation does not wait for them: a server does this before it answers."""
+    if compile_refusal(model) is not None:  # nothing to compile (torch.compile failed earlier in this process, say)
+        return
     # Steps on both sides of the cache length where bf16 attention changes kernels (a branch the graph guards on).
     length = max(2, min(ONE_QUERY_MIN_KEYS - 2, model.config.n_positions - 4))
     prompt = [i % model.config.vocab_size for i in range(length)]
