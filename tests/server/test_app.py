@@ -15,9 +15,6 @@ from clozelm.server import make_server
 
 from .helpers import call, running
 
-needs_compiler = pytest.mark.skipif(not step.compiler_available(), reason="torch.compile needs a C++ compiler")
-
-
 @pytest.fixture(scope="module")
 def int8_models(model_dirs):
     return {"causal": clozelm.load(model_dirs[0], dtype="int8"), "bidi": clozelm.load(model_dirs[1], dtype="int8")}
@@ -31,7 +28,6 @@ def streamed(server, body: dict) -> str:
     return "".join(line["text"] for line in lines[1:-1])
 
 
-@needs_compiler
 def test_a_server_compiles_its_int8_generating_model_before_the_first_request_and_streams_through_it(
         int8_models, monkeypatch):
     with running(int8_models, compile=True) as server:
@@ -77,7 +73,6 @@ def test_serve_compile_where_it_cannot_run_is_one_line_and_exit_2(model_dirs, ca
     assert code == 2 and err.strip().count("\n") == 0 and "none of the models served can generate" in err, err
 
 
-@needs_compiler
 def test_after_a_failed_compile_the_server_streams_without_compiled_steps(int8_models, monkeypatch):
     with running(int8_models, compile=True) as server:
         monkeypatch.setattr(step, "_failure", ["RuntimeError: inductor: cannot find Python.h"])
