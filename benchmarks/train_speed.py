@@ -8,10 +8,11 @@ the same weights (transformers' random init, copied into clozelm through save_pr
 use the same dropout, the same AdamW hyperparameters and decay groups, and the same learning-rate warm-up;
 after the loss-check steps their losses must agree within 1%.
 
-    clozelm    the trainer's default step: bf16 weights with fp32 master copies, each Linear layer's bias and
-               GELU inside oneDNN's product (CLOZELM_FUSED_LINEAR=0: apart), the vocabulary projection fused
-               into the cross-entropy, fused AdamW, and torch.compile where a long `clozelm train` run on this
-               machine uses it (--precision / --no-fused-loss / --no-compile: the other paths)
+    clozelm    the trainer's default step: bf16 weights with fp32 master copies where the CPU has bf16 units
+               (fp32 where it has not: an AVX2-only CPU emulates bf16), each Linear layer's bias and GELU inside
+               oneDNN's product (CLOZELM_FUSED_LINEAR=0: apart), the vocabulary projection fused into the
+               cross-entropy, fused AdamW, and torch.compile where a long `clozelm train` run on this machine
+               uses it (--precision / --no-fused-loss / --no-compile: the other paths)
     reference  transformers GPT2LMHeadModel, fp32, torch AdamW with its default implementation
 
 Each side runs with its own process settings: clozelm's as `clozelm train` sets them (it keeps freed memory
@@ -20,8 +21,9 @@ script of its own runs (the C library's default; --reference-reuse-memory gives 
 from which it gains as well).
 
 The limit: the step's matrix products (every Linear layer and the output projection, forward and both
-backward products, and the causal attention products) timed alone in bf16 at the step's own shapes on this
-machine in the same run; "fraction of the limit" = that time / the measured step time.
+backward products, and the causal attention products) timed alone at the step's own shapes on this machine in
+the same run, each in the faster of bf16 and fp32 here; "fraction of the limit" = that time / the measured step
+time.
 
 Shapes: "default" = 6 layers x 384, 6 heads, vocab 8192, seq 256, batch 16 (the embedded default model);
 "124M" = GPT-2 small (12 x 768, vocab 50257), seq 256, batch 8. Tokens come from the embedded default
@@ -53,7 +55,7 @@ from clozelm.training.loop import autocast, fused_loss_sum, lr_at, make_optimize
 from clozelm.training.memory import reuse_freed_memory
 from clozelm.training.numerics import COMPILE_FROM_STEPS, compile_by_default
 from clozelm.training.objectives import loss_sum
-from clozelm.training.precision import MasterWeights
+from clozelm.training.precision import MasterWeights, default_precision
 
 SHAPES = {
     "default": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, seq=256, batch=16),
@@ -236,7 +238,7 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
           f"{precision}, fused loss {'on' if fused else 'off'})")
     if compile:
         print(f"{name}: clozelm's first step, compilation included, took {times['clozelm'][0]:.1f}s (not counted)")
-    print(f"{name}: the step's matrix products alone take {limit:.2f}s in bf16 here: clozelm's step "
+    print(f"{name}: the step's matrix products alone take {limit:.2f}s here (each in the faster of bf16 and fp32): clozelm's step "
           f"({step_time['clozelm']:.2f}s) is {limit / step_time['clozelm']:.0%} of that limit")
     if loss_steps:
         a, b = losses["clozelm"][loss_steps - 1], losses["transformers"][loss_steps - 1]
@@ -266,19 +268,25 @@ def step_flops(shape: dict) -> float:
 
 
 def matmul_limit(shape: dict, reps: int = 3) -> float:
-    """Seconds this machine needs for one step's matrix products in bf16, each timed alone at its shape
-    (forward, gradient of the input, gradient of the weight), best of `reps`."""
+    """Seconds this machine needs for one step's matrix products, each timed alone at its shape (forward, gradient
+    of the input, gradient of the weight) in bf16 and in fp32, the faster of the two, best of `reps`: bf16 where
+    the CPU has bf16 units, fp32 where bf16 is emulated."""
     B, T, D, L, H = shape["batch"], shape["seq"], shape["n_embd"], shape["n_layer"], shape["n_head"]
     products = step_products(shape)
     total = 0.0
+    dtypes = (torch.bfloat16, torch.float32)
     for a_shape, b_shape, count in products:
-        a, b = torch.randn(a_shape, dtype=torch.bfloat16), torch.randn(b_shape, dtype=torch.bfloat16)
-        a @ b
-        best = min(_timed(lambda: a @ b) for _ in range(reps))
+        best = float("inf")
+        for dtype in dtypes:
+            a, b = torch.randn(a_shape, dtype=dtype), torch.randn(b_shape, dtype=dtype)
+            a @ b
+            best = min(best, *(_timed(lambda: a @ b) for _ in range(reps)))
         total += best * count
     # Causal attention: scores and weighted values forward, four products backward, half of each skipped.
-    q = torch.randn(B * H, T, D // H, dtype=torch.bfloat16)
-    best = min(_timed(lambda: torch.bmm(q, q.transpose(1, 2))) for _ in range(reps))
+    best = float("inf")
+    for dtype in dtypes:
+        q = torch.randn(B * H, T, D // H, dtype=dtype)
+        best = min(best, *(_timed(lambda: torch.bmm(q, q.transpose(1, 2))) for _ in range(reps)))
     total += best * 6 / 2 * L
     return total
 
@@ -372,7 +380,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short run: half batches, 8 loss-check steps, 124M timed on 3 steps")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--dropout", type=float, default=0.0, help="on both sides (default 0, clozelm train's default)")
-    ap.add_argument("--precision", default="bf16-master", choices=["bf16-master", "bf16", "fp32"])
+    ap.add_argument("--precision", choices=["bf16-master", "bf16", "fp32"],
+                    help="clozelm's precision (default: a new `clozelm train` run's on the device)")
     ap.add_argument("--no-fused-loss", dest="fused", action="store_false")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile clozelm's model (default: as a long `clozelm train` run on this machine "
@@ -391,6 +400,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    args.precision = args.precision or default_precision(torch.device(args.mfu or "cpu"))
     if args.mfu:
         for name in args.shapes:
             shape = dict(SHAPES[name], **({"batch": args.batch} if args.batch else {}))

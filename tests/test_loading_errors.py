@@ -474,9 +474,14 @@ def test_the_device_auto_is_a_gpu_when_there_is_one_except_for_cpu_kernels(monke
         resolve_device("gpu")
 
 
-def test_bf16_has_units_on_the_cpu_and_on_gpus_from_ampere(monkeypatch):
+def test_bf16_has_units_on_cpus_that_say_so_and_on_gpus_from_ampere(monkeypatch):
+    from clozelm.model import packed
     from clozelm.model.device import has_bf16_units
-    assert has_bf16_units(torch.device("cpu"))
+    for flags, native in (({"avx2", "avx512f", "avx512_bf16"}, True), ({"avx2", "amx_tile", "amx_bf16"}, True),
+                          ({"fp", "asimd", "bf16"}, True), ({"avx2", "fma"}, False), ({"avx2", "avx512f"}, False),
+                          (set(), False)):
+        monkeypatch.setattr(packed, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert has_bf16_units(torch.device("cpu")) is native
     for major, native in ((6, False), (7, False), (8, True), (9, True)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, major=major: (major, 0))
         assert has_bf16_units(torch.device("cuda")) is native

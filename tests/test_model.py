@@ -328,21 +328,25 @@ def test_int4_weights_are_exact_for_four_bit_weights_and_leave_the_parameters_al
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("units", [True, False], ids=["bf16-units", "no-bf16-units"])
 @pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_products_of_many_rows_multiply_by_the_kernel_s_own_weights_in_bf16(kind):
-    """From AS_BF16_FROM_ROWS rows on, a quantized product is a bf16 product with the weights the weight-only kernel
-    multiplies by (read back through the kernel itself: the identity's rows pick out one weight each); fewer rows
-    (a token, a short draft) go through the kernel."""
+def test_products_of_many_rows_multiply_by_the_kernel_s_own_weights(kind, units, monkeypatch):
+    """From AS_DENSE_FROM_ROWS rows on, a quantized product is a dense product with the weights the weight-only
+    kernel multiplies by (read back through the kernel itself: the identity's rows pick out one weight each), in bf16
+    where the CPU has bf16 units and in fp32 where bf16 is emulated; fewer rows (a token, a short draft) go through
+    the kernel."""
     from clozelm.model import packed
+    monkeypatch.setattr(packed, "has_bf16_units", lambda: units)
+    dtype = torch.bfloat16 if units else torch.float32
     torch.manual_seed(0)
     lin = packed.Linear(64, 48)
     lin.weight_format = kind
-    rows = packed.AS_BF16_FROM_ROWS
+    rows = packed.AS_DENSE_FROM_ROWS
     with torch.inference_mode():
         kind, parts = packed.quantized_parts(lin, lin.weight, kind)
-        weights = packed.quantized_product(torch.eye(64), kind, parts).T.to(torch.bfloat16).contiguous()  # [48, 64]
+        weights = packed.quantized_product(torch.eye(64), kind, parts).T.to(dtype).contiguous()  # [48, 64]
         x = torch.randn(2, rows, 64)
-        expected = torch.nn.functional.linear(x.to(torch.bfloat16), weights).float() + lin.bias
+        expected = torch.nn.functional.linear(x.to(dtype), weights).float() + lin.bias
         assert torch.equal(lin(x), expected)
         assert torch.equal(lin(x[:1, :rows // 2]), packed.quantized_product(x[:1, :rows // 2], kind, parts) + lin.bias)
         full = torch.nn.functional.linear(x, lin.weight, lin.bias)
@@ -401,7 +405,7 @@ def _bf16_layer(n_in=96, n_out=160, seed=0):
     return x, w, b
 
 
-@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.skipif(not fused.AVAILABLE, reason="no oneDNN bf16 product here (a torch build without it, or a CPU without AVX-512)")
 @pytest.mark.parametrize("activation", [None, *fused.POST_OPS])
 def test_fused_bf16_product_is_rounded_once_from_the_exact_value(activation):
     x, w, b = _bf16_layer()
@@ -418,7 +422,7 @@ def test_fused_bf16_product_is_rounded_once_from_the_exact_value(activation):
         assert torch.equal(got, plain)
 
 
-@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.skipif(not fused.AVAILABLE, reason="no oneDNN bf16 product here (a torch build without it, or a CPU without AVX-512)")
 @pytest.mark.parametrize("activation", [None, *fused.POST_OPS])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("wanted", ["all", "input", "weights"])
@@ -443,7 +447,7 @@ def test_fused_bf16_product_has_the_plain_path_s_gradients(activation, bias, wan
     assert grads[0][0] is not None or wanted == "weights"
 
 
-@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.skipif(not fused.AVAILABLE, reason="no oneDNN bf16 product here (a torch build without it, or a CPU without AVX-512)")
 def test_under_autocast_fp32_layers_get_autocast_s_gradients(monkeypatch):
     from clozelm.model import packed
 
@@ -467,7 +471,7 @@ def test_under_autocast_fp32_layers_get_autocast_s_gradients(monkeypatch):
     assert (outputs[0].float() - outputs[1].float()).abs().max() <= 2 ** -7 * outputs[1].float().abs().max()
 
 
-@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.skipif(not fused.AVAILABLE, reason="no oneDNN bf16 product here (a torch build without it, or a CPU without AVX-512)")
 def test_fused_product_refuses_a_second_derivative():
     x, w, b = (t.requires_grad_() for t in _bf16_layer())
     y = fused.linear(x, w, b, "gelu_tanh")
@@ -476,7 +480,7 @@ def test_fused_product_refuses_a_second_derivative():
         grad_x.float().sum().backward()
 
 
-@pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN bf16 product")
+@pytest.mark.skipif(not fused.AVAILABLE, reason="no oneDNN bf16 product here (a torch build without it, or a CPU without AVX-512)")
 @pytest.mark.parametrize("switches", [dict(), dict(mlp="gated", activation="silu", norm="rmsnorm", positions="rope", bias=False),
                                       dict(causal=False, pre_ln=False, activation="gelu", head="mlm")])
 def test_bf16_models_with_and_without_the_fused_product_agree(switches, monkeypatch):

@@ -71,7 +71,7 @@ def test_micro_batch_gradients_sum_in_fp32():
 def test_new_runs_train_in_fp32_on_gpus_without_bf16_matrix_units(monkeypatch, capsys):
     """bf16 with fp32 masters by default, but fp32 on a CUDA GPU older than Ampere (torch emulates bf16 products
     there), with a note; a precision the run asks for is kept."""
-    from clozelm.model import ModelConfig
+    from clozelm.model import ModelConfig, packed
     from clozelm.training.config import TrainConfig
     from clozelm.training.distributed import Dist
     from clozelm.training.precision import default_precision
@@ -82,6 +82,7 @@ def test_new_runs_train_in_fp32_on_gpus_without_bf16_matrix_units(monkeypatch, c
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     gpu = Dist(device=torch.device("cuda"))
     model = ModelConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2, extra={"objective": "clm"})
+    monkeypatch.setattr(packed, "has_bf16_units", lambda: True)  # a CPU with AMX or AVX-512 BF16
     assert default_precision(torch.device("cpu")) == "bf16-master"
     assert default_precision(gpu.device) == "fp32"
     assert _new_run_config(TrainConfig(), model, False, gpu).precision == "fp32"
@@ -91,3 +92,22 @@ def test_new_runs_train_in_fp32_on_gpus_without_bf16_matrix_units(monkeypatch, c
     capability["major"] = 8  # Ampere and later
     assert _new_run_config(TrainConfig(), model, False, gpu).precision == "bf16-master"
     assert _new_run_config(TrainConfig(), model, False, Dist()).precision == "bf16-master"
+
+
+def test_new_runs_train_in_fp32_on_cpus_without_bf16_units(monkeypatch, capsys):
+    """An x86 CPU with AVX2 only (or AVX-512 without BF16) emulates bf16 products, several times slower than fp32:
+    new runs train in fp32 there, with a note; one that asks for bf16 keeps it."""
+    from clozelm.model import ModelConfig, packed
+    from clozelm.training.config import TrainConfig
+    from clozelm.training.distributed import Dist
+    from clozelm.training.runner import _new_run_config
+
+    model = ModelConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2, extra={"objective": "clm"})
+    monkeypatch.setattr(packed, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
+    assert _new_run_config(TrainConfig(), model, False, Dist()).precision == "fp32"
+    assert "training in fp32 (this CPU has no bf16 units" in capsys.readouterr().err
+    assert _new_run_config(TrainConfig(precision="bf16"), model, False, Dist()).precision == "bf16"
+    assert capsys.readouterr().err == ""
+    for units in ("avx512_bf16", "amx_bf16", "bf16"):  # AMD Zen 4, Intel Xeon with AMX, Arm with the BF16 extension
+        monkeypatch.setattr(packed, "cpu_flags", lambda units=units: frozenset({"avx2", units}))
+        assert _new_run_config(TrainConfig(), model, False, Dist()).precision == "bf16-master"

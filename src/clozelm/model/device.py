@@ -26,6 +26,9 @@ def resolve_device(device: str, dtype: str = "fp32") -> torch.device:
 
 
 def has_bf16_units(device: torch.device) -> bool:
-    """Whether bf16 products run natively here: the CPU (oneDNN's bf16 kernels), a CUDA GPU from Ampere on; older
-    GPUs (a T4, a V100) have no bf16 matrix units and torch emulates bf16 there, slower than fp32."""
-    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
+    """Whether bf16 products run natively here: a CPU with bf16 units (`packed.has_bf16_units`: AMX, AVX-512 BF16,
+    Arm's BF16), a CUDA GPU from Ampere on. Elsewhere (an AVX2-only CPU; a T4, a V100) bf16 is emulated, slower
+    than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return packed.has_bf16_units()

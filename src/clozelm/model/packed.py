@@ -18,11 +18,13 @@ pass's under autocast: the same casts, and the bias and activation inside the pr
 
 Fewer bytes still: `use_quantized_weights` gives the products int8 or int4 copies of the weights (torch's
 weight-only CPU kernels, which dequantise inside the product), made and cached the same way; products of many
-rows multiply by a bf16 copy of the dequantised weights instead, which is faster there (`AS_BF16_FROM_ROWS`).
+rows multiply by a dense copy of the dequantised weights instead, which is faster there (`AS_DENSE_FROM_ROWS`):
+bf16 where the CPU has bf16 units, fp32 where it has not.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 
@@ -49,6 +51,18 @@ def _available() -> bool:
 
 
 AVAILABLE = _available()
+
+
+def _bf16_packable() -> bool:
+    """Whether oneDNN packs bf16 weights here: it needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, and refuses on
+    CPUs with AVX2 alone, whose bf16 weights then multiply row-major."""
+    try:
+        return AVAILABLE and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+BF16_PACKABLE = _bf16_packable()
 
 
 def _int8_available() -> bool:
@@ -119,11 +133,12 @@ AUTOCAST_BF16 = "autocast-bf16"  # the bf16 copy autocast makes of an fp32 weigh
 INT8_K_MULTIPLE = 16
 INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block (a Q4_1 GGUF keeps its 4-bit codes)
 # The weight-only kernels stream the weights once per product, which is what one token or a short draft needs; with
-# more rows they fall behind a bf16 product (2-3x at a few hundred rows, timed at the 124M and SmolLM2 shapes), so
-# products of this many rows or more (a prompt, fill's candidates, eval's windows) multiply by a bf16 copy of the
-# weights the kernel would use, made once and kept like the others.
-AS_BF16_FROM_ROWS = 8
-AS_BF16 = {INT8: "int8 as bf16", INT4: "int4 as bf16"}
+# more rows they fall behind a dense product (timed at the 124M and SmolLM2 shapes), so products of this many rows
+# or more (a prompt, fill's candidates, eval's windows) multiply by a dense copy of the weights the kernel would use,
+# made once and kept like the others: bf16 where the CPU has bf16 units, else fp32 (bf16 products are then emulated,
+# slower than fp32 ones).
+AS_DENSE_FROM_ROWS = 8
+AS_DENSE = {INT8: "int8 dequantized", INT4: "int4 dequantized"}
 # owner -> {kind: (the weight's key, its quantized copy or None where the kind does not fit its shape)}
 _quant_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
@@ -180,10 +195,11 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     if kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
         copy = _counted(lambda: weight.detach().to(torch.bfloat16), weight.numel() * 2)
         parts = None if copy is None else (copy,)
-    elif kind in AS_BF16.values():
-        quantized = INT8 if kind == AS_BF16[INT8] else INT4
+    elif kind in AS_DENSE.values():
+        quantized = INT8 if kind == AS_DENSE[INT8] else INT4
+        dtype = dense_dtype()
         copy = None if _quantized(owner, weight, quantized) is None else \
-            _counted(lambda: _dequantized(w, quantized), weight.numel() * 2)
+            _counted(lambda: _dequantized(w, quantized).to(dtype), weight.numel() * dtype.itemsize)
         parts = None if copy is None else (copy,)
     elif w.shape[1] % (INT8_K_MULTIPLE if kind == INT8 else INT4_GROUP):
         parts = None
@@ -255,22 +271,44 @@ def _quantized_linear(x, weight, bias, owner, kind):
     found = quantized_parts(owner, weight, kind)
     if found is None:
         return None
-    if x.numel() >= AS_BF16_FROM_ROWS * x.size(-1):
-        copy = _quantized(owner, weight, AS_BF16[found[0]])
+    if x.numel() >= AS_DENSE_FROM_ROWS * x.size(-1):
+        copy = _quantized(owner, weight, AS_DENSE[found[0]])
         if copy is not None:
-            y = _plain_linear(x.to(torch.bfloat16), copy[0], None).to(x.dtype)
+            y = _plain_linear(x.to(copy[0].dtype), copy[0], None).to(x.dtype)
             return y if bias is None else y + bias
     y = quantized_product(x, *found)
     return y if bias is None else y + bias
 
 
-def has_amx() -> bool:
-    """Whether this CPU has AMX matrix units (recent Xeons): the machine classes differ in what pays."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86's "flags", Arm's "Features" in /proc/cpuinfo); empty where unreadable."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
     except OSError:
-        return False
+        pass
+    return frozenset()
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX matrix units (recent Xeons): the machine classes differ in what pays."""
+    return "amx_tile" in cpu_flags()
+
+
+def has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 natively: AMX or AVX-512 BF16 on x86, the BF16 extension on Arm. Elsewhere
+    (x86 CPUs with AVX2 only, or AVX-512 without BF16) oneDNN widens bf16 to fp32 around every product, which
+    makes a bf16 product of many rows several times slower than the fp32 one; one row still reads half the bytes."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def dense_dtype() -> torch.dtype:
+    """The dtype of the dense copies products of many rows multiply by in int8/int4 mode."""
+    return torch.bfloat16 if has_bf16_units() else torch.float32
 
 
 # Which weights to pack, by machine class (benchmarks/generate_speed.py, A/B with CLOZELM_PACKED_WEIGHTS=0): the
@@ -299,7 +337,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
             return fused.linear(x, w, b, activation)
         return fused.activate(_plain_linear(x, w, b), activation)
     if (AVAILABLE and x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
-            and x.dtype == weight.dtype and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and PACK_FP32))
+            and x.dtype == weight.dtype and ((weight.dtype == torch.bfloat16 and BF16_PACKABLE)
+                                             or (weight.dtype == torch.float32 and PACK_FP32))
             and (bias is None or bias.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu")):
         packed = _packed(owner, weight)
         if packed is not None:

@@ -387,7 +387,7 @@ def _init_name(config: TrainConfig, init: Model | None) -> str | None:
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU"
 
 
 def _say(text: str) -> None:
