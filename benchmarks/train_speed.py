@@ -22,8 +22,8 @@ from which it gains as well).
 
 The limit: the step's matrix products (every Linear layer and the output projection, forward and both
 backward products, and the causal attention products) timed alone at the step's own shapes on this machine in
-the same run, each in the faster of bf16 and fp32 here; "fraction of the limit" = that time / the measured step
-time.
+the same run, in bf16 where the CPU has bf16 units and in fp32 where it has not (bf16 products are emulated there,
+tens of times slower); "fraction of the limit" = that time / the measured step time.
 
 Shapes: "default" = 6 layers x 384, 6 heads, vocab 8192, seq 256, batch 16 (the embedded default model);
 "124M" = GPT-2 small (12 x 768, vocab 50257), seq 256, batch 8. Tokens come from the embedded default
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 import clozelm
-from clozelm.model import Transformer
+from clozelm.model import Transformer, packed
 from clozelm.training import TrainConfig
 from clozelm.training.loop import autocast, fused_loss_sum, lr_at, make_optimizer
 from clozelm.training.memory import reuse_freed_memory
@@ -238,7 +238,7 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
           f"{precision}, fused loss {'on' if fused else 'off'})")
     if compile:
         print(f"{name}: clozelm's first step, compilation included, took {times['clozelm'][0]:.1f}s (not counted)")
-    print(f"{name}: the step's matrix products alone take {limit:.2f}s here (each in the faster of bf16 and fp32): clozelm's step "
+    print(f"{name}: the step's matrix products alone take {limit:.2f}s in {LIMIT_DTYPE} here: clozelm's step "
           f"({step_time['clozelm']:.2f}s) is {limit / step_time['clozelm']:.0%} of that limit")
     if loss_steps:
         a, b = losses["clozelm"][loss_steps - 1], losses["transformers"][loss_steps - 1]
@@ -246,6 +246,10 @@ def run_shape(name: str, shape: dict, loss_steps: int, timed_steps: int, dropout
         print(f"{name}: loss after {loss_steps} steps: clozelm {a:.4f}, transformers {b:.4f}, "
               f"relative difference {rel:.2%} ({'OK' if rel < 0.01 else 'MORE THAN 1%'})")
     return rate
+
+
+# The matrix products' fastest dtype here: bf16 on CPUs with bf16 units, fp32 where bf16 is emulated.
+LIMIT_DTYPE = "bf16" if packed.has_bf16_units() else "fp32"
 
 
 def step_products(shape: dict) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
@@ -269,24 +273,19 @@ def step_flops(shape: dict) -> float:
 
 def matmul_limit(shape: dict, reps: int = 3) -> float:
     """Seconds this machine needs for one step's matrix products, each timed alone at its shape (forward, gradient
-    of the input, gradient of the weight) in bf16 and in fp32, the faster of the two, best of `reps`: bf16 where
-    the CPU has bf16 units, fp32 where bf16 is emulated."""
+    of the input, gradient of the weight) in LIMIT_DTYPE, best of `reps`."""
     B, T, D, L, H = shape["batch"], shape["seq"], shape["n_embd"], shape["n_layer"], shape["n_head"]
     products = step_products(shape)
     total = 0.0
-    dtypes = (torch.bfloat16, torch.float32)
+    dtype = torch.bfloat16 if LIMIT_DTYPE == "bf16" else torch.float32
     for a_shape, b_shape, count in products:
-        best = float("inf")
-        for dtype in dtypes:
-            a, b = torch.randn(a_shape, dtype=dtype), torch.randn(b_shape, dtype=dtype)
-            a @ b
-            best = min(best, *(_timed(lambda: a @ b) for _ in range(reps)))
+        a, b = torch.randn(a_shape, dtype=dtype), torch.randn(b_shape, dtype=dtype)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(reps))
         total += best * count
     # Causal attention: scores and weighted values forward, four products backward, half of each skipped.
-    best = float("inf")
-    for dtype in dtypes:
-        q = torch.randn(B * H, T, D // H, dtype=dtype)
-        best = min(best, *(_timed(lambda: torch.bmm(q, q.transpose(1, 2))) for _ in range(reps)))
+    q = torch.randn(B * H, T, D // H, dtype=dtype)
+    best = min(_timed(lambda: torch.bmm(q, q.transpose(1, 2))) for _ in range(reps))
     total += best * 6 / 2 * L
     return total
 
@@ -314,7 +313,7 @@ def matmul_ceiling(n: int = 1024, reps: int = 6) -> float:
     fp32, bf16 = statistics.median(times[torch.float32]), statistics.median(times[torch.bfloat16])
     flops = 4 * 2 * n ** 3
     print(f"matmul {n}^3: fp32 {flops / fp32 / 1e9:,.0f} GFLOP/s, bf16 {flops / bf16 / 1e9:,.0f} GFLOP/s, "
-          f"bf16/fp32 x{fp32 / bf16:.2f} (the ceiling for the training ratios below)")
+          f"bf16/fp32 x{fp32 / bf16:.2f} (the ceiling for the training ratios below: x{max(1.0, fp32 / bf16):.2f})")
     return fp32 / bf16
 
 

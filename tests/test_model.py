@@ -353,6 +353,34 @@ def test_products_of_many_rows_multiply_by_the_kernel_s_own_weights(kind, units,
         assert (lin(x) - full).abs().max() < 0.1 * full.abs().max()  # the quantized weights, not others
 
 
+@pytest.mark.parametrize("activation", [None, "gelu_tanh"])
+def test_bf16_products_of_many_rows_widen_to_fp32_where_the_cpu_has_no_bf16_units(activation, monkeypatch):
+    """Without bf16 units (an AVX2-only CPU) a bf16 product of many rows is emulated, tens of times slower than fp32:
+    it multiplies the widened weights in fp32 and rounds once; fewer rows, and CPUs with the units, stay bf16."""
+    from clozelm.model import fused, packed
+    torch.manual_seed(0)
+    lin = packed.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(2, packed.AS_DENSE_FROM_ROWS, 64).to(torch.bfloat16)
+    wide = fused.activate(torch.nn.functional.linear(x.float(), lin.weight.float(), lin.bias.float()), activation)
+    plain, multiplied = packed._plain_linear, []
+    monkeypatch.setattr(packed, "_plain_linear", lambda x, w, b: multiplied.append(w.dtype) or plain(x, w, b))
+    monkeypatch.setattr(fused, "AVAILABLE", False)  # every bf16 product through _plain_linear, to be seen
+    monkeypatch.setattr(packed, "BF16_PACKABLE", False)
+
+    def product_dtypes(rows: torch.Tensor) -> list:
+        multiplied.clear()
+        assert lin(rows, activation).dtype == torch.bfloat16
+        return list(multiplied)
+
+    with torch.inference_mode():
+        monkeypatch.setattr(packed, "has_bf16_units", lambda: False)
+        assert torch.equal(lin(x, activation), wide.to(torch.bfloat16))
+        assert product_dtypes(x) == [torch.float32]
+        assert product_dtypes(x[:1, :packed.AS_DENSE_FROM_ROWS // 2]) == [torch.bfloat16]
+        monkeypatch.setattr(packed, "has_bf16_units", lambda: True)
+        assert product_dtypes(x) == [torch.bfloat16]
+
+
 def test_int4_falls_back_to_int8_where_only_int8_fits():
     from clozelm.model import packed
     torch.manual_seed(0)

@@ -345,6 +345,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
             if weight.dtype == torch.bfloat16 and fused.AVAILABLE:
                 return fused.linear(x, packed, bias, activation)
             return fused.activate(torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""), activation)
+    if (weight.dtype == x.dtype == torch.bfloat16 and x.device.type == weight.device.type == "cpu"
+            and not torch.is_grad_enabled() and x.numel() >= AS_DENSE_FROM_ROWS * x.size(-1) and not has_bf16_units()):
+        # Without bf16 units a bf16 product of many rows is emulated, tens of times slower than widening the
+        # weights for it; a row or a few still read the weights in bf16, half the bytes.
+        y = _plain_linear(x.float(), weight.float(), None if bias is None else bias.float())
+        return fused.activate(y, activation).to(torch.bfloat16)
     if fused.applies(x, weight, bias):
         return fused.linear(x, weight, bias, activation)
     return fused.activate(_plain_linear(x, weight, bias), activation)
