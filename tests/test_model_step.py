@@ -159,11 +159,17 @@ def test_compiled_generation_gives_the_greedy_tokens_and_reads_new_weights_in_a_
 
 def test_compiled_steps_are_refused_where_they_cannot_run_and_chosen_for_long_generations(monkeypatch):
     monkeypatch.setattr(packed, "has_amx", lambda: False)  # where they were measured faster
-    for kind in (None, "int8"):
+    monkeypatch.setattr(packed, "has_avx512", lambda: True)
+    for kind in (None, "int8", "int4"):
         net = network(GPT2_STYLE, kind)
         assert _compiles(net, None, COMPILE_FROM_TOKENS) == step.compiler_available()
         assert not _compiles(net, None, COMPILE_FROM_TOKENS - 1)
         assert not _compiles(net, False, COMPILE_FROM_TOKENS)
+    monkeypatch.setattr(packed, "has_avx512", lambda: False)  # AVX2 alone: int8/int4 steps measured slower compiled
+    for kind, compiled in ((None, True), ("int8", False), ("int4", False)):
+        net = network(GPT2_STYLE, kind)
+        assert _compiles(net, None, COMPILE_FROM_TOKENS) == (compiled and step.compiler_available())
+        assert _compiles(net, True, 4) == step.compiler_available()
     monkeypatch.setattr(packed, "has_amx", lambda: True)  # not yet measured there: only when asked for
     assert not _compiles(net, None, COMPILE_FROM_TOKENS)
     assert _compiles(net, True, 4) == step.compiler_available()

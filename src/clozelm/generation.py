@@ -152,7 +152,7 @@ def _network(model):
 
 def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
     """Whether this generation decodes through compiled steps; refuses `compile=True` where they cannot run."""
-    if compile is False or (compile is None and (max_new_tokens < COMPILE_FROM_TOKENS or not compiled_by_default())):
+    if compile is False or (compile is None and (max_new_tokens < COMPILE_FROM_TOKENS or not compiled_by_default(model))):
         return False
     why_not = step.fits(_network(model))
     if compile and why_not:
@@ -160,12 +160,17 @@ def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
     return why_not is None
 
 
-def compiled_by_default() -> bool:
-    """Whether decoding compiles its steps when nobody says (long generations, a server): on CPUs without AMX,
-    where the compiled steps were measured about twice as fast as eager ones in every weight format
-    (docs/performance.md). Not yet measured on a Xeon with AMX, whose eager products differ (row-major fp32, AMX
-    bf16): there only when asked for."""
-    return not packed.has_amx()
+def compiled_by_default(model=None) -> bool:
+    """Whether `model`'s decoding compiles its steps when nobody says (long generations, a server): where they
+    were measured faster than eager ones (docs/performance.md): on CPUs without AMX, for fp32 and bf16 weights, and
+    for int8 and int4 ones only with AVX-512 (with AVX2 alone the compiled int8/int4 reductions were 2-4x slower than
+    the eager kernels). Not yet measured on a Xeon with AMX, whose eager products differ (row-major fp32, AMX
+    bf16): there only when asked for. Without a model: for fp32 weights."""
+    if packed.has_amx():
+        return False
+    quantized = model is not None and any(packed.QUANTIZED.get(getattr(module, "weight_format", None))
+                                          for module in _network(model).modules())
+    return not quantized or packed.has_avx512()
 
 
 def compile_refusal(model) -> str | None:

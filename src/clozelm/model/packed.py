@@ -299,6 +299,11 @@ def has_amx() -> bool:
     return "amx_tile" in cpu_flags()
 
 
+def has_avx512() -> bool:
+    """Whether this x86 CPU has AVX-512 (the foundation set): compiled int8/int4 reductions pay only with it."""
+    return "avx512f" in cpu_flags()
+
+
 def has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 natively: AMX or AVX-512 BF16 on x86, the BF16 extension on Arm. Elsewhere
     (x86 CPUs with AVX2 only, or AVX-512 without BF16) oneDNN widens bf16 to fp32 around every product, which
