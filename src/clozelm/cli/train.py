@@ -87,7 +87,7 @@ def add_parser(sub) -> None:
     g.add_argument("--weight-decay", type=float, metavar="X", help="AdamW decoupled weight decay on weight matrices (default 0.1)")
     g.add_argument("--grad-clip", type=float, metavar="X", help="clip the gradient norm to this (default 1.0; 0 = off)")
     g.add_argument("--precision", choices=PRECISIONS,
-                   help="bf16-master (default; fp32 on CUDA GPUs older than Ampere): bf16 weights with fp32 master copies; bf16: autocast over fp32 weights; fp32")
+                   help="bf16-master (default; fp32 where bf16 is emulated: CUDA GPUs older than Ampere, CPUs without AMX or AVX-512 BF16): bf16 weights with fp32 master copies; bf16: autocast over fp32 weights; fp32")
     g.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="fuse the vocabulary projection into the cross-entropy (default on; --no-fused-loss: the plain path)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,

@@ -78,7 +78,7 @@ def fill(text: str, model, top: int = 5, options: FillOptions | None = None, **k
     filler = BidirectionalFiller(model, tok, opts) if method == "masked" else CausalFiller(model, tok, opts)
     # bf16 matrix products (AMX on recent Xeons, tensor cores on GPUs) make the search several times faster;
     # LayerNorm and softmax stay in fp32 under autocast, and scores stay comparable within one setting. Where bf16
-    # is emulated (GPUs older than Ampere) it would be slower than fp32.
+    # is emulated (GPUs older than Ampere, CPUs with AVX2 alone) it would be slower than fp32.
     bf16 = opts.precision == "bf16" and has_bf16_units(model.device)
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
         results = filler.fill(segments, list(template.blanks))

@@ -46,8 +46,8 @@ class FillOptions:
     lookahead_keep   causal, FIM: how many of those the look-ahead adds to the `width` best
     fim_judge        FIM models: "both" (default: the FIM and left-to-right readings, averaged), "fim" or
                      "causal" (left-to-right alone, as for any causal model); None: the model's default
-    precision        "bf16" (default: autocast matrix products, several times faster; fp32 on GPUs without bf16
-                     units) or "fp32"
+    precision        "bf16" (default: autocast matrix products, several times faster; fp32 where bf16 has no
+                     units: GPUs older than Ampere, CPUs without AMX or AVX-512 BF16) or "fp32"
     """
 
     beam: int = 8

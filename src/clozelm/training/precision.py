@@ -21,7 +21,7 @@ from ..model.device import has_bf16_units
 
 def default_precision(device: torch.device) -> str:
     """A new run's precision when it does not say: bf16 with fp32 masters, or fp32 where bf16 products are
-    emulated (a CUDA GPU older than Ampere)."""
+    emulated (a CUDA GPU older than Ampere, a CPU without AMX or AVX-512 BF16)."""
     return "bf16-master" if has_bf16_units(device) else "fp32"
 
 
