@@ -14,6 +14,12 @@ if [ "$which" != 30m ]; then
   clozelm study data/corpus --out data/study-3m --seeds 3 --tokens 3000000 --no-progress
 fi
 [ "$which" != 3m ] || exit 0
+# The recorded full-budget runs trained in bf16 with fp32 masters; a CPU without bf16 units (AVX2 alone) would
+# train the rest in fp32 (another recipe) or emulate bf16, tens of times slower: run them on a machine with the units.
+if ! grep -qwE 'amx_bf16|avx512_bf16|bf16' /proc/cpuinfo; then
+  echo "study.sh: this CPU has no bf16 units (no AMX, AVX-512 BF16 or Arm BF16 in /proc/cpuinfo); the 30M runs train in bf16: run them on a machine that has them" >&2
+  exit 2
+fi
 # The full-budget runs finished on other machines come from their record in the repository, and the record is
 # saved back after each run and when this stops (scripts/study_record.sh): commit docs/study/30m/record then.
 # One objective at a time, so that a run finished is saved before the next starts.
