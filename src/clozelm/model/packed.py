@@ -306,8 +306,8 @@ def has_avx512() -> bool:
 
 def has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 natively: AMX or AVX-512 BF16 on x86, the BF16 extension on Arm. Elsewhere
-    (x86 CPUs with AVX2 only, or AVX-512 without BF16) oneDNN widens bf16 to fp32 around every product, which
-    makes a bf16 product of many rows several times slower than the fp32 one; one row still reads half the bytes."""
+    (x86 CPUs with AVX2 only, or AVX-512 without BF16) bf16 products are emulated: with many rows several to a
+    hundred times slower than fp32 ones (docs/performance.md); one row still reads half the bytes."""
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16", "bf16"})
 
 
