@@ -29,7 +29,8 @@ def add_dtype_option(parser: argparse.ArgumentParser, default: str | None = "fp3
     """--dtype for a command that runs a model; `default` None where another option may set it (generate's --bf16)."""
     parser.add_argument("--dtype", choices=DTYPES, default=default,
                         help=f"weights in this precision{scope} (bf16: half the memory; int8/int4: fp32 weights, int8 "
-                             "or int4 copies for single rows, a bf16 copy of them for many; int8/int4 decode fastest "
+                             "or int4 copies for single rows, a dense copy of them for many (bf16, fp32 on CPUs without bf16 units); "
+                             "int8/int4 decode fastest "
                              "on CPU; default: fp32)")
 
 

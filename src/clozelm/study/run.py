@@ -56,6 +56,7 @@ from ..errors import ClozelmError
 from ..eval import EvalOptions, evaluate
 from ..files import atomic_write_bytes, atomic_write_text, expand_inputs
 from ..loading import load
+from ..model import packed
 from ..model.config import ModelConfig
 from ..model.transformer import Transformer
 from ..tokenizers import load_tokenizer, train_bpe
@@ -427,18 +428,15 @@ def _machine(numerics: dict) -> str:
 
 def _cpu_name() -> str:
     """The CPU's model name, and its bf16 matrix units where it has them (they decide the training speed)."""
-    name, flags = "", set()
+    name = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+            names = (value.strip() for key, _, value in (line.partition(":") for line in f) if key.strip() == "model name")
+            name = next(names, "")
     except OSError:
         pass
     name = name or platform.processor() or platform.machine() or "unknown CPU"
+    flags = packed.cpu_flags()
     units = "AMX" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else ""
     return f"{name} ({units})" if units else name
 
