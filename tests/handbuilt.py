@@ -50,12 +50,12 @@ class _Cache:
     def truncate(self, length):
         self.length = length
 
-    def select(self, rows):
+    def select(self, rows, room=None):
         new = _Cache(len(rows))
         new.last, new.length = self.last.index_select(0, rows), self.length
         return new
 
-    def fork(self, rows):
+    def fork(self, rows, room=None):
         return self.select(torch.zeros(rows, dtype=torch.long))
 
 

@@ -139,8 +139,9 @@ def test_the_screen_passes_on_the_best_by_the_first_known_tokens(tok, monkeypatc
     judged = []
     real = causal.CausalFiller._judge
     monkeypatch.setattr(causal.CausalFiller, "_judge",
-                        lambda self, cache, last, pool, follow, boundary: judged.append((len(pool), len(follow)))
-                        or real(self, cache, last, pool, follow, boundary))
+                        lambda self, cache, last, pool, follow, boundary, reached=None:
+                        judged.append((len(pool), len(follow)))
+                        or real(self, cache, last, pool, follow, boundary, reached))
     text = "the ___ sat down and the dog ran home"
     screened = fill(text, model, top=1, screen_window=1, screen_keep=2)
     (pool, first), (kept, window) = judged

@@ -216,6 +216,35 @@ def test_an_answers_score_is_the_log_probability_of_its_whole_text_under_a_trans
         assert answer.score == pytest.approx(float(logp), abs=1e-3)
 
 
+@pytest.mark.parametrize("text", ["the ___ sat down and the dog ran home", "a bird flew ___", "the [MASK][MASK] down",
+                                  "the ___ ___ home"])
+def test_candidates_are_judged_on_from_where_the_beam_left_them(tok, text, monkeypatch):
+    """The screen and the judge read the known text after each candidate on from the cache row where the beam left
+    it, never the whole candidate again: the scores are what reading each candidate whole after the context gives
+    (a small random transformer, fp32), at the end of a text (the word boundary) and in the middle, for word and
+    token blanks."""
+    from clozelm.cloze import causal
+    from clozelm.loaded import Model
+    from clozelm.model import ModelConfig, Transformer
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+    with torch.no_grad():
+        net.wte.weight.mul_(8)  # confident next-token guesses: a misread position would move a score by nats
+    judge, whole = causal.CausalFiller._judge, causal.CausalFiller._judge_whole
+    compared, whole_calls = [], []
+    monkeypatch.setattr(causal.CausalFiller, "_judge_whole", lambda self, *a: whole_calls.append(a) or whole(self, *a))
+
+    def spy(self, cache, last, pool, follow, boundary, reached=None):
+        out = judge(self, cache, last, pool, follow, boundary, reached)
+        reference = whole(self, cache, last, pool, follow, boundary)
+        compared.append(max(abs(a[1] - b[1]) for a, b in zip(out, reference)))
+        return out
+    monkeypatch.setattr(causal.CausalFiller, "_judge", spy)
+    answers = fill(text, Model(net, tok), top=3, precision="fp32", screen_window=2, screen_keep=4)
+    assert answers and compared and not whole_calls
+    assert max(compared) < 1e-4
+
+
 def test_a_word_whose_first_character_is_split_over_two_tokens_can_fill_a_blank():
     """In a byte-level vocabulary a CJK character is often two tokens, the first only opening it (" \\xe7\\x8c"
     + "\\xab" = " 猫"): such a token may open a `___` word, and answers that are no word once whole ("。") are

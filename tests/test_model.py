@@ -685,6 +685,37 @@ def test_rows_forked_from_one_context_read_it_as_copies_of_it_would(family, auto
         assert (mine - truth).abs().max() <= max(limit, 1e-6)
 
 
+def test_a_fork_or_selection_holds_the_room_asked_for():
+    """`fork` and `select` given `room` hold that many positions past the cached ones (fill adds a few tokens to
+    hundreds of rows, and a buffer as long as the model's context cost a page fault in every row and head), read
+    as the longer ones do, and refuse a token past their room before touching the cache."""
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=64, n_positions=48, n_embd=32, n_layer=2, n_head=4)).eval()
+    context, rows, follow = torch.randint(0, 64, (1, 20)), torch.randint(0, 64, (6, 1)), torch.randint(0, 64, (6, 5))
+    keep = torch.tensor([4, 0, 2])
+
+    def run(fork_room, select_room):
+        with torch.inference_mode():
+            cache = net.new_cache(1, 40)
+            net(context, cache=cache)
+            many = cache.fork(6, room=fork_room)
+            logits = [net(rows, cache=many).logits, net(follow, cache=many).logits]
+            pruned = many.select(keep, room=select_room)
+            logits.append(net(follow[keep, :2], cache=pruned).logits)
+            return many, pruned, logits
+
+    many, pruned, small = run(6, 2)
+    assert many.keys[0].size(2) == 6 and pruned.keys[0].size(2) == 8 and pruned.room == 0
+    full_many, full_pruned, full = run(None, None)
+    assert full_many.keys[0].size(2) == full_pruned.keys[0].size(2) == 20 and full_pruned.room == 12
+    for mine, theirs in zip(small, full):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    length = pruned.length
+    with torch.inference_mode(), pytest.raises(ValueError, match="room for 0 more positions, not 1"):
+        net(rows[keep], cache=pruned)
+    assert pruned.length == length and int(pruned.seen[0]) == length
+
+
 def test_a_fork_keeps_its_shared_context():
     net = Transformer(ModelConfig(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=4)).eval()
     cache = net.new_cache(2, 16)

@@ -85,20 +85,20 @@ class CausalFiller:
             scored = []
             for fim_score, causal_score, left, fills in states:
                 fim_read = self._read([pre, suf] + follow + [mid] + left, n_max + 2)
-                pool = self._propose(*fim_read, blank, None)
+                pool, fim_reached = self._propose(*fim_read, blank, None)
                 if both:
                     window = follow[:self.follow_window]
                     causal_read = self._read(self.start_ids + left, n_max + len(window) + 1)
                     seen = set(map(tuple, pool))
-                    pool += [c for c in self._propose(*causal_read, blank, follow[0] if follow else None)
-                             if tuple(c) not in seen]
-                    fim_judged = self._judge(*fim_read, pool, end, False)
+                    causal_pool, reached = self._propose(*causal_read, blank, follow[0] if follow else None)
+                    pool += [c for c in causal_pool if tuple(c) not in seen]
+                    fim_judged = self._judge(*fim_read, pool, end, False, fim_reached)
                     # screened by both readings, the left-to-right one on the first known tokens only
-                    kept = self._screen(*causal_read, pool, window, [g for _, g in fim_judged])
+                    kept = self._screen(*causal_read, pool, window, [g for _, g in fim_judged], reached)
                     pool, fim_judged = [pool[j] for j in kept], [fim_judged[j] for j in kept]
-                    causal_gains = [g for _, g in self._judge(*causal_read, pool, window, needs_boundary)]
+                    causal_gains = [g for _, g in self._judge(*causal_read, pool, window, needs_boundary, reached)]
                 else:
-                    fim_judged = self._judge(*fim_read, pool, end, False)
+                    fim_judged = self._judge(*fim_read, pool, end, False, fim_reached)
                     causal_gains = [0.0] * len(pool)
                 for (cand, gain), causal_gain in zip(fim_judged, causal_gains):
                     scored.append((fim_score + gain, causal_score + causal_gain, left + cand + follow, fills + [cand]))
@@ -175,7 +175,7 @@ class CausalFiller:
         for start in range(0, len(rests), rows):
             chunk = rests[start:start + rows]
             batch = scoring.pad_right([list(r) + [0] * (length - len(r)) for r in chunk]).to(self.model.device)
-            logits = self.model(batch, cache=cache.fork(len(chunk)) if cache is not None else None).logits
+            logits = self.model(batch, cache=cache.fork(len(chunk), room=length) if cache is not None else None).logits
             chunk_scores = scoring.sequence_logprobs(logits, chunk)  # each rest's tokens after its first
             for r, rest in enumerate(chunk):
                 if common:  # the rest's first token, read after the common beginning
@@ -193,24 +193,28 @@ class CausalFiller:
     def _candidates(self, ctx: list[int], blank: Blank, follow: list[int], at_end: bool):
         n_max = self.max_word_tokens if blank.kind == "word" else blank.n_tokens
         cache, last = self._read(ctx, n_max + len(follow) + 1)
-        pool = self._propose(cache, last, blank, follow[0] if follow else None)
-        pool = [pool[j] for j in self._screen(cache, last, pool, follow)]
-        return self._judge(cache, last, pool, follow, at_end and blank.kind == "word")
+        pool, reached = self._propose(cache, last, blank, follow[0] if follow else None)
+        pool = [pool[j] for j in self._screen(cache, last, pool, follow, None, reached)]
+        return self._judge(cache, last, pool, follow, at_end and blank.kind == "word", reached)
 
-    def _screen(self, cache, last_logits, pool, follow, other_scores=None) -> list[int]:
+    def _screen(self, cache, last_logits, pool, follow, other_scores=None, reached=None) -> list[int]:
         """Indices of the `screen_keep` candidates of `pool` that read best on the first `screen_window` tokens of
         `follow` (plus `other_scores`, one per candidate), best first; all of them, in order, where no screen applies.
         Most candidates are told apart by the first few known tokens after them, so only the best need reading on
         the whole window."""
         if not (0 < self.screen_window < len(follow) and len(pool) > self.screen_keep):
             return list(range(len(pool)))
-        short = self._judge(cache, last_logits, pool, follow[:self.screen_window], False)
+        short = self._judge(cache, last_logits, pool, follow[:self.screen_window], False, reached)
         totals = [score + (other_scores[j] if other_scores else 0.0) for j, (_, score) in enumerate(short)]
         return sorted(range(len(pool)), key=lambda j: -totals[j])[:self.screen_keep]
 
-    def _propose(self, cache, last_logits: torch.Tensor, blank: Blank, next_known: int | None) -> list[list[int]]:
+    def _propose(self, cache, last_logits: torch.Tensor, blank: Blank, next_known: int | None):
         """Beam over the blank's tokens from the context (first tokens also by one token of look-ahead when the
-        next known token is given). Word blanks keep every prefix as a candidate."""
+        next known token is given). Word blanks keep every prefix as a candidate. -> (candidates, reached), where
+        reached[tuple(candidate)] says where the beam left a candidate, for `_judge` to read on from there:
+        (a cache, its row, log P(candidate | context), log P(next token | context + candidate) [V]) where the
+        cache row holds the context and the whole candidate; (a cache, its row, log P(candidate | context), None)
+        where it holds the candidate but its last token (row None: `cache` itself, before one-token candidates)."""
         first_logp = scoring.log_probs(last_logits)
         if blank.kind == "word":
             first, cont = self.classes.word_start(blank.lead_space), self.classes.word_continue
@@ -221,42 +225,119 @@ class CausalFiller:
         logp = first_logp.masked_fill(~first, float("-inf"))
         n_allowed = int(first.sum())
         firsts = logp.topk(min(self.width, n_allowed)).indices.tolist()
+        reached = {}
+        ahead = None  # the look-ahead's step: every first token it read, its cache and what comes next
         if next_known is not None and self.lookahead > self.width:
             seen = set(firsts)
-            firsts += [t for t in self._look_ahead(cache, logp, n_allowed, next_known) if t not in seen]
+            added, ahead = self._look_ahead(cache, logp, n_allowed, next_known)
+            firsts += [t for t in added if t not in seen]
+            rows_read, ahead_cache, ahead_logp = ahead
+            reached.update(((t,), (ahead_cache, rows_read[t], float(logp[t]), ahead_logp[rows_read[t]])) for t in firsts)
         hyps = [[t] for t in firsts]
         scores = logp[firsts]
         pool = list(hyps) if blank.kind == "word" or n_tokens == 1 else []
-        beam_cache = cache.fork(len(hyps))
+        beam_cache = None
         for step in range(1, n_tokens):
-            logits = self.model(torch.tensor([[h[-1]] for h in hyps]), cache=beam_cache,
-                                last_logits_only=True).logits[:, -1].float()
-            logp = scoring.log_probs(logits).masked_fill(~cont, float("-inf")) + scores[:, None]
+            if beam_cache is None and ahead is not None:  # the look-ahead read these first tokens already
+                rows = torch.tensor([rows_read[h[0]] for h in hyps], device=ahead_logp.device)
+                beam_cache, next_logp = ahead_cache.select(rows, room=1), ahead_logp[rows]
+            else:
+                beam_cache = cache.fork(len(hyps), room=1) if beam_cache is None else beam_cache
+                next_logp = scoring.log_probs(self.model(torch.tensor([[h[-1]] for h in hyps]), cache=beam_cache,
+                                                         last_logits_only=True).logits[:, -1])
+                for r, (h, score) in enumerate(zip(hyps, scores.tolist())):  # their last tokens are read now
+                    reached[tuple(h)] = (beam_cache, r, score, next_logp[r])
+            logp = next_logp.masked_fill(~cont, float("-inf")) + scores[:, None]
             values, rows, tokens = scoring.beam_step(logp, self.width, finite_only=True)
             if len(rows) == 0:
                 break
             hyps = [hyps[r] + [t] for r, t in zip(rows.tolist(), tokens.tolist())]  # one read back from a GPU
             scores = values
-            beam_cache = beam_cache.select(rows)
+            beam_cache = beam_cache.select(rows, room=1)  # the next step's token, or `_read_on`'s own select
             if blank.kind == "word" or step == n_tokens - 1:
                 pool += hyps
-        return [h for h in pool if whole_characters(self.tok, h) and (blank.kind != "word" or spells_a_word(self.tok, h))]
+        for r, (h, score) in enumerate(zip(hyps, scores.tolist())):  # the last hypotheses: no step read them
+            reached.setdefault(tuple(h), (cache, None, score, None) if beam_cache is None else (beam_cache, r, score, None))
+        pool = [h for h in pool if whole_characters(self.tok, h) and (blank.kind != "word" or spells_a_word(self.tok, h))]
+        return pool, reached
 
-    def _look_ahead(self, cache, logp: torch.Tensor, n_allowed: int, next_known: int) -> list[int]:
+    def _look_ahead(self, cache, logp: torch.Tensor, n_allowed: int, next_known: int):
         """The `lookahead_keep` best first tokens t by log P(t | left) + log P(next_known | left + t), among the
-        `lookahead` best by the left alone: one batched single-token step over the cached context."""
+        `lookahead` best by the left alone: one batched single-token step over the cached context. -> (those
+        tokens, ({token: its row}, the step's cache, log P(next token) [rows, V])): the beam goes on from there."""
         wide = logp.topk(min(self.lookahead, n_allowed))
-        step = self.model(wide.indices[:, None], cache=cache.fork(len(wide.indices)),
-                          last_logits_only=True).logits[:, -1].float()
-        both = wide.values + scoring.log_probs(step)[:, next_known]
-        return wide.indices[both.topk(min(self.lookahead_keep, len(both))).indices].tolist()
+        ahead_cache = cache.fork(len(wide.indices), room=1)
+        step = scoring.log_probs(self.model(wide.indices[:, None], cache=ahead_cache, last_logits_only=True).logits[:, -1])
+        both = wide.values + step[:, next_known]
+        added = wide.indices[both.topk(min(self.lookahead_keep, len(both))).indices].tolist()
+        return added, ({t: row for row, t in enumerate(wide.indices.tolist())}, ahead_cache, step)
 
     def _read(self, ctx: list[int], room: int):
         """A cache holding `ctx` with `room` more positions, and the logits after its last token."""
         cache = self.model.new_cache(1, len(ctx) + room)
         return cache, self.model(torch.tensor([ctx]), cache=cache, last_logits_only=True).logits[0, -1].float()
 
-    def _judge(self, cache, last_logits, pool, follow, needs_boundary):
+    def _judge(self, cache, last_logits, pool, follow, needs_boundary, reached=None):
+        """log P(candidate + follow | context) for every candidate: those in `reached` (`_propose`) read on from
+        where the beam left them, the others whole after the cached context."""
+        reached = reached or {}
+        known = [j for j, c in enumerate(pool) if tuple(c) in reached]
+        if not known:
+            return self._judge_whole(cache, last_logits, pool, follow, needs_boundary)
+        totals = dict(zip(known, self._read_on(reached, [pool[j] for j in known], follow, needs_boundary)))
+        rest = [j for j in range(len(pool)) if j not in totals]
+        if rest:
+            whole = self._judge_whole(cache, last_logits, [pool[j] for j in rest], follow, needs_boundary)
+            totals.update(zip(rest, (total for _, total in whole)))
+        return [(cand, totals[j]) for j, cand in enumerate(pool)]
+
+    def _read_on(self, reached, pool, follow, needs_boundary) -> list[float]:
+        """log P(candidate + follow | context) for candidates the beam proposed (`_propose`'s `reached`): each row
+        goes on from the cache row where the beam left its candidate, so the network reads the known tokens after
+        a candidate (and its last token, where no beam step read it), not the whole candidate again for every
+        judgement. Rows are batched by the cache they continue, the candidates of one beam step."""
+        F = len(follow)
+        groups: dict[tuple, list] = {}
+        totals = []
+        for j, cand in enumerate(pool):
+            beam_cache, row, score, next_logp = reached[tuple(cand)]
+            if next_logp is not None and F:
+                score += float(next_logp[follow[0]])
+            totals.append(score)
+            groups.setdefault((id(beam_cache), next_logp is None), [beam_cache, []])[1].append((j, row, next_logp))
+        known = torch.tensor(follow, dtype=torch.long, device=self.model.device)
+        for (_, unread), (beam_cache, members) in groups.items():
+            # Unread: feed the candidate's last token, then position i predicts follow[i]; read: position i predicts
+            # follow[i + 1], follow[0] came with the beam. The last position, after all of follow, gives the boundary.
+            lead = 1 if unread else 0
+            T = lead + F - 1 + (1 if needs_boundary else 0) if F else (1 if needs_boundary and unread else 0)
+            if T == 0:
+                if needs_boundary:  # read, nothing known after it: what comes next came with the beam
+                    for j, _, next_logp in members:
+                        totals[j] += self._word_boundary(next_logp)
+                continue
+            targets = known[1 - lead:F]  # what the fed positions predict
+            rows_per_chunk = max(1, MAX_LOGIT_FLOATS // (T * self.vocab))
+            for start in range(0, len(members), rows_per_chunk):
+                chunk = members[start:start + rows_per_chunk]
+                if chunk[0][1] is None:  # one-token candidates no step read: the context is the read's own cache
+                    context = beam_cache.fork(len(chunk), room=T)
+                else:
+                    context = beam_cache.select(torch.tensor([row for _, row, _ in chunk], device=self.model.device),
+                                                room=T)
+                tokens = ([[pool[j][-1]] for j, _, _ in chunk] if unread else [[] for _ in chunk])
+                batch = torch.tensor([t + follow[:T - len(t)] for t in tokens], device=self.model.device)
+                logits = self.model(batch, cache=context).logits  # [rows, T, V]
+                if len(targets):
+                    picked = scoring.target_logprobs(logits[:, :len(targets)], targets.expand(len(chunk), len(targets)))
+                for r, (j, _, _) in enumerate(chunk):
+                    if len(targets):
+                        totals[j] += float(picked[r].sum())
+                    if needs_boundary:
+                        totals[j] += self._word_boundary(logits[r, T - 1])
+        return totals
+
+    def _judge_whole(self, cache, last_logits, pool, follow, needs_boundary):
         """log P(candidate + follow | context) for every candidate, batched over the cached context."""
         if not pool:
             return []
@@ -271,7 +352,7 @@ class CausalFiller:
             # Right padding needs no mask in a causal model: real tokens never see the pads after them. Every
             # chunk is padded to the longest candidate of the pool, so a score does not depend on its chunk.
             batch = torch.tensor([s + [0] * (L - len(s)) for s in seqs], device=self.model.device)
-            context = cache.fork(len(chunk))  # every row reads the one left context
+            context = cache.fork(len(chunk), room=L)  # every row reads the one left context
             logits = self.model(batch, cache=context).logits
             # position i predicts token i + 1 of its row (the pad after a row's end predicts nothing used)
             picked = scoring.target_logprobs(logits, torch.cat((batch[:, 1:], batch[:, :1]), dim=1))

@@ -66,12 +66,15 @@ class KVCache:
         self.key_valid[:, length:self.length] = True
         self.length = length
 
-    def select(self, rows: torch.Tensor) -> "KVCache":
-        """A new cache whose row i is this cache's row rows[i] (beam search forks and prunes rows)."""
+    def select(self, rows: torch.Tensor, room: int | None = None) -> "KVCache":
+        """A new cache whose row i is this cache's row rows[i] (beam search forks and prunes rows), with room for
+        `room` more positions (None: as many as this cache has room for). A caller that knows how few positions it
+        will add says so: a fresh buffer costs a page fault per page first written, and with a slot written in
+        each row and head of a long buffer that was most of a short forward pass."""
         rows = torch.as_tensor(rows, device=self.key_valid.device)
         new = object.__new__(KVCache)
-        new.keys = [self._select_filled(k, rows) for k in self.keys]
-        new.values = [self._select_filled(v, rows) for v in self.values]
+        new.keys = [self._select_filled(k, rows, room) for k in self.keys]
+        new.values = [self._select_filled(v, rows, room) for v in self.values]
         new.key_valid = self.key_valid.index_select(0, rows)
         new.seen = self.seen.index_select(0, rows)
         new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
@@ -79,18 +82,20 @@ class KVCache:
         new.compiled, new.step_weights = False, None  # beams: rows stepped together, by the forward itself
         return new
 
-    def fork(self, rows: int) -> "KVCache":
+    def fork(self, rows: int, room: int | None = None) -> "KVCache":
         """`rows` rows that all continue this one-row cache, reading its keys and values so far without copies of
         them: fill scores hundreds of continuations of one context, and copying the context into each row cost
         more than the attention that reads it. The fork holds views of this cache's filled positions: this cache
-        may go on (later positions) but must not be truncated and written over while the fork is in use."""
+        may go on (later positions) but must not be truncated and written over while the fork is in use. `room`:
+        how many positions the fork will add (None: up to this cache's length), as in `select`."""
         if self.keys[0].size(0) != 1 or self.shared:
             raise ValueError("only a cache of one row that is not itself a fork can be forked")
         shared = self.length
         new = object.__new__(KVCache)
         new.shared_keys = [k[:, :, :shared] for k in self.keys]
         new.shared_values = [v[:, :, :shared] for v in self.values]
-        own = lambda buffer: buffer.new_empty((rows, buffer.size(1), self.max_len - shared, buffer.size(3)))
+        slots = self.max_len - shared if room is None else min(room, self.max_len - shared)
+        own = lambda buffer: buffer.new_empty((rows, buffer.size(1), slots, buffer.size(3)))
         new.keys, new.values = [own(k) for k in self.keys], [own(v) for v in self.values]
         new.key_valid = self.key_valid.expand(rows, -1).clone()
         new.seen = self.seen.expand(rows).clone()
@@ -98,13 +103,19 @@ class KVCache:
         new.compiled, new.step_weights = False, None
         return new
 
-    def _select_filled(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _select_filled(self, buffer: torch.Tensor, rows: torch.Tensor, room: int | None) -> torch.Tensor:
         # Only the first `length` slots hold keys/values (later ones are written before they are read), so
         # copying just those keeps beam forks cheap when the cache is much longer than the text.
         filled = self.length - self.shared
-        out = buffer.new_empty((len(rows),) + buffer.shape[1:])
+        slots = buffer.size(2) if room is None else min(filled + room, self.max_len - self.shared)
+        out = buffer.new_empty((len(rows), buffer.size(1), slots, buffer.size(3)))
         torch.index_select(buffer[:, :, :filled], 0, rows, out=out[:, :, :filled])
         return out
+
+    @property
+    def room(self) -> int:
+        """How many more positions this cache holds."""
+        return self.keys[0].size(2) - (self.length - self.shared)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new positions' keys and values [B, Hkv, T, Dh] of `layer` after the cached ones; -> every
@@ -476,6 +487,8 @@ class Transformer(nn.Module):
         causal = self.config.causal if causal is None else bool(causal)
         if cache is not None and not causal:
             raise ValueError("a KV cache only makes sense for a causal model")
+        if cache is not None and T > cache.room:
+            raise ValueError(f"this cache has room for {cache.room} more positions, not {T}")
 
         new_valid = None  # [B, T] bool for the new tokens
         if attention_mask is not None:
