@@ -9,8 +9,9 @@ everything after it ("a ___ of tea" -> "lot", not "cup"). So, blank by blank, le
    token) among the `lookahead` best by the left alone: one batched step that lets the text after the
    blank bring in words the left context ranks too low ("Let there be ___: and there was light");
 2. judge: each candidate is scored by log P(candidate + known text up to the next blank | left),
-   (its first `follow_window` tokens), one batched forward pass over the cached left context; a word
-   at the very end also pays
+   (its first `follow_window` tokens; the best `screen_keep` by the first `screen_window` of them), read
+   on from the cache row where the beam left the candidate, so that the network reads each candidate's
+   tokens once, in the beam, and then only the known text after it; a word at the very end also pays
    log P(a word boundary follows), so " wif" cannot pass for " wife";
 3. keep the best few partial texts and move to the next blank.
 
