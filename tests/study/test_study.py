@@ -286,7 +286,8 @@ def test_config_checks_each_value_in_one_line():
     for changes, words in [(dict(tokens=0), "tokens must be an integer >= 1"), (dict(seeds=1.5), "seeds must be"),
                            (dict(objectives="clm,xl"), "unknown objective 'xl'"), (dict(tasks=""), "tasks: name"),
                            (dict(n_embd=30, n_head=4), "not divisible"), (dict(locality_warmup=2), "locality_warmup"),
-                           (dict(vocab_size=100), "vocab_size must be"), (dict(device="tpu"), "device must be")]:
+                           (dict(vocab_size=100), "vocab_size must be"), (dict(device="tpu"), "device must be"),
+                           (dict(precision="fp16"), "precision must be one of bf16-master, bf16, fp32")]:
         with pytest.raises(ClozelmError, match=words):
             StudyConfig(**base, **changes)
     c = StudyConfig(**base, objectives="mdlm, clm", n_embd=384)
@@ -305,3 +306,37 @@ def test_the_command_line_study_reuses_memory_unless_told_not_to(tmp_path, corpu
         assert main(["study", str(corpus), "--out", str(tmp_path / "s"), *flags]) == 0
         assert seen[-1].reuse_memory is expected
         assert study_run.train_config(seen[-1], tmp_path / "run", "clm", 0).reuse_memory is expected
+
+
+def test_a_study_keeps_the_precision_it_started_with(tmp_path, corpus, monkeypatch):
+    """A new study records clozelm train's default precision on its device and trains every run in it; continued
+    (on another machine class, say) it keeps it: a run of another precision would not be trained alike. A bf16
+    study continued where bf16 is emulated, tens of times slower, is refused unless the call asks for it; a
+    study.json written before precisions were recorded trained in bf16 with fp32 masters."""
+    from clozelm.training.precision import default_precision
+    out = tmp_path / "study"
+    config = StudyConfig(corpus=[corpus], out=out, **{**TINY, "seeds": 1, "tokens": 512}, objectives=("clm",),
+                         tasks=("ppl",))
+    run_study(config, log=lambda text: None)
+    ours = default_precision(torch.device("cpu"))
+    assert json.loads((out / "study.json").read_text())["fixed"]["precision"] == ours
+    assert json.loads((out / "runs" / "clm-seed0" / "run.json").read_text())["train"]["precision"] == ours
+    other = "fp32" if ours != "fp32" else "bf16-master"
+    with pytest.raises(ClozelmError, match=f"holds a study with precision {ours}, not {other}; continue it"):
+        run_study(replace(config, precision=other), log=lambda text: None)
+
+    recorded = json.loads((out / "study.json").read_text())
+    del recorded["fixed"]["precision"]  # as a study recorded before the field
+    (out / "study.json").write_text(json.dumps(recorded))
+    with pytest.raises(ClozelmError, match="holds a study with precision bf16-master, not fp32"):
+        run_study(replace(config, precision="fp32"), log=lambda text: None)
+    monkeypatch.setattr(study_run, "has_bf16_units", lambda device: False)
+    more = replace(config, objectives=("clm", "mlm"))
+    with pytest.raises(ClozelmError, match="trains in bf16-master .its study.json., and this CPU has no bf16 units"):
+        run_study(more, log=lambda text: None)
+    assert not (out / "runs" / "mlm-seed0").exists()
+    trained = []
+    monkeypatch.setattr(study_run, "train", lambda cfg, **kw: trained.append(cfg.precision) or real_train(cfg, **kw))
+    real_train = train
+    run_study(replace(more, precision="bf16-master"), log=lambda text: None)
+    assert trained == ["bf16-master"]

@@ -7,7 +7,7 @@ import sys
 
 from .args import float_in, int_in, positive_int
 from ..model.config import PRESETS
-from ..training.config import DEVICES
+from ..training.config import DEVICES, PRECISIONS
 
 EPILOG = """examples:
   clozelm study corpus/ --out study/ --tokens 400000 --n-layer 2 --n-embd 64        (minutes on 2 cores)
@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
     g.add_argument("--valid-every", type=int_in(2), default=50, metavar="N",
                    help="hold out one document in N (default: %(default)s)")
     g.add_argument("--evals", type=positive_int, default=10, metavar="N", help="held-out evaluations per run (default: 10)")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="every run's training precision (default: the study's own when it continues; a new study's is "
+                        "clozelm train's default on this device: bf16-master where bf16 products run natively, fp32 "
+                        "elsewhere)")
     g.add_argument("--device", choices=DEVICES, default="auto")
     g.add_argument("--threads", type=int_in(1, 1024), metavar="N", help="CPU threads (default: torch's)")
     g = p.add_argument_group("evaluation")
@@ -78,7 +82,7 @@ def run(args) -> None:
                          n_head=args.n_head, seq_len=args.seq_len, vocab_size=args.vocab_size,
                          batch_size=args.batch_size, lr=args.lr, locality_warmup=args.locality_warmup,
                          valid_every=args.valid_every, evals=args.evals, tasks=args.tasks, eval_limit=args.eval_limit or None,
-                         eval_samples=args.samples, device=args.device, threads=args.threads,
+                         eval_samples=args.samples, precision=args.precision, device=args.device, threads=args.threads,
                          progress=not args.no_progress, reuse_memory=not args.no_reuse_memory,
                          report_only=args.report_only)
     results = run_study(config)

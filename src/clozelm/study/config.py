@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import ClozelmError
 from ..eval import TASKS
 from ..model.config import PRESET_SHAPE, PRESETS
-from ..training.config import DEVICES, THREAD_LIMIT
+from ..training.config import DEVICES, PRECISIONS, THREAD_LIMIT
 from ..training.objectives import OBJECTIVES
 
 DEFAULT_SHAPE = {"n_layer": 6, "n_embd": 384, "seq_len": 256}  # the embedded models' shape
@@ -24,7 +24,7 @@ HEAD_SIZE = 64  # n_head, when not given: n_embd / 64 (GPT-2's head size) but at
 SPECIALS = ("<|endoftext|>", "<|mask|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>")
 # What decides the runs: a study continued in its DIR must keep these.
 FIXED = ("tokens", "n_layer", "n_embd", "n_head", "seq_len", "vocab_size", "preset", "batch_size", "lr",
-         "locality_warmup", "valid_every", "evals")
+         "locality_warmup", "valid_every", "evals", "precision")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ class StudyConfig:
     # held-out evaluations per run (the loss curves' points): every steps // evals steps and at the last, so a
     # few more than `evals` where it does not divide the steps
     evals: int = 10
+    # Every run's training precision (clozelm train --precision). None: the one study.json recorded when the study
+    # continues; a new study's is clozelm train's default on its device (bf16 with fp32 masters where bf16
+    # products run natively, fp32 elsewhere), recorded, so that a study finished on another machine class still
+    # trains every objective alike.
+    precision: str | None = None
     tasks: tuple[str, ...] = TASKS  # eval tasks run on every model
     # items per eval task (None: eval's own defaults, 200 passages, 100 sentences, 500 probe texts, every pair):
     # 100 keeps a small study's evaluation, which costs more than its training, to minutes
@@ -97,6 +102,8 @@ class StudyConfig:
             raise ClozelmError(f"lr must be a positive number, not {self.lr!r}")
         if not (_real(self.locality_warmup) and 0 <= self.locality_warmup <= 1):
             raise ClozelmError(f"locality_warmup must be a share of the steps in [0, 1], not {self.locality_warmup!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ClozelmError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.device not in DEVICES:
             raise ClozelmError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         for name in ("progress", "reuse_memory", "report_only"):

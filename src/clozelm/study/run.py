@@ -39,6 +39,7 @@ Why this way:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -58,17 +59,21 @@ from ..files import atomic_write_bytes, atomic_write_text, expand_inputs
 from ..loading import load
 from ..model import packed
 from ..model.config import ModelConfig
+from ..model.device import has_bf16_units, resolve_device
 from ..model.transformer import Transformer
 from ..tokenizers import load_tokenizer, train_bpe
 from ..training import TrainConfig, train
 from ..training.data import check_text_file, iter_documents
 from ..training.objectives import BIDIRECTIONAL
+from ..training.precision import default_precision
 from ..training.rundir import RunLock
 from .config import SPECIALS, StudyConfig
 from .plots import bars_png, lines_png
 from .report import FIGURES, cloze_by_k, markdown, summary
 
 STUDY_VERSION = 1
+# What a study.json written before the precision was recorded trained in: clozelm train's default then.
+RECORDED_BEFORE_PRECISION = "bf16-master"
 EVAL_SEED = 0  # every model answers the same eval items; the spread over seeds is the training's
 # Per task: raised when the evaluation code changes what the task's figures are, so a continued study evaluates
 # it again (3: the masked-diffusion bound drawn as k of n hidden, for ppl and for pairs scored by the bound;
@@ -138,6 +143,8 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None) 
 def _run(out: Path, config: StudyConfig, corpus: list[dict], names: list[tuple[str, int]], say) -> dict:
     """The study itself, under its lock: the record, the data split, the tokenizer, then every run."""
     study = _settings(out, config, corpus)
+    _check_precision(config, study["fixed"]["precision"])
+    config = dataclasses.replace(config, precision=study["fixed"]["precision"])
     n_documents, n_heldout = _split(out, [Path(c["file"]) for c in corpus], config.valid_every, say)
     _tokenizer(out, config.vocab_size, say)
     study.update(objectives=list(config.objectives), seeds=config.seed_list, documents=n_documents,
@@ -239,17 +246,33 @@ def _settings(out: Path, config: StudyConfig, corpus: list[dict]) -> dict:
             recorded = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError) as e:
             raise ClozelmError(f"{path} is damaged ({type(e).__name__}); move it away to start the study again") from None
-        if not isinstance(recorded, dict):
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("fixed", {}), dict):
             raise ClozelmError(f"{path} is damaged; move it away to start the study again")
+        recorded["fixed"] = {"precision": RECORDED_BEFORE_PRECISION, **recorded.get("fixed", {})}
+        if settings["fixed"]["precision"] is None:  # not given: the study's own
+            settings["fixed"]["precision"] = recorded["fixed"]["precision"]
         for name, value in settings["fixed"].items():
-            if recorded.get("fixed", {}).get(name) != value:
-                raise ClozelmError(f"{out} holds a study with {name} {_setting(recorded.get('fixed', {}).get(name))}, "
+            if recorded["fixed"].get(name) != value:
+                raise ClozelmError(f"{out} holds a study with {name} {_setting(recorded['fixed'].get(name))}, "
                                    f"not {_setting(value)}; continue it with its settings, or use another --out")
         if [c["sha256"] for c in recorded.get("corpus", [])] != [c["sha256"] for c in corpus]:
             raise ClozelmError(f"{out} holds a study of other corpus files (or they changed since); use another --out")
         return recorded
+    if settings["fixed"]["precision"] is None:
+        settings["fixed"]["precision"] = default_precision(resolve_device(config.device))
     atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
     return settings
+
+
+def _check_precision(config: StudyConfig, precision: str) -> None:
+    """Refuse to train a bf16 study where bf16 products are emulated (tens of times slower than fp32 there), unless
+    the call asked for it: a study continued on another machine class keeps its precision, so that every
+    objective trains alike."""
+    device = resolve_device(config.device)
+    if precision != "fp32" and config.precision is None and not has_bf16_units(device):
+        raise ClozelmError(f"{config.out} trains in {precision} (its study.json), and this {device.type.upper()} has no "
+                           "bf16 units: bf16 products are emulated here, tens of times slower; continue the study on a "
+                           f"machine that has them, or give --precision {precision} to train here all the same")
 
 
 # ---------------------------------------------------------------- data and tokenizer
@@ -336,7 +359,7 @@ def train_config(config: StudyConfig, run_dir: Path, objective: str, seed: int, 
         **layers, n_positions=shape["seq_len"], seq_len=shape["seq_len"], batch_size=config.batch_size, steps=steps,
         lr=config.lr, seed=seed, locality_warmup=round(config.locality_warmup * steps), eval_every=every,
         eval_examples=EVAL_EXAMPLES, checkpoint_every=_checkpoint_every(config), keep_best=False, progress=config.progress,
-        reuse_memory=config.reuse_memory,
+        reuse_memory=config.reuse_memory, precision=config.precision,
         device=config.device, threads=config.threads)
 
 
