@@ -233,7 +233,8 @@ class CausalFiller:
             added, ahead = self._look_ahead(cache, logp, n_allowed, next_known)
             firsts += [t for t in added if t not in seen]
             rows_read, ahead_cache, ahead_logp = ahead
-            reached.update(((t,), (ahead_cache, rows_read[t], float(logp[t]), ahead_logp[rows_read[t]])) for t in firsts)
+            reached.update(((t,), (ahead_cache, rows_read[t], score, ahead_logp[rows_read[t]]))
+                           for t, score in zip(firsts, logp[firsts].tolist()))
         hyps = [[t] for t in firsts]
         scores = logp[firsts]
         pool = list(hyps) if blank.kind == "word" or n_tokens == 1 else []
