@@ -31,12 +31,12 @@ class _Cache:
     def truncate(self, length):
         self.length = length
 
-    def select(self, rows):
+    def select(self, rows, room=None):
         new = _Cache()
         new.length = self.length
         return new
 
-    def fork(self, rows):
+    def fork(self, rows, room=None):
         return self.select(torch.zeros(rows, dtype=torch.long))
 
 
