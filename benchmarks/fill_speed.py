@@ -1,7 +1,7 @@
 """Fill latency: one hidden word in the middle of a ~60-token text, and one at its end, with each embedded model
 (the default options: bf16 autocast where the CPU has bf16 units, fp32 elsewhere; the suffix-aware search for causal
-models). Interleaved rounds, median
-seconds per fill, and how much of it the network's forward passes take (the rest is the search around them).
+models). Interleaved rounds, median seconds per fill, and how much of it the network's forward passes take (the rest
+is the search around them).
 
     python benchmarks/fill_speed.py [--rounds 5] [--threads 2]
 """
