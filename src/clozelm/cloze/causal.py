@@ -312,9 +312,12 @@ class CausalFiller:
             # Unread: feed the candidate's last token, then position i predicts follow[i]; read: position i predicts
             # follow[i + 1], follow[0] came with the beam. The last position, after all of follow, gives the boundary.
             lead = 1 if unread else 0
-            T = lead + F - 1 + (1 if needs_boundary else 0) if F else (1 if needs_boundary and unread else 0)
+            if F:
+                T = lead + F - 1 + (1 if needs_boundary else 0)
+            else:  # nothing known after the candidate: only its last token, for the boundary, where unread
+                T = 1 if needs_boundary and unread else 0
             if T == 0:
-                if needs_boundary:  # read, nothing known after it: what comes next came with the beam
+                if needs_boundary:  # read, nothing known after it: log P(what comes next) came with the beam
                     for j, _, next_logp in members:
                         totals[j] += self._word_boundary(next_logp)
                 continue
