@@ -321,6 +321,8 @@ def test_a_study_keeps_the_precision_it_started_with(tmp_path, corpus, monkeypat
     ours = default_precision(torch.device("cpu"))
     assert json.loads((out / "study.json").read_text())["fixed"]["precision"] == ours
     assert json.loads((out / "runs" / "clm-seed0" / "run.json").read_text())["train"]["precision"] == ours
+    words = {"bf16-master": "bf16 with fp32 master weights", "fp32": "fp32"}[ours]
+    assert f"steps of 4 sequences, trained in {words}); seeds 0." in (out / "report.md").read_text()
     other = "fp32" if ours != "fp32" else "bf16-master"
     with pytest.raises(ClozelmError, match=f"holds a study with precision {ours}, not {other}; continue it"):
         run_study(replace(config, precision=other), log=lambda text: None)

@@ -238,7 +238,7 @@ def markdown(results: dict, plots: list[str]) -> str:
         f"tokenizer, {fixed['vocab_size']:,} tokens), in the same data order, at one shape: {fixed['n_layer']} layers "
         f"x {fixed['n_embd']} wide, {fixed['n_head']} head{'s' if fixed['n_head'] != 1 else ''}, {fixed['seq_len']}-token sequences, "
         f"{', '.join(f'{p:,}' for p in params)} parameters; {runs[0]['tokens']:,} training tokens per run "
-        f"({runs[0]['steps']:,} steps of {fixed['batch_size']} sequences); seeds "
+        f"({runs[0]['steps']:,} steps of {fixed['batch_size']} sequences{_trained_in(fixed.get('precision'))}); seeds "
         f"{', '.join(map(str, study['seeds']))}. Measured on the held-out split "
         f"({study['heldout_documents']:,} documents, one in {fixed['valid_every']}) by `clozelm eval`.",
         "",
@@ -293,6 +293,14 @@ def markdown(results: dict, plots: list[str]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
+
+
+PRECISION_WORDS = {"bf16-master": "bf16 with fp32 master weights", "bf16": "bf16 autocast", "fp32": "fp32"}
+
+
+def _trained_in(precision: str | None) -> str:
+    """", trained in ..." for the study's recorded precision; nothing for a record from before it was recorded."""
+    return f", trained in {PRECISION_WORDS.get(precision, precision)}" if precision else ""
 
 
 def runs_table(runs: list[dict]) -> list[str]:
