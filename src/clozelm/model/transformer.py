@@ -87,7 +87,7 @@ class KVCache:
         them: fill scores hundreds of continuations of one context, and copying the context into each row cost
         more than the attention that reads it. The fork holds views of this cache's filled positions: this cache
         may go on (later positions) but must not be truncated and written over while the fork is in use. `room`:
-        how many positions the fork will add (None: up to this cache's length), as in `select`."""
+        how many positions the fork will add (None: as many as this cache can hold), as in `select`."""
         if self.keys[0].size(0) != 1 or self.shared:
             raise ValueError("only a cache of one row that is not itself a fork can be forked")
         shared = self.length
