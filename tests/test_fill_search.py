@@ -245,6 +245,30 @@ def test_candidates_are_judged_on_from_where_the_beam_left_them(tok, text, monke
     assert max(compared) < 1e-4
 
 
+def test_a_fim_models_two_readings_judge_on_from_their_own_beams(monkeypatch):
+    """The embedded FIM model (real weights) judges each candidate by its FIM reading and its left-to-right one: the
+    candidates a reading's own beam proposed are read on from where that beam left them, the others (the other
+    beam's) whole; every judgement gives what reading all of them whole gives."""
+    from clozelm.cloze import causal
+    judge, whole = causal.CausalFiller._judge, causal.CausalFiller._judge_whole
+    compared, whole_rows = [], []
+    monkeypatch.setattr(causal.CausalFiller, "_judge_whole",
+                        lambda self, cache, last, pool, *a: whole_rows.append(len(pool)) or whole(self, cache, last, pool, *a))
+
+    def spy(self, cache, last, pool, follow, boundary, reached=None):
+        out = judge(self, cache, last, pool, follow, boundary, reached)
+        compared.append((len(pool), max(abs(a[1] - b[1]) for a, b in zip(out, whole(self, cache, last, pool, follow,
+                                                                                     boundary)))))
+        return out
+    monkeypatch.setattr(causal.CausalFiller, "_judge", spy)
+    model = clozelm.load("default-fim")
+    answers = fill("And God said, Let there be ___: and there was light.", model, top=3, precision="fp32", width=8,
+                   lookahead=32, lookahead_keep=8, screen_keep=4)
+    assert answers and len(compared) >= 3  # the FIM judgement, the left-to-right screen and judgement
+    assert max(d for _, d in compared) < 1e-3
+    assert 0 < sum(whole_rows) < sum(n for n, _ in compared)  # some candidates came from the other beam, most not
+
+
 def test_a_word_whose_first_character_is_split_over_two_tokens_can_fill_a_blank():
     """In a byte-level vocabulary a CJK character is often two tokens, the first only opening it (" \\xe7\\x8c"
     + "\\xab" = " 猫"): such a token may open a `___` word, and answers that are no word once whole ("。") are
