@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -109,6 +110,10 @@ def speed(args):
                   "clozelm bf16, compiled, no drafting": run_ours(ours_bf16, lookahead=0, compile=True),
                   "clozelm int8, compiled, no drafting": run_ours(ours_int8, lookahead=0, compile=True),
                   "clozelm int4, compiled, no drafting": run_ours(ours_int4, lookahead=0, compile=True)}
+    if packed.native_products():  # this CPU multiplies a few rows through model/native.c: torch's kernels beside it
+        for name in ("fp32, no drafting", "bf16, no drafting", "int8, no drafting", "fp32, compiled, no drafting",
+                     "int8, compiled, no drafting"):
+            contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}  # the first call
     rate, outputs = interleaved(contenders, args.rounds, n)
     base = rate["transformers fp32"]
@@ -125,15 +130,30 @@ def speed(args):
     for name in contenders:
         dtype = next((d for d in ("bf16", "int8", "int4") if d in name), "fp32")
         fraction = f"  {rate[name] / limit[dtype]:4.0%} of the {dtype} limit" if ("no drafting" in name or "transformers" in name) else "  (drafting: beyond the limit)"
-        print(f"{name:36s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers{fraction}")
+        print(f"{name:52s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers{fraction}")
     for name, seconds in compiling.items():
-        eager = name.replace(", compiled", "")
+        eager = name.replace(", compiled", "").replace(", torch's kernels", "")
         print(f"{name}: first call (compiling) {seconds:.1f} s; tokens identical to {eager}: "
               f"{outputs[name] == outputs[eager]}")
     print(f"fp32 tokens identical to transformers: {outputs['clozelm fp32'] == outputs['transformers fp32']} "
           f"(no drafting: {outputs['clozelm fp32, no drafting'] == outputs['transformers fp32']})")
     same = sum(a == b for a, b in zip(outputs["clozelm bf16"], outputs["clozelm fp32"]))
     print(f"bf16 tokens equal to fp32 (random weights): {same}/{n}")
+
+
+def torch_s(fn):
+    """fn run with model/native.c's products switched off (CLOZELM_NATIVE_KERNELS=0): torch's kernels."""
+    def run():
+        before = os.environ.get("CLOZELM_NATIVE_KERNELS")
+        os.environ["CLOZELM_NATIVE_KERNELS"] = "0"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["CLOZELM_NATIVE_KERNELS"]
+            else:
+                os.environ["CLOZELM_NATIVE_KERNELS"] = before
+    return run
 
 
 def products_alone(network, reps: int = 10) -> float:

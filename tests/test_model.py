@@ -334,8 +334,8 @@ def test_products_of_many_rows_multiply_by_the_kernel_s_own_weights(kind, units,
     """From AS_DENSE_FROM_ROWS rows on, a quantized product is a dense product with the weights the weight-only
     kernel multiplies by (read back through the kernel itself: the identity's rows pick out one weight each), in bf16
     where the CPU has bf16 units and in fp32 where bf16 is emulated; fewer rows (a token, a short draft) go through
-    the kernel."""
-    from clozelm.model import packed
+    the kernel (model/native.c's, where products of a few rows go through it)."""
+    from clozelm.model import native, packed
     monkeypatch.setattr(packed, "has_bf16_units", lambda: units)
     dtype = torch.bfloat16 if units else torch.float32
     torch.manual_seed(0)
@@ -348,7 +348,12 @@ def test_products_of_many_rows_multiply_by_the_kernel_s_own_weights(kind, units,
         x = torch.randn(2, rows, 64)
         expected = torch.nn.functional.linear(x.to(dtype), weights).float() + lin.bias
         assert torch.equal(lin(x), expected)
-        assert torch.equal(lin(x[:1, :rows // 2]), packed.quantized_product(x[:1, :rows // 2], kind, parts) + lin.bias)
+        few = x[:1, :rows // 2]
+        if kind == "int8" and packed.native_products():  # model/native.c multiplies by the same codes and scales
+            kernel = native.product(few.reshape(-1, 64), native.pack(*parts)).view(1, rows // 2, 48)
+        else:
+            kernel = packed.quantized_product(few, kind, parts)
+        assert torch.equal(lin(few), kernel + lin.bias)
         full = torch.nn.functional.linear(x, lin.weight, lin.bias)
         assert (lin(x) - full).abs().max() < 0.1 * full.abs().max()  # the quantized weights, not others
 
@@ -366,6 +371,7 @@ def test_bf16_products_of_many_rows_widen_to_fp32_where_the_cpu_has_no_bf16_unit
     monkeypatch.setattr(packed, "_plain_linear", lambda x, w, b: multiplied.append(w.dtype) or plain(x, w, b))
     monkeypatch.setattr(fused, "AVAILABLE", False)  # every bf16 product through _plain_linear, to be seen
     monkeypatch.setattr(packed, "BF16_PACKABLE", False)
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")  # torch's products, which this test watches (not model/native.c)
 
     def product_dtypes(rows: torch.Tensor) -> list:
         multiplied.clear()

@@ -16,6 +16,13 @@ LLAMA_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=
                    layer_norm_eps=1e-6)
 
 
+@pytest.fixture(autouse=True)
+def torch_s_products(monkeypatch):
+    """The compiled reductions and torch's kernels, as on every CPU with AVX-512; model/native.c's products, which
+    both eager and compiled steps take where they are on (AVX2 alone), are switched on by the tests about them."""
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
+
+
 def network(config: dict, kind: str, dtype=torch.float32, seed=0) -> Transformer:
     torch.manual_seed(seed)
     net = Transformer(ModelConfig(**config)).to(dtype).eval()
@@ -105,6 +112,25 @@ def test_compiled_steps_with_the_weights_themselves_give_the_forward_s_logits(co
     eager, _ = one_token_steps(net, ids, compiled=False)
     got, cache = one_token_steps(net, ids, compiled=True)
     assert cache.step_weights and cache.step_weights[1][0] == step.DENSE and not step._failure
+    steps = 2 ** -16 if dtype == torch.float32 else 8 * 2 ** -8
+    assert (got.float() - eager.float()).abs().max() <= steps * eager.float().abs().max()
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= packed.cpu_flags(), reason="model/native.c is x86 code for AVX2 and FMA")
+@pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("kind,dtype", [(None, torch.float32), (None, torch.bfloat16), ("int8", torch.float32)])
+def test_compiled_steps_call_native_c_where_eager_steps_do(config, kind, dtype, monkeypatch):
+    """Where products of a few rows go through model/native.c, every product of a compiled step (the projection
+    too) calls the same kernel on the same copy: the logits are the forward's up to the order of other sums."""
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+    net = network(config, kind, dtype)
+    ids = torch.randint(0, 96, (80,), generator=torch.Generator().manual_seed(1)).tolist()
+    eager, _ = one_token_steps(net, ids, compiled=False)
+    got, cache = one_token_steps(net, ids, compiled=True)
+    layers, head = cache.step_weights[:2]
+    formats = {product[0] for product in layers[0][2:] if product is not None} | {head[0]}
+    rows = {linear.weight.shape[0] for linear in step._products(net.h[0]) if linear is not None}
+    assert formats == {(step.NATIVE, n) for n in rows | {96}} and not step._failure
     steps = 2 ** -16 if dtype == torch.float32 else 8 * 2 ** -8
     assert (got.float() - eager.float()).abs().max() <= steps * eager.float().abs().max()
 

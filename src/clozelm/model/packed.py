@@ -20,6 +20,9 @@ Fewer bytes still: `use_quantized_weights` gives the products int8 or int4 copie
 weight-only CPU kernels, which dequantise inside the product), made and cached the same way; products of many
 rows multiply by a dense copy of the dequantised weights instead, which is faster there (`AS_DENSE_FROM_ROWS`):
 bf16 where the CPU has bf16 units, fp32 where it has not.
+
+On x86 CPUs with AVX2 but not AVX-512, products of a few rows in every format but int4 go through model/native.c
+instead (`native_products`), which reads its own blocked copy of the weights faster than any of torch's kernels there.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from . import fused
+from . import fused, native
 
 _cache: "weakref.WeakKeyDictionary[object, tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 _packed_bytes = [0]
@@ -139,6 +142,8 @@ INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block
 # slower than fp32 ones).
 AS_DENSE_FROM_ROWS = 8
 AS_DENSE = {INT8: "int8 dequantized", INT4: "int4 dequantized"}
+# native.c's blocked copies (model/native.py), by the format the product reads
+NATIVE_KINDS = {torch.float32: "native fp32", torch.bfloat16: "native bf16", INT8: "native int8"}
 # owner -> {kind: (the weight's key, its quantized copy or None where the kind does not fit its shape)}
 _quant_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
@@ -192,7 +197,12 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     if hit is not None and hit[0] == key:
         return hit[1]
     w = weight.detach().float()
-    if kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
+    if kind in NATIVE_KINDS.values():  # native.c's blocked copy: int8 from the same codes and scales as torch's kernel
+        source = (*_int8_codes(w),) if kind == NATIVE_KINDS[INT8] else (weight.detach(),)
+        copy = None if source[0].shape[1] % native.BLOCK else \
+            _counted(lambda: native.pack(*source), source[0].numel() * source[0].element_size())
+        parts = None if copy is None else (copy,)
+    elif kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
         copy = _counted(lambda: weight.detach().to(torch.bfloat16), weight.numel() * 2)
         parts = None if copy is None else (copy,)
     elif kind in AS_DENSE.values():
@@ -280,6 +290,35 @@ def _quantized_linear(x, weight, bias, owner, kind):
     return y if bias is None else y + bias
 
 
+def native_products() -> bool:
+    """Whether products of a few rows go through model/native.c: on x86 CPUs with AVX2 and FMA but not AVX-512, where
+    its kernels were measured faster than torch's for every weight format (docs/performance.md), and where the
+    library builds. CLOZELM_NATIVE_KERNELS=0 turns them off, =1 asks for them on any CPU with AVX2 and FMA."""
+    wanted = os.environ.get("CLOZELM_NATIVE_KERNELS")
+    if wanted == "0" or not {"avx2", "fma"} <= cpu_flags() or (wanted != "1" and has_avx512()):
+        return False
+    return native.library() is not None
+
+
+def _native_rows(x: torch.Tensor) -> bool:
+    """Whether x's product goes through native.c: a few rows (one token, a short draft), eager CPU inference."""
+    return (x.device.type == "cpu" and x.numel() < AS_DENSE_FROM_ROWS * x.size(-1) and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and native_products())
+
+
+def native_copy(owner: object, weight: torch.Tensor) -> "native.NativeWeight | None":
+    """native.c's copy of `weight` as `owner`'s products read it (int8 codes in int8 mode, the weight itself where it is
+    fp32 or bf16 and not quantized), cached like the others; None where the kernels are off or the format or shape
+    has none (int4, a width that is not a multiple of 8)."""
+    if not native_products():
+        return None
+    found = quantized_parts(owner, weight, owner.weight_format) if QUANTIZED.get(getattr(owner, "weight_format", None)) \
+        else None
+    kind = NATIVE_KINDS.get(weight.dtype) if found is None else NATIVE_KINDS[INT8] if found[0] == INT8 else None
+    parts = None if kind is None else _quantized(owner, weight, kind)
+    return None if parts is None else parts[0]
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (x86's "flags", Arm's "Features" in /proc/cpuinfo); empty where unreadable."""
@@ -326,6 +365,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
            activation: str | None = None) -> torch.Tensor:
     """activation(F.linear(x, weight, bias)), through the packed copy of `weight` (cached on `owner`) when that is
     safe, and with the bias and activation inside oneDNN's product where the product is bf16 (model/fused.py)."""
+    if weight.device.type == "cpu" and _native_rows(x):
+        copy = native_copy(owner, weight)  # int8 codes in int8 mode, else the weight itself in fp32 or bf16
+        if copy is not None and (copy.data.dtype == torch.int8
+                                 or (x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu"))):
+            y = native.product(x.reshape(-1, x.size(-1)), copy)
+            y = fused.activate(y if bias is None else y + bias, activation)  # in fp32, rounded once to x's dtype
+            return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
     kind = getattr(owner, "weight_format", None)
     if kind is not None and QUANTIZED.get(kind) and x.device.type == "cpu" and not torch.is_grad_enabled():
         y = _quantized_linear(x, weight, bias, owner, kind)

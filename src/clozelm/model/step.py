@@ -11,7 +11,10 @@ The products: int4 through torch's weight-only kernel, an ordinary operation in 
 reduction compiled into it (`_product`), each weight read once and multiplied by the row in fp32. Eager decoding
 multiplies fp32 and bf16 rows by oneDNN-packed copies of the weights, which a graph cannot take (inductor's
 lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call than the
-fusion saves); the compiled reduction reads the weights as they are, and streams them as fast.
+fusion saves); the compiled reduction reads the weights as they are, and streams them as fast. Where products of a
+few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran slower than eager
+steps), every product of the graph calls that kernel instead, an opaque operation on the same blocked copy the eager
+step reads.
 
 The graph computes what `Block.forward` computes for one token of one row; it reads the layer's cache up to the
 token's own slot, a view whose length is symbolic in the graph, so one compile serves every length. A generation
@@ -35,6 +38,7 @@ from . import transformer  # its attention functions; transformer.py imports thi
 _graphs: dict[tuple, tuple] = {}
 _failure: list[str] = []  # why torch.compile failed in this process, once it has: later steps stay eager
 DENSE = "dense"  # a product with the weight itself (fp32, bf16), as `_product` reads it
+NATIVE = "native"  # a product through model/native.c: (NATIVE, output rows), (blocked weight, int8 scales or None)
 
 
 def compiler_available() -> bool:
@@ -115,6 +119,9 @@ def _parts(owner) -> tuple[str, tuple[torch.Tensor, ...]]:
     """(format, tensors) of `owner`'s product as `_product` reads it: its quantized copy in int8 or int4 mode
     (int4 falling back to int8 where the kernel cannot take the shape), else the weight itself, `DENSE`; the
     eager forward makes the same choice."""
+    copy = packed.native_copy(owner, owner.weight)
+    if copy is not None:  # the eager products' kernel (model/native.c), where they take it
+        return (NATIVE, copy.rows), (copy.data, copy.scales)
     kind = getattr(owner, "weight_format", None)
     found = packed.quantized_parts(owner, owner.weight, kind) if packed.QUANTIZED.get(kind) else None
     return (DENSE, (owner.weight,)) if found is None else found
@@ -147,7 +154,10 @@ def _product(x, product, activation=None):
     may drop a cast down and back up). int4 through torch's kernel, which streams faster than a compiled reduction
     that unpacks the nibbles."""
     kind, parts, bias = product
-    if kind == DENSE:  # a bf16 row is exact in fp32; the sum is rounded once to x's dtype, as oneDNN's product is
+    if isinstance(kind, tuple):  # (NATIVE, rows): the kernel eager decoding takes too, an opaque call in the graph
+        y = torch.ops.clozelm.native_product(x.reshape(1, x.size(-1)), *parts, kind[1])
+        y = y.to(x.dtype).view(*x.shape[:-1], -1)
+    elif kind == DENSE:  # a bf16 row is exact in fp32; the sum is rounded once to x's dtype, as oneDNN's product is
         row = _materialized(x.reshape(1, x.size(-1)).float())
         y = (parts[0].float() * row).sum(-1).to(x.dtype).view(*x.shape[:-1], -1)
     elif kind == packed.INT8:

@@ -1,0 +1,196 @@
+"""model/native.py and native.c: products of a few rows, compiled on this machine, against float64 references."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from clozelm.model import native, packed
+
+needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= packed.cpu_flags(), reason="native.c is x86 code for AVX2 and FMA")
+
+
+def _reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (x.double() @ weight.double().T).float()
+
+
+@needs_avx2
+@pytest.mark.parametrize("rows,k", [(8, 8), (13, 24), (48, 64), (200, 136)])
+@pytest.mark.parametrize("m", [1, 2, 7])
+def test_products_equal_float64_in_every_format(rows, k, m):
+    """fp32, bf16 and int8 codes with a scale per row; row counts that are not a multiple of 8 (padded by the
+    packing); one row and several."""
+    generator = torch.Generator().manual_seed(rows * 100 + k + m)
+    w = torch.randn(rows, k, generator=generator)
+    x = torch.randn(m, k, generator=generator)
+    codes = (w * 40).round().clamp(-127, 127).to(torch.int8)
+    scales = torch.rand(rows, generator=generator) + 0.01
+    cases = [(native.pack(w), w), (native.pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float()),
+             (native.pack(codes, scales), codes.float() * scales[:, None])]
+    for weight, dense in cases:
+        y = native.product(x, weight)
+        assert y.shape == (m, rows) and y.dtype == torch.float32
+        reference = _reference(x, dense)
+        assert torch.allclose(y, reference, rtol=1e-5, atol=1e-5 * k ** 0.5 * reference.abs().max().item())
+
+
+@needs_avx2
+def test_every_row_and_column_counts():
+    """A one-hot input picks out one column of the weight in every output row, exactly (no sum to round)."""
+    w = torch.arange(24 * 16, dtype=torch.float32).reshape(24, 16) - 100
+    packed_w = native.pack(w)
+    for column in range(16):
+        x = torch.zeros(1, 16)
+        x[0, column] = 1
+        assert torch.equal(native.product(x, packed_w)[0], w[:, column])
+
+
+def test_pack_refuses_what_native_c_cannot_take():
+    with pytest.raises(ValueError):
+        native.pack(torch.ones(8, 12))  # columns not a multiple of 8
+    with pytest.raises(ValueError):
+        native.pack(torch.ones(8, 16, dtype=torch.int8))  # int8 codes without their scales
+    with pytest.raises(ValueError):
+        native.pack(torch.ones(8, 16, dtype=torch.float16))
+
+
+@needs_avx2
+def test_product_refuses_rows_of_another_width():
+    with pytest.raises(ValueError):
+        native.product(torch.ones(1, 24), native.pack(torch.ones(8, 16)))
+
+
+@needs_avx2
+def test_the_library_is_compiled_once_per_machine_and_then_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    compiler = native._compiler()
+    assert compiler is not None  # AVX2 machines that run these tests build it (CI has gcc)
+    first = native._build(compiler)
+    assert first is not None and first.parent == tmp_path / "clozelm" / "native"
+    assert list(first.parent.iterdir()) == [first]  # no half-written file left beside it
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(subprocess, "run", no_compiling)
+    assert native._build(compiler) == first
+
+
+def test_without_a_compiler_products_stay_torch_s(monkeypatch):
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+        assert not packed.native_products()
+        with pytest.raises(RuntimeError):
+            native.product(torch.ones(1, 8), native.pack(torch.ones(8, 8)))
+        lin = packed.Linear(16, 8)
+        with torch.inference_mode():
+            assert torch.allclose(lin(torch.ones(1, 16)), torch.nn.functional.linear(torch.ones(1, 16), lin.weight,
+                                                                                     lin.bias), atol=1e-6)
+    finally:
+        native.library.cache_clear()
+
+
+def test_a_compile_that_fails_leaves_no_library(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+
+    def failing(*args, **kwargs):
+        raise subprocess.CalledProcessError(1, args[0])
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    assert native._build("cc") is None
+
+
+@needs_avx2
+def test_a_library_that_multiplies_wrongly_is_not_used(monkeypatch):
+    monkeypatch.setattr(native, "_agrees", lambda lib: False)
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+    finally:
+        native.library.cache_clear()
+
+
+def test_the_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
+    native.library.cache_clear()
+    try:
+        assert native.library() is None and not packed.native_products()
+    finally:
+        native.library.cache_clear()
+
+
+@needs_avx2
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("activation", [None, "gelu_tanh"])
+def test_linear_multiplies_a_few_rows_through_native_c(kind, activation, monkeypatch):
+    """Where the kernels are on (CLOZELM_NATIVE_KERNELS=1 asks for them on any AVX2 CPU), a Linear layer in inference
+    multiplies one row or a short draft through native.c (int8: the same codes and scales as torch's kernel), adds
+    its bias and applies its activation; many rows, and products with gradients, keep torch's products."""
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+    lin = packed.Linear(64, 40).to(dtype)
+    if kind == "int8":
+        lin.weight_format = "int8"
+    x = torch.randn(1, 3, 64).to(dtype)
+    with torch.inference_mode():
+        if kind == "int8":
+            weight = native.pack(*packed._int8_codes(lin.weight.float()))
+        else:
+            weight = native.pack(lin.weight)
+        expected = native.product(x.reshape(3, 64), weight) + lin.bias
+        expected = packed.fused.activate(expected, activation).to(dtype)  # activated before rounding
+        assert torch.equal(lin(x, activation), expected.view(1, 3, 40))
+        many = torch.randn(2, packed.AS_DENSE_FROM_ROWS, 64).to(dtype)
+        monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
+        torch_s = lin(many, activation)
+        monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+        assert torch.equal(lin(many, activation), torch_s)
+    y = lin(x, activation)  # with gradients: torch's product, differentiable
+    assert y.requires_grad
+
+
+@needs_avx2
+def test_a_changed_weight_is_packed_again(monkeypatch):
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+    torch.manual_seed(0)
+    lin = packed.Linear(16, 8, bias=False)
+    x = torch.randn(1, 16)
+    with torch.inference_mode():
+        before = lin(x)
+    with torch.no_grad():
+        lin.weight.mul_(2)
+    with torch.inference_mode():
+        assert torch.allclose(lin(x), 2 * before, rtol=1e-6, atol=1e-6)
+
+
+@needs_avx2
+def test_a_decoding_step_of_the_default_model_keeps_its_logits(monkeypatch):
+    """The embedded default model, one cached step after a prompt: the logits with native.c's products equal
+    torch's to fp32 rounding, in fp32 and in int8 mode."""
+    import clozelm
+    model = clozelm.load("default")
+    network = model.network
+    ids = torch.tensor([model.tokenizer.encode("The sea was calm and the ship")])
+
+    def step_logits() -> torch.Tensor:
+        cache = network.new_cache(1, ids.size(1) + 1)
+        with torch.inference_mode():
+            network(ids[:, :-1], cache=cache)
+            return network(ids[:, -1:], cache=cache).logits
+
+    for quantized in (None, "int8"):
+        packed.use_quantized_weights(network, quantized)
+        monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
+        torch_s = step_logits()
+        monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+        natively = step_logits()
+        tolerance = 1e-4 if quantized is None else 0.05  # int8: torch's kernel rounds the rows and sums to bf16
+        assert (natively - torch_s).abs().max() < tolerance * torch_s.abs().max()
+        assert natively.argmax() == torch_s.argmax()
+    packed.use_quantized_weights(network, None)
