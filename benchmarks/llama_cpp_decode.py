@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_speed import bytes_per_token, interleaved, stream_bandwidth, time_it  # noqa: E402
+from generate_speed import bytes_per_token, interleaved, stream_bandwidth, time_it, torch_s  # noqa: E402
 
 
 def prompt_text() -> str:
@@ -90,6 +90,10 @@ def main(args) -> None:
                   "clozelm int8, compiled, no drafting": run_ours(models["int8"], lookahead=0, compile=True),
                   "clozelm int4, compiled, no drafting": run_ours(models["int4"], lookahead=0, compile=True),
                   "clozelm int4, compiled": run_ours(models["int4"], compile=True)}
+    from clozelm.model import packed
+    if packed.native_products():  # this CPU multiplies a few rows through model/native.c: torch's kernels beside it
+        for name in ("fp32, compiled, no drafting", "int8, no drafting", "int8, compiled, no drafting"):
+            contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
     # the first call of each compiled row compiles (model/step.py), before the rounds
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}
     rate, outputs = interleaved(contenders, args.rounds, n)
@@ -107,13 +111,13 @@ def main(args) -> None:
         kind = next(k for k in per_token if k in name)  # noqa: B023
         fraction = (f"{rate[name] / (bandwidth / per_token[kind]):4.0%} of the {kind} limit" if "drafting" in name
                     or "llama" in name else "(drafting: beyond the limit)")
-        print(f"{name:36s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs llama.cpp   {fraction}")
+        print(f"{name:52s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs llama.cpp   {fraction}")
     print("the compiled rows' first calls (compiling, before the rounds): " +
           ", ".join(f"{name.removeprefix('clozelm ')} {seconds:.1f} s" for name, seconds in compiling.items()))
     reference = outputs["clozelm fp32, no drafting"]
     for name, tokens in outputs.items():
         same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
-        print(f"{name:36s} first {same} of {n} tokens equal to clozelm fp32's")
+        print(f"{name:52s} first {same} of {n} tokens equal to clozelm fp32's")
 
 
 if __name__ == "__main__":

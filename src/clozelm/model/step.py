@@ -12,9 +12,10 @@ reduction compiled into it (`_product`), each weight read once and multiplied by
 multiplies fp32 and bf16 rows by oneDNN-packed copies of the weights, which a graph cannot take (inductor's
 lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call than the
 fusion saves); the compiled reduction reads the weights as they are, and streams them as fast. Where products of a
-few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran slower than eager
-steps), every product of the graph calls that kernel instead, an opaque operation on the same blocked copy the eager
-step reads.
+few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran several times
+slower than eager steps), int8 products of the graph call that kernel instead, an opaque operation on the same blocked
+copy the eager step reads. Only int8's: fp32 and bf16 reductions compile as fast as that kernel reads, and each call of an opaque
+operation costs tens of microseconds, which SmolLM2's 210 small products a token felt (docs/performance.md).
 
 The graph computes what `Block.forward` computes for one token of one row; it reads the layer's cache up to the
 token's own slot, a view whose length is symbolic in the graph, so one compile serves every length. A generation
@@ -119,11 +120,11 @@ def _parts(owner) -> tuple[str, tuple[torch.Tensor, ...]]:
     """(format, tensors) of `owner`'s product as `_product` reads it: its quantized copy in int8 or int4 mode
     (int4 falling back to int8 where the kernel cannot take the shape), else the weight itself, `DENSE`; the
     eager forward makes the same choice."""
-    copy = packed.native_copy(owner, owner.weight)
-    if copy is not None:  # the eager products' kernel (model/native.c), where they take it
-        return (NATIVE, copy.rows), (copy.data, copy.scales)
     kind = getattr(owner, "weight_format", None)
     found = packed.quantized_parts(owner, owner.weight, kind) if packed.QUANTIZED.get(kind) else None
+    copy = packed.native_copy(owner, owner.weight) if found is not None and found[0] == packed.INT8 else None
+    if copy is not None:  # int8 through the eager products' kernel (model/native.c), where they take it
+        return (NATIVE, copy.rows), (copy.data, copy.scales)
     return (DENSE, (owner.weight,)) if found is None else found
 
 
