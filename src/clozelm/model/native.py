@@ -121,10 +121,6 @@ def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeig
     return NativeWeight(data, scales, n)
 
 
-def nbytes(weight: NativeWeight) -> int:
-    return weight.data.numel() * weight.data.element_size() + (0 if weight.scales is None else weight.scales.numel() * 4)
-
-
 def product(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
     """x [m, k] (any float dtype; multiplied in fp32) times the packed weight -> [m, rows] fp32. Needs `library()`."""
     lib = library()
