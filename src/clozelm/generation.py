@@ -19,7 +19,6 @@ import torch
 from . import scoring
 from .errors import ClozelmError
 from .model import packed, step
-from .model.transformer import ONE_QUERY_MIN_KEYS
 
 # Generations of this many new tokens or more decode through compiled steps unless told (`Sampling.compile`), on
 # CPUs where that was measured faster (`compiled_by_default`): the compile takes seconds (2-3 with inductor's disk
@@ -183,9 +182,7 @@ def compile_steps(model) -> None:
     compiled generation does not wait for them: a server does this before it answers."""
     if compile_refusal(model) is not None:  # nothing to compile (torch.compile failed earlier in this process, say)
         return
-    # Steps on both sides of the cache length where bf16 attention changes kernels (a branch the graph guards on).
-    length = max(2, min(ONE_QUERY_MIN_KEYS - 2, model.config.n_positions - 4))
-    prompt = [i % model.config.vocab_size for i in range(length)]
+    prompt = [i % model.config.vocab_size for i in range(2)]  # one graph serves every cache length (model/step.py)
     for _ in generate_ids(model, prompt, 4, lookahead=0, compile=True):
         pass
 

@@ -103,8 +103,8 @@ def _agrees(lib: ctypes.CDLL) -> bool:
     scales = torch.rand(13, generator=generator) + 0.5
     cases = [(pack(w), w), (pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float()),
              (pack(w.round().clamp(-127, 127).to(torch.int8), scales), w.round().clamp(-127, 127) * scales[:, None])]
-    return all(torch.allclose(_product(lib, x, packed), x @ reference.T, rtol=1e-5, atol=1e-5)
-               for packed, reference in cases)
+    return all(torch.allclose(_product(lib, x, p.data, p.scales, p.rows), x @ reference.T, rtol=1e-5, atol=1e-5)
+               for p, reference in cases)
 
 
 def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeight:
@@ -123,31 +123,37 @@ def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeig
 
 def product(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
     """x [m, k] (any float dtype; multiplied in fp32) times the packed weight -> [m, rows] fp32. Needs `library()`."""
+    return _operation(x, weight.data, weight.scales, weight.rows)
+
+
+def _operation(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None, rows: int) -> torch.Tensor:
     lib = library()
     if lib is None:
         raise RuntimeError("the native kernels are not available")
-    return _product(lib, x, weight)
+    return _product(lib, x, data, scales, rows)
 
 
-def _product(lib: ctypes.CDLL, x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
+def _product(lib: ctypes.CDLL, x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None,
+             rows: int) -> torch.Tensor:
     m, k = x.shape
-    blocks, kb = weight.data.shape[:2]
-    if kb * BLOCK != k:
-        raise ValueError(f"input rows of {k} values for a weight of {kb * BLOCK} columns")
-    rows = x.detach().float().contiguous()
-    y = torch.empty(m, blocks * BLOCK)
-    scales = None if weight.scales is None else weight.scales.data_ptr()
-    getattr(lib, SYMBOLS[weight.data.dtype])(weight.data.data_ptr(), scales, rows.data_ptr(), y.data_ptr(), m,
-                                              blocks * BLOCK, k)
-    return y if weight.rows == y.size(1) else y[:, :weight.rows].contiguous()
+    if data.size(1) * BLOCK != k:
+        raise ValueError(f"input rows of {k} values for a weight of {data.size(1) * BLOCK} columns")
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.detach().float().contiguous()
+    n = data.size(0) * BLOCK
+    y = torch.empty(m, n)
+    getattr(lib, SYMBOLS[data.dtype])(data.data_ptr(), None if scales is None else scales.data_ptr(), x.data_ptr(),
+                                      y.data_ptr(), m, n, k)
+    return y if rows == n else y[:, :rows].contiguous()
 
 
-@torch.library.custom_op("clozelm::native_product", mutates_args=())
-def product_op(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None, rows: int) -> torch.Tensor:
-    """`product` as an operation a compiled graph calls (model/step.py): x [m, k], a NativeWeight's fields."""
-    return product(x, NativeWeight(data, scales, rows))
+# `product` as an operation a compiled graph calls (model/step.py): x [m, k], a NativeWeight's fields. Defined with
+# the dispatcher directly: torch.library.custom_op's wrapper cost more per call than a small product itself.
+_operations = torch.library.Library("clozelm", "DEF")
+_operations.define("native_product(Tensor x, Tensor data, Tensor? scales, int rows) -> Tensor")
+_operations.impl("native_product", _operation, "CPU")
 
 
-@product_op.register_fake
+@torch.library.register_fake("clozelm::native_product")
 def _product_shape(x, data, scales, rows):
     return x.new_empty(x.size(0), rows, dtype=torch.float32)

@@ -179,6 +179,19 @@ def _materialized(row: torch.Tensor) -> torch.Tensor:
     return torch.ops.prims.inductor_force_stride_order(row, (row.size(1), 1))
 
 
+def _attend(q, keys, values):
+    """softmax(q k^T / sqrt(Dh)) v for the one query of the step, as reductions inductor fuses into one kernel, in fp32
+    as eager decoding's attention accumulates. q [1, H, 1, Dh]; keys, values [1, Hkv, S, Dh], each key head serving
+    H / Hkv consecutive query heads -> [1, H, 1, Dh] in q's dtype. torch's flash kernel, tiled for many queries,
+    cost more than the rest of the layer's small operations together (docs/performance.md)."""
+    H, Dh = q.size(1), q.size(3)
+    G = keys.size(1)
+    queries = q.float().view(1, G, H // G, 1, Dh)  # [1, Hkv, queries per key head, 1, Dh]
+    scores = (queries * keys.float().unsqueeze(2)).sum(-1) * (1.0 / Dh ** 0.5)  # [1, Hkv, H / Hkv, S]
+    y = (scores.softmax(-1).unsqueeze(-1) * values.float().unsqueeze(2)).sum(-2)  # [1, Hkv, H / Hkv, Dh]
+    return y.view(1, H, 1, Dh).to(q.dtype)
+
+
 def _layer(x, rope, weights, keys, values, spec):
     """One block for one token: x [1, 1, D] -> [1, 1, D]. keys, values [1, Hkv, S, Dh]: the layer's cache up to and
     including the token's own slot, the last, where its key and value are written. rope: (cos, signed sin)
@@ -194,10 +207,7 @@ def _layer(x, rope, weights, keys, values, spec):
         q, k, v = heads.split((H, Hkv, Hkv), dim=1)
     keys[:, :, -1:] = k
     values[:, :, -1:] = v
-    if q.dtype in (torch.bfloat16, torch.float16) and keys.size(2) >= transformer.ONE_QUERY_MIN_KEYS:  # as eager
-        y = transformer._one_query(q, keys, values, None)
-    else:
-        y = F.scaled_dot_product_attention(q, keys, values, enable_gqa=Hkv != H)
+    y = _attend(q, keys, values)
     y = y.transpose(1, 2).reshape(1, 1, H * Dh)
     x = x + _product(y, proj)
     h = _normed(x, *ln_2, rms, eps)
