@@ -175,3 +175,20 @@ def test_max_new_tokens_below_one_is_refused_before_any_work():
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ClozelmError, match="max new tokens"):
             list(generate_ids(model, [1, 2, 3], bad))
+
+
+@pytest.mark.parametrize("amx,avx512,native,quantized_compiles", [
+    (True, True, False, False), (False, True, False, True), (False, False, True, True), (False, False, False, False)])
+def test_long_generations_compile_quantized_models_only_where_their_graphs_were_measured_faster(
+        monkeypatch, amx, avx512, native, quantized_compiles):
+    """int8/int4 graphs are faster than eager steps with AVX-512, or where they call model/native.c (AVX2 alone);
+    inductor's own int8 reduction on AVX2 alone was slower. fp32 compiles wherever there is no AMX."""
+    from clozelm import generation
+    from clozelm.model import packed
+    monkeypatch.setattr(packed, "has_amx", lambda: amx)
+    monkeypatch.setattr(packed, "has_avx512", lambda: avx512)
+    monkeypatch.setattr(packed, "native_products", lambda: native)
+    plain, quantized = tiny_model(), tiny_model()
+    packed.use_quantized_weights(quantized, "int8")
+    assert generation.compiled_by_default(plain) is not amx
+    assert generation.compiled_by_default(quantized) is quantized_compiles

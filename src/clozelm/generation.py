@@ -162,14 +162,14 @@ def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
 def compiled_by_default(model=None) -> bool:
     """Whether `model`'s decoding compiles its steps when nobody says (long generations, a server): where they
     were measured faster than eager ones (docs/performance.md): on CPUs without AMX, for fp32 and bf16 weights, and
-    for int8 and int4 ones only with AVX-512 (with AVX2 alone the compiled int8/int4 reductions were 2-4x slower than
-    the eager kernels). Not yet measured on a Xeon with AMX, whose eager products differ (row-major fp32, AMX
-    bf16): there only when asked for. Without a model: for fp32 weights."""
+    for int8 and int4 ones with AVX-512 or where their graphs call model/native.c (with AVX2 alone inductor's int8
+    reductions were 2-4x slower than the eager kernels). Not yet measured on a Xeon with AMX, whose eager products
+    differ (row-major fp32, AMX bf16): there only when asked for. Without a model: for fp32 weights."""
     if packed.has_amx():
         return False
     quantized = model is not None and any(packed.QUANTIZED.get(getattr(module, "weight_format", None))
                                           for module in _network(model).modules())
-    return not quantized or packed.has_avx512()
+    return not quantized or packed.has_avx512() or packed.native_products()
 
 
 def compile_refusal(model) -> str | None:
