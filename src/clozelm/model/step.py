@@ -15,8 +15,8 @@ fusion saves); the compiled reduction reads the weights as they are, and streams
 few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran several times
 slower than eager steps), int8 products of the graph call that kernel instead, an opaque operation on the same
 blocked copy the eager step reads. Only int8's: fp32 and bf16 reductions compile as fast as that kernel reads, and
-each call of an opaque operation costs tens of microseconds, which SmolLM2's 210 small products a token felt
-(docs/performance.md).
+each call of an opaque operation pays a dispatch through Python, which SmolLM2's 210
+small products a token would feel (docs/performance.md).
 
 The graph computes what `Block.forward` computes for one token of one row; it reads the layer's cache up to the
 token's own slot, a view whose length is symbolic in the graph, so one compile serves every length. A generation
