@@ -54,9 +54,13 @@ def test_compiled_steps_are_chosen_where_a_model_allows_them_and_refused_where_a
     monkeypatch.setattr(packed, "has_amx", lambda: False)
     with running(models, compile=None) as server:  # fp32 weights: compiled reductions over the weights themselves
         assert server.compiled == ({"causal"} if step.compiler_available() else frozenset())
-    monkeypatch.setattr(packed, "has_avx512", lambda: False)  # AVX2 alone: int8 steps measured slower compiled
+    monkeypatch.setattr(packed, "has_avx512", lambda: False)  # AVX2 alone: inductor's int8 steps measured slower
+    monkeypatch.setattr(packed, "native_products", lambda: False)
     with running(int8_models, compile=None) as server:
         assert server.compiled == frozenset()
+    monkeypatch.setattr(packed, "native_products", lambda: True)  # graphs calling model/native.c: faster there
+    with running(int8_models, compile=None) as server:
+        assert server.compiled == ({"causal"} if step.compiler_available() else frozenset())
     monkeypatch.setattr(packed, "has_avx512", lambda: True)
     with running(int8_models, compile=None) as server:
         assert server.compiled == ({"causal"} if step.compiler_available() else frozenset())
