@@ -301,9 +301,10 @@ def native_products() -> bool:
 
 
 def _native_rows(x: torch.Tensor) -> bool:
-    """Whether x's product goes through native.c: a few rows (one token, a short draft), eager CPU inference."""
+    """Whether x's product may go through native.c: a few rows (one token, a short draft), eager CPU inference
+    (`native_copy` then says whether the kernels are on and take the weight)."""
     return (x.device.type == "cpu" and x.numel() < AS_DENSE_FROM_ROWS * x.size(-1) and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and native_products())
+            and not torch.compiler.is_compiling())
 
 
 def native_copy(owner: object, weight: torch.Tensor) -> "native.NativeWeight | None":
