@@ -187,7 +187,7 @@ def test_long_generations_compile_quantized_models_only_where_their_graphs_were_
     from clozelm.model import packed
     monkeypatch.setattr(packed, "has_amx", lambda: amx)
     monkeypatch.setattr(packed, "has_avx512", lambda: avx512)
-    monkeypatch.setattr(packed, "native_products", lambda: native)
+    monkeypatch.setattr(packed, "native_products", lambda kind=None: native)
     plain, quantized = tiny_model(), tiny_model()
     packed.use_quantized_weights(quantized, "int8")
     assert generation.compiled_by_default(plain) is not amx

@@ -17,23 +17,28 @@ def _reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 @needs_avx2
-@pytest.mark.parametrize("rows,k", [(8, 8), (13, 24), (48, 64), (200, 136)])
+@pytest.mark.parametrize("rows,k", [(8, 32), (13, 96), (48, 64), (200, 160)])
 @pytest.mark.parametrize("m", [1, 2, 7])
 def test_products_equal_float64_in_every_format(rows, k, m):
-    """fp32, bf16 and int8 codes with a scale per row; row counts that are not a multiple of 8 (padded by the
-    packing); one row and several."""
+    """fp32, bf16, int8 codes with a scale per row, and 4-bit codes with a scale and zero per 32 columns; row
+    counts that are not a multiple of 8 (padded by the packing); one row and several."""
     generator = torch.Generator().manual_seed(rows * 100 + k + m)
     w = torch.randn(rows, k, generator=generator)
     x = torch.randn(m, k, generator=generator)
     codes = (w * 40).round().clamp(-127, 127).to(torch.int8)
     scales = torch.rand(rows, generator=generator) + 0.01
-    cases = [(native.pack(w), w), (native.pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float()),
-             (native.pack(codes, scales), codes.float() * scales[:, None])]
-    for weight, dense in cases:
+    nibbles = torch.randint(0, 16, (rows, k), generator=generator, dtype=torch.uint8)
+    scales_zeros = torch.randn(rows, k // native.GROUP, 2, generator=generator)
+    fp32_sums = 1e-5 * k ** 0.5  # relative to the largest output
+    cases = [(native.pack(w), w, fp32_sums),
+             (native.pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float(), fp32_sums),
+             (native.pack(codes, scales), codes.float() * scales[:, None], fp32_sums),
+             (native.pack(nibbles, scales_zeros), native.int4_weight(nibbles, scales_zeros), 2e-4)]  # 16-bit rows
+    for weight, dense, tolerance in cases:
         y = native.product(x, weight)
         assert y.shape == (m, rows) and y.dtype == torch.float32
         reference = _reference(x, dense)
-        assert torch.allclose(y, reference, rtol=1e-5, atol=1e-5 * k ** 0.5 * reference.abs().max().item())
+        assert torch.allclose(y, reference, rtol=1e-5, atol=tolerance * reference.abs().max().item())
 
 
 @needs_avx2
@@ -54,6 +59,18 @@ def test_pack_refuses_what_native_c_cannot_take():
         native.pack(torch.ones(8, 16, dtype=torch.int8))  # int8 codes without their scales
     with pytest.raises(ValueError):
         native.pack(torch.ones(8, 16, dtype=torch.float16))
+    with pytest.raises(ValueError):
+        native.pack(torch.ones(8, 48, dtype=torch.uint8), torch.ones(8, 1, 2))  # 4-bit codes: columns by 32
+    with pytest.raises(ValueError):
+        native.pack(torch.ones(8, 64, dtype=torch.uint8), torch.ones(8, 2))  # a scale without its zero
+
+
+def test_int4_weight_is_codes_centred_scaled_and_shifted_per_group():
+    """Hand-built: group 0 scale 2 zero 1, group 1 scale -0.5 zero 0, in two rows."""
+    codes = torch.tensor([[8] * 32 + [0] * 32, [15] * 32 + [9] * 32], dtype=torch.uint8)
+    scales_zeros = torch.tensor([[[2.0, 1.0], [-0.5, 0.0]], [[2.0, 1.0], [-0.5, 0.0]]])
+    expected = torch.tensor([[1.0] * 32 + [4.0] * 32, [15.0] * 32 + [-0.5] * 32])
+    assert torch.equal(native.int4_weight(codes, scales_zeros), expected)
 
 
 @needs_avx2
@@ -125,27 +142,30 @@ def test_the_switch_turns_the_kernels_off(monkeypatch):
 
 
 @needs_avx2
-@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8", "int4"])
 @pytest.mark.parametrize("activation", [None, "gelu_tanh"])
 def test_linear_multiplies_a_few_rows_through_native_c(kind, activation, monkeypatch):
     """Where the kernels are on (CLOZELM_NATIVE_KERNELS=1 asks for them on any AVX2 CPU), a Linear layer in inference
-    multiplies one row or a short draft through native.c (int8: the same codes and scales as torch's kernel), adds
-    its bias and applies its activation; many rows, and products with gradients, keep torch's products."""
+    multiplies one row or a short draft through native.c (int8 and int4: the same codes and scales as torch's
+    kernels), adds its bias and applies its activation; many rows, and products with gradients, keep torch's
+    products."""
     monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
     torch.manual_seed(0)
     dtype = torch.bfloat16 if kind == "bf16" else torch.float32
-    lin = packed.Linear(64, 40).to(dtype)
-    if kind == "int8":
-        lin.weight_format = "int8"
+    lin = packed.Linear(64, 48).to(dtype)  # int4: torch packs 16 rows at a time
+    if kind in ("int8", "int4"):
+        lin.weight_format = kind
     x = torch.randn(1, 3, 64).to(dtype)
     with torch.inference_mode():
         if kind == "int8":
             weight = native.pack(*packed._int8_codes(lin.weight.float()))
+        elif kind == "int4":
+            weight = native.pack(*packed._native_int4_codes(lin.weight.float()))
         else:
             weight = native.pack(lin.weight)
         expected = native.product(x.reshape(3, 64), weight) + lin.bias
         expected = packed.fused.activate(expected, activation).to(dtype)  # activated before rounding
-        assert torch.equal(lin(x, activation), expected.view(1, 3, 40))
+        assert torch.equal(lin(x, activation), expected.view(1, 3, 48))
         many = torch.randn(2, packed.AS_DENSE_FROM_ROWS, 64).to(dtype)
         monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
         torch_s = lin(many, activation)
@@ -172,7 +192,7 @@ def test_a_changed_weight_is_packed_again(monkeypatch):
 @needs_avx2
 def test_a_decoding_step_of_the_default_model_keeps_its_logits(monkeypatch):
     """The embedded default model, one cached step after a prompt: the logits with native.c's products equal
-    torch's to fp32 rounding, in fp32 and in int8 mode."""
+    torch's to fp32 rounding, in fp32 mode, and to the quantized kernels' rounding in int8 and int4 mode."""
     import clozelm
     model = clozelm.load("default")
     network = model.network
@@ -184,13 +204,13 @@ def test_a_decoding_step_of_the_default_model_keeps_its_logits(monkeypatch):
             network(ids[:, :-1], cache=cache)
             return network(ids[:, -1:], cache=cache).logits
 
-    for quantized in (None, "int8"):
+    for quantized in (None, "int8", "int4"):
         packed.use_quantized_weights(network, quantized)
         monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
         torch_s = step_logits()
         monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
         natively = step_logits()
-        tolerance = 1e-4 if quantized is None else 0.05  # int8: torch's kernel rounds the rows and sums to bf16
+        tolerance = 1e-4 if quantized is None else 0.05  # torch's int8/int4 kernels round rows and sums to bf16
         assert (natively - torch_s).abs().max() < tolerance * torch_s.abs().max()
         assert natively.argmax() == torch_s.argmax()
     packed.use_quantized_weights(network, None)

@@ -118,11 +118,13 @@ def test_compiled_steps_with_the_weights_themselves_give_the_forward_s_logits(co
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= packed.cpu_flags(), reason="model/native.c is x86 code for AVX2 and FMA")
 @pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE], ids=["gpt2", "llama"])
-@pytest.mark.parametrize("kind,dtype", [("int8", torch.float32), ("int8", torch.bfloat16), (None, torch.float32)])
-def test_compiled_int8_steps_call_native_c_where_eager_steps_do(config, kind, dtype, monkeypatch):
-    """Where products of a few rows go through model/native.c, every int8 product of a compiled step (the projection
-    too) calls the same kernel on the same copy: the logits are the forward's up to the order of other sums. fp32
-    and bf16 weights stay the compiled reduction, as fast there without an opaque call per product."""
+@pytest.mark.parametrize("kind,dtype", [("int8", torch.float32), ("int8", torch.bfloat16), ("int4", torch.float32),
+                                        (None, torch.float32)])
+def test_compiled_quantized_steps_call_native_c_where_eager_steps_do(config, kind, dtype, monkeypatch):
+    """Where products of a few rows go through model/native.c, every int8 and int4 product of a compiled step (the
+    projection too, int8 in int4 mode) calls the same kernel on the same copy: the logits are the forward's up to the
+    order of other sums. fp32 and bf16 weights stay the compiled reduction, as fast there without an opaque call per
+    product."""
     monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
     net = network(config, kind, dtype)
     ids = torch.randint(0, 96, (80,), generator=torch.Generator().manual_seed(1)).tolist()
@@ -133,6 +135,8 @@ def test_compiled_int8_steps_call_native_c_where_eager_steps_do(config, kind, dt
     rows = {linear.weight.shape[0] for linear in step._products(net.h[0]) if linear is not None}
     assert formats == ({(step.NATIVE, n) for n in rows | {96}} if kind else {step.DENSE}) and not step._failure
     steps = 2 ** -16 if dtype == torch.float32 else 8 * 2 ** -8
+    if kind == "int4":  # the kernel rounds its rows to 16-bit integers: an ulp upstream can move a value a step there
+        steps = 2 ** -11
     assert (got.float() - eager.float()).abs().max() <= steps * eager.float().abs().max()
 
 

@@ -167,9 +167,10 @@ def compiled_by_default(model=None) -> bool:
     differ (row-major fp32, AMX bf16): there only when asked for. Without a model: for fp32 weights."""
     if packed.has_amx():
         return False
-    quantized = model is not None and any(packed.QUANTIZED.get(getattr(module, "weight_format", None))
-                                          for module in _network(model).modules())
-    return not quantized or packed.has_avx512() or packed.native_products()
+    modules = () if model is None else _network(model).modules()
+    quantized = {kind for kind in (getattr(module, "weight_format", None) for module in modules)
+                 if packed.QUANTIZED.get(kind)}
+    return not quantized or packed.has_avx512() or all(packed.native_products(kind) for kind in quantized)
 
 
 def compile_refusal(model) -> str | None:

@@ -55,10 +55,10 @@ def test_compiled_steps_are_chosen_where_a_model_allows_them_and_refused_where_a
     with running(models, compile=None) as server:  # fp32 weights: compiled reductions over the weights themselves
         assert server.compiled == ({"causal"} if step.compiler_available() else frozenset())
     monkeypatch.setattr(packed, "has_avx512", lambda: False)  # AVX2 alone: inductor's int8 steps measured slower
-    monkeypatch.setattr(packed, "native_products", lambda: False)
+    monkeypatch.setattr(packed, "native_products", lambda kind=None: False)
     with running(int8_models, compile=None) as server:
         assert server.compiled == frozenset()
-    monkeypatch.setattr(packed, "native_products", lambda: True)  # graphs calling model/native.c: faster there
+    monkeypatch.setattr(packed, "native_products", lambda kind=None: True)  # graphs calling native.c: faster
     with running(int8_models, compile=None) as server:
         assert server.compiled == ({"causal"} if step.compiler_available() else frozenset())
     monkeypatch.setattr(packed, "has_avx512", lambda: True)

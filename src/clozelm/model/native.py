@@ -1,9 +1,11 @@
-"""Products of a few input rows for x86 CPUs with AVX2 and FMA alone, from model/native.c compiled on this machine.
+"""Products of a few input rows for x86 CPUs with AVX2 and FMA, from model/native.c compiled on this machine.
 
 One token of decoding reads every weight once, and on CPUs without AVX-512 torch's kernels for a single row read
 them well below the memory's speed: its int8 weight-only kernel at about a third of it, the packed fp32 product at
-about two thirds, a bf16 one (emulated there) at half. native.c reads a blocked copy of the weight as one sequential
-stream and widens int8 and bf16 to fp32 in registers (docs/performance.md has the figures).
+about two thirds, a bf16 one (emulated there) at half; with AVX-512 but no AMX its int8 and int4 kernels still read
+slower than native.c. native.c reads a blocked copy of the weight as one sequential stream, widens int8 and bf16 to
+fp32 in registers, and multiplies 4-bit codes by the row in 16-bit integers (docs/performance.md has the figures;
+model/packed.py's `native_products` says where each format goes through it).
 
 The C file is compiled once per machine with the system's C compiler (`CC`, else `cc` or `gcc`; the same kind of
 toolchain torch.compile needs) into the user's cache folder, and loaded with ctypes: no build step at install time,
@@ -30,17 +32,29 @@ import torch
 SOURCE = Path(__file__).with_name("native.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 BLOCK = 8  # weight rows and columns per block of the packed layout (native.c)
+GROUP = 32  # int4: columns per scale and zero, and per block of the packed layout (model/packed.py's INT4_GROUP)
 SYMBOLS = {torch.float32: "clozelm_product_f32", torch.bfloat16: "clozelm_product_bf16",
-           torch.int8: "clozelm_product_int8"}
+           torch.int8: "clozelm_product_int8", torch.uint8: "clozelm_product_int4"}  # uint8: two 4-bit codes a byte
 
 
 @dataclasses.dataclass(frozen=True)
 class NativeWeight:
     """A weight [rows, k] packed for native.c: data [rows_padded / 8, k / 8, 8, 8] in the weight's dtype (int8 with
-    an fp32 scale per row, scales [rows_padded]). Weakly referable: model/packed.py counts its copies' bytes."""
+    an fp32 scale per row, scales [rows_padded]), or int4: data uint8 [rows_padded / 8, k / 32, 8, 16] (two codes a
+    byte) with scales bf16 [rows_padded / 8, k / 32, 2, 8] (8 scales, then 8 zeros). Weakly referable:
+    model/packed.py counts its copies' bytes."""
     data: torch.Tensor
     scales: torch.Tensor | None
     rows: int
+
+    @property
+    def columns(self) -> int:
+        return _columns(self.data)
+
+
+def _columns(data: torch.Tensor) -> int:
+    """The weight's k from its blocked data (int4: two codes a byte)."""
+    return data.size(1) * data.size(3) * (2 if data.dtype == torch.uint8 else 1)
 
 
 def _cache_dir() -> Path:
@@ -96,29 +110,53 @@ def library() -> ctypes.CDLL | None:
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """Whether the library multiplies a test matrix as torch does, in every format (a padded row count, 3 rows)."""
+    """Whether the library multiplies a test matrix as torch does, in every format (a padded row count, 3 rows;
+    int4 to the rounding of its input rows to 16-bit integers)."""
     generator = torch.Generator().manual_seed(0)
-    w = torch.randn(13, 24, generator=generator)
-    x = torch.randn(3, 24, generator=generator)
+    w = torch.randn(13, 64, generator=generator)
+    x = torch.randn(3, 64, generator=generator)
     scales = torch.rand(13, generator=generator) + 0.5
-    cases = [(pack(w), w), (pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float()),
-             (pack(w.round().clamp(-127, 127).to(torch.int8), scales), w.round().clamp(-127, 127) * scales[:, None])]
-    return all(torch.allclose(_product(lib, x, p.data, p.scales, p.rows), x @ reference.T, rtol=1e-5, atol=1e-5)
-               for p, reference in cases)
+    codes = torch.randint(0, 16, (13, 64), generator=generator, dtype=torch.uint8)
+    scales_zeros = (torch.rand(13, 2, 2, generator=generator) - 0.5).to(torch.bfloat16)
+    cases = [(pack(w), w, 1e-5), (pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float(), 1e-5),
+             (pack(w.round().clamp(-127, 127).to(torch.int8), scales), w.round().clamp(-127, 127) * scales[:, None],
+              1e-5), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
+    return all(torch.allclose(_product(lib, x, p.data, p.scales, p.rows), x @ reference.T, rtol=tolerance,
+                              atol=tolerance) for p, reference, tolerance in cases)
 
 
 def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeight:
-    """weight [n, k] (fp32, bf16, or int8 codes with `scales` [n]: weight ~= codes * scale) in native.c's blocked
-    layout, rows padded with zeros to a multiple of 8. k must be a multiple of 8."""
+    """weight [n, k] in native.c's blocked layout, rows padded with zeros to a multiple of 8: fp32 or bf16 (k a
+    multiple of 8), int8 codes with `scales` [n] (weight ~= codes * scale; k a multiple of 8), or 4-bit codes as
+    uint8 in 0..15 with `scales` [n, k / 32, 2] (scale, zero) per row and group of 32 columns (weight ~= (codes - 8)
+    * scale + zero, the scales and zeros rounded to bf16; k a multiple of 32)."""
     n, k = weight.shape
-    if weight.dtype not in SYMBOLS or k % BLOCK or (weight.dtype == torch.int8) != (scales is not None):
+    int4 = weight.dtype == torch.uint8
+    if (weight.dtype not in SYMBOLS or k % (GROUP if int4 else BLOCK) or (weight.dtype in (torch.int8, torch.uint8))
+            != (scales is not None) or (int4 and tuple(scales.shape) != (n, k // GROUP, 2))):
         raise ValueError(f"cannot pack a {weight.dtype} weight of shape {tuple(weight.shape)} for native products")
     padded = -(-n // BLOCK) * BLOCK
     w = torch.cat([weight.detach(), weight.new_zeros(padded - n, k)]) if padded > n else weight.detach()
+    if int4:
+        w = w.reshape(padded // BLOCK, BLOCK, k // GROUP, 2, GROUP // 2)  # [blocks, 8 rows, groups, halves, 16]
+        data = (w[:, :, :, 0] | (w[:, :, :, 1] << 4)).transpose(1, 2).contiguous()  # column b low, 16 + b high
+        scales = torch.cat([scales.detach().to(torch.bfloat16), scales.new_zeros(padded - n, k // GROUP, 2,
+                                                                                 dtype=torch.bfloat16)])
+        scales = scales.reshape(padded // BLOCK, BLOCK, k // GROUP, 2).permute(0, 2, 3, 1).contiguous()
+        return NativeWeight(data, scales, n)
     data = w.reshape(padded // BLOCK, BLOCK, k // BLOCK, BLOCK).transpose(1, 2).contiguous()
     if scales is not None:
         scales = torch.cat([scales.detach().float(), scales.new_zeros(padded - n, dtype=torch.float32)]).contiguous()
     return NativeWeight(data, scales, n)
+
+
+def int4_weight(codes: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """The fp32 weight [n, k] that 4-bit codes [n, k] and their (scale, zero) pairs [n, k / 32, 2] stand for, as
+    native.c multiplies by it: (codes - 8) * scale + zero, with the scales and zeros rounded to bf16."""
+    n, k = codes.shape
+    scale, zero = scales_zeros.to(torch.bfloat16).float().unbind(-1)  # [n, k / 32] each
+    groups = codes.reshape(n, k // GROUP, GROUP).float() - 8
+    return (groups * scale[..., None] + zero[..., None]).reshape(n, k)
 
 
 def product(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
@@ -136,8 +174,9 @@ def _operation(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None,
 def _product(lib: ctypes.CDLL, x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None,
              rows: int) -> torch.Tensor:
     m, k = x.shape
-    if data.size(1) * BLOCK != k:
-        raise ValueError(f"input rows of {k} values for a weight of {data.size(1) * BLOCK} columns")
+    columns = _columns(data)
+    if columns != k:
+        raise ValueError(f"input rows of {k} values for a weight of {columns} columns")
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.detach().float().contiguous()
     n = data.size(0) * BLOCK

@@ -21,8 +21,9 @@ weight-only CPU kernels, which dequantise inside the product), made and cached t
 rows multiply by a dense copy of the dequantised weights instead, which is faster there (`AS_DENSE_FROM_ROWS`):
 bf16 where the CPU has bf16 units, fp32 where it has not.
 
-On x86 CPUs with AVX2 but not AVX-512, products of a few rows in every format but int4 go through model/native.c
-instead (`native_products`), which reads its own blocked copy of the weights faster than any of torch's kernels there.
+On x86 CPUs with AVX2 but not AVX-512, products of a few rows in every format go through model/native.c
+instead (`native_products`), which reads its own blocked copy of the weights faster than any of torch's kernels there;
+with AVX-512 but not AMX (AMD's Zen 4), int8 and int4 products do: torch's kernels for those read slower there.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ INT4_GROUP = 32  # weights per scale and zero in int4 mode: llama.cpp's Q4 block
 AS_DENSE_FROM_ROWS = 8
 AS_DENSE = {INT8: "int8 dequantized", INT4: "int4 dequantized"}
 # native.c's blocked copies (model/native.py), by the format the product reads
-NATIVE_KINDS = {torch.float32: "native fp32", torch.bfloat16: "native bf16", INT8: "native int8"}
+NATIVE_KINDS = {torch.float32: "native fp32", torch.bfloat16: "native bf16", INT8: "native int8", INT4: "native int4"}
 # owner -> {kind: (the weight's key, its quantized copy or None where the kind does not fit its shape)}
 _quant_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
@@ -197,9 +198,10 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     if hit is not None and hit[0] == key:
         return hit[1]
     w = weight.detach().float()
-    if kind in NATIVE_KINDS.values():  # native.c's blocked copy: int8 from the same codes and scales as torch's kernel
-        source = (*_int8_codes(w),) if kind == NATIVE_KINDS[INT8] else (weight.detach(),)
-        copy = None if source[0].shape[1] % native.BLOCK else \
+    if kind in NATIVE_KINDS.values():  # native.c's blocked copy: int8/int4 from the same codes as torch's kernels
+        source = (*_int8_codes(w),) if kind == NATIVE_KINDS[INT8] else _native_int4_codes(w) \
+            if kind == NATIVE_KINDS[INT4] else (weight.detach(),)
+        copy = None if source[0].shape[1] % (native.GROUP if kind == NATIVE_KINDS[INT4] else native.BLOCK) else \
             _counted(lambda: native.pack(*source), source[0].numel() * source[0].element_size())
         parts = None if copy is None else (copy,)
     elif kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
@@ -241,6 +243,12 @@ def _int4_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = ((high - low) / 15).clamp(min=1e-12)
     q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
     return q, torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def _native_int4_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_int4_codes` as native.pack takes them: codes uint8 [n, k], (scale, zero) pairs [n, k / INT4_GROUP, 2]."""
+    q, scales_zeros = _int4_codes(w)
+    return q.to(torch.uint8), scales_zeros.transpose(0, 1)
 
 
 def _dequantized(w: torch.Tensor, kind: str) -> torch.Tensor:
@@ -290,12 +298,15 @@ def _quantized_linear(x, weight, bias, owner, kind):
     return y if bias is None else y + bias
 
 
-def native_products() -> bool:
-    """Whether products of a few rows go through model/native.c: on x86 CPUs with AVX2 and FMA but not AVX-512, where
-    its kernels were measured faster than torch's for every weight format (docs/performance.md), and where the
-    library builds. CLOZELM_NATIVE_KERNELS=0 turns them off, =1 asks for them on any CPU with AVX2 and FMA."""
+def native_products(kind: str | None = None) -> bool:
+    """Whether products of a few rows with weights in `kind` (INT8, INT4; None for fp32 and bf16 weights) go through
+    model/native.c, where its kernels were measured faster than torch's (docs/performance.md) and the library builds:
+    on x86 CPUs with AVX2 and FMA but not AVX-512 for every format, with AVX-512 but not AMX for int8 and int4.
+    CLOZELM_NATIVE_KERNELS=0 turns them off, =1 asks for them on any CPU with AVX2 and FMA, in every format."""
     wanted = os.environ.get("CLOZELM_NATIVE_KERNELS")
-    if wanted == "0" or not {"avx2", "fma"} <= cpu_flags() or (wanted != "1" and has_avx512()):
+    if wanted == "0" or not {"avx2", "fma"} <= cpu_flags():
+        return False
+    if wanted != "1" and has_avx512() and (has_amx() or not QUANTIZED.get(kind)):
         return False
     return native.library() is not None
 
@@ -308,14 +319,17 @@ def _native_rows(x: torch.Tensor) -> bool:
 
 
 def native_copy(owner: object, weight: torch.Tensor) -> "native.NativeWeight | None":
-    """native.c's copy of `weight` as `owner`'s products read it (int8 codes in int8 mode, the weight itself where it is
-    fp32 or bf16 and not quantized), cached like the others; None where the kernels are off or the format or shape
-    has none (int4, a width that is not a multiple of 8)."""
-    if not native_products():
+    """native.c's copy of `weight` as `owner`'s products read it (int8 or int4 codes in those modes, the weight itself
+    where it is fp32 or bf16 and not quantized), cached like the others; None where the kernels are off or the shape
+    has none (a width that is not a multiple of 8)."""
+    kind = getattr(owner, "weight_format", None)
+    quantized = kind if QUANTIZED.get(kind) else None
+    if not native_products(quantized):  # an int4 weight that falls back to int8 is native wherever int4 is
         return None
-    found = quantized_parts(owner, weight, owner.weight_format) if QUANTIZED.get(getattr(owner, "weight_format", None)) \
-        else None
-    kind = NATIVE_KINDS.get(weight.dtype) if found is None else NATIVE_KINDS[INT8] if found[0] == INT8 else None
+    found = None if quantized is None else quantized_parts(owner, weight, quantized)
+    if found is None and quantized is not None and not native_products():  # a shape no quantized format takes
+        return None
+    kind = NATIVE_KINDS.get(weight.dtype) if found is None else NATIVE_KINDS[found[0]]
     parts = None if kind is None else _quantized(owner, weight, kind)
     return None if parts is None else parts[0]
 
@@ -367,8 +381,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
     """activation(F.linear(x, weight, bias)), through the packed copy of `weight` (cached on `owner`) when that is
     safe, and with the bias and activation inside oneDNN's product where the product is bf16 (model/fused.py)."""
     if weight.device.type == "cpu" and _native_rows(x):
-        copy = native_copy(owner, weight)  # int8 codes in int8 mode, else the weight itself in fp32 or bf16
-        if copy is not None and (copy.data.dtype == torch.int8
+        copy = native_copy(owner, weight)  # int8/int4 codes in those modes, else the weight itself in fp32 or bf16
+        if copy is not None and (copy.scales is not None
                                  or (x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu"))):
             y = native.product(x.reshape(-1, x.size(-1)), copy)
             y = fused.activate(y if bias is None else y + bias, activation)  # in fp32, rounded once to x's dtype

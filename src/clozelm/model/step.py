@@ -11,12 +11,12 @@ The products: int4 through torch's weight-only kernel, an ordinary operation in 
 reduction compiled into it (`_product`), each weight read once and multiplied by the row in fp32. Eager decoding
 multiplies fp32 and bf16 rows by oneDNN-packed copies of the weights, which a graph cannot take (inductor's
 lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call than the
-fusion saves); the compiled reduction reads the weights as they are, and streams them as fast. Where products of a
-few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran several times
-slower than eager steps), int8 products of the graph call that kernel instead, an opaque operation on the same
-blocked copy the eager step reads. Only int8's: fp32 and bf16 reductions compile as fast as that kernel reads, and
-each call of an opaque operation pays a dispatch through Python, which SmolLM2's 210
-small products a token would feel (docs/performance.md).
+fusion saves); the compiled reduction reads the weights as they are, and streams them as fast. Where int8 and int4
+products of a few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran
+several times slower than eager steps, and with AVX-512 but no AMX), those products of the graph call that kernel
+instead, an opaque operation on the same blocked copy the eager step reads. Only theirs: fp32 and bf16 reductions
+compile as fast as that kernel reads, and each call of an opaque operation pays a dispatch through Python, which
+SmolLM2's 210 small products a token would feel (docs/performance.md).
 
 The graph computes what `Block.forward` computes for one token of one row; it reads the layer's cache up to the
 token's own slot, a view whose length is symbolic in the graph, so one compile serves every length. A generation
@@ -40,7 +40,7 @@ from . import transformer  # its attention functions; transformer.py imports thi
 _graphs: dict[tuple, tuple] = {}
 _failure: list[str] = []  # why torch.compile failed in this process, once it has: later steps stay eager
 DENSE = "dense"  # a product with the weight itself (fp32, bf16), as `_product` reads it
-NATIVE = "native"  # a product through model/native.c: (NATIVE, output rows), (blocked weight, int8 scales or None)
+NATIVE = "native"  # a product through model/native.c: (NATIVE, output rows), (blocked weight, scales or None)
 
 
 def compiler_available() -> bool:
@@ -123,8 +123,8 @@ def _parts(owner) -> tuple[str, tuple[torch.Tensor, ...]]:
     eager forward makes the same choice."""
     kind = getattr(owner, "weight_format", None)
     found = packed.quantized_parts(owner, owner.weight, kind) if packed.QUANTIZED.get(kind) else None
-    copy = packed.native_copy(owner, owner.weight) if found is not None and found[0] == packed.INT8 else None
-    if copy is not None:  # int8 through the eager products' kernel (model/native.c), where they take it
+    copy = None if found is None else packed.native_copy(owner, owner.weight)
+    if copy is not None:  # int8 and int4 through the eager products' kernel (model/native.c), where they take it
         return (NATIVE, copy.rows), (copy.data, copy.scales)
     return (DENSE, (owner.weight,)) if found is None else found
 
@@ -153,8 +153,8 @@ def _product(x, product, activation=None):
     """x [1, 1, in] times a weight. fp32, bf16 and int8 as a reduction that inductor compiles for the weight's
     shape: each weight read once, widened and multiplied by the row in fp32 (torch's int8 kernel streams slower on
     the CPUs measured), int8 rounded to bf16 as that kernel rounds it (the row too, where inductor keeps the cast; it
-    may drop a cast down and back up). int4 through torch's kernel, which streams faster than a compiled reduction
-    that unpacks the nibbles."""
+    may drop a cast down and back up). int4, where native.c does not take it, through torch's kernel, which streams
+    faster than a compiled reduction that unpacks the nibbles."""
     kind, parts, bias = product
     if isinstance(kind, tuple):  # (NATIVE, rows): the kernel eager decoding takes too, an opaque call in the graph
         y = torch.ops.clozelm.native_product(x.reshape(1, x.size(-1)), *parts, kind[1])
