@@ -91,10 +91,9 @@ def main(args) -> None:
                   "clozelm int4, compiled, no drafting": run_ours(models["int4"], lookahead=0, compile=True),
                   "clozelm int4, compiled": run_ours(models["int4"], compile=True)}
     from clozelm.model import packed
-    for name in ("fp32, compiled, no drafting", "int8, no drafting", "int8, compiled, no drafting",
-                 "int4, no drafting", "int4, compiled, no drafting"):
-        if packed.native_products(next((k for k in (packed.INT8, packed.INT4) if k in name), None)):
-            # this CPU multiplies a few rows in this format through model/native.c: torch's kernels beside it
+    if packed.native_products():  # this CPU multiplies a few rows through model/native.c: torch's kernels beside
+        for name in ("fp32, compiled, no drafting", "int8, no drafting", "int8, compiled, no drafting",
+                     "int4, no drafting", "int4, compiled, no drafting"):
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
     # the first call of each compiled row compiles (model/step.py), before the rounds
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}

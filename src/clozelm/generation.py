@@ -170,7 +170,7 @@ def compiled_by_default(model=None) -> bool:
     modules = () if model is None else _network(model).modules()
     quantized = {kind for kind in (getattr(module, "weight_format", None) for module in modules)
                  if packed.QUANTIZED.get(kind)}
-    return not quantized or packed.has_avx512() or all(packed.native_products(kind) for kind in quantized)
+    return not quantized or packed.has_avx512() or packed.native_products()
 
 
 def compile_refusal(model) -> str | None:

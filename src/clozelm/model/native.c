@@ -1,11 +1,16 @@
 /* Matrix products of a few input rows with weights read once, for x86 CPUs with AVX2 and FMA (model/native.py
  * compiles this file on the machine that runs it).
  *
- * y[m, n] = x[m, k] times the weight [n, k] transposed, all in fp32 arithmetic. The weight is stored blocked,
- * [n / 8][k / 8][8 rows][8 columns]: the 64 numbers one step of the inner loop multiplies are contiguous, so the
+ * y[m, n] = x[m, k] times the weight [n, k] transposed. fp32 and bf16 weights (in fp32 arithmetic) are stored
+ * blocked, [n / 8][k / 8][8 rows][8 columns]: the 64 numbers one step of the inner loop multiplies are contiguous, so the
  * whole weight is one sequential stream that the hardware prefetcher follows (row-major, 8 rows read side by side
  * are 8 short streams, and an int8 product read that way ran at less than half the speed). n is padded with zero
- * rows to a multiple of 8 by the packing; k must be a multiple of 8.
+ * rows to a multiple of 8 by the packing; k must be a multiple of 8 (of 32 for int8 and int4).
+ *
+ * int8 (clozelm_product_int8): codes q with an fp32 scale s per row, w = q * s. Blocked [n / 8][k / 32][8 rows][32
+ * columns], and multiplied like int4 below: the input row in 16-bit integers, each group of 32 columns of a row two
+ * integer multiply-adds, one conversion and one fma for the group's step (widening every code to fp32 instead made
+ * the kernel bound by its arithmetic: it read int8 slower than fp32 per weight). k must be a multiple of 32.
  *
  * int4 (clozelm_product_int4): 4-bit codes q in 0..15 with a bf16 scale s and zero z per row and group of 32
  * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][8 rows][16 bytes], byte b
@@ -40,12 +45,9 @@ static inline __m256 from_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
-static inline __m256 from_int8(const int8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-
 #define PRODUCT(NAME, TYPE, WIDEN)                                                                           \
-    void NAME(const TYPE *w, const float *scales, const float *x, float *y, int64_t m, int64_t n, int64_t k) { \
+    void NAME(const TYPE *w, const float *unused, const float *x, float *y, int64_t m, int64_t n, int64_t k) { \
+        (void)unused;  /* the signature of the quantized kernels, which take scales */                       \
         _Pragma("omp parallel for schedule(static)")                                                         \
         for (int64_t block = 0; block < n / 8; block++) {                                                    \
             const TYPE *wb = w + block * 8 * k;                                                               \
@@ -58,33 +60,72 @@ static inline __m256 from_int8(const int8_t *p) {
                     __m256 xv = _mm256_loadu_ps(xi + j);                                                     \
                     for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(WIDEN(p + 8 * r), xv, a[r]);          \
                 }                                                                                            \
-                __m256 s = sums8(a);                                                                         \
-                if (scales) s = _mm256_mul_ps(s, _mm256_loadu_ps(scales + block * 8));                       \
-                _mm256_storeu_ps(y + i * n + block * 8, s);                                                  \
+                _mm256_storeu_ps(y + i * n + block * 8, sums8(a));                                           \
             }                                                                                                \
         }                                                                                                    \
     }
 
 PRODUCT(clozelm_product_f32, float, from_f32)
 PRODUCT(clozelm_product_bf16, uint16_t, from_bf16)
-PRODUCT(clozelm_product_int8, int8_t, from_int8)
 
-void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const float *x, float *y, int64_t m,
-                          int64_t n, int64_t k) {
-    const int64_t groups = k / 32;
-    /* Each input row per group of 32: 16-bit integers xq with a step d (x ~= xq * d), and the sum of x. */
-    int16_t *xq = malloc(m * k * sizeof(int16_t));
-    float *steps = malloc(2 * m * groups * sizeof(float)), *sums = steps + m * groups;
-    if (!xq || !steps) { free(xq); free(steps); for (int64_t i = 0; i < m * n; i++) y[i] = NAN; return; }
-    for (int64_t i = 0; i < m * groups; i++) {
+/* The m input rows per group of 32 columns as 16-bit integers xq with a step d (x ~= xq * d, rounded to nearest;
+ * the step is the group's largest magnitude / 32767), and each group's sum; false where memory ran out. */
+static int rows_in_int16(const float *x, int64_t m, int64_t k, int16_t **xq, float **steps, float **sums) {
+    const int64_t groups = m * (k / 32);
+    *xq = malloc(m * k * sizeof(int16_t));
+    *steps = malloc(2 * groups * sizeof(float));
+    if (!*xq || !*steps) { free(*xq); free(*steps); return 0; }
+    *sums = *steps + groups;
+    for (int64_t i = 0; i < groups; i++) {
         const float *xg = x + 32 * i;
         float top = 0, sum = 0;
         for (int c = 0; c < 32; c++) { top = xg[c] > top ? xg[c] : -xg[c] > top ? -xg[c] : top; sum += xg[c]; }
         const float d = top > 0 ? top / 32767 : 1;
-        for (int c = 0; c < 32; c++) xq[32 * i + c] = (int16_t)_mm_cvtss_si32(_mm_set_ss(xg[c] / d));  /* nearest */
-        steps[i] = d;
-        sums[i] = sum;
+        for (int c = 0; c < 32; c++) (*xq)[32 * i + c] = (int16_t)_mm_cvtss_si32(_mm_set_ss(xg[c] / d));
+        (*steps)[i] = d;
+        (*sums)[i] = sum;
     }
+    return 1;
+}
+
+void clozelm_product_int8(const int8_t *w, const float *scales, const float *x, float *y, int64_t m, int64_t n,
+                          int64_t k) {
+    const int64_t groups = k / 32;
+    int16_t *xq;
+    float *steps, *sums;
+    if (!rows_in_int16(x, m, k, &xq, &steps, &sums)) { for (int64_t i = 0; i < m * n; i++) y[i] = NAN; return; }
+#pragma omp parallel for schedule(static)
+    for (int64_t block = 0; block < n / 8; block++) {
+        const int8_t *wb = w + block * 8 * k;
+        for (int64_t i = 0; i < m; i++) {
+            __m256 a[8];
+            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+            for (int64_t g = 0; g < groups; g++) {
+                const int16_t *xg = xq + i * k + 32 * g;
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)xg);
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 16));
+                const __m256 d = _mm256_set1_ps(steps[i * groups + g]);
+                const int8_t *p = wb + 256 * g;
+                for (int r = 0; r < 8; r++) {
+                    __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r)));
+                    __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r + 16)));
+                    __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
+                }
+            }
+            _mm256_storeu_ps(y + i * n + block * 8, _mm256_mul_ps(sums8(a), _mm256_loadu_ps(scales + block * 8)));
+        }
+    }
+    free(xq);
+    free(steps);
+}
+
+void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const float *x, float *y, int64_t m,
+                          int64_t n, int64_t k) {
+    const int64_t groups = k / 32;
+    int16_t *xq;
+    float *steps, *sums;
+    if (!rows_in_int16(x, m, k, &xq, &steps, &sums)) { for (int64_t i = 0; i < m * n; i++) y[i] = NAN; return; }
     const __m256i nibble = _mm256_set1_epi16(0x0f);
 #pragma omp parallel for schedule(static)
     for (int64_t block = 0; block < n / 8; block++) {

@@ -1,11 +1,11 @@
 """Products of a few input rows for x86 CPUs with AVX2 and FMA, from model/native.c compiled on this machine.
 
-One token of decoding reads every weight once, and on CPUs without AVX-512 torch's kernels for a single row read
-them well below the memory's speed: its int8 weight-only kernel at about a third of it, the packed fp32 product at
-about two thirds, a bf16 one (emulated there) at half; with AVX-512 but no AMX its int8 and int4 kernels still read
-slower than native.c. native.c reads a blocked copy of the weight as one sequential stream, widens int8 and bf16 to
-fp32 in registers, and multiplies 4-bit codes by the row in 16-bit integers (docs/performance.md has the figures;
-model/packed.py's `native_products` says where each format goes through it).
+One token of decoding reads every weight once, and on x86 CPUs without AMX torch's kernels for a single row read
+them well below the memory's speed: with AVX2 alone its int8 weight-only kernel at about a third of it, the packed
+fp32 product at about two thirds, a bf16 one (emulated there) at half; with AVX-512 (AMD's Zen 4) every format still
+reads slower than through native.c. native.c reads a blocked copy of the weight as one sequential stream, widens bf16
+to fp32 in registers, and multiplies int8 and 4-bit codes by the row rounded to 16-bit integers (docs/performance.md
+has the figures; model/packed.py's `native_products` says where it is used).
 
 The C file is compiled once per machine with the system's C compiler (`CC`, else `cc` or `gcc`; the same kind of
 toolchain torch.compile needs) into the user's cache folder, and loaded with ctypes: no build step at install time,
@@ -32,17 +32,17 @@ import torch
 SOURCE = Path(__file__).with_name("native.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 BLOCK = 8  # weight rows and columns per block of the packed layout (native.c)
-GROUP = 32  # int4: columns per scale and zero, and per block of the packed layout (model/packed.py's INT4_GROUP)
+GROUP = 32  # int8 and int4: columns per block of the packed layout; int4's per scale and zero (packed.INT4_GROUP)
 SYMBOLS = {torch.float32: "clozelm_product_f32", torch.bfloat16: "clozelm_product_bf16",
            torch.int8: "clozelm_product_int8", torch.uint8: "clozelm_product_int4"}  # uint8: two 4-bit codes a byte
 
 
 @dataclasses.dataclass(frozen=True)
 class NativeWeight:
-    """A weight [rows, k] packed for native.c: data [rows_padded / 8, k / 8, 8, 8] in the weight's dtype (int8 with
-    an fp32 scale per row, scales [rows_padded]), or int4: data uint8 [rows_padded / 8, k / 32, 8, 16] (two codes a
-    byte) with scales bf16 [rows_padded / 8, k / 32, 2, 8] (8 scales, then 8 zeros). Weakly referable:
-    model/packed.py counts its copies' bytes."""
+    """A weight [rows, k] packed for native.c: data [rows_padded / 8, k / 8, 8, 8] in the weight's dtype (fp32,
+    bf16), int8 codes [rows_padded / 8, k / 32, 8, 32] with an fp32 scale per row (scales [rows_padded]), or int4:
+    data uint8 [rows_padded / 8, k / 32, 8, 16] (two codes a byte) with scales bf16 [rows_padded / 8, k / 32, 2, 8]
+    (8 scales, then 8 zeros). Weakly referable: model/packed.py counts its copies' bytes."""
     data: torch.Tensor
     scales: torch.Tensor | None
     rows: int
@@ -111,7 +111,7 @@ def library() -> ctypes.CDLL | None:
 
 def _agrees(lib: ctypes.CDLL) -> bool:
     """Whether the library multiplies a test matrix as torch does, in every format (a padded row count, 3 rows;
-    int4 to the rounding of its input rows to 16-bit integers)."""
+    int8 and int4 to the rounding of their input rows to 16-bit integers)."""
     generator = torch.Generator().manual_seed(0)
     w = torch.randn(13, 64, generator=generator)
     x = torch.randn(3, 64, generator=generator)
@@ -120,19 +120,20 @@ def _agrees(lib: ctypes.CDLL) -> bool:
     scales_zeros = (torch.rand(13, 2, 2, generator=generator) - 0.5).to(torch.bfloat16)
     cases = [(pack(w), w, 1e-5), (pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float(), 1e-5),
              (pack(w.round().clamp(-127, 127).to(torch.int8), scales), w.round().clamp(-127, 127) * scales[:, None],
-              1e-5), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
-    return all(torch.allclose(_product(lib, x, p.data, p.scales, p.rows), x @ reference.T, rtol=tolerance,
-                              atol=tolerance) for p, reference, tolerance in cases)
+              1e-3), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
+    with torch.autocast("cpu", enabled=False):  # the first product may come under a caller's autocast
+        return all(torch.allclose(_product(lib, x, p.data, p.scales, p.rows), x @ reference.T, rtol=tolerance,
+                                  atol=tolerance) for p, reference, tolerance in cases)
 
 
 def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeight:
     """weight [n, k] in native.c's blocked layout, rows padded with zeros to a multiple of 8: fp32 or bf16 (k a
-    multiple of 8), int8 codes with `scales` [n] (weight ~= codes * scale; k a multiple of 8), or 4-bit codes as
+    multiple of 8), int8 codes with `scales` [n] (weight ~= codes * scale; k a multiple of 32), or 4-bit codes as
     uint8 in 0..15 with `scales` [n, k / 32, 2] (scale, zero) per row and group of 32 columns (weight ~= (codes - 8)
     * scale + zero, the scales and zeros rounded to bf16; k a multiple of 32)."""
     n, k = weight.shape
     int4 = weight.dtype == torch.uint8
-    if (weight.dtype not in SYMBOLS or k % (GROUP if int4 else BLOCK) or (weight.dtype in (torch.int8, torch.uint8))
+    if (weight.dtype not in SYMBOLS or k % columns_multiple(weight.dtype) or (weight.dtype in (torch.int8, torch.uint8))
             != (scales is not None) or (int4 and tuple(scales.shape) != (n, k // GROUP, 2))):
         raise ValueError(f"cannot pack a {weight.dtype} weight of shape {tuple(weight.shape)} for native products")
     padded = -(-n // BLOCK) * BLOCK
@@ -144,10 +145,17 @@ def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeig
                                                                                  dtype=torch.bfloat16)])
         scales = scales.reshape(padded // BLOCK, BLOCK, k // GROUP, 2).permute(0, 2, 3, 1).contiguous()
         return NativeWeight(data, scales, n)
-    data = w.reshape(padded // BLOCK, BLOCK, k // BLOCK, BLOCK).transpose(1, 2).contiguous()
+    columns = columns_multiple(weight.dtype)
+    data = w.reshape(padded // BLOCK, BLOCK, k // columns, columns).transpose(1, 2).contiguous()
     if scales is not None:
         scales = torch.cat([scales.detach().float(), scales.new_zeros(padded - n, dtype=torch.float32)]).contiguous()
     return NativeWeight(data, scales, n)
+
+
+def columns_multiple(dtype: torch.dtype) -> int:
+    """What a weight's column count must be a multiple of for native.c to take it in `dtype` (int8 and int4
+    multiply in groups of 32 columns)."""
+    return GROUP if dtype in (torch.int8, torch.uint8) else BLOCK
 
 
 def int4_weight(codes: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,9 @@ weight-only CPU kernels, which dequantise inside the product), made and cached t
 rows multiply by a dense copy of the dequantised weights instead, which is faster there (`AS_DENSE_FROM_ROWS`):
 bf16 where the CPU has bf16 units, fp32 where it has not.
 
-On x86 CPUs with AVX2 but not AVX-512, products of a few rows in every format go through model/native.c
-instead (`native_products`), which reads its own blocked copy of the weights faster than any of torch's kernels there;
-with AVX-512 but not AMX (AMD's Zen 4), int8 and int4 products do: torch's kernels for those read slower there.
+On x86 CPUs with AVX2 but not AMX (AVX2 alone, or AVX-512 as on AMD's Zen 4), products of a few rows in every format
+go through model/native.c instead (`native_products`), which reads its own blocked copy of the weights faster than
+any of torch's kernels there.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def _quantized(owner: object, weight: torch.Tensor, kind: str) -> tuple[torch.Te
     if kind in NATIVE_KINDS.values():  # native.c's blocked copy: int8/int4 from the same codes as torch's kernels
         source = (*_int8_codes(w),) if kind == NATIVE_KINDS[INT8] else _native_int4_codes(w) \
             if kind == NATIVE_KINDS[INT4] else (weight.detach(),)
-        copy = None if source[0].shape[1] % (native.GROUP if kind == NATIVE_KINDS[INT4] else native.BLOCK) else \
+        copy = None if source[0].shape[1] % native.columns_multiple(source[0].dtype) else \
             _counted(lambda: native.pack(*source), source[0].numel() * source[0].element_size())
         parts = None if copy is None else (copy,)
     elif kind == AUTOCAST_BF16:  # counted with the packed copies: fp32 training validates with a copy of its weights
@@ -298,15 +298,13 @@ def _quantized_linear(x, weight, bias, owner, kind):
     return y if bias is None else y + bias
 
 
-def native_products(kind: str | None = None) -> bool:
-    """Whether products of a few rows with weights in `kind` (INT8, INT4; None for fp32 and bf16 weights) go through
-    model/native.c, where its kernels were measured faster than torch's (docs/performance.md) and the library builds:
-    on x86 CPUs with AVX2 and FMA but not AVX-512 for every format, with AVX-512 but not AMX for int8 and int4.
-    CLOZELM_NATIVE_KERNELS=0 turns them off, =1 asks for them on any CPU with AVX2 and FMA, in every format."""
+def native_products() -> bool:
+    """Whether products of a few rows go through model/native.c, where its kernels were measured faster than torch's
+    in every format (docs/performance.md) and the library builds: on x86 CPUs with AVX2 and FMA but not AMX (AVX2
+    alone, and AVX-512 without AMX as on AMD's Zen 4). CLOZELM_NATIVE_KERNELS=0 turns them off, =1 asks for them on
+    any CPU with AVX2 and FMA (a Xeon with AMX, where they are not measured yet)."""
     wanted = os.environ.get("CLOZELM_NATIVE_KERNELS")
-    if wanted == "0" or not {"avx2", "fma"} <= cpu_flags():
-        return False
-    if wanted != "1" and has_avx512() and (has_amx() or not QUANTIZED.get(kind)):
+    if wanted == "0" or not {"avx2", "fma"} <= cpu_flags() or (wanted != "1" and has_amx()):
         return False
     return native.library() is not None
 
@@ -322,13 +320,10 @@ def native_copy(owner: object, weight: torch.Tensor) -> "native.NativeWeight | N
     """native.c's copy of `weight` as `owner`'s products read it (int8 or int4 codes in those modes, the weight itself
     where it is fp32 or bf16 and not quantized), cached like the others; None where the kernels are off or the shape
     has none (a width that is not a multiple of 8)."""
+    if not native_products():
+        return None
     kind = getattr(owner, "weight_format", None)
-    quantized = kind if QUANTIZED.get(kind) else None
-    if not native_products(quantized):  # an int4 weight that falls back to int8 is native wherever int4 is
-        return None
-    found = None if quantized is None else quantized_parts(owner, weight, quantized)
-    if found is None and quantized is not None and not native_products():  # a shape no quantized format takes
-        return None
+    found = quantized_parts(owner, weight, kind) if QUANTIZED.get(kind) else None
     kind = NATIVE_KINDS.get(weight.dtype) if found is None else NATIVE_KINDS[found[0]]
     parts = None if kind is None else _quantized(owner, weight, kind)
     return None if parts is None else parts[0]
@@ -380,10 +375,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
            activation: str | None = None) -> torch.Tensor:
     """activation(F.linear(x, weight, bias)), through the packed copy of `weight` (cached on `owner`) when that is
     safe, and with the bias and activation inside oneDNN's product where the product is bf16 (model/fused.py)."""
-    if weight.device.type == "cpu" and _native_rows(x):
+    plain = x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")  # native.c's fp32 and bf16 products fit
+    if (weight.device.type == "cpu" and _native_rows(x)
+            and (plain or QUANTIZED.get(getattr(owner, "weight_format", None)))):
         copy = native_copy(owner, weight)  # int8/int4 codes in those modes, else the weight itself in fp32 or bf16
-        if copy is not None and (copy.scales is not None
-                                 or (x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu"))):
+        if copy is not None and (copy.scales is not None or plain):
             y = native.product(x.reshape(-1, x.size(-1)), copy)
             y = fused.activate(y if bias is None else y + bias, activation)  # in fp32, rounded once to x's dtype
             return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
