@@ -112,7 +112,7 @@ def speed(args):
                   "clozelm int4, compiled, no drafting": run_ours(ours_int4, lookahead=0, compile=True)}
     if packed.native_products():  # this CPU multiplies a few rows through model/native.c: torch's kernels beside
         for name in ("fp32, no drafting", "bf16, no drafting", "int8, no drafting", "int4, no drafting",
-                     "fp32, compiled, no drafting", "int8, compiled, no drafting", "int4, compiled, no drafting"):
+                     "int8, compiled, no drafting", "int4, compiled, no drafting"):  # compiled fp32, bf16: inductor's
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}  # the first call
     rate, outputs = interleaved(contenders, args.rounds, n)

@@ -92,7 +92,7 @@ def main(args) -> None:
                   "clozelm int4, compiled": run_ours(models["int4"], compile=True)}
     from clozelm.model import packed
     if packed.native_products():  # this CPU multiplies a few rows through model/native.c: torch's kernels beside
-        for name in ("fp32, compiled, no drafting", "int8, no drafting", "int8, compiled, no drafting",
+        for name in ("fp32, no drafting", "bf16, no drafting", "int8, no drafting", "int8, compiled, no drafting",
                      "int4, no drafting", "int4, compiled, no drafting"):
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
     # the first call of each compiled row compiles (model/step.py), before the rounds
