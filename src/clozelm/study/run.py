@@ -544,13 +544,17 @@ def _holds(recorded: dict | None, key: dict) -> bool:
 
 def _evaluated(out: Path, name: str, config: StudyConfig, say, model_sha256: str) -> dict:
     """The run's eval figures per task (cached in DIR/evals/NAME.json). A task that cannot run on this
-    corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal."""
+    corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal, and tried
+    again by the next run of the study while the model is here."""
     model_dir = out / "runs" / name / "model"
     objective = name.rsplit("-seed", 1)[0]
     keys = _eval_keys(out, config, model_sha256, causal=objective not in BIDIRECTIONAL)  # _trained's digest
     cache_path = out / "evals" / f"{name}.json"
     tasks = _cached_tasks(cache_path, keys)
-    todo = [t for t in config.tasks if t not in tasks]
+    # A task that could not run (its data not installed, say) runs again while the model is here: what it lacked
+    # may be there now.
+    model_here = (model_dir / "model.safetensors").is_file()
+    todo = [t for t in config.tasks if t not in tasks or (model_here and "error" in tasks[t])]
     if todo:
         model = load(model_dir, device=config.device)
         options = EvalOptions(seed=EVAL_SEED, limit=config.eval_limit, samples=config.eval_samples)
