@@ -37,10 +37,15 @@ def batch(tokenizer_encode, sentences, pad_id=0):
     return ids, mask
 
 
+def framed(tokenizer, text: str) -> list[int]:
+    """[CLS] text [SEP], as BERT reads a sentence."""
+    return tokenizer.frame(tokenizer.encode(text, specials=True), causal=False)
+
+
 def test_minilm_hidden_states_match(minilm):
     ours, ref, _ = minilm
     assert ours.config.head is None and ours.config.pooler and ours(torch.tensor([[101, 102]])).logits is None
-    ids, mask = batch(lambda s: ours.tokenizer.encode(s, add_special_tokens=True), SENTENCES)
+    ids, mask = batch(lambda s: framed(ours.tokenizer, s), SENTENCES)
     with torch.no_grad():
         want = ref(ids, attention_mask=mask)
         got = ours(ids, attention_mask=mask)
@@ -52,7 +57,7 @@ def test_minilm_hidden_states_match(minilm):
 def test_minilm_sentence_embeddings_cosine(minilm):
     """Full pipeline against the reference pipeline: our tokenizer + network vs HF tokenizer + BertModel."""
     ours, ref, ref_tok = minilm
-    ids, mask = batch(lambda s: ours.tokenizer.encode(s, add_special_tokens=True), SENTENCES)
+    ids, mask = batch(lambda s: framed(ours.tokenizer, s), SENTENCES)
     enc = ref_tok(SENTENCES, padding=True, return_tensors="pt")
     assert torch.equal(ids, enc["input_ids"])
 
@@ -70,7 +75,7 @@ def test_minilm_attentions_match_eager(minilm):
     ours, _, _ = minilm
     path = minilm_path()
     eager = transformers.BertModel.from_pretrained(path, attn_implementation="eager").eval()
-    ids, mask = batch(lambda s: ours.tokenizer.encode(s, add_special_tokens=True), SENTENCES[:2])
+    ids, mask = batch(lambda s: framed(ours.tokenizer, s), SENTENCES[:2])
     with torch.no_grad():
         want = eager(ids, attention_mask=mask, output_attentions=True).attentions
         got = ours(ids, attention_mask=mask, attentions=True).attentions
@@ -122,7 +127,7 @@ def test_headless_bert_save_pretrained_roundtrip(minilm, tmp_path):
     ours, ref, _ = minilm
     ours.save_pretrained(tmp_path)
     reopened = transformers.BertModel.from_pretrained(tmp_path).eval()
-    ids = torch.tensor([ours.tokenizer.encode(SENTENCES[0], add_special_tokens=True)])
+    ids = torch.tensor([framed(ours.tokenizer, SENTENCES[0])])
     with torch.no_grad():
         assert (reopened(ids).last_hidden_state - ref(ids).last_hidden_state).abs().max() <= 1e-4
     assert (tmp_path / "vocab.txt").read_text() == (Path(minilm_path()) / "vocab.txt").read_text()
