@@ -2,15 +2,15 @@
  * compiles this file on the machine that runs it).
  *
  * y[m, n] = x[m, k] times the weight [n, k] transposed. fp32 and bf16 weights (in fp32 arithmetic) are stored
- * blocked, [n / 8][k / 8][8 rows][8 columns]: the 64 numbers one step of the inner loop multiplies are contiguous, so the
- * whole weight is one sequential stream that the hardware prefetcher follows (row-major, 8 rows read side by side
- * are 8 short streams, and an int8 product read that way ran at less than half the speed). n is padded with zero
- * rows to a multiple of 8 by the packing; k must be a multiple of 8 (of 32 for int8 and int4).
+ * blocked, [n / 8][k / 8][8 rows][8 columns]: the 64 numbers one step of the inner loop multiplies are contiguous,
+ * so the whole weight is one sequential stream that the hardware prefetcher follows (row-major, 8 rows read side by
+ * side are 8 short streams, and an int8 product read that way ran at less than half the speed). n is padded with
+ * zero rows to a multiple of 8 by the packing; k must be a multiple of 8 (of 32 for int8 and int4).
  *
  * int8 (clozelm_product_int8): codes q with an fp32 scale s per row, w = q * s. Blocked [n / 8][k / 32][8 rows][32
  * columns], and multiplied like int4 below: the input row in 16-bit integers, each group of 32 columns of a row two
- * integer multiply-adds, one conversion and one fma for the group's step (widening every code to fp32 instead made
- * the kernel bound by its arithmetic: it read int8 slower than fp32 per weight). k must be a multiple of 32.
+ * integer multiply-adds, one conversion and one fma for the group's step (widening every code to fp32 instead, two
+ * conversions and an fma per 8 weights, made the kernel bound by its arithmetic). k must be a multiple of 32.
  *
  * int4 (clozelm_product_int4): 4-bit codes q in 0..15 with a bf16 scale s and zero z per row and group of 32
  * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][8 rows][16 bytes], byte b

@@ -319,7 +319,7 @@ def _native_rows(x: torch.Tensor) -> bool:
 def native_copy(owner: object, weight: torch.Tensor) -> "native.NativeWeight | None":
     """native.c's copy of `weight` as `owner`'s products read it (int8 or int4 codes in those modes, the weight itself
     where it is fp32 or bf16 and not quantized), cached like the others; None where the kernels are off or the shape
-    has none (a width that is not a multiple of 8)."""
+    has none (a width that is not a multiple of 8, or of 32 for int8 and int4 codes)."""
     if not native_products():
         return None
     kind = getattr(owner, "weight_format", None)
