@@ -42,6 +42,22 @@ def test_products_equal_float64_in_every_format(rows, k, m):
 
 
 @needs_avx2
+def test_a_nan_in_a_row_reaches_every_output_of_that_row_in_every_format():
+    """As torch's products do: the int8 and int4 kernels round rows to integers, where a NaN would become a 0."""
+    generator = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 64, generator=generator)
+    x = torch.randn(2, 64, generator=generator)
+    x[1, 40] = float("nan")
+    weights = [native.pack(w), native.pack(w.to(torch.bfloat16)),
+               native.pack(w.mul(40).round().to(torch.int8), torch.rand(16, generator=generator) + 0.01),
+               native.pack(torch.randint(0, 16, (16, 64), generator=generator, dtype=torch.uint8),
+                           torch.rand(16, 2, 2, generator=generator))]
+    for weight in weights:
+        y = native.product(x, weight)
+        assert y[0].isfinite().all() and y[1].isnan().all()
+
+
+@needs_avx2
 def test_every_row_and_column_counts():
     """A one-hot input picks out one column of the weight in every output row, exactly (no sum to round)."""
     w = torch.arange(24 * 16, dtype=torch.float32).reshape(24, 16) - 100

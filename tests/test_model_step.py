@@ -104,8 +104,8 @@ def test_compiled_int8_steps_are_as_close_to_the_exact_products_as_the_forward(c
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_steps_with_the_weights_themselves_give_the_forward_s_logits(config, dtype):
     """fp32 and bf16 weights (the full-precision fallback of int8 mode too, for widths its kernel cannot take) are a
-    compiled reduction over the weight itself, where the forward reads oneDNN's packed copy: the same sums in
-    another order. fp32: equal up to float rounding; bf16, whose products and attention round to bf16 both ways:
+    compiled reduction over the weight itself, where the forward reads a packed copy (oneDNN's or native.c's): the
+    same sums in another order. fp32: equal up to float rounding; bf16, whose products and attention round to bf16 both ways:
     within a few bf16 steps, as the int8 steps are."""
     net = network(config, None, dtype)
     ids = torch.randint(0, 96, (80,), generator=torch.Generator().manual_seed(1)).tolist()

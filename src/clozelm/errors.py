@@ -7,3 +7,8 @@ class ClozelmError(Exception):
     The CLI prints ``clozelm: error: <message>`` and exits with status 2 instead of
     showing a traceback, so every message must stand on its own in one line.
     """
+
+
+class MissingPackage(ClozelmError):
+    """A ClozelmError that installing an optional package fixes (the message says which): what failed may be tried
+    again once it is there (a study's evaluation task, say)."""

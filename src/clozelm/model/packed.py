@@ -23,7 +23,7 @@ bf16 where the CPU has bf16 units, fp32 where it has not.
 
 On x86 CPUs with AVX2 but not AMX (AVX2 alone, or AVX-512 as on AMD's Zen 4), products of a few rows in every format
 go through model/native.c instead (`native_products`), which reads its own blocked copy of the weights faster than
-any of torch's kernels there.
+any of torch's kernels there (not fp32 weights under autocast, whose products are bf16 ones).
 """
 
 from __future__ import annotations

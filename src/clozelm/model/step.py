@@ -9,7 +9,8 @@ projection is a second graph.
 
 The products: int4 through torch's weight-only kernel, an ordinary operation in a graph; int8, fp32 and bf16 as a
 reduction compiled into it (`_product`), each weight read once and multiplied by the row in fp32. Eager decoding
-multiplies fp32 and bf16 rows by oneDNN-packed copies of the weights, which a graph cannot take (inductor's
+multiplies fp32 and bf16 rows by oneDNN-packed copies of the weights (native.c's blocked ones on x86 CPUs without
+AMX, below), which a graph cannot take (inductor's
 lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call than the
 fusion saves); the compiled reduction reads the weights as they are, and streams them as fast. Where int8 and int4
 products of a few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran

@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from ..cloze.blanks import BLANK
-from ..errors import ClozelmError
+from ..errors import ClozelmError, MissingPackage
 from ..eval import EvalOptions, evaluate
 from ..files import atomic_write_bytes, atomic_write_text, expand_inputs
 from ..loading import load
@@ -544,17 +544,16 @@ def _holds(recorded: dict | None, key: dict) -> bool:
 
 def _evaluated(out: Path, name: str, config: StudyConfig, say, model_sha256: str) -> dict:
     """The run's eval figures per task (cached in DIR/evals/NAME.json). A task that cannot run on this
-    corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal, and tried
-    again by the next run of the study while the model is here."""
+    corpus (say, cloze without sentences of 8 to 40 words) is recorded as {"error": why}, not fatal; one that lacked an
+    optional package is tried again by the next run of the study while the model is here."""
     model_dir = out / "runs" / name / "model"
     objective = name.rsplit("-seed", 1)[0]
     keys = _eval_keys(out, config, model_sha256, causal=objective not in BIDIRECTIONAL)  # _trained's digest
     cache_path = out / "evals" / f"{name}.json"
     tasks = _cached_tasks(cache_path, keys)
-    # A task that could not run (its data not installed, say) runs again while the model is here: what it lacked
-    # may be there now.
+    # A task that lacked an optional package runs again while the model is here: the package may be there now.
     model_here = (model_dir / "model.safetensors").is_file()
-    todo = [t for t in config.tasks if t not in tasks or (model_here and "error" in tasks[t])]
+    todo = [t for t in config.tasks if t not in tasks or (model_here and tasks[t].get("missing_package"))]
     if todo:
         model = load(model_dir, device=config.device)
         options = EvalOptions(seed=EVAL_SEED, limit=config.eval_limit, samples=config.eval_samples)
@@ -566,7 +565,7 @@ def _evaluated(out: Path, name: str, config: StudyConfig, say, model_sha256: str
                 figures = evaluate(model, [heldout], tasks=task, options=options)["tasks"][task]
             except ClozelmError as e:
                 say(f"study: note: {name}: {task} did not run: {e}")
-                figures = {"error": str(e)}
+                figures = {"error": str(e), **({"missing_package": True} if isinstance(e, MissingPackage) else {})}
             figures["seconds"] = round(time.perf_counter() - started, 3)
             tasks[task] = figures
             cache_path.parent.mkdir(exist_ok=True)
