@@ -41,6 +41,38 @@ def test_products_equal_float64_in_every_format(rows, k, m):
         assert torch.allclose(y, reference, rtol=1e-5, atol=tolerance * reference.abs().max().item())
 
 
+def _every_format(rows: int, k: int, generator: torch.Generator) -> list[native.NativeWeight]:
+    w = torch.randn(rows, k, generator=generator)
+    return [native.pack(w), native.pack(w.to(torch.bfloat16)),
+            native.pack(w.mul(40).round().clamp(-127, 127).to(torch.int8), torch.rand(rows, generator=generator) + 0.01),
+            native.pack(torch.randint(0, 16, (rows, k), generator=generator, dtype=torch.uint8),
+                        torch.rand(rows, k // native.GROUP, 2, generator=generator))]
+
+
+@needs_avx2
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias_dtype", [None, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_bias_and_the_rounding_inside_the_product_are_torch_s(x_dtype, bias_dtype, dtype):
+    """What a Linear layer does after the product, done by the kernel in the same call: the bias added in fp32
+    and the sum rounded once to `dtype` (to nearest even, as torch rounds), over any leading dimensions; a bf16
+    input multiplies as its fp32 value does. 13 rows: the padding rows never reach the output."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 64, generator=generator).to(x_dtype)
+    bias = None if bias_dtype is None else (torch.randn(13, generator=generator) * 4).to(bias_dtype)
+    for weight in _every_format(13, 64, generator):
+        y = native.product(x, weight, bias, dtype)
+        plain = native.product(x.float().reshape(6, 64), weight)  # fp32 rows, no bias
+        expected = (plain if bias is None else plain + bias.float()).to(dtype).view(2, 3, 13)
+        assert y.dtype == dtype and torch.equal(y, expected)
+
+
+@needs_avx2
+def test_product_refuses_an_output_dtype_it_cannot_write():
+    with pytest.raises(ValueError):
+        native.product(torch.ones(1, 16), native.pack(torch.ones(8, 16)), dtype=torch.float16)
+
+
 @needs_avx2
 def test_a_nan_in_a_row_reaches_every_output_of_that_row_in_every_format():
     """As torch's products do: the int8 and int4 kernels round rows to integers, where a NaN would become a 0."""
@@ -53,8 +85,9 @@ def test_a_nan_in_a_row_reaches_every_output_of_that_row_in_every_format():
                native.pack(torch.randint(0, 16, (16, 64), generator=generator, dtype=torch.uint8),
                            torch.rand(16, 2, 2, generator=generator))]
     for weight in weights:
-        y = native.product(x, weight)
-        assert y[0].isfinite().all() and y[1].isnan().all()
+        for dtype in (torch.float32, torch.bfloat16):
+            y = native.product(x, weight, dtype=dtype)
+            assert y[0].isfinite().all() and y[1].isnan().all()
 
 
 @needs_avx2
@@ -230,6 +263,20 @@ def test_under_autocast_an_fp32_weight_keeps_autocast_s_product_and_gets_no_nati
         lin2 = packed.Linear(64, 48)
         lin2(x)
         assert packed._packed_bytes[0] - before == 64 * 48 * 2  # autocast's bf16 copy alone
+
+
+@needs_avx2
+def test_under_autocast_a_quantized_layer_that_no_format_fits_gets_no_native_copy(monkeypatch):
+    """An int8 layer whose width no int8 kernel takes (20 columns) multiplies under autocast as autocast does; no
+    copy of its weight is made for native.c, which that product would not read."""
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+    lin = packed.Linear(20, 16)
+    lin.weight_format = packed.INT8
+    x = torch.randn(1, 1, 20)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+    assert y.dtype == torch.bfloat16
+    assert not any(kind in packed.NATIVE_KINDS.values() for kind in packed._quant_cache.get(lin, {}))
 
 
 @needs_avx2

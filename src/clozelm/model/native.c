@@ -22,6 +22,11 @@
  * every code to fp32 instead made the kernel bound by its arithmetic, slower than torch's). k must be a multiple
  * of 32.
  *
+ * Every kernel takes the same arguments: x [m, k] in fp32 or bf16, y [m, rows] written in fp32 or bf16 (the weight's
+ * rows, n of them padded to a multiple of 8), and a bias [rows] in fp32 or bf16 or none, added in fp32 before y is
+ * rounded; `flags` says which are bf16. One call does what a Linear layer's forward does, so that a token's few
+ * dozen products each cost one call from Python and no further operations on their outputs.
+ *
  * With more than one input row, each block of 8 weight rows is read from memory once and again from the cache
  * for the other rows. Threads: OpenMP, which resolves to the runtime torch has loaded already (the same
  * libgomp.so.1), so torch.set_num_threads holds here too.
@@ -30,6 +35,56 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+enum { X_BF16 = 1, BIAS_BF16 = 2, Y_BF16 = 4 };  /* the flags: which of x, bias and y are bf16 (else fp32) */
+
+static inline float bf16_to_f32(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* rounded to nearest even, a NaN to the quiet NaN torch gives */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return f != f ? 0x7fc0 : (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+/* x [m, k] as fp32: x itself, or a copy of a bf16 x in *owned (freed by the caller); NULL where memory ran out */
+static const float *rows_in_f32(const void *x, int64_t m, int64_t k, int64_t flags, float **owned) {
+    *owned = NULL;
+    if (!(flags & X_BF16)) return (const float *)x;
+    float *copy = malloc(m * k * sizeof(float));
+    if (copy)
+        for (int64_t i = 0; i < m * k; i++) copy[i] = bf16_to_f32(((const uint16_t *)x)[i]);
+    return *owned = copy;
+}
+
+/* y[i, row0 + r] for the r < 8 below `rows`: the sum r plus the bias, in fp32 or bf16 */
+static inline void put8(void *y, int64_t i, int64_t row0, int64_t rows, __m256 sums, const void *bias,
+                        int64_t flags) {
+    float s[8];
+    _mm256_storeu_ps(s, sums);
+    const int count = rows - row0 < 8 ? (int)(rows - row0) : 8;
+    for (int r = 0; r < count; r++) {
+        float v = s[r];
+        if (bias)
+            v += flags & BIAS_BF16 ? bf16_to_f32(((const uint16_t *)bias)[row0 + r]) : ((const float *)bias)[row0 + r];
+        if (flags & Y_BF16) ((uint16_t *)y)[i * rows + row0 + r] = f32_to_bf16(v);
+        else ((float *)y)[i * rows + row0 + r] = v;
+    }
+}
+
+/* every element of y NaN: what a kernel gives where memory for its input rows ran out */
+static void all_nan(void *y, int64_t count, int64_t flags) {
+    for (int64_t i = 0; i < count; i++) {
+        if (flags & Y_BF16) ((uint16_t *)y)[i] = 0x7fc0;
+        else ((float *)y)[i] = NAN;
+    }
+}
 
 /* The 8 sums of the 8 accumulators, as one vector: lane i holds the sum of a[i]'s lanes. */
 static inline __m256 sums8(const __m256 *a) {
@@ -46,8 +101,12 @@ static inline __m256 from_bf16(const uint16_t *p) {
 }
 
 #define PRODUCT(NAME, TYPE, WIDEN)                                                                           \
-    void NAME(const TYPE *w, const float *unused, const float *x, float *y, int64_t m, int64_t n, int64_t k) { \
+    void NAME(const TYPE *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n, int64_t k,     \
+              const void *bias, int64_t rows, int64_t flags) {                                                 \
         (void)unused;  /* the signature of the quantized kernels, which take scales */                       \
+        float *owned;                                                                                        \
+        const float *x = rows_in_f32(x_in, m, k, flags, &owned);                                             \
+        if (!x) { all_nan(y, m * rows, flags); return; }                                                     \
         _Pragma("omp parallel for schedule(static)")                                                         \
         for (int64_t block = 0; block < n / 8; block++) {                                                    \
             const TYPE *wb = w + block * 8 * k;                                                               \
@@ -60,9 +119,10 @@ static inline __m256 from_bf16(const uint16_t *p) {
                     __m256 xv = _mm256_loadu_ps(xi + j);                                                     \
                     for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(WIDEN(p + 8 * r), xv, a[r]);          \
                 }                                                                                            \
-                _mm256_storeu_ps(y + i * n + block * 8, sums8(a));                                           \
+                put8(y, i, block * 8, rows, sums8(a), bias, flags);                                          \
             }                                                                                                \
         }                                                                                                    \
+        free(owned);                                                                                         \
     }
 
 PRODUCT(clozelm_product_f32, float, from_f32)
@@ -89,12 +149,15 @@ static int rows_in_int16(const float *x, int64_t m, int64_t k, int16_t **xq, flo
     return 1;
 }
 
-void clozelm_product_int8(const int8_t *w, const float *scales, const float *x, float *y, int64_t m, int64_t n,
-                          int64_t k) {
+void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in, void *y, int64_t m, int64_t n,
+                          int64_t k, const void *bias, int64_t rows, int64_t flags) {
     const int64_t groups = k / 32;
     int16_t *xq;
-    float *steps, *sums;
-    if (!rows_in_int16(x, m, k, &xq, &steps, &sums)) { for (int64_t i = 0; i < m * n; i++) y[i] = NAN; return; }
+    float *steps, *sums, *owned;
+    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
+    const int ready = x && rows_in_int16(x, m, k, &xq, &steps, &sums);
+    free(owned);
+    if (!ready) { all_nan(y, m * rows, flags); return; }
 #pragma omp parallel for schedule(static)
     for (int64_t block = 0; block < n / 8; block++) {
         const int8_t *wb = w + block * 8 * k;
@@ -114,19 +177,22 @@ void clozelm_product_int8(const int8_t *w, const float *scales, const float *x, 
                     a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
                 }
             }
-            _mm256_storeu_ps(y + i * n + block * 8, _mm256_mul_ps(sums8(a), _mm256_loadu_ps(scales + block * 8)));
+            put8(y, i, block * 8, rows, _mm256_mul_ps(sums8(a), _mm256_loadu_ps(scales + block * 8)), bias, flags);
         }
     }
     free(xq);
     free(steps);
 }
 
-void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const float *x, float *y, int64_t m,
-                          int64_t n, int64_t k) {
+void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const void *x_in, void *y, int64_t m,
+                          int64_t n, int64_t k, const void *bias, int64_t rows, int64_t flags) {
     const int64_t groups = k / 32;
     int16_t *xq;
-    float *steps, *sums;
-    if (!rows_in_int16(x, m, k, &xq, &steps, &sums)) { for (int64_t i = 0; i < m * n; i++) y[i] = NAN; return; }
+    float *steps, *sums, *owned;
+    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
+    const int ready = x && rows_in_int16(x, m, k, &xq, &steps, &sums);
+    free(owned);
+    if (!ready) { all_nan(y, m * rows, flags); return; }
     const __m256i nibble = _mm256_set1_epi16(0x0f);
 #pragma omp parallel for schedule(static)
     for (int64_t block = 0; block < n / 8; block++) {
@@ -154,7 +220,7 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
                     a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(sd + r), a[r]);
                 }
             }
-            _mm256_storeu_ps(y + i * n + block * 8, _mm256_add_ps(sums8(a), zeros));
+            put8(y, i, block * 8, rows, _mm256_add_ps(sums8(a), zeros), bias, flags);
         }
     }
     free(xq);

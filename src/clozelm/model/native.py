@@ -104,17 +104,19 @@ def library() -> ctypes.CDLL | None:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for symbol in SYMBOLS.values():
-        getattr(lib, symbol).argtypes = [pointer, pointer, pointer, pointer, size, size, size]
+        getattr(lib, symbol).argtypes = [pointer, pointer, pointer, pointer, size, size, size, pointer, size, size]
         getattr(lib, symbol).restype = None
     return lib if _agrees(lib) else None
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """Whether the library multiplies a test matrix as torch does, in every format (a padded row count, 3 rows;
-    int8 and int4 to the rounding of their input rows to 16-bit integers)."""
+    """Whether the library multiplies a test matrix as torch does, in every format (a padded row count, 3 rows, a
+    bias; int8 and int4 to the rounding of their input rows to 16-bit integers), with fp32 and bf16 inputs and
+    outputs."""
     generator = torch.Generator().manual_seed(0)
     w = torch.randn(13, 64, generator=generator)
-    x = torch.randn(3, 64, generator=generator)
+    x = torch.randn(3, 64, generator=generator).to(torch.bfloat16)  # exact in fp32 too
+    bias = torch.randn(13, generator=generator).to(torch.bfloat16)
     scales = torch.rand(13, generator=generator) + 0.5
     codes = torch.randint(0, 16, (13, 64), generator=generator, dtype=torch.uint8)
     scales_zeros = (torch.rand(13, 2, 2, generator=generator) - 0.5).to(torch.bfloat16)
@@ -122,8 +124,11 @@ def _agrees(lib: ctypes.CDLL) -> bool:
              (pack(w.round().clamp(-127, 127).to(torch.int8), scales), w.round().clamp(-127, 127) * scales[:, None],
               1e-3), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
     with torch.autocast("cpu", enabled=False):  # the first product may come under a caller's autocast
-        return all(torch.allclose(_product(lib, x, p.data, p.scales, p.rows), x @ reference.T, rtol=tolerance,
-                                  atol=tolerance) for p, reference, tolerance in cases)
+        return all(torch.allclose(_product(lib, x.to(dtype), p.data, p.scales, p.rows, b, dtype).float(),
+                                  x.float() @ reference.T + (0 if b is None else b.float()), atol=tolerance,
+                                  rtol=tolerance if dtype == torch.float32 else 2 ** -8)  # bf16: half an ulp
+                   for p, reference, tolerance in cases for dtype in (torch.float32, torch.bfloat16)
+                   for b in (None, bias.to(dtype)))
 
 
 def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeight:
@@ -167,31 +172,43 @@ def int4_weight(codes: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor
     return (groups * scale[..., None] + zero[..., None]).reshape(n, k)
 
 
-def product(x: torch.Tensor, weight: NativeWeight) -> torch.Tensor:
-    """x [m, k] (any float dtype; multiplied in fp32) times the packed weight -> [m, rows] fp32. Needs `library()`."""
-    return _operation(x, weight.data, weight.scales, weight.rows)
+def product(x: torch.Tensor, weight: NativeWeight, bias: torch.Tensor | None = None,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x [..., k] (any float dtype; multiplied in fp32) times the packed weight, plus `bias` [rows] where given
+    (added in fp32) -> [..., rows] in `dtype` (fp32, or bf16 rounded once from the fp32 result). Needs
+    `library()`."""
+    return _operation(x, weight.data, weight.scales, weight.rows, bias, dtype)
 
 
-def _operation(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None, rows: int) -> torch.Tensor:
+def _operation(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None, rows: int,
+               bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     lib = library()
     if lib is None:
         raise RuntimeError("the native kernels are not available")
-    return _product(lib, x, data, scales, rows)
+    return _product(lib, x, data, scales, rows, bias, dtype)
 
 
-def _product(lib: ctypes.CDLL, x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None,
-             rows: int) -> torch.Tensor:
-    m, k = x.shape
+_FLAGS = {torch.float32: 0, torch.bfloat16: 1}  # native.c's flags: X_BF16 = 1, BIAS_BF16 = 2, Y_BF16 = 4
+
+
+def _product(lib: ctypes.CDLL, x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor | None, rows: int,
+             bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    k = x.size(-1)
     columns = _columns(data)
     if columns != k:
         raise ValueError(f"input rows of {k} values for a weight of {columns} columns")
-    if x.dtype != torch.float32 or not x.is_contiguous():
-        x = x.detach().float().contiguous()
-    n = data.size(0) * BLOCK
-    y = torch.empty(m, n)
+    if dtype not in _FLAGS:
+        raise ValueError(f"native products give fp32 or bf16, not {dtype}")
+    if x.dtype not in _FLAGS or not x.is_contiguous():
+        x = x.float().contiguous()
+    if bias is not None and (bias.dtype not in _FLAGS or not bias.is_contiguous()):
+        bias = bias.float().contiguous()
+    y = torch.empty(*x.shape[:-1], rows, dtype=dtype)
+    flags = _FLAGS[x.dtype] | (0 if bias is None else 2 * _FLAGS[bias.dtype]) | 4 * _FLAGS[dtype]
     getattr(lib, SYMBOLS[data.dtype])(data.data_ptr(), None if scales is None else scales.data_ptr(), x.data_ptr(),
-                                      y.data_ptr(), m, n, k)
-    return y if rows == n else y[:, :rows].contiguous()
+                                      y.data_ptr(), x.numel() // k, data.size(0) * BLOCK, k,
+                                      None if bias is None else bias.data_ptr(), rows, flags)
+    return y
 
 
 # `product` as an operation a compiled graph calls (model/step.py): x [m, k], a NativeWeight's fields. Defined with

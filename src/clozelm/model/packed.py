@@ -145,6 +145,7 @@ AS_DENSE_FROM_ROWS = 8
 AS_DENSE = {INT8: "int8 dequantized", INT4: "int4 dequantized"}
 # native.c's blocked copies (model/native.py), by the format the product reads
 NATIVE_KINDS = {torch.float32: "native fp32", torch.bfloat16: "native bf16", INT8: "native int8", INT4: "native int4"}
+NATIVE_OUTPUTS = (torch.float32, torch.bfloat16)  # the dtypes native.c writes its products in
 # owner -> {kind: (the weight's key, its quantized copy or None where the kind does not fit its shape)}
 _quant_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
@@ -312,18 +313,22 @@ def native_products() -> bool:
 def _native_rows(x: torch.Tensor) -> bool:
     """Whether x's product may go through native.c: a few rows (one token, a short draft), eager CPU inference
     (`native_copy` then says whether the kernels are on and take the weight)."""
-    return (x.device.type == "cpu" and x.numel() < AS_DENSE_FROM_ROWS * x.size(-1) and not torch.is_grad_enabled()
+    return (x.is_cpu and x.numel() < AS_DENSE_FROM_ROWS * x.size(-1) and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling())
 
 
-def native_copy(owner: object, weight: torch.Tensor) -> "native.NativeWeight | None":
+def native_copy(owner: object, weight: torch.Tensor, plain: bool = True) -> "native.NativeWeight | None":
     """native.c's copy of `weight` as `owner`'s products read it (int8 or int4 codes in those modes, the weight itself
     where it is fp32 or bf16 and not quantized), cached like the others; None where the kernels are off or the shape
-    has none (a width that is not a multiple of 8, or of 32 for int8 and int4 codes)."""
+    has none (a width that is not a multiple of 8, or of 32 for int8 and int4 codes). plain=False: for a product
+    that only quantized codes may serve (rows under autocast, whose products are bf16 ones), so none of the weight
+    itself is made."""
     if not native_products():
         return None
     kind = getattr(owner, "weight_format", None)
     found = quantized_parts(owner, weight, kind) if QUANTIZED.get(kind) else None
+    if found is None and not plain:
+        return None
     kind = NATIVE_KINDS.get(weight.dtype) if found is None else NATIVE_KINDS[found[0]]
     parts = None if kind is None else _quantized(owner, weight, kind)
     return None if parts is None else parts[0]
@@ -376,13 +381,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
     """activation(F.linear(x, weight, bias)), through the packed copy of `weight` (cached on `owner`) when that is
     safe, and with the bias and activation inside oneDNN's product where the product is bf16 (model/fused.py)."""
     plain = x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")  # native.c's fp32 and bf16 products fit
-    if (weight.device.type == "cpu" and _native_rows(x)
+    if (weight.is_cpu and _native_rows(x)
             and (plain or QUANTIZED.get(getattr(owner, "weight_format", None)))):
-        copy = native_copy(owner, weight)  # int8/int4 codes in those modes, else the weight itself in fp32 or bf16
-        if copy is not None and (copy.scales is not None or plain):
-            y = native.product(x.reshape(-1, x.size(-1)), copy)
-            y = fused.activate(y if bias is None else y + bias, activation)  # in fp32, rounded once to x's dtype
-            return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
+        copy = native_copy(owner, weight, plain)  # int8/int4 codes in those modes, else the weight in fp32 or bf16
+        if copy is not None and x.dtype in NATIVE_OUTPUTS:
+            if activation is None:  # the bias added in fp32, rounded once to x's dtype: in one call
+                return native.product(x, copy, bias, x.dtype)
+            return fused.activate(native.product(x, copy, bias), activation).to(x.dtype)
     kind = getattr(owner, "weight_format", None)
     if kind is not None and QUANTIZED.get(kind) and x.device.type == "cpu" and not torch.is_grad_enabled():
         y = _quantized_linear(x, weight, bias, owner, kind)
@@ -430,6 +435,8 @@ def _plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 class Linear(torch.nn.Linear):
     """nn.Linear (same parameters, same state dict) that takes the packed path in CPU inference and the fused
     product for bf16 on the CPU; `activation` (a name of model/fused.py) is applied to its output."""
+
+    weight_format: str | None = None  # `use_quantized_weights` sets it per layer (asked at every product)
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         return linear(x, self.weight, self.bias, self, activation)
