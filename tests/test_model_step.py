@@ -163,6 +163,24 @@ def test_the_compiled_int8_product_rounds_as_torch_s_kernel_does():
     assert ((got - want).abs() <= ulp + 1e-30).all()
 
 
+def test_a_compiled_bf16_product_adds_its_bias_before_rounding_as_the_eager_one_does():
+    """Hand-built: the sum 1 + 2^-8 lies halfway between two bf16 values; with the bias 2^-9 added first it rounds up
+    to 1 + 2^-7, as the eager product (and F.linear) gives, where rounding the sum first (to 1, the even one) and then
+    adding the bias would give 1."""
+    from torch._inductor import inductor_prims  # noqa: F401  (its prim, which step.run registers before compiling)
+    x = torch.zeros(1, 1, 8, dtype=torch.bfloat16)
+    x[..., :2] = 1
+    linear = packed.Linear(8, 3).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.weight[:, 0], linear.weight[:, 1] = 1, 2 ** -8
+        linear.bias.fill_(2 ** -9)
+    got = step._product(x, (step.DENSE, (linear.weight,), linear.bias))
+    with torch.inference_mode():
+        eager = linear(x)
+    assert torch.equal(got, torch.full((1, 1, 3), 1 + 2 ** -7, dtype=torch.bfloat16)) and torch.equal(got, eager)
+
+
 def assert_greedy(net, prompt: list[int], tokens: list[int]) -> None:
     """Each token is the one the forward, reading the text so far in one pass, finds most likely, up to a few bf16
     steps: a random model's near ties may break either way where compiled products round in another order."""

@@ -157,13 +157,17 @@ def _product(x, product, activation=None):
     may drop a cast down and back up). int4, where native.c does not take it, through torch's kernel, which streams
     faster than a compiled reduction that unpacks the nibbles."""
     kind, parts, bias = product
-    if isinstance(kind, tuple):  # (NATIVE, rows): the kernel eager decoding takes too, an opaque call in the graph
-        y = torch.ops.clozelm.native_product(x.reshape(1, x.size(-1)), *parts, kind[1])
-        y = y.to(x.dtype).view(*x.shape[:-1], -1)
-    elif kind == DENSE:  # a bf16 row is exact in fp32; the sum is rounded once to x's dtype, as oneDNN's product is
-        row = _materialized(x.reshape(1, x.size(-1)).float())
-        y = (parts[0].float() * row).sum(-1).to(x.dtype).view(*x.shape[:-1], -1)
-    elif kind == packed.INT8:
+    if isinstance(kind, tuple) or kind == DENSE:
+        # fp32 sums, the bias and the activation applied to them in fp32 and the result rounded once to x's dtype:
+        # the roundings of the eager products (native.c's, oneDNN's fused bf16 one)
+        if kind == DENSE:  # a bf16 row is exact in fp32
+            y = (parts[0].float() * _materialized(x.reshape(1, x.size(-1)).float())).sum(-1)
+        else:  # (NATIVE, rows): the kernel eager decoding takes too, an opaque call in the graph
+            y = torch.ops.clozelm.native_product(x.reshape(1, x.size(-1)), *parts, kind[1])
+        y = y if bias is None else y + bias.float()
+        y = y if activation is None else fused.activate(y, activation)
+        return y.to(x.dtype).view(*x.shape[:-1], -1)
+    if kind == packed.INT8:
         weight, scales = parts  # [out, in] int8, [out] bf16
         row = _materialized(x.reshape(1, x.size(-1)).to(torch.bfloat16).float())
         y = ((weight.float() * row).sum(-1) * scales.float()).to(torch.bfloat16).to(x.dtype).view(*x.shape[:-1], -1)
