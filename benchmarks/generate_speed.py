@@ -4,9 +4,10 @@ hit every contender alike. Prints tokens/s, ratios, and whether the tokens are i
 (model/step.py) print their compile time apart: their first call, before the rounds.
 
 Decoding one token reads every weight once, so its limit is the bytes of the weights over how fast this machine
-streams memory (a sum over a 2 GB buffer, measured in the same run); each row without drafting prints its
-tokens/s as a fraction of that limit, and the matrix products alone, timed back to back at the same shapes and
-weight formats, show how much of the limit the kernels themselves reach.
+streams memory (a sum over a 1 GB buffer, measured just before and after each timed call: the rate has phases);
+each row without drafting prints its tokens/s as a fraction of the limit at the rate measured beside its own calls,
+and the matrix products alone, timed back to back at the same shapes and weight formats, show how much of the limit
+the kernels themselves reach.
 
     python benchmarks/generate_speed.py [--rounds 3] [--threads 2] [--new 128]
     python benchmarks/generate_speed.py --bf16-agreement default   # bf16 vs fp32 greedy on held-out prompts
@@ -30,26 +31,34 @@ def time_it(fn):
     return time.perf_counter() - start, out
 
 
-def interleaved(contenders: dict, rounds: int, n_tokens: int) -> tuple[dict, dict]:
+def interleaved(contenders: dict, rounds: int, n_tokens: int, beside=None) -> tuple[dict, dict, dict]:
     """Each contender once to warm up (allocator, packed weights, first-call paths), then `rounds` rounds of all
-    of them in turn (A B C A B C ...): ({name: tokens per second, the median round}, {name: its last output})."""
+    of them in turn (A B C A B C ...): ({name: tokens per second, the median round}, {name: its last output},
+    {name: the median of what `beside()` measured around its timed calls, the mean of just before and just after},
+    empty without `beside`). The machine's memory has phases that halve or double its streaming rate, so a limit
+    measured once is another machine's limit for some rows: measured beside each call, each row meets its own."""
     for fn in contenders.values():
         fn()
     times: dict = {name: [] for name in contenders}
+    measured: dict = {name: [] for name in contenders}
     outputs = {}
     for _ in range(rounds):
         for name, fn in contenders.items():
+            before = None if beside is None else beside()
             dt, outputs[name] = time_it(fn)
             times[name].append(dt)
-    return {name: n_tokens / statistics.median(t) for name, t in times.items()}, outputs
+            if beside is not None:
+                measured[name].append((before + beside()) / 2)
+    return ({name: n_tokens / statistics.median(t) for name, t in times.items()}, outputs,
+            {name: statistics.median(m) for name, m in measured.items() if m})
 
 
-def stream_bandwidth(gigabytes: float = 2.0, reps: int = 5) -> float:
-    """Bytes per second this machine reads a buffer far larger than its caches (best of `reps`)."""
+def stream_meter(gigabytes: float = 1.0, reps: int = 3):
+    """A function that measures how fast this machine streams memory, in bytes per second: a sum over a buffer far
+    larger than its caches (allocated once), the best of `reps`; quick enough to run beside every timed call."""
     buffer = torch.ones(int(gigabytes * 2**30) // 4)
     buffer.sum()
-    best = min(time_it(buffer.sum)[0] for _ in range(reps))
-    return buffer.numel() * 4 / best
+    return lambda: buffer.numel() * 4 / min(time_it(buffer.sum)[0] for _ in range(reps))
 
 
 def bytes_per_token(network, quantized: str | None = None) -> int:
@@ -115,21 +124,28 @@ def speed(args):
                      "int8, compiled, no drafting", "int4, compiled, no drafting"):  # compiled fp32, bf16: inductor's
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}  # the first call
-    rate, outputs = interleaved(contenders, args.rounds, n)
+    meter = stream_meter()
+    rate, outputs, bandwidth = interleaved(contenders, args.rounds, n, beside=meter)
     base = rate["transformers fp32"]
-    bandwidth = stream_bandwidth()
-    limit = {"fp32": bandwidth / bytes_per_token(ours.network), "bf16": bandwidth / bytes_per_token(ours_bf16.network),
-             "int8": bandwidth / bytes_per_token(ours.network, "int8"),
-             "int4": bandwidth / bytes_per_token(ours.network, "int4")}
-    print(f"memory streams at {bandwidth / 1e9:.1f} GB/s: the bandwidth limit is {limit['fp32']:.1f} tok/s in fp32, "
-          f"{limit['bf16']:.1f} in bf16, {limit['int8']:.1f} with int8 weights, {limit['int4']:.1f} with int4")
-    alone = {"fp32": products_alone(ours.network), "bf16": products_alone(ours_bf16.network),
-             "int8": products_alone(ours_int8.network), "int4": products_alone(ours_int4.network)}
+    per_token = {"fp32": bytes_per_token(ours.network), "bf16": bytes_per_token(ours_bf16.network),
+                 "int8": bytes_per_token(ours.network, "int8"), "int4": bytes_per_token(ours.network, "int4")}
+    seen = sorted(bandwidth.values())
+    middle = statistics.median(seen)
+    print(f"memory streamed at {seen[0] / 1e9:.1f}-{seen[-1] / 1e9:.1f} GB/s beside the rows (median "
+          f"{middle / 1e9:.1f}); at the median the bandwidth limit is " + ", ".join(
+              f"{middle / b:.1f} tok/s in {d}" for d, b in per_token.items()) + "; each row's fraction below is of the "
+          "limit at the rate measured beside its own calls")
+    alone = {}
+    for d, network in (("fp32", ours.network), ("bf16", ours_bf16.network), ("int8", ours_int8.network),
+                       ("int4", ours_int4.network)):
+        alone[d] = (meter(), products_alone(network))
     print("the matrix products alone, timed back to back (what the kernels reach): " + ", ".join(
-        f"{d} {1 / (limit[d] * t):.0%}" for d, t in alone.items()) + " of each limit")
+        f"{d} {per_token[d] / (b * t):.0%}" for d, (b, t) in alone.items()) + " of each limit")
     for name in contenders:
         dtype = next((d for d in ("bf16", "int8", "int4") if d in name), "fp32")
-        fraction = f"  {rate[name] / limit[dtype]:4.0%} of the {dtype} limit" if ("no drafting" in name or "transformers" in name) else "  (drafting: beyond the limit)"
+        limit = bandwidth[name] / per_token[dtype]
+        fraction = (f"  {rate[name] / limit:4.0%} of the {dtype} limit at {bandwidth[name] / 1e9:.0f} GB/s"
+                    if ("no drafting" in name or "transformers" in name) else "  (drafting: beyond the limit)")
         print(f"{name:52s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs transformers{fraction}")
     for name, seconds in compiling.items():
         eager = name.replace(", compiled", "").replace(", torch's kernels", "")

@@ -5,8 +5,8 @@ contender alike.
 
 llama.cpp multiplies with the file's 4-bit blocks as they are (and 8-bit activations); clozelm dequantizes them
 once at load and reads fp32, bf16, int8 or int4 weights, so each reads a different number of bytes per token. The
-bandwidth limit of each (the bytes one token reads over how fast this machine streams memory, measured in the
-same run) is printed beside its rate.
+bandwidth limit of each (the bytes one token reads over how fast this machine streams memory, measured just before
+and after each timed call: the rate has phases) is printed beside its rate.
 
 llama.cpp comes from PyPI's `llama-cpp-python` (a source build of llama.cpp; a benchmark peer only, never a
 clozelm dependency):
@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_speed import bytes_per_token, interleaved, stream_bandwidth, time_it, torch_s  # noqa: E402
+from generate_speed import bytes_per_token, interleaved, stream_meter, time_it, torch_s  # noqa: E402
 
 
 def prompt_text() -> str:
@@ -97,21 +97,24 @@ def main(args) -> None:
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
     # the first call of each compiled row compiles (model/step.py), before the rounds
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}
-    rate, outputs = interleaved(contenders, args.rounds, n)
-    bandwidth = stream_bandwidth()
+    rate, outputs, bandwidth = interleaved(contenders, args.rounds, n, beside=stream_meter())
     per_token = {"Q4_1": gguf_bytes(path), "fp32": bytes_per_token(models["fp32"].network),
                  "bf16": bytes_per_token(models["bf16"].network),
                  "int8": bytes_per_token(models["fp32"].network, "int8"),
                  "int4": bytes_per_token(models["fp32"].network, "int4")}
-    print(f"SmolLM2-135M, {len(prompt)}-token prompt + {n} greedy tokens, {args.threads} threads; memory streams at "
-          f"{bandwidth / 1e9:.1f} GB/s")
-    print("weight bytes per token: " + ", ".join(f"{k} {v / 1e6:.0f} MB (limit {bandwidth / v:.0f} tok/s)"
-                                                 for k, v in per_token.items()))
+    seen = sorted(bandwidth.values())
+    middle = seen[len(seen) // 2]
+    print(f"SmolLM2-135M, {len(prompt)}-token prompt + {n} greedy tokens, {args.threads} threads; memory streamed at "
+          f"{seen[0] / 1e9:.1f}-{seen[-1] / 1e9:.1f} GB/s beside the rows (each row's fraction below is of the limit "
+          f"at the rate measured beside its own calls)")
+    print(f"weight bytes per token (limit at {middle / 1e9:.1f} GB/s): " + ", ".join(
+        f"{k} {v / 1e6:.0f} MB ({middle / v:.0f} tok/s)" for k, v in per_token.items()))
     base = rate["llama.cpp Q4_1"]
     for name in contenders:
         kind = next(k for k in per_token if k in name)  # noqa: B023
-        fraction = (f"{rate[name] / (bandwidth / per_token[kind]):4.0%} of the {kind} limit" if "drafting" in name
-                    or "llama" in name else "(drafting: beyond the limit)")
+        fraction = (f"{rate[name] / (bandwidth[name] / per_token[kind]):4.0%} of the {kind} limit at "
+                    f"{bandwidth[name] / 1e9:.0f} GB/s" if "drafting" in name or "llama" in name
+                    else "(drafting: beyond the limit)")
         print(f"{name:52s} {rate[name]:7.1f} tok/s   x{rate[name] / base:5.2f} vs llama.cpp   {fraction}")
     print("the compiled rows' first calls (compiling, before the rounds): " +
           ", ".join(f"{name.removeprefix('clozelm ')} {seconds:.1f} s" for name, seconds in compiling.items()))
