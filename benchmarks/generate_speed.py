@@ -55,7 +55,8 @@ def interleaved(contenders: dict, rounds: int, n_tokens: int, beside=None) -> tu
 
 def stream_meter(gigabytes: float = 1.0, reps: int = 3):
     """A function that measures how fast this machine streams memory, in bytes per second: a sum over a buffer far
-    larger than its caches (allocated once), the best of `reps`; quick enough to run beside every timed call."""
+    larger than its caches (allocated once), the best of `reps`; quick enough to run beside every timed call (which
+    then starts with cold caches, as a token of a model far larger than them does anyway)."""
     buffer = torch.ones(int(gigabytes * 2**30) // 4)
     buffer.sum()
     return lambda: buffer.numel() * 4 / min(time_it(buffer.sum)[0] for _ in range(reps))

@@ -19,6 +19,7 @@ clozelm dependency):
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ def main(args) -> None:
                  "int8": bytes_per_token(models["fp32"].network, "int8"),
                  "int4": bytes_per_token(models["fp32"].network, "int4")}
     seen = sorted(bandwidth.values())
-    middle = seen[len(seen) // 2]
+    middle = statistics.median(seen)
     print(f"SmolLM2-135M, {len(prompt)}-token prompt + {n} greedy tokens, {args.threads} threads; memory streamed at "
           f"{seen[0] / 1e9:.1f}-{seen[-1] / 1e9:.1f} GB/s beside the rows (each row's fraction below is of the limit "
           f"at the rate measured beside its own calls)")

@@ -19,12 +19,13 @@ def _reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 @needs_avx2
 @pytest.mark.parametrize("rows,k", [(8, 32), (13, 96), (48, 64), (200, 160)])
 @pytest.mark.parametrize("m", [1, 2, 7])
-def test_products_equal_float64_in_every_format(rows, k, m):
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_products_equal_float64_in_every_format(rows, k, m, x_dtype):
     """fp32, bf16, int8 codes with a scale per row, and 4-bit codes with a scale and zero per 32 columns; row
-    counts that are not a multiple of 8 (padded by the packing); one row and several."""
+    counts that are not a multiple of 8 (padded by the packing); one row and several; rows in fp32 and in bf16."""
     generator = torch.Generator().manual_seed(rows * 100 + k + m)
     w = torch.randn(rows, k, generator=generator)
-    x = torch.randn(m, k, generator=generator)
+    x = torch.randn(m, k, generator=generator).to(x_dtype)
     codes = (w * 40).round().clamp(-127, 127).to(torch.int8)
     scales = torch.rand(rows, generator=generator) + 0.01
     nibbles = torch.randint(0, 16, (rows, k), generator=generator, dtype=torch.uint8)
@@ -55,22 +56,24 @@ def _every_format(rows: int, k: int, generator: torch.Generator) -> list[native.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_bias_and_the_rounding_inside_the_product_are_torch_s(x_dtype, bias_dtype, dtype):
     """What a Linear layer does after the product, done by the kernel in the same call: the bias added in fp32
-    and the sum rounded once to `dtype` (to nearest even, as torch rounds), over any leading dimensions; a bf16
-    input multiplies as its fp32 value does. 13 rows: the padding rows never reach the output."""
+    and the sum rounded once to `dtype` (to nearest even, as torch rounds), over any leading dimensions. 13 rows: the
+    padding rows never reach the output."""
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(2, 3, 64, generator=generator).to(x_dtype)
     bias = None if bias_dtype is None else (torch.randn(13, generator=generator) * 4).to(bias_dtype)
     for weight in _every_format(13, 64, generator):
         y = native.product(x, weight, bias, dtype)
-        plain = native.product(x.float().reshape(6, 64), weight)  # fp32 rows, no bias
+        plain = native.product(x.reshape(6, 64), weight)  # the same sums, in fp32, without the bias
         expected = (plain if bias is None else plain + bias.float()).to(dtype).view(2, 3, 13)
         assert y.dtype == dtype and torch.equal(y, expected)
 
 
 @needs_avx2
-def test_product_refuses_an_output_dtype_it_cannot_write():
+def test_product_refuses_an_output_dtype_it_cannot_write_and_a_bias_of_another_length():
     with pytest.raises(ValueError):
         native.product(torch.ones(1, 16), native.pack(torch.ones(8, 16)), dtype=torch.float16)
+    with pytest.raises(ValueError):
+        native.product(torch.ones(1, 16), native.pack(torch.ones(8, 16)), torch.ones(1))  # no broadcasting
 
 
 @needs_avx2
@@ -267,15 +270,17 @@ def test_under_autocast_an_fp32_weight_keeps_autocast_s_product_and_gets_no_nati
 
 @needs_avx2
 def test_under_autocast_a_quantized_layer_that_no_format_fits_gets_no_native_copy(monkeypatch):
-    """An int8 layer whose width no int8 kernel takes (20 columns) multiplies under autocast as autocast does; no
-    copy of its weight is made for native.c, which that product would not read."""
+    """An int8 layer whose width no int8 kernel takes (24 columns: a multiple of 8, which native.c's fp32 copy would
+    take, but not of 16) multiplies under autocast as autocast does; no copy of its weight is made for native.c,
+    which that product would not read: only autocast's bf16 copy."""
     monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
-    lin = packed.Linear(20, 16)
+    lin = packed.Linear(24, 16)
     lin.weight_format = packed.INT8
-    x = torch.randn(1, 1, 20)
+    x = torch.randn(1, 1, 24)
+    before = packed._packed_bytes[0]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = lin(x)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == torch.bfloat16 and packed._packed_bytes[0] - before == 24 * 16 * 2
     assert not any(kind in packed.NATIVE_KINDS.values() for kind in packed._quant_cache.get(lin, {}))
 
 

@@ -163,8 +163,9 @@ def test_the_compiled_int8_product_rounds_as_torch_s_kernel_does():
     assert ((got - want).abs() <= ulp + 1e-30).all()
 
 
-def test_a_compiled_bf16_product_adds_its_bias_before_rounding_as_the_eager_one_does():
-    """Hand-built: the sum 1 + 2^-8 lies halfway between two bf16 values; with the bias 2^-9 added first it rounds up
+def test_a_step_s_bf16_product_adds_its_bias_before_rounding_as_the_eager_one_does():
+    """The product compiled steps run (`step._product`, called here as it is). Hand-built: the sum 1 + 2^-8 lies
+    halfway between two bf16 values; with the bias 2^-9 added first it rounds up
     to 1 + 2^-7, as the eager product (and F.linear) gives, where rounding the sum first (to 1, the even one) and then
     adding the bias would give 1."""
     from torch._inductor import inductor_prims  # noqa: F401  (its prim, which step.run registers before compiling)

@@ -1,7 +1,7 @@
 /* Matrix products of a few input rows with weights read once, for x86 CPUs with AVX2 and FMA (model/native.py
  * compiles this file on the machine that runs it).
  *
- * y[m, n] = x[m, k] times the weight [n, k] transposed. fp32 and bf16 weights (in fp32 arithmetic) are stored
+ * y[m, rows] = x[m, k] times the weight [rows, k] transposed. fp32 and bf16 weights (in fp32 arithmetic) are stored
  * blocked, [n / 8][k / 8][8 rows][8 columns]: the 64 numbers one step of the inner loop multiplies are contiguous,
  * so the whole weight is one sequential stream that the hardware prefetcher follows (row-major, 8 rows read side by
  * side are 8 short streams, and an int8 product read that way ran at less than half the speed). n is padded with

@@ -21,6 +21,7 @@ import ctypes
 import dataclasses
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -197,16 +198,19 @@ def _product(lib: ctypes.CDLL, x: torch.Tensor, data: torch.Tensor, scales: torc
     columns = _columns(data)
     if columns != k:
         raise ValueError(f"input rows of {k} values for a weight of {columns} columns")
+    if bias is not None and bias.numel() != rows:  # the kernel reads `rows` of them
+        raise ValueError(f"a bias of {bias.numel()} values for a weight of {rows} rows")
     if dtype not in _FLAGS:
         raise ValueError(f"native products give fp32 or bf16, not {dtype}")
-    if x.dtype not in _FLAGS or not x.is_contiguous():
-        x = x.float().contiguous()
+    if x.dtype not in _FLAGS:
+        x = x.float()
+    x = x.contiguous()
     if bias is not None and (bias.dtype not in _FLAGS or not bias.is_contiguous()):
         bias = bias.float().contiguous()
     y = torch.empty(*x.shape[:-1], rows, dtype=dtype)
     flags = _FLAGS[x.dtype] | (0 if bias is None else 2 * _FLAGS[bias.dtype]) | 4 * _FLAGS[dtype]
     getattr(lib, SYMBOLS[data.dtype])(data.data_ptr(), None if scales is None else scales.data_ptr(), x.data_ptr(),
-                                      y.data_ptr(), x.numel() // k, data.size(0) * BLOCK, k,
+                                      y.data_ptr(), math.prod(x.shape[:-1]), data.size(0) * BLOCK, k,
                                       None if bias is None else bias.data_ptr(), rows, flags)
     return y
 
@@ -220,4 +224,4 @@ _operations.impl("native_product", _operation, "CPU")
 
 @torch.library.register_fake("clozelm::native_product")
 def _product_shape(x, data, scales, rows):
-    return x.new_empty(x.size(0), rows, dtype=torch.float32)
+    return x.new_empty(*x.shape[:-1], rows, dtype=torch.float32)

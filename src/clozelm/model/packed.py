@@ -321,8 +321,8 @@ def native_copy(owner: object, weight: torch.Tensor, plain: bool = True) -> "nat
     """native.c's copy of `weight` as `owner`'s products read it (int8 or int4 codes in those modes, the weight itself
     where it is fp32 or bf16 and not quantized), cached like the others; None where the kernels are off or the shape
     has none (a width that is not a multiple of 8, or of 32 for int8 and int4 codes). plain=False: for a product
-    that only quantized codes may serve (rows under autocast, whose products are bf16 ones), so none of the weight
-    itself is made."""
+    that only quantized codes may serve (rows under autocast, whose products are bf16 ones, or rows in another dtype
+    than the weight's), so no copy of the weight itself is made."""
     if not native_products():
         return None
     kind = getattr(owner, "weight_format", None)
@@ -381,10 +381,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
     """activation(F.linear(x, weight, bias)), through the packed copy of `weight` (cached on `owner`) when that is
     safe, and with the bias and activation inside oneDNN's product where the product is bf16 (model/fused.py)."""
     plain = x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")  # native.c's fp32 and bf16 products fit
-    if (weight.is_cpu and _native_rows(x)
+    if (weight.is_cpu and x.dtype in NATIVE_OUTPUTS and _native_rows(x)
             and (plain or QUANTIZED.get(getattr(owner, "weight_format", None)))):
         copy = native_copy(owner, weight, plain)  # int8/int4 codes in those modes, else the weight in fp32 or bf16
-        if copy is not None and x.dtype in NATIVE_OUTPUTS:
+        if copy is not None:
             if activation is None:  # the bias added in fp32, rounded once to x's dtype: in one call
                 return native.product(x, copy, bias, x.dtype)
             return fused.activate(native.product(x, copy, bias), activation).to(x.dtype)
