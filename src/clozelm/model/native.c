@@ -128,13 +128,17 @@ static inline __m256 from_bf16(const uint16_t *p) {
 PRODUCT(clozelm_product_f32, float, from_f32)
 PRODUCT(clozelm_product_bf16, uint16_t, from_bf16)
 
-/* The m input rows per group of 32 columns as 16-bit integers xq with a step d (x ~= xq * d, rounded to nearest;
- * the step is the group's largest magnitude / 32767), and each group's sum; false where memory ran out. */
-static int rows_in_int16(const float *x, int64_t m, int64_t k, int16_t **xq, float **steps, float **sums) {
+/* The m input rows (fp32 or bf16, as `flags` says) per group of 32 columns as 16-bit integers xq with a step d
+ * (x ~= xq * d, rounded to nearest; the step is the group's largest magnitude / 32767), and each group's sum; false
+ * where memory ran out. */
+static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, int16_t **xq, float **steps,
+                         float **sums) {
     const int64_t groups = m * (k / 32);
+    float *owned;
+    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
     *xq = malloc(m * k * sizeof(int16_t));
     *steps = malloc(2 * groups * sizeof(float));
-    if (!*xq || !*steps) { free(*xq); free(*steps); return 0; }
+    if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
     *sums = *steps + groups;
     for (int64_t i = 0; i < groups; i++) {
         const float *xg = x + 32 * i;
@@ -146,6 +150,7 @@ static int rows_in_int16(const float *x, int64_t m, int64_t k, int16_t **xq, flo
         (*steps)[i] = d;
         (*sums)[i] = sum;
     }
+    free(owned);
     return 1;
 }
 
@@ -153,11 +158,8 @@ void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in
                           int64_t k, const void *bias, int64_t rows, int64_t flags) {
     const int64_t groups = k / 32;
     int16_t *xq;
-    float *steps, *sums, *owned;
-    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
-    const int ready = x && rows_in_int16(x, m, k, &xq, &steps, &sums);
-    free(owned);
-    if (!ready) { all_nan(y, m * rows, flags); return; }
+    float *steps, *sums;
+    if (!rows_in_int16(x_in, m, k, flags, &xq, &steps, &sums)) { all_nan(y, m * rows, flags); return; }
 #pragma omp parallel for schedule(static)
     for (int64_t block = 0; block < n / 8; block++) {
         const int8_t *wb = w + block * 8 * k;
@@ -188,11 +190,8 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
                           int64_t n, int64_t k, const void *bias, int64_t rows, int64_t flags) {
     const int64_t groups = k / 32;
     int16_t *xq;
-    float *steps, *sums, *owned;
-    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
-    const int ready = x && rows_in_int16(x, m, k, &xq, &steps, &sums);
-    free(owned);
-    if (!ready) { all_nan(y, m * rows, flags); return; }
+    float *steps, *sums;
+    if (!rows_in_int16(x_in, m, k, flags, &xq, &steps, &sums)) { all_nan(y, m * rows, flags); return; }
     const __m256i nibble = _mm256_set1_epi16(0x0f);
 #pragma omp parallel for schedule(static)
     for (int64_t block = 0; block < n / 8; block++) {
