@@ -124,6 +124,13 @@ def speed(args):
         for name in ("fp32, no drafting", "bf16, no drafting", "int8, no drafting", "int4, no drafting",
                      "int8, compiled, no drafting", "int4, compiled, no drafting"):  # compiled fp32, bf16: inductor's
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
+        # fp32 rows take the one-call step there (model/native_step.py), compiled or not: the steps it replaces
+        # beside them, the eager one operation by operation and the compiled one
+        for d in ("fp32", "int8", "int4"):
+            contenders[f"clozelm {d}, no drafting, step per operation"] = per_operation(
+                contenders[f"clozelm {d}, no drafting"])
+            contenders[f"clozelm {d}, compiled, no drafting"] = per_operation(
+                contenders[f"clozelm {d}, compiled, no drafting"])
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}  # the first call
     meter = stream_meter()
     rate, outputs, bandwidth = interleaved(contenders, args.rounds, n, beside=meter)
@@ -160,16 +167,26 @@ def speed(args):
 
 def torch_s(fn):
     """fn run with model/native.c's products switched off (CLOZELM_NATIVE_KERNELS=0): torch's kernels."""
+    return with_environment(fn, "CLOZELM_NATIVE_KERNELS", "0")
+
+
+def per_operation(fn):
+    """fn run without the one-call step (CLOZELM_NATIVE_STEP=0): each layer's operations one by one, eager or
+    compiled."""
+    return with_environment(fn, "CLOZELM_NATIVE_STEP", "0")
+
+
+def with_environment(fn, variable: str, value: str):
     def run():
-        before = os.environ.get("CLOZELM_NATIVE_KERNELS")
-        os.environ["CLOZELM_NATIVE_KERNELS"] = "0"
+        before = os.environ.get(variable)
+        os.environ[variable] = value
         try:
             return fn()
         finally:
             if before is None:
-                del os.environ["CLOZELM_NATIVE_KERNELS"]
+                del os.environ[variable]
             else:
-                os.environ["CLOZELM_NATIVE_KERNELS"] = before
+                os.environ[variable] = before
     return run
 
 

@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_speed import bytes_per_token, interleaved, stream_meter, time_it, torch_s  # noqa: E402
+from generate_speed import bytes_per_token, interleaved, per_operation, stream_meter, time_it, torch_s  # noqa: E402
 
 
 def prompt_text() -> str:
@@ -96,6 +96,14 @@ def main(args) -> None:
         for name in ("fp32, no drafting", "bf16, no drafting", "int8, no drafting", "int8, compiled, no drafting",
                      "int4, no drafting", "int4, compiled, no drafting"):
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
+        # fp32-row models take the one-call step there (model/native_step.py), compiled or not: the steps it
+        # replaces beside them, the eager one operation by operation and the compiled one
+        for d in ("fp32", "int8", "int4"):
+            contenders[f"clozelm {d}, no drafting, step per operation"] = per_operation(
+                contenders[f"clozelm {d}, no drafting"])
+            for name in (f"{d}, compiled, no drafting", f"{d}, compiled"):
+                if f"clozelm {name}" in contenders:
+                    contenders[f"clozelm {name}"] = per_operation(contenders[f"clozelm {name}"])
     # the first call of each compiled row compiles (model/step.py), before the rounds
     compiling = {name: time_it(fn)[0] for name, fn in contenders.items() if "compiled" in name}
     rate, outputs, bandwidth = interleaved(contenders, args.rounds, n, beside=stream_meter())

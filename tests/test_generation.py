@@ -5,7 +5,7 @@ import torch
 
 from clozelm.errors import ClozelmError
 from clozelm.generation import Sampling, beam_search, generate, generate_ids, pick_token, stream_text
-from clozelm.model import ModelConfig, Output, Transformer
+from clozelm.model import ModelConfig, Output, Transformer, packed
 from handbuilt import ScriptedLM, word_tokenizer
 
 
@@ -182,9 +182,10 @@ def test_max_new_tokens_below_one_is_refused_before_any_work():
 def test_long_generations_compile_quantized_models_only_where_their_graphs_were_measured_faster(
         monkeypatch, amx, avx512, native, quantized_compiles):
     """int8/int4 graphs are faster than eager steps with AVX-512, or where they call model/native.c (AVX2 alone);
-    inductor's own int8 reduction on AVX2 alone was slower. fp32 compiles wherever there is no AMX."""
+    inductor's own int8 reduction on AVX2 alone was slower. fp32 compiles wherever there is no AMX. (With the
+    one-call step off: where it serves a model, nothing compiles, below.)"""
     from clozelm import generation
-    from clozelm.model import packed
+    monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")
     monkeypatch.setattr(packed, "has_amx", lambda: amx)
     monkeypatch.setattr(packed, "has_avx512", lambda: avx512)
     monkeypatch.setattr(packed, "native_products", lambda kind=None: native)
@@ -192,3 +193,25 @@ def test_long_generations_compile_quantized_models_only_where_their_graphs_were_
     packed.use_quantized_weights(quantized, "int8")
     assert generation.compiled_by_default(plain) is not amx
     assert generation.compiled_by_default(quantized) is quantized_compiles
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= packed.cpu_flags(), reason="model/native.c is x86 code for AVX2 and FMA")
+def test_where_the_one_call_step_serves_a_model_its_generations_compile_nothing(monkeypatch):
+    """The one-call step (model/native_step.py) outruns compiled steps and compiles nothing: a long generation does
+    not compile by default, `compile_steps` has nothing to do, and a generation that asks for compiled steps is
+    served by the one-call step all the same (no graph made)."""
+    import torch
+
+    from clozelm import generation
+    from clozelm.model import native_step
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+    monkeypatch.setattr(packed, "has_amx", lambda: False)
+    model = tiny_model()
+    assert native_step.serves(model)
+    assert not generation.compiled_by_default(model)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    generation.compile_steps(model)
+    asked = list(generate_ids(model, [1, 2, 3], 5, lookahead=0, compile=True))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")
+    assert generation.compiled_by_default(model) and asked == list(generate_ids(model, [1, 2, 3], 5, lookahead=0))

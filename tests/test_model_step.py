@@ -19,8 +19,11 @@ LLAMA_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=
 @pytest.fixture(autouse=True)
 def torch_s_products(monkeypatch):
     """The compiled reductions and torch's kernels, as on every CPU with AVX-512; model/native.c's products, which
-    both eager and compiled steps take where they are on (AVX2 alone), are switched on by the tests about them."""
+    both eager and compiled steps take where they are on (AVX2 alone), are switched on by the tests about them; the
+    one-call step that would then serve fp32 rows instead of compiled steps (tests/test_model_native_step.py) is
+    off."""
     monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
+    monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")
 
 
 def network(config: dict, kind: str, dtype=torch.float32, seed=0) -> Transformer:

@@ -18,7 +18,7 @@ import torch
 
 from . import scoring
 from .errors import ClozelmError
-from .model import packed, step
+from .model import native_step, packed, step
 
 # Generations of this many new tokens or more decode through compiled steps unless told (`Sampling.compile`), on
 # CPUs where that was measured faster (`compiled_by_default`): the compile takes seconds (2-3 with inductor's disk
@@ -164,9 +164,11 @@ def compiled_by_default(model=None) -> bool:
     were measured faster than eager ones (docs/performance.md): on CPUs without AMX, for fp32 and bf16 weights, and
     for int8 and int4 ones with AVX-512 or where their graphs call model/native.c (with AVX2 alone inductor's int8
     reductions were 2-4x slower than the eager kernels). Not yet measured on a Xeon with AMX, whose eager products
-    differ (row-major fp32, AMX bf16): there only when asked for. Without a model: for fp32 weights."""
-    if packed.has_amx():
-        return False
+    differ (row-major fp32, AMX bf16): there only when asked for. Never where the one-call step serves the model
+    (model/native_step.py: fp32 rows through model/native.c), which is faster still and compiles nothing. Without a
+    model: for fp32 weights."""
+    if packed.has_amx() or (model is not None and native_step.serves(_network(model))):
+        return False  # the one-call step (model/native_step.py) serves it faster, without compiling
     modules = () if model is None else _network(model).modules()
     quantized = {kind for kind in (getattr(module, "weight_format", None) for module in modules)
                  if packed.QUANTIZED.get(kind)}
@@ -181,8 +183,8 @@ def compile_refusal(model) -> str | None:
 def compile_steps(model) -> None:
     """Compile `model`'s one-token steps now (seconds; once per process and weight signature), so that its first
     compiled generation does not wait for them: a server does this before it answers."""
-    if compile_refusal(model) is not None:  # nothing to compile (torch.compile failed earlier in this process, say)
-        return
+    if compile_refusal(model) is not None or native_step.serves(_network(model)):
+        return  # nothing to compile (torch.compile failed earlier in this process, say), or no compiled step to run
     prompt = [i % model.config.vocab_size for i in range(2)]  # one graph serves every cache length (model/step.py)
     for _ in generate_ids(model, prompt, 4, lookahead=0, compile=True):
         pass

@@ -30,6 +30,7 @@ def streamed(server, body: dict) -> str:
 
 def test_a_server_compiles_its_int8_generating_model_before_the_first_request_and_streams_through_it(
         int8_models, monkeypatch):
+    monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")  # else, where native.c runs, its one-call step serves the model
     with running(int8_models, compile=True) as server:
         assert server.compiled == {"causal"}  # the masked model does not generate
         server.compile_steps()
@@ -51,6 +52,7 @@ def test_a_server_compiles_its_int8_generating_model_before_the_first_request_an
 
 def test_compiled_steps_are_chosen_where_a_model_allows_them_and_refused_where_asked_for_in_vain(
         models, int8_models, monkeypatch):
+    monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")  # where it serves a model, nothing compiles (below)
     monkeypatch.setattr(packed, "has_amx", lambda: False)
     with running(models, compile=None) as server:  # fp32 weights: compiled reductions over the weights themselves
         assert server.compiled == ({"causal"} if step.compiler_available() else frozenset())

@@ -225,3 +225,204 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
     free(xq);
     free(steps);
 }
+
+/* One token of one row through every layer of a causal pre-norm network (GPT-2, Llama), fp32 activations:
+ * what model/transformer.py's Block.forward computes, in one call, so that a token pays one call from Python
+ * instead of a few dozen operations a layer dispatched one at a time (model/native_step.py gathers the arguments).
+ *
+ * layers: per layer LAYER_FIELDS numbers, the addresses and sizes below (a product's kind PRODUCT_NONE where the
+ * layer has no such product: the gate of a plain MLP). spec: the shapes (SPEC_*). x [D] is read and overwritten
+ * with the layer stack's output; the token's keys and values go into slot `pos` of each layer's cache
+ * [Hkv, slots, Dh] (fp32), and its attention reads slots 0..pos. cos, sin [Dh]: the rotary angles of the token's
+ * position (the sine's first half negated, as model/transformer.py's _rotate takes it), or NULL for none. The
+ * small operations run on one thread (a few thousand numbers each), the attention one head a thread, the products
+ * as above. Returns 0, or -1 where memory for the scratch rows ran out. */
+/* a product's fields: kind (0 fp32, 1 bf16, 2 int8, 3 int4), data, scales, bias, n (padded), k, rows */
+enum { PRODUCT_FIELDS = 7, PRODUCT_NONE = -1 };
+enum { LN1_W, LN1_B, LN2_W, LN2_B, QKV, PROJ = QKV + PRODUCT_FIELDS, FC = PROJ + PRODUCT_FIELDS,
+       GATE = FC + PRODUCT_FIELDS, DOWN = GATE + PRODUCT_FIELDS, KEYS = DOWN + PRODUCT_FIELDS, VALUES, LAYER_FIELDS };
+enum { SPEC_LAYERS, SPEC_D, SPEC_HEADS, SPEC_KV_HEADS, SPEC_HEAD_DIM, SPEC_SLOTS, SPEC_RMS, SPEC_ACTIVATION,
+       SPEC_MLP, SPEC_FIELDS };
+enum { ACT_NONE, ACT_GELU_TANH, ACT_GELU, ACT_SILU, ACT_RELU };
+
+int64_t clozelm_step_fields(void) { return LAYER_FIELDS * 1000 + SPEC_FIELDS; }  /* for native_step.py to check */
+
+static void product_of(const int64_t *p, const float *x, float *y) {
+    const void *w = (const void *)p[1], *scales = (const void *)p[2], *bias = (const void *)p[3];
+    switch (p[0]) {
+        case 0: clozelm_product_f32(w, NULL, x, y, 1, p[4], p[5], bias, p[6], 0); break;
+        case 1: clozelm_product_bf16(w, NULL, x, y, 1, p[4], p[5], bias, p[6], 0); break;
+        case 2: clozelm_product_int8(w, scales, x, y, 1, p[4], p[5], bias, p[6], 0); break;
+        default: clozelm_product_int4(w, scales, x, y, 1, p[4], p[5], bias, p[6], 0); break;
+    }
+}
+
+/* The sum of x[0..n) less `shift` (of the squares where asked), 8 lanes at a time (a compiler may not reorder a
+ * float sum on its own) */
+static float sum_of(const float *x, int64_t n, float shift, int squares) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 c = _mm256_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), c);
+        acc = squares ? _mm256_fmadd_ps(v, v, acc) : _mm256_add_ps(acc, v);
+    }
+    float lanes[8], total = 0;
+    _mm256_storeu_ps(lanes, acc);
+    for (int j = 0; j < 8; j++) total += lanes[j];
+    for (; i < n; i++) total += squares ? (x[i] - shift) * (x[i] - shift) : x[i] - shift;
+    return total;
+}
+
+/* y = norm(x) * w (+ b): LayerNorm (biased variance) or RMSNorm */
+static void normed(const float *x, float *y, int64_t d, const float *w, const float *b, int rms, float eps) {
+    const float mean = rms ? 0 : sum_of(x, d, 0, 0) / d;
+    const float r = 1.0f / sqrtf(sum_of(x, d, mean, 1) / d + eps);
+    for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mean) * r * w[i] + (b ? b[i] : 0);
+}
+
+/* e^x in 8 lanes (Cephes' expf: x = n ln 2 + r, a degree-6 polynomial in r, n into the exponent), to about an ulp;
+ * x clamped to where e^x is a normal float (max and min return their second operand where one is NaN) */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));  /* a NaN x stays NaN */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+
+static inline float activated(float v, int64_t activation) {
+    switch (activation) {
+        case ACT_GELU_TANH: return 0.5f * v * (1 + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        case ACT_GELU: return 0.5f * v * (1 + erff(v * 0.7071067811865476f));
+        case ACT_SILU: return v / (1 + expf(-v));
+        case ACT_RELU: return v > 0 ? v : 0;
+        default: return v;
+    }
+}
+
+/* a[i] = act(a[i]), or a[i] *= act(g[i]) where g is given (SwiGLU). GELU's tanh form and SiLU 8 lanes at a time,
+ * both as v * sigmoid(t) = v / (1 + e^-t) (the tanh form: 0.5 (1 + tanh(u)) = sigmoid(2 u)); the rest one by one. */
+static void activate_into(float *a, const float *g, int64_t n, int64_t activation) {
+    const float *v = g ? g : a;
+    int64_t i = 0;
+    if (activation == ACT_GELU_TANH || activation == ACT_SILU)
+        for (; i + 8 <= n; i += 8) {
+            const __m256 x = _mm256_loadu_ps(v + i);
+            __m256 t = x;
+            if (activation == ACT_GELU_TANH)  /* 2 sqrt(2 / pi) (x + 0.044715 x^3) */
+                t = _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.5957691216057308f)),
+                                  _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(0.044715f), _mm256_set1_ps(1)));
+            const __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1),
+                                                            exp8(_mm256_sub_ps(_mm256_setzero_ps(), t))));
+            _mm256_storeu_ps(a + i, g ? _mm256_mul_ps(_mm256_loadu_ps(a + i), y) : y);
+        }
+    for (; i < n; i++) a[i] = g ? a[i] * activated(g[i], activation) : activated(a[i], activation);
+}
+
+/* sc[s] = q . K[s] * scale for the S keys K [S, dh]: 8 keys at a time, each its own accumulator (one key's sum alone
+ * would wait on each fma in turn) */
+static void scores_of(const float *q, const float *K, int64_t S, int64_t dh, float scale, float *sc) {
+    int64_t s = 0;
+    if (dh % 8 == 0)
+        for (; s + 8 <= S; s += 8) {
+            __m256 a[8];
+            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < dh; i += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + i);
+                for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + (s + r) * dh + i), a[r]);
+            }
+            _mm256_storeu_ps(sc + s, _mm256_mul_ps(sums8(a), _mm256_set1_ps(scale)));
+        }
+    for (; s < S; s++) {
+        float dot = 0;
+        for (int64_t i = 0; i < dh; i++) dot += q[i] * K[s * dh + i];
+        sc[s] = dot * scale;
+    }
+}
+
+/* y [dh] = sum over s of p[s] V[s], 32 columns at a time in registers */
+static void weighted_sum(const float *p, const float *V, int64_t S, int64_t dh, float *y) {
+    int64_t i = 0;
+    for (; i + 32 <= dh; i += 32) {
+        __m256 a[4];
+        for (int c = 0; c < 4; c++) a[c] = _mm256_setzero_ps();
+        for (int64_t s = 0; s < S; s++) {
+            const __m256 ps = _mm256_set1_ps(p[s]);
+            for (int c = 0; c < 4; c++) a[c] = _mm256_fmadd_ps(ps, _mm256_loadu_ps(V + s * dh + i + 8 * c), a[c]);
+        }
+        for (int c = 0; c < 4; c++) _mm256_storeu_ps(y + i + 8 * c, a[c]);
+    }
+    for (; i < dh; i++) {
+        float sum = 0;
+        for (int64_t s = 0; s < S; s++) sum += p[s] * V[s * dh + i];
+        y[i] = sum;
+    }
+}
+
+/* heads [count, dh] rotated in place: x * cos + (x2, x1) * sin */
+static void rotated(float *heads, int64_t count, int64_t dh, const float *cos, const float *sin) {
+    const int64_t half = dh / 2;
+    for (int64_t h = 0; h < count; h++) {
+        float *v = heads + h * dh, r[dh];
+        for (int64_t i = 0; i < dh; i++) r[i] = v[i] * cos[i] + (i < half ? v[i + half] : v[i - half]) * sin[i];
+        memcpy(v, r, dh * sizeof(float));
+    }
+}
+
+int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *x, int64_t pos, const float *cos,
+                 const float *sin) {
+    const int64_t D = spec[SPEC_D], H = spec[SPEC_HEADS], Hkv = spec[SPEC_KV_HEADS], Dh = spec[SPEC_HEAD_DIM];
+    const int64_t slots = spec[SPEC_SLOTS], width = spec[SPEC_MLP], S = pos + 1;
+    const int rms = (int)spec[SPEC_RMS];
+    const int64_t widest = (H + 2 * Hkv) * Dh > width ? (H + 2 * Hkv) * Dh : width;
+    float *h = malloc((2 * D + 2 * widest + H * Dh + H * S) * sizeof(float));
+    if (!h) return -1;
+    float *out = h + D, *a = out + D, *g = a + widest, *y = g + widest, *scores = y + H * Dh;
+    for (int64_t l = 0; l < spec[SPEC_LAYERS]; l++) {
+        const int64_t *f = layers + l * LAYER_FIELDS;
+        normed(x, h, D, (const float *)f[LN1_W], (const float *)f[LN1_B], rms, (float)eps);
+        product_of(f + QKV, h, a);  /* q [H, Dh], k [Hkv, Dh], v [Hkv, Dh] */
+        if (cos) rotated(a, H + Hkv, Dh, cos, sin);
+        float *keys = (float *)f[KEYS], *values = (float *)f[VALUES];
+        for (int64_t j = 0; j < Hkv; j++) {
+            memcpy(keys + (j * slots + pos) * Dh, a + (H + j) * Dh, Dh * sizeof(float));
+            memcpy(values + (j * slots + pos) * Dh, a + (H + Hkv + j) * Dh, Dh * sizeof(float));
+        }
+        const float scale = 1.0f / sqrtf((float)Dh);
+#pragma omp parallel for schedule(static)
+        for (int64_t hq = 0; hq < H; hq++) {
+            const float *q = a + hq * Dh, *K = keys + hq / (H / Hkv) * slots * Dh;
+            const float *V = values + hq / (H / Hkv) * slots * Dh;
+            float *sc = scores + hq * S, top = -INFINITY, total = 0, *yh = y + hq * Dh;
+            scores_of(q, K, S, Dh, scale, sc);
+            for (int64_t s = 0; s < S; s++) top = sc[s] > top ? sc[s] : top;
+            int64_t s = 0;
+            for (; s + 8 <= S; s += 8)
+                _mm256_storeu_ps(sc + s, exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + s), _mm256_set1_ps(top))));
+            for (; s < S; s++) sc[s] = expf(sc[s] - top);
+            for (s = 0; s < S; s++) total += sc[s];
+            weighted_sum(sc, V, S, Dh, yh);
+            for (int64_t i = 0; i < Dh; i++) yh[i] /= total;
+        }
+        product_of(f + PROJ, y, out);
+        for (int64_t i = 0; i < D; i++) x[i] += out[i];
+        normed(x, h, D, (const float *)f[LN2_W], (const float *)f[LN2_B], rms, (float)eps);
+        product_of(f + FC, h, a);
+        if (f[GATE] != PRODUCT_NONE) product_of(f + GATE, h, g);  /* SwiGLU: act(gate(h)) * fc(h) */
+        activate_into(a, f[GATE] != PRODUCT_NONE ? g : NULL, width, spec[SPEC_ACTIVATION]);
+        product_of(f + DOWN, a, out);
+        for (int64_t i = 0; i < D; i++) x[i] += out[i];
+    }
+    free(h);
+    return 0;
+}

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import packed, step
+from . import native_step, packed, step
 from .config import ModelConfig, rope_kind
 from .packed import Linear
 
@@ -56,6 +56,9 @@ class KVCache:
         # layer, the compiled projection).
         self.compiled = False
         self.step_weights: tuple | None = None
+        # One-token steps through native.c, all layers in one call (model/native_step.py): None until the first
+        # such step decides, then its arguments, or False where it does not take this network and cache.
+        self.native_step = None
 
     def truncate(self, length: int) -> None:
         """Forget everything after `length` (rejected draft tokens); their slots get overwritten later."""
@@ -79,7 +82,7 @@ class KVCache:
         new.seen = self.seen.index_select(0, rows)
         new.has_padding, new.length, new.max_len = self.has_padding, self.length, self.max_len
         new.shared, new.shared_keys, new.shared_values = self.shared, self.shared_keys, self.shared_values
-        new.compiled, new.step_weights = False, None  # beams: rows stepped together, by the forward itself
+        new.compiled, new.step_weights, new.native_step = False, None, None  # beams: rows stepped together
         return new
 
     def fork(self, rows: int, room: int | None = None) -> "KVCache":
@@ -100,7 +103,7 @@ class KVCache:
         new.key_valid = self.key_valid.expand(rows, -1).clone()
         new.seen = self.seen.expand(rows).clone()
         new.has_padding, new.length, new.max_len, new.shared = self.has_padding, shared, self.max_len, shared
-        new.compiled, new.step_weights = False, None
+        new.compiled, new.step_weights, new.native_step = False, None, None
         return new
 
     def _select_filled(self, buffer: torch.Tensor, rows: torch.Tensor, room: int | None) -> torch.Tensor:
@@ -521,11 +524,17 @@ class Transformer(nn.Module):
             x = self.ln_emb(x)
         x = self.drop(x)
         probs_per_layer = []
-        stepped = None
-        if (cache is not None and cache.compiled and B == T == 1 and cache.length > 0 and mask is None
-                and not attentions and not cache.shared and not self.training and not torch.is_grad_enabled()
-                and step.takes(self, cache)):  # a prompt of one token is read as prompts are, not compiled
-            stepped = step.run(self, x, cache, rope)  # one token through compiled layers (model/step.py)
+        stepped, compiled = None, False
+        if (cache is not None and B == T == 1 and cache.length > 0 and mask is None and not attentions
+                and not cache.shared and not self.training and not torch.is_grad_enabled()):
+            # one token of one row (a prompt of one token is read as prompts are): every layer in one call to
+            # native.c where it takes the network (model/native_step.py), else compiled layers where the
+            # generation asked for them (model/step.py)
+            if native_step.takes(self, cache):
+                stepped = native_step.run(self, x, cache, rope)
+            elif cache.compiled and step.takes(self, cache):
+                stepped = step.run(self, x, cache, rope)
+                compiled = stepped is not None
         if stepped is not None:
             x = stepped
         else:
@@ -542,7 +551,7 @@ class Transformer(nn.Module):
         if logits_at is not None:
             h = hidden[torch.as_tensor(logits_at, device=self.device)]  # [N, D]
         logits = None
-        if head and self.config.head is not None and stepped is not None:
+        if head and self.config.head is not None and compiled:
             logits = step.head_logits(h, cache)  # None where it failed to compile
         if not head or self.config.head is None or logits is not None:
             pass

@@ -1,0 +1,122 @@
+"""model/native_step.py and native.c's `clozelm_step`: one token through every layer in one call, against the
+network's own eager step (the same native.c products, the small operations one by one in torch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clozelm.generation import generate_ids
+from clozelm.model import ModelConfig, Transformer, native_step, packed
+
+needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= packed.cpu_flags(), reason="native.c is x86 code for AVX2 and FMA")
+
+GPT2_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4)
+LLAMA_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, norm="rmsnorm",
+                   positions="rope", mlp="gated", activation="silu", bias=False, qkv_bias=True, n_inner=96,
+                   layer_norm_eps=1e-6)
+# head widths that are not a multiple of 8 (the C code's one-by-one tails) and the other activations
+NARROW_HEADS = dict(GPT2_STYLE, n_embd=96, n_head=8, activation="gelu")
+NARROW_ROPE = dict(LLAMA_STYLE, n_embd=96, n_head=8, n_kv_head=4, activation="relu")
+
+
+@pytest.fixture(autouse=True)
+def native_kernels(monkeypatch):
+    """native.c's products on, on any x86 CPU with AVX2 and FMA (a Xeon with AMX too, where they are off by
+    default), so that both sides of each comparison multiply with the same kernels."""
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
+    monkeypatch.delenv("CLOZELM_NATIVE_STEP", raising=False)
+
+
+def network(config: dict, kind: str | None = None, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    net = Transformer(ModelConfig(**config)).eval()
+    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that a misread one shows;
+        for name, p in net.named_parameters():  # queries and keys large enough that attention picks positions
+            if "ln" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            elif "c_attn.weight" in name:
+                p.mul_(10)
+    packed.use_quantized_weights(net, kind)
+    return net
+
+
+def one_token_steps(net, ids, step: bool):
+    """Logits [T, V] of a prompt's first two tokens read together, then one token a step; and the cache."""
+    with torch.inference_mode():
+        cache = net.new_cache(1, len(ids) + 2)
+        if not step:
+            cache.native_step = False  # as CLOZELM_NATIVE_STEP=0 decides it
+        rows = [net(torch.tensor([ids[:2]]), cache=cache).logits[0]]
+        rows += [net(torch.tensor([[t]]), cache=cache).logits[0] for t in ids[2:]]
+    return torch.cat(rows), cache
+
+
+@needs_avx2
+@pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE, NARROW_HEADS, NARROW_ROPE],
+                         ids=["gpt2", "llama", "narrow-heads", "narrow-rope"])
+@pytest.mark.parametrize("kind", [None, "int8", "int4"])
+def test_one_call_steps_equal_the_eager_steps(config, kind):
+    """Every layer of a GPT-2-style and a Llama-style network (rotary positions, RMSNorm, grouped-query attention,
+    SwiGLU, biases on the queries, keys and values alone), heads whose width is not a multiple of 8, every
+    activation, fp32 weights and int8 and int4 codes: the logits of 19 one-token steps (attention over 3 to 21
+    keys, across multiples of 8) and the cached keys and values equal the eager step's to fp32 rounding (int8 and
+    int4: to a step of the kernels' 16-bit rows, 1/32767 of a group's largest value, which a difference in the last
+    fp32 bit upstream may move)."""
+    net = network(config, kind)
+    ids = torch.randint(0, 96, (21,), generator=torch.Generator().manual_seed(1)).tolist()
+    natively, cache = one_token_steps(net, ids, step=True)
+    assert cache.native_step  # taken
+    eager, eager_cache = one_token_steps(net, ids, step=False)
+    tolerance = 3e-6 if kind is None else 5e-4
+    assert torch.allclose(natively, eager, rtol=0, atol=tolerance * eager.abs().max().item())
+    for mine, theirs in zip(cache.keys + cache.values, eager_cache.keys + eager_cache.values):
+        assert torch.allclose(mine, theirs, rtol=0, atol=tolerance * theirs.abs().max().item())
+
+
+@needs_avx2
+def test_greedy_generation_of_the_default_model_keeps_its_tokens(monkeypatch):
+    """The embedded default model, 40 greedy tokens without drafting, fp32 and int8: the same tokens with the one-call
+    step as without it."""
+    import clozelm
+    model = clozelm.load("default")
+    prompt = model.tokenizer.encode("The sea was calm and the ship")
+    for kind in (None, "int8"):
+        packed.use_quantized_weights(model.network, kind)
+        natively = list(generate_ids(model, prompt, 40, lookahead=0))
+        monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")
+        eager = list(generate_ids(model, prompt, 40, lookahead=0))
+        monkeypatch.delenv("CLOZELM_NATIVE_STEP")
+        assert natively == eager
+    packed.use_quantized_weights(model.network, None)
+
+
+def _taken(net, cache, steps: int = 2) -> bool:
+    with torch.inference_mode():
+        net(torch.tensor([[1, 2]]), cache=cache)
+        for t in range(steps):
+            net(torch.tensor([[3 + t]]), cache=cache)
+    return bool(cache.native_step)
+
+
+@needs_avx2
+def test_what_the_one_call_step_does_not_take(monkeypatch):
+    """bf16 networks (their eager steps round between operations), caches of two rows, a step under autocast (bf16
+    products), the switch and native.c switched off: all keep the eager steps."""
+    net = network(GPT2_STYLE)
+    assert _taken(net, net.new_cache(1, 8))
+    bf16 = network(GPT2_STYLE).to(torch.bfloat16)
+    assert not _taken(bf16, bf16.new_cache(1, 8))
+    with torch.inference_mode():
+        cache = net.new_cache(2, 8)
+        net(torch.tensor([[1, 2], [1, 2]]), cache=cache)
+        net(torch.tensor([[3], [3]]), cache=cache)
+    assert cache.native_step is None  # not even asked
+    cache = net.new_cache(1, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert native_step.takes(net, cache) is False and cache.native_step  # decided, but not under autocast
+    monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")
+    assert not _taken(net, net.new_cache(1, 8))
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
+    monkeypatch.delenv("CLOZELM_NATIVE_STEP")
+    assert not _taken(net, net.new_cache(1, 8))
