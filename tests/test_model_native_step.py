@@ -28,9 +28,9 @@ def native_kernels(monkeypatch):
     monkeypatch.delenv("CLOZELM_NATIVE_STEP", raising=False)
 
 
-def network(config: dict, kind: str | None = None, seed: int = 0) -> Transformer:
+def network(config: dict, kind: str | None = None, seed: int = 0, dtype=torch.float32) -> Transformer:
     torch.manual_seed(seed)
-    net = Transformer(ModelConfig(**config)).eval()
+    net = Transformer(ModelConfig(**config)).to(dtype).eval()
     with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that a misread one shows;
         for name, p in net.named_parameters():  # queries and keys large enough that attention picks positions
             if "ln" in name or "bias" in name:
@@ -55,22 +55,29 @@ def one_token_steps(net, ids, step: bool):
 @needs_avx2
 @pytest.mark.parametrize("config", [GPT2_STYLE, LLAMA_STYLE, NARROW_HEADS, NARROW_ROPE],
                          ids=["gpt2", "llama", "narrow-heads", "narrow-rope"])
-@pytest.mark.parametrize("kind", [None, "int8", "int4"])
-def test_one_call_steps_equal_the_eager_steps(config, kind):
+@pytest.mark.parametrize("kind,dtype", [(None, torch.float32), ("int8", torch.float32), ("int4", torch.float32),
+                                        (None, torch.bfloat16)], ids=["fp32", "int8", "int4", "bf16"])
+def test_one_call_steps_equal_the_eager_steps(config, kind, dtype):
     """Every layer of a GPT-2-style and a Llama-style network (rotary positions, RMSNorm, grouped-query attention,
     SwiGLU, biases on the queries, keys and values alone), heads whose width is not a multiple of 8, every
-    activation, fp32 weights and int8 and int4 codes: the logits of 19 one-token steps (attention over 3 to 21
+    activation, fp32 weights, int8 and int4 codes, and bf16: the logits of 19 one-token steps (attention over 3 to 21
     keys, across multiples of 8) and the cached keys and values equal the eager step's to fp32 rounding (int8 and
     int4: to a step of the kernels' 16-bit rows, 1/32767 of a group's largest value, which a difference in the last
-    fp32 bit upstream may move)."""
-    net = network(config, kind)
+    fp32 bit upstream may move; bf16: to a few bf16 steps, rows rounded where the eager step rounds them but sums
+    in another order)."""
+    net = network(config, kind, dtype=dtype)
     ids = torch.randint(0, 96, (21,), generator=torch.Generator().manual_seed(1)).tolist()
     natively, cache = one_token_steps(net, ids, step=True)
     assert cache.native_step  # taken
     eager, eager_cache = one_token_steps(net, ids, step=False)
     tolerance = 3e-6 if kind is None else 5e-4
+    if dtype == torch.bfloat16:
+        tolerance = 4 * 2 ** -8
+        assert natively.dtype == torch.bfloat16 and cache.keys[0].dtype == torch.bfloat16
+    natively, eager = natively.float(), eager.float()
     assert torch.allclose(natively, eager, rtol=0, atol=tolerance * eager.abs().max().item())
     for mine, theirs in zip(cache.keys + cache.values, eager_cache.keys + eager_cache.values):
+        mine, theirs = mine.float(), theirs.float()
         assert torch.allclose(mine, theirs, rtol=0, atol=tolerance * theirs.abs().max().item())
 
 
@@ -101,12 +108,14 @@ def _taken(net, cache, steps: int = 2) -> bool:
 
 @needs_avx2
 def test_what_the_one_call_step_does_not_take(monkeypatch):
-    """bf16 networks (their eager steps round between operations), caches of two rows, a step under autocast (bf16
-    products), the switch and native.c switched off: all keep the eager steps."""
+    """Caches of two rows, a cache in another dtype than the network's, a step under autocast (bf16 products), the
+    switch and native.c switched off: all keep the eager steps."""
     net = network(GPT2_STYLE)
     assert _taken(net, net.new_cache(1, 8))
-    bf16 = network(GPT2_STYLE).to(torch.bfloat16)
-    assert not _taken(bf16, bf16.new_cache(1, 8))
+    other = net.new_cache(1, 8)
+    other.keys = [k.to(torch.bfloat16) for k in other.keys]
+    other.values = [v.to(torch.bfloat16) for v in other.values]
+    assert native_step.takes(net, other) is False
     with torch.inference_mode():
         cache = net.new_cache(2, 8)
         net(torch.tensor([[1, 2], [1, 2]]), cache=cache)

@@ -226,23 +226,26 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
     free(steps);
 }
 
-/* One token of one row through every layer of a causal pre-norm network (GPT-2, Llama), fp32 activations:
- * what model/transformer.py's Block.forward computes, in one call, so that a token pays one call from Python
- * instead of a few dozen operations a layer dispatched one at a time (model/native_step.py gathers the arguments).
+/* One token of one row through every layer of a causal pre-norm network (GPT-2, Llama): what
+ * model/transformer.py's Block.forward computes, in one call, so that a token pays one call from Python instead of
+ * a few dozen operations a layer dispatched one at a time (model/native_step.py gathers the arguments).
  *
  * layers: per layer LAYER_FIELDS numbers, the addresses and sizes below (a product's kind PRODUCT_NONE where the
- * layer has no such product: the gate of a plain MLP). spec: the shapes (SPEC_*). x [D] is read and overwritten
- * with the layer stack's output; the token's keys and values go into slot `pos` of each layer's cache
- * [Hkv, slots, Dh] (fp32), and its attention reads slots 0..pos. cos, sin [Dh]: the rotary angles of the token's
- * position (the sine's first half negated, as model/transformer.py's _rotate takes it), or NULL for none. The
- * small operations run on one thread (a few thousand numbers each), the attention one head a thread, the products
- * as above. Returns 0, or -1 where memory for the scratch rows ran out. */
+ * layer has no such product: the gate of a plain MLP; norms' weights and biases, and the products' biases, in
+ * fp32). spec: the shapes (SPEC_*). x [D] (fp32) is read and overwritten with the layer stack's output; the token's
+ * keys and values go into slot `pos` of each layer's cache [Hkv, slots, Dh], and its attention reads slots 0..pos.
+ * cos, sin [Dh]: the rotary angles of the token's position (the sine's first half negated, as
+ * model/transformer.py's _rotate takes it), or NULL for none. A bf16 network (SPEC_BF16): the cache in bf16 and
+ * every row rounded to bf16 where its eager step rounds it (after each operation; products, their bias and
+ * activation in fp32 and rounded once), the arithmetic between in fp32. The small operations run on one thread (a
+ * few thousand numbers each), the attention one head a thread, the products as above. Returns 0, or -1 where
+ * memory for the scratch rows ran out. */
 /* a product's fields: kind (0 fp32, 1 bf16, 2 int8, 3 int4), data, scales, bias, n (padded), k, rows */
 enum { PRODUCT_FIELDS = 7, PRODUCT_NONE = -1 };
 enum { LN1_W, LN1_B, LN2_W, LN2_B, QKV, PROJ = QKV + PRODUCT_FIELDS, FC = PROJ + PRODUCT_FIELDS,
        GATE = FC + PRODUCT_FIELDS, DOWN = GATE + PRODUCT_FIELDS, KEYS = DOWN + PRODUCT_FIELDS, VALUES, LAYER_FIELDS };
 enum { SPEC_LAYERS, SPEC_D, SPEC_HEADS, SPEC_KV_HEADS, SPEC_HEAD_DIM, SPEC_SLOTS, SPEC_RMS, SPEC_ACTIVATION,
-       SPEC_MLP, SPEC_FIELDS };
+       SPEC_MLP, SPEC_BF16, SPEC_FIELDS };
 enum { ACT_NONE, ACT_GELU_TANH, ACT_GELU, ACT_SILU, ACT_RELU };
 
 int64_t clozelm_step_fields(void) { return LAYER_FIELDS * 1000 + SPEC_FIELDS; }  /* for native_step.py to check */
@@ -255,6 +258,21 @@ static void product_of(const int64_t *p, const float *x, float *y) {
         case 2: clozelm_product_int8(w, scales, x, y, 1, p[4], p[5], bias, p[6], 0); break;
         default: clozelm_product_int4(w, scales, x, y, 1, p[4], p[5], bias, p[6], 0); break;
     }
+}
+
+/* v[0..n) rounded to bf16 (kept in fp32) where `on`: a bf16 network's rows between its operations */
+static void rounded(float *v, int64_t n, int on) {
+    if (on)
+        for (int64_t i = 0; i < n; i++) v[i] = bf16_to_f32(f32_to_bf16(v[i]));
+}
+
+/* 8 numbers of a cache row from p[i], fp32 or bf16 */
+static inline __m256 load8(const void *p, int64_t i, int bf16) {
+    return bf16 ? from_bf16((const uint16_t *)p + i) : _mm256_loadu_ps((const float *)p + i);
+}
+
+static inline float load1(const void *p, int64_t i, int bf16) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
 /* The sum of x[0..n) less `shift` (of the squares where asked), 8 lanes at a time (a compiler may not reorder a
@@ -274,11 +292,16 @@ static float sum_of(const float *x, int64_t n, float shift, int squares) {
     return total;
 }
 
-/* y = norm(x) * w (+ b): LayerNorm (biased variance) or RMSNorm */
-static void normed(const float *x, float *y, int64_t d, const float *w, const float *b, int rms, float eps) {
+/* y = norm(x) * w (+ b): LayerNorm (biased variance) or RMSNorm, rounded to bf16 where `bf16` (RMSNorm twice, as
+ * model/transformer.py's RMSNorm rounds the normalised row before its weight multiplies it) */
+static void normed(const float *x, float *y, int64_t d, const float *w, const float *b, int rms, float eps, int bf16) {
     const float mean = rms ? 0 : sum_of(x, d, 0, 0) / d;
     const float r = 1.0f / sqrtf(sum_of(x, d, mean, 1) / d + eps);
-    for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mean) * r * w[i] + (b ? b[i] : 0);
+    for (int64_t i = 0; i < d; i++) {
+        const float v = (x[i] - mean) * r;
+        y[i] = (rms && bf16 ? bf16_to_f32(f32_to_bf16(v)) : v) * w[i] + (b ? b[i] : 0);
+    }
+    rounded(y, d, bf16);
 }
 
 /* e^x in 8 lanes (Cephes' expf: x = n ln 2 + r, a degree-6 polynomial in r, n into the exponent), to about an ulp;
@@ -310,28 +333,27 @@ static inline float activated(float v, int64_t activation) {
     }
 }
 
-/* a[i] = act(a[i]), or a[i] *= act(g[i]) where g is given (SwiGLU). GELU's tanh form and SiLU 8 lanes at a time,
- * both as v * sigmoid(t) = v / (1 + e^-t) (the tanh form: 0.5 (1 + tanh(u)) = sigmoid(2 u)); the rest one by one. */
-static void activate_into(float *a, const float *g, int64_t n, int64_t activation) {
-    const float *v = g ? g : a;
+/* a[i] = act(a[i]). GELU's tanh form and SiLU 8 lanes at a time, both as v * sigmoid(t) = v / (1 + e^-t) (the tanh
+ * form: 0.5 (1 + tanh(u)) = sigmoid(2 u)); the rest one by one. */
+static void activate_into(float *a, int64_t n, int64_t activation) {
     int64_t i = 0;
     if (activation == ACT_GELU_TANH || activation == ACT_SILU)
         for (; i + 8 <= n; i += 8) {
-            const __m256 x = _mm256_loadu_ps(v + i);
+            const __m256 x = _mm256_loadu_ps(a + i);
             __m256 t = x;
             if (activation == ACT_GELU_TANH)  /* 2 sqrt(2 / pi) (x + 0.044715 x^3) */
                 t = _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.5957691216057308f)),
                                   _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(0.044715f), _mm256_set1_ps(1)));
             const __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1),
                                                             exp8(_mm256_sub_ps(_mm256_setzero_ps(), t))));
-            _mm256_storeu_ps(a + i, g ? _mm256_mul_ps(_mm256_loadu_ps(a + i), y) : y);
+            _mm256_storeu_ps(a + i, y);
         }
-    for (; i < n; i++) a[i] = g ? a[i] * activated(g[i], activation) : activated(a[i], activation);
+    for (; i < n; i++) a[i] = activated(a[i], activation);
 }
 
 /* sc[s] = q . K[s] * scale for the S keys K [S, dh]: 8 keys at a time, each its own accumulator (one key's sum alone
  * would wait on each fma in turn) */
-static void scores_of(const float *q, const float *K, int64_t S, int64_t dh, float scale, float *sc) {
+static void scores_of(const float *q, const void *K, int64_t S, int64_t dh, float scale, float *sc, int bf16) {
     int64_t s = 0;
     if (dh % 8 == 0)
         for (; s + 8 <= S; s += 8) {
@@ -339,89 +361,120 @@ static void scores_of(const float *q, const float *K, int64_t S, int64_t dh, flo
             for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
             for (int64_t i = 0; i < dh; i += 8) {
                 const __m256 qv = _mm256_loadu_ps(q + i);
-                for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + (s + r) * dh + i), a[r]);
+                for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(qv, load8(K, (s + r) * dh + i, bf16), a[r]);
             }
             _mm256_storeu_ps(sc + s, _mm256_mul_ps(sums8(a), _mm256_set1_ps(scale)));
         }
     for (; s < S; s++) {
         float dot = 0;
-        for (int64_t i = 0; i < dh; i++) dot += q[i] * K[s * dh + i];
+        for (int64_t i = 0; i < dh; i++) dot += q[i] * load1(K, s * dh + i, bf16);
         sc[s] = dot * scale;
     }
 }
 
 /* y [dh] = sum over s of p[s] V[s], 32 columns at a time in registers */
-static void weighted_sum(const float *p, const float *V, int64_t S, int64_t dh, float *y) {
+static void weighted_sum(const float *p, const void *V, int64_t S, int64_t dh, float *y, int bf16) {
     int64_t i = 0;
     for (; i + 32 <= dh; i += 32) {
         __m256 a[4];
         for (int c = 0; c < 4; c++) a[c] = _mm256_setzero_ps();
         for (int64_t s = 0; s < S; s++) {
             const __m256 ps = _mm256_set1_ps(p[s]);
-            for (int c = 0; c < 4; c++) a[c] = _mm256_fmadd_ps(ps, _mm256_loadu_ps(V + s * dh + i + 8 * c), a[c]);
+            for (int c = 0; c < 4; c++) a[c] = _mm256_fmadd_ps(ps, load8(V, s * dh + i + 8 * c, bf16), a[c]);
         }
         for (int c = 0; c < 4; c++) _mm256_storeu_ps(y + i + 8 * c, a[c]);
     }
     for (; i < dh; i++) {
         float sum = 0;
-        for (int64_t s = 0; s < S; s++) sum += p[s] * V[s * dh + i];
+        for (int64_t s = 0; s < S; s++) sum += p[s] * load1(V, s * dh + i, bf16);
         y[i] = sum;
     }
 }
 
-/* heads [count, dh] rotated in place: x * cos + (x2, x1) * sin */
-static void rotated(float *heads, int64_t count, int64_t dh, const float *cos, const float *sin) {
+/* heads [count, dh] rotated in place: x * cos + (x2, x1) * sin (in bf16, each of the three rounded, as torch's bf16
+ * operations round them) */
+static void rotated(float *heads, int64_t count, int64_t dh, const float *cos, const float *sin, int bf16) {
     const int64_t half = dh / 2;
     for (int64_t h = 0; h < count; h++) {
-        float *v = heads + h * dh, r[dh];
-        for (int64_t i = 0; i < dh; i++) r[i] = v[i] * cos[i] + (i < half ? v[i + half] : v[i - half]) * sin[i];
-        memcpy(v, r, dh * sizeof(float));
+        float *v = heads + h * dh, c[dh], r[dh];
+        for (int64_t i = 0; i < dh; i++) {
+            c[i] = v[i] * cos[i];
+            r[i] = (i < half ? v[i + half] : v[i - half]) * sin[i];
+        }
+        rounded(c, dh, bf16);
+        rounded(r, dh, bf16);
+        for (int64_t i = 0; i < dh; i++) v[i] = c[i] + r[i];
+        rounded(v, dh, bf16);
     }
 }
 
 int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *x, int64_t pos, const float *cos,
                  const float *sin) {
     const int64_t D = spec[SPEC_D], H = spec[SPEC_HEADS], Hkv = spec[SPEC_KV_HEADS], Dh = spec[SPEC_HEAD_DIM];
-    const int64_t slots = spec[SPEC_SLOTS], width = spec[SPEC_MLP], S = pos + 1;
-    const int rms = (int)spec[SPEC_RMS];
+    const int64_t slots = spec[SPEC_SLOTS], width = spec[SPEC_MLP], S = pos + 1, act = spec[SPEC_ACTIVATION];
+    const int rms = (int)spec[SPEC_RMS], bf16 = (int)spec[SPEC_BF16];
     const int64_t widest = (H + 2 * Hkv) * Dh > width ? (H + 2 * Hkv) * Dh : width;
     float *h = malloc((2 * D + 2 * widest + H * Dh + H * S) * sizeof(float));
     if (!h) return -1;
     float *out = h + D, *a = out + D, *g = a + widest, *y = g + widest, *scores = y + H * Dh;
     for (int64_t l = 0; l < spec[SPEC_LAYERS]; l++) {
         const int64_t *f = layers + l * LAYER_FIELDS;
-        normed(x, h, D, (const float *)f[LN1_W], (const float *)f[LN1_B], rms, (float)eps);
+        normed(x, h, D, (const float *)f[LN1_W], (const float *)f[LN1_B], rms, (float)eps, bf16);
         product_of(f + QKV, h, a);  /* q [H, Dh], k [Hkv, Dh], v [Hkv, Dh] */
-        if (cos) rotated(a, H + Hkv, Dh, cos, sin);
-        float *keys = (float *)f[KEYS], *values = (float *)f[VALUES];
-        for (int64_t j = 0; j < Hkv; j++) {
-            memcpy(keys + (j * slots + pos) * Dh, a + (H + j) * Dh, Dh * sizeof(float));
-            memcpy(values + (j * slots + pos) * Dh, a + (H + Hkv + j) * Dh, Dh * sizeof(float));
-        }
+        rounded(a, (H + 2 * Hkv) * Dh, bf16);
+        if (cos) rotated(a, H + Hkv, Dh, cos, sin, bf16);
+        void *keys = (void *)f[KEYS], *values = (void *)f[VALUES];
+        for (int64_t j = 0; j < Hkv; j++)
+            for (int64_t i = 0; i < Dh; i++) {
+                const int64_t at = (j * slots + pos) * Dh + i;
+                const float k = a[(H + j) * Dh + i], v = a[(H + Hkv + j) * Dh + i];
+                if (bf16) {
+                    ((uint16_t *)keys)[at] = f32_to_bf16(k);
+                    ((uint16_t *)values)[at] = f32_to_bf16(v);
+                } else {
+                    ((float *)keys)[at] = k;
+                    ((float *)values)[at] = v;
+                }
+            }
         const float scale = 1.0f / sqrtf((float)Dh);
+        const int64_t element = bf16 ? 2 : 4;
 #pragma omp parallel for schedule(static)
         for (int64_t hq = 0; hq < H; hq++) {
-            const float *q = a + hq * Dh, *K = keys + hq / (H / Hkv) * slots * Dh;
-            const float *V = values + hq / (H / Hkv) * slots * Dh;
+            const float *q = a + hq * Dh;
+            const char *K = (const char *)keys + hq / (H / Hkv) * slots * Dh * element;
+            const char *V = (const char *)values + hq / (H / Hkv) * slots * Dh * element;
             float *sc = scores + hq * S, top = -INFINITY, total = 0, *yh = y + hq * Dh;
-            scores_of(q, K, S, Dh, scale, sc);
+            scores_of(q, K, S, Dh, scale, sc, bf16);
             for (int64_t s = 0; s < S; s++) top = sc[s] > top ? sc[s] : top;
             int64_t s = 0;
             for (; s + 8 <= S; s += 8)
                 _mm256_storeu_ps(sc + s, exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + s), _mm256_set1_ps(top))));
             for (; s < S; s++) sc[s] = expf(sc[s] - top);
             for (s = 0; s < S; s++) total += sc[s];
-            weighted_sum(sc, V, S, Dh, yh);
+            weighted_sum(sc, V, S, Dh, yh, bf16);
             for (int64_t i = 0; i < Dh; i++) yh[i] /= total;
         }
+        rounded(y, H * Dh, bf16);
         product_of(f + PROJ, y, out);
+        rounded(out, D, bf16);
         for (int64_t i = 0; i < D; i++) x[i] += out[i];
-        normed(x, h, D, (const float *)f[LN2_W], (const float *)f[LN2_B], rms, (float)eps);
+        rounded(x, D, bf16);
+        normed(x, h, D, (const float *)f[LN2_W], (const float *)f[LN2_B], rms, (float)eps, bf16);
         product_of(f + FC, h, a);
-        if (f[GATE] != PRODUCT_NONE) product_of(f + GATE, h, g);  /* SwiGLU: act(gate(h)) * fc(h) */
-        activate_into(a, f[GATE] != PRODUCT_NONE ? g : NULL, width, spec[SPEC_ACTIVATION]);
+        if (f[GATE] != PRODUCT_NONE) {  /* SwiGLU: act(gate(h)) * fc(h), each rounded in bf16 */
+            product_of(f + GATE, h, g);
+            activate_into(g, width, act);
+            rounded(g, width, bf16);
+            rounded(a, width, bf16);
+            for (int64_t i = 0; i < width; i++) a[i] *= g[i];
+        } else {
+            activate_into(a, width, act);
+        }
+        rounded(a, width, bf16);
         product_of(f + DOWN, a, out);
+        rounded(out, D, bf16);
         for (int64_t i = 0; i < D; i++) x[i] += out[i];
+        rounded(x, D, bf16);
     }
     free(h);
     return 0;

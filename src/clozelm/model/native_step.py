@@ -8,8 +8,9 @@ opaque call a product, and the first generation pays seconds of compiling. Here 
 call: the same products (native.c's kernels, on the same blocked copies the eager products read), the small
 operations in C between them, in fp32 as the eager step computes them.
 
-Taken for a causal pre-norm network in fp32 (its weights fp32, or int8/int4 codes with fp32 rows) whose every
-product native.c takes; others keep the eager or compiled steps. A cache's arguments are gathered once, on its first
+Taken for a causal pre-norm network whose every product native.c takes: fp32 (its weights fp32, or int8/int4 codes
+with fp32 rows) and bf16, whose rows the C code rounds to bf16 where the eager step rounds them; others keep the
+eager or compiled steps. A cache's arguments are gathered once, on its first
 one-token step: neither the weights nor the cache's buffers change while a generation uses it.
 CLOZELM_NATIVE_STEP=0 turns it off (CLOZELM_NATIVE_KERNELS=0 turns off native.c altogether).
 """
@@ -27,7 +28,7 @@ from . import transformer  # its KVCache and RMSNorm; transformer.py imports thi
 
 PRODUCT_FIELDS = 7  # native.c: kind, data, scales, bias, padded rows, columns, rows
 LAYER_FIELDS = 4 + 5 * PRODUCT_FIELDS + 2  # two norms' weight and bias, five products, the cache's keys and values
-SPEC_FIELDS = 9
+SPEC_FIELDS = 10
 KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # a NativeWeight's data dtype
 ACTIVATIONS = {"gelu_tanh": 1, "gelu": 2, "silu": 3, "relu": 4}
 
@@ -54,13 +55,13 @@ def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor:
     """After `takes`: x [1, 1, D] after the embeddings -> [1, 1, D] before the final norm; the token's keys and values
     go into `cache` at its current length (which the caller advances)."""
     plan = cache.native_step
-    out = x.detach().reshape(-1).clone()  # the call overwrites it, layer by layer
-    cos, sin = (None, None) if rope is None else (r.reshape(-1).contiguous() for r in rope)
+    out = x.detach().reshape(-1).float().clone()  # the call overwrites it, layer by layer (a bf16 row is exact)
+    cos, sin = (None, None) if rope is None else (r.reshape(-1).float().contiguous() for r in rope)
     lib = native.library()
     if lib.clozelm_step(plan.layers.data_ptr(), plan.spec.data_ptr(), plan.eps, out.data_ptr(), cache.length,
                         None if cos is None else cos.data_ptr(), None if sin is None else sin.data_ptr()):
         raise MemoryError("no memory for a decoding step's rows")
-    return out.view_as(x)
+    return out.to(x.dtype).view_as(x)
 
 
 def serves(network) -> bool:
@@ -72,14 +73,16 @@ def serves(network) -> bool:
 def _plan(network, cache) -> Plan | None:
     """The arguments of `clozelm_step` for `network` and `cache`, or None where it does not take them."""
     layers = _layers(network)
+    dtype = network.wte.weight.dtype
     if layers is None or cache.keys[0].size(0) != 1 or any(
-            b.dtype != torch.float32 or not b.is_contiguous() for b in cache.keys + cache.values):
+            b.dtype != dtype or not b.is_contiguous() for b in cache.keys + cache.values):
         return None
     fields, tensors = layers
     fields = [row + [keys.data_ptr(), values.data_ptr()] for row, keys, values in zip(fields, cache.keys, cache.values)]
     config = network.config
     spec = [config.n_layer, config.n_embd, config.n_head, config.kv_heads, config.head_dim, cache.keys[0].size(2),
-            int(config.norm == "rmsnorm"), ACTIVATIONS[config.activation], network.h[0].mlp.c_fc.out_features]
+            int(config.norm == "rmsnorm"), ACTIVATIONS[config.activation], network.h[0].mlp.c_fc.out_features,
+            int(dtype == torch.bfloat16)]
     return Plan(torch.tensor(fields, dtype=torch.int64), torch.tensor(spec, dtype=torch.int64),
                 float(config.layer_norm_eps), [*tensors, *cache.keys, *cache.values])
 
@@ -90,7 +93,7 @@ def _layers(network) -> tuple[list[list[int]], list] | None:
     config = getattr(network, "config", None)
     if (os.environ.get("CLOZELM_NATIVE_STEP", "1") == "0" or not isinstance(network, transformer.Transformer)
             or not (config.causal and config.pre_ln) or network.device.type != "cpu"
-            or network.wte.weight.dtype != torch.float32 or config.activation not in ACTIVATIONS
+            or network.wte.weight.dtype not in (torch.float32, torch.bfloat16) or config.activation not in ACTIVATIONS
             or not packed.native_products()):
         return None
     lib = native.library()
@@ -102,31 +105,37 @@ def _layers(network) -> tuple[list[list[int]], list] | None:
         mlp = block.mlp
         linears = (block.attn.c_attn, block.attn.c_proj, mlp.c_fc, mlp.c_gate, mlp.c_proj)
         copies = [None if linear is None else packed.native_copy(linear, linear.weight) for linear in linears]
-        products = [[-1] + [0] * (PRODUCT_FIELDS - 1) if linear is None else _product(linear, copy)
-                    for linear, copy in zip(linears, copies)]
-        if any(n is None for n in norms) or any(p is None for p in products):
+        if any(n is None for n in norms) or any(c is None for c, linear in zip(copies, linears) if linear is not None):
             return None
-        layers.append([address for norm in norms for address in norm] + [v for p in products for v in p])
-        tensors += [block, *copies]  # the copies too: model/packed.py may let its own go
+        biases = [None if linear is None or linear.bias is None else _fp32(linear.bias) for linear in linears]
+        products = [[-1] + [0] * (PRODUCT_FIELDS - 1) if copy is None else _product(copy, bias)
+                    for copy, bias in zip(copies, biases)]
+        layers.append([_address(t) for norm in norms for t in norm] + [v for p in products for v in p])
+        # the copies too: model/packed.py may let its own go
+        tensors += [block, *copies, *(t for norm in norms for t in norm), *biases]
     return layers, tensors
 
 
-def _norm(norm: nn.Module) -> tuple[int, int] | None:
-    """(weight, bias or 0) addresses of a LayerNorm or RMSNorm in fp32; None for another kind."""
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """t as the C code reads it: fp32, contiguous (itself where it is already)."""
+    return t.detach().float().contiguous()
+
+
+def _address(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _norm(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias or None) of a LayerNorm or RMSNorm in fp32; None for another kind of norm."""
     weight = getattr(norm, "weight", None)
-    bias = getattr(norm, "bias", None)
     if not isinstance(norm, (nn.LayerNorm, transformer.RMSNorm)) or weight is None:
         return None
-    if any(t is not None and (t.dtype != torch.float32 or not t.is_contiguous()) for t in (weight, bias)):
-        return None
-    return weight.data_ptr(), 0 if bias is None else bias.data_ptr()
+    bias = getattr(norm, "bias", None)
+    return _fp32(weight), None if bias is None else _fp32(bias)
 
 
-def _product(linear, copy: "native.NativeWeight | None") -> list[int] | None:
-    """A Linear layer's fields as `clozelm_step` reads them: native.c's copy of its weight as its eager products
-    read it (`packed.native_copy`: quantized codes in int8 and int4 modes), its bias; None where there is none."""
-    bias = linear.bias
-    if copy is None or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous())):
-        return None
-    return [KINDS[copy.data.dtype], copy.data.data_ptr(), 0 if copy.scales is None else copy.scales.data_ptr(),
-            0 if bias is None else bias.data_ptr(), copy.data.size(0) * native.BLOCK, copy.columns, copy.rows]
+def _product(copy: "native.NativeWeight", bias: torch.Tensor | None) -> list[int]:
+    """A product's fields as `clozelm_step` reads them: native.c's copy of the weight as the eager products read it
+    (`packed.native_copy`: quantized codes in int8 and int4 modes) and the bias in fp32."""
+    return [KINDS[copy.data.dtype], copy.data.data_ptr(), _address(copy.scales), _address(bias),
+            copy.data.size(0) * native.BLOCK, copy.columns, copy.rows]
