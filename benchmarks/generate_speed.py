@@ -1,7 +1,9 @@
 """Decoding speed: clozelm vs transformers' `generate`, GPT-2 124M shape, batch 1, 32-token prompt,
 128 new tokens, greedy. Measured interleaved (A B C A B C ...) in one run so slow phases of the machine
 hit every contender alike. Prints tokens/s, ratios, and whether the tokens are identical. The compiled rows
-(model/step.py) print their compile time apart: their first call, before the rounds.
+(model/step.py) print their compile time apart: their first call, before the rounds. Where model/native.c runs (x86
+CPUs without AMX), the plain rows take the one-call step (model/native_step.py); the compiled rows and those marked
+"step per operation" run without it, beside them.
 
 Decoding one token reads every weight once, so its limit is the bytes of the weights over how fast this machine
 streams memory (a sum over a 1 GB buffer, measured just before and after each timed call: the rate has phases);
@@ -124,9 +126,9 @@ def speed(args):
         for name in ("fp32, no drafting", "bf16, no drafting", "int8, no drafting", "int4, no drafting",
                      "int8, compiled, no drafting", "int4, compiled, no drafting"):  # compiled fp32, bf16: inductor's
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
-        # fp32 rows take the one-call step there (model/native_step.py), compiled or not: the steps it replaces
+        # every row takes the one-call step there (model/native_step.py), compiled or not: the steps it replaces
         # beside them, the eager one operation by operation and the compiled one
-        for d in ("fp32", "int8", "int4"):
+        for d in ("fp32", "bf16", "int8", "int4"):
             contenders[f"clozelm {d}, no drafting, step per operation"] = per_operation(
                 contenders[f"clozelm {d}, no drafting"])
             contenders[f"clozelm {d}, compiled, no drafting"] = per_operation(

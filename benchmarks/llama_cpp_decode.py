@@ -96,9 +96,9 @@ def main(args) -> None:
         for name in ("fp32, no drafting", "bf16, no drafting", "int8, no drafting", "int8, compiled, no drafting",
                      "int4, no drafting", "int4, compiled, no drafting"):
             contenders[f"clozelm {name}, torch's kernels"] = torch_s(contenders[f"clozelm {name}"])
-        # fp32-row models take the one-call step there (model/native_step.py), compiled or not: the steps it
+        # every model takes the one-call step there (model/native_step.py), compiled or not: the steps it
         # replaces beside them, the eager one operation by operation and the compiled one
-        for d in ("fp32", "int8", "int4"):
+        for d in ("fp32", "bf16", "int8", "int4"):
             contenders[f"clozelm {d}, no drafting, step per operation"] = per_operation(
                 contenders[f"clozelm {d}, no drafting"])
             for name in (f"{d}, compiled, no drafting", f"{d}, compiled"):
