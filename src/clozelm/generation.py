@@ -153,6 +153,8 @@ def _compiles(model, compile: bool | None, max_new_tokens: int) -> bool:
     """Whether this generation decodes through compiled steps; refuses `compile=True` where they cannot run."""
     if compile is False or (compile is None and (max_new_tokens < COMPILE_FROM_TOKENS or not compiled_by_default(model))):
         return False
+    if one_call_steps(model):
+        return False  # the one-call step serves it: compiled steps would not run, nor need a C++ compiler
     why_not = step.fits(_network(model))
     if compile and why_not:
         raise ClozelmError(why_not)
@@ -165,14 +167,19 @@ def compiled_by_default(model=None) -> bool:
     for int8 and int4 ones with AVX-512 or where their graphs call model/native.c (with AVX2 alone inductor's int8
     reductions were 2-4x slower than the eager kernels). Not yet measured on a Xeon with AMX, whose eager products
     differ (row-major fp32, AMX bf16): there only when asked for. Never where the one-call step serves the model
-    (model/native_step.py: fp32 rows through model/native.c), which is faster still and compiles nothing. Without a
-    model: for fp32 weights."""
-    if packed.has_amx() or (model is not None and native_step.serves(_network(model))):
-        return False  # the one-call step (model/native_step.py) serves it faster, without compiling
+    (`one_call_steps`), which is faster still and compiles nothing. Without a model: for fp32 weights."""
+    if packed.has_amx() or (model is not None and one_call_steps(model)):
+        return False
     modules = () if model is None else _network(model).modules()
     quantized = {kind for kind in (getattr(module, "weight_format", None) for module in modules)
                  if packed.QUANTIZED.get(kind)}
     return not quantized or packed.has_avx512() or packed.native_products()
+
+
+def one_call_steps(model) -> bool:
+    """Whether `model`'s one-token steps (and a token's draft) go through every layer in one call to model/native.c
+    (model/native_step.py), on x86 CPUs where its products run: then there are no compiled steps to ask for."""
+    return native_step.serves(_network(model))
 
 
 def compile_refusal(model) -> str | None:
@@ -183,7 +190,7 @@ def compile_refusal(model) -> str | None:
 def compile_steps(model) -> None:
     """Compile `model`'s one-token steps now (seconds; once per process and weight signature), so that its first
     compiled generation does not wait for them: a server does this before it answers."""
-    if compile_refusal(model) is not None or native_step.serves(_network(model)):
+    if compile_refusal(model) is not None or one_call_steps(model):
         return  # nothing to compile (torch.compile failed earlier in this process, say), or no compiled step to run
     prompt = [i % model.config.vocab_size for i in range(2)]  # one graph serves every cache length (model/step.py)
     for _ in generate_ids(model, prompt, 4, lookahead=0, compile=True):

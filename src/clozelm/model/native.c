@@ -1,5 +1,6 @@
 /* Matrix products of a few input rows with weights read once, for x86 CPUs with AVX2 and FMA (model/native.py
- * compiles this file on the machine that runs it).
+ * compiles this file on the machine that runs it), and, at the end, a few tokens of decoding through every layer of
+ * a network in one call built on them (clozelm_step).
  *
  * y[m, rows] = x[m, k] times the weight [rows, k] transposed. fp32 and bf16 weights (in fp32 arithmetic) are stored
  * blocked, [n / 8][k / 8][8 rows][8 columns]: the 64 numbers one step of the inner loop multiplies are contiguous,
@@ -226,15 +227,16 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
     free(steps);
 }
 
-/* One token of one row through every layer of a causal pre-norm network (GPT-2, Llama): what
+/* A few tokens of one row through every layer of a causal pre-norm network (GPT-2, Llama): what
  * model/transformer.py's Block.forward computes, in one call, so that a token pays one call from Python instead of
  * a few dozen operations a layer dispatched one at a time (model/native_step.py gathers the arguments).
  *
  * layers: per layer LAYER_FIELDS numbers, the addresses and sizes below (a product's kind PRODUCT_NONE where the
  * layer has no such product: the gate of a plain MLP; norms' weights and biases, and the products' biases, in
- * fp32). spec: the shapes (SPEC_*). x [D] (fp32) is read and overwritten with the layer stack's output; the token's
- * keys and values go into slot `pos` of each layer's cache [Hkv, slots, Dh], and its attention reads slots 0..pos.
- * cos, sin [Dh]: the rotary angles of the token's position (the sine's first half negated, as
+ * fp32). spec: the shapes (SPEC_*). x [m, D] (fp32): m consecutive tokens of the row (one, or a short draft with
+ * the token before it), read and overwritten with the layer stack's output; their keys and values go into slots
+ * pos .. pos + m - 1 of each layer's cache [Hkv, slots, Dh], and token t's attention reads slots 0 .. pos + t.
+ * cos, sin [m, Dh]: the rotary angles of the tokens' positions (the sine's first half negated, as
  * model/transformer.py's _rotate takes it), or NULL for none. A bf16 network (SPEC_BF16): the cache in bf16 and
  * every row rounded to bf16 where its eager step rounds it (after each operation; products, their bias and
  * activation in fp32 and rounded once), the arithmetic between in fp32. The small operations run on one thread (a
@@ -250,13 +252,14 @@ enum { ACT_NONE, ACT_GELU_TANH, ACT_GELU, ACT_SILU, ACT_RELU };
 
 int64_t clozelm_step_fields(void) { return LAYER_FIELDS * 1000 + SPEC_FIELDS; }  /* for native_step.py to check */
 
-static void product_of(const int64_t *p, const float *x, float *y) {
+/* y [m, rows] = x [m, k] times the product's weight, plus its bias */
+static void product_of(const int64_t *p, const float *x, float *y, int64_t m) {
     const void *w = (const void *)p[1], *scales = (const void *)p[2], *bias = (const void *)p[3];
     switch (p[0]) {
-        case 0: clozelm_product_f32(w, NULL, x, y, 1, p[4], p[5], bias, p[6], 0); break;
-        case 1: clozelm_product_bf16(w, NULL, x, y, 1, p[4], p[5], bias, p[6], 0); break;
-        case 2: clozelm_product_int8(w, scales, x, y, 1, p[4], p[5], bias, p[6], 0); break;
-        default: clozelm_product_int4(w, scales, x, y, 1, p[4], p[5], bias, p[6], 0); break;
+        case 0: clozelm_product_f32(w, NULL, x, y, m, p[4], p[5], bias, p[6], 0); break;
+        case 1: clozelm_product_bf16(w, NULL, x, y, m, p[4], p[5], bias, p[6], 0); break;
+        case 2: clozelm_product_int8(w, scales, x, y, m, p[4], p[5], bias, p[6], 0); break;
+        default: clozelm_product_int4(w, scales, x, y, m, p[4], p[5], bias, p[6], 0); break;
     }
 }
 
@@ -408,74 +411,83 @@ static void rotated(float *heads, int64_t count, int64_t dh, const float *cos, c
     }
 }
 
-int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *x, int64_t pos, const float *cos,
-                 const float *sin) {
+int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *x, int64_t m, int64_t pos,
+                 const float *cos, const float *sin) {
     const int64_t D = spec[SPEC_D], H = spec[SPEC_HEADS], Hkv = spec[SPEC_KV_HEADS], Dh = spec[SPEC_HEAD_DIM];
-    const int64_t slots = spec[SPEC_SLOTS], width = spec[SPEC_MLP], S = pos + 1, act = spec[SPEC_ACTIVATION];
+    const int64_t slots = spec[SPEC_SLOTS], width = spec[SPEC_MLP], S = pos + m, act = spec[SPEC_ACTIVATION];
     const int rms = (int)spec[SPEC_RMS], bf16 = (int)spec[SPEC_BF16];
-    const int64_t widest = (H + 2 * Hkv) * Dh > width ? (H + 2 * Hkv) * Dh : width;
-    float *h = malloc((2 * D + 2 * widest + H * Dh + H * S) * sizeof(float));
-    if (!h) return -1;
-    float *out = h + D, *a = out + D, *g = a + widest, *y = g + widest, *scores = y + H * Dh;
+    const int64_t heads = (H + 2 * Hkv) * Dh, widest = heads > width ? heads : width, element = bf16 ? 2 : 4;
+    float *normed_x = malloc(m * (2 * D + 2 * widest + H * Dh + H * S) * sizeof(float));
+    if (!normed_x) return -1;
+    /* scratch rows: the normed rows, a product's wide rows (queries, keys and values; the MLP's hidden ones), the
+     * gate's, the attention's output, what a residual adds, and the attention's scores */
+    float *wide = normed_x + m * D, *gate = wide + m * widest, *attended = gate + m * widest;
+    float *added = attended + m * H * Dh, *scores = added + m * D;
     for (int64_t l = 0; l < spec[SPEC_LAYERS]; l++) {
         const int64_t *f = layers + l * LAYER_FIELDS;
-        normed(x, h, D, (const float *)f[LN1_W], (const float *)f[LN1_B], rms, (float)eps, bf16);
-        product_of(f + QKV, h, a);  /* q [H, Dh], k [Hkv, Dh], v [Hkv, Dh] */
-        rounded(a, (H + 2 * Hkv) * Dh, bf16);
-        if (cos) rotated(a, H + Hkv, Dh, cos, sin, bf16);
-        void *keys = (void *)f[KEYS], *values = (void *)f[VALUES];
-        for (int64_t j = 0; j < Hkv; j++)
-            for (int64_t i = 0; i < Dh; i++) {
-                const int64_t at = (j * slots + pos) * Dh + i;
-                const float k = a[(H + j) * Dh + i], v = a[(H + Hkv + j) * Dh + i];
-                if (bf16) {
-                    ((uint16_t *)keys)[at] = f32_to_bf16(k);
-                    ((uint16_t *)values)[at] = f32_to_bf16(v);
-                } else {
-                    ((float *)keys)[at] = k;
-                    ((float *)values)[at] = v;
+        for (int64_t t = 0; t < m; t++)
+            normed(x + t * D, normed_x + t * D, D, (const float *)f[LN1_W], (const float *)f[LN1_B], rms, (float)eps, bf16);
+        product_of(f + QKV, normed_x, wide, m);  /* per row: q [H, Dh], k [Hkv, Dh], v [Hkv, Dh] */
+        rounded(wide, m * heads, bf16);
+        char *keys = (char *)f[KEYS], *values = (char *)f[VALUES];
+        for (int64_t t = 0; t < m; t++) {
+            float *row = wide + t * heads;
+            if (cos) rotated(row, H + Hkv, Dh, cos + t * Dh, sin + t * Dh, bf16);
+            for (int64_t j = 0; j < Hkv; j++)
+                for (int64_t i = 0; i < Dh; i++) {
+                    const int64_t at = (j * slots + pos + t) * Dh + i;
+                    const float k = row[(H + j) * Dh + i], v = row[(H + Hkv + j) * Dh + i];
+                    if (bf16) {
+                        ((uint16_t *)keys)[at] = f32_to_bf16(k);
+                        ((uint16_t *)values)[at] = f32_to_bf16(v);
+                    } else {
+                        ((float *)keys)[at] = k;
+                        ((float *)values)[at] = v;
+                    }
                 }
-            }
+        }
         const float scale = 1.0f / sqrtf((float)Dh);
-        const int64_t element = bf16 ? 2 : 4;
+        /* row t of the m attends to the cached slots and the rows up to itself: slots 0 .. pos + t */
 #pragma omp parallel for schedule(static)
-        for (int64_t hq = 0; hq < H; hq++) {
-            const float *q = a + hq * Dh;
-            const char *K = (const char *)keys + hq / (H / Hkv) * slots * Dh * element;
-            const char *V = (const char *)values + hq / (H / Hkv) * slots * Dh * element;
-            float *sc = scores + hq * S, top = -INFINITY, total = 0, *yh = y + hq * Dh;
-            scores_of(q, K, S, Dh, scale, sc, bf16);
-            for (int64_t s = 0; s < S; s++) top = sc[s] > top ? sc[s] : top;
+        for (int64_t job = 0; job < m * H; job++) {
+            const int64_t t = job / H, hq = job % H, count = pos + t + 1;
+            const float *q = wide + t * heads + hq * Dh;
+            const char *K = keys + hq / (H / Hkv) * slots * Dh * element;
+            const char *V = values + hq / (H / Hkv) * slots * Dh * element;
+            float *sc = scores + job * S, top = -INFINITY, total = 0, *yh = attended + t * H * Dh + hq * Dh;
+            scores_of(q, K, count, Dh, scale, sc, bf16);
+            for (int64_t s = 0; s < count; s++) top = sc[s] > top ? sc[s] : top;
             int64_t s = 0;
-            for (; s + 8 <= S; s += 8)
+            for (; s + 8 <= count; s += 8)
                 _mm256_storeu_ps(sc + s, exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + s), _mm256_set1_ps(top))));
-            for (; s < S; s++) sc[s] = expf(sc[s] - top);
-            for (s = 0; s < S; s++) total += sc[s];
-            weighted_sum(sc, V, S, Dh, yh, bf16);
+            for (; s < count; s++) sc[s] = expf(sc[s] - top);
+            for (s = 0; s < count; s++) total += sc[s];
+            weighted_sum(sc, V, count, Dh, yh, bf16);
             for (int64_t i = 0; i < Dh; i++) yh[i] /= total;
         }
-        rounded(y, H * Dh, bf16);
-        product_of(f + PROJ, y, out);
-        rounded(out, D, bf16);
-        for (int64_t i = 0; i < D; i++) x[i] += out[i];
-        rounded(x, D, bf16);
-        normed(x, h, D, (const float *)f[LN2_W], (const float *)f[LN2_B], rms, (float)eps, bf16);
-        product_of(f + FC, h, a);
+        rounded(attended, m * H * Dh, bf16);
+        product_of(f + PROJ, attended, added, m);
+        rounded(added, m * D, bf16);
+        for (int64_t i = 0; i < m * D; i++) x[i] += added[i];
+        rounded(x, m * D, bf16);
+        for (int64_t t = 0; t < m; t++)
+            normed(x + t * D, normed_x + t * D, D, (const float *)f[LN2_W], (const float *)f[LN2_B], rms, (float)eps, bf16);
+        product_of(f + FC, normed_x, wide, m);
         if (f[GATE] != PRODUCT_NONE) {  /* SwiGLU: act(gate(h)) * fc(h), each rounded in bf16 */
-            product_of(f + GATE, h, g);
-            activate_into(g, width, act);
-            rounded(g, width, bf16);
-            rounded(a, width, bf16);
-            for (int64_t i = 0; i < width; i++) a[i] *= g[i];
+            product_of(f + GATE, normed_x, gate, m);
+            activate_into(gate, m * width, act);
+            rounded(gate, m * width, bf16);
+            rounded(wide, m * width, bf16);
+            for (int64_t i = 0; i < m * width; i++) wide[i] *= gate[i];
         } else {
-            activate_into(a, width, act);
+            activate_into(wide, m * width, act);
         }
-        rounded(a, width, bf16);
-        product_of(f + DOWN, a, out);
-        rounded(out, D, bf16);
-        for (int64_t i = 0; i < D; i++) x[i] += out[i];
-        rounded(x, D, bf16);
+        rounded(wide, m * width, bf16);
+        product_of(f + DOWN, wide, added, m);
+        rounded(added, m * D, bf16);
+        for (int64_t i = 0; i < m * D; i++) x[i] += added[i];
+        rounded(x, m * D, bf16);
     }
-    free(h);
+    free(normed_x);
     return 0;
 }

@@ -107,7 +107,7 @@ def library() -> ctypes.CDLL | None:
     for symbol in SYMBOLS.values():
         getattr(lib, symbol).argtypes = [pointer, pointer, pointer, pointer, size, size, size, pointer, size, size]
         getattr(lib, symbol).restype = None
-    lib.clozelm_step.argtypes = [pointer, pointer, ctypes.c_double, pointer, size, pointer, pointer]
+    lib.clozelm_step.argtypes = [pointer, pointer, ctypes.c_double, pointer, size, size, pointer, pointer]
     lib.clozelm_step.restype = ctypes.c_int
     lib.clozelm_step_fields.argtypes, lib.clozelm_step_fields.restype = [], size
     return lib if _agrees(lib) else None

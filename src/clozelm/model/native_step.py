@@ -1,5 +1,5 @@
-"""One token of decoding through every layer in one call to model/native.c (`clozelm_step`), on x86 CPUs where
-its products run (model/packed.py's `native_products`).
+"""A token of decoding (or a token and its short draft) through every layer in one call to model/native.c
+(`clozelm_step`), on x86 CPUs where its products run (model/packed.py's `native_products`).
 
 Why: a token of a small model spends as much time on its layers' few dozen small operations a layer (norms, the
 cache write, attention over the cache, activations), each dispatched from Python, as on reading its weights. The
@@ -10,9 +10,9 @@ operations in C between them, in fp32 as the eager step computes them.
 
 Taken for a causal pre-norm network whose every product native.c takes: fp32 (its weights fp32, or int8/int4 codes
 with fp32 rows) and bf16, whose rows the C code rounds to bf16 where the eager step rounds them; others keep the
-eager or compiled steps. A cache's arguments are gathered once, on its first
-one-token step: neither the weights nor the cache's buffers change while a generation uses it.
-CLOZELM_NATIVE_STEP=0 turns it off (CLOZELM_NATIVE_KERNELS=0 turns off native.c altogether).
+eager or compiled steps. A cache's arguments are gathered once, on its first step: neither the weights nor the
+cache's buffers change while a generation uses it. CLOZELM_NATIVE_STEP=0 turns it off (CLOZELM_NATIVE_KERNELS=0
+turns off native.c altogether).
 """
 
 from __future__ import annotations
@@ -43,30 +43,35 @@ class Plan:
     tensors: list
 
 
+MAX_TOKENS = packed.AS_DENSE_FROM_ROWS - 1  # a token and its draft: more rows multiply faster as a dense product
+
+
 def takes(network, cache) -> bool:
-    """Whether this one-token step of `network` into `cache` (one row, no padding, no fork: the caller checks) runs
-    through `clozelm_step`. Decided once per cache; not under autocast, whose products would be bf16 ones."""
+    """Whether this step of `network` into `cache` (one row, at most MAX_TOKENS tokens, no padding, no fork: the
+    caller checks) runs through `clozelm_step`. Decided once per cache; not under autocast, whose products would be
+    bf16 ones."""
     if cache.native_step is None:
         cache.native_step = _plan(network, cache) or False
     return bool(cache.native_step) and not torch.is_autocast_enabled("cpu")
 
 
 def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor:
-    """After `takes`: x [1, 1, D] after the embeddings -> [1, 1, D] before the final norm; the token's keys and values
-    go into `cache` at its current length (which the caller advances)."""
+    """After `takes`: x [1, T, D] after the embeddings (a token, or a token and its draft, each attending to the
+    cache and the tokens before it) -> [1, T, D] before the final norm; their keys and values go into `cache` from
+    its current length (which the caller advances)."""
     plan = cache.native_step
     out = x.detach().reshape(-1).float().clone()  # the call overwrites it, layer by layer (a bf16 row is exact)
     cos, sin = (None, None) if rope is None else (r.reshape(-1).float().contiguous() for r in rope)
     lib = native.library()
-    if lib.clozelm_step(plan.layers.data_ptr(), plan.spec.data_ptr(), plan.eps, out.data_ptr(), cache.length,
-                        None if cos is None else cos.data_ptr(), None if sin is None else sin.data_ptr()):
+    if lib.clozelm_step(plan.layers.data_ptr(), plan.spec.data_ptr(), plan.eps, out.data_ptr(), x.size(1),
+                        cache.length, None if cos is None else cos.data_ptr(), None if sin is None else sin.data_ptr()):
         raise MemoryError("no memory for a decoding step's rows")
     return out.to(x.dtype).view_as(x)
 
 
 def serves(network) -> bool:
-    """Whether one-token steps of `network` (one row, fp32 cache) run through `clozelm_step`: they then need no
-    compiled steps, which they outrun (docs/performance.md)."""
+    """Whether steps of `network` into a cache of one row in its own dtype run through `clozelm_step`: they then
+    need no compiled steps, which they outrun (docs/performance.md)."""
     return _layers(network) is not None
 
 
@@ -112,7 +117,7 @@ def _layers(network) -> tuple[list[list[int]], list] | None:
                     for copy, bias in zip(copies, biases)]
         layers.append([_address(t) for norm in norms for t in norm] + [v for p in products for v in p])
         # the copies too: model/packed.py may let its own go
-        tensors += [block, *copies, *(t for norm in norms for t in norm), *biases]
+        tensors += [*copies, *(t for norm in norms for t in norm), *biases]
     return layers, tensors
 
 

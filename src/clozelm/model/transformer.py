@@ -525,14 +525,15 @@ class Transformer(nn.Module):
         x = self.drop(x)
         probs_per_layer = []
         stepped, compiled = None, False
-        if (cache is not None and B == T == 1 and cache.length > 0 and mask is None and not attentions
-                and not cache.shared and not self.training and not torch.is_grad_enabled()):
-            # one token of one row (a prompt of one token is read as prompts are): every layer in one call to
-            # native.c where it takes the network (model/native_step.py), else compiled layers where the
-            # generation asked for them (model/step.py)
-            if native_step.takes(self, cache):
+        if (cache is not None and B == 1 and cache.length > 0 and not attentions and not cache.shared
+                and not self.training and not torch.is_grad_enabled()):
+            # a token of one row, or a token and its draft (a prompt is read as prompts are): every layer in one call
+            # to native.c where it takes the network (model/native_step.py), causal over the cache and the new tokens
+            # alone, else for one token compiled layers where the generation asked for them (model/step.py)
+            if (T <= native_step.MAX_TOKENS and not cache.has_padding and attention_bias is None
+                    and native_step.takes(self, cache)):
                 stepped = native_step.run(self, x, cache, rope)
-            elif cache.compiled and step.takes(self, cache):
+            elif T == 1 and mask is None and cache.compiled and step.takes(self, cache):
                 stepped = step.run(self, x, cache, rope)
                 compiled = stepped is not None
         if stepped is not None:

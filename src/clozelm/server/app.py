@@ -89,15 +89,16 @@ class Server(HardenedServer):
 def _compiled_models(models: dict, compile: bool | None) -> frozenset:
     """The names of the models whose generations decode through compiled steps: with `compile` None, every
     generating model that allows them (on the CPU; a server lives long enough to repay the seconds of compiling)
-    where `compiled_by_default` for it; True refuses a generating model that does not allow them; False: none."""
-    from ..generation import can_generate, compile_refusal, compiled_by_default
+    where `compiled_by_default` for it; True refuses a generating model that does not allow them; False: none. A
+    model the one-call step serves (`one_call_steps`) is never among them: its steps do not run compiled."""
+    from ..generation import can_generate, compile_refusal, compiled_by_default, one_call_steps
     if compile is False:
         return frozenset()
     generating = [name for name, model in models.items()
                   if can_generate(model) and (compile is not None or compiled_by_default(model))]
     if compile and not generating:
         raise ClozelmError("compiled decoding steps are for generating, and none of the models served can generate")
-    refusals = {name: compile_refusal(models[name]) for name in generating}
+    refusals = {name: compile_refusal(models[name]) for name in generating if not one_call_steps(models[name])}
     if compile:
         for name, why in refusals.items():
             if why:
