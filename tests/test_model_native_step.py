@@ -137,10 +137,20 @@ def _taken(net, cache, steps: int = 2) -> bool:
 
 @needs_avx2
 def test_what_the_one_call_step_does_not_take(monkeypatch):
-    """Caches of two rows, a cache in another dtype than the network's, a step under autocast (bf16 products), the
-    switch and native.c switched off: all keep the eager steps."""
+    """Caches of two rows, a cache in another dtype than the network's, a cache with padding (its mask is not the
+    plain causal one the C code applies), a step under autocast (bf16 products), the switch and native.c switched
+    off: all keep the eager steps."""
     net = network(GPT2_STYLE)
     assert _taken(net, net.new_cache(1, 8))
+    calls = []
+    run = native_step.run
+    monkeypatch.setattr(native_step, "run", lambda *a: calls.append(1) or run(*a))
+    with torch.inference_mode():
+        padded = net.new_cache(1, 8)
+        net(torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[0, 1, 1]]), cache=padded)
+        net(torch.tensor([[4]]), cache=padded)
+        net(torch.tensor([[5, 6]]), cache=padded)
+    assert not calls
     other = net.new_cache(1, 8)
     other.keys = [k.to(torch.bfloat16) for k in other.keys]
     other.values = [v.to(torch.bfloat16) for v in other.values]
