@@ -12,10 +12,32 @@ from collections import Counter
 import torch
 import torch.nn as nn
 
-from clozelm.model import ModelConfig, Output
+from clozelm.model import ModelConfig, Output, Transformer, packed
 from clozelm.tokenizers import train_bpe
 
 SMOOTH = 1e-4
+
+# Small networks of both families for decoding steps, checked against the network's own forward.
+GPT2_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4)
+LLAMA_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, norm="rmsnorm",
+                   positions="rope", mlp="gated", activation="silu", bias=False, qkv_bias=True, n_inner=96,
+                   layer_norm_eps=1e-6)
+
+
+def perturbed_network(config: dict, kind: str | None = None, dtype=torch.float32, seed: int = 0) -> Transformer:
+    """A random network of `config` in `dtype` (int8/int4 `kind`: its quantized weights), whose norms and biases are
+    moved away from their initial 1 and 0, so that a misread one shows, and whose queries and keys are large enough
+    that attention picks positions."""
+    torch.manual_seed(seed)
+    net = Transformer(ModelConfig(**config)).to(dtype).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "ln" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            elif "c_attn.weight" in name:
+                p.mul_(10)
+    packed.use_quantized_weights(net, kind)
+    return net
 
 
 def word_tokenizer(tmp_path, sentences: list[str], specials=("<|endoftext|>", "[MASK]")):

@@ -7,14 +7,12 @@ import pytest
 import torch
 
 from clozelm.generation import generate_ids
-from clozelm.model import ModelConfig, Transformer, native_step, packed
+from clozelm.model import native_step, packed
+from handbuilt import GPT2_STYLE, LLAMA_STYLE
+from handbuilt import perturbed_network as network
 
 needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= packed.cpu_flags(), reason="native.c is x86 code for AVX2 and FMA")
 
-GPT2_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4)
-LLAMA_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, norm="rmsnorm",
-                   positions="rope", mlp="gated", activation="silu", bias=False, qkv_bias=True, n_inner=96,
-                   layer_norm_eps=1e-6)
 # head widths that are not a multiple of 8 (the C code's one-by-one tails) and the other activations
 NARROW_HEADS = dict(GPT2_STYLE, n_embd=96, n_head=8, activation="gelu")
 NARROW_ROPE = dict(LLAMA_STYLE, n_embd=96, n_head=8, n_kv_head=4, activation="relu")
@@ -28,19 +26,6 @@ def native_kernels(monkeypatch):
     default), so that both sides of each comparison multiply with the same kernels."""
     monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")
     monkeypatch.delenv("CLOZELM_NATIVE_STEP", raising=False)
-
-
-def network(config: dict, kind: str | None = None, seed: int = 0, dtype=torch.float32) -> Transformer:
-    torch.manual_seed(seed)
-    net = Transformer(ModelConfig(**config)).to(dtype).eval()
-    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that a misread one shows;
-        for name, p in net.named_parameters():  # queries and keys large enough that attention picks positions
-            if "ln" in name or "bias" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-            elif "c_attn.weight" in name:
-                p.mul_(10)
-    packed.use_quantized_weights(net, kind)
-    return net
 
 
 def one_token_steps(net, ids, step: bool, sizes=(1,)):

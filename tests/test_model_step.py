@@ -8,12 +8,10 @@ import torch
 
 from clozelm.errors import ClozelmError
 from clozelm.generation import COMPILE_FROM_TOKENS, Sampling, _compiles, generate_ids, stream_text
-from clozelm.model import ModelConfig, Transformer, packed, step
+from clozelm.model import Transformer, packed, step
+from handbuilt import GPT2_STYLE, LLAMA_STYLE
+from handbuilt import perturbed_network as network
 
-GPT2_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4)
-LLAMA_STYLE = dict(vocab_size=96, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, norm="rmsnorm",
-                   positions="rope", mlp="gated", activation="silu", bias=False, qkv_bias=True, n_inner=96,
-                   layer_norm_eps=1e-6)
 
 
 @pytest.fixture(autouse=True)
@@ -24,19 +22,6 @@ def torch_s_products(monkeypatch):
     off."""
     monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
     monkeypatch.setenv("CLOZELM_NATIVE_STEP", "0")
-
-
-def network(config: dict, kind: str, dtype=torch.float32, seed=0) -> Transformer:
-    torch.manual_seed(seed)
-    net = Transformer(ModelConfig(**config)).to(dtype).eval()
-    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that a misread one shows;
-        for name, p in net.named_parameters():  # queries and keys large enough that attention picks positions
-            if "ln" in name or "bias" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-            elif "c_attn.weight" in name:
-                p.mul_(10)
-    packed.use_quantized_weights(net, kind)
-    return net
 
 
 def one_token_steps(net, ids, compiled: bool):
