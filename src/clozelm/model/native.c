@@ -141,15 +141,31 @@ static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, 
     *steps = malloc(2 * groups * sizeof(float));
     if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
     *sums = *steps + groups;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < groups; i++) {
         const float *xg = x + 32 * i;
-        float top = 0, sum = 0;
-        for (int c = 0; c < 32; c++) { top = xg[c] > top ? xg[c] : -xg[c] > top ? -xg[c] : top; sum += xg[c]; }
-        /* a NaN never wins the comparison above and would round to 0: a NaN step carries it into every product */
-        const float d = sum != sum ? NAN : top > 0 ? top / 32767 : 1;
-        for (int c = 0; c < 32; c++) (*xq)[32 * i + c] = (int16_t)_mm_cvtss_si32(_mm_set_ss(xg[c] / d));
+        __m256 v[4], top = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+        for (int c = 0; c < 4; c++) {
+            v[c] = _mm256_loadu_ps(xg + 8 * c);
+            top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[c]));  /* |x|; a NaN lane gives way to `top` */
+            sum = _mm256_add_ps(sum, v[c]);
+        }
+        float tops[8], sums8_[8], largest = 0, total = 0;
+        _mm256_storeu_ps(tops, top);
+        _mm256_storeu_ps(sums8_, sum);
+        for (int c = 0; c < 8; c++) { largest = tops[c] > largest ? tops[c] : largest; total += sums8_[c]; }
+        /* a NaN never wins the maximum above and would round to 0: a NaN step carries it into every product */
+        const float d = total != total ? NAN : largest > 0 ? largest / 32767 : 1;
+        const __m256 step = _mm256_set1_ps(d);
+        for (int c = 0; c < 4; c += 2) {  /* rounded to nearest even, as _mm_cvtss_si32 rounds one by one */
+            const __m256i lo = _mm256_cvtps_epi32(_mm256_div_ps(v[c], step));
+            const __m256i hi = _mm256_cvtps_epi32(_mm256_div_ps(v[c + 1], step));
+            /* packs within 128-bit lanes: put the 16 values back in column order */
+            const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xd8);
+            _mm256_storeu_si256((__m256i *)(*xq + 32 * i + 8 * c), packed);
+        }
         (*steps)[i] = d;
-        (*sums)[i] = sum;
+        (*sums)[i] = total;
     }
     free(owned);
     return 1;
