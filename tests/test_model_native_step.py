@@ -153,3 +153,27 @@ def test_what_the_one_call_step_does_not_take(monkeypatch):
     monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "0")
     monkeypatch.delenv("CLOZELM_NATIVE_STEP")
     assert not _taken(net, net.new_cache(1, 8))
+
+
+@needs_avx2
+def test_a_library_whose_step_computes_wrongly_is_not_used(monkeypatch):
+    """The step is compiled on the user's machine: before it serves a network, it must compute what the eager step
+    computes on two small ones (`_agrees`); here its activation is made ReLU whatever the network asks for."""
+    plan = native_step._plan
+
+    def wrong(net, cache, checked=True):
+        made = plan(net, cache, checked)
+        if made:
+            made.spec[7] = native_step.ACTIVATIONS["relu"]
+        return made
+
+    monkeypatch.setattr(native_step, "_plan", wrong)
+    native_step._agrees.cache_clear()
+    try:
+        assert not native_step._agrees()
+        assert not native_step.serves(network(GPT2_STYLE))
+    finally:
+        monkeypatch.undo()
+        native_step._agrees.cache_clear()
+    monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", "1")  # undone above with the rest: on again, as in every test here
+    assert native_step._agrees()  # the library's own step, checked again

@@ -18,12 +18,14 @@ turns off native.c altogether).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import torch
 from torch import nn
 
 from . import native, packed
+from .config import ModelConfig
 from . import transformer  # its KVCache and RMSNorm; transformer.py imports this module too
 
 PRODUCT_FIELDS = 7  # native.c: kind, data, scales, bias, padded rows, columns, rows
@@ -75,9 +77,9 @@ def serves(network) -> bool:
     return _layers(network) is not None
 
 
-def _plan(network, cache) -> Plan | None:
+def _plan(network, cache, checked: bool = True) -> Plan | None:
     """The arguments of `clozelm_step` for `network` and `cache`, or None where it does not take them."""
-    layers = _layers(network)
+    layers = _layers(network, checked)
     dtype = network.wte.weight.dtype
     if layers is None or cache.keys[0].size(0) != 1 or any(
             b.dtype != dtype or not b.is_contiguous() for b in cache.keys + cache.values):
@@ -92,9 +94,9 @@ def _plan(network, cache) -> Plan | None:
                 float(config.layer_norm_eps), [*tensors, *cache.keys, *cache.values])
 
 
-def _layers(network) -> tuple[list[list[int]], list] | None:
+def _layers(network, checked: bool = True) -> tuple[list[list[int]], list] | None:
     """Per layer, its fields but the cache's (norms, products), and the tensors they point into; None where
-    `clozelm_step` does not take the network."""
+    `clozelm_step` does not take the network (or, `checked`, where the library's step did not pass `_agrees`)."""
     config = getattr(network, "config", None)
     if (os.environ.get("CLOZELM_NATIVE_STEP", "1") == "0" or not isinstance(network, transformer.Transformer)
             or not (config.causal and config.pre_ln) or network.device.type != "cpu"
@@ -102,7 +104,7 @@ def _layers(network) -> tuple[list[list[int]], list] | None:
             or not packed.native_products()):
         return None
     lib = native.library()
-    if lib is None or lib.clozelm_step_fields() != LAYER_FIELDS * 1000 + SPEC_FIELDS:
+    if lib is None or lib.clozelm_step_fields() != LAYER_FIELDS * 1000 + SPEC_FIELDS or (checked and not _agrees()):
         return None
     tensors, layers = [], []
     for block in network.h:
@@ -144,3 +146,33 @@ def _product(copy: "native.NativeWeight", bias: torch.Tensor | None) -> list[int
     (`packed.native_copy`: quantized codes in int8 and int4 modes) and the bias in fp32."""
     return [KINDS[copy.data.dtype], copy.data.data_ptr(), _address(copy.scales), _address(bias),
             copy.data.size(0) * native.BLOCK, copy.columns, copy.rows]
+
+
+@functools.cache
+def _agrees() -> bool:
+    """Whether this machine's build of `clozelm_step` computes what the eager step computes, on two small random
+    networks (GPT-2's layout; Llama's: rotary positions, RMSNorm, grouped-query attention, SwiGLU) for a prompt, a
+    token and a token with its draft (as model/native.py checks the products: the library is compiled here, by
+    whatever compiler this machine has)."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [dict(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=2),
+              dict(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=2, n_kv_head=1, norm="rmsnorm",
+                   positions="rope", mlp="gated", activation="silu", bias=False, n_inner=96)]
+    ids = torch.randint(0, 64, (1, 8), generator=generator)
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+        for shape in shapes:
+            network = transformer.Transformer(ModelConfig(**shape)).eval()
+            for p in network.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2 + (1 if p.dim() == 1 else 0))
+            logits = []
+            for native_steps in (True, False):
+                cache = network.new_cache(1, 8)
+                cache.native_step = _plan(network, cache, checked=False) if native_steps else False
+                if native_steps and not cache.native_step:
+                    return False
+                parts = [network(ids[:, :3], cache=cache).logits, network(ids[:, 3:4], cache=cache).logits,
+                         network(ids[:, 4:], cache=cache).logits]
+                logits.append(torch.cat(parts, dim=1))
+            if not torch.allclose(*logits, rtol=0, atol=1e-4 * logits[1].abs().max().item()):
+                return False
+    return True
