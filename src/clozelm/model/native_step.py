@@ -26,7 +26,7 @@ from torch import nn
 
 from . import native, packed
 from .config import ModelConfig
-from . import transformer  # its KVCache and RMSNorm; transformer.py imports this module too
+from . import transformer  # its Transformer and RMSNorm; transformer.py imports this module too
 
 PRODUCT_FIELDS = 7  # native.c: kind, data, scales, bias, padded rows, columns, rows
 LAYER_FIELDS = 4 + 5 * PRODUCT_FIELDS + 2  # two norms' weight and bias, five products, the cache's keys and values
@@ -80,10 +80,10 @@ def serves(network) -> bool:
 def _plan(network, cache, checked: bool = True) -> Plan | None:
     """The arguments of `clozelm_step` for `network` and `cache`, or None where it does not take them."""
     layers = _layers(network, checked)
-    dtype = network.wte.weight.dtype
     if layers is None or cache.keys[0].size(0) != 1 or any(
-            b.dtype != dtype or not b.is_contiguous() for b in cache.keys + cache.values):
+            b.dtype != network.wte.weight.dtype or not b.is_contiguous() for b in cache.keys + cache.values):
         return None
+    dtype = network.wte.weight.dtype
     fields, tensors = layers
     fields = [row + [keys.data_ptr(), values.data_ptr()] for row, keys, values in zip(fields, cache.keys, cache.values)]
     config = network.config
