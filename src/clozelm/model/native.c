@@ -171,8 +171,108 @@ static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, 
     return 1;
 }
 
+/* int8 products may take their rows in 8-bit integers instead (CLOZELM_INT8_ROWS=8, model/native.py): on a CPU with
+ * AVX-512 VNNI, whose vpdpbusd multiplies 32 codes by 32 row values and sums them in one instruction, where the 16-bit
+ * rows take a sign extension and a multiply-add per 16. Each row rounded per group of 32 columns to a step of the
+ * group's largest magnitude / 127 (llama.cpp's Q8 rows). Returns the row width in effect, 8 or 16. */
+static int int8_rows = 16;
+
+int clozelm_set_int8_rows(int bits) {
+    __builtin_cpu_init();
+    int8_rows = bits == 8 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")
+                && __builtin_cpu_supports("avx512bw") ? 8 : 16;
+    return int8_rows;
+}
+
+#define VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* The m input rows per group of 32 columns as 8-bit integers xq with a step d (x ~= xq * d, rounded to nearest), and
+ * per row 128 times the sum over groups of d times the group's sum of xq (what the codes' offset below adds); false
+ * where memory ran out. */
+VNNI static int rows_in_int8(const void *x_in, int64_t m, int64_t k, int64_t flags, int8_t **xq, float **steps,
+                             float **offsets) {
+    const int64_t groups = k / 32;
+    float *owned;
+    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
+    *xq = malloc(m * k);
+    *steps = malloc((m * groups + m) * sizeof(float));
+    if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
+    *offsets = *steps + m * groups;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t i = 0; i < m; i++) {
+        float offset = 0;
+        for (int64_t g = 0; g < groups; g++) {
+            const float *xg = x + i * k + 32 * g;
+            __m256 v[4], top = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+            for (int c = 0; c < 4; c++) {
+                v[c] = _mm256_loadu_ps(xg + 8 * c);
+                top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[c]));
+                sum = _mm256_add_ps(sum, v[c]);
+            }
+            float tops[8], sums[8], largest = 0, total = 0;
+            _mm256_storeu_ps(tops, top);
+            _mm256_storeu_ps(sums, sum);
+            for (int c = 0; c < 8; c++) { largest = tops[c] > largest ? tops[c] : largest; total += sums[c]; }
+            /* a NaN never wins the maximum above and would round to 0: a NaN step carries it into every product */
+            const float d = total != total ? NAN : largest > 0 ? largest / 127 : 1;
+            const __m256 step = _mm256_set1_ps(d);
+            __m256i q[4], count = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                q[c] = _mm256_cvtps_epi32(_mm256_div_ps(v[c], step));
+                count = _mm256_add_epi32(count, q[c]);
+            }
+            /* packing works within 128-bit lanes: the dwords put back in column order */
+            const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256((__m256i *)(*xq + i * k + 32 * g), _mm256_permutevar8x32_epi32(bytes, order));
+            int32_t counts[8], qsum = 0;
+            _mm256_storeu_si256((__m256i *)counts, count);
+            for (int c = 0; c < 8; c++) qsum += counts[c];
+            (*steps)[i * groups + g] = d;
+            offset += d * (float)qsum;
+        }
+        (*offsets)[i] = 128 * offset;
+    }
+    free(owned);
+    return 1;
+}
+
+/* clozelm_product_int8 with 8-bit rows: the codes, plus 128 (an exclusive or of the sign bit), as vpdpbusd's unsigned
+ * operand and the rows as its signed one; the 128 times each group's row sum this adds comes off once per row. */
+VNNI static void product_int8_rows8(const int8_t *w, const float *scales, const void *x_in, void *y, int64_t m,
+                                    int64_t n, int64_t k, const void *bias, int64_t rows, int64_t flags) {
+    const int64_t groups = k / 32;
+    int8_t *xq;
+    float *steps, *offsets;
+    if (!rows_in_int8(x_in, m, k, flags, &xq, &steps, &offsets)) { all_nan(y, m * rows, flags); return; }
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+#pragma omp parallel for schedule(static)
+    for (int64_t block = 0; block < n / 8; block++) {
+        const int8_t *wb = w + block * 8 * k;
+        for (int64_t i = 0; i < m; i++) {
+            __m256 a[8];
+            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+            for (int64_t g = 0; g < groups; g++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * k + 32 * g));
+                const __m256 d = _mm256_set1_ps(steps[i * groups + g]);
+                const int8_t *p = wb + 256 * g;
+                for (int r = 0; r < 8; r++) {
+                    const __m256i codes = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * r)), flip);
+                    const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv);
+                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
+                }
+            }
+            const __m256 sums = _mm256_sub_ps(sums8(a), _mm256_set1_ps(offsets[i]));
+            put8(y, i, block * 8, rows, _mm256_mul_ps(sums, _mm256_loadu_ps(scales + block * 8)), bias, flags);
+        }
+    }
+    free(xq);
+    free(steps);
+}
+
 void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in, void *y, int64_t m, int64_t n,
                           int64_t k, const void *bias, int64_t rows, int64_t flags) {
+    if (int8_rows == 8) { product_int8_rows8(w, scales, x_in, y, m, n, k, bias, rows, flags); return; }
     const int64_t groups = k / 32;
     int16_t *xq;
     float *steps, *sums;

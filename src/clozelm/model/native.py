@@ -110,7 +110,16 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_step.argtypes = [pointer, pointer, ctypes.c_double, pointer, size, size, pointer, pointer]
     lib.clozelm_step.restype = ctypes.c_int
     lib.clozelm_step_fields.argtypes, lib.clozelm_step_fields.restype = [], size
+    lib.clozelm_set_int8_rows.argtypes, lib.clozelm_set_int8_rows.restype = [ctypes.c_int], ctypes.c_int
+    lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
     return lib if _agrees(lib) else None
+
+
+def int8_row_bits() -> int:
+    """How the int8 kernel rounds its input rows: to 16-bit integers per 32 columns, or, where CLOZELM_INT8_ROWS=8
+    asks for it on a CPU with AVX-512 VNNI, to 8-bit ones (native.c); 16 where the library is not loaded."""
+    lib = library()
+    return 16 if lib is None else lib.int8_row_bits
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
@@ -124,9 +133,11 @@ def _agrees(lib: ctypes.CDLL) -> bool:
     scales = torch.rand(13, generator=generator) + 0.5
     codes = torch.randint(0, 16, (13, 64), generator=generator, dtype=torch.uint8)
     scales_zeros = (torch.rand(13, 2, 2, generator=generator) - 0.5).to(torch.bfloat16)
+    # int8: the rows' rounding, to 1/32767 or 1/127 of a group's largest value (8-bit rows: 2% of the largest output, 14)
+    int8_rows = 1e-3 if lib.int8_row_bits == 16 else 0.3
     cases = [(pack(w), w, 1e-5), (pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float(), 1e-5),
              (pack(w.round().clamp(-127, 127).to(torch.int8), scales), w.round().clamp(-127, 127) * scales[:, None],
-              1e-3), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
+              int8_rows), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
     with torch.autocast("cpu", enabled=False):  # the first product may come under a caller's autocast
         return all(torch.allclose(_product(lib, x.to(dtype), p.data, p.scales, p.rows, b, dtype).float(),
                                   x.float() @ reference.T + (0 if b is None else b.float()), atol=tolerance,
