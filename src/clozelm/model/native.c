@@ -129,6 +129,25 @@ static inline __m256 from_bf16(const uint16_t *p) {
 PRODUCT(clozelm_product_f32, float, from_f32)
 PRODUCT(clozelm_product_bf16, uint16_t, from_bf16)
 
+/* The 32 values of a row's group from xg into v, and the step that rounds them to integers of at most `largest`
+ * magnitude (the group's largest magnitude / largest; 1 for a group of zeros, NaN for one with a NaN, which then
+ * carries into every product); *total: the group's sum. */
+static inline float group_step(const float *xg, __m256 v[4], float largest_code, float *total) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 top = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+    for (int c = 0; c < 4; c++) {
+        v[c] = _mm256_loadu_ps(xg + 8 * c);
+        top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[c]));  /* |x|; a NaN lane never wins the comparison below */
+        sum = _mm256_add_ps(sum, v[c]);
+    }
+    float tops[8], sums[8], largest = 0;
+    _mm256_storeu_ps(tops, top);
+    _mm256_storeu_ps(sums, sum);
+    *total = 0;
+    for (int c = 0; c < 8; c++) { largest = tops[c] > largest ? tops[c] : largest; *total += sums[c]; }
+    return *total != *total ? NAN : largest > 0 ? largest / largest_code : 1;
+}
+
 /* The m input rows (fp32 or bf16, as `flags` says) per group of 32 columns as 16-bit integers xq with a step d
  * (x ~= xq * d, rounded to nearest; the step is the group's largest magnitude / 32767), and each group's sum; false
  * where memory ran out. */
@@ -141,21 +160,10 @@ static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, 
     *steps = malloc(2 * groups * sizeof(float));
     if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
     *sums = *steps + groups;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < groups; i++) {
-        const float *xg = x + 32 * i;
-        __m256 v[4], top = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
-        for (int c = 0; c < 4; c++) {
-            v[c] = _mm256_loadu_ps(xg + 8 * c);
-            top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[c]));  /* |x|; a NaN lane gives way to `top` */
-            sum = _mm256_add_ps(sum, v[c]);
-        }
-        float tops[8], sums8_[8], largest = 0, total = 0;
-        _mm256_storeu_ps(tops, top);
-        _mm256_storeu_ps(sums8_, sum);
-        for (int c = 0; c < 8; c++) { largest = tops[c] > largest ? tops[c] : largest; total += sums8_[c]; }
-        /* a NaN never wins the maximum above and would round to 0: a NaN step carries it into every product */
-        const float d = total != total ? NAN : largest > 0 ? largest / 32767 : 1;
+        __m256 v[4];
+        float total;
+        const float d = group_step(x + 32 * i, v, 32767, &total);
         const __m256 step = _mm256_set1_ps(d);
         for (int c = 0; c < 4; c += 2) {  /* rounded to nearest even, as _mm_cvtss_si32 rounds one by one */
             const __m256i lo = _mm256_cvtps_epi32(_mm256_div_ps(v[c], step));
@@ -198,24 +206,13 @@ VNNI static int rows_in_int8(const void *x_in, int64_t m, int64_t k, int64_t fla
     *steps = malloc((m * groups + m) * sizeof(float));
     if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
     *offsets = *steps + m * groups;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t i = 0; i < m; i++) {
         float offset = 0;
         for (int64_t g = 0; g < groups; g++) {
-            const float *xg = x + i * k + 32 * g;
-            __m256 v[4], top = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
-            for (int c = 0; c < 4; c++) {
-                v[c] = _mm256_loadu_ps(xg + 8 * c);
-                top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[c]));
-                sum = _mm256_add_ps(sum, v[c]);
-            }
-            float tops[8], sums[8], largest = 0, total = 0;
-            _mm256_storeu_ps(tops, top);
-            _mm256_storeu_ps(sums, sum);
-            for (int c = 0; c < 8; c++) { largest = tops[c] > largest ? tops[c] : largest; total += sums[c]; }
-            /* a NaN never wins the maximum above and would round to 0: a NaN step carries it into every product */
-            const float d = total != total ? NAN : largest > 0 ? largest / 127 : 1;
+            __m256 v[4];
+            float total;
+            const float d = group_step(x + i * k + 32 * g, v, 127, &total);
             const __m256 step = _mm256_set1_ps(d);
             __m256i q[4], count = _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
@@ -237,68 +234,67 @@ VNNI static int rows_in_int8(const void *x_in, int64_t m, int64_t k, int64_t fla
     return 1;
 }
 
-/* clozelm_product_int8 with 8-bit rows: the codes, plus 128 (an exclusive or of the sign bit), as vpdpbusd's unsigned
- * operand and the rows as its signed one; the 128 times each group's row sum this adds comes off once per row. */
-VNNI static void product_int8_rows8(const int8_t *w, const float *scales, const void *x_in, void *y, int64_t m,
-                                    int64_t n, int64_t k, const void *bias, int64_t rows, int64_t flags) {
-    const int64_t groups = k / 32;
-    int8_t *xq;
-    float *steps, *offsets;
-    if (!rows_in_int8(x_in, m, k, flags, &xq, &steps, &offsets)) { all_nan(y, m * rows, flags); return; }
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
-#pragma omp parallel for schedule(static)
-    for (int64_t block = 0; block < n / 8; block++) {
-        const int8_t *wb = w + block * 8 * k;
-        for (int64_t i = 0; i < m; i++) {
-            __m256 a[8];
-            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
-            for (int64_t g = 0; g < groups; g++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * k + 32 * g));
-                const __m256 d = _mm256_set1_ps(steps[i * groups + g]);
-                const int8_t *p = wb + 256 * g;
-                for (int r = 0; r < 8; r++) {
-                    const __m256i codes = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * r)), flip);
-                    const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv);
-                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
-                }
-            }
-            const __m256 sums = _mm256_sub_ps(sums8(a), _mm256_set1_ps(offsets[i]));
-            put8(y, i, block * 8, rows, _mm256_mul_ps(sums, _mm256_loadu_ps(scales + block * 8)), bias, flags);
+/* The 8 sums of a block of 8 weight rows (wb: their codes, blocked as above) times one input row rounded per group
+ * of 32 columns (row: its integers, steps: their steps), before the rows' scales: */
+typedef __m256 (*int8_block_sums)(const int8_t *wb, const void *row, const float *steps, int64_t groups);
+
+/* with 16-bit rows: each group of a weight row two integer multiply-adds, one conversion and one fma */
+static __m256 block_sums16(const int8_t *wb, const void *row, const float *steps, int64_t groups) {
+    __m256 a[8];
+    for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const int16_t *xg = (const int16_t *)row + 32 * g;
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)xg);
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 16));
+        const __m256 d = _mm256_set1_ps(steps[g]);
+        const int8_t *p = wb + 256 * g;
+        for (int r = 0; r < 8; r++) {
+            __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r)));
+            __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r + 16)));
+            __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+            a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
         }
     }
-    free(xq);
-    free(steps);
+    return sums8(a);
+}
+
+/* with 8-bit rows: the codes plus 128 (an exclusive or of the sign bit) as vpdpbusd's unsigned operand and the row as
+ * its signed one, one instruction a group of a weight row; the 128 times each group's row sum this adds comes off
+ * once per row (rows_in_int8's offsets) */
+VNNI static __m256 block_sums8(const int8_t *wb, const void *row, const float *steps, int64_t groups) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256 a[8];
+    for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)((const int8_t *)row + 32 * g));
+        const __m256 d = _mm256_set1_ps(steps[g]);
+        const int8_t *p = wb + 256 * g;
+        for (int r = 0; r < 8; r++) {
+            const __m256i codes = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * r)), flip);
+            const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv);
+            a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
+        }
+    }
+    return sums8(a);
 }
 
 void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in, void *y, int64_t m, int64_t n,
                           int64_t k, const void *bias, int64_t rows, int64_t flags) {
-    if (int8_rows == 8) { product_int8_rows8(w, scales, x_in, y, m, n, k, bias, rows, flags); return; }
     const int64_t groups = k / 32;
-    int16_t *xq;
-    float *steps, *sums;
-    if (!rows_in_int16(x_in, m, k, flags, &xq, &steps, &sums)) { all_nan(y, m * rows, flags); return; }
+    void *xq;
+    float *steps, *per_row;  /* 16-bit rows: their groups' sums (unused here); 8-bit rows: the offsets to take off */
+    const int rounded = int8_rows == 8 ? rows_in_int8(x_in, m, k, flags, (int8_t **)&xq, &steps, &per_row)
+                                       : rows_in_int16(x_in, m, k, flags, (int16_t **)&xq, &steps, &per_row);
+    if (!rounded) { all_nan(y, m * rows, flags); return; }
+    const int8_block_sums sums_of = int8_rows == 8 ? block_sums8 : block_sums16;
+    const int64_t row_bytes = int8_rows == 8 ? k : 2 * k;
 #pragma omp parallel for schedule(static)
-    for (int64_t block = 0; block < n / 8; block++) {
-        const int8_t *wb = w + block * 8 * k;
+    for (int64_t block = 0; block < n / 8; block++)
         for (int64_t i = 0; i < m; i++) {
-            __m256 a[8];
-            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
-            for (int64_t g = 0; g < groups; g++) {
-                const int16_t *xg = xq + i * k + 32 * g;
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)xg);
-                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 16));
-                const __m256 d = _mm256_set1_ps(steps[i * groups + g]);
-                const int8_t *p = wb + 256 * g;
-                for (int r = 0; r < 8; r++) {
-                    __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r)));
-                    __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r + 16)));
-                    __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
-                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
-                }
-            }
-            put8(y, i, block * 8, rows, _mm256_mul_ps(sums8(a), _mm256_loadu_ps(scales + block * 8)), bias, flags);
+            __m256 sums = sums_of(w + block * 8 * k, (const char *)xq + i * row_bytes, steps + i * groups, groups);
+            if (int8_rows == 8) sums = _mm256_sub_ps(sums, _mm256_set1_ps(per_row[i]));
+            put8(y, i, block * 8, rows, _mm256_mul_ps(sums, _mm256_loadu_ps(scales + block * 8)), bias, flags);
         }
-    }
     free(xq);
     free(steps);
 }
