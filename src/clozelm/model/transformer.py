@@ -509,7 +509,16 @@ class Transformer(nn.Module):
             else:
                 cache.key_valid[:, past:past + T] = True
                 cache.seen += T
-        mask, is_causal = self._attention_mask(B, T, past, new_valid, cache, attention_bias, causal)
+        # a token of one row, or a token and its draft (a prompt is read as prompts are): every layer in one call to
+        # native.c where it takes the network (model/native_step.py), causal over the cache and the new tokens
+        # alone, so no mask is built for it; else for one token compiled layers where the generation asked for them
+        # (model/step.py)
+        one_row_step = (cache is not None and B == 1 and cache.length > 0 and not attentions and not cache.shared
+                        and not self.training and not torch.is_grad_enabled())
+        one_call = (one_row_step and T <= native_step.MAX_TOKENS and not cache.has_padding and attention_bias is None
+                    and native_step.takes(self, cache))
+        mask, is_causal = (None, False) if one_call else self._attention_mask(B, T, past, new_valid, cache,
+                                                                                 attention_bias, causal)
 
         rope = None
         if self.wpe is not None:
@@ -525,17 +534,11 @@ class Transformer(nn.Module):
         x = self.drop(x)
         probs_per_layer = []
         stepped, compiled = None, False
-        if (cache is not None and B == 1 and cache.length > 0 and not attentions and not cache.shared
-                and not self.training and not torch.is_grad_enabled()):
-            # a token of one row, or a token and its draft (a prompt is read as prompts are): every layer in one call
-            # to native.c where it takes the network (model/native_step.py), causal over the cache and the new tokens
-            # alone, else for one token compiled layers where the generation asked for them (model/step.py)
-            if (T <= native_step.MAX_TOKENS and not cache.has_padding and attention_bias is None
-                    and native_step.takes(self, cache)):
-                stepped = native_step.run(self, x, cache, rope)
-            elif T == 1 and mask is None and cache.compiled and step.takes(self, cache):
-                stepped = step.run(self, x, cache, rope)
-                compiled = stepped is not None
+        if one_call:
+            stepped = native_step.run(self, x, cache, rope)
+        elif one_row_step and T == 1 and mask is None and cache.compiled and step.takes(self, cache):
+            stepped = step.run(self, x, cache, rope)
+            compiled = stepped is not None
         if stepped is not None:
             x = stepped
         else:
