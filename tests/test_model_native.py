@@ -198,8 +198,8 @@ def test_the_switch_turns_the_kernels_off(monkeypatch):
 @pytest.mark.parametrize("flags,wanted,on", [
     ({"avx2", "fma"}, None, True),  # AVX2 alone
     ({"avx2", "fma", "avx512f", "avx512_bf16"}, None, True),  # Zen 4
-    ({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}, None, False),  # a Xeon with AMX: not measured there
-    ({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}, "1", True),
+    ({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}, None, True),  # a Xeon with AMX
+    ({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}, "0", False),
     ({"avx2", "fma"}, "0", False),
     ({"avx2"}, "1", False),  # no FMA: the code would not run
     ({"asimd", "bf16"}, "1", False)])  # Arm
@@ -211,6 +211,41 @@ def test_which_cpus_multiply_through_native_c(flags, wanted, on, monkeypatch):
     else:
         monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", wanted)
     assert packed.native_products() == on
+
+
+@pytest.mark.parametrize("amx,wanted,on", [(False, None, True), (True, None, False), (True, "1", True)])
+def test_plain_weights_multiply_one_product_at_a_time_through_native_c_except_on_a_xeon_with_amx(
+        amx, wanted, on, monkeypatch):
+    monkeypatch.setattr(packed, "has_amx", lambda: amx)
+    if wanted is None:
+        monkeypatch.delenv("CLOZELM_NATIVE_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("CLOZELM_NATIVE_KERNELS", wanted)
+    assert packed.native_plain_products() == on
+
+
+@needs_avx2
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8", "int4"])
+def test_on_a_xeon_with_amx_only_quantized_codes_take_native_c_one_product_at_a_time(kind, monkeypatch):
+    """There oneDNN's fp32 and bf16 products of a row stay (with an fp32 weight no native copy is made for it);
+    int8 and int4 codes multiply through native.c as elsewhere."""
+    monkeypatch.delenv("CLOZELM_NATIVE_KERNELS", raising=False)
+    monkeypatch.setattr(packed, "has_amx", lambda: True)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+    lin = packed.Linear(64, 48).to(dtype)
+    if kind in ("int8", "int4"):
+        lin.weight_format = kind
+    x = torch.randn(1, 1, 64).to(dtype)
+    calls = []
+    product = native.product
+    monkeypatch.setattr(native, "product", lambda *a: calls.append(1) or product(*a))
+    with torch.inference_mode():
+        lin(x)
+    if kind in ("int8", "int4"):
+        assert len(calls) == 1
+    else:
+        assert not calls and not set(packed._quant_cache.get(lin, {})) & {"native fp32", "native bf16"}
 
 
 @needs_avx2

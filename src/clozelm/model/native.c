@@ -101,6 +101,22 @@ static inline __m256 from_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
+/* How far ahead of its reads a kernel asks for the weights (bytes): the hardware prefetcher alone left a single-row
+ * product's stream well below the memory's rate, more so for the narrower formats, which spend more instructions a
+ * byte (docs/performance.md). clozelm_set_prefetch changes it (0: the line being read, which is no prefetch at all),
+ * for A/B measurements in one process. */
+static int64_t prefetch_ahead = 2048;
+
+int64_t clozelm_set_prefetch(int64_t bytes) {
+    prefetch_ahead = bytes >= 0 ? bytes : prefetch_ahead;
+    return prefetch_ahead;
+}
+
+/* the cache lines `bytes` from p on, prefetch_ahead further on (a hint: an address past the end never faults) */
+static inline void prefetch(const void *p, int64_t bytes) {
+    for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch((const char *)p + prefetch_ahead + c, _MM_HINT_T0);
+}
+
 #define PRODUCT(NAME, TYPE, WIDEN)                                                                           \
     void NAME(const TYPE *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n, int64_t k,     \
               const void *bias, int64_t rows, int64_t flags) {                                                 \
@@ -117,6 +133,7 @@ static inline __m256 from_bf16(const uint16_t *p) {
                 __m256 a[8];                                                                                 \
                 for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();                                       \
                 for (int64_t j = 0; j < k; j += 8, p += 64) {                                                \
+                    prefetch(p, 64 * sizeof(TYPE));                                                          \
                     __m256 xv = _mm256_loadu_ps(xi + j);                                                     \
                     for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(WIDEN(p + 8 * r), xv, a[r]);          \
                 }                                                                                            \
@@ -248,6 +265,7 @@ static __m256 block_sums16(const int8_t *wb, const void *row, const float *steps
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 16));
         const __m256 d = _mm256_set1_ps(steps[g]);
         const int8_t *p = wb + 256 * g;
+        prefetch(p, 256);
         for (int r = 0; r < 8; r++) {
             __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r)));
             __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r + 16)));
@@ -269,6 +287,7 @@ VNNI static __m256 block_sums8(const int8_t *wb, const void *row, const float *s
         const __m256i xv = _mm256_loadu_si256((const __m256i *)((const int8_t *)row + 32 * g));
         const __m256 d = _mm256_set1_ps(steps[g]);
         const int8_t *p = wb + 256 * g;
+        prefetch(p, 256);
         for (int r = 0; r < 8; r++) {
             const __m256i codes = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * r)), flip);
             const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv);
@@ -324,6 +343,8 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
                 float sd[8];
                 _mm256_storeu_ps(sd, _mm256_mul_ps(s, _mm256_set1_ps(steps[i * groups + g])));
                 const uint8_t *p = wb + 128 * g;
+                prefetch(p, 128);
+                prefetch(sb + 16 * g, 32);
                 for (int r = 0; r < 8; r++) {
                     /* 16 bytes widened to 16-bit lanes: the low nibble is column b, the high one column 16 + b */
                     __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * r)));

@@ -5,8 +5,10 @@ Why: a token of a small model spends as much time on its layers' few dozen small
 cache write, attention over the cache, activations), each dispatched from Python, as on reading its weights. The
 compiled steps (model/step.py) fuse those operations, but a token still pays a compiled graph's call a layer and an
 opaque call a product, and the first generation pays seconds of compiling. Here the whole stack of layers is one
-call: the same products (native.c's kernels, on the same blocked copies the eager products read), the small
-operations in C between them, in fp32 as the eager step computes them.
+call: native.c's products (on the blocked copies the eager products read where they go through native.c), the small
+operations in C between them, in fp32 as the eager step computes them. Taken on every x86 CPU with AVX2 and FMA,
+a Xeon with AMX included, where the eager fp32 and bf16 products are oneDNN's: there too one call was faster in
+every format than the eager step (docs/performance.md).
 
 Taken for a causal pre-norm network whose every product native.c takes: fp32 (its weights fp32, or int8/int4 codes
 with fp32 rows) and bf16, whose rows the C code rounds to bf16 where the eager step rounds them; others keep the

@@ -21,9 +21,11 @@ weight-only CPU kernels, which dequantise inside the product), made and cached t
 rows multiply by a dense copy of the dequantised weights instead, which is faster there (`AS_DENSE_FROM_ROWS`):
 bf16 where the CPU has bf16 units, fp32 where it has not.
 
-On x86 CPUs with AVX2 but not AMX (AVX2 alone, or AVX-512 as on AMD's Zen 4), products of a few rows in every format
-go through model/native.c instead (`native_products`), which reads its own blocked copy of the weights faster than
-any of torch's kernels there (not fp32 weights under autocast, whose products are bf16 ones).
+On x86 CPUs with AVX2 and FMA, products of a few rows go through model/native.c instead (`native_products`), which
+reads its own blocked copy of the weights faster than torch's kernels there: in every format on CPUs without AMX
+(AVX2 alone, or AVX-512 as on AMD's Zen 4), int8 and int4 codes on a Xeon with AMX, where oneDNN's single-row fp32 and
+bf16 products one at a time were faster (`native_plain_products`); not fp32 weights under autocast, whose products
+are bf16 ones.
 """
 
 from __future__ import annotations
@@ -300,14 +302,20 @@ def _quantized_linear(x, weight, bias, owner, kind):
 
 
 def native_products() -> bool:
-    """Whether products of a few rows go through model/native.c, where its kernels were measured faster than torch's
-    in every format (docs/performance.md) and the library builds: on x86 CPUs with AVX2 and FMA but not AMX (AVX2
-    alone, and AVX-512 without AMX as on AMD's Zen 4). CLOZELM_NATIVE_KERNELS=0 turns them off, =1 asks for them on
-    any CPU with AVX2 and FMA (a Xeon with AMX, where they are not measured yet)."""
-    wanted = os.environ.get("CLOZELM_NATIVE_KERNELS")
-    if wanted == "0" or not {"avx2", "fma"} <= cpu_flags() or (wanted != "1" and has_amx()):
+    """Whether model/native.c's kernels are used, where they were measured faster than torch's (docs/performance.md)
+    and the library builds: on x86 CPUs with AVX2 and FMA (the code needs both). CLOZELM_NATIVE_KERNELS=0 turns them
+    off."""
+    if os.environ.get("CLOZELM_NATIVE_KERNELS") == "0" or not {"avx2", "fma"} <= cpu_flags():
         return False
     return native.library() is not None
+
+
+def native_plain_products() -> bool:
+    """Whether fp32 and bf16 weights (not quantized ones) multiply a few rows through native.c one product at a time,
+    where `native_products` says its kernels are used: not on a Xeon with AMX, where oneDNN's single-row products
+    were faster one at a time (its int8 and int4 products, and every format in model/native_step.py's one-call step,
+    were not). CLOZELM_NATIVE_KERNELS=1 asks for them there too."""
+    return not has_amx() or os.environ.get("CLOZELM_NATIVE_KERNELS") == "1"
 
 
 def _native_rows(x: torch.Tensor) -> bool:
@@ -380,7 +388,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, own
            activation: str | None = None) -> torch.Tensor:
     """activation(F.linear(x, weight, bias)), through the packed copy of `weight` (cached on `owner`) when that is
     safe, and with the bias and activation inside oneDNN's product where the product is bf16 (model/fused.py)."""
-    plain = x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")  # native.c's fp32 and bf16 products fit
+    plain = (x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")  # native.c's fp32 and bf16 products fit
+             and native_plain_products())
     if (weight.is_cpu and x.dtype in NATIVE_OUTPUTS and _native_rows(x)
             and (plain or QUANTIZED.get(getattr(owner, "weight_format", None)))):
         copy = native_copy(owner, weight, plain)  # int8/int4 codes in those modes, else the weight in fp32 or bf16

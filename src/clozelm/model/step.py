@@ -13,9 +13,8 @@ multiplies fp32 and bf16 rows by oneDNN-packed copies of the weights (native.c's
 AMX, below), which a graph cannot take (inductor's
 lowering refuses the packed layout, and wrapped as a custom operation each product costs more per call than the
 fusion saves); the compiled reduction reads the weights as they are, and streams them as fast. Where int8 and int4
-products of a few rows go through model/native.c (x86 CPUs with AVX2 alone, whose compiled int8 reductions ran
-several times slower than eager steps, and with AVX-512 but no AMX), those products of the graph call that kernel
-instead, an opaque operation on the same blocked copy the eager step reads. Only theirs: fp32 and bf16 reductions
+products of a few rows go through model/native.c (x86 CPUs with AVX2 and FMA; with AVX2 alone the compiled int8
+reductions ran several times slower than eager steps), those products of the graph call that kernel instead, an opaque operation on the same blocked copy the eager step reads. Only theirs: fp32 and bf16 reductions
 compile as fast as that kernel reads, and each call of an opaque operation pays a dispatch through Python, which
 SmolLM2's 210 small products a token would feel (docs/performance.md).
 
