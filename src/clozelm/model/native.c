@@ -624,3 +624,129 @@ int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *
     free(normed_x);
     return 0;
 }
+
+/* Causal attention's softmax for a training step in bf16 (model/native_attention.py), row by row: s [rows, T] holds
+ * q k^T as bf16 (one row a query, `rows` = batch x heads x T; the query at row r attends keys 0 .. r % T),
+ * p = softmax(s * scale) in fp32 over those keys, written rounded to bf16 (0 above the diagonal), and per row its
+ * largest scaled score and the sum of the exponentials (stats [rows, 2]), from which the backward recomputes the fp32
+ * probabilities exactly. What softmax over the scores rounded once to bf16 computes, in one pass over each row's
+ * causal half, where torch's eager operations take a pass each over the whole square (the mask, the scale, the casts,
+ * the softmax). */
+/* 8 floats rounded to bf16 as f32_to_bf16 rounds each, stored at p */
+static inline void store_bf16_8(uint16_t *p, __m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+
+static float row_top(const uint16_t *s, int64_t n, float scale) {
+    __m256 top = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) top = _mm256_max_ps(top, from_bf16(s + j));
+    float tops[8], best = -INFINITY;
+    _mm256_storeu_ps(tops, top);
+    for (int c = 0; c < 8; c++) best = tops[c] > best ? tops[c] : best;
+    for (; j < n; j++) best = bf16_to_f32(s[j]) > best ? bf16_to_f32(s[j]) : best;
+    return best * scale;  /* scale > 0: the largest score scaled is the largest scaled score */
+}
+
+/* e[j] = exp(s[j] * scale - top) for j < n (e padded to a multiple of 8 by the caller); returns their sum */
+static float row_exp(const uint16_t *s, int64_t n, float scale, float top, float *e) {
+    const __m256 sc = _mm256_set1_ps(scale), t = _mm256_set1_ps(top);
+    __m256 sum = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 v = exp8(_mm256_fmsub_ps(from_bf16(s + j), sc, t));
+        _mm256_storeu_ps(e + j, v);
+        sum = _mm256_add_ps(sum, v);
+    }
+    if (j < n) {  /* the tail through the same code, on a padded copy: every probability from one formula */
+        uint16_t tail[8] = {0};
+        for (int64_t i = j; i < n; i++) tail[i - j] = s[i];
+        const __m256 v = exp8(_mm256_fmsub_ps(from_bf16(tail), sc, t));
+        float lanes[8];
+        _mm256_storeu_ps(lanes, v);
+        for (int64_t i = j; i < n; i++) { e[i] = lanes[i - j]; }
+        float rest = 0;
+        for (int64_t i = j; i < n; i++) rest += lanes[i - j];
+        sum = _mm256_add_ps(sum, _mm256_setr_ps(rest, 0, 0, 0, 0, 0, 0, 0));
+    }
+    float sums[8], total = 0;
+    _mm256_storeu_ps(sums, sum);
+    for (int c = 0; c < 8; c++) total += sums[c];
+    return total;
+}
+
+int clozelm_causal_softmax(const uint16_t *s, uint16_t *p, float *stats, int64_t rows, int64_t T, float scale) {
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *e = malloc((T + 8) * sizeof(float));
+        if (!e) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            if (!e) continue;
+            const int64_t n = r % T + 1;
+            const uint16_t *sr = s + r * T;
+            const float top = row_top(sr, n, scale), sum = row_exp(sr, n, scale, top, e), inverse = 1 / sum;
+            uint16_t *pr = p + r * T;
+            int64_t j = 0;
+            for (; j + 8 <= n; j += 8) store_bf16_8(pr + j, _mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_set1_ps(inverse)));
+            for (; j < n; j++) pr[j] = f32_to_bf16(e[j] * inverse);
+            memset(pr + n, 0, (T - n) * sizeof(uint16_t));
+            stats[2 * r] = top;
+            stats[2 * r + 1] = inverse;
+        }
+        free(e);
+    }
+    return failed;
+}
+
+/* The backward of clozelm_causal_softmax: dp [rows, T] the gradient of p (bf16), ds = p * (dp - sum(p * dp)) * scale
+ * with p in fp32 as the forward computed it, rounded to bf16 (0 above the diagonal): the gradient of s. */
+int clozelm_causal_softmax_backward(const uint16_t *s, const float *stats, const uint16_t *dp, uint16_t *ds,
+                                    int64_t rows, int64_t T, float scale) {
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *e = malloc((T + 8) * sizeof(float));
+        if (!e) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            if (!e) continue;
+            const int64_t n = r % T + 1;
+            const uint16_t *dpr = dp + r * T;
+            const float inverse = stats[2 * r + 1];
+            row_exp(s + r * T, n, scale, stats[2 * r], e);
+            const __m256 inv = _mm256_set1_ps(inverse);
+            __m256 dots = _mm256_setzero_ps();
+            int64_t j = 0;
+            for (; j + 8 <= n; j += 8) {
+                const __m256 pj = _mm256_mul_ps(_mm256_loadu_ps(e + j), inv);
+                _mm256_storeu_ps(e + j, pj);
+                dots = _mm256_fmadd_ps(pj, from_bf16(dpr + j), dots);
+            }
+            float lanes[8], dot = 0;
+            _mm256_storeu_ps(lanes, dots);
+            for (int c = 0; c < 8; c++) dot += lanes[c];
+            for (int64_t i = j; i < n; i++) { e[i] *= inverse; dot += e[i] * bf16_to_f32(dpr[i]); }
+            uint16_t *dsr = ds + r * T;
+            const __m256 d = _mm256_set1_ps(dot), sc = _mm256_set1_ps(scale);
+            for (j = 0; j + 8 <= n; j += 8)
+                store_bf16_8(dsr + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j),
+                                                                  _mm256_sub_ps(from_bf16(dpr + j), d)), sc));
+            for (; j < n; j++) dsr[j] = f32_to_bf16(e[j] * (bf16_to_f32(dpr[j]) - dot) * scale);
+            memset(dsr + n, 0, (T - n) * sizeof(uint16_t));
+        }
+        free(e);
+    }
+    return failed;
+}

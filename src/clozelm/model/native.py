@@ -111,6 +111,9 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_step.restype = ctypes.c_int
     lib.clozelm_step_fields.argtypes, lib.clozelm_step_fields.restype = [], size
     lib.clozelm_set_int8_rows.argtypes, lib.clozelm_set_int8_rows.restype = [ctypes.c_int], ctypes.c_int
+    lib.clozelm_causal_softmax.argtypes = [pointer, pointer, pointer, size, size, ctypes.c_float]
+    lib.clozelm_causal_softmax_backward.argtypes = [pointer, pointer, pointer, pointer, size, size, ctypes.c_float]
+    lib.clozelm_causal_softmax.restype = lib.clozelm_causal_softmax_backward.restype = ctypes.c_int
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size  # for A/B measurements
     lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
     return lib if _agrees(lib) else None

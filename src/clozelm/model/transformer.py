@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import native_step, packed, step
+from . import native_attention, native_step, packed, step
 from .config import ModelConfig, rope_kind
 from .packed import Linear
 
@@ -320,6 +320,8 @@ class Attention(nn.Module):
             y = _one_query(q, k, v, mask)
         elif _compiled_cpu_training(q):
             y = _products_and_softmax(q, k, v, mask, is_causal, dropout)
+        elif self.training and native_attention.takes(q, k, mask, dropout, is_causal):
+            y = native_attention.attend(q, k, v)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, D)

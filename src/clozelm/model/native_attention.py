@@ -1,0 +1,80 @@
+"""Causal self-attention of an eager bf16 training step on the CPU: two batched products around model/native.c's
+softmax (`clozelm_causal_softmax` and its backward).
+
+Why: at training's short sequences torch's CPU flash kernel spends several times the products' own time, its
+backward most of it (docs/performance.md), and spelled out in torch's eager operations the mask, the scale, the
+casts and the softmax each take a pass over the whole square of scores. Here the scores q k^T come from one batched
+bf16 product, rounded once to bf16 as the product writes them (the precision of transformers' and nanoGPT's
+explicit bf16 attention, and of the compiled step's `_products_and_softmax`); the softmax is fp32 over each row's
+causal half in one pass; the probabilities are rounded to bf16 for the product with the values. The backward
+recomputes the fp32 probabilities from the saved scores and each row's largest score and sum, so they are the ones
+the forward rounded.
+
+Taken for causal attention without a mask or dropout, queries and keys of the same length (up to LONGEST), in a
+bf16 training step (autocast or bf16 weights) on a Xeon with AMX, where it was measured faster than the flash
+kernel; not while torch.compile traces (the compiled step spells attention out for inductor to fuse instead).
+CLOZELM_NATIVE_ATTENTION=0 turns it off, =1 asks for it on any x86 CPU whose native.c builds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import native, packed
+
+
+# Beyond this many tokens the flash kernel is the faster (its tiles skip the masked half), and the square of scores
+# a layer keeps for the backward grows with the square of the length.
+LONGEST = 512
+
+
+def takes(q: torch.Tensor, k: torch.Tensor, mask, dropout: float, is_causal: bool) -> bool:
+    """Whether `attend` computes this attention: q, k [B, H, T, Dh] with gradients wanted (the caller asks in a
+    training step only: a model in eval mode attends as in inference, gradients or not)."""
+    wanted = os.environ.get("CLOZELM_NATIVE_ATTENTION")
+    return (wanted != "0" and is_causal and mask is None and dropout == 0.0 and q.dtype == torch.bfloat16
+            and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad
+            and q.size(2) == k.size(2) <= LONGEST and q.size(1) == k.size(1) and not torch.compiler.is_compiling()
+            and (packed.has_amx() or wanted == "1") and packed.native_products())
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh), causal) v: q, k, v [B, H, T, Dh] bf16 -> [B, H, T, Dh] bf16."""
+    return _CausalAttention.apply(q, k, v)
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v):
+        scale = 1.0 / math.sqrt(q.size(-1))
+        # q, k, v are views of the layer's fused projection: one copy each here, where each product below would
+        # make its own
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        scores = (q @ k.transpose(-2, -1)).contiguous()  # [B, H, T, T] bf16
+        probs = torch.empty_like(scores)
+        stats = torch.empty(*scores.shape[:-1], 2, dtype=torch.float32)  # per row: largest scaled score, 1 / sum
+        rows, T = scores.numel() // scores.size(-1), scores.size(-1)
+        if native.library().clozelm_causal_softmax(scores.data_ptr(), probs.data_ptr(), stats.data_ptr(), rows, T,
+                                                   scale):
+            raise MemoryError("no memory for attention's softmax rows")
+        ctx.save_for_backward(q, k, v, scores, probs, stats)
+        ctx.scale = scale
+        return probs @ v
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, scores, probs, stats = ctx.saved_tensors
+        grad = grad.contiguous()  # a view of the next product's gradient: copied once, read twice
+        grad_probs = (grad @ v.transpose(-2, -1)).contiguous()  # [B, H, T, T] bf16
+        grad_scores = torch.empty_like(scores)
+        rows, T = scores.numel() // scores.size(-1), scores.size(-1)
+        if native.library().clozelm_causal_softmax_backward(scores.data_ptr(), stats.data_ptr(), grad_probs.data_ptr(),
+                                                            grad_scores.data_ptr(), rows, T, ctx.scale):
+            raise MemoryError("no memory for attention's softmax rows")
+        grad_q = grad_scores @ k if ctx.needs_input_grad[0] else None
+        grad_k = grad_scores.transpose(-2, -1) @ q if ctx.needs_input_grad[1] else None
+        grad_v = probs.transpose(-2, -1) @ grad if ctx.needs_input_grad[2] else None
+        return grad_q, grad_k, grad_v
