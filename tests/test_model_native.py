@@ -213,6 +213,35 @@ def test_which_cpus_multiply_through_native_c(flags, wanted, on, monkeypatch):
     assert packed.native_products() == on
 
 
+@pytest.mark.parametrize("flags,ahead", [({"avx2", "fma", "avx512f", "amx_tile"}, 2048), ({"avx2", "fma", "avx512f"}, 0),
+                                         ({"avx2", "fma"}, 0)])
+def test_the_kernels_prefetch_ahead_on_a_xeon_with_amx_only(flags, ahead, monkeypatch):
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset(flags))
+    assert native.prefetch_bytes() == ahead
+
+
+@needs_avx2
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8", "int4"])
+def test_prefetching_changes_no_product(kind):
+    """The library prefetches as this machine class does; a product with and without prefetching is the same."""
+    lib = native.library()
+    assert lib.clozelm_set_prefetch(-1) == native.prefetch_bytes()  # -1 reads the setting
+    torch.manual_seed(0)
+    w = torch.randn(200, 96)
+    weight = {"fp32": lambda: native.pack(w), "bf16": lambda: native.pack(w.to(torch.bfloat16)),
+              "int8": lambda: native.pack(*packed._int8_codes(w)),
+              "int4": lambda: native.pack(*packed._native_int4_codes(w))}[kind]()
+    x = torch.randn(3, 96)
+    try:
+        products = []
+        for ahead in (0, 64, 2048):
+            lib.clozelm_set_prefetch(ahead)
+            products.append(native.product(x, weight))
+    finally:
+        lib.clozelm_set_prefetch(native.prefetch_bytes())
+    assert torch.equal(products[0], products[1]) and torch.equal(products[0], products[2])
+
+
 @pytest.mark.parametrize("amx,wanted,on", [(False, None, True), (True, None, False), (True, "1", True)])
 def test_plain_weights_multiply_one_product_at_a_time_through_native_c_except_on_a_xeon_with_amx(
         amx, wanted, on, monkeypatch):

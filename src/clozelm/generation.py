@@ -165,9 +165,10 @@ def compiled_by_default(model=None) -> bool:
     """Whether `model`'s decoding compiles its steps when nobody says (long generations, a server): where they
     were measured faster than eager ones (docs/performance.md): on CPUs without AMX, for fp32 and bf16 weights, and
     for int8 and int4 ones with AVX-512 or where their graphs call model/native.c (with AVX2 alone inductor's int8
-    reductions were 2-4x slower than the eager kernels). Not yet measured on a Xeon with AMX, whose eager products
-    differ (row-major fp32, AMX bf16): there only when asked for. Never where the one-call step serves the model
-    (`one_call_steps`), which is faster still and compiles nothing. Without a model: for fp32 weights."""
+    reductions were 2-4x slower than the eager kernels). On a Xeon with AMX only when asked for: there they were
+    slower than the one-call step in every format, and about as fast as eager steps. Never where the one-call step
+    serves the model (`one_call_steps`), which is faster still and compiles nothing. Without a model: for fp32
+    weights."""
     if packed.has_amx() or (model is not None and one_call_steps(model)):
         return False
     modules = () if model is None else _network(model).modules()

@@ -251,7 +251,7 @@ def add_parser(sub) -> None:
                    help="each layer of a decoding step as one compiled graph: faster tokens after seconds of "
                         "compiling; needs the CPU and no --beams (refused otherwise); "
                         "default: for 1000 new tokens or more, on CPUs without AMX, where measured faster; where a "
-                        "step runs every layer in one call to clozelm's C kernels (x86 CPUs without AMX), faster "
+                        "step runs every layer in one call to clozelm's C kernels (x86 CPUs with AVX2), faster "
                         "still, nothing compiles")
     add_device_option(p, with_dtype=True)
     p.add_argument("--json", action="store_true")

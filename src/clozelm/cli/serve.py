@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
                    help="generate through compiled decoding steps, compiled before the server starts (seconds; "
                         "default: on CPUs without AMX, where measured faster; --no-compile: never, for the quickest "
                         "start; a model whose steps run every layer in one call to clozelm's C kernels, on x86 CPUs "
-                        "without AMX, compiles nothing)")
+                        "with AVX2, compiles nothing)")
     add_device_option(p, with_dtype=True)
     p.add_argument("--port", type=port, default=8765, help="0 picks a free port (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")

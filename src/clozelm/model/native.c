@@ -101,12 +101,13 @@ static inline __m256 from_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
-/* How far ahead of its reads a kernel asks for the weights (bytes): the hardware prefetcher alone left a single-row
- * product's stream well below the memory's rate, more so for the narrower formats, which spend more instructions a
- * byte (docs/performance.md). clozelm_set_prefetch changes it (0: the line being read, which is no prefetch at all),
- * for A/B measurements in one process. */
-static int64_t prefetch_ahead = 2048;
+/* How far ahead of its reads a kernel asks for the weights (bytes), set by model/native.py for the machine class: on
+ * some CPUs the hardware prefetcher alone leaves a single-row product's stream well below the memory's rate, more so
+ * for the narrower formats, which spend more instructions a byte (docs/performance.md). 0: the line being read, which
+ * is no prefetch at all. */
+static int64_t prefetch_ahead = 0;
 
+/* sets it (a negative count leaves it), returns the setting */
 int64_t clozelm_set_prefetch(int64_t bytes) {
     prefetch_ahead = bytes >= 0 ? bytes : prefetch_ahead;
     return prefetch_ahead;

@@ -1,9 +1,9 @@
 """Products of a few input rows for x86 CPUs with AVX2 and FMA, from model/native.c compiled on this machine.
 
-One token of decoding reads every weight once, and on x86 CPUs without AMX torch's kernels for a single row read
-them well below the memory's speed: with AVX2 alone its int8 weight-only kernel at about a third of it, the packed
-fp32 product at about two thirds, a bf16 one (emulated there) at half; with AVX-512 (AMD's Zen 4) every format still
-reads slower than through native.c. native.c reads a blocked copy of the weight as one sequential stream, widens bf16
+One token of decoding reads every weight once, and on x86 CPUs torch's kernels for a single row read them well below
+the memory's speed: with AVX2 alone its int8 weight-only kernel at about a third of it, the packed fp32 product at
+about two thirds, a bf16 one (emulated there) at half; with AVX-512 (AMD's Zen 4) every format still reads slower
+than through native.c, and on a Xeon with AMX the int8 and int4 ones. native.c reads a blocked copy of the weight as one sequential stream, widens bf16
 to fp32 in registers, and multiplies int8 and 4-bit codes by the row rounded to 16-bit integers (docs/performance.md
 has the figures; model/packed.py's `native_products` says where it is used).
 
@@ -114,9 +114,31 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_causal_softmax.argtypes = [pointer, pointer, pointer, size, size, ctypes.c_float]
     lib.clozelm_causal_softmax_backward.argtypes = [pointer, pointer, pointer, pointer, size, size, ctypes.c_float]
     lib.clozelm_causal_softmax.restype = lib.clozelm_causal_softmax_backward.restype = ctypes.c_int
-    lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size  # for A/B measurements
+    lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size
+    lib.clozelm_set_prefetch(prefetch_bytes())
     lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
     return lib if _agrees(lib) else None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86's "flags", Arm's "Features" in /proc/cpuinfo); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def prefetch_bytes() -> int:
+    """How far ahead of their reads the kernels ask for the weights: 2 KB on a Xeon with AMX, where the hardware
+    prefetcher alone left a single-row product's stream well below the memory's rate; none elsewhere (on AMD's Zen 4
+    1 to 4 KB gained nothing from memory). docs/performance.md has the figures."""
+    return 2048 if "amx_tile" in cpu_flags() else 0
 
 
 def int8_row_bits() -> int:

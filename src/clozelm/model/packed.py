@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused, native
+from .native import cpu_flags
 
 _cache: "weakref.WeakKeyDictionary[object, tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 _packed_bytes = [0]
@@ -340,20 +341,6 @@ def native_copy(owner: object, weight: torch.Tensor, plain: bool = True) -> "nat
     kind = NATIVE_KINDS.get(weight.dtype) if found is None else NATIVE_KINDS[found[0]]
     parts = None if kind is None else _quantized(owner, weight, kind)
     return None if parts is None else parts[0]
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (x86's "flags", Arm's "Features" in /proc/cpuinfo); empty where unreadable."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def has_amx() -> bool:

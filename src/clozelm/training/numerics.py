@@ -65,8 +65,9 @@ def compile_by_default(device: str, steps: int, world: int) -> bool:
     """Whether a new run that does not say is trained through torch.compile: on CPUs without AMX, where
     inductor's fused kernels shorten the step (benchmarks/train_speed.py --compile), for runs long enough to repay
     the compile time, in one process, and only where the C++ compiler inductor needs is installed. Not on a Xeon
-    with AMX, whose eager step already fuses each product with its bias and GELU in oneDNN (model/fused.py),
-    nor on a GPU, where it is not yet measured."""
+    with AMX, whose eager step already fuses each product with its bias and GELU in oneDNN (model/fused.py) and
+    attends through model/native_attention.py: the compiled step was measured no faster there; nor on a GPU, where
+    it is not yet measured."""
     return (device == "cpu" and world == 1 and steps >= COMPILE_FROM_STEPS and not packed.has_amx()
             and any(shutil.which(name) for name in ("g++", "c++", "clang++")))
 
