@@ -30,7 +30,6 @@ are bf16 ones.
 
 from __future__ import annotations
 
-import functools
 import os
 import weakref
 
