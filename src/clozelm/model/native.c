@@ -103,8 +103,7 @@ static inline __m256 from_bf16(const uint16_t *p) {
 
 /* How far ahead of its reads a kernel asks for the weights (bytes), set by model/native.py for the machine class: on
  * some CPUs the hardware prefetcher alone leaves a single-row product's stream well below the memory's rate, more so
- * for the narrower formats, which spend more instructions a byte (docs/performance.md). 0: the line being read, which
- * is no prefetch at all. */
+ * for the narrower formats, which spend more instructions a byte (docs/performance.md). 0: no prefetching. */
 static int64_t prefetch_ahead = 0;
 
 /* sets it (a negative count leaves it), returns the setting */
@@ -113,8 +112,10 @@ int64_t clozelm_set_prefetch(int64_t bytes) {
     return prefetch_ahead;
 }
 
-/* the cache lines `bytes` from p on, prefetch_ahead further on (a hint: an address past the end never faults) */
+/* the cache lines `bytes` from p on, prefetch_ahead further on (a hint: an address past the end never faults);
+ * nothing where it is 0, so that CPUs which do not prefetch spend no instruction on it */
 static inline void prefetch(const void *p, int64_t bytes) {
+    if (!prefetch_ahead) return;
     for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch((const char *)p + prefetch_ahead + c, _MM_HINT_T0);
 }
 
