@@ -681,74 +681,81 @@ static float row_exp(const uint16_t *s, int64_t n, float scale, float top, float
     return total;
 }
 
-int clozelm_causal_softmax(const uint16_t *s, uint16_t *p, float *stats, int64_t rows, int64_t T, float scale) {
+/* what a row of either pass reads and writes */
+typedef struct {
+    const uint16_t *s, *dp;  /* the scores; the gradient of the probabilities (the backward) */
+    uint16_t *out;           /* the probabilities, or the gradient of the scores */
+    float *stats;            /* per row: the largest scaled score, 1 / the sum of the exponentials */
+    int64_t T;
+    float scale;
+} causal_rows;
+
+/* row(a, r, e) for every row r in parallel, e a scratch row of T + 8 floats per thread; nonzero where memory ran out */
+static int each_row(const causal_rows *a, int64_t rows, void (*row)(const causal_rows *, int64_t, float *)) {
     int failed = 0;
 #pragma omp parallel
     {
-        float *e = malloc((T + 8) * sizeof(float));
+        float *e = malloc((a->T + 8) * sizeof(float));
         if (!e) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            if (!e) continue;
-            const int64_t n = r % T + 1;
-            const uint16_t *sr = s + r * T;
-            const float top = row_top(sr, n, scale), sum = row_exp(sr, n, scale, top, e), inverse = 1 / sum;
-            uint16_t *pr = p + r * T;
-            int64_t j = 0;
-            for (; j + 8 <= n; j += 8) store_bf16_8(pr + j, _mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_set1_ps(inverse)));
-            for (; j < n; j++) pr[j] = f32_to_bf16(e[j] * inverse);
-            memset(pr + n, 0, (T - n) * sizeof(uint16_t));
-            stats[2 * r] = top;
-            stats[2 * r + 1] = inverse;
-        }
+        for (int64_t r = 0; r < rows; r++)
+            if (e) row(a, r, e);
         free(e);
     }
     return failed;
 }
 
+static void softmax_row(const causal_rows *a, int64_t r, float *e) {
+    const int64_t T = a->T, n = r % T + 1;
+    const uint16_t *sr = a->s + r * T;
+    const float top = row_top(sr, n, a->scale), sum = row_exp(sr, n, a->scale, top, e), inverse = 1 / sum;
+    uint16_t *pr = a->out + r * T;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) store_bf16_8(pr + j, _mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_set1_ps(inverse)));
+    for (; j < n; j++) pr[j] = f32_to_bf16(e[j] * inverse);
+    memset(pr + n, 0, (T - n) * sizeof(uint16_t));
+    a->stats[2 * r] = top;
+    a->stats[2 * r + 1] = inverse;
+}
+
+int clozelm_causal_softmax(const uint16_t *s, uint16_t *p, float *stats, int64_t rows, int64_t T, float scale) {
+    const causal_rows a = {s, NULL, p, stats, T, scale};
+    return each_row(&a, rows, softmax_row);
+}
+
 /* The backward of clozelm_causal_softmax: dp [rows, T] the gradient of p (bf16), ds = p * (dp - sum(p * dp)) * scale
  * with p in fp32 as the forward computed it, rounded to bf16 (0 above the diagonal): the gradient of s. */
+static void softmax_backward_row(const causal_rows *a, int64_t r, float *e) {
+    const int64_t T = a->T, n = r % T + 1;
+    const uint16_t *dpr = a->dp + r * T;
+    const float inverse = a->stats[2 * r + 1], scale = a->scale;
+    row_exp(a->s + r * T, n, scale, a->stats[2 * r], e);
+    const __m256 inv = _mm256_set1_ps(inverse);
+    __m256 dots = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 pj = _mm256_mul_ps(_mm256_loadu_ps(e + j), inv);
+        _mm256_storeu_ps(e + j, pj);
+        dots = _mm256_fmadd_ps(pj, from_bf16(dpr + j), dots);
+    }
+    float lanes[8], dot = 0;
+    _mm256_storeu_ps(lanes, dots);
+    for (int c = 0; c < 8; c++) dot += lanes[c];
+    for (int64_t i = j; i < n; i++) { e[i] *= inverse; dot += e[i] * bf16_to_f32(dpr[i]); }
+    uint16_t *dsr = a->out + r * T;
+    const __m256 d = _mm256_set1_ps(dot), sc = _mm256_set1_ps(scale);
+    for (j = 0; j + 8 <= n; j += 8)
+        store_bf16_8(dsr + j,
+                     _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_sub_ps(from_bf16(dpr + j), d)), sc));
+    for (; j < n; j++) dsr[j] = f32_to_bf16(e[j] * (bf16_to_f32(dpr[j]) - dot) * scale);
+    memset(dsr + n, 0, (T - n) * sizeof(uint16_t));
+}
+
 int clozelm_causal_softmax_backward(const uint16_t *s, const float *stats, const uint16_t *dp, uint16_t *ds,
                                     int64_t rows, int64_t T, float scale) {
-    int failed = 0;
-#pragma omp parallel
-    {
-        float *e = malloc((T + 8) * sizeof(float));
-        if (!e) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            if (!e) continue;
-            const int64_t n = r % T + 1;
-            const uint16_t *dpr = dp + r * T;
-            const float inverse = stats[2 * r + 1];
-            row_exp(s + r * T, n, scale, stats[2 * r], e);
-            const __m256 inv = _mm256_set1_ps(inverse);
-            __m256 dots = _mm256_setzero_ps();
-            int64_t j = 0;
-            for (; j + 8 <= n; j += 8) {
-                const __m256 pj = _mm256_mul_ps(_mm256_loadu_ps(e + j), inv);
-                _mm256_storeu_ps(e + j, pj);
-                dots = _mm256_fmadd_ps(pj, from_bf16(dpr + j), dots);
-            }
-            float lanes[8], dot = 0;
-            _mm256_storeu_ps(lanes, dots);
-            for (int c = 0; c < 8; c++) dot += lanes[c];
-            for (int64_t i = j; i < n; i++) { e[i] *= inverse; dot += e[i] * bf16_to_f32(dpr[i]); }
-            uint16_t *dsr = ds + r * T;
-            const __m256 d = _mm256_set1_ps(dot), sc = _mm256_set1_ps(scale);
-            for (j = 0; j + 8 <= n; j += 8)
-                store_bf16_8(dsr + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j),
-                                                                  _mm256_sub_ps(from_bf16(dpr + j), d)), sc));
-            for (; j < n; j++) dsr[j] = f32_to_bf16(e[j] * (bf16_to_f32(dpr[j]) - dot) * scale);
-            memset(dsr + n, 0, (T - n) * sizeof(uint16_t));
-        }
-        free(e);
-    }
-    return failed;
+    const causal_rows a = {s, dp, ds, (float *)stats, T, scale};
+    return each_row(&a, rows, softmax_backward_row);
 }
