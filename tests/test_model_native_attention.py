@@ -82,6 +82,7 @@ def test_attention_is_as_exact_as_the_spelled_out_one_and_about_as_exact_as_the_
     ({}, True), ({"amx": False}, False), ({"amx": False, "env": "1"}, True), ({"env": "0"}, False),
     ({"mask": True}, False), ({"dropout": 0.1}, False), ({"causal": False}, False), ({"dtype": torch.float32}, False),
     ({"grad": False}, False), ({"compiling": True}, False), ({"keys": 5}, False), ({"native": False}, False),
+    ({"key_heads": 1}, True), ({"key_heads": 3}, False),
     ({"length": native_attention.LONGEST}, True), ({"length": native_attention.LONGEST + 1}, False)])
 def test_which_attentions_it_computes(change, taken, monkeypatch):
     """A causal bf16 training step's attention without mask or dropout, on a Xeon with AMX (where it was measured
@@ -96,17 +97,21 @@ def test_which_attentions_it_computes(change, taken, monkeypatch):
     dtype = change.get("dtype", torch.bfloat16)
     T = change.get("length", 4)
     q = torch.zeros(1, 2, T, 8, dtype=dtype, requires_grad=change.get("grad", True))
-    k = torch.zeros(1, 2, change.get("keys", T), 8, dtype=dtype)
+    k = torch.zeros(1, change.get("key_heads", 2), change.get("keys", T), 8, dtype=dtype)
     mask = torch.zeros(1, 1, T, T, dtype=dtype) if change.get("mask") else None
     assert native_attention.takes(q, k, mask, change.get("dropout", 0.0), change.get("causal", True)) == taken
 
 
 @needs_native
-def test_a_bf16_training_pass_attends_through_it_and_follows_the_flash_kernel_s_pass(monkeypatch):
-    """Through the whole network: every layer takes it, and the logits and the gradients follow the flash kernel's
-    pass within bf16 rounding."""
+@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+def test_a_bf16_training_pass_attends_through_it_and_follows_the_flash_kernel_s_pass(layout, monkeypatch):
+    """Through the whole network: every layer takes it (GPT-2's heads, and Llama's grouped ones with rotary
+    positions), and the logits and the gradients follow the flash kernel's pass within bf16 rounding."""
     torch.manual_seed(0)
-    net = Transformer(ModelConfig(vocab_size=64, n_positions=48, n_embd=32, n_layer=2, n_head=4)).to(torch.bfloat16)
+    llama = dict(n_kv_head=2, mlp="gated", activation="silu", norm="rmsnorm", positions="rope", bias=False)
+    config = ModelConfig(vocab_size=64, n_positions=48, n_embd=32, n_layer=2, n_head=4,
+                         **(llama if layout == "llama" else {}))
+    net = Transformer(config).to(torch.bfloat16)
     ids = torch.randint(0, 64, (2, 37))
 
     def run(on):

@@ -32,12 +32,13 @@ LONGEST = 512
 
 
 def takes(q: torch.Tensor, k: torch.Tensor, mask, dropout: float, is_causal: bool) -> bool:
-    """Whether `attend` computes this attention: q, k [B, H, T, Dh] with gradients wanted (the caller asks in a
-    training step only: a model in eval mode attends as in inference, gradients or not)."""
+    """Whether `attend` computes this attention: q [B, H, T, Dh], k [B, H or a divisor of H (grouped heads, which
+    the caller repeats), T, Dh], with gradients wanted (the caller asks in a training step only: a model in eval mode
+    attends as in inference, gradients or not)."""
     wanted = os.environ.get("CLOZELM_NATIVE_ATTENTION")
     return (wanted != "0" and is_causal and mask is None and dropout == 0.0 and q.dtype == torch.bfloat16
             and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad
-            and q.size(2) == k.size(2) <= LONGEST and q.size(1) == k.size(1) and not torch.compiler.is_compiling()
+            and q.size(2) == k.size(2) <= LONGEST and q.size(1) % k.size(1) == 0 and not torch.compiler.is_compiling()
             and (packed.has_amx() or wanted == "1") and packed.native_products())
 
 

@@ -345,6 +345,9 @@ class Attention(nn.Module):
             y = (F.dropout(probs, dropout, self.training).view(B, G, H // G, T, S) @ v[:, :, None]).view(B, H, T, Dh)
         elif _takes_one_query(q, k, mask, dropout, is_causal):
             y = _one_query(q, k, v, mask)
+        elif self.training and native_attention.takes(q, k, mask, dropout, is_causal):
+            repeat = H // self.n_kv_head  # query head h reads key head h // repeat
+            y = native_attention.attend(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1))
         elif _gqa_falls_to_math(q, mask):
             repeat = H // self.n_kv_head  # query head h reads key head h // repeat
             y = F.scaled_dot_product_attention(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1),
