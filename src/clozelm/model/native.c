@@ -101,6 +101,15 @@ static inline __m256 from_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
+/* 8 floats rounded to bf16 as f32_to_bf16 rounds each, stored at p */
+static inline void store_bf16_8(uint16_t *p, __m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+
 /* How far ahead of its reads a kernel asks for the weights (bytes), set by model/native.py for the machine class: on
  * some CPUs the hardware prefetcher alone leaves a single-row product's stream well below the memory's rate, more so
  * for the narrower formats, which spend more instructions a byte (docs/performance.md). 0: no prefetching. */
@@ -634,15 +643,6 @@ int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *
  * probabilities exactly. What softmax over the scores rounded once to bf16 computes, in one pass over each row's
  * causal half, where torch's eager operations take a pass each over the whole square (the mask, the scale, the casts,
  * the softmax). */
-/* 8 floats rounded to bf16 as f32_to_bf16 rounds each, stored at p */
-static inline void store_bf16_8(uint16_t *p, __m256 v) {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-}
-
 static float row_top(const uint16_t *s, int64_t n, float scale) {
     __m256 top = _mm256_set1_ps(-INFINITY);
     int64_t j = 0;
@@ -668,11 +668,9 @@ static float row_exp(const uint16_t *s, int64_t n, float scale, float top, float
         uint16_t tail[8] = {0};
         for (int64_t i = j; i < n; i++) tail[i - j] = s[i];
         const __m256 v = exp8(_mm256_fmsub_ps(from_bf16(tail), sc, t));
-        float lanes[8];
+        float lanes[8], rest = 0;
         _mm256_storeu_ps(lanes, v);
-        for (int64_t i = j; i < n; i++) { e[i] = lanes[i - j]; }
-        float rest = 0;
-        for (int64_t i = j; i < n; i++) rest += lanes[i - j];
+        for (int64_t i = j; i < n; i++) rest += e[i] = lanes[i - j];
         sum = _mm256_add_ps(sum, _mm256_setr_ps(rest, 0, 0, 0, 0, 0, 0, 0));
     }
     float sums[8], total = 0;
