@@ -688,12 +688,13 @@ typedef struct {
     float scale;
 } causal_rows;
 
-/* row(a, r, e) for every row r in parallel, e a scratch row of T + 8 floats per thread; nonzero where memory ran out */
-static int each_row(const causal_rows *a, int64_t rows, void (*row)(const causal_rows *, int64_t, float *)) {
+/* row(a, r, e) for every row r in parallel, e a scratch row of `width` + 8 floats per thread; nonzero where memory
+ * ran out */
+static int each_row(const void *a, int64_t rows, int64_t width, void (*row)(const void *, int64_t, float *)) {
     int failed = 0;
 #pragma omp parallel
     {
-        float *e = malloc((a->T + 8) * sizeof(float));
+        float *e = malloc((width + 8) * sizeof(float));
         if (!e) {
 #pragma omp atomic write
             failed = 1;
@@ -706,7 +707,8 @@ static int each_row(const causal_rows *a, int64_t rows, void (*row)(const causal
     return failed;
 }
 
-static void softmax_row(const causal_rows *a, int64_t r, float *e) {
+static void softmax_row(const void *rows, int64_t r, float *e) {
+    const causal_rows *a = rows;
     const int64_t T = a->T, n = r % T + 1;
     const uint16_t *sr = a->s + r * T;
     const float top = row_top(sr, n, a->scale), sum = row_exp(sr, n, a->scale, top, e), inverse = 1 / sum;
@@ -721,12 +723,13 @@ static void softmax_row(const causal_rows *a, int64_t r, float *e) {
 
 int clozelm_causal_softmax(const uint16_t *s, uint16_t *p, float *stats, int64_t rows, int64_t T, float scale) {
     const causal_rows a = {s, NULL, p, stats, T, scale};
-    return each_row(&a, rows, softmax_row);
+    return each_row(&a, rows, T, softmax_row);
 }
 
 /* The backward of clozelm_causal_softmax: dp [rows, T] the gradient of p (bf16), ds = p * (dp - sum(p * dp)) * scale
  * with p in fp32 as the forward computed it, rounded to bf16 (0 above the diagonal): the gradient of s. */
-static void softmax_backward_row(const causal_rows *a, int64_t r, float *e) {
+static void softmax_backward_row(const void *rows, int64_t r, float *e) {
+    const causal_rows *a = rows;
     const int64_t T = a->T, n = r % T + 1;
     const uint16_t *dpr = a->dp + r * T;
     const float inverse = a->stats[2 * r + 1], scale = a->scale;
@@ -755,5 +758,51 @@ static void softmax_backward_row(const causal_rows *a, int64_t r, float *e) {
 int clozelm_causal_softmax_backward(const uint16_t *s, const float *stats, const uint16_t *dp, uint16_t *ds,
                                     int64_t rows, int64_t T, float scale) {
     const causal_rows a = {s, dp, ds, (float *)stats, T, scale};
-    return each_row(&a, rows, softmax_backward_row);
+    return each_row(&a, rows, T, softmax_backward_row);
+}
+
+/* The cross-entropy of a training step's logits, in place (training/fused_loss.py). z [rows, V] holds the logits in
+ * bf16; each row r has a label t = labels[r] (IGNORE: none) and a weight w = weights[r] (1 where weights is NULL, 0
+ * where there is no label). Per row: logp[r] = w log softmax(z)[t] in fp32 (0 without a label), and z becomes the
+ * gradient of the summed loss, w (softmax(z) - onehot(t)), rounded to bf16: what torch's log_softmax in fp32, its
+ * exponential and the casts compute in a pass each over fp32 copies of the rows, here in one pass over each row held
+ * in the cache. Returns nonzero where a label is outside 0 .. V - 1 (and not IGNORE; that row's logits are left as
+ * they were) or memory ran out. */
+enum { IGNORE = -100 };
+
+typedef struct {
+    uint16_t *z;
+    const int64_t *labels;
+    const float *weights;
+    float *logp;
+    int64_t V;
+    int *bad_label;
+} loss_rows;
+
+static void cross_entropy_row(const void *rows, int64_t r, float *e) {
+    const loss_rows *a = rows;
+    const int64_t V = a->V, t = a->labels[r];
+    if (t != IGNORE && (t < 0 || t >= V)) {
+#pragma omp atomic write
+        *a->bad_label = 1;
+        a->logp[r] = 0;
+        return;
+    }
+    uint16_t *z = a->z + r * V;
+    const float w = t == IGNORE ? 0 : a->weights ? a->weights[r] : 1;
+    const float top = row_top(z, V, 1), sum = row_exp(z, V, 1, top, e), inverse = 1 / sum;
+    a->logp[r] = t == IGNORE ? 0 : w * (bf16_to_f32(z[t]) - top - logf(sum));
+    const __m256 inv = _mm256_set1_ps(inverse), weight = _mm256_set1_ps(w);
+    int64_t j = 0;
+    for (; j + 8 <= V; j += 8)
+        store_bf16_8(z + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), inv), weight));
+    for (; j < V; j++) z[j] = f32_to_bf16(e[j] * inverse * w);
+    if (t != IGNORE) z[t] = f32_to_bf16((e[t] * inverse - 1) * w);
+}
+
+int clozelm_cross_entropy(uint16_t *z, const int64_t *labels, const float *weights, float *logp, int64_t rows,
+                          int64_t V) {
+    int bad_label = 0;
+    const loss_rows a = {z, labels, weights, logp, V, &bad_label};
+    return each_row(&a, rows, V, cross_entropy_row) | (bad_label ? 2 : 0);
 }
