@@ -124,12 +124,12 @@ def clozelm_step(forward, network, opt, masters, params, cfg: TrainConfig, i: in
     loss = s / y.numel()
     loss.backward()
     if masters is not None:
-        masters.grads_to_masters()
-    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    if masters is not None:
-        masters.masters_to_model()
+        masters.clip_grad_norm(cfg.grad_clip)
+        masters.step(opt)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return loss.detach()
 
 

@@ -1,11 +1,13 @@
 """The fast training paths give the plain path's results: the fused loss (exactly, up to float rounding, in
 fp32) and bf16 weights with fp32 masters (within bf16's rounding of autocast)."""
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from clozelm.model import ModelConfig, Transformer
+from clozelm.model import ModelConfig, Transformer, packed
 from clozelm.training.precision import MasterWeights
 
 from .helpers import TINY, assert_same_losses_and_weights, cli, losses
@@ -111,3 +113,70 @@ def test_new_runs_train_in_fp32_on_cpus_without_bf16_units(monkeypatch, capsys):
     for units in ("avx512_bf16", "amx_bf16", "bf16"):  # AMD Zen 4, Intel Xeon with AMX, Arm with the BF16 extension
         monkeypatch.setattr(packed, "cpu_flags", lambda units=units: frozenset({"avx2", units}))
         assert _new_run_config(TrainConfig(), model, False, Dist()).precision == "bf16-master"
+
+
+NATIVE = packed.native_products()  # native.c's step runs on this CPU (x86 with AVX2 and FMA)
+
+
+def _two_runs(micro_batches: int, max_norm: float, steps: int = 1, weight_decay: float = 0.1):
+    """The same network stepped by MasterWeights through native.c and through torch's path: (masters, optimizer,
+    network, gradient norms) of each."""
+    torch.manual_seed(0)
+    base = Transformer(ModelConfig(vocab_size=61, n_positions=16, n_embd=24, n_layer=2, n_head=2, dropout=0.0))
+    runs = []
+    for native in (True, False):
+        net = copy.deepcopy(base)
+        masters = MasterWeights(net)
+        groups = [{"params": [p for p in net.parameters() if p.dim() == 2], "weight_decay": weight_decay},
+                  {"params": [p for p in net.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(masters.master_groups(groups), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=True)
+        if not native:
+            masters._native = lambda: False
+        norms = []
+        for step in range(steps):
+            for m in range(micro_batches):
+                x = torch.randint(0, 61, (3, 9), generator=torch.Generator().manual_seed(10 * step + m))
+                net(x).logits.float().logsumexp(-1).sum().backward()
+                if m < micro_batches - 1:
+                    masters.grads_to_masters()
+            norms.append(masters.clip_grad_norm(max_norm))
+            masters.step(opt)
+        runs.append((masters, opt, net, norms))
+    return runs
+
+
+@pytest.mark.skipif(not NATIVE, reason="native.c's kernels do not run on this CPU")
+@pytest.mark.parametrize("micro_batches", [1, 3])  # the network's bf16 gradients alone; with fp32 sums before them
+@pytest.mark.parametrize("max_norm", [0.05, float("inf")])  # clipped; not
+def test_the_native_step_is_torchs_clipping_and_adamw(micro_batches, max_norm):
+    (a, opt_a, net_a, norms_a), (b, opt_b, net_b, norms_b) = _two_runs(micro_batches, max_norm)
+    assert float(norms_a[0]) == pytest.approx(float(norms_b[0]), rel=1e-6)
+    for m, n in zip(a.masters, b.masters):
+        # torch's fused AdamW and native.c's round the same fp32 formulas in a different order: an ulp or so
+        assert torch.allclose(m, n, rtol=4e-7, atol=1e-8)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.allclose(opt_a.state[m][key], opt_b.state[n][key], rtol=1e-6, atol=1e-12)
+    for p, m in zip(net_a.parameters(), a.masters):
+        assert torch.equal(p.detach(), m.detach().to(torch.bfloat16))  # the network holds its masters, rounded
+    assert all(p.grad is None for p in net_a.parameters()) and all(m.grad is None for m in a.masters)
+
+
+@pytest.mark.skipif(not NATIVE, reason="native.c's kernels do not run on this CPU")
+def test_native_steps_train_as_torchs_do():
+    """Several steps: the same gradient norms, and masters apart by less than one update's size (lr: bf16 weights
+    that round differently in their last place make runs drift apart slowly, and Adam's step is about lr wherever
+    a gradient is steady)."""
+    (a, _, _, norms_a), (b, _, _, norms_b) = _two_runs(1, 1.0, steps=6)
+    assert [float(x) for x in norms_a] == pytest.approx([float(x) for x in norms_b], rel=1e-3)
+    assert all(torch.allclose(m, n, atol=1e-2) for m, n in zip(a.masters, b.masters))
+
+
+@pytest.mark.skipif(not NATIVE, reason="native.c's kernels do not run on this CPU")
+def test_the_native_step_moves_the_weights_version_counters():
+    """Inference copies of the weights (model/packed.py) know from the version counters that they are stale."""
+    (a, _, net, _), _ = _two_runs(1, 1.0)
+    before = [p._version for p in net.parameters()]
+    net(torch.tensor([[1, 2, 3]])).logits.float().sum().backward()
+    a.clip_grad_norm(1.0)
+    a.step(torch.optim.AdamW(a.masters, lr=1e-3))
+    assert all(p._version > v for p, v in zip(net.parameters(), before))

@@ -34,6 +34,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -805,4 +806,116 @@ int clozelm_cross_entropy(uint16_t *z, const int64_t *labels, const float *weigh
     int bad_label = 0;
     const loss_rows a = {z, labels, weights, logp, V, &bad_label};
     return each_row(&a, rows, V, cross_entropy_row) | (bad_label ? 2 : 0);
+}
+
+/* AdamW over a training run's fp32 master weights (training/precision.py), all tensors in one call. Each tensor t is
+ * described by 7 numbers in `tensors` [count, 7]: its masters p, moments m and v (fp32, updated in place), its
+ * gradient as the sum of an fp32 part (earlier micro-batches, or NULL) and a bf16 part (the network's, or NULL), the
+ * network's bf16 copy of it (written, or NULL), and its length; and by 6 in `factors` [count, 6]: 1 - lr weight_decay,
+ * lr / (1 - beta1^step), sqrt(1 - beta2^step), beta1, beta2, eps. Every gradient is multiplied by `clip` first (gradient clipping).
+ * torch.optim.AdamW's formulas in fp32, in one pass that reads the gradient, the masters and the moments once and
+ * writes the masters, the moments and the network's weights, where torch's fused AdamW, the clipping's multiplication
+ * and the copies to and from the network take five. */
+enum { T_MASTER, T_M, T_V, T_ACC, T_G16, T_MODEL, T_LENGTH, T_FIELDS };
+
+/* the gradient's 8 numbers at i */
+static inline __m256 gradient8(const float *acc, const uint16_t *g16, int64_t i) {
+    if (acc && g16) return _mm256_add_ps(_mm256_loadu_ps(acc + i), from_bf16(g16 + i));
+    return acc ? _mm256_loadu_ps(acc + i) : from_bf16(g16 + i);
+}
+
+static inline float gradient1(const float *acc, const uint16_t *g16, int64_t i) {
+    return (acc ? acc[i] : 0) + (g16 ? bf16_to_f32(g16[i]) : 0);
+}
+
+/* what one call over a run's tensors reads */
+typedef struct {
+    const int64_t *tensors;
+    const double *factors;
+    float clip;
+} tensor_run;
+
+/* the sum of part(a, t, start, end) over pieces of the tensors' elements, split evenly between the threads */
+static double each_part(const tensor_run *a, int64_t count,
+                        double (*part)(const tensor_run *, int64_t, int64_t, int64_t)) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; t++) total += a->tensors[t * T_FIELDS + T_LENGTH];
+    double sum = 0;
+#pragma omp parallel reduction(+ : sum)
+    {
+        const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t from = total * me / threads, to = total * (me + 1) / threads;
+        int64_t offset = 0;
+        for (int64_t t = 0; t < count && offset < to; t++) {
+            const int64_t n = a->tensors[t * T_FIELDS + T_LENGTH];
+            const int64_t start = from > offset ? from - offset : 0, end = to - offset < n ? to - offset : n;
+            if (start < end) sum += part(a, t, start, end);
+            offset += n;
+        }
+    }
+    return sum;
+}
+
+static double squares_part(const tensor_run *a, int64_t t, int64_t start, int64_t end) {
+    const int64_t *f = a->tensors + t * T_FIELDS;
+    const float *acc = (const float *)f[T_ACC];
+    const uint16_t *g16 = (const uint16_t *)f[T_G16];
+    __m256 sums = _mm256_setzero_ps();
+    int64_t i = start;
+    for (; i + 8 <= end; i += 8) {
+        const __m256 g = gradient8(acc, g16, i);
+        sums = _mm256_fmadd_ps(g, g, sums);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sums);
+    double part = 0;
+    for (int c = 0; c < 8; c++) part += lanes[c];
+    for (; i < end; i++) part += (double)gradient1(acc, g16, i) * gradient1(acc, g16, i);
+    return part;
+}
+
+/* the sum of the squared gradients (before clipping) */
+double clozelm_gradient_squares(const int64_t *tensors, int64_t count) {
+    const tensor_run a = {tensors, NULL, 0};
+    return each_part(&a, count, squares_part);
+}
+
+static double adamw_part(const tensor_run *a, int64_t t, int64_t start, int64_t end) {
+    const int64_t *f = a->tensors + t * T_FIELDS;
+    float *p = (float *)f[T_MASTER], *m = (float *)f[T_M], *v = (float *)f[T_V];
+    const float *acc = (const float *)f[T_ACC];
+    const uint16_t *g16 = (const uint16_t *)f[T_G16];
+    uint16_t *model = (uint16_t *)f[T_MODEL];
+    const double *h = a->factors + 6 * t;
+    const float decay = (float)h[0], step = (float)h[1], root = (float)h[2], beta1 = (float)h[3], beta2 = (float)h[4];
+    const float rest1 = (float)(1 - h[3]), rest2 = (float)(1 - h[4]), eps = (float)h[5];
+    const __m256 b1 = _mm256_set1_ps(beta1), b2 = _mm256_set1_ps(beta2), c1 = _mm256_set1_ps(rest1);
+    const __m256 c2 = _mm256_set1_ps(rest2), clip = _mm256_set1_ps(a->clip);
+    int64_t i = start;
+    for (; i + 8 <= end; i += 8) {
+        const __m256 g = _mm256_mul_ps(gradient8(acc, g16, i), clip);
+        const __m256 mv = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(m + i), b1), _mm256_mul_ps(g, c1));
+        const __m256 vv = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), b2), _mm256_mul_ps(_mm256_mul_ps(g, g), c2));
+        const __m256 denominator = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), _mm256_set1_ps(root)),
+                                                 _mm256_set1_ps(eps));
+        const __m256 pv = _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_set1_ps(decay));
+        const __m256 updated = _mm256_sub_ps(pv, _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(step), mv), denominator));
+        _mm256_storeu_ps(m + i, mv);
+        _mm256_storeu_ps(v + i, vv);
+        _mm256_storeu_ps(p + i, updated);
+        if (model) store_bf16_8(model + i, updated);
+    }
+    for (; i < end; i++) {
+        const float g = gradient1(acc, g16, i) * a->clip;
+        m[i] = m[i] * beta1 + g * rest1;
+        v[i] = v[i] * beta2 + g * g * rest2;
+        p[i] = p[i] * decay - step * m[i] / (sqrtf(v[i]) / root + eps);
+        if (model) model[i] = f32_to_bf16(p[i]);
+    }
+    return 0;
+}
+
+void clozelm_adamw(const int64_t *tensors, const double *factors, int64_t count, double clip) {
+    const tensor_run a = {tensors, factors, (float)clip};
+    each_part(&a, count, adamw_part);
 }

@@ -116,6 +116,9 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_causal_softmax.restype = lib.clozelm_causal_softmax_backward.restype = ctypes.c_int
     lib.clozelm_cross_entropy.argtypes = [pointer, pointer, pointer, pointer, size, size]
     lib.clozelm_cross_entropy.restype = ctypes.c_int
+    lib.clozelm_gradient_squares.argtypes, lib.clozelm_gradient_squares.restype = [pointer, size], ctypes.c_double
+    lib.clozelm_adamw.argtypes = [pointer, pointer, size, ctypes.c_double]
+    lib.clozelm_adamw.restype = None
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size
     lib.clozelm_set_prefetch(prefetch_bytes())
     lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)

@@ -398,24 +398,29 @@ class Trainer:
             with self.ddp.no_sync() if defer else contextlib.nullcontext():
                 s = batch_loss_sum(self.forward, self.model, self.objective, batch, cfg.precision, cfg.fused_loss, bias)
                 (s * scale).backward()
-            if self.masters is not None:
-                self.masters.grads_to_masters()
+            if self.masters is not None and m < len(micro) - 1:
+                self.masters.grads_to_masters()  # the last micro-batch's stay in the network for the step to read
             total += s.detach()
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if self.masters is not None:
+            grad_norm = self.masters.clip_grad_norm(clip)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         loss = float(self.dist.all_sum(total.float().reshape(1))[0]) / max(float(count), 1.0)
         if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.masters is not None:
+                self.masters.zero_grad()
             where = (f"{self.checkpoint_path} (step {ckpt.read_step(self.checkpoint_path)}) is the last good checkpoint"
                      if self.checkpoint_path.is_file() else "no checkpoint had been written yet")
             raise NonFiniteLoss(f"loss is {loss} (gradient norm {float(grad_norm):.3g}) at step {step + 1}; stopped "
                                 f"before updating the weights; {where}; start again with a lower --lr or --grad-clip (a resume "
                                 "keeps the run's recipe and would meet the same batch)")
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if self.masters is not None:
-            self.masters.masters_to_model()  # a copy_: the weights' version counters move
+            self.masters.step(self.optimizer)  # the weights' version counters move
         else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
             # torch's fused CPU AdamW changes the weights in place without moving their version counters, by
             # which inference copies of them (model/packed.py: validation, fill) know they are stale
             increment_version(self.params)
