@@ -204,7 +204,7 @@ def test_the_switch_turns_the_kernels_off(monkeypatch):
     ({"avx2"}, "1", False),  # no FMA: the code would not run
     ({"asimd", "bf16"}, "1", False)])  # Arm
 def test_which_cpus_multiply_through_native_c(flags, wanted, on, monkeypatch):
-    monkeypatch.setattr(packed, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(native, "library", lambda: object())  # built, wherever the flags say it may be
     if wanted is None:
         monkeypatch.delenv("CLOZELM_NATIVE_KERNELS", raising=False)
@@ -418,3 +418,34 @@ def test_int8_products_with_8_bit_rows_stay_within_their_rounding(monkeypatch):
         monkeypatch.delenv("CLOZELM_INT8_ROWS")
         native.library.cache_clear()
     assert native.int8_row_bits() == 16
+
+
+@needs_avx2
+@pytest.mark.parametrize("n", [5, 16 * 40 + 13])  # a tail alone; 16-lane blocks, an 8-lane one and a padded tail
+def test_gelu_backward_is_float64s_rounded_once(n):
+    """clozelm_gelu_tanh_backward against float64: within one bf16 step of the exact value everywhere, the far
+    tails included (x down to -12, where torch's 1 + tanh(u) cancels to nothing in fp32)."""
+    g = torch.Generator().manual_seed(n)
+    x = (torch.rand(n, generator=g) * 24 - 12).to(torch.bfloat16)
+    dy = torch.randn(n, generator=g).to(torch.bfloat16)
+    got = torch.empty_like(x)
+    native.library().clozelm_gelu_tanh_backward(dy.data_ptr(), x.data_ptr(), got.data_ptr(), n)
+    exact = dy.double() * _gelu_derivative(x.double())
+    # one bf16 step (2^-8 relative); below x = -9.5 the kernel's floor: its exponential stays below e^88.3, so that
+    # the sigmoid stays above 5e-39 and gelu' at the order of 1e-36
+    assert bool(((got.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-35 * dy.double().abs()).all())
+    torch_s = torch.ops.aten.gelu_backward(dy, x, approximate="tanh")
+    assert (got.double() - exact).abs().sum() <= (torch_s.double() - exact).abs().sum()
+
+
+def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
+    """d/dx of x (1 + tanh(u)) / 2, u = sqrt(2 / pi) (x + 0.044715 x^3), in float64 without cancellation: 1 + tanh(u)
+    = 2 s and 1 - tanh(u)^2 = 4 s (1 - s) with s = sigmoid(2u), 1 - s = sigmoid(-2u) (torch's float64 gelu_backward
+    itself rounds 1 + tanh(u) to 0 below x = -8). Checked against it where that does not happen."""
+    u = (2 / torch.pi) ** 0.5 * (x + 0.044715 * x ** 3)
+    s, rest = torch.sigmoid(2 * u), torch.sigmoid(-2 * u)
+    derivative = s + 2 * x * s * rest * (2 / torch.pi) ** 0.5 * (1 + 3 * 0.044715 * x ** 2)
+    near = x.abs() < 4
+    assert torch.allclose(derivative[near], torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate="tanh")[near],
+                          rtol=1e-12, atol=1e-15)
+    return derivative

@@ -12,7 +12,7 @@ toolchain torch.compile needs) into the user's cache folder, and loaded with cty
 and nothing changes where no compiler is found (`library()` is then None and the callers keep torch's products).
 A library is used only after it multiplies a test matrix as torch does.
 
-Only callers that checked the CPU (model/packed.py: AVX2 and FMA) may load it: the code would not run elsewhere.
+Only callers that checked the CPU (`usable`: AVX2 and FMA) may load it: the code would not run elsewhere.
 """
 
 from __future__ import annotations
@@ -119,10 +119,20 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_gradient_squares.argtypes, lib.clozelm_gradient_squares.restype = [pointer, size], ctypes.c_double
     lib.clozelm_adamw.argtypes = [pointer, pointer, size, ctypes.c_double]
     lib.clozelm_adamw.restype = None
+    lib.clozelm_gelu_tanh_backward.argtypes = [pointer, pointer, pointer, size]
+    lib.clozelm_gelu_tanh_backward.restype = None
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size
     lib.clozelm_set_prefetch(prefetch_bytes())
     lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
     return lib if _agrees(lib) else None
+
+
+def usable() -> bool:
+    """Whether native.c's kernels run here: an x86 CPU with AVX2 and FMA (the code needs both) where the library
+    builds and loads; CLOZELM_NATIVE_KERNELS=0 says no. The one check before `library()` may be called."""
+    if os.environ.get("CLOZELM_NATIVE_KERNELS") == "0" or not {"avx2", "fma"} <= cpu_flags():
+        return False
+    return library() is not None
 
 
 @functools.cache

@@ -305,9 +305,7 @@ def native_products() -> bool:
     """Whether model/native.c's kernels are used, where they were measured faster than torch's (docs/performance.md)
     and the library builds: on x86 CPUs with AVX2 and FMA (the code needs both). CLOZELM_NATIVE_KERNELS=0 turns them
     off."""
-    if os.environ.get("CLOZELM_NATIVE_KERNELS") == "0" or not {"avx2", "fma"} <= cpu_flags():
-        return False
-    return native.library() is not None
+    return native.usable()
 
 
 def native_plain_products() -> bool:
