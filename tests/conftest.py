@@ -27,3 +27,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[8, 16])
+def lanes(request):
+    """native.c's passes bound by their arithmetic in both their forms: 8 lanes (every x86 CPU it runs on) and 16
+    (CPUs with AVX-512); skipped where native.c does not run, and for 16 where the CPU has no AVX-512."""
+    from clozelm.model import native
+
+    if not native.usable():
+        pytest.skip("native.c's kernels run on x86 CPUs with AVX2 and FMA")
+    lib = native.library()
+    if lib.clozelm_set_lanes(request.param) != request.param:
+        lib.clozelm_set_lanes(16)
+        pytest.skip("no AVX-512 on this CPU")
+    yield request.param
+    lib.clozelm_set_lanes(16)

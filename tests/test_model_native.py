@@ -420,9 +420,8 @@ def test_int8_products_with_8_bit_rows_stay_within_their_rounding(monkeypatch):
     assert native.int8_row_bits() == 16
 
 
-@needs_avx2
 @pytest.mark.parametrize("n", [5, 16 * 40 + 13])  # a tail alone; 16-lane blocks, an 8-lane one and a padded tail
-def test_gelu_backward_is_float64s_rounded_once(n):
+def test_gelu_backward_is_float64s_rounded_once(n, lanes):
     """clozelm_gelu_tanh_backward against float64: within one bf16 step of the exact value everywhere, the far
     tails included (x down to -12, where torch's 1 + tanh(u) cancels to nothing in fp32)."""
     g = torch.Generator().manual_seed(n)

@@ -26,7 +26,7 @@ def _run(attend, tensors, dtype):
 
 
 @needs_native
-def test_the_softmax_kernel_gives_torch_s_causal_softmax_of_the_scaled_scores():
+def test_the_softmax_kernel_gives_torch_s_causal_softmax_of_the_scaled_scores(lanes):
     """Each row's probabilities over its causal half are softmax(s * scale) in fp32 rounded to bf16 (within that
     rounding of torch's), zero above the diagonal; stats hold the row's largest scaled score and 1 / the sum."""
     T, scale = 37, 0.25
@@ -45,7 +45,7 @@ def test_the_softmax_kernel_gives_torch_s_causal_softmax_of_the_scaled_scores():
 
 
 @needs_native
-def test_its_backward_gives_the_softmax_gradient_of_the_scores():
+def test_its_backward_gives_the_softmax_gradient_of_the_scores(lanes):
     T, scale = 37, 0.25
     scores = (torch.randn(2, T, T) * 20).to(torch.bfloat16)
     grad_probs = torch.randn(2, T, T).to(torch.bfloat16)

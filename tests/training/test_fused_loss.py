@@ -101,9 +101,8 @@ def _float64_rows(logits, labels, weights):
     return logp.gather(1, target)[:, 0] * w, grad * w[:, None]
 
 
-@pytest.mark.skipif(not NATIVE, reason="native.c's kernels do not run on this CPU")
 @pytest.mark.parametrize("vocab", [5, 97, 1024])  # fewer than 8 lanes, a ragged tail, whole blocks
-def test_native_rows_are_float64s_to_the_last_bit(vocab):
+def test_native_rows_are_float64s_to_the_last_bit(vocab, lanes):
     """clozelm_cross_entropy against float64: each row's weighted log probability to fp32's rounding, and the
     gradient rounded to bf16 within one rounding of the exact value (large logits: the max is subtracted first)."""
     torch.manual_seed(vocab)

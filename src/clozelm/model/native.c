@@ -471,6 +471,51 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
 
+/* 16-lane forms of the helpers above, for the passes bound by their arithmetic on CPUs with AVX-512 */
+static int narrow_only = 0;  /* 1: the 8-lane code everywhere (tests run both) */
+
+static inline int wide_lanes(void) {
+    return !narrow_only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+
+/* 8: the 8-lane code on every CPU; 16: the 16-lane code where the CPU has AVX-512 (the default); returns the lanes
+ * used now */
+int clozelm_set_lanes(int lanes) {
+    narrow_only = lanes == 8;
+    return wide_lanes() ? 16 : 8;
+}
+
+#define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
+
+AVX512 static inline __m512 exp16(__m512 x) {  /* exp8's formula in 16 lanes */
+    x = _mm512_min_ps(_mm512_set1_ps(88.3f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1));
+    const __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
+}
+
+AVX512 static inline __m512 from_bf16_16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+AVX512 static inline void store_bf16_16(uint16_t *p, __m512 v) {  /* store_bf16_8's rounding */
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
+}
+
 static inline float activated(float v, int64_t activation) {
     switch (activation) {
         case ACT_GELU_TANH: return 0.5f * v * (1 + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
@@ -644,19 +689,47 @@ int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *
  * probabilities exactly. What softmax over the scores rounded once to bf16 computes, in one pass over each row's
  * causal half, where torch's eager operations take a pass each over the whole square (the mask, the scale, the casts,
  * the softmax). */
+AVX512 static float top16(const uint16_t *s, int64_t n) {  /* the largest of s[0 .. n), n a multiple of 16 */
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 16) top = _mm512_max_ps(top, from_bf16_16(s + j));
+    return _mm512_reduce_max_ps(top);
+}
+
 static float row_top(const uint16_t *s, int64_t n, float scale) {
     __m256 top = _mm256_set1_ps(-INFINITY);
     int64_t j = 0;
+    float best = -INFINITY;
+    if (wide_lanes()) {
+        j = n / 16 * 16;
+        if (j) best = top16(s, j);
+    }
     for (; j + 8 <= n; j += 8) top = _mm256_max_ps(top, from_bf16(s + j));
-    float tops[8], best = -INFINITY;
+    float tops[8];
     _mm256_storeu_ps(tops, top);
     for (int c = 0; c < 8; c++) best = tops[c] > best ? tops[c] : best;
     for (; j < n; j++) best = bf16_to_f32(s[j]) > best ? bf16_to_f32(s[j]) : best;
     return best * scale;  /* scale > 0: the largest score scaled is the largest scaled score */
 }
 
+AVX512 static void scaled16(const float *e, float a, float b, uint16_t *out, int64_t n) {
+    for (int64_t j = 0; j < n; j += 16)
+        store_bf16_16(out + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(e + j), _mm512_set1_ps(a)), _mm512_set1_ps(b)));
+}
+
+/* out[j] = e[j] * a * b rounded to bf16, for j < n */
+static void scaled_to_bf16(const float *e, float a, float b, uint16_t *out, int64_t n) {
+    int64_t j = 0;
+    if (wide_lanes()) {
+        j = n / 16 * 16;
+        scaled16(e, a, b, out, j);
+    }
+    for (; j + 8 <= n; j += 8)
+        store_bf16_8(out + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_set1_ps(a)), _mm256_set1_ps(b)));
+    for (; j < n; j++) out[j] = f32_to_bf16(e[j] * a * b);
+}
+
 /* e[j] = exp(s[j] * scale - top) for j < n (e padded to a multiple of 8 by the caller); returns their sum */
-static float row_exp(const uint16_t *s, int64_t n, float scale, float top, float *e) {
+static float row_exp8(const uint16_t *s, int64_t n, float scale, float top, float *e) {
     const __m256 sc = _mm256_set1_ps(scale), t = _mm256_set1_ps(top);
     __m256 sum = _mm256_setzero_ps();
     int64_t j = 0;
@@ -678,6 +751,24 @@ static float row_exp(const uint16_t *s, int64_t n, float scale, float top, float
     _mm256_storeu_ps(sums, sum);
     for (int c = 0; c < 8; c++) total += sums[c];
     return total;
+}
+
+/* row_exp8 16 lanes at a time where the CPU has AVX-512 (the exponential bounds these passes), the last numbers
+ * through row_exp8 */
+AVX512 static float row_exp16(const uint16_t *s, int64_t n, float scale, float top, float *e) {
+    const __m512 sc = _mm512_set1_ps(scale), t = _mm512_set1_ps(top);
+    __m512 sum = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 v = exp16(_mm512_fmsub_ps(from_bf16_16(s + j), sc, t));
+        _mm512_storeu_ps(e + j, v);
+        sum = _mm512_add_ps(sum, v);
+    }
+    return _mm512_reduce_add_ps(sum) + (j < n ? row_exp8(s + j, n - j, scale, top, e + j) : 0);
+}
+
+static float row_exp(const uint16_t *s, int64_t n, float scale, float top, float *e) {
+    return wide_lanes() ? row_exp16(s, n, scale, top, e) : row_exp8(s, n, scale, top, e);
 }
 
 /* what a row of either pass reads and writes */
@@ -714,9 +805,7 @@ static void softmax_row(const void *rows, int64_t r, float *e) {
     const uint16_t *sr = a->s + r * T;
     const float top = row_top(sr, n, a->scale), sum = row_exp(sr, n, a->scale, top, e), inverse = 1 / sum;
     uint16_t *pr = a->out + r * T;
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) store_bf16_8(pr + j, _mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_set1_ps(inverse)));
-    for (; j < n; j++) pr[j] = f32_to_bf16(e[j] * inverse);
+    scaled_to_bf16(e, inverse, 1, pr, n);
     memset(pr + n, 0, (T - n) * sizeof(uint16_t));
     a->stats[2 * r] = top;
     a->stats[2 * r + 1] = inverse;
@@ -729,27 +818,47 @@ int clozelm_causal_softmax(const uint16_t *s, uint16_t *p, float *stats, int64_t
 
 /* The backward of clozelm_causal_softmax: dp [rows, T] the gradient of p (bf16), ds = p * (dp - sum(p * dp)) * scale
  * with p in fp32 as the forward computed it, rounded to bf16 (0 above the diagonal): the gradient of s. */
+/* the first n (a multiple of 16) of softmax_backward_row's two passes, 16 lanes at a time */
+AVX512 static float probabilities16(float *e, const uint16_t *dp, float inverse, int64_t n) {
+    __m512 dots = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        const __m512 pj = _mm512_mul_ps(_mm512_loadu_ps(e + j), _mm512_set1_ps(inverse));
+        _mm512_storeu_ps(e + j, pj);
+        dots = _mm512_fmadd_ps(pj, from_bf16_16(dp + j), dots);
+    }
+    return _mm512_reduce_add_ps(dots);
+}
+
+AVX512 static void score_gradients16(const float *p, const uint16_t *dp, float dot, float scale, uint16_t *ds, int64_t n) {
+    for (int64_t j = 0; j < n; j += 16)
+        store_bf16_16(ds + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j),
+                                                          _mm512_sub_ps(from_bf16_16(dp + j), _mm512_set1_ps(dot))),
+                                            _mm512_set1_ps(scale)));
+}
+
 static void softmax_backward_row(const void *rows, int64_t r, float *e) {
     const causal_rows *a = rows;
-    const int64_t T = a->T, n = r % T + 1;
+    const int64_t T = a->T, n = r % T + 1, wide = wide_lanes() ? n / 16 * 16 : 0;
     const uint16_t *dpr = a->dp + r * T;
     const float inverse = a->stats[2 * r + 1], scale = a->scale;
     row_exp(a->s + r * T, n, scale, a->stats[2 * r], e);
     const __m256 inv = _mm256_set1_ps(inverse);
     __m256 dots = _mm256_setzero_ps();
-    int64_t j = 0;
+    float dot = wide ? probabilities16(e, dpr, inverse, wide) : 0;
+    int64_t j = wide;
     for (; j + 8 <= n; j += 8) {
         const __m256 pj = _mm256_mul_ps(_mm256_loadu_ps(e + j), inv);
         _mm256_storeu_ps(e + j, pj);
         dots = _mm256_fmadd_ps(pj, from_bf16(dpr + j), dots);
     }
-    float lanes[8], dot = 0;
+    float lanes[8];
     _mm256_storeu_ps(lanes, dots);
     for (int c = 0; c < 8; c++) dot += lanes[c];
     for (int64_t i = j; i < n; i++) { e[i] *= inverse; dot += e[i] * bf16_to_f32(dpr[i]); }
     uint16_t *dsr = a->out + r * T;
+    if (wide) score_gradients16(e, dpr, dot, scale, dsr, wide);
     const __m256 d = _mm256_set1_ps(dot), sc = _mm256_set1_ps(scale);
-    for (j = 0; j + 8 <= n; j += 8)
+    for (j = wide; j + 8 <= n; j += 8)
         store_bf16_8(dsr + j,
                      _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_sub_ps(from_bf16(dpr + j), d)), sc));
     for (; j < n; j++) dsr[j] = f32_to_bf16(e[j] * (bf16_to_f32(dpr[j]) - dot) * scale);
@@ -793,11 +902,7 @@ static void cross_entropy_row(const void *rows, int64_t r, float *e) {
     const float w = t == IGNORE ? 0 : a->weights ? a->weights[r] : 1;
     const float top = row_top(z, V, 1), sum = row_exp(z, V, 1, top, e), inverse = 1 / sum;
     a->logp[r] = t == IGNORE ? 0 : w * (bf16_to_f32(z[t]) - top - logf(sum));
-    const __m256 inv = _mm256_set1_ps(inverse), weight = _mm256_set1_ps(w);
-    int64_t j = 0;
-    for (; j + 8 <= V; j += 8)
-        store_bf16_8(z + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), inv), weight));
-    for (; j < V; j++) z[j] = f32_to_bf16(e[j] * inverse * w);
+    scaled_to_bf16(e, inverse, w, z, V);
     if (t != IGNORE) z[t] = f32_to_bf16((e[t] * inverse - 1) * w);
 }
 
@@ -937,37 +1042,6 @@ static inline __m256 gelu_derivative8(__m256 x) {
     return _mm256_add_ps(s, spread);
 }
 
-#define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
-
-AVX512 static inline __m512 exp16(__m512 x) {  /* exp8's formula */
-    x = _mm512_min_ps(_mm512_set1_ps(88.3f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1));
-    const __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
-}
-
-AVX512 static inline __m512 from_bf16_16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
-
-AVX512 static inline void store_bf16_16(uint16_t *p, __m512 v) {  /* store_bf16_8's rounding */
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
-    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7fc0));
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
-}
-
 AVX512 static void gelu_backward16(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_t i) {
     const __m512 v = from_bf16_16(x + i);  /* gelu_derivative8's formula */
     const __m512 two_u = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.5957691216057308f)),
@@ -985,7 +1059,7 @@ static void gelu_backward8(const uint16_t *dy, const uint16_t *x, uint16_t *dx, 
 }
 
 void clozelm_gelu_tanh_backward(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_t n) {
-    const int wide = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    const int wide = wide_lanes();
     const int64_t lanes = wide ? 16 : 8, whole = n / lanes * lanes;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < whole; i += lanes) {

@@ -121,6 +121,7 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_adamw.restype = None
     lib.clozelm_gelu_tanh_backward.argtypes = [pointer, pointer, pointer, size]
     lib.clozelm_gelu_tanh_backward.restype = None
+    lib.clozelm_set_lanes.argtypes, lib.clozelm_set_lanes.restype = [ctypes.c_int], ctypes.c_int
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size
     lib.clozelm_set_prefetch(prefetch_bytes())
     lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
