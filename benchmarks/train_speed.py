@@ -23,7 +23,9 @@ from which it gains as well).
 The limit: the step's matrix products (every Linear layer and the output projection, forward and both
 backward products, and the causal attention products) timed alone at the step's own shapes on this machine in
 the same run, in bf16 where the CPU has bf16 units and in fp32 where it has not (bf16 products are emulated there,
-tens of times slower); "fraction of the limit" = that time / the measured step time.
+tens of times slower); "fraction of the limit" = that time / the measured step time. The products are timed with
+clozelm train's memory setting (training/memory.py): with the C library's, each large output lands on fresh pages
+the kernel clears first, which is not the products' time (the 124M vocabulary projection's took twice as long).
 
 Shapes: "default" = 6 layers x 384, 6 heads, vocab 8192, seq 256, batch 16 (the embedded default model);
 "124M" = GPT-2 small (12 x 768, vocab 50257), seq 256, batch 8. Tokens come from the embedded default
@@ -405,6 +407,7 @@ def main() -> None:
             shape = dict(SHAPES[name], **({"batch": args.batch} if args.batch else {}))
             run_mfu(name, shape, args.steps, args.precision, args.fused, args.compile, torch.device(args.mfu))
         return
+    reuse_freed_memory()  # this process times the limit's products: see the module's text
     matmul_ceiling()
     if args.compile is None:
         args.compile = compile_by_default("cpu", COMPILE_FROM_STEPS, 1)

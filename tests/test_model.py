@@ -866,3 +866,24 @@ def test_grouped_keys_repeated_per_query_head_give_the_grouped_attention(monkeyp
         repeated = net(ids, attention_mask=valid).logits
     assert len(asked) == config.n_layer
     assert (repeated - grouped).abs().max() <= 1e-5 and grouped.std() > 0
+
+
+@pytest.mark.parametrize("out,width", [(96, 40), (40, 96), (64, 64)])  # transposed rows; x and back; neither
+def test_a_weight_gradient_is_the_transposed_product_however_it_is_laid_out(out, width, monkeypatch):
+    """fused.weight_gradient: rows^T x within one bf16 rounding of float64, and exactly the plain product's where it
+    takes it; native.c's transpositions run where the CPU is a Xeon with AMX (flags made so here where native.c runs
+    at all, to check their arithmetic on any x86 CPU)."""
+    from clozelm.model import native
+
+    if native.usable():
+        flags = native.cpu_flags() | {"amx_tile"}
+        monkeypatch.setattr(native, "cpu_flags", lambda: flags)
+    g = torch.Generator().manual_seed(out)
+    rows = torch.randn(300, out, generator=g).to(torch.bfloat16)
+    x = torch.randn(300, width, generator=g).to(torch.bfloat16)
+    got = fused.weight_gradient(rows, x)
+    exact = rows.double().t() @ x.double()
+    assert got.dtype == torch.bfloat16 and got.shape == (out, width) and got.is_contiguous()
+    assert bool(((got.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-6).all())
+    if out == width or not native.usable():
+        assert torch.equal(got, rows.t() @ x)

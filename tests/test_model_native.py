@@ -448,3 +448,18 @@ def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
     assert torch.allclose(derivative[near], torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate="tanh")[near],
                           rtol=1e-12, atol=1e-15)
     return derivative
+
+
+@needs_avx2
+@pytest.mark.parametrize("rows,cols", [(1, 1), (8, 8), (13, 37), (64, 64), (130, 70), (300, 9)])
+def test_transposed_is_torchs_transpose_of_any_shape(rows, cols):
+    x = torch.randn(rows, cols + 5).to(torch.bfloat16)[:, 2:2 + cols]  # rows further apart than their length
+    assert torch.equal(native.transposed(x), x.t().contiguous())
+    assert native.transposed(x).is_contiguous()
+
+
+@needs_avx2
+def test_transposed_refuses_what_it_cannot_read():
+    for bad in (torch.zeros(4, 4), torch.zeros(2, 3, 4, dtype=torch.bfloat16), torch.zeros(4, 4, dtype=torch.bfloat16).t()):
+        with pytest.raises(ValueError, match="cannot transpose"):
+            native.transposed(bad)

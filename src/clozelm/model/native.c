@@ -1075,3 +1075,48 @@ void clozelm_gelu_tanh_backward(const uint16_t *dy, const uint16_t *x, uint16_t 
         memcpy(dx + i, out, count * sizeof(uint16_t));
     }
 }
+
+/* dst [cols, rows] = src [rows, cols] transposed, 16-bit numbers (bf16), src rows `stride` numbers apart: 8 x 8 tiles
+ * through SSE registers, 64 x 64 blocks at a time so that both sides stay in the cache. On a Xeon with AMX oneDNN
+ * multiplies a transposed operand well below the speed of a contiguous one (model/fused.py, training/fused_loss.py
+ * say where that pays); torch's copy of a transposed bf16 view runs at a fraction of the memory's speed. */
+static inline void transpose8x8(const uint16_t *s, int64_t stride, uint16_t *d, int64_t rows) {
+    __m128i r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm_loadu_si128((const __m128i *)(s + i * stride));
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        r[4 * i] = _mm_unpacklo_epi32(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm_unpackhi_epi32(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm_unpacklo_epi32(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm_unpackhi_epi32(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* r[0..3]: columns 0-1, 2-3, 4-5, 6-7 of rows 0-3; r[4..7]: the same of rows 4-7 */
+    const int order[4] = {0, 1, 2, 3};
+    for (int i = 0; i < 4; i++) {
+        _mm_storeu_si128((__m128i *)(d + (2 * order[i]) * rows), _mm_unpacklo_epi64(r[i], r[i + 4]));
+        _mm_storeu_si128((__m128i *)(d + (2 * order[i] + 1) * rows), _mm_unpackhi_epi64(r[i], r[i + 4]));
+    }
+}
+
+void clozelm_transpose16(const uint16_t *src, int64_t rows, int64_t cols, int64_t stride, uint16_t *dst) {
+    enum { BLOCK_ = 64 };
+    const int64_t row_blocks = (rows + BLOCK_ - 1) / BLOCK_, col_blocks = (cols + BLOCK_ - 1) / BLOCK_;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int64_t rb = 0; rb < row_blocks; rb++)
+        for (int64_t cb = 0; cb < col_blocks; cb++) {
+            const int64_t r0 = rb * BLOCK_, c0 = cb * BLOCK_;
+            const int64_t r1 = r0 + BLOCK_ < rows ? r0 + BLOCK_ : rows, c1 = c0 + BLOCK_ < cols ? c0 + BLOCK_ : cols;
+            for (int64_t r = r0; r < r1; r += 8)
+                for (int64_t c = c0; c < c1; c += 8) {
+                    if (r + 8 <= r1 && c + 8 <= c1) {
+                        transpose8x8(src + r * stride + c, stride, dst + c * rows + r, rows);
+                        continue;
+                    }
+                    for (int64_t i = r; i < (r + 8 < r1 ? r + 8 : r1); i++)
+                        for (int64_t j = c; j < (c + 8 < c1 ? c + 8 : c1); j++) dst[j * rows + i] = src[i * stride + j];
+                }
+        }
+}

@@ -121,6 +121,7 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_adamw.restype = None
     lib.clozelm_gelu_tanh_backward.argtypes = [pointer, pointer, pointer, size]
     lib.clozelm_gelu_tanh_backward.restype = None
+    lib.clozelm_transpose16.argtypes, lib.clozelm_transpose16.restype = [pointer, size, size, size, pointer], None
     lib.clozelm_set_lanes.argtypes, lib.clozelm_set_lanes.restype = [ctypes.c_int], ctypes.c_int
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size
     lib.clozelm_set_prefetch(prefetch_bytes())
@@ -186,6 +187,16 @@ def _agrees(lib: ctypes.CDLL) -> bool:
                                   rtol=tolerance if dtype == torch.float32 else 2 ** -8)  # bf16: half an ulp
                    for p, reference, tolerance in cases for dtype in (torch.float32, torch.bfloat16)
                    for b in (None, bias.to(dtype)))
+
+
+def transposed(x: torch.Tensor) -> torch.Tensor:
+    """x [rows, cols] (16-bit numbers, rows contiguous) -> its transpose [cols, rows], contiguous: native.c's
+    clozelm_transpose16, at several times the speed of torch's copy of a transposed view. Needs `library()`."""
+    if x.dim() != 2 or x.element_size() != 2 or x.stride(1) != 1 or x.device.type != "cpu":
+        raise ValueError(f"cannot transpose a {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}")
+    out = x.new_empty(x.size(1), x.size(0))
+    library().clozelm_transpose16(x.data_ptr(), x.size(0), x.size(1), x.stride(0), out.data_ptr())
+    return out
 
 
 def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeight:
