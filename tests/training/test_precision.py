@@ -163,12 +163,13 @@ def test_the_native_step_is_torchs_clipping_and_adamw(micro_batches, max_norm):
 
 @pytest.mark.skipif(not NATIVE, reason="native.c's kernels do not run on this CPU")
 def test_native_steps_train_as_torchs_do():
-    """Several steps: the same gradient norms, and masters apart by less than one update's size (lr: bf16 weights
-    that round differently in their last place make runs drift apart slowly, and Adam's step is about lr wherever
-    a gradient is steady)."""
+    """Several steps: the same gradient norms, and masters that stay together: bf16 weights that round differently in
+    their last place make runs drift apart slowly, and where a gradient is near zero Adam's step of about lr may
+    turn the other way, so a few numbers move apart by a few lr; on average they stay a hundredth of an lr apart."""
     (a, _, _, norms_a), (b, _, _, norms_b) = _two_runs(1, 1.0, steps=6)
     assert [float(x) for x in norms_a] == pytest.approx([float(x) for x in norms_b], rel=1e-3)
-    assert all(torch.allclose(m, n, atol=1e-2) for m, n in zip(a.masters, b.masters))
+    apart = torch.cat([(m - n).detach().abs().flatten() for m, n in zip(a.masters, b.masters)])
+    assert float(apart.mean()) < 1e-2 / 100 and float((apart > 1e-2 / 10).float().mean()) < 0.01
 
 
 @pytest.mark.skipif(not NATIVE, reason="native.c's kernels do not run on this CPU")

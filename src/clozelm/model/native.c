@@ -1120,3 +1120,108 @@ void clozelm_transpose16(const uint16_t *src, int64_t rows, int64_t cols, int64_
                 }
         }
 }
+
+/* LayerNorm in a bf16 training step (model/native_norm.py), rows of x [rows, d] (bf16) with a bf16 weight and bias
+ * (bias NULL: none): y = (x - mean) / sqrt(var + eps) * w + b in fp32, rounded once to bf16, as torch's layer_norm
+ * computes it for bf16 rows; stats [rows, 2] keep each row's mean and 1 / sqrt(var + eps) for the backward. The
+ * backward: dx = r (g - mean(g) - xhat mean(g xhat)) with g = dy w and xhat = (x - mean) r, and the weight's and the
+ * bias's gradients summed over the rows in fp32 (dw, db [d], written: torch's CPU backward for bf16 rows leaves them
+ * several bf16 roundings from the exact sums), 8 lanes at a time, each row in the cache. */
+typedef struct {
+    const uint16_t *x, *dy, *w, *b;
+    uint16_t *out;
+    float *stats, eps;
+    int64_t d;
+} norm_rows;
+
+static void layer_norm_row(const void *rows, int64_t r, float *e) {
+    const norm_rows *a = rows;
+    const int64_t d = a->d, whole = d / 8 * 8;
+    const uint16_t *x = a->x + r * d;
+    for (int64_t j = 0; j < whole; j += 8) _mm256_storeu_ps(e + j, from_bf16(x + j));
+    for (int64_t j = whole; j < d; j++) e[j] = bf16_to_f32(x[j]);
+    const float mean = sum_of(e, d, 0, 0) / d, inverse = 1.0f / sqrtf(sum_of(e, d, mean, 1) / d + a->eps);
+    uint16_t *y = a->out + r * d;
+    const __m256 m = _mm256_set1_ps(mean), inv = _mm256_set1_ps(inverse);
+    for (int64_t j = 0; j < whole; j += 8) {
+        const __m256 scaled = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(e + j), m), inv), from_bf16(a->w + j));
+        store_bf16_8(y + j, a->b ? _mm256_add_ps(scaled, from_bf16(a->b + j)) : scaled);
+    }
+    for (int64_t j = whole; j < d; j++)
+        y[j] = f32_to_bf16((e[j] - mean) * inverse * bf16_to_f32(a->w[j]) + (a->b ? bf16_to_f32(a->b[j]) : 0));
+    a->stats[2 * r] = mean;
+    a->stats[2 * r + 1] = inverse;
+}
+
+int clozelm_layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *y, float *stats,
+                       int64_t rows, int64_t d, float eps) {
+    const norm_rows a = {x, NULL, w, b, y, stats, eps, d};
+    return each_row(&a, rows, d, layer_norm_row);
+}
+
+int clozelm_layer_norm_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *w, const float *stats,
+                                uint16_t *dx, float *dw, float *db, int64_t rows, int64_t d) {
+    int failed = 0;
+    memset(dw, 0, d * sizeof(float));
+    memset(db, 0, d * sizeof(float));
+#pragma omp parallel
+    {
+        float *part = calloc(4 * d + 8, sizeof(float));  /* this thread's dw, db; a row's xhat and g */
+        if (!part) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        float *pw = part, *pb = part + d, *xhat = part + 2 * d, *g = part + 3 * d;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            if (!part) continue;
+            const float mean = stats[2 * r], inverse = stats[2 * r + 1];
+            const uint16_t *xr = x + r * d, *dyr = dy + r * d;
+            const __m256 m = _mm256_set1_ps(mean), inv = _mm256_set1_ps(inverse);
+            __m256 sums_g = _mm256_setzero_ps(), sums_gx = _mm256_setzero_ps();
+            const int64_t whole = d / 8 * 8;
+            for (int64_t j = 0; j < whole; j += 8) {
+                const __m256 dyj = from_bf16(dyr + j), xh = _mm256_mul_ps(_mm256_sub_ps(from_bf16(xr + j), m), inv);
+                const __m256 gj = _mm256_mul_ps(dyj, from_bf16(w + j));
+                _mm256_storeu_ps(xhat + j, xh);
+                _mm256_storeu_ps(g + j, gj);
+                _mm256_storeu_ps(pw + j, _mm256_fmadd_ps(dyj, xh, _mm256_loadu_ps(pw + j)));
+                _mm256_storeu_ps(pb + j, _mm256_add_ps(dyj, _mm256_loadu_ps(pb + j)));
+                sums_g = _mm256_add_ps(sums_g, gj);
+                sums_gx = _mm256_fmadd_ps(gj, xh, sums_gx);
+            }
+            float lanes_g[8], lanes_gx[8], sum_g = 0, sum_gx = 0;
+            _mm256_storeu_ps(lanes_g, sums_g);
+            _mm256_storeu_ps(lanes_gx, sums_gx);
+            for (int c = 0; c < 8; c++) {
+                sum_g += lanes_g[c];
+                sum_gx += lanes_gx[c];
+            }
+            for (int64_t j = whole; j < d; j++) {
+                const float dyj = bf16_to_f32(dyr[j]);
+                xhat[j] = (bf16_to_f32(xr[j]) - mean) * inverse;
+                g[j] = dyj * bf16_to_f32(w[j]);
+                pw[j] += dyj * xhat[j];
+                pb[j] += dyj;
+                sum_g += g[j];
+                sum_gx += g[j] * xhat[j];
+            }
+            const float mean_g = sum_g / d, mean_gx = sum_gx / d;
+            const __m256 mg = _mm256_set1_ps(mean_g), mgx = _mm256_set1_ps(mean_gx);
+            uint16_t *dxr = dx + r * d;
+            for (int64_t j = 0; j < whole; j += 8)
+                store_bf16_8(dxr + j, _mm256_mul_ps(inv, _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(g + j), mg),
+                                                                       _mm256_mul_ps(_mm256_loadu_ps(xhat + j), mgx))));
+            for (int64_t j = whole; j < d; j++) dxr[j] = f32_to_bf16(inverse * (g[j] - mean_g - xhat[j] * mean_gx));
+        }
+        if (part) {
+#pragma omp critical
+            for (int64_t j = 0; j < d; j++) {
+                dw[j] += pw[j];
+                db[j] += pb[j];
+            }
+        }
+        free(part);
+    }
+    return failed;
+}
