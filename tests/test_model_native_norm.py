@@ -92,3 +92,12 @@ def test_a_bf16_training_pass_normalises_through_it_and_follows_torchs(switches,
     with torch.no_grad():
         model.eval()(ids)
     assert calls == []
+
+
+def test_a_weight_of_another_length_is_torchs_to_refuse(monkeypatch):
+    monkeypatch.setattr(native, "usable", lambda: True)
+    x = torch.zeros(3, 8, dtype=torch.bfloat16)
+    with torch.enable_grad():
+        assert not native_norm.takes(x, torch.ones(6, dtype=torch.bfloat16), None)
+        assert not native_norm.takes(x, torch.ones(8, dtype=torch.bfloat16), torch.ones(6, dtype=torch.bfloat16))
+        assert not native_norm.takes(x, torch.ones(2, 4, dtype=torch.bfloat16), None)

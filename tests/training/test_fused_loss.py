@@ -55,10 +55,11 @@ def test_value_and_gradients_match_the_plain_path(with_bias, chunk_rows, dtype, 
         assert torch.allclose(g, r, rtol=tol, atol=tol * float(r.abs().max())), float((g - r).abs().max())
 
 
-def test_all_rows_ignored_gives_zero_loss_and_gradients(rows):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_all_rows_ignored_gives_zero_loss_and_gradients(rows, dtype):
     features = torch.randn(4, 8, requires_grad=True)
     weight = torch.randn(10, 8, requires_grad=True)
-    loss, count = linear_cross_entropy(features, weight, None, torch.full((4,), IGNORE))
+    loss, count = linear_cross_entropy(features, weight, None, torch.full((4,), IGNORE), compute_dtype=dtype)
     loss.backward()
     assert float(loss.detach()) == 0.0 and int(count) == 0
     assert float(weight.grad.abs().sum()) == 0.0

@@ -965,16 +965,20 @@ static double squares_part(const tensor_run *a, int64_t t, int64_t start, int64_
     const int64_t *f = a->tensors + t * T_FIELDS;
     const float *acc = (const float *)f[T_ACC];
     const uint16_t *g16 = (const uint16_t *)f[T_G16];
-    __m256 sums = _mm256_setzero_ps();
-    int64_t i = start;
-    for (; i + 8 <= end; i += 8) {
-        const __m256 g = gradient8(acc, g16, i);
-        sums = _mm256_fmadd_ps(g, g, sums);
-    }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, sums);
     double part = 0;
-    for (int c = 0; c < 8; c++) part += lanes[c];
+    int64_t i = start;
+    while (i + 8 <= end) {  /* fp32 lanes over a block of 4,096 at most, then into the double: over millions of
+                             * numbers, fp32 sums would drop the small squares */
+        const int64_t block_end = i + 4096 < end ? i + 4096 : end;
+        __m256 sums = _mm256_setzero_ps();
+        for (; i + 8 <= block_end; i += 8) {
+            const __m256 g = gradient8(acc, g16, i);
+            sums = _mm256_fmadd_ps(g, g, sums);
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, sums);
+        for (int c = 0; c < 8; c++) part += lanes[c];
+    }
     for (; i < end; i++) part += (double)gradient1(acc, g16, i) * gradient1(acc, g16, i);
     return part;
 }

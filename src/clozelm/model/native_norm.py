@@ -22,7 +22,8 @@ from . import native
 def takes(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
     """Whether `layer_norm` normalises x: bf16 rows on the CPU with gradients wanted, a bf16 weight (and bias)."""
     return (x.dtype == torch.bfloat16 and x.is_cpu and torch.is_grad_enabled() and weight is not None
-            and weight.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
+            and weight.dtype == torch.bfloat16 and weight.dim() == 1 and weight.numel() == x.size(-1)
+            and (bias is None or (bias.dtype == torch.bfloat16 and bias.shape == weight.shape))
             and not torch.compiler.is_compiling() and native.usable())
 
 
@@ -39,7 +40,7 @@ class _LayerNorm(torch.autograd.Function):
         weight = weight.contiguous()
         bias = None if bias is None else bias.contiguous()
         y = torch.empty_like(rows)
-        stats = torch.empty(rows.size(0), 2)  # per row: mean, 1 / sqrt(var + eps)
+        stats = torch.empty(rows.size(0), 2, dtype=torch.float32)  # per row: mean, 1 / sqrt(var + eps)
         if native.library().clozelm_layer_norm(rows.data_ptr(), weight.data_ptr(),
                                                None if bias is None else bias.data_ptr(), y.data_ptr(),
                                                stats.data_ptr(), rows.size(0), rows.size(1), eps):
@@ -54,7 +55,7 @@ class _LayerNorm(torch.autograd.Function):
         rows, weight, stats = ctx.saved_tensors
         grad = grad.reshape(rows.shape).contiguous()
         grad_x = torch.empty_like(rows)
-        grad_w, grad_b = torch.empty(rows.size(1)), torch.empty(rows.size(1))
+        grad_w, grad_b = (torch.empty(rows.size(1), dtype=torch.float32) for _ in range(2))
         if native.library().clozelm_layer_norm_backward(grad.data_ptr(), rows.data_ptr(), weight.data_ptr(),
                                                         stats.data_ptr(), grad_x.data_ptr(), grad_w.data_ptr(),
                                                         grad_b.data_ptr(), rows.size(0), rows.size(1)):

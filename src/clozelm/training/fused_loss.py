@@ -48,7 +48,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         big = rows_kernel is not None and packed.has_amx() and w.numel() * w.element_size() >= TRANSPOSED_FROM_BYTES
         w_t = native.transposed(w) if big else w.t()
         if chunk_rows <= 0:  # the caller's choice: in the CPU's caches, or one product where native.c takes the rows
-            chunk_rows = n if rows_kernel is not None else max(128, (GPU_CHUNK_FLOATS if f.is_cuda else CHUNK_FLOATS) // vocab)
+            chunk_rows = max(n, 1) if rows_kernel is not None else max(128, (GPU_CHUNK_FLOATS if f.is_cuda else CHUNK_FLOATS) // vocab)
         loss = torch.zeros((), dtype=torch.float32, device=f.device)
         grad_logits = torch.empty(n, vocab, dtype=compute_dtype, device=f.device)  # the logits, then d loss / d them
         grad_f = torch.empty_like(f)

@@ -85,8 +85,9 @@ class MasterWeights:
         pending = []
         for i, (p, m) in enumerate(zip(self.params, self.masters)):
             if p.grad is not None or m.grad is not None:
-                g16 = None if p.grad is None else p.grad.contiguous()
-                pending.append((i, m.grad, g16))
+                g16 = None if p.grad is None else p.grad.to(torch.bfloat16).contiguous()
+                acc = None if m.grad is None else m.grad.to(torch.float32).contiguous()
+                pending.append((i, acc, g16))
         return pending
 
     @torch.no_grad()
@@ -109,16 +110,21 @@ class MasterWeights:
         """The optimizer's step on the masters with the gradients clipped by `clip_grad_norm`, the network's weights
         rounded from the updated masters, every gradient cleared."""
         clip, self._clip = getattr(self, "_clip", None), None
-        if clip is None or not _plain_adamw(optimizer):
-            self.grads_to_masters()
-            if clip is not None:
-                torch._foreach_mul_([m.grad for m in self.masters if m.grad is not None], clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.masters_to_model()  # a copy_: the weights' version counters move
-            return
-        pending = self._pending()
-        group_of = {id(m): g for g in optimizer.param_groups for m in g["params"]}
+        if clip is not None and _plain_adamw(optimizer):
+            pending = self._pending()
+            group_of = {id(m): g for g in optimizer.param_groups for m in g["params"]}
+            if all(id(self.masters[i]) in group_of for i, _, _ in pending):
+                self._native_step(optimizer, pending, group_of, clip)
+                return
+        self.grads_to_masters()
+        if clip is not None:
+            torch._foreach_mul_([m.grad for m in self.masters if m.grad is not None], clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.masters_to_model()  # a copy_: the weights' version counters move
+
+    def _native_step(self, optimizer: torch.optim.AdamW, pending, group_of: dict, clip: float) -> None:
+        """native.c's clozelm_adamw over the pending gradients times `clip`, in torch's AdamW state."""
         factors = []
         for i, _, _ in pending:
             master = self.masters[i]
