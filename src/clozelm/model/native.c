@@ -452,24 +452,29 @@ static void normed(const float *x, float *y, int64_t d, const float *w, const fl
     rounded(y, d, bf16);
 }
 
-/* e^x in 8 lanes (Cephes' expf: x = n ln 2 + r, a degree-6 polynomial in r, n into the exponent), to about an ulp;
- * x clamped to where e^x is a normal float (max and min return their second operand where one is NaN) */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));  /* a NaN x stays NaN */
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1));
-    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
-}
+/* e^x in W-bit lanes (Cephes' expf: x = n ln 2 + r, a degree-6 polynomial in r, n into the exponent), to about an
+ * ulp; x clamped to where e^x is a normal float (max and min return their second operand where one is NaN, so a NaN
+ * x stays NaN). exp8 here, exp16 with AVX-512 below. */
+#define EXP_LANES(NAME, W, ROUND)                                                                            \
+    static inline __m##W NAME(__m##W x) {                                                                    \
+        x = _mm##W##_min_ps(_mm##W##_set1_ps(88.3f), _mm##W##_max_ps(_mm##W##_set1_ps(-87.3f), x));          \
+        const __m##W n = ROUND(_mm##W##_mul_ps(x, _mm##W##_set1_ps(1.44269504088896341f)));                   \
+        __m##W r = _mm##W##_fnmadd_ps(n, _mm##W##_set1_ps(0.693359375f), x);                                  \
+        r = _mm##W##_fnmadd_ps(n, _mm##W##_set1_ps(-2.12194440e-4f), r);                                      \
+        __m##W p = _mm##W##_set1_ps(1.9875691500e-4f);                                                        \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(1.3981999507e-3f));                                      \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(8.3334519073e-3f));                                      \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(4.1665795894e-2f));                                      \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(1.6666665459e-1f));                                      \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(5.0000001201e-1f));                                      \
+        p = _mm##W##_add_ps(_mm##W##_fmadd_ps(_mm##W##_mul_ps(p, r), r, r), _mm##W##_set1_ps(1));             \
+        const __m##W##i scale =                                                                              \
+            _mm##W##_slli_epi32(_mm##W##_add_epi32(_mm##W##_cvtps_epi32(n), _mm##W##_set1_epi32(127)), 23);   \
+        return _mm##W##_mul_ps(p, _mm##W##_castsi##W##_ps(scale));                                            \
+    }
+#define ROUND256(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define ROUND512(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+EXP_LANES(exp8, 256, ROUND256)
 
 /* 16-lane forms of the helpers above, for the passes bound by their arithmetic on CPUs with AVX-512 */
 static int narrow_only = 0;  /* 1: the 8-lane code everywhere (tests run both) */
@@ -487,22 +492,7 @@ int clozelm_set_lanes(int lanes) {
 
 #define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 
-AVX512 static inline __m512 exp16(__m512 x) {  /* exp8's formula in 16 lanes */
-    x = _mm512_min_ps(_mm512_set1_ps(88.3f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1));
-    const __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
-}
+AVX512 EXP_LANES(exp16, 512, ROUND512)
 
 AVX512 static inline __m512 from_bf16_16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
@@ -728,20 +718,32 @@ static void scaled_to_bf16(const float *e, float a, float b, uint16_t *out, int6
     for (; j < n; j++) out[j] = f32_to_bf16(e[j] * a * b);
 }
 
+/* e[j] = exp(s[j] * scale - top) over whole blocks of W-bit lanes from j = *next on (advanced past them); returns the
+ * lanes' sums */
+#define EXP_ROW_LANES(NAME, W, LANES, FROM)                                                                    \
+    static inline __m##W NAME(const uint16_t *s, int64_t n, float scale, float top, float *e, int64_t *next) { \
+        const __m##W sc = _mm##W##_set1_ps(scale), t = _mm##W##_set1_ps(top);                                  \
+        __m##W sum = _mm##W##_setzero_ps();                                                                     \
+        int64_t j = *next;                                                                                      \
+        for (; j + LANES <= n; j += LANES) {                                                                    \
+            const __m##W v = exp##LANES(_mm##W##_fmsub_ps(FROM(s + j), sc, t));                                 \
+            _mm##W##_storeu_ps(e + j, v);                                                                       \
+            sum = _mm##W##_add_ps(sum, v);                                                                      \
+        }                                                                                                       \
+        *next = j;                                                                                              \
+        return sum;                                                                                             \
+    }
+EXP_ROW_LANES(exp_blocks8, 256, 8, from_bf16)
+AVX512 EXP_ROW_LANES(exp_blocks16, 512, 16, from_bf16_16)
+
 /* e[j] = exp(s[j] * scale - top) for j < n (e padded to a multiple of 8 by the caller); returns their sum */
 static float row_exp8(const uint16_t *s, int64_t n, float scale, float top, float *e) {
-    const __m256 sc = _mm256_set1_ps(scale), t = _mm256_set1_ps(top);
-    __m256 sum = _mm256_setzero_ps();
     int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        const __m256 v = exp8(_mm256_fmsub_ps(from_bf16(s + j), sc, t));
-        _mm256_storeu_ps(e + j, v);
-        sum = _mm256_add_ps(sum, v);
-    }
+    __m256 sum = exp_blocks8(s, n, scale, top, e, &j);
     if (j < n) {  /* the tail through the same code, on a padded copy: every probability from one formula */
         uint16_t tail[8] = {0};
         for (int64_t i = j; i < n; i++) tail[i - j] = s[i];
-        const __m256 v = exp8(_mm256_fmsub_ps(from_bf16(tail), sc, t));
+        const __m256 v = exp8(_mm256_fmsub_ps(from_bf16(tail), _mm256_set1_ps(scale), _mm256_set1_ps(top)));
         float lanes[8], rest = 0;
         _mm256_storeu_ps(lanes, v);
         for (int64_t i = j; i < n; i++) rest += e[i] = lanes[i - j];
@@ -756,15 +758,9 @@ static float row_exp8(const uint16_t *s, int64_t n, float scale, float top, floa
 /* row_exp8 16 lanes at a time where the CPU has AVX-512 (the exponential bounds these passes), the last numbers
  * through row_exp8 */
 AVX512 static float row_exp16(const uint16_t *s, int64_t n, float scale, float top, float *e) {
-    const __m512 sc = _mm512_set1_ps(scale), t = _mm512_set1_ps(top);
-    __m512 sum = _mm512_setzero_ps();
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        const __m512 v = exp16(_mm512_fmsub_ps(from_bf16_16(s + j), sc, t));
-        _mm512_storeu_ps(e + j, v);
-        sum = _mm512_add_ps(sum, v);
-    }
-    return _mm512_reduce_add_ps(sum) + (j < n ? row_exp8(s + j, n - j, scale, top, e + j) : 0);
+    const float sum = _mm512_reduce_add_ps(exp_blocks16(s, n, scale, top, e, &j));
+    return sum + (j < n ? row_exp8(s + j, n - j, scale, top, e + j) : 0);
 }
 
 static float row_exp(const uint16_t *s, int64_t n, float scale, float top, float *e) {
@@ -1035,27 +1031,25 @@ void clozelm_adamw(const int64_t *tensors, const double *factors, int64_t count,
  * x^3), s = sigmoid(2u) = 0.5 (1 + tanh(u)) and e = exp(-2u): gelu'(x) = s + 2 x s (1 - s) u' with 1 - s = e s, which
  * keeps the small values of 1 + tanh(u) and 1 - tanh(u)^2 free of cancellation. 16 lanes where the CPU has AVX-512
  * (the pass is bound by its arithmetic, not by memory), else 8. */
-static inline __m256 gelu_derivative8(__m256 x) {
-    const __m256 two_u = _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.5957691216057308f)),
-                                       _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(0.044715f), _mm256_set1_ps(1)));
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), two_u));
-    const __m256 s = _mm256_div_ps(_mm256_set1_ps(1), _mm256_add_ps(_mm256_set1_ps(1), e));
-    const __m256 du = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
-                                    _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(0.134145f), _mm256_set1_ps(1)));
-    const __m256 spread = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(x, x), s), _mm256_mul_ps(_mm256_mul_ps(e, s), du));
-    return _mm256_add_ps(s, spread);
-}
+#define GELU_DERIVATIVE_LANES(NAME, W, EXP)                                                                    \
+    static inline __m##W NAME(__m##W x) {                                                                      \
+        const __m##W two_u = _mm##W##_mul_ps(_mm##W##_mul_ps(x, _mm##W##_set1_ps(1.5957691216057308f)),       \
+                                             _mm##W##_fmadd_ps(_mm##W##_mul_ps(x, x), _mm##W##_set1_ps(0.044715f), \
+                                                               _mm##W##_set1_ps(1)));                          \
+        const __m##W e = EXP(_mm##W##_sub_ps(_mm##W##_setzero_ps(), two_u));                                    \
+        const __m##W s = _mm##W##_div_ps(_mm##W##_set1_ps(1), _mm##W##_add_ps(_mm##W##_set1_ps(1), e));        \
+        const __m##W du = _mm##W##_mul_ps(_mm##W##_set1_ps(0.7978845608028654f),                               \
+                                          _mm##W##_fmadd_ps(_mm##W##_mul_ps(x, x), _mm##W##_set1_ps(0.134145f), \
+                                                            _mm##W##_set1_ps(1)));                             \
+        const __m##W spread = _mm##W##_mul_ps(_mm##W##_mul_ps(_mm##W##_add_ps(x, x), s),                       \
+                                              _mm##W##_mul_ps(_mm##W##_mul_ps(e, s), du));                     \
+        return _mm##W##_add_ps(s, spread);                                                                     \
+    }
+GELU_DERIVATIVE_LANES(gelu_derivative8, 256, exp8)
+AVX512 GELU_DERIVATIVE_LANES(gelu_derivative16, 512, exp16)
 
 AVX512 static void gelu_backward16(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_t i) {
-    const __m512 v = from_bf16_16(x + i);  /* gelu_derivative8's formula */
-    const __m512 two_u = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.5957691216057308f)),
-                                       _mm512_fmadd_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(0.044715f), _mm512_set1_ps(1)));
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), two_u));
-    const __m512 s = _mm512_div_ps(_mm512_set1_ps(1), _mm512_add_ps(_mm512_set1_ps(1), e));
-    const __m512 du = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
-                                    _mm512_fmadd_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(0.134145f), _mm512_set1_ps(1)));
-    const __m512 spread = _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(v, v), s), _mm512_mul_ps(_mm512_mul_ps(e, s), du));
-    store_bf16_16(dx + i, _mm512_mul_ps(from_bf16_16(dy + i), _mm512_add_ps(s, spread)));
+    store_bf16_16(dx + i, _mm512_mul_ps(from_bf16_16(dy + i), gelu_derivative16(from_bf16_16(x + i))));
 }
 
 static void gelu_backward8(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_t i) {
