@@ -11,8 +11,10 @@ after the loss-check steps their losses must agree within 1%.
     clozelm    the trainer's default step: bf16 weights with fp32 master copies where the CPU has bf16 units
                (fp32 where it has not: an AVX2-only CPU emulates bf16), each Linear layer's bias and GELU inside
                oneDNN's product (CLOZELM_FUSED_LINEAR=0: apart), the vocabulary projection fused into the
-               cross-entropy, fused AdamW, and torch.compile where a long `clozelm train` run on this machine
-               uses it (--precision / --no-fused-loss / --no-compile: the other paths)
+               cross-entropy, clipping and AdamW in one pass each over the masters, on x86 CPUs the loss rows,
+               GELU's backward, LayerNorm and the optimizer through clozelm's C kernels (CLOZELM_NATIVE_KERNELS=0:
+               torch's), and torch.compile where a long `clozelm train` run on this machine uses it
+               (--precision / --no-fused-loss / --no-compile: the other paths)
     reference  transformers GPT2LMHeadModel, fp32, torch AdamW with its default implementation
 
 Each side runs with its own process settings: clozelm's as `clozelm train` sets them (it keeps freed memory
