@@ -703,7 +703,8 @@ static float row_top(const uint16_t *s, int64_t n, float scale) {
 
 AVX512 static void scaled16(const float *e, float a, float b, uint16_t *out, int64_t n) {
     for (int64_t j = 0; j < n; j += 16)
-        store_bf16_16(out + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(e + j), _mm512_set1_ps(a)), _mm512_set1_ps(b)));
+        store_bf16_16(out + j,
+                      _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(e + j), _mm512_set1_ps(a)), _mm512_set1_ps(b)));
 }
 
 /* out[j] = e[j] * a * b rounded to bf16, for j < n */
@@ -714,7 +715,8 @@ static void scaled_to_bf16(const float *e, float a, float b, uint16_t *out, int6
         scaled16(e, a, b, out, j);
     }
     for (; j + 8 <= n; j += 8)
-        store_bf16_8(out + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_set1_ps(a)), _mm256_set1_ps(b)));
+        store_bf16_8(out + j,
+                     _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + j), _mm256_set1_ps(a)), _mm256_set1_ps(b)));
     for (; j < n; j++) out[j] = f32_to_bf16(e[j] * a * b);
 }
 
@@ -825,7 +827,8 @@ AVX512 static float probabilities16(float *e, const uint16_t *dp, float inverse,
     return _mm512_reduce_add_ps(dots);
 }
 
-AVX512 static void score_gradients16(const float *p, const uint16_t *dp, float dot, float scale, uint16_t *ds, int64_t n) {
+AVX512 static void score_gradients16(const float *p, const uint16_t *dp, float dot, float scale, uint16_t *ds,
+                                     int64_t n) {
     for (int64_t j = 0; j < n; j += 16)
         store_bf16_16(ds + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j),
                                                           _mm512_sub_ps(from_bf16_16(dp + j), _mm512_set1_ps(dot))),
@@ -913,7 +916,8 @@ int clozelm_cross_entropy(uint16_t *z, const int64_t *labels, const float *weigh
  * described by 7 numbers in `tensors` [count, 7]: its masters p, moments m and v (fp32, updated in place), its
  * gradient as the sum of an fp32 part (earlier micro-batches, or NULL) and a bf16 part (the network's, or NULL), the
  * network's bf16 copy of it (written, or NULL), and its length; and by 6 in `factors` [count, 6]: 1 - lr weight_decay,
- * lr / (1 - beta1^step), sqrt(1 - beta2^step), beta1, beta2, eps. Every gradient is multiplied by `clip` first (gradient clipping).
+ * lr / (1 - beta1^step), sqrt(1 - beta2^step), beta1, beta2, eps. Every gradient is multiplied by `clip` first
+ * (gradient clipping).
  * torch.optim.AdamW's formulas in fp32, in one pass that reads the gradient, the masters and the moments once and
  * writes the masters, the moments and the network's weights, where torch's fused AdamW, the clipping's multiplication
  * and the copies to and from the network take five. */
@@ -1000,7 +1004,8 @@ static double adamw_part(const tensor_run *a, int64_t t, int64_t start, int64_t 
     for (; i + 8 <= end; i += 8) {
         const __m256 g = _mm256_mul_ps(gradient8(acc, g16, i), clip);
         const __m256 mv = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(m + i), b1), _mm256_mul_ps(g, c1));
-        const __m256 vv = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), b2), _mm256_mul_ps(_mm256_mul_ps(g, g), c2));
+        const __m256 vv = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), b2),
+                                        _mm256_mul_ps(_mm256_mul_ps(g, g), c2));
         const __m256 denominator = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), _mm256_set1_ps(root)),
                                                  _mm256_set1_ps(eps));
         const __m256 pv = _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_set1_ps(decay));
@@ -1142,7 +1147,8 @@ static void layer_norm_row(const void *rows, int64_t r, float *e) {
     uint16_t *y = a->out + r * d;
     const __m256 m = _mm256_set1_ps(mean), inv = _mm256_set1_ps(inverse);
     for (int64_t j = 0; j < whole; j += 8) {
-        const __m256 scaled = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(e + j), m), inv), from_bf16(a->w + j));
+        const __m256 scaled = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(e + j), m), inv),
+                                            from_bf16(a->w + j));
         store_bf16_8(y + j, a->b ? _mm256_add_ps(scaled, from_bf16(a->b + j)) : scaled);
     }
     for (int64_t j = whole; j < d; j++)

@@ -123,7 +123,8 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_gelu_tanh_backward.restype = None
     lib.clozelm_transpose16.argtypes, lib.clozelm_transpose16.restype = [pointer, size, size, size, pointer], None
     lib.clozelm_layer_norm.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, ctypes.c_float]
-    lib.clozelm_layer_norm_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, pointer, pointer, size, size]
+    lib.clozelm_layer_norm_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, pointer, pointer, size,
+                                                size]
     lib.clozelm_layer_norm.restype = lib.clozelm_layer_norm_backward.restype = ctypes.c_int
     lib.clozelm_set_lanes.argtypes, lib.clozelm_set_lanes.restype = [ctypes.c_int], ctypes.c_int
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size

@@ -1,11 +1,11 @@
 """LayerNorm of an eager bf16 training step on the CPU through model/native.c (`clozelm_layer_norm` and its
 backward).
 
-Why: torch's CPU backward for bf16 rows gives the weight's and the bias's gradients far from their exact values (on
-4,096 rows of 384, 6% of their largest value at worst, where one bf16 rounding is 0.4%: docs/performance.md), and
-its passes are slower. native.c computes the same formulas in fp32 with each row in the cache, in one pass forward
-and one backward, rounds once to bf16, and sums the weight's and the bias's gradients over the rows in fp32 (0.2%
-at worst on the same rows); each row's mean and 1 / sqrt(var + eps) are kept for the backward.
+Why: torch's CPU backward for bf16 rows gives the weight's and the bias's gradients many bf16 roundings from their
+exact values (docs/performance.md has the measurements), and its passes are slower. native.c computes the same
+formulas in fp32 with each row in the cache, in one pass forward and one backward, rounds once to bf16, and sums the
+weight's and the bias's gradients over the rows in fp32, one rounding from exact; each row's mean and
+1 / sqrt(var + eps) are kept for the backward.
 
 Taken in training mode for bf16 rows with bf16 weights on CPUs where native.c runs (x86 with AVX2 and FMA;
 CLOZELM_NATIVE_KERNELS=0 turns it off with the rest of native.c), not while torch.compile traces (inductor fuses the

@@ -30,7 +30,7 @@ IGNORE = -100
 CHUNK_FLOATS = 1 << 21  # on a CPU: a chunk's fp32 log-softmax stays within its caches (8 MB)
 GPU_CHUNK_FLOATS = 1 << 26  # on a GPU: chunks large enough to keep it busy (256 MB of fp32 logits)
 # native.c's rows on a Xeon with AMX: from this size on the weight is transposed for the logits' product (GPT-2
-# small's 77 MB multiplied much faster so; the default model's 6 MB a little slower)
+# small's vocabulary projection multiplied much faster so, the default model's a little slower: docs/performance.md)
 TRANSPOSED_FROM_BYTES = 32 << 20
 
 
@@ -48,7 +48,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         big = rows_kernel is not None and packed.has_amx() and w.numel() * w.element_size() >= TRANSPOSED_FROM_BYTES
         w_t = native.transposed(w) if big else w.t()
         if chunk_rows <= 0:  # the caller's choice: in the CPU's caches, or one product where native.c takes the rows
-            chunk_rows = max(n, 1) if rows_kernel is not None else max(128, (GPU_CHUNK_FLOATS if f.is_cuda else CHUNK_FLOATS) // vocab)
+            fit = (GPU_CHUNK_FLOATS if f.is_cuda else CHUNK_FLOATS) // vocab
+            chunk_rows = max(n, 1) if rows_kernel is not None else max(128, fit)
         loss = torch.zeros((), dtype=torch.float32, device=f.device)
         grad_logits = torch.empty(n, vocab, dtype=compute_dtype, device=f.device)  # the logits, then d loss / d them
         grad_f = torch.empty_like(f)

@@ -185,7 +185,7 @@ def _plain_adamw(optimizer: torch.optim.Optimizer) -> bool:
             return False
         for p in group["params"]:
             state = optimizer.state.get(p)
-            if state and not all(state[k].is_contiguous() and state[k].dtype == torch.float32 and state[k].device.type == "cpu"
-                                 for k in ("exp_avg", "exp_avg_sq")):
+            if state and not all(state[k].is_contiguous() and state[k].dtype == torch.float32
+                                 and state[k].device.type == "cpu" for k in ("exp_avg", "exp_avg_sq")):
                 return False
     return True
