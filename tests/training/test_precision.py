@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clozelm.model import ModelConfig, Transformer, packed
+from clozelm.model import ModelConfig, Transformer, native
 from clozelm.training.precision import MasterWeights
 
 from .helpers import TINY, assert_same_losses_and_weights, cli, losses
@@ -115,7 +115,7 @@ def test_new_runs_train_in_fp32_on_cpus_without_bf16_units(monkeypatch, capsys):
         assert _new_run_config(TrainConfig(), model, False, Dist()).precision == "bf16-master"
 
 
-NATIVE = packed.native_products()  # native.c's step runs on this CPU (x86 with AVX2 and FMA)
+NATIVE = native.usable()  # native.c's step runs on this CPU (x86 with AVX2 and FMA)
 
 
 def _two_runs(micro_batches: int, max_norm: float, steps: int = 1, weight_decay: float = 0.1):

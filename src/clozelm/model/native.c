@@ -814,8 +814,6 @@ int clozelm_causal_softmax(const uint16_t *s, uint16_t *p, float *stats, int64_t
     return each_row(&a, rows, T, softmax_row);
 }
 
-/* The backward of clozelm_causal_softmax: dp [rows, T] the gradient of p (bf16), ds = p * (dp - sum(p * dp)) * scale
- * with p in fp32 as the forward computed it, rounded to bf16 (0 above the diagonal): the gradient of s. */
 /* the first n (a multiple of 16) of softmax_backward_row's two passes, 16 lanes at a time */
 AVX512 static float probabilities16(float *e, const uint16_t *dp, float inverse, int64_t n) {
     __m512 dots = _mm512_setzero_ps();
@@ -835,6 +833,8 @@ AVX512 static void score_gradients16(const float *p, const uint16_t *dp, float d
                                             _mm512_set1_ps(scale)));
 }
 
+/* The backward of clozelm_causal_softmax: dp [rows, T] the gradient of p (bf16), ds = p * (dp - sum(p * dp)) * scale
+ * with p in fp32 as the forward computed it, rounded to bf16 (0 above the diagonal): the gradient of s. */
 static void softmax_backward_row(const void *rows, int64_t r, float *e) {
     const causal_rows *a = rows;
     const int64_t T = a->T, n = r % T + 1, wide = wide_lanes() ? n / 16 * 16 : 0;

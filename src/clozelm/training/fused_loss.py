@@ -98,7 +98,7 @@ def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
 def _native_rows(f: torch.Tensor):
     """model/native.c's library where it computes the loss rows: bf16 on a CPU whose native kernels run (x86 with
     AVX2 and FMA; CLOZELM_NATIVE_KERNELS=0 turns them off); else None."""
-    if f.device.type != "cpu" or f.dtype != torch.bfloat16 or not packed.native_products():
+    if f.device.type != "cpu" or f.dtype != torch.bfloat16 or not native.usable():
         return None
     return native.library()
 

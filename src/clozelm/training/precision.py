@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.graph import increment_version
 
-from ..model import native, packed
+from ..model import native
 from ..model.device import has_bf16_units
 
 _T_FIELDS = 7  # native.c's clozelm_adamw: per tensor master, m, v, fp32 gradient, bf16 gradient, network copy, length
@@ -77,7 +77,7 @@ class MasterWeights:
         and its kernels run here."""
         return (all(m.device.type == "cpu" and m.dtype == torch.float32 and m.is_contiguous() for m in self.masters)
                 and all(p.dtype == torch.bfloat16 and p.is_contiguous() for p in self.params)
-                and packed.native_products())
+                and native.usable())
 
     def _pending(self) -> list[tuple[int, torch.Tensor | None, torch.Tensor | None]]:
         """(index, fp32 gradient summed so far or None, the network's bf16 gradient or None) of every parameter that
