@@ -103,14 +103,15 @@ def test_which_attentions_it_computes(change, taken, monkeypatch):
 
 
 @needs_native
-@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+@pytest.mark.parametrize("layout", ["gpt2", "gpt2-64", "llama"])
 def test_a_bf16_training_pass_attends_through_it_and_follows_the_flash_kernel_s_pass(layout, monkeypatch):
-    """Through the whole network: every layer takes it (GPT-2's heads, and Llama's grouped ones with rotary
-    positions), and the logits and the gradients follow the flash kernel's pass within bf16 rounding."""
+    """Through the whole network: every layer takes it (GPT-2's heads, of 8 numbers and of 64, the tiles' width where
+    the CPU has them; Llama's grouped ones with rotary positions), and the logits and the gradients follow the flash
+    kernel's pass within bf16 rounding."""
     torch.manual_seed(0)
     llama = dict(n_kv_head=2, mlp="gated", activation="silu", norm="rmsnorm", positions="rope", bias=False)
-    config = ModelConfig(vocab_size=64, n_positions=48, n_embd=32, n_layer=2, n_head=4,
-                         **(llama if layout == "llama" else {}))
+    width = dict(n_embd=128, n_head=2) if layout == "gpt2-64" else dict(n_embd=32, n_head=4)
+    config = ModelConfig(vocab_size=64, n_positions=48, n_layer=2, **width, **(llama if layout == "llama" else {}))
     net = Transformer(config).to(torch.bfloat16)
     ids = torch.randint(0, 64, (2, 37))
 
@@ -126,8 +127,62 @@ def test_a_bf16_training_pass_attends_through_it_and_follows_the_flash_kernel_s_
     monkeypatch.setattr(native_attention, "attend", lambda *a: calls.append(1) or attend(*a))
     flash = run("0")
     assert not calls
+    tiled = []
+    apply = native_attention._TiledAttention.apply
+    monkeypatch.setattr(native_attention._TiledAttention, "apply", lambda *a: tiled.append(1) or apply(*a))
     ours = run("1")
     assert len(calls) == 2
+    assert len(tiled) == (2 if layout == "gpt2-64" and native.amx_tiles() else 0)
     assert (ours[0] - flash[0]).norm() <= 0.02 * flash[0].norm()
     for mine, theirs in zip(ours[1], flash[1]):
         assert (mine - theirs).norm() <= 0.05 * theirs.norm() + 1e-6
+
+
+needs_tiles = pytest.mark.skipif(not native.amx_tiles(), reason="AMX tiles: a recent Xeon, and a compiler for them")
+
+
+def _heads_run(tensors, tiled: bool):
+    """attend on q, k, v as the three parts of one [B, 3H, T, Dh] view of a [B, T, 3H Dh] tensor (a layer's fused
+    projection), the tiles' layout: the output and the gradient of each part, in float64."""
+    q, k, v, grad = tensors
+    B, H, T, Dh = q.shape
+    fused = torch.cat([q, k, v], dim=1).transpose(1, 2).reshape(B, T, 3 * H * Dh).to(torch.bfloat16)
+    fused.requires_grad_()
+    heads = fused.view(B, T, 3 * H, Dh).transpose(1, 2)
+    out = native_attention.attend(*heads.split(H, dim=1), heads if tiled else None)
+    out.backward(grad.to(torch.bfloat16))
+    parts = fused.grad.view(B, T, 3 * H, Dh).transpose(1, 2).split(H, dim=1)
+    return [t.double() for t in (out, *parts)]
+
+
+@needs_tiles
+@pytest.mark.parametrize("T,Dh", [(1, 64), (17, 32), (37, 64), (100, 32), (256, 64), (300, 64),
+                                  (native_attention.LONGEST, 64)])
+def test_on_amx_tiles_attention_is_closer_to_float64_than_the_batched_products(T, Dh):
+    """The tiles keep the scores in fp32 where the batched products round them to bf16: the output and the three
+    gradients at least as close to float64 as `_CausalAttention`'s (lengths ending inside a block of 16 and of 32,
+    one token, the longest), and within bf16 rounding of them."""
+    tensors = _attention_inputs(B=2, H=2, T=T, Dh=Dh, seed=T)
+    exact = _run(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), tensors, torch.float64)
+    tiles, batched = _heads_run(tensors, True), _heads_run(tensors, False)
+    for mine, theirs, truth in zip(tiles, batched, exact):
+        assert (mine - truth).norm() <= (theirs - truth).norm() * 1.05 + 1e-6
+        assert (mine - truth).norm() <= 0.01 * truth.norm() + 1e-6  # (one token: q and k get no gradient)
+
+
+@needs_tiles
+def test_the_tiles_take_dh_32_and_64_and_write_one_gradient_for_the_fused_heads(monkeypatch):
+    """The fused projection's gradient comes back in one piece, laid out as its output (no copy on the way back),
+    and heads of another width go to the batched products."""
+    tensors = _attention_inputs(B=1, H=2, T=40, Dh=64)
+    calls = []
+    apply = native_attention._TiledAttention.apply
+    monkeypatch.setattr(native_attention._TiledAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+    q, k, v, grad = tensors
+    fused = torch.cat([q, k, v], dim=1).transpose(1, 2).reshape(1, 40, 6 * 64).to(torch.bfloat16).requires_grad_()
+    heads = fused.view(1, 40, 6, 64).transpose(1, 2)
+    native_attention.attend(*heads.split(2, dim=1), heads).sum().backward()
+    assert calls and fused.grad.is_contiguous()
+    narrow = fused.detach()[..., :6 * 16].reshape(1, 40, 6, 16).transpose(1, 2).requires_grad_()
+    native_attention.attend(*narrow.split(2, dim=1), narrow)
+    assert len(calls) == 1

@@ -1229,3 +1229,402 @@ int clozelm_layer_norm_backward(const uint16_t *dy, const uint16_t *x, const uin
     }
     return failed;
 }
+
+/* Causal attention of a bf16 training step on AMX tiles (model/native_attention.py), forward and backward, one head
+ * at a time, each thread a head: q, k, v [B, H, T, Dh] as views (strides in numbers; the numbers of a token's head
+ * contiguous), out [B, H, T, Dh] likewise. The same numbers as clozelm_causal_softmax between two batched products:
+ * the scores q k^T accumulated in fp32 and rounded once to bf16, the softmax in fp32 over each row's causal half,
+ * the probabilities rounded to bf16 for the product with the values, stats [B, H, T, 2] each row's largest scaled
+ * score and 1 / the sum of its exponentials. What the tiles change: the products stop at the diagonal (blocks of
+ * 16 queries against the keys up to their block; oneDNN's batched products compute the whole square), the square
+ * never leaves the cache (the backward recomputes the scores from q and k instead of keeping them), and the
+ * operands are read where the layer's projections wrote them, so no copies of q, k, v, the output or the
+ * gradients. dh must be 32 or 64 and T at most LONGEST_ATTENTION (the scratch each thread keeps).
+ *
+ * A tile product C[16][16] (fp32) += A[16][32] B[32][16] takes B with its rows paired (B[k][n] beside B[k + 1][n],
+ * "VNNI" order): keys and values are packed once per head into the orders each product wants, the query, key and
+ * gradient rows padded with zeros to a multiple of 32 tokens. */
+#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX __attribute__((target("amx-tile,amx-bf16,avx2,fma,avx512f,avx512bw,avx512vl")))
+enum { LONGEST_ATTENTION = 512 };
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t columns[16];  /* bytes per row */
+    uint8_t rows[16];
+} tile_config;
+
+/* 0 where this process may use AMX tiles (Linux asks each process to request them once), else nonzero */
+int clozelm_amx_ready(void) { return (int)syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* tiles */); }
+
+AMX static void tiles_configured(void) {  /* all eight tiles 16 rows of 64 bytes */
+    tile_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        c.columns[t] = 64;
+        c.rows[t] = 16;
+    }
+    __asm__ volatile("" : : "r"(&c) : "memory");  /* GCC 12 drops the stores above as if the load never read them */
+    _tile_loadconfig(&c);
+}
+
+AMX static void tiles_released(void) { _tile_release(); }
+
+/* out_u [16][16] = sum over s < steps of A(u, s) B(u, s) for u < count, A(u, s) at a + u a_u + s a_s (16 rows of 32
+ * bf16, rows a_stride bytes apart), B(u, s) likewise (16 rows of 16 bf16 pairs); out_u at out + u out_u, rows
+ * out_stride bytes apart. Four products at once where there are four, each with its own pair of A and B tiles
+ * (0-1, 2-3 alternate) so that a load need not wait for the product before it; an operand the same for every u
+ * loaded once per step. */
+AMX static void tile_products(const uint16_t *a, int64_t a_stride, int64_t a_u, int64_t a_s, const uint16_t *b,
+                              int64_t b_stride, int64_t b_u, int64_t b_s, int64_t count, int64_t steps, float *out,
+                              int64_t out_stride, int64_t out_u) {
+    int64_t u = 0;
+#define TILE_STEP(C, A, B, U)                                                         \
+    do {                                                                              \
+        if (a_u || (U) < 2) _tile_loadd(A, as + (U) * a_u, a_stride);                 \
+        if (b_u || (U) < 2) _tile_loadd(B, bs + (U) * b_u, b_stride);                 \
+        _tile_dpbf16ps(C, A, B);                                                      \
+    } while (0)
+    for (; u + 4 <= count; u += 4) {
+        _tile_zero(4);
+        _tile_zero(5);
+        _tile_zero(6);
+        _tile_zero(7);
+        for (int64_t s = 0; s < steps; s++) {
+            const uint16_t *as = a + u * a_u + s * a_s, *bs = b + u * b_u + s * b_s;
+            TILE_STEP(4, 0, 1, 0);
+            TILE_STEP(5, 2, 3, 1);
+            TILE_STEP(6, 0, 1, 2);
+            TILE_STEP(7, 2, 3, 3);
+        }
+        _tile_stored(4, out + u * out_u, out_stride);
+        _tile_stored(5, out + (u + 1) * out_u, out_stride);
+        _tile_stored(6, out + (u + 2) * out_u, out_stride);
+        _tile_stored(7, out + (u + 3) * out_u, out_stride);
+    }
+    for (; u < count; u++) {
+        _tile_zero(4);
+        for (int64_t s = 0; s < steps; s++) {
+            const uint16_t *as = a + u * a_u + s * a_s, *bs = b + u * b_u + s * b_s;
+            TILE_STEP(4, 0, 1, 0);
+        }
+        _tile_stored(4, out + u * out_u, out_stride);
+    }
+#undef TILE_STEP
+}
+
+/* one [T, Dh] head of a view: its base, and its tokens `token` numbers apart */
+typedef struct {
+    const uint16_t *p;
+    int64_t token;
+} head_rows;
+
+typedef struct {
+    int64_t p, batch, head, token;  /* an address and its strides in numbers, as model/native_attention.py passes them */
+} view_arg;
+
+static head_rows head_of(const view_arg *v, int64_t b, int64_t h) {
+    const head_rows r = {(const uint16_t *)v->p + b * v->batch + h * v->head, v->token};
+    return r;
+}
+
+/* dst [Tp][Dh] = the head's rows, zeros from T on */
+static void rows_padded(head_rows src, int64_t T, int64_t Tp, int64_t Dh, uint16_t *dst) {
+    for (int64_t t = 0; t < T; t++) memcpy(dst + t * Dh, src.p + t * src.token, Dh * sizeof(uint16_t));
+    memset(dst + T * Dh, 0, (Tp - T) * Dh * sizeof(uint16_t));
+}
+
+/* dst [Dh / 2][Tp] pairs = rows [Tp][Dh] with each pair of columns as one 32-bit number, transposed: B of a product
+ * with the rows' transpose (q k^T, dO v^T) */
+static void paired_by_column(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst) {
+    const uint32_t *src = (const uint32_t *)rows;
+    uint32_t *d = (uint32_t *)dst;
+    const int64_t pairs = Dh / 2;
+    for (int64_t t = 0; t < Tp; t += 8)
+        for (int64_t c = 0; c < pairs; c++)
+            for (int64_t i = 0; i < 8; i++) d[c * Tp + t + i] = src[(t + i) * pairs + c];
+}
+
+/* dst [Tp / 2][Dh] pairs = rows [Tp][Dh] with row 2i and row 2i + 1 side by side, number by number: B of a product
+ * with the rows themselves (p v, dS k) */
+AMX static void paired_by_row(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst) {
+    for (int64_t t = 0; t < Tp; t += 2)
+        for (int64_t c = 0; c < Dh; c += 16) {
+            const __m512i even = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + t * Dh + c)));
+            const __m512i odd = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + (t + 1) * Dh + c)));
+            _mm512_storeu_si512(dst + t * Dh + 2 * c, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+        }
+}
+
+/* dst [Dh][Tp] = rows [Tp][Dh] transposed: A of a product summing over tokens (dk^T = q^T dS, dv^T = dO^T p) */
+static void transposed_rows(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst) {
+    for (int64_t t = 0; t < Tp; t += 8)
+        for (int64_t c = 0; c < Dh; c += 8) transpose8x8(rows + t * Dh + c, Dh, dst + c * Tp + t, Tp);
+}
+
+AMX static void rounded_row(const float *x, uint16_t *y, int64_t n) {  /* n a multiple of 16 */
+    for (int64_t j = 0; j < n; j += 16) store_bf16_16(y + j, _mm512_loadu_ps(x + j));
+}
+
+/* o [Dh][16] (fp32: the gradient of 16 tokens from k0 on, transposed) -> the rows of those tokens before T, in bf16 at
+ * dst, `token` numbers apart; `turned` holds 32 Dh numbers */
+AMX static void columns_out(const float *o, int64_t Dh, uint16_t *dst, int64_t token, int64_t k0, int64_t T,
+                            uint16_t *turned) {
+    uint16_t *rows = turned + 16 * Dh;
+    rounded_row(o, turned, 16 * Dh);
+    for (int64_t d = 0; d < Dh; d += 8)
+        for (int64_t c = 0; c < 16; c += 8) transpose8x8(turned + d * 16 + c, 16, rows + c * Dh + d, Dh);
+    for (int64_t c = 0; c < 16 && k0 + c < T; c++) memcpy(dst + (k0 + c) * token, rows + c * Dh, Dh * sizeof(uint16_t));
+}
+
+/* rows [16][n] of bf16 (`stride` apart) -> dst rows of pairs: dst[(r / 2) * Tp + j] = rows[r][j], rows[r + 1][j] */
+AMX static void rows_paired(const uint16_t *rows, int64_t stride, int64_t n, uint16_t *dst, int64_t Tp) {
+    for (int64_t r = 0; r < 16; r += 2)
+        for (int64_t j = 0; j < n; j += 16) {
+            const __m512i even = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + r * stride + j)));
+            const __m512i odd =
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + (r + 1) * stride + j)));
+            _mm512_storeu_si512(dst + (r / 2) * Tp * 2 + 2 * j, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+        }
+}
+
+static inline __mmask16 lanes_below(int64_t n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
+
+/* One row of a block's scores s (fp32 from the tiles, the first n keys causal): e[j] = exp(s[j] scale - top) for
+ * j < n and 0 from n to the next multiple of 16; returns their sum. top < INFINITY: the given row's largest scaled
+ * score; else found here and returned in *top. clozelm_causal_softmax's formulas, 16 lanes at a time, on the scores
+ * as the tiles summed them (fp32: the batched products rounded them to bf16 first). */
+AMX static float row_exponentials(const float *s, int64_t n, float scale, float *top, float *e) {
+    if (*top == INFINITY) {
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        for (int64_t j = 0; j < n; j += 16)
+            m = _mm512_mask_max_ps(m, lanes_below(n - j), m, _mm512_loadu_ps(s + j));
+        *top = _mm512_reduce_max_ps(m) * scale;
+    }
+    const __m512 sc = _mm512_set1_ps(scale), t = _mm512_set1_ps(*top);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        const __m512 v = _mm512_maskz_mov_ps(lanes_below(n - j),
+                                             exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, t)));
+        _mm512_storeu_ps(e + j, v);
+        sum = _mm512_add_ps(sum, v);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* the forward's row: p = e / sum in bf16 (0 from n to `ends`), stats = the largest scaled score, 1 / sum */
+AMX static void probabilities_row(const float *s, int64_t n, int64_t ends, float scale, float *e, uint16_t *p,
+                                  float *stats) {
+    float top = INFINITY;
+    const float inverse = 1 / row_exponentials(s, n, scale, &top, e);
+    int64_t j = 0;
+    for (; j < n; j += 16) store_bf16_16(p + j, _mm512_mul_ps(_mm512_loadu_ps(e + j), _mm512_set1_ps(inverse)));
+    memset(p + j, 0, (ends - j) * sizeof(uint16_t));
+    stats[0] = top;
+    stats[1] = inverse;
+}
+
+/* the backward's row: p again from the stats, ds = p (dp - sum(p dp)) scale and p in bf16 (0 from n to `ends`) */
+AMX static void score_gradients_row(const float *s, const float *dp, int64_t n, int64_t ends, float scale,
+                                    const float *stats, float *e, uint16_t *ds, uint16_t *p) {
+    float top = stats[0];
+    row_exponentials(s, n, scale, &top, e);
+    const __m512 inverse = _mm512_set1_ps(stats[1]);
+    __m512 dots = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j < n; j += 16) {  /* e and dp are 0 from n on */
+        const __m512 pj = _mm512_mul_ps(_mm512_loadu_ps(e + j), inverse);
+        _mm512_storeu_ps(e + j, pj);
+        dots = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(lanes_below(n - j), dp + j), dots);
+    }
+    const __m512 dot = _mm512_set1_ps(_mm512_reduce_add_ps(dots)), sc = _mm512_set1_ps(scale);
+    for (j = 0; j < n; j += 16) {
+        const __m512 pj = _mm512_loadu_ps(e + j);
+        store_bf16_16(ds + j, _mm512_mul_ps(_mm512_mul_ps(pj, _mm512_sub_ps(_mm512_loadu_ps(dp + j), dot)), sc));
+        store_bf16_16(p + j, pj);
+    }
+    memset(ds + j, 0, (ends - j) * sizeof(uint16_t));
+    memset(p + j, 0, (ends - j) * sizeof(uint16_t));
+}
+
+/* the scratch of one thread, in numbers: heads [Tp][Dh] and their packed forms, a block's rows */
+typedef struct {
+    uint16_t *q, *k_cols, *v_rows, *dout, *v_cols, *k_rows, *q_t, *dout_t, *ds_pairs, *p_pairs, *ds, *p, *turned;
+    float *s, *dp, *e, *o;
+} attention_scratch;
+
+static void *scratch_alloc(attention_scratch *w, int64_t Tp, int64_t Dh, int backward) {
+    const int64_t head = Tp * Dh, square = backward ? Tp * Tp : 0, block = 16 * Tp;
+    const int64_t halves = 8 * head + 2 * square + 2 * block + 32 * Dh, floats = 3 * block + Tp + 16 + 16 * Dh;
+    char *base = aligned_alloc(64, (halves * 2 + floats * 4 + 63) / 64 * 64);
+    if (!base) return NULL;
+    uint16_t *h = (uint16_t *)base;
+    uint16_t **heads[] = {&w->q, &w->k_cols, &w->v_rows, &w->dout, &w->v_cols, &w->k_rows, &w->q_t, &w->dout_t};
+    for (int i = 0; i < 8; i++, h += head) *heads[i] = h;
+    w->ds_pairs = h, h += square;
+    w->p_pairs = h, h += square;
+    w->ds = h, h += block;
+    w->p = h, h += block;
+    w->turned = h, h += 32 * Dh;
+    float *f = (float *)h;
+    w->s = f, f += block;
+    w->dp = f, f += block;
+    w->e = f, f += block + Tp + 16;
+    w->o = f;
+    return base;
+}
+
+typedef struct {
+    view_arg q, k, v, out, dout, dq, dk, dv;
+    float *stats;
+    int64_t B, H, T, Dh;
+    float scale;
+} attention_args;
+
+/* stored rows [16][Dh] fp32 -> the view's rows i0 .. min(i0 + 16, T), rounded to bf16 */
+AMX static void rows_out(const float *o, int64_t Dh, const view_arg *v, int64_t b, int64_t h, int64_t i0, int64_t T) {
+    uint16_t *dst = (uint16_t *)v->p + b * v->batch + h * v->head;
+    for (int64_t r = 0; r < 16 && i0 + r < T; r++) rounded_row(o + r * Dh, dst + (i0 + r) * v->token, Dh);
+}
+
+/* s [16][keys] = q rows i0 .. i0 + 15 times the keys' transpose, fp32 */
+AMX static void block_scores(const uint16_t *q, const uint16_t *k_cols, int64_t i0, int64_t keys, int64_t Tp,
+                             int64_t Dh, float *s) {
+    tile_products(q + i0 * Dh, Dh * 2, 0, 32, k_cols, Tp * 4, 32, 16 * Tp * 2, keys / 16, Dh / 32, s, Tp * 4, 16);
+}
+
+AMX static void attention_head(const attention_args *a, int64_t b, int64_t h, attention_scratch *w) {
+    const int64_t T = a->T, Dh = a->Dh, Tp = (T + 31) / 32 * 32;
+    float *stats = a->stats + (b * a->H + h) * T * 2;
+    rows_padded(head_of(&a->q, b, h), T, Tp, Dh, w->q);
+    uint16_t *rows = w->v_cols;  /* the keys' and the values' rows before packing (v_cols: the backward's) */
+    rows_padded(head_of(&a->k, b, h), T, Tp, Dh, rows);
+    paired_by_column(rows, Tp, Dh, w->k_cols);
+    rows_padded(head_of(&a->v, b, h), T, Tp, Dh, rows);
+    paired_by_row(rows, Tp, Dh, w->v_rows);
+    for (int64_t i0 = 0; i0 < T; i0 += 16) {
+        const int64_t keys = i0 + 16, ends = (keys + 31) / 32 * 32;
+        block_scores(w->q, w->k_cols, i0, keys, Tp, Dh, w->s);
+        for (int64_t r = 0; r < 16; r++) {
+            const int64_t n = i0 + r + 1;
+            uint16_t *pr = w->p + r * Tp;
+            if (n > T) {
+                memset(pr, 0, ends * sizeof(uint16_t));
+                continue;
+            }
+            probabilities_row(w->s + r * Tp, n, ends, a->scale, w->e, pr, stats + 2 * (i0 + r));
+        }
+        tile_products(w->p, Tp * 2, 0, 32, w->v_rows, Dh * 4, 32, 16 * Dh * 2, Dh / 16, ends / 32, w->o, Dh * 4, 16);
+        rows_out(w->o, Dh, &a->out, b, h, i0, T);
+    }
+}
+
+/* The backward for one head: per block of 16 queries the scores and the probabilities again (from the stats), dP =
+ * dO v^T, dS = p (dP - sum(p dP)) scale, dq = dS k; dS and p kept for the whole head (paired rows), then dk^T = q^T dS
+ * and dv^T = dO^T p per block of 16 keys, over the queries from the key's block on. */
+AMX static void attention_head_backward(const attention_args *a, int64_t b, int64_t h, attention_scratch *w) {
+    const int64_t T = a->T, Dh = a->Dh, Tp = (T + 31) / 32 * 32;
+    const float *stats = a->stats + (b * a->H + h) * T * 2, scale = a->scale;
+    rows_padded(head_of(&a->q, b, h), T, Tp, Dh, w->q);
+    transposed_rows(w->q, Tp, Dh, w->q_t);
+    rows_padded(head_of(&a->dout, b, h), T, Tp, Dh, w->dout);
+    transposed_rows(w->dout, Tp, Dh, w->dout_t);
+    uint16_t *rows = w->v_rows;  /* the keys' and the values' rows before packing (v_rows: the forward's) */
+    rows_padded(head_of(&a->k, b, h), T, Tp, Dh, rows);
+    paired_by_column(rows, Tp, Dh, w->k_cols);
+    paired_by_row(rows, Tp, Dh, w->k_rows);
+    rows_padded(head_of(&a->v, b, h), T, Tp, Dh, rows);
+    paired_by_column(rows, Tp, Dh, w->v_cols);
+    for (int64_t i0 = 0; i0 < Tp; i0 += 16) {
+        const int64_t keys = i0 + 16, ends = (keys + 31) / 32 * 32;
+        if (i0 < T) {
+            block_scores(w->q, w->k_cols, i0, keys, Tp, Dh, w->s);
+            block_scores(w->dout, w->v_cols, i0, keys, Tp, Dh, w->dp);
+        }
+        for (int64_t r = 0; r < 16; r++) {
+            const int64_t n = i0 + r + 1;
+            uint16_t *dsr = w->ds + r * Tp, *pr = w->p + r * Tp;
+            if (n > T) {
+                memset(dsr, 0, ends * sizeof(uint16_t));
+                memset(pr, 0, ends * sizeof(uint16_t));
+                continue;
+            }
+            score_gradients_row(w->s + r * Tp, w->dp + r * Tp, n, ends, scale, stats + 2 * (n - 1), w->e, dsr, pr);
+        }
+        rows_paired(w->ds, Tp, ends, w->ds_pairs + (i0 / 2) * Tp * 2, Tp);
+        rows_paired(w->p, Tp, ends, w->p_pairs + (i0 / 2) * Tp * 2, Tp);
+        if (i0 < T) {
+            tile_products(w->ds, Tp * 2, 0, 32, w->k_rows, Dh * 4, 32, 16 * Dh * 2, Dh / 16, ends / 32, w->o, Dh * 4,
+                          16);
+            rows_out(w->o, Dh, &a->dq, b, h, i0, T);
+        }
+    }
+    const view_arg *grads[2] = {&a->dk, &a->dv};
+    const uint16_t *lefts[2] = {w->q_t, w->dout_t}, *rights[2] = {w->ds_pairs, w->p_pairs};
+    for (int g = 0; g < 2; g++) {
+        uint16_t *dst = (uint16_t *)grads[g]->p + b * grads[g]->batch + h * grads[g]->head;
+        for (int64_t k0 = 0; k0 < T; k0 += 16) {
+            const int64_t q0 = k0 / 32 * 32;
+            /* o [Dh][16] = the transpose of the gradient's rows k0 .. k0 + 15 */
+            tile_products(lefts[g] + q0, Tp * 2, 16 * Tp, 32, rights[g] + (q0 / 2) * Tp * 2 + k0 * 2, Tp * 4, 0,
+                          16 * Tp * 2, Dh / 16, (Tp - q0) / 32, w->o, 64, 256);
+            columns_out(w->o, Dh, dst, grads[g]->token, k0, T, w->turned);
+        }
+    }
+}
+
+static int each_head(const attention_args *a, int backward) {
+    const int64_t Tp = (a->T + 31) / 32 * 32;
+    int failed = 0;
+#pragma omp parallel
+    {
+        attention_scratch w;
+        void *base = scratch_alloc(&w, Tp, a->Dh, backward);
+        if (!base) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            tiles_configured();
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t bh = 0; bh < a->B * a->H; bh++) {
+            if (!base) continue;
+            if (backward)
+                attention_head_backward(a, bh / a->H, bh % a->H, &w);
+            else
+                attention_head(a, bh / a->H, bh % a->H, &w);
+        }
+        if (base) tiles_released();
+        free(base);
+    }
+    return failed;
+}
+
+/* views: q, k, v, out (forward) or q, k, v, dout, dq, dk, dv (backward), four numbers each (view_arg); returns
+ * nonzero where memory ran out or the shape is not one the tiles take */
+int clozelm_amx_attention(const int64_t *views, float *stats, int64_t B, int64_t H, int64_t T, int64_t Dh,
+                          float scale) {
+    if ((Dh != 32 && Dh != 64) || T < 1 || T > LONGEST_ATTENTION) return 2;
+    const view_arg *v = (const view_arg *)views;
+    const attention_args a = {v[0], v[1], v[2], v[3], {0}, {0}, {0}, {0}, stats, B, H, T, Dh, scale};
+    return each_head(&a, 0);
+}
+
+int clozelm_amx_attention_backward(const int64_t *views, const float *stats, int64_t B, int64_t H, int64_t T,
+                                   int64_t Dh, float scale) {
+    if ((Dh != 32 && Dh != 64) || T < 1 || T > LONGEST_ATTENTION) return 2;
+    const view_arg *v = (const view_arg *)views;
+    const attention_args a = {v[0], v[1], v[2], {0}, v[3], v[4], v[5], v[6], (float *)stats, B, H, T, Dh, scale};
+    return each_head(&a, 1);
+}
+#else
+int clozelm_amx_ready(void) { return -1; }  /* a compiler without AMX's intrinsics: the batched products instead */
+int clozelm_amx_attention(const int64_t *views, float *stats, int64_t B, int64_t H, int64_t T, int64_t Dh,
+                          float scale) { return 2; }
+int clozelm_amx_attention_backward(const int64_t *views, const float *stats, int64_t B, int64_t H, int64_t T,
+                                   int64_t Dh, float scale) { return 2; }
+#endif

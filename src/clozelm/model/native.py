@@ -127,6 +127,10 @@ def library() -> ctypes.CDLL | None:
                                                 size]
     lib.clozelm_layer_norm.restype = lib.clozelm_layer_norm_backward.restype = ctypes.c_int
     lib.clozelm_set_lanes.argtypes, lib.clozelm_set_lanes.restype = [ctypes.c_int], ctypes.c_int
+    lib.clozelm_amx_ready.argtypes, lib.clozelm_amx_ready.restype = [], ctypes.c_int
+    lib.clozelm_amx_attention.argtypes = [pointer, pointer, size, size, size, size, ctypes.c_float]
+    lib.clozelm_amx_attention_backward.argtypes = [pointer, pointer, size, size, size, size, ctypes.c_float]
+    lib.clozelm_amx_attention.restype = lib.clozelm_amx_attention_backward.restype = ctypes.c_int
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size
     lib.clozelm_set_prefetch(prefetch_bytes())
     lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
@@ -139,6 +143,17 @@ def usable() -> bool:
     if os.environ.get("CLOZELM_NATIVE_KERNELS") == "0" or not {"avx2", "fma"} <= cpu_flags():
         return False
     return library() is not None
+
+
+def amx_tiles() -> bool:
+    """Whether native.c's AMX kernels run here: `usable()`, a CPU with AMX tiles, a compiler that knew their
+    instructions, and Linux's leave for this process to use them (asked for once)."""
+    return usable() and {"amx_tile", "amx_bf16"} <= cpu_flags() and _tiles_granted()
+
+
+@functools.cache
+def _tiles_granted() -> bool:
+    return library().clozelm_amx_ready() == 0
 
 
 @functools.cache

@@ -42,9 +42,55 @@ def takes(q: torch.Tensor, k: torch.Tensor, mask, dropout: float, is_causal: boo
             and (packed.has_amx() or wanted == "1") and packed.native_products())
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(Dh), causal) v: q, k, v [B, H, T, Dh] bf16 -> [B, H, T, Dh] bf16."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh), causal) v: q, k, v [B, H, T, Dh] bf16 -> [B, H, T, Dh] bf16. `heads`: where q, k and
+    v are the three parts of one [B, 3H, T, Dh] tensor (a layer's fused projection), that tensor, so that on AMX
+    tiles (native.c's clozelm_amx_attention) its gradient is written in one piece, where the projection's backward
+    reads it."""
+    if heads is not None and _tiled(heads, q):
+        return _TiledAttention.apply(heads, q.size(1))
     return _CausalAttention.apply(q, k, v)
+
+
+def _tiled(heads: torch.Tensor, q: torch.Tensor) -> bool:
+    return q.size(-1) in (32, 64) and heads.stride(-1) == 1 and native.amx_tiles()
+
+
+def _views(*heads: torch.Tensor) -> torch.Tensor:
+    """Each [B, H, T, Dh] view as native.c's view_arg: its address and its batch, head and token strides."""
+    return torch.tensor([[h.data_ptr(), h.stride(0), h.stride(1), h.stride(2)] for h in heads], dtype=torch.int64)
+
+
+class _TiledAttention(torch.autograd.Function):
+    """attend on AMX tiles: heads [B, 3H, T, Dh] (queries, keys, values) -> [B, H, T, Dh], a view of a [B, T, H, Dh]
+    tensor (the layout the output projection reads); the backward recomputes the scores from the saved heads."""
+
+    @staticmethod
+    def forward(ctx, heads, n_head):
+        q, k, v = heads.split(n_head, dim=1)
+        B, H, T, Dh = q.shape
+        out = torch.empty(B, T, H, Dh, dtype=heads.dtype).transpose(1, 2)
+        stats = torch.empty(B, H, T, 2, dtype=torch.float32)  # per row: largest scaled score, 1 / sum
+        views = _views(q, k, v, out)
+        if native.library().clozelm_amx_attention(views.data_ptr(), stats.data_ptr(), B, H, T, Dh,
+                                                  1.0 / math.sqrt(Dh)):
+            raise MemoryError("no memory for attention's tiles")
+        ctx.save_for_backward(heads, stats)
+        ctx.n_head = n_head
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        heads, stats = ctx.saved_tensors
+        q, k, v = heads.split(ctx.n_head, dim=1)
+        B, H, T, Dh = q.shape
+        grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+        grad_heads = torch.empty(B, T, 3 * H, Dh, dtype=heads.dtype).transpose(1, 2)
+        views = _views(q, k, v, grad, *grad_heads.split(H, dim=1))
+        if native.library().clozelm_amx_attention_backward(views.data_ptr(), stats.data_ptr(), B, H, T, Dh,
+                                                           1.0 / math.sqrt(Dh)):
+            raise MemoryError("no memory for attention's tiles")
+        return grad_heads, None
 
 
 class _CausalAttention(torch.autograd.Function):

@@ -331,7 +331,7 @@ class Attention(nn.Module):
         elif _compiled_cpu_training(q):
             y = _products_and_softmax(q, k, v, mask, is_causal, dropout)
         elif self.training and native_attention.takes(q, k, mask, dropout, is_causal):
-            y = native_attention.attend(q, k, v)
+            y = native_attention.attend(q, k, v, heads if rope is None else None)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, D)
