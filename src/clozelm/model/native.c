@@ -1338,15 +1338,32 @@ static void rows_padded(head_rows src, int64_t T, int64_t Tp, int64_t Dh, uint16
     memset(dst + T * Dh, 0, (Tp - T) * Dh * sizeof(uint16_t));
 }
 
-/* dst [Dh / 2][Tp] pairs = rows [Tp][Dh] with each pair of columns as one 32-bit number, transposed: B of a product
- * with the rows' transpose (q k^T, dO v^T) */
-static void paired_by_column(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst) {
-    const uint32_t *src = (const uint32_t *)rows;
-    uint32_t *d = (uint32_t *)dst;
+/* dst [Dh / 2][pitch] pairs = rows [Tp][Dh] with each pair of columns as one 32-bit number, transposed: B of a
+ * product with the rows' transpose (q k^T, dO v^T) */
+static void paired_by_column(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst, int64_t pitch) {
+    const float *src = (const float *)rows;  /* pairs moved as 32-bit numbers: floats only for the shuffles */
+    float *d = (float *)dst;
     const int64_t pairs = Dh / 2;
     for (int64_t t = 0; t < Tp; t += 8)
-        for (int64_t c = 0; c < pairs; c++)
-            for (int64_t i = 0; i < 8; i++) d[c * Tp + t + i] = src[(t + i) * pairs + c];
+        for (int64_t c = 0; c < pairs; c += 8) {  /* an 8 x 8 transpose of pairs */
+            __m256 r[8], u[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (t + i) * pairs + c);
+            for (int i = 0; i < 8; i += 2) {
+                u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                r[i] = _mm256_shuffle_ps(u[i], u[i + 2], 0x44);
+                r[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], 0xee);
+                r[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0x44);
+                r[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0xee);
+            }
+            /* r[0..3]: columns 0, 1, 2, 3 of rows 0-3 (low half) and 4, 5, 6, 7 (high); r[4..7] the same of rows 4-7 */
+            for (int i = 0; i < 4; i++) {
+                _mm256_storeu_ps(d + (c + i) * pitch + t, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+                _mm256_storeu_ps(d + (c + i + 4) * pitch + t, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+            }
+        }
 }
 
 /* dst [Tp / 2][Dh] pairs = rows [Tp][Dh] with row 2i and row 2i + 1 side by side, number by number: B of a product
@@ -1360,10 +1377,10 @@ AMX static void paired_by_row(const uint16_t *rows, int64_t Tp, int64_t Dh, uint
         }
 }
 
-/* dst [Dh][Tp] = rows [Tp][Dh] transposed: A of a product summing over tokens (dk^T = q^T dS, dv^T = dO^T p) */
-static void transposed_rows(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst) {
+/* dst [Dh][pitch] = rows [Tp][Dh] transposed: A of a product summing over tokens (dk^T = q^T dS, dv^T = dO^T p) */
+static void transposed_rows(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst, int64_t pitch) {
     for (int64_t t = 0; t < Tp; t += 8)
-        for (int64_t c = 0; c < Dh; c += 8) transpose8x8(rows + t * Dh + c, Dh, dst + c * Tp + t, Tp);
+        for (int64_t c = 0; c < Dh; c += 8) transpose8x8(rows + t * Dh + c, Dh, dst + c * pitch + t, pitch);
 }
 
 AMX static void rounded_row(const float *x, uint16_t *y, int64_t n) {  /* n a multiple of 16 */
@@ -1381,14 +1398,15 @@ AMX static void columns_out(const float *o, int64_t Dh, uint16_t *dst, int64_t t
     for (int64_t c = 0; c < 16 && k0 + c < T; c++) memcpy(dst + (k0 + c) * token, rows + c * Dh, Dh * sizeof(uint16_t));
 }
 
-/* rows [16][n] of bf16 (`stride` apart) -> dst rows of pairs: dst[(r / 2) * Tp + j] = rows[r][j], rows[r + 1][j] */
-AMX static void rows_paired(const uint16_t *rows, int64_t stride, int64_t n, uint16_t *dst, int64_t Tp) {
+/* rows [16][n] of bf16 (`stride` apart) -> dst rows of pairs: dst[r / 2][j] = rows[r][j], rows[r + 1][j], `pitch`
+ * pairs a row */
+AMX static void rows_paired(const uint16_t *rows, int64_t stride, int64_t n, uint16_t *dst, int64_t pitch) {
     for (int64_t r = 0; r < 16; r += 2)
         for (int64_t j = 0; j < n; j += 16) {
             const __m512i even = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + r * stride + j)));
             const __m512i odd =
                 _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + (r + 1) * stride + j)));
-            _mm512_storeu_si512(dst + (r / 2) * Tp * 2 + 2 * j, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+            _mm512_storeu_si512(dst + (r / 2) * pitch * 2 + 2 * j, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
         }
 }
 
@@ -1451,15 +1469,19 @@ AMX static void score_gradients_row(const float *s, const float *dp, int64_t n, 
     memset(p + j, 0, (ends - j) * sizeof(uint16_t));
 }
 
-/* the scratch of one thread, in numbers: heads [Tp][Dh] and their packed forms, a block's rows */
+/* the scratch of one thread, in numbers: heads [Tp][Dh] and their packed forms, a block's rows. Rows along the tokens
+ * are `pitch` = Tp + 16 numbers (or pairs) long: at a power of two the 16 rows of a tile would fall into a few sets
+ * of the L1 cache and evict each other. */
 typedef struct {
     uint16_t *q, *k_cols, *v_rows, *dout, *v_cols, *k_rows, *q_t, *dout_t, *ds_pairs, *p_pairs, *ds, *p, *turned;
     float *s, *dp, *e, *o;
 } attention_scratch;
 
+static int64_t pitch_of(int64_t Tp) { return Tp + 16; }
+
 static void *scratch_alloc(attention_scratch *w, int64_t Tp, int64_t Dh, int backward) {
-    const int64_t head = Tp * Dh, square = backward ? Tp * Tp : 0, block = 16 * Tp;
-    const int64_t halves = 8 * head + 2 * square + 2 * block + 32 * Dh, floats = 3 * block + Tp + 16 + 16 * Dh;
+    const int64_t P = pitch_of(Tp), head = P * Dh, square = backward ? Tp * P : 0, block = 16 * P;
+    const int64_t halves = 8 * head + 2 * square + 2 * block + 32 * Dh, floats = 3 * block + P + 16 + 16 * Dh;
     char *base = aligned_alloc(64, (halves * 2 + floats * 4 + 63) / 64 * 64);
     if (!base) return NULL;
     uint16_t *h = (uint16_t *)base;
@@ -1473,7 +1495,7 @@ static void *scratch_alloc(attention_scratch *w, int64_t Tp, int64_t Dh, int bac
     float *f = (float *)h;
     w->s = f, f += block;
     w->dp = f, f += block;
-    w->e = f, f += block + Tp + 16;
+    w->e = f, f += block + P + 16;
     w->o = f;
     return base;
 }
@@ -1492,33 +1514,33 @@ AMX static void rows_out(const float *o, int64_t Dh, const view_arg *v, int64_t 
 }
 
 /* s [16][keys] = q rows i0 .. i0 + 15 times the keys' transpose, fp32 */
-AMX static void block_scores(const uint16_t *q, const uint16_t *k_cols, int64_t i0, int64_t keys, int64_t Tp,
+AMX static void block_scores(const uint16_t *q, const uint16_t *k_cols, int64_t i0, int64_t keys, int64_t P,
                              int64_t Dh, float *s) {
-    tile_products(q + i0 * Dh, Dh * 2, 0, 32, k_cols, Tp * 4, 32, 16 * Tp * 2, keys / 16, Dh / 32, s, Tp * 4, 16);
+    tile_products(q + i0 * Dh, Dh * 2, 0, 32, k_cols, P * 4, 32, 16 * P * 2, keys / 16, Dh / 32, s, P * 4, 16);
 }
 
 AMX static void attention_head(const attention_args *a, int64_t b, int64_t h, attention_scratch *w) {
-    const int64_t T = a->T, Dh = a->Dh, Tp = (T + 31) / 32 * 32;
+    const int64_t T = a->T, Dh = a->Dh, Tp = (T + 31) / 32 * 32, P = pitch_of(Tp);
     float *stats = a->stats + (b * a->H + h) * T * 2;
     rows_padded(head_of(&a->q, b, h), T, Tp, Dh, w->q);
     uint16_t *rows = w->v_cols;  /* the keys' and the values' rows before packing (v_cols: the backward's) */
     rows_padded(head_of(&a->k, b, h), T, Tp, Dh, rows);
-    paired_by_column(rows, Tp, Dh, w->k_cols);
+    paired_by_column(rows, Tp, Dh, w->k_cols, P);
     rows_padded(head_of(&a->v, b, h), T, Tp, Dh, rows);
     paired_by_row(rows, Tp, Dh, w->v_rows);
     for (int64_t i0 = 0; i0 < T; i0 += 16) {
         const int64_t keys = i0 + 16, ends = (keys + 31) / 32 * 32;
-        block_scores(w->q, w->k_cols, i0, keys, Tp, Dh, w->s);
+        block_scores(w->q, w->k_cols, i0, keys, P, Dh, w->s);
         for (int64_t r = 0; r < 16; r++) {
             const int64_t n = i0 + r + 1;
-            uint16_t *pr = w->p + r * Tp;
+            uint16_t *pr = w->p + r * P;
             if (n > T) {
                 memset(pr, 0, ends * sizeof(uint16_t));
                 continue;
             }
-            probabilities_row(w->s + r * Tp, n, ends, a->scale, w->e, pr, stats + 2 * (i0 + r));
+            probabilities_row(w->s + r * P, n, ends, a->scale, w->e, pr, stats + 2 * (i0 + r));
         }
-        tile_products(w->p, Tp * 2, 0, 32, w->v_rows, Dh * 4, 32, 16 * Dh * 2, Dh / 16, ends / 32, w->o, Dh * 4, 16);
+        tile_products(w->p, P * 2, 0, 32, w->v_rows, Dh * 4, 32, 16 * Dh * 2, Dh / 16, ends / 32, w->o, Dh * 4, 16);
         rows_out(w->o, Dh, &a->out, b, h, i0, T);
     }
 }
@@ -1527,38 +1549,38 @@ AMX static void attention_head(const attention_args *a, int64_t b, int64_t h, at
  * dO v^T, dS = p (dP - sum(p dP)) scale, dq = dS k; dS and p kept for the whole head (paired rows), then dk^T = q^T dS
  * and dv^T = dO^T p per block of 16 keys, over the queries from the key's block on. */
 AMX static void attention_head_backward(const attention_args *a, int64_t b, int64_t h, attention_scratch *w) {
-    const int64_t T = a->T, Dh = a->Dh, Tp = (T + 31) / 32 * 32;
+    const int64_t T = a->T, Dh = a->Dh, Tp = (T + 31) / 32 * 32, P = pitch_of(Tp);
     const float *stats = a->stats + (b * a->H + h) * T * 2, scale = a->scale;
     rows_padded(head_of(&a->q, b, h), T, Tp, Dh, w->q);
-    transposed_rows(w->q, Tp, Dh, w->q_t);
+    transposed_rows(w->q, Tp, Dh, w->q_t, P);
     rows_padded(head_of(&a->dout, b, h), T, Tp, Dh, w->dout);
-    transposed_rows(w->dout, Tp, Dh, w->dout_t);
+    transposed_rows(w->dout, Tp, Dh, w->dout_t, P);
     uint16_t *rows = w->v_rows;  /* the keys' and the values' rows before packing (v_rows: the forward's) */
     rows_padded(head_of(&a->k, b, h), T, Tp, Dh, rows);
-    paired_by_column(rows, Tp, Dh, w->k_cols);
+    paired_by_column(rows, Tp, Dh, w->k_cols, P);
     paired_by_row(rows, Tp, Dh, w->k_rows);
     rows_padded(head_of(&a->v, b, h), T, Tp, Dh, rows);
-    paired_by_column(rows, Tp, Dh, w->v_cols);
+    paired_by_column(rows, Tp, Dh, w->v_cols, P);
     for (int64_t i0 = 0; i0 < Tp; i0 += 16) {
         const int64_t keys = i0 + 16, ends = (keys + 31) / 32 * 32;
         if (i0 < T) {
-            block_scores(w->q, w->k_cols, i0, keys, Tp, Dh, w->s);
-            block_scores(w->dout, w->v_cols, i0, keys, Tp, Dh, w->dp);
+            block_scores(w->q, w->k_cols, i0, keys, P, Dh, w->s);
+            block_scores(w->dout, w->v_cols, i0, keys, P, Dh, w->dp);
         }
         for (int64_t r = 0; r < 16; r++) {
             const int64_t n = i0 + r + 1;
-            uint16_t *dsr = w->ds + r * Tp, *pr = w->p + r * Tp;
+            uint16_t *dsr = w->ds + r * P, *pr = w->p + r * P;
             if (n > T) {
                 memset(dsr, 0, ends * sizeof(uint16_t));
                 memset(pr, 0, ends * sizeof(uint16_t));
                 continue;
             }
-            score_gradients_row(w->s + r * Tp, w->dp + r * Tp, n, ends, scale, stats + 2 * (n - 1), w->e, dsr, pr);
+            score_gradients_row(w->s + r * P, w->dp + r * P, n, ends, scale, stats + 2 * (n - 1), w->e, dsr, pr);
         }
-        rows_paired(w->ds, Tp, ends, w->ds_pairs + (i0 / 2) * Tp * 2, Tp);
-        rows_paired(w->p, Tp, ends, w->p_pairs + (i0 / 2) * Tp * 2, Tp);
+        rows_paired(w->ds, P, ends, w->ds_pairs + (i0 / 2) * P * 2, P);
+        rows_paired(w->p, P, ends, w->p_pairs + (i0 / 2) * P * 2, P);
         if (i0 < T) {
-            tile_products(w->ds, Tp * 2, 0, 32, w->k_rows, Dh * 4, 32, 16 * Dh * 2, Dh / 16, ends / 32, w->o, Dh * 4,
+            tile_products(w->ds, P * 2, 0, 32, w->k_rows, Dh * 4, 32, 16 * Dh * 2, Dh / 16, ends / 32, w->o, Dh * 4,
                           16);
             rows_out(w->o, Dh, &a->dq, b, h, i0, T);
         }
@@ -1570,8 +1592,8 @@ AMX static void attention_head_backward(const attention_args *a, int64_t b, int6
         for (int64_t k0 = 0; k0 < T; k0 += 16) {
             const int64_t q0 = k0 / 32 * 32;
             /* o [Dh][16] = the transpose of the gradient's rows k0 .. k0 + 15 */
-            tile_products(lefts[g] + q0, Tp * 2, 16 * Tp, 32, rights[g] + (q0 / 2) * Tp * 2 + k0 * 2, Tp * 4, 0,
-                          16 * Tp * 2, Dh / 16, (Tp - q0) / 32, w->o, 64, 256);
+            tile_products(lefts[g] + q0, P * 2, 16 * P, 32, rights[g] + (q0 / 2) * P * 2 + k0 * 2, P * 4, 0, 16 * P * 2,
+                          Dh / 16, (Tp - q0) / 32, w->o, 64, 256);
             columns_out(w->o, Dh, dst, grads[g]->token, k0, T, w->turned);
         }
     }
