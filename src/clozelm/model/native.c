@@ -1232,14 +1232,15 @@ int clozelm_layer_norm_backward(const uint16_t *dy, const uint16_t *x, const uin
 
 /* Causal attention of a bf16 training step on AMX tiles (model/native_attention.py), forward and backward, one head
  * at a time, each thread a head: q, k, v [B, H, T, Dh] as views (strides in numbers; the numbers of a token's head
- * contiguous), out [B, H, T, Dh] likewise. The same numbers as clozelm_causal_softmax between two batched products:
- * the scores q k^T accumulated in fp32 and rounded once to bf16, the softmax in fp32 over each row's causal half,
- * the probabilities rounded to bf16 for the product with the values, stats [B, H, T, 2] each row's largest scaled
- * score and 1 / the sum of its exponentials. What the tiles change: the products stop at the diagonal (blocks of
- * 16 queries against the keys up to their block; oneDNN's batched products compute the whole square), the square
- * never leaves the cache (the backward recomputes the scores from q and k instead of keeping them), and the
- * operands are read where the layer's projections wrote them, so no copies of q, k, v, the output or the
- * gradients. dh must be 32 or 64 and T at most LONGEST_ATTENTION (the scratch each thread keeps).
+ * contiguous), out [B, H, T, Dh] likewise. clozelm_causal_softmax's formulas between two products: the softmax in
+ * fp32 over each row's causal half, the probabilities rounded to bf16 for the product with the values, stats
+ * [B, H, T, 2] each row's largest scaled score and 1 / the sum of its exponentials, but on the scores as the tiles
+ * summed them in fp32 (a batched bf16 product rounds them to bf16 first). What the tiles change besides: the
+ * products stop at the diagonal (blocks of 16 queries against the keys up to their block; oneDNN's batched products
+ * compute the whole square), the square never leaves the cache (the backward recomputes the scores from q and k
+ * instead of keeping them), and the operands are read where the layer's projections wrote them, so no copies of q,
+ * k, v, the output or the gradients. dh must be 32 or 64 and T at most LONGEST_ATTENTION (the scratch each thread
+ * keeps).
  *
  * A tile product C[16][16] (fp32) += A[16][32] B[32][16] takes B with its rows paired (B[k][n] beside B[k + 1][n],
  * "VNNI" order): keys and values are packed once per head into the orders each product wants, the query, key and

@@ -10,6 +10,13 @@ causal half in one pass; the probabilities are rounded to bf16 for the product w
 recomputes the fp32 probabilities from the saved scores and each row's largest score and sum, so they are the ones
 the forward rounded.
 
+Where the CPU has AMX tiles and q, k, v are the parts of one fused projection with heads of 32 or 64 numbers (GPT-2's
+layers), `_TiledAttention` (native.c's clozelm_amx_attention) computes it instead, a head at a time on the tiles:
+the products stop at the diagonal, the scores stay in fp32 (closer to float64 than the batched products' bf16
+scores; the probabilities are still rounded to bf16 for the product with the values), the backward recomputes the
+scores from q and k instead of keeping two [B, H, T, T] squares a layer, and q, k, v, the output and the gradient
+are read and written where the projections have them (no copies, no concatenation of the three gradients).
+
 Taken for causal attention without a mask or dropout, queries and keys of the same length (up to LONGEST), in a
 bf16 training step (autocast or bf16 weights) on a Xeon with AMX, where it was measured faster than the flash
 kernel; not while torch.compile traces (the compiled step spells attention out for inductor to fuse instead).
