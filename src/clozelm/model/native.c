@@ -1245,7 +1245,7 @@ int clozelm_layer_norm_backward(const uint16_t *dy, const uint16_t *x, const uin
  * A tile product C[16][16] (fp32) += A[16][32] B[32][16] takes B with its rows paired (B[k][n] beside B[k + 1][n],
  * "VNNI" order): keys and values are packed once per head into the orders each product wants, the query, key and
  * gradient rows padded with zeros to a multiple of 32 tokens. */
-#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
+#if defined(__linux__) && (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -1283,6 +1283,7 @@ AMX static void tiles_released(void) { _tile_release(); }
 AMX static void tile_products(const uint16_t *a, int64_t a_stride, int64_t a_u, int64_t a_s, const uint16_t *b,
                               int64_t b_stride, int64_t b_u, int64_t b_s, int64_t count, int64_t steps, float *out,
                               int64_t out_stride, int64_t out_u) {
+    __asm__ volatile("" : : : "memory");  /* GCC's tile loads do not say they read memory: the scratch's stores first */
     int64_t u = 0;
 #define TILE_STEP(C, A, B, U)                                                         \
     do {                                                                              \
@@ -1325,7 +1326,7 @@ typedef struct {
 } head_rows;
 
 typedef struct {
-    int64_t p, batch, head, token;  /* an address and its strides in numbers, as model/native_attention.py passes them */
+    int64_t p, batch, head, token;  /* an address and its strides in numbers, as native_attention.py passes them */
 } view_arg;
 
 static head_rows head_of(const view_arg *v, int64_t b, int64_t h) {
@@ -1645,7 +1646,7 @@ int clozelm_amx_attention_backward(const int64_t *views, const float *stats, int
     return each_head(&a, 1);
 }
 #else
-int clozelm_amx_ready(void) { return -1; }  /* a compiler without AMX's intrinsics: the batched products instead */
+int clozelm_amx_ready(void) { return -1; }  /* not Linux, or a compiler without AMX's intrinsics: batched products */
 int clozelm_amx_attention(const int64_t *views, float *stats, int64_t B, int64_t H, int64_t T, int64_t Dh,
                           float scale) { return 2; }
 int clozelm_amx_attention_backward(const int64_t *views, const float *stats, int64_t B, int64_t H, int64_t T,

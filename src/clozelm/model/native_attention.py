@@ -60,7 +60,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: torch.Tenso
 
 
 def _tiled(heads: torch.Tensor, q: torch.Tensor) -> bool:
-    return q.size(-1) in (32, 64) and heads.stride(-1) == 1 and native.amx_tiles()
+    return q.size(-1) in (32, 64) and q.size(2) > 0 and heads.stride(-1) == 1 and native.amx_tiles()
 
 
 def _views(*heads: torch.Tensor) -> torch.Tensor:
