@@ -1368,17 +1368,6 @@ static void paired_by_column(const uint16_t *rows, int64_t Tp, int64_t Dh, uint1
         }
 }
 
-/* dst [Tp / 2][Dh] pairs = rows [Tp][Dh] with row 2i and row 2i + 1 side by side, number by number: B of a product
- * with the rows themselves (p v, dS k) */
-AMX static void paired_by_row(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst) {
-    for (int64_t t = 0; t < Tp; t += 2)
-        for (int64_t c = 0; c < Dh; c += 16) {
-            const __m512i even = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + t * Dh + c)));
-            const __m512i odd = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + (t + 1) * Dh + c)));
-            _mm512_storeu_si512(dst + t * Dh + 2 * c, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
-        }
-}
-
 /* dst [Dh][pitch] = rows [Tp][Dh] transposed: A of a product summing over tokens (dk^T = q^T dS, dv^T = dO^T p) */
 static void transposed_rows(const uint16_t *rows, int64_t Tp, int64_t Dh, uint16_t *dst, int64_t pitch) {
     for (int64_t t = 0; t < Tp; t += 8)
@@ -1400,10 +1389,11 @@ AMX static void columns_out(const float *o, int64_t Dh, uint16_t *dst, int64_t t
     for (int64_t c = 0; c < 16 && k0 + c < T; c++) memcpy(dst + (k0 + c) * token, rows + c * Dh, Dh * sizeof(uint16_t));
 }
 
-/* rows [16][n] of bf16 (`stride` apart) -> dst rows of pairs: dst[r / 2][j] = rows[r][j], rows[r + 1][j], `pitch`
- * pairs a row */
-AMX static void rows_paired(const uint16_t *rows, int64_t stride, int64_t n, uint16_t *dst, int64_t pitch) {
-    for (int64_t r = 0; r < 16; r += 2)
+/* rows [count][n] of bf16 (`stride` apart, count even) -> dst rows of pairs, `pitch` pairs a row: dst[r / 2][j] =
+ * rows[r][j] beside rows[r + 1][j], B of a product with the rows themselves (p v, dS k; n a multiple of 16) */
+AMX static void rows_paired(const uint16_t *rows, int64_t count, int64_t stride, int64_t n, uint16_t *dst,
+                            int64_t pitch) {
+    for (int64_t r = 0; r < count; r += 2)
         for (int64_t j = 0; j < n; j += 16) {
             const __m512i even = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rows + r * stride + j)));
             const __m512i odd =
@@ -1529,7 +1519,7 @@ AMX static void attention_head(const attention_args *a, int64_t b, int64_t h, at
     rows_padded(head_of(&a->k, b, h), T, Tp, Dh, rows);
     paired_by_column(rows, Tp, Dh, w->k_cols, P);
     rows_padded(head_of(&a->v, b, h), T, Tp, Dh, rows);
-    paired_by_row(rows, Tp, Dh, w->v_rows);
+    rows_paired(rows, Tp, Dh, Dh, w->v_rows, Dh);
     for (int64_t i0 = 0; i0 < T; i0 += 16) {
         const int64_t keys = i0 + 16, ends = (keys + 31) / 32 * 32;
         block_scores(w->q, w->k_cols, i0, keys, P, Dh, w->s);
@@ -1560,7 +1550,7 @@ AMX static void attention_head_backward(const attention_args *a, int64_t b, int6
     uint16_t *rows = w->v_rows;  /* the keys' and the values' rows before packing (v_rows: the forward's) */
     rows_padded(head_of(&a->k, b, h), T, Tp, Dh, rows);
     paired_by_column(rows, Tp, Dh, w->k_cols, P);
-    paired_by_row(rows, Tp, Dh, w->k_rows);
+    rows_paired(rows, Tp, Dh, Dh, w->k_rows, Dh);
     rows_padded(head_of(&a->v, b, h), T, Tp, Dh, rows);
     paired_by_column(rows, Tp, Dh, w->v_cols, P);
     for (int64_t i0 = 0; i0 < Tp; i0 += 16) {
@@ -1579,8 +1569,8 @@ AMX static void attention_head_backward(const attention_args *a, int64_t b, int6
             }
             score_gradients_row(w->s + r * P, w->dp + r * P, n, ends, scale, stats + 2 * (n - 1), w->e, dsr, pr);
         }
-        rows_paired(w->ds, P, ends, w->ds_pairs + (i0 / 2) * P * 2, P);
-        rows_paired(w->p, P, ends, w->p_pairs + (i0 / 2) * P * 2, P);
+        rows_paired(w->ds, 16, P, ends, w->ds_pairs + (i0 / 2) * P * 2, P);
+        rows_paired(w->p, 16, P, ends, w->p_pairs + (i0 / 2) * P * 2, P);
         if (i0 < T) {
             tile_products(w->ds, P * 2, 0, 32, w->k_rows, Dh * 4, 32, 16 * Dh * 2, Dh / 16, ends / 32, w->o, Dh * 4,
                           16);
