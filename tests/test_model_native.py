@@ -213,9 +213,10 @@ def test_which_cpus_multiply_through_native_c(flags, wanted, on, monkeypatch):
     assert packed.native_products() == on
 
 
-@pytest.mark.parametrize("flags,ahead", [({"avx2", "fma", "avx512f", "amx_tile"}, 2048), ({"avx2", "fma", "avx512f"}, 0),
-                                         ({"avx2", "fma"}, 0)])
-def test_the_kernels_prefetch_ahead_on_a_xeon_with_amx_only(flags, ahead, monkeypatch):
+@pytest.mark.parametrize("flags,ahead", [({"avx2", "fma", "avx512f", "amx_tile"}, (2048, 2048)),
+                                         ({"avx2", "fma", "avx512f"}, (0, 0)), ({"avx2", "fma"}, (0, 2048))])
+def test_the_kernels_prefetch_ahead_as_the_machine_class_gains_from_it(flags, ahead, monkeypatch):
+    """(fp32 weights, narrower ones): a Xeon with AMX all; AVX2 without AVX-512 the narrower ones; Zen 4 none."""
     monkeypatch.setattr(native, "cpu_flags", lambda: frozenset(flags))
     assert native.prefetch_bytes() == ahead
 
@@ -225,7 +226,7 @@ def test_the_kernels_prefetch_ahead_on_a_xeon_with_amx_only(flags, ahead, monkey
 def test_prefetching_changes_no_product(kind):
     """The library prefetches as this machine class does; a product with and without prefetching is the same."""
     lib = native.library()
-    assert lib.clozelm_set_prefetch(-1) == native.prefetch_bytes()  # -1 reads the setting
+    assert tuple(lib.clozelm_set_prefetch(weights, -1) for weights in (0, 1)) == native.prefetch_bytes()  # -1 reads
     torch.manual_seed(0)
     w = torch.randn(200, 96)
     weight = {"fp32": lambda: native.pack(w), "bf16": lambda: native.pack(w.to(torch.bfloat16)),
@@ -235,10 +236,12 @@ def test_prefetching_changes_no_product(kind):
     try:
         products = []
         for ahead in (0, 64, 2048):
-            lib.clozelm_set_prefetch(ahead)
+            for weights in (0, 1):
+                lib.clozelm_set_prefetch(weights, ahead)
             products.append(native.product(x, weight))
     finally:
-        lib.clozelm_set_prefetch(native.prefetch_bytes())
+        for weights, ahead in enumerate(native.prefetch_bytes()):
+            lib.clozelm_set_prefetch(weights, ahead)
     assert torch.equal(products[0], products[1]) and torch.equal(products[0], products[2])
 
 
@@ -387,6 +390,35 @@ def test_a_decoding_step_of_the_default_model_keeps_its_logits(monkeypatch):
         assert (natively - torch_s).abs().max() < tolerance * torch_s.abs().max()
         assert natively.argmax() == torch_s.argmax()
     packed.use_quantized_weights(network, None)
+
+
+@needs_avx2
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("k", [32, 96, 3072])
+def test_quantized_products_are_exact_but_for_the_rounding_of_their_rows(kind, k):
+    """The int8 and int4 kernels round each input row to 16-bit integers (int4: one step per row, its largest
+    magnitude / 32639; int8: one per 32 columns, / 32767) and multiply the codes by them in integers: each output
+    within the sum of its terms' worst rounding (half a step times the weight's magnitude) of float64's product, plus
+    fp32's rounding of the sums. A row with one large value among small ones (the step set by it); a NaN reaches every
+    output of its row and no other."""
+    generator = torch.Generator().manual_seed(k)
+    x = torch.randn(3, k, generator=generator)
+    x[2, k // 3] = 300.0
+    if kind == "int8":
+        codes = torch.randint(-127, 128, (40, k), generator=generator, dtype=torch.int8)
+        scales = torch.rand(40, generator=generator) + 0.01
+        dense, weight = codes.double() * scales.double()[:, None], native.pack(codes, scales)
+    else:
+        codes = torch.randint(0, 16, (40, k), generator=generator, dtype=torch.uint8)
+        scales_zeros = torch.randn(40, k // native.GROUP, 2, generator=generator)
+        dense, weight = native.int4_weight(codes, scales_zeros).double(), native.pack(codes, scales_zeros)
+    steps = x.double().abs().amax(-1, keepdim=True) / 32639  # [rows, 1]: at least each group's step
+    bound = (steps / 2) @ dense.abs().sum(-1)[None] + 1e-6 * (x.double().abs() @ dense.abs().T)
+    error = (native.product(x, weight).double() - x.double() @ dense.T).abs()
+    assert (error <= bound).all()
+    x[1, 5] = float("nan")
+    y = native.product(x, weight)
+    assert y[1].isnan().all() and not y[0].isnan().any() and not y[2].isnan().any()
 
 
 @needs_avx2

@@ -14,14 +14,15 @@
  * conversions and an fma per 8 weights, made the kernel bound by its arithmetic). k must be a multiple of 32.
  *
  * int4 (clozelm_product_int4): 4-bit codes q in 0..15 with a bf16 scale s and zero z per row and group of 32
- * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][8 rows][16 bytes], byte b
- * holding column b in its low nibble and column 16 + b in its high one; the scales and zeros beside it,
- * [n / 8][k / 32][8 scales, 8 zeros]. The input row is rounded to 16-bit integers per group of 32 (a step of the
- * group's largest value / 32767: far finer than the bf16 row torch's int4 kernel multiplies), so that the codes
- * need no conversion to fp32: a group of a row is two integer multiply-adds (vpmaddwd), one conversion and one
- * fma for its scale, and the zeros' part, z - 8 s times the group's sum, is one fma for all 8 rows (widening
- * every code to fp32 instead made the kernel bound by its arithmetic, slower than torch's). k must be a multiple
- * of 32.
+ * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][4 runs][8 rows][4 bytes],
+ * byte b of run i holding column 4i + b in its low nibble and column 16 + 4i + b in its high one; the scales and
+ * zeros beside it, [n / 8][k / 32][8 scales, 8 zeros]. The input row is rounded to 16-bit integers (a step of the
+ * row's largest value / 32639: far finer than the bf16 row torch's int4 kernel multiplies) and split into two bytes,
+ * so that the codes multiply it in multiply-adds of bytes with no conversion: a run of codes (8 rows x 4 columns)
+ * times 4 columns of the row is one instruction per byte of the row's integers, the 8 rows' sums side by side in one
+ * register, and a group takes one conversion and one fma for its 8 scales and one for the zeros' part (widening
+ * every code to fp32 instead made the kernel bound by its arithmetic, slower than torch's). k must be a multiple of
+ * 32.
  *
  * Every kernel takes the same arguments: x [m, k] in fp32 or bf16, y [m, rows] written in fp32 or bf16 (the weight's
  * rows, n of them padded to a multiple of 8), and a bias [rows] in fp32 or bf16 or none, added in fp32 before y is
@@ -111,25 +112,28 @@ static inline void store_bf16_8(uint16_t *p, __m256 v) {
     _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
 }
 
-/* How far ahead of its reads a kernel asks for the weights (bytes), set by model/native.py for the machine class: on
- * some CPUs the hardware prefetcher alone leaves a single-row product's stream well below the memory's rate, more so
- * for the narrower formats, which spend more instructions a byte (docs/performance.md). 0: no prefetching. */
-static int64_t prefetch_ahead = 0;
+/* How far ahead of its reads a kernel asks for the weights (bytes), for fp32 weights and for the narrower ones (bf16,
+ * int8, int4), set by model/native.py for the machine class: on some CPUs the hardware prefetcher alone leaves a
+ * single-row product's stream well below the memory's rate, more so for the narrower formats, which spend more
+ * instructions a byte (docs/performance.md). 0: no prefetching. */
+enum { FP32_WEIGHTS, NARROWER_WEIGHTS };
+static int64_t prefetch_ahead[2] = {0, 0};
 
-/* sets it (a negative count leaves it), returns the setting */
-int64_t clozelm_set_prefetch(int64_t bytes) {
-    prefetch_ahead = bytes >= 0 ? bytes : prefetch_ahead;
-    return prefetch_ahead;
+/* sets one (a negative count leaves it), returns its setting */
+int64_t clozelm_set_prefetch(int64_t weights, int64_t bytes) {
+    if (weights != FP32_WEIGHTS && weights != NARROWER_WEIGHTS) return -1;
+    prefetch_ahead[weights] = bytes >= 0 ? bytes : prefetch_ahead[weights];
+    return prefetch_ahead[weights];
 }
 
-/* the cache lines `bytes` from p on, prefetch_ahead further on (a hint: an address past the end never faults);
- * nothing where it is 0, so that CPUs which do not prefetch spend no instruction on it */
-static inline void prefetch(const void *p, int64_t bytes) {
-    if (!prefetch_ahead) return;
-    for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch((const char *)p + prefetch_ahead + c, _MM_HINT_T0);
+/* the cache lines `bytes` from p on, `ahead` bytes further on (a hint: an address past the end never faults); nothing
+ * where it is 0, so that CPUs which do not prefetch spend no instruction on it */
+static inline void prefetch(const void *p, int64_t bytes, int64_t ahead) {
+    if (!ahead) return;
+    for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch((const char *)p + ahead + c, _MM_HINT_T0);
 }
 
-#define PRODUCT(NAME, TYPE, WIDEN)                                                                           \
+#define PRODUCT(NAME, TYPE, WIDEN, AHEAD)                                                                        \
     void NAME(const TYPE *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n, int64_t k,     \
               const void *bias, int64_t rows, int64_t flags) {                                                 \
         (void)unused;  /* the signature of the quantized kernels, which take scales */                       \
@@ -145,7 +149,7 @@ static inline void prefetch(const void *p, int64_t bytes) {
                 __m256 a[8];                                                                                 \
                 for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();                                       \
                 for (int64_t j = 0; j < k; j += 8, p += 64) {                                                \
-                    prefetch(p, 64 * sizeof(TYPE));                                                          \
+                    prefetch(p, 64 * sizeof(TYPE), prefetch_ahead[AHEAD]);                                   \
                     __m256 xv = _mm256_loadu_ps(xi + j);                                                     \
                     for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(WIDEN(p + 8 * r), xv, a[r]);          \
                 }                                                                                            \
@@ -155,40 +159,44 @@ static inline void prefetch(const void *p, int64_t bytes) {
         free(owned);                                                                                         \
     }
 
-PRODUCT(clozelm_product_f32, float, from_f32)
-PRODUCT(clozelm_product_bf16, uint16_t, from_bf16)
+PRODUCT(clozelm_product_f32, float, from_f32, FP32_WEIGHTS)
+PRODUCT(clozelm_product_bf16, uint16_t, from_bf16, NARROWER_WEIGHTS)
 
-/* The 32 values of a row's group from xg into v, and the step that rounds them to integers of at most `largest`
- * magnitude (the group's largest magnitude / largest; 1 for a group of zeros, NaN for one with a NaN, which then
- * carries into every product); *total: the group's sum. */
-static inline float group_step(const float *xg, __m256 v[4], float largest_code, float *total) {
+/* The step that rounds the n values at x (n a multiple of 8) to integers of at most `top` magnitude: their largest
+ * magnitude / top; 1 where all are zeros, NaN where one is NaN (which then carries into every product); *total:
+ * their sum. */
+static float step_of(const float *x, int64_t n, float top, float *total) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 top = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
-    for (int c = 0; c < 4; c++) {
-        v[c] = _mm256_loadu_ps(xg + 8 * c);
-        top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[c]));  /* |x|; a NaN lane never wins the comparison below */
-        sum = _mm256_add_ps(sum, v[c]);
+    __m256 tops = _mm256_setzero_ps(), totals = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; j += 8) {
+        const __m256 v = _mm256_loadu_ps(x + j);
+        tops = _mm256_max_ps(tops, _mm256_andnot_ps(sign, v));  /* a NaN lane never wins the comparison below */
+        totals = _mm256_add_ps(totals, v);                      /* but carries into the sum */
     }
-    float tops[8], sums[8], largest = 0;
-    _mm256_storeu_ps(tops, top);
-    _mm256_storeu_ps(sums, sum);
+    float lanes[8], sums[8], largest = 0;
+    _mm256_storeu_ps(lanes, tops);
+    _mm256_storeu_ps(sums, totals);
     *total = 0;
-    for (int c = 0; c < 8; c++) { largest = tops[c] > largest ? tops[c] : largest; *total += sums[c]; }
-    return *total != *total ? NAN : largest > 0 ? largest / largest_code : 1;
+    for (int c = 0; c < 8; c++) { largest = lanes[c] > largest ? lanes[c] : largest; *total += sums[c]; }
+    return *total != *total ? NAN : largest > 0 ? largest / top : 1;
+}
+
+/* The 32 values of a row's group from xg into v, and step_of them */
+static inline float group_step(const float *xg, __m256 v[4], float largest_code, float *total) {
+    for (int c = 0; c < 4; c++) v[c] = _mm256_loadu_ps(xg + 8 * c);
+    return step_of(xg, 32, largest_code, total);
 }
 
 /* The m input rows (fp32 or bf16, as `flags` says) per group of 32 columns as 16-bit integers xq with a step d
- * (x ~= xq * d, rounded to nearest; the step is the group's largest magnitude / 32767), and each group's sum; false
- * where memory ran out. */
-static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, int16_t **xq, float **steps,
-                         float **sums) {
+ * (x ~= xq * d, rounded to nearest; the step is the group's largest magnitude / 32767); false where memory ran
+ * out. */
+static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, int16_t **xq, float **steps) {
     const int64_t groups = m * (k / 32);
     float *owned;
     const float *x = rows_in_f32(x_in, m, k, flags, &owned);
     *xq = malloc(m * k * sizeof(int16_t));
-    *steps = malloc(2 * groups * sizeof(float));
+    *steps = malloc(groups * sizeof(float));
     if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
-    *sums = *steps + groups;
     for (int64_t i = 0; i < groups; i++) {
         __m256 v[4];
         float total;
@@ -202,7 +210,6 @@ static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, 
             _mm256_storeu_si256((__m256i *)(*xq + 32 * i + 8 * c), packed);
         }
         (*steps)[i] = d;
-        (*sums)[i] = total;
     }
     free(owned);
     return 1;
@@ -277,7 +284,7 @@ static __m256 block_sums16(const int8_t *wb, const void *row, const float *steps
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 16));
         const __m256 d = _mm256_set1_ps(steps[g]);
         const int8_t *p = wb + 256 * g;
-        prefetch(p, 256);
+        prefetch(p, 256, prefetch_ahead[NARROWER_WEIGHTS]);
         for (int r = 0; r < 8; r++) {
             __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r)));
             __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r + 16)));
@@ -299,7 +306,7 @@ VNNI static __m256 block_sums8(const int8_t *wb, const void *row, const float *s
         const __m256i xv = _mm256_loadu_si256((const __m256i *)((const int8_t *)row + 32 * g));
         const __m256 d = _mm256_set1_ps(steps[g]);
         const int8_t *p = wb + 256 * g;
-        prefetch(p, 256);
+        prefetch(p, 256, prefetch_ahead[NARROWER_WEIGHTS]);
         for (int r = 0; r < 8; r++) {
             const __m256i codes = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * r)), flip);
             const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv);
@@ -313,9 +320,9 @@ void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in
                           int64_t k, const void *bias, int64_t rows, int64_t flags) {
     const int64_t groups = k / 32;
     void *xq;
-    float *steps, *per_row;  /* 16-bit rows: their groups' sums (unused here); 8-bit rows: the offsets to take off */
+    float *steps, *per_row = NULL;  /* 8-bit rows: the offsets to take off */
     const int rounded = int8_rows == 8 ? rows_in_int8(x_in, m, k, flags, (int8_t **)&xq, &steps, &per_row)
-                                       : rows_in_int16(x_in, m, k, flags, (int16_t **)&xq, &steps, &per_row);
+                                       : rows_in_int16(x_in, m, k, flags, (int16_t **)&xq, &steps);
     if (!rounded) { all_nan(y, m * rows, flags); return; }
     const int8_block_sums sums_of = int8_rows == 8 ? block_sums8 : block_sums16;
     const int64_t row_bytes = int8_rows == 8 ? k : 2 * k;
@@ -330,46 +337,119 @@ void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in
     free(steps);
 }
 
+/* int4's input rows: each rounded once to 16-bit integers a with one step d per row (x ~= a d, rounded to nearest
+ * even; d is the row's largest magnitude / SPLIT_TOP), each a split into two signed bytes, a = 256 hi + lo, for the
+ * byte products below (vpmaddubsw: an unsigned byte, the code, times a signed one). */
+enum { SPLIT_TOP = 127 * 257 };  /* the largest a whose hi and lo are both signed bytes */
+
+typedef struct {
+    int8_t *bytes;        /* per row: hi [k], then lo [k], in column order */
+    float *steps;         /* per row: d (NaN for a row with a NaN, which then carries into every product) */
+    int32_t *group_sums;  /* per row and group of 32 columns: the sum of its integers */
+} split_rows;
+
+static void split_rows_free(split_rows *s) {
+    free(s->bytes);
+    free(s->steps);
+    free(s->group_sums);
+}
+
+/* x [m, k] (fp32 or bf16, as `flags` says) into *s; false where memory ran out */
+static int rows_split(const void *x_in, int64_t m, int64_t k, int64_t flags, split_rows *s) {
+    const int64_t groups = k / 32;
+    float *owned;
+    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
+    s->bytes = malloc(2 * m * k);
+    s->steps = malloc(m * sizeof(float));
+    s->group_sums = malloc(m * groups * sizeof(int32_t));
+    if (!x || !s->bytes || !s->steps || !s->group_sums) { free(owned); split_rows_free(s); return 0; }
+    const __m256i top = _mm256_set1_epi32(SPLIT_TOP), bottom = _mm256_set1_epi32(-SPLIT_TOP);
+    const __m256i half = _mm256_set1_epi32(128), low_byte = _mm256_set1_epi32(255);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t i = 0; i < m; i++) {
+        const float *xi = x + i * k;
+        float total;
+        const float d = step_of(xi, k, SPLIT_TOP, &total);
+        const __m256 step = _mm256_set1_ps(d);
+        int8_t *hi = s->bytes + 2 * i * k, *lo = hi + k;
+        for (int64_t g = 0; g < groups; g++) {
+            __m256i h[4], l[4], count = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {  /* a NaN row's integers are any: its step makes every product NaN */
+                __m256i a = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(xi + 32 * g + 8 * c), step));
+                a = _mm256_min_epi32(_mm256_max_epi32(a, bottom), top);
+                count = _mm256_add_epi32(count, a);
+                l[c] = _mm256_sub_epi32(_mm256_and_si256(_mm256_add_epi32(a, half), low_byte), half);
+                h[c] = _mm256_srai_epi32(_mm256_sub_epi32(a, l[c]), 8);
+            }
+            /* packing works within 128-bit lanes: the dwords put back in column order */
+            const __m256i hb = _mm256_packs_epi16(_mm256_packs_epi32(h[0], h[1]), _mm256_packs_epi32(h[2], h[3]));
+            const __m256i lb = _mm256_packs_epi16(_mm256_packs_epi32(l[0], l[1]), _mm256_packs_epi32(l[2], l[3]));
+            _mm256_storeu_si256((__m256i *)(hi + 32 * g), _mm256_permutevar8x32_epi32(hb, order));
+            _mm256_storeu_si256((__m256i *)(lo + 32 * g), _mm256_permutevar8x32_epi32(lb, order));
+            int32_t counts[8], group_sum = 0;
+            _mm256_storeu_si256((__m256i *)counts, count);
+            for (int c = 0; c < 8; c++) group_sum += counts[c];
+            s->group_sums[i * groups + g] = group_sum;
+        }
+        s->steps[i] = d;
+    }
+    free(owned);
+    return 1;
+}
+
+/* The sums of a block of 8 int4 weight rows (wb: their codes, sb: their scales and zeros, blocked as above) times
+ * one input row split into bytes (hi, lo, group_sums: rows_split's), before the row's step: lane r is row r's. Per
+ * group, a code byte run (8 rows x 4 columns) times the 4 columns' hi or lo bytes in one multiply-add of bytes, whose
+ * pairs' sums (at most 2 * 15 * 128) add up over the group's 8 runs within 16 bits; one more multiply-add each makes
+ * 256 H + L, the group's codes times its integers (at most 32 * 15 * SPLIT_TOP < 2^24: exact in int32 and in fp32);
+ * then its scale, and the zeros' part, z - 8 s times the group's sum, for all 8 rows at once. */
+static __m256 int4_block_sums(const uint8_t *wb, const uint16_t *sb, const int8_t *hi, const int8_t *lo,
+                              const int32_t *group_sums, int64_t groups) {
+    const __m256i nibble = _mm256_set1_epi8(0x0f), by_256 = _mm256_set1_epi16(256), by_1 = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps(), zeros = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *p = wb + 128 * g;
+        prefetch(p, 128, prefetch_ahead[NARROWER_WEIGHTS]);
+        prefetch(sb + 16 * g, 32, prefetch_ahead[NARROWER_WEIGHTS]);
+        __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;  /* two chains each: shorter */
+        for (int i = 0; i < 4; i++) {
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * i));
+            const __m256i first = _mm256_and_si256(b, nibble);                           /* columns 4i .. 4i + 3 */
+            const __m256i second = _mm256_and_si256(_mm256_srli_epi16(b, 4), nibble);    /* 16 + 4i .. 16 + 4i + 3 */
+            int32_t hf, hs, lf, ls;
+            memcpy(&hf, hi + 32 * g + 4 * i, 4);
+            memcpy(&hs, hi + 32 * g + 16 + 4 * i, 4);
+            memcpy(&lf, lo + 32 * g + 4 * i, 4);
+            memcpy(&ls, lo + 32 * g + 16 + 4 * i, 4);
+            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(first, _mm256_set1_epi32(hf)));
+            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(second, _mm256_set1_epi32(hs)));
+            l0 = _mm256_add_epi16(l0, _mm256_maddubs_epi16(first, _mm256_set1_epi32(lf)));
+            l1 = _mm256_add_epi16(l1, _mm256_maddubs_epi16(second, _mm256_set1_epi32(ls)));
+        }
+        const __m256i t = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(h0, h1), by_256),
+                                           _mm256_madd_epi16(_mm256_add_epi16(l0, l1), by_1));
+        const __m256 s = from_bf16(sb + 16 * g), z = from_bf16(sb + 16 * g + 8);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), s, acc);
+        zeros = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8), s, z), _mm256_set1_ps((float)group_sums[g]),
+                                zeros);
+    }
+    return _mm256_add_ps(acc, zeros);
+}
+
 void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const void *x_in, void *y, int64_t m,
                           int64_t n, int64_t k, const void *bias, int64_t rows, int64_t flags) {
     const int64_t groups = k / 32;
-    int16_t *xq;
-    float *steps, *sums;
-    if (!rows_in_int16(x_in, m, k, flags, &xq, &steps, &sums)) { all_nan(y, m * rows, flags); return; }
-    const __m256i nibble = _mm256_set1_epi16(0x0f);
+    split_rows s;
+    if (!rows_split(x_in, m, k, flags, &s)) { all_nan(y, m * rows, flags); return; }
 #pragma omp parallel for schedule(static)
-    for (int64_t block = 0; block < n / 8; block++) {
-        const uint8_t *wb = w + block * 8 * (k / 2);
-        const uint16_t *sb = scales_zeros + block * groups * 16;
+    for (int64_t block = 0; block < n / 8; block++)
         for (int64_t i = 0; i < m; i++) {
-            __m256 a[8], zeros = _mm256_setzero_ps();
-            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
-            for (int64_t g = 0; g < groups; g++) {
-                const int16_t *xg = xq + i * k + 32 * g;
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)xg);
-                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 16));
-                const __m256 s = from_bf16(sb + 16 * g), z = from_bf16(sb + 16 * g + 8);
-                /* w = q * s + (z - 8 s): the zeros' part of all 8 rows at once */
-                zeros = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8), s, z),
-                                        _mm256_set1_ps(sums[i * groups + g]), zeros);
-                float sd[8];
-                _mm256_storeu_ps(sd, _mm256_mul_ps(s, _mm256_set1_ps(steps[i * groups + g])));
-                const uint8_t *p = wb + 128 * g;
-                prefetch(p, 128);
-                prefetch(sb + 16 * g, 32);
-                for (int r = 0; r < 8; r++) {
-                    /* 16 bytes widened to 16-bit lanes: the low nibble is column b, the high one column 16 + b */
-                    __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * r)));
-                    __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(b, nibble), x0),
-                                                 _mm256_madd_epi16(_mm256_srli_epi16(b, 4), x1));
-                    a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(sd + r), a[r]);
-                }
-            }
-            put8(y, i, block * 8, rows, _mm256_add_ps(sums8(a), zeros), bias, flags);
+            const int8_t *hi = s.bytes + 2 * i * k;
+            const __m256 sums = int4_block_sums(w + block * 8 * (k / 2), scales_zeros + block * groups * 16, hi,
+                                                hi + k, s.group_sums + i * groups, groups);
+            put8(y, i, block * 8, rows, _mm256_mul_ps(sums, _mm256_set1_ps(s.steps[i])), bias, flags);
         }
-    }
-    free(xq);
-    free(steps);
+    split_rows_free(&s);
 }
 
 /* A few tokens of one row through every layer of a causal pre-norm network (GPT-2, Llama): what

@@ -131,8 +131,9 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_amx_attention.argtypes = [pointer, pointer, size, size, size, size, ctypes.c_float]
     lib.clozelm_amx_attention_backward.argtypes = [pointer, pointer, size, size, size, size, ctypes.c_float]
     lib.clozelm_amx_attention.restype = lib.clozelm_amx_attention_backward.restype = ctypes.c_int
-    lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size], size
-    lib.clozelm_set_prefetch(prefetch_bytes())
+    lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size, size], size
+    for weights, ahead in enumerate(prefetch_bytes()):  # native.c's FP32_WEIGHTS, NARROWER_WEIGHTS
+        lib.clozelm_set_prefetch(weights, ahead)
     lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
     return lib if _agrees(lib) else None
 
@@ -170,11 +171,16 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def prefetch_bytes() -> int:
-    """How far ahead of their reads the kernels ask for the weights: 2 KB on a Xeon with AMX, where the hardware
-    prefetcher alone left a single-row product's stream well below the memory's rate; none elsewhere (on AMD's Zen 4
-    1 to 4 KB gained nothing from memory). docs/performance.md has the figures."""
-    return 2048 if "amx_tile" in cpu_flags() else 0
+def prefetch_bytes() -> tuple[int, int]:
+    """How far ahead of their reads the kernels ask for the weights, (fp32 weights, bf16 / int8 / int4 ones): 2 KB
+    on a Xeon with AMX, where the hardware prefetcher alone left a single-row product's stream well below the
+    memory's rate; 2 KB for the narrower formats on CPUs with AVX2 and no AVX-512 (AMD's Zen 3, where fp32's stream
+    ran slower with it); none on AVX-512 CPUs without AMX (on AMD's Zen 4 1 to 4 KB gained nothing from memory).
+    docs/performance.md has the figures."""
+    flags = cpu_flags()
+    if "amx_tile" in flags:
+        return 2048, 2048
+    return (0, 0) if "avx512f" in flags else (0, 2048)
 
 
 def int8_row_bits() -> int:
@@ -231,8 +237,11 @@ def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeig
     padded = -(-n // BLOCK) * BLOCK
     w = torch.cat([weight.detach(), weight.new_zeros(padded - n, k)]) if padded > n else weight.detach()
     if int4:
-        w = w.reshape(padded // BLOCK, BLOCK, k // GROUP, 2, GROUP // 2)  # [blocks, 8 rows, groups, halves, 16]
-        data = (w[:, :, :, 0] | (w[:, :, :, 1] << 4)).transpose(1, 2).contiguous()  # column b low, 16 + b high
+        # [blocks, 8 rows, groups, halves, 4 runs, 4 columns] -> per group 4 runs of [8 rows][4 bytes]; byte b of run
+        # i holds column 4 i + b in its low nibble, 16 + 4 i + b in its high one
+        w = w.reshape(padded // BLOCK, BLOCK, k // GROUP, 2, 4, 4)
+        data = (w[:, :, :, 0] | (w[:, :, :, 1] << 4)).permute(0, 2, 3, 1, 4).reshape(padded // BLOCK, k // GROUP,
+                                                                                    BLOCK, GROUP // 2).contiguous()
         scales = torch.cat([scales.detach().to(torch.bfloat16), scales.new_zeros(padded - n, k // GROUP, 2,
                                                                                  dtype=torch.bfloat16)])
         scales = scales.reshape(padded // BLOCK, BLOCK, k // GROUP, 2).permute(0, 2, 3, 1).contiguous()
