@@ -97,8 +97,6 @@ static inline __m256 sums8(const __m256 *a) {
     return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
-static inline __m256 from_f32(const float *p) { return _mm256_loadu_ps(p); }
-
 static inline __m256 from_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
@@ -133,34 +131,77 @@ static inline void prefetch(const void *p, int64_t bytes, int64_t ahead) {
     for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch((const char *)p + ahead + c, _MM_HINT_T0);
 }
 
-#define PRODUCT(NAME, TYPE, WIDEN, AHEAD)                                                                        \
-    void NAME(const TYPE *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n, int64_t k,     \
-              const void *bias, int64_t rows, int64_t flags) {                                                 \
-        (void)unused;  /* the signature of the quantized kernels, which take scales */                       \
-        float *owned;                                                                                        \
-        const float *x = rows_in_f32(x_in, m, k, flags, &owned);                                             \
-        if (!x) { all_nan(y, m * rows, flags); return; }                                                     \
-        _Pragma("omp parallel for schedule(static)")                                                         \
-        for (int64_t block = 0; block < n / 8; block++) {                                                    \
-            const TYPE *wb = w + block * 8 * k;                                                               \
-            for (int64_t i = 0; i < m; i++) {                                                                \
-                const float *xi = x + i * k;                                                                 \
-                const TYPE *p = wb;                                                                          \
-                __m256 a[8];                                                                                 \
-                for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();                                       \
-                for (int64_t j = 0; j < k; j += 8, p += 64) {                                                \
-                    prefetch(p, 64 * sizeof(TYPE), prefetch_ahead[AHEAD]);                                   \
-                    __m256 xv = _mm256_loadu_ps(xi + j);                                                     \
-                    for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(WIDEN(p + 8 * r), xv, a[r]);          \
-                }                                                                                            \
-                put8(y, i, block * 8, rows, sums8(a), bias, flags);                                          \
-            }                                                                                                \
-        }                                                                                                    \
-        free(owned);                                                                                         \
+void clozelm_product_f32(const float *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n, int64_t k,
+                         const void *bias, int64_t rows, int64_t flags) {
+    (void)unused;  /* the signature of the quantized kernels, which take scales */
+    float *owned;
+    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
+    if (!x) { all_nan(y, m * rows, flags); return; }
+#pragma omp parallel for schedule(static)
+    for (int64_t block = 0; block < n / 8; block++) {
+        const float *wb = w + block * 8 * k;
+        for (int64_t i = 0; i < m; i++) {
+            const float *xi = x + i * k, *p = wb;
+            __m256 a[8];
+            for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+            for (int64_t j = 0; j < k; j += 8, p += 64) {
+                prefetch(p, 256, prefetch_ahead[FP32_WEIGHTS]);
+                const __m256 xv = _mm256_loadu_ps(xi + j);
+                for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8 * r), xv, a[r]);
+            }
+            put8(y, i, block * 8, rows, sums8(a), bias, flags);
+        }
     }
+    free(owned);
+}
 
-PRODUCT(clozelm_product_f32, float, from_f32, FP32_WEIGHTS)
-PRODUCT(clozelm_product_bf16, uint16_t, from_bf16, NARROWER_WEIGHTS)
+/* bf16 weights: a load takes two rows' 8 columns, each 32-bit lane a pair of columns (2c, 2c + 1) of one row; the odd
+ * column is the lane with its low half cleared and the even one the lane shifted up by 16 bits, both fp32 as they
+ * stand (widening each bf16 to its own lane instead cost a shuffle per 8 weights, and the kernel, bound by its
+ * operations, read memory slower). So each input row is taken with the even and the odd columns of each 8 apart,
+ * each 4 twice (once per row of a load); the lanes' halves sum rows 2r and 2r + 1. */
+void clozelm_product_bf16(const uint16_t *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n,
+                          int64_t k, const void *bias, int64_t rows, int64_t flags) {
+    (void)unused;
+    float *owned;
+    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
+    float *apart = x ? malloc(2 * m * k * sizeof(float)) : NULL;
+    if (!apart) { free(owned); all_nan(y, m * rows, flags); return; }
+    const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6), odds = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+    for (int64_t j = 0; j < m * k; j += 8) {
+        const __m256 v = _mm256_loadu_ps(x + j);
+        _mm256_storeu_ps(apart + 2 * j, _mm256_permutevar8x32_ps(v, evens));
+        _mm256_storeu_ps(apart + 2 * j + 8, _mm256_permutevar8x32_ps(v, odds));
+    }
+    const __m256i high = _mm256_set1_epi32((int)0xffff0000);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+#pragma omp parallel for schedule(static)
+    for (int64_t block = 0; block < n / 8; block++) {
+        const uint16_t *wb = w + block * 8 * k;
+        for (int64_t i = 0; i < m; i++) {
+            const float *xi = apart + 2 * i * k;
+            const uint16_t *p = wb;
+            __m256 even[4], odd[4];
+            for (int r = 0; r < 4; r++) even[r] = odd[r] = _mm256_setzero_ps();
+            for (int64_t j = 0; j < k; j += 8, p += 64) {
+                prefetch(p, 128, prefetch_ahead[NARROWER_WEIGHTS]);
+                const __m256 xe = _mm256_loadu_ps(xi + 2 * j), xo = _mm256_loadu_ps(xi + 2 * j + 8);
+                for (int r = 0; r < 4; r++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 16 * r));
+                    even[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), xe, even[r]);
+                    odd[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, high)), xo, odd[r]);
+                }
+            }
+            __m256 s[4];
+            for (int r = 0; r < 4; r++) s[r] = _mm256_add_ps(even[r], odd[r]);
+            /* rows 0, 2, 4, 6 in the low half, 1, 3, 5, 7 in the high one */
+            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+            put8(y, i, block * 8, rows, _mm256_permutevar8x32_ps(h, order), bias, flags);
+        }
+    }
+    free(apart);
+    free(owned);
+}
 
 /* The step that rounds the n values at x (n a multiple of 8) to integers of at most `top` magnitude: their largest
  * magnitude / top; 1 where all are zeros, NaN where one is NaN (which then carries into every product); *total:
