@@ -9,9 +9,10 @@
  * zero rows to a multiple of 8 by the packing; k must be a multiple of 8 (of 32 for int8 and int4).
  *
  * int8 (clozelm_product_int8): codes q with an fp32 scale s per row, w = q * s. Blocked [n / 8][k / 32][8 rows][32
- * columns], and multiplied like int4 below: the input row in 16-bit integers, each group of 32 columns of a row two
- * integer multiply-adds, one conversion and one fma for the group's step (widening every code to fp32 instead, two
- * conversions and an fma per 8 weights, made the kernel bound by its arithmetic). k must be a multiple of 32.
+ * columns]. The input row is rounded to 16-bit integers per group of 32 columns (a step of the group's largest
+ * magnitude / 32767), so that each group of a weight row is two integer multiply-adds (vpmaddwd), one conversion and
+ * one fma for the group's step (widening every code to fp32 instead, two conversions and an fma per 8 weights, made
+ * the kernel bound by its arithmetic). k must be a multiple of 32.
  *
  * int4 (clozelm_product_int4): 4-bit codes q in 0..15 with a bf16 scale s and zero z per row and group of 32
  * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][4 runs][8 rows][4 bytes],
