@@ -158,9 +158,9 @@ void clozelm_product_f32(const float *w, const void *unused, const void *x_in, v
 
 /* bf16 weights: a load takes two rows' 8 columns, each 32-bit lane a pair of columns (2c, 2c + 1) of one row; the odd
  * column is the lane with its low half cleared and the even one the lane shifted up by 16 bits, both fp32 as they
- * stand (widening each bf16 to its own lane instead cost a shuffle per 8 weights, and the kernel, bound by its
- * operations, read memory slower). So each input row is taken with the even and the odd columns of each 8 apart,
- * each 4 twice (once per row of a load); the lanes' halves sum rows 2r and 2r + 1. */
+ * stand (widening each bf16 to a lane of its own takes a shuffle per 8 weights, and where the weights come from the
+ * cache, as for a draft's rows, the kernel is bound by its operations). So each input row is taken with the even and
+ * the odd columns of each 8 apart, each 4 twice (once per row of a load); the lanes' halves sum rows 2r and 2r + 1. */
 void clozelm_product_bf16(const uint16_t *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n,
                           int64_t k, const void *bias, int64_t rows, int64_t flags) {
     (void)unused;
