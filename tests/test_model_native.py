@@ -399,8 +399,8 @@ def test_quantized_products_are_exact_but_for_the_rounding_of_their_rows(kind, k
     """The int8 and int4 kernels round each input row to 16-bit integers (int4: one step per row, its largest
     magnitude / 32639; int8: one per 32 columns, / 32767) and multiply the codes by them in integers: each output
     within the sum of its terms' worst rounding (half a step times the weight's magnitude) of float64's product, plus
-    fp32's rounding of the sums. A row with one large value among small ones (the step set by it); a NaN reaches every
-    output of its row and no other."""
+    fp32's rounding of the sums. A row with one large value among small ones (the step set by it); a NaN or an
+    infinity, which no integer stands for, makes every output of its row NaN and no other."""
     generator = torch.Generator().manual_seed(k)
     x = torch.randn(3, k, generator=generator)
     x[2, k // 3] = 300.0
@@ -416,9 +416,9 @@ def test_quantized_products_are_exact_but_for_the_rounding_of_their_rows(kind, k
     bound = (steps / 2) @ dense.abs().sum(-1)[None] + 1e-6 * (x.double().abs() @ dense.abs().T)
     error = (native.product(x, weight).double() - x.double() @ dense.T).abs()
     assert (error <= bound).all()
-    x[1, 5] = float("nan")
+    x[0, 7], x[1, 5] = float("inf"), float("nan")
     y = native.product(x, weight)
-    assert y[1].isnan().all() and not y[0].isnan().any() and not y[2].isnan().any()
+    assert y[0].isnan().all() and y[1].isnan().all() and not y[2].isnan().any()
 
 
 @needs_avx2

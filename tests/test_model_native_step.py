@@ -55,8 +55,8 @@ def test_one_call_steps_equal_the_eager_steps(config, kind, dtype):
     activation, fp32 weights, int8 and int4 codes, and bf16: the logits of 19 one-token steps (attention over 3 to 21
     keys, across multiples of 8) and the cached keys and values equal the eager step's to fp32 rounding (int8 and
     int4: to a step of the kernels' 16-bit rows, 1/32767 of a group's largest value or 1/32639 of the row's, which
-    a difference in the last fp32 bit upstream may move; bf16: to a few bf16 steps, rows rounded where the eager step rounds them but sums
-    in another order)."""
+    a difference in the last fp32 bit upstream may move; bf16: to a few bf16 steps, rows rounded where the eager step
+    rounds them but sums in another order)."""
     net = network(config, kind, dtype=dtype)
     ids = torch.randint(0, 96, (21,), generator=torch.Generator().manual_seed(1)).tolist()
     natively, cache = one_token_steps(net, ids, step=True)

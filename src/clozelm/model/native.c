@@ -18,12 +18,12 @@
  * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][4 runs][8 rows][4 bytes],
  * byte b of run i holding column 4i + b in its low nibble and column 16 + 4i + b in its high one; the scales and
  * zeros beside it, [n / 8][k / 32][8 scales, 8 zeros]. The input row is rounded to 16-bit integers (a step of the
- * row's largest value / 32639: far finer than the bf16 row torch's int4 kernel multiplies) and split into two bytes,
- * so that the codes multiply it in multiply-adds of bytes with no conversion: a run of codes (8 rows x 4 columns)
- * times 4 columns of the row is one instruction per byte of the row's integers, the 8 rows' sums side by side in one
- * register, and a group takes one conversion and one fma for its 8 scales and one for the zeros' part (widening
- * every code to fp32 instead made the kernel bound by its arithmetic, slower than torch's). k must be a multiple of
- * 32.
+ * row's largest magnitude / 32639: finer, but for rows with a far outlier, than the bf16 row torch's int4 kernel
+ * multiplies) and split into two bytes, so that the codes multiply it in multiply-adds of bytes with no conversion:
+ * a run of codes (8 rows x 4 columns) times 4 columns of the row is one instruction per byte of the row's integers,
+ * the 8 rows' sums side by side in one register, and a group takes one conversion and one fma for its 8 scales and
+ * one for the zeros' part (widening every code to fp32 instead made the kernel bound by its arithmetic, slower than
+ * torch's). k must be a multiple of 32.
  *
  * Every kernel takes the same arguments: x [m, k] in fp32 or bf16, y [m, rows] written in fp32 or bf16 (the weight's
  * rows, n of them padded to a multiple of 8), and a bias [rows] in fp32 or bf16 or none, added in fp32 before y is
@@ -34,6 +34,7 @@
  * for the other rows. Threads: OpenMP, which resolves to the runtime torch has loaded already (the same
  * libgomp.so.1), so torch.set_num_threads holds here too.
  */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -118,7 +119,7 @@ static inline void store_bf16_8(uint16_t *p, __m256 v) {
 enum { FP32_WEIGHTS, NARROWER_WEIGHTS };
 static int64_t prefetch_ahead[2] = {0, 0};
 
-/* sets one (a negative count leaves it), returns its setting */
+/* sets one (a negative count leaves it), returns its setting; -1 for a kind other than these two */
 int64_t clozelm_set_prefetch(int64_t weights, int64_t bytes) {
     if (weights != FP32_WEIGHTS && weights != NARROWER_WEIGHTS) return -1;
     prefetch_ahead[weights] = bytes >= 0 ? bytes : prefetch_ahead[weights];
@@ -205,28 +206,27 @@ void clozelm_product_bf16(const uint16_t *w, const void *unused, const void *x_i
 }
 
 /* The step that rounds the n values at x (n a multiple of 8) to integers of at most `top` magnitude: their largest
- * magnitude / top; 1 where all are zeros, NaN where one is NaN (which then carries into every product); *total:
- * their sum. */
-static float step_of(const float *x, int64_t n, float top, float *total) {
+ * magnitude / top; 1 where all are zeros, NaN where one is NaN or infinite (which then carries into every product of
+ * the row: an integer cannot stand for it). */
+static float step_of(const float *x, int64_t n, float top) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 tops = _mm256_setzero_ps(), totals = _mm256_setzero_ps();
+    __m256 tops = _mm256_setzero_ps(), unordered = _mm256_setzero_ps();
     for (int64_t j = 0; j < n; j += 8) {
         const __m256 v = _mm256_loadu_ps(x + j);
         tops = _mm256_max_ps(tops, _mm256_andnot_ps(sign, v));  /* a NaN lane never wins the comparison below */
-        totals = _mm256_add_ps(totals, v);                      /* but carries into the sum */
+        unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     }
-    float lanes[8], sums[8], largest = 0;
+    float lanes[8], largest = 0;
     _mm256_storeu_ps(lanes, tops);
-    _mm256_storeu_ps(sums, totals);
-    *total = 0;
-    for (int c = 0; c < 8; c++) { largest = lanes[c] > largest ? lanes[c] : largest; *total += sums[c]; }
-    return *total != *total ? NAN : largest > 0 ? largest / top : 1;
+    for (int c = 0; c < 8; c++) largest = lanes[c] > largest ? lanes[c] : largest;
+    if (_mm256_movemask_ps(unordered) || largest > FLT_MAX) return NAN;
+    return largest > 0 ? largest / top : 1;
 }
 
 /* The 32 values of a row's group from xg into v, and step_of them */
-static inline float group_step(const float *xg, __m256 v[4], float largest_code, float *total) {
+static inline float group_step(const float *xg, __m256 v[4], float largest_code) {
     for (int c = 0; c < 4; c++) v[c] = _mm256_loadu_ps(xg + 8 * c);
-    return step_of(xg, 32, largest_code, total);
+    return step_of(xg, 32, largest_code);
 }
 
 /* The m input rows (fp32 or bf16, as `flags` says) per group of 32 columns as 16-bit integers xq with a step d
@@ -241,8 +241,7 @@ static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, 
     if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
     for (int64_t i = 0; i < groups; i++) {
         __m256 v[4];
-        float total;
-        const float d = group_step(x + 32 * i, v, 32767, &total);
+        const float d = group_step(x + 32 * i, v, 32767);
         const __m256 step = _mm256_set1_ps(d);
         for (int c = 0; c < 4; c += 2) {  /* rounded to nearest even, as _mm_cvtss_si32 rounds one by one */
             const __m256i lo = _mm256_cvtps_epi32(_mm256_div_ps(v[c], step));
@@ -289,8 +288,7 @@ VNNI static int rows_in_int8(const void *x_in, int64_t m, int64_t k, int64_t fla
         float offset = 0;
         for (int64_t g = 0; g < groups; g++) {
             __m256 v[4];
-            float total;
-            const float d = group_step(x + i * k + 32 * g, v, 127, &total);
+            const float d = group_step(x + i * k + 32 * g, v, 127);
             const __m256 step = _mm256_set1_ps(d);
             __m256i q[4], count = _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
@@ -410,8 +408,7 @@ static int rows_split(const void *x_in, int64_t m, int64_t k, int64_t flags, spl
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t i = 0; i < m; i++) {
         const float *xi = x + i * k;
-        float total;
-        const float d = step_of(xi, k, SPLIT_TOP, &total);
+        const float d = step_of(xi, k, SPLIT_TOP);
         const __m256 step = _mm256_set1_ps(d);
         int8_t *hi = s->bytes + 2 * i * k, *lo = hi + k;
         for (int64_t g = 0; g < groups; g++) {
@@ -439,12 +436,13 @@ static int rows_split(const void *x_in, int64_t m, int64_t k, int64_t flags, spl
     return 1;
 }
 
-/* The sums of a block of 8 int4 weight rows (wb: their codes, sb: their scales and zeros, blocked as above) times
- * one input row split into bytes (hi, lo, group_sums: rows_split's), before the row's step: lane r is row r's. Per
- * group, a code byte run (8 rows x 4 columns) times the 4 columns' hi or lo bytes in one multiply-add of bytes, whose
- * pairs' sums (at most 2 * 15 * 128) add up over the group's 8 runs within 16 bits; one more multiply-add each makes
- * 256 H + L, the group's codes times its integers (at most 32 * 15 * SPLIT_TOP < 2^24: exact in int32 and in fp32);
- * then its scale, and the zeros' part, z - 8 s times the group's sum, for all 8 rows at once. */
+/* The sums of a block of 8 int4 weight rows (wb: their codes, sb: their scales and zeros, blocked as above) times one
+ * input row split into bytes (hi, lo, group_sums: rows_split's), before the row's step: lane r is row r's. Per group,
+ * 8 runs of codes (the low and the high nibbles of 4 runs of bytes, 8 rows x 4 columns each), each times its 4
+ * columns' hi or lo bytes in one multiply-add of bytes, whose pairs' sums (at most 2 * 15 * 128) add up over the 8
+ * runs within 16 bits; one more multiply-add each makes 256 H + L, the group's codes times its integers (at most 32 *
+ * 15 * SPLIT_TOP < 2^24: exact in int32 and in fp32); then its scale, and the zeros' part, z - 8 s times the group's
+ * sum, for all 8 rows at once. */
 static __m256 int4_block_sums(const uint8_t *wb, const uint16_t *sb, const int8_t *hi, const int8_t *lo,
                               const int32_t *group_sums, int64_t groups) {
     const __m256i nibble = _mm256_set1_epi8(0x0f), by_256 = _mm256_set1_epi16(256), by_1 = _mm256_set1_epi16(1);

@@ -238,7 +238,8 @@ def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeig
     w = torch.cat([weight.detach(), weight.new_zeros(padded - n, k)]) if padded > n else weight.detach()
     if int4:
         # [blocks, 8 rows, groups, halves, 4 runs, 4 columns] -> per group 4 runs of [8 rows][4 bytes]; byte b of run
-        # i holds column 4 i + b in its low nibble, 16 + 4 i + b in its high one
+        # i holds column 4 i + b in its low nibble, 16 + 4 i + b in its high one (the data's last two dimensions,
+        # [8, 16], are those 128 bytes, not rows)
         w = w.reshape(padded // BLOCK, BLOCK, k // GROUP, 2, 4, 4)
         data = (w[:, :, :, 0] | (w[:, :, :, 1] << 4)).permute(0, 2, 3, 1, 4).reshape(padded // BLOCK, k // GROUP,
                                                                                     BLOCK, GROUP // 2).contiguous()
