@@ -229,6 +229,13 @@ static inline float group_step(const float *xg, __m256 v[4], float largest_code)
     return step_of(xg, 32, largest_code);
 }
 
+/* 32 integers (4 x 8 lanes, each within a signed byte) stored at p as bytes in column order (packing works within
+ * 128-bit lanes: the dwords put back in order) */
+static inline void store_bytes32(int8_t *p, const __m256i q[4]) {
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i *)p, _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
 /* The m input rows (fp32 or bf16, as `flags` says) per group of 32 columns as 16-bit integers xq with a step d
  * (x ~= xq * d, rounded to nearest; the step is the group's largest magnitude / 32767); false where memory ran
  * out. */
@@ -283,7 +290,6 @@ VNNI static int rows_in_int8(const void *x_in, int64_t m, int64_t k, int64_t fla
     *steps = malloc((m * groups + m) * sizeof(float));
     if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
     *offsets = *steps + m * groups;
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t i = 0; i < m; i++) {
         float offset = 0;
         for (int64_t g = 0; g < groups; g++) {
@@ -295,9 +301,7 @@ VNNI static int rows_in_int8(const void *x_in, int64_t m, int64_t k, int64_t fla
                 q[c] = _mm256_cvtps_epi32(_mm256_div_ps(v[c], step));
                 count = _mm256_add_epi32(count, q[c]);
             }
-            /* packing works within 128-bit lanes: the dwords put back in column order */
-            const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            _mm256_storeu_si256((__m256i *)(*xq + i * k + 32 * g), _mm256_permutevar8x32_epi32(bytes, order));
+            store_bytes32(*xq + i * k + 32 * g, q);
             int32_t counts[8], qsum = 0;
             _mm256_storeu_si256((__m256i *)counts, count);
             for (int c = 0; c < 8; c++) qsum += counts[c];
@@ -405,7 +409,6 @@ static int rows_split(const void *x_in, int64_t m, int64_t k, int64_t flags, spl
     if (!x || !s->bytes || !s->steps || !s->group_sums) { free(owned); split_rows_free(s); return 0; }
     const __m256i top = _mm256_set1_epi32(SPLIT_TOP), bottom = _mm256_set1_epi32(-SPLIT_TOP);
     const __m256i half = _mm256_set1_epi32(128), low_byte = _mm256_set1_epi32(255);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t i = 0; i < m; i++) {
         const float *xi = x + i * k;
         const float d = step_of(xi, k, SPLIT_TOP);
@@ -420,11 +423,8 @@ static int rows_split(const void *x_in, int64_t m, int64_t k, int64_t flags, spl
                 l[c] = _mm256_sub_epi32(_mm256_and_si256(_mm256_add_epi32(a, half), low_byte), half);
                 h[c] = _mm256_srai_epi32(_mm256_sub_epi32(a, l[c]), 8);
             }
-            /* packing works within 128-bit lanes: the dwords put back in column order */
-            const __m256i hb = _mm256_packs_epi16(_mm256_packs_epi32(h[0], h[1]), _mm256_packs_epi32(h[2], h[3]));
-            const __m256i lb = _mm256_packs_epi16(_mm256_packs_epi32(l[0], l[1]), _mm256_packs_epi32(l[2], l[3]));
-            _mm256_storeu_si256((__m256i *)(hi + 32 * g), _mm256_permutevar8x32_epi32(hb, order));
-            _mm256_storeu_si256((__m256i *)(lo + 32 * g), _mm256_permutevar8x32_epi32(lb, order));
+            store_bytes32(hi + 32 * g, h);
+            store_bytes32(lo + 32 * g, l);
             int32_t counts[8], group_sum = 0;
             _mm256_storeu_si256((__m256i *)counts, count);
             for (int c = 0; c < 8; c++) group_sum += counts[c];
