@@ -395,12 +395,13 @@ def test_a_decoding_step_of_the_default_model_keeps_its_logits(monkeypatch):
 @needs_avx2
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 @pytest.mark.parametrize("k", [32, 96, 3072])
-def test_quantized_products_are_exact_but_for_the_rounding_of_their_rows(kind, k):
-    """The int8 and int4 kernels round each input row to 16-bit integers (int4: one step per row, its largest
-    magnitude / 32639; int8: one per 32 columns, / 32767) and multiply the codes by them in integers: each output
+def test_quantized_products_are_exact_but_for_the_rounding_of_their_rows(kind, k, lanes):
+    """The int8 and int4 kernels round each input row to 16-bit integers (one step per row, its largest magnitude /
+    32639; int8's 8-lane form one per 32 columns, / 32767) and multiply the codes by them in integers: each output
     within the sum of its terms' worst rounding (half a step times the weight's magnitude) of float64's product, plus
     fp32's rounding of the sums. A row with one large value among small ones (the step set by it); a NaN or an
-    infinity, which no integer stands for, makes every output of its row NaN and no other."""
+    infinity, which no integer stands for, makes every output of its row NaN and no other. Both forms: 8 lanes (AVX2),
+    16 (AVX-512, VNNI's multiply-adds where the CPU has them)."""
     generator = torch.Generator().manual_seed(k)
     x = torch.randn(3, k, generator=generator)
     x[2, k // 3] = 300.0
@@ -423,33 +424,23 @@ def test_quantized_products_are_exact_but_for_the_rounding_of_their_rows(kind, k
 
 @needs_avx2
 @pytest.mark.skipif(not {"avx512_vnni", "avx512vl", "avx512bw"} <= packed.cpu_flags(),
-                    reason="8-bit rows are for CPUs with AVX-512 VNNI")
-def test_int8_products_with_8_bit_rows_stay_within_their_rounding(monkeypatch):
-    """CLOZELM_INT8_ROWS=8 rounds the int8 kernel's input rows to 8-bit integers per 32 columns (a step of the group's
-    largest magnitude / 127): each output within the sum of its terms' worst rounding (half a step times the code
-    times the scale) of float64, where 16-bit rows stay 200 times closer; a NaN still reaches every output of its
-    row. The setting holds for the process's library, from its first use."""
-    monkeypatch.setenv("CLOZELM_INT8_ROWS", "8")
-    native.library.cache_clear()
+                    reason="VNNI's multiply-adds are for CPUs with AVX-512 VNNI")
+@pytest.mark.parametrize("m,k", [(1, 32), (3, 3072)])
+def test_int4_products_are_the_same_numbers_with_vnni_s_multiply_adds_as_without(m, k):
+    """The int4 kernel's 16-lane form sums each group's codes times the row's bytes with vpdpbusd, its 8-lane one with
+    vpmaddubsw and vpmaddwd: the same integers (exact in both), so the same outputs to the last bit."""
+    generator = torch.Generator().manual_seed(m + k)
+    x = torch.randn(m, k, generator=generator)
+    codes = torch.randint(0, 16, (24, k), generator=generator, dtype=torch.uint8)
+    weight = native.pack(codes, torch.randn(24, k // native.GROUP, 2, generator=generator))
+    lib = native.library()
     try:
-        assert native.int8_row_bits() == 8
-        generator = torch.Generator().manual_seed(5)
-        codes = torch.randint(-127, 128, (40, 96), generator=generator, dtype=torch.int8)
-        scales = torch.rand(40, generator=generator) + 0.01
-        x = torch.randn(3, 96, generator=generator)
-        weight = native.pack(codes, scales)
-        dense = codes.double() * scales.double()[:, None]
-        steps = x.double().reshape(3, 3, 32).abs().amax(-1) / 127  # [rows, groups]
-        bound = (steps.repeat_interleave(32, dim=1) / 2) @ dense.abs().T  # [rows, outputs]
-        error = (native.product(x, weight).double() - x.double() @ dense.T).abs()
-        assert (error <= bound * 1.001 + 1e-6).all() and error.max() > bound.max() / 50  # 8-bit rounding, in bound
-        x[1, 5] = float("nan")
-        y = native.product(x, weight)
-        assert y[1].isnan().all() and not y[0].isnan().any()
+        assert lib.clozelm_set_lanes(8) == 8
+        narrow = native.product(x, weight)
+        assert lib.clozelm_set_lanes(16) == 16
+        assert torch.equal(native.product(x, weight), narrow)
     finally:
-        monkeypatch.delenv("CLOZELM_INT8_ROWS")
-        native.library.cache_clear()
-    assert native.int8_row_bits() == 16
+        lib.clozelm_set_lanes(16)
 
 
 @pytest.mark.parametrize("n", [5, 16 * 40 + 13])  # a tail alone; 16-lane blocks, an 8-lane one and a padded tail

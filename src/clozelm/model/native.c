@@ -133,6 +133,30 @@ static inline void prefetch(const void *p, int64_t bytes, int64_t ahead) {
     for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch((const char *)p + ahead + c, _MM_HINT_T0);
 }
 
+/* The kernels' forms for CPUs with AVX-512 (16-lane helpers for the passes bound by their arithmetic; VNNI's
+ * integer multiply-adds for int8 and int4 products), and the switch the tests use to run the 8-lane forms, which every
+ * x86 CPU native.c runs on takes, on them too. */
+static int narrow_only = 0;  /* 1: the 8-lane code everywhere (tests run both) */
+
+static inline int wide_lanes(void) {
+    return !narrow_only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+
+/* 8: the 8-lane code on every CPU; 16: the 16-lane code where the CPU has AVX-512 (the default); returns the lanes
+ * used now */
+int clozelm_set_lanes(int lanes) {
+    narrow_only = lanes == 8;
+    return wide_lanes() ? 16 : 8;
+}
+
+/* whether the int8 and int4 products take VNNI's vpdpbusd (on 8 lanes: AVX-512 VL's form of it) */
+static inline int vnni_products(void) {
+    return wide_lanes() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+}
+
+#define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
+#define VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+
 void clozelm_product_f32(const float *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n, int64_t k,
                          const void *bias, int64_t rows, int64_t flags) {
     (void)unused;  /* the signature of the quantized kernels, which take scales */
@@ -263,127 +287,10 @@ static int rows_in_int16(const void *x_in, int64_t m, int64_t k, int64_t flags, 
     return 1;
 }
 
-/* int8 products may take their rows in 8-bit integers instead (CLOZELM_INT8_ROWS=8, model/native.py): on a CPU with
- * AVX-512 VNNI, whose vpdpbusd multiplies 32 codes by 32 row values and sums them in one instruction, where the 16-bit
- * rows take a sign extension and a multiply-add per 16. Each row rounded per group of 32 columns to a step of the
- * group's largest magnitude / 127 (llama.cpp's Q8 rows). Returns the row width in effect, 8 or 16. */
-static int int8_rows = 16;
-
-int clozelm_set_int8_rows(int bits) {
-    __builtin_cpu_init();
-    int8_rows = bits == 8 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")
-                && __builtin_cpu_supports("avx512bw") ? 8 : 16;
-    return int8_rows;
-}
-
-#define VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
-
-/* The m input rows per group of 32 columns as 8-bit integers xq with a step d (x ~= xq * d, rounded to nearest), and
- * per row 128 times the sum over groups of d times the group's sum of xq (what the codes' offset below adds); false
- * where memory ran out. */
-VNNI static int rows_in_int8(const void *x_in, int64_t m, int64_t k, int64_t flags, int8_t **xq, float **steps,
-                             float **offsets) {
-    const int64_t groups = k / 32;
-    float *owned;
-    const float *x = rows_in_f32(x_in, m, k, flags, &owned);
-    *xq = malloc(m * k);
-    *steps = malloc((m * groups + m) * sizeof(float));
-    if (!x || !*xq || !*steps) { free(owned); free(*xq); free(*steps); return 0; }
-    *offsets = *steps + m * groups;
-    for (int64_t i = 0; i < m; i++) {
-        float offset = 0;
-        for (int64_t g = 0; g < groups; g++) {
-            __m256 v[4];
-            const float d = group_step(x + i * k + 32 * g, v, 127);
-            const __m256 step = _mm256_set1_ps(d);
-            __m256i q[4], count = _mm256_setzero_si256();
-            for (int c = 0; c < 4; c++) {
-                q[c] = _mm256_cvtps_epi32(_mm256_div_ps(v[c], step));
-                count = _mm256_add_epi32(count, q[c]);
-            }
-            store_bytes32(*xq + i * k + 32 * g, q);
-            int32_t counts[8], qsum = 0;
-            _mm256_storeu_si256((__m256i *)counts, count);
-            for (int c = 0; c < 8; c++) qsum += counts[c];
-            (*steps)[i * groups + g] = d;
-            offset += d * (float)qsum;
-        }
-        (*offsets)[i] = 128 * offset;
-    }
-    free(owned);
-    return 1;
-}
-
-/* The 8 sums of a block of 8 weight rows (wb: their codes, blocked as above) times one input row rounded per group
- * of 32 columns (row: its integers, steps: their steps), before the rows' scales: */
-typedef __m256 (*int8_block_sums)(const int8_t *wb, const void *row, const float *steps, int64_t groups);
-
-/* with 16-bit rows: each group of a weight row two integer multiply-adds, one conversion and one fma */
-static __m256 block_sums16(const int8_t *wb, const void *row, const float *steps, int64_t groups) {
-    __m256 a[8];
-    for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; g++) {
-        const int16_t *xg = (const int16_t *)row + 32 * g;
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)xg);
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 16));
-        const __m256 d = _mm256_set1_ps(steps[g]);
-        const int8_t *p = wb + 256 * g;
-        prefetch(p, 256, prefetch_ahead[NARROWER_WEIGHTS]);
-        for (int r = 0; r < 8; r++) {
-            __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r)));
-            __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r + 16)));
-            __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
-            a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
-        }
-    }
-    return sums8(a);
-}
-
-/* with 8-bit rows: the codes plus 128 (an exclusive or of the sign bit) as vpdpbusd's unsigned operand and the row as
- * its signed one, one instruction a group of a weight row; the 128 times each group's row sum this adds comes off
- * once per row (rows_in_int8's offsets) */
-VNNI static __m256 block_sums8(const int8_t *wb, const void *row, const float *steps, int64_t groups) {
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
-    __m256 a[8];
-    for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; g++) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)((const int8_t *)row + 32 * g));
-        const __m256 d = _mm256_set1_ps(steps[g]);
-        const int8_t *p = wb + 256 * g;
-        prefetch(p, 256, prefetch_ahead[NARROWER_WEIGHTS]);
-        for (int r = 0; r < 8; r++) {
-            const __m256i codes = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * r)), flip);
-            const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv);
-            a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
-        }
-    }
-    return sums8(a);
-}
-
-void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in, void *y, int64_t m, int64_t n,
-                          int64_t k, const void *bias, int64_t rows, int64_t flags) {
-    const int64_t groups = k / 32;
-    void *xq;
-    float *steps, *per_row = NULL;  /* 8-bit rows: the offsets to take off */
-    const int rounded = int8_rows == 8 ? rows_in_int8(x_in, m, k, flags, (int8_t **)&xq, &steps, &per_row)
-                                       : rows_in_int16(x_in, m, k, flags, (int16_t **)&xq, &steps);
-    if (!rounded) { all_nan(y, m * rows, flags); return; }
-    const int8_block_sums sums_of = int8_rows == 8 ? block_sums8 : block_sums16;
-    const int64_t row_bytes = int8_rows == 8 ? k : 2 * k;
-#pragma omp parallel for schedule(static)
-    for (int64_t block = 0; block < n / 8; block++)
-        for (int64_t i = 0; i < m; i++) {
-            __m256 sums = sums_of(w + block * 8 * k, (const char *)xq + i * row_bytes, steps + i * groups, groups);
-            if (int8_rows == 8) sums = _mm256_sub_ps(sums, _mm256_set1_ps(per_row[i]));
-            put8(y, i, block * 8, rows, _mm256_mul_ps(sums, _mm256_loadu_ps(scales + block * 8)), bias, flags);
-        }
-    free(xq);
-    free(steps);
-}
-
-/* int4's input rows: each rounded once to 16-bit integers a with one step d per row (x ~= a d, rounded to nearest
- * even; d is the row's largest magnitude / SPLIT_TOP), each a split into two signed bytes, a = 256 hi + lo, for the
- * byte products below (vpmaddubsw: an unsigned byte, the code, times a signed one). */
+/* Input rows for the byte products: each rounded once to 16-bit integers a with one step d per row (x ~= a d, rounded
+ * to nearest even; d is the row's largest magnitude / SPLIT_TOP), each a split into two signed bytes, a = 256 hi + lo,
+ * the signed operand of vpmaddubsw and vpdpbusd (whose other one, a code, is an unsigned byte). int4's rows, and int8's
+ * on CPUs with VNNI. */
 enum { SPLIT_TOP = 127 * 257 };  /* the largest a whose hi and lo are both signed bytes */
 
 typedef struct {
@@ -436,13 +343,129 @@ static int rows_split(const void *x_in, int64_t m, int64_t k, int64_t flags, spl
     return 1;
 }
 
+/* The 8 sums of a block of 8 int8 weight rows (wb: their codes, blocked as above) times one input row's 16-bit
+ * integers (xq) with a step per group (steps), before the rows' scales: each group of a weight row two integer
+ * multiply-adds, one conversion and one fma. */
+static __m256 int8_block_sums(const int8_t *wb, const int16_t *xq, const float *steps, int64_t groups) {
+    __m256 a[8];
+    for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + 32 * g));
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + 32 * g + 16));
+        const __m256 d = _mm256_set1_ps(steps[g]);
+        const int8_t *p = wb + 256 * g;
+        prefetch(p, 256, prefetch_ahead[NARROWER_WEIGHTS]);
+        for (int r = 0; r < 8; r++) {
+            __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r)));
+            __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 * r + 16)));
+            __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+            a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, a[r]);
+        }
+    }
+    return sums8(a);
+}
+
+/* The 8 integer sums of the 8 accumulators, as one vector: lane i holds the sum of a[i]'s lanes */
+static inline __m256i integer_sums8(const __m256i *a) {
+    __m256i s01 = _mm256_hadd_epi32(a[0], a[1]), s23 = _mm256_hadd_epi32(a[2], a[3]);
+    __m256i s45 = _mm256_hadd_epi32(a[4], a[5]), s67 = _mm256_hadd_epi32(a[6], a[7]);
+    __m256i s0123 = _mm256_hadd_epi32(s01, s23), s4567 = _mm256_hadd_epi32(s45, s67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                            _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+
+/* With VNNI: the codes q of a block of 8 int8 weight rows times one split row (hi, lo: rows_split's; row_sum: the sum of
+ * its integers), exact, rounded once to fp32, before the row's step and the rows' scales. The codes plus 128 (an
+ * exclusive or of the sign bit) are vpdpbusd's unsigned operand and the row's bytes its signed one, a 64-byte load two
+ * weight rows' 32 columns (the row's 32 bytes in both halves): two instructions for 64 weights, summed in int32 over
+ * the whole row, H over the hi bytes, L over the lo ones (each term at most 255 * 128: exact for k <=
+ * VNNI_INT8_COLUMNS), then q a = 256 H + L - 128 sum(a) in doubles (exact). */
+enum { VNNI_INT8_COLUMNS = 65536 };
+
+VNNI static __m256 int8_block_products(const int8_t *wb, const int8_t *hi, const int8_t *lo, int64_t groups,
+                                       double row_sum) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i h[4], l[4];  /* lanes 0-7: row 2r's, 8-15: row 2r + 1's */
+    for (int r = 0; r < 4; r++) h[r] = l[r] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < groups; g++) {
+        const __m512i xh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(hi + 32 * g)));
+        const __m512i xl = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(lo + 32 * g)));
+        const int8_t *p = wb + 256 * g;
+        prefetch(p, 256, prefetch_ahead[NARROWER_WEIGHTS]);
+        for (int r = 0; r < 4; r++) {
+            const __m512i codes = _mm512_xor_si512(_mm512_loadu_si512(p + 64 * r), flip);
+            h[r] = _mm512_dpbusd_epi32(h[r], codes, xh);
+            l[r] = _mm512_dpbusd_epi32(l[r], codes, xl);
+        }
+    }
+    __m256i hs[8], ls[8];
+    for (int r = 0; r < 4; r++) {
+        hs[2 * r] = _mm512_castsi512_si256(h[r]), hs[2 * r + 1] = _mm512_extracti64x4_epi64(h[r], 1);
+        ls[2 * r] = _mm512_castsi512_si256(l[r]), ls[2 * r + 1] = _mm512_extracti64x4_epi64(l[r], 1);
+    }
+    const __m512d big = _mm512_mul_pd(_mm512_cvtepi32_pd(integer_sums8(hs)), _mm512_set1_pd(256));
+    const __m512d little = _mm512_sub_pd(_mm512_cvtepi32_pd(integer_sums8(ls)), _mm512_set1_pd(128 * row_sum));
+    return _mm512_cvtpd_ps(_mm512_add_pd(big, little));
+}
+
+void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in, void *y, int64_t m, int64_t n,
+                          int64_t k, const void *bias, int64_t rows, int64_t flags) {
+    const int64_t groups = k / 32;
+    if (vnni_products() && k <= VNNI_INT8_COLUMNS) {
+        split_rows s;
+        if (!rows_split(x_in, m, k, flags, &s)) { all_nan(y, m * rows, flags); return; }
+        double *row_sums = malloc(m * sizeof(double));
+        if (!row_sums) { split_rows_free(&s); all_nan(y, m * rows, flags); return; }
+        for (int64_t i = 0; i < m; i++) {
+            int64_t sum = 0;
+            for (int64_t g = 0; g < groups; g++) sum += s.group_sums[i * groups + g];
+            row_sums[i] = (double)sum;
+        }
+#pragma omp parallel for schedule(static)
+        for (int64_t block = 0; block < n / 8; block++)
+            for (int64_t i = 0; i < m; i++) {
+                const int8_t *hi = s.bytes + 2 * i * k;
+                const __m256 products = int8_block_products(w + block * 8 * k, hi, hi + k, groups, row_sums[i]);
+                const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(scales + block * 8), _mm256_set1_ps(s.steps[i]));
+                put8(y, i, block * 8, rows, _mm256_mul_ps(products, scaled), bias, flags);
+            }
+        free(row_sums);
+        split_rows_free(&s);
+        return;
+    }
+    int16_t *xq;
+    float *steps;
+    if (!rows_in_int16(x_in, m, k, flags, &xq, &steps)) { all_nan(y, m * rows, flags); return; }
+#pragma omp parallel for schedule(static)
+    for (int64_t block = 0; block < n / 8; block++)
+        for (int64_t i = 0; i < m; i++) {
+            const __m256 sums = int8_block_sums(w + block * 8 * k, xq + i * k, steps + i * groups, groups);
+            put8(y, i, block * 8, rows, _mm256_mul_ps(sums, _mm256_loadu_ps(scales + block * 8)), bias, flags);
+        }
+    free(xq);
+    free(steps);
+}
+
 /* The sums of a block of 8 int4 weight rows (wb: their codes, sb: their scales and zeros, blocked as above) times one
  * input row split into bytes (hi, lo, group_sums: rows_split's), before the row's step: lane r is row r's. Per group,
- * 8 runs of codes (the low and the high nibbles of 4 runs of bytes, 8 rows x 4 columns each), each times its 4
- * columns' hi or lo bytes in one multiply-add of bytes, whose pairs' sums (at most 2 * 15 * 128) add up over the 8
- * runs within 16 bits; one more multiply-add each makes 256 H + L, the group's codes times its integers (at most 32 *
- * 15 * SPLIT_TOP < 2^24: exact in int32 and in fp32); then its scale, and the zeros' part, z - 8 s times the group's
- * sum, for all 8 rows at once. */
+ * each load of codes times the same 8 columns of the row in every row's 8 bytes (the low nibbles, then the high ones)
+ * in multiply-adds of bytes, hi bytes and lo ones apart; their sums make 256 H + L, the group's codes times its integers
+ * (at most 32 * 15 * SPLIT_TOP < 2^24: exact in int32 and in fp32), each row's in two adjacent 32-bit lanes, which one
+ * horizontal add puts in row order (the reason for the layout's order of rows); then the group's scales, and the zeros'
+ * part, z - 8 s times the group's sum, for all 8 rows at once. */
+static inline void int4_group(__m256i rows0145, __m256i rows2367, const uint16_t *sbg, int32_t group_sum, __m256 *acc,
+                              __m256 *zeros) {
+    const __m256i t = _mm256_hadd_epi32(rows0145, rows2367);
+    const __m256 s = from_bf16(sbg), z = from_bf16(sbg + 8);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), s, *acc);
+    *zeros = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8), s, z), _mm256_set1_ps((float)group_sum), *zeros);
+}
+
+/* the row's 8 bytes at p, in every 64-bit lane */
+#define EVERY_ROW(p) ({ int64_t eight_; memcpy(&eight_, p, 8); eight_; })
+
+/* with AVX2: a 32-byte load is 4 rows' 8 bytes; vpmaddubsw, whose pairs' sums (at most 2 * 15 * 128) add up over the
+ * group's 4 within 16 bits, and one vpmaddwd each for H and L */
 static __m256 int4_block_sums(const uint8_t *wb, const uint16_t *sb, const int8_t *hi, const int8_t *lo,
                               const int32_t *group_sums, int64_t groups) {
     const __m256i nibble = _mm256_set1_epi8(0x0f), by_256 = _mm256_set1_epi16(256), by_1 = _mm256_set1_epi16(1);
@@ -451,27 +474,51 @@ static __m256 int4_block_sums(const uint8_t *wb, const uint16_t *sb, const int8_
         const uint8_t *p = wb + 128 * g;
         prefetch(p, 128, prefetch_ahead[NARROWER_WEIGHTS]);
         prefetch(sb + 16 * g, 32, prefetch_ahead[NARROWER_WEIGHTS]);
-        __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;  /* two chains each: shorter */
-        for (int i = 0; i < 4; i++) {
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32 * i));
-            const __m256i first = _mm256_and_si256(b, nibble);                           /* columns 4i .. 4i + 3 */
-            const __m256i second = _mm256_and_si256(_mm256_srli_epi16(b, 4), nibble);    /* 16 + 4i .. 16 + 4i + 3 */
-            int32_t hf, hs, lf, ls;
-            memcpy(&hf, hi + 32 * g + 4 * i, 4);
-            memcpy(&hs, hi + 32 * g + 16 + 4 * i, 4);
-            memcpy(&lf, lo + 32 * g + 4 * i, 4);
-            memcpy(&ls, lo + 32 * g + 16 + 4 * i, 4);
-            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(first, _mm256_set1_epi32(hf)));
-            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(second, _mm256_set1_epi32(hs)));
-            l0 = _mm256_add_epi16(l0, _mm256_maddubs_epi16(first, _mm256_set1_epi32(lf)));
-            l1 = _mm256_add_epi16(l1, _mm256_maddubs_epi16(second, _mm256_set1_epi32(ls)));
+        __m256i h[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, l[2] = {h[0], h[0]};  /* rows 0145, 2367 */
+        for (int j = 0; j < 2; j++) {
+            const __m256i fh = _mm256_set1_epi64x(EVERY_ROW(hi + 32 * g + 8 * j));
+            const __m256i sh = _mm256_set1_epi64x(EVERY_ROW(hi + 32 * g + 16 + 8 * j));
+            const __m256i fl = _mm256_set1_epi64x(EVERY_ROW(lo + 32 * g + 8 * j));
+            const __m256i sl = _mm256_set1_epi64x(EVERY_ROW(lo + 32 * g + 16 + 8 * j));
+            for (int q = 0; q < 2; q++) {
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(p + 64 * j + 32 * q));
+                const __m256i first = _mm256_and_si256(b, nibble);                         /* columns 8j .. 8j + 7 */
+                const __m256i second = _mm256_and_si256(_mm256_srli_epi16(b, 4), nibble);  /* 16 + 8j .. 16 + 8j + 7 */
+                h[q] = _mm256_add_epi16(h[q], _mm256_add_epi16(_mm256_maddubs_epi16(first, fh),
+                                                               _mm256_maddubs_epi16(second, sh)));
+                l[q] = _mm256_add_epi16(l[q], _mm256_add_epi16(_mm256_maddubs_epi16(first, fl),
+                                                               _mm256_maddubs_epi16(second, sl)));
+            }
         }
-        const __m256i t = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(h0, h1), by_256),
-                                           _mm256_madd_epi16(_mm256_add_epi16(l0, l1), by_1));
-        const __m256 s = from_bf16(sb + 16 * g), z = from_bf16(sb + 16 * g + 8);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), s, acc);
-        zeros = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8), s, z), _mm256_set1_ps((float)group_sums[g]),
-                                zeros);
+        int4_group(_mm256_add_epi32(_mm256_madd_epi16(h[0], by_256), _mm256_madd_epi16(l[0], by_1)),
+                   _mm256_add_epi32(_mm256_madd_epi16(h[1], by_256), _mm256_madd_epi16(l[1], by_1)), sb + 16 * g,
+                   group_sums[g], &acc, &zeros);
+    }
+    return _mm256_add_ps(acc, zeros);
+}
+
+/* with VNNI: a 64-byte load is the 8 rows' 8 bytes; vpdpbusd sums 4 products into int32 in one instruction */
+VNNI static __m256 int4_block_sums_vnni(const uint8_t *wb, const uint16_t *sb, const int8_t *hi, const int8_t *lo,
+                                        const int32_t *group_sums, int64_t groups) {
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps(), zeros = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *p = wb + 128 * g;
+        prefetch(p, 128, prefetch_ahead[NARROWER_WEIGHTS]);
+        prefetch(sb + 16 * g, 32, prefetch_ahead[NARROWER_WEIGHTS]);
+        __m512i h0 = _mm512_setzero_si512(), h1 = h0, l0 = h0, l1 = h0;  /* two chains each: shorter */
+        for (int j = 0; j < 2; j++) {
+            const __m512i b = _mm512_loadu_si512(p + 64 * j);
+            const __m512i first = _mm512_and_si512(b, nibble);
+            const __m512i second = _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble);
+            h0 = _mm512_dpbusd_epi32(h0, first, _mm512_set1_epi64(EVERY_ROW(hi + 32 * g + 8 * j)));
+            h1 = _mm512_dpbusd_epi32(h1, second, _mm512_set1_epi64(EVERY_ROW(hi + 32 * g + 16 + 8 * j)));
+            l0 = _mm512_dpbusd_epi32(l0, first, _mm512_set1_epi64(EVERY_ROW(lo + 32 * g + 8 * j)));
+            l1 = _mm512_dpbusd_epi32(l1, second, _mm512_set1_epi64(EVERY_ROW(lo + 32 * g + 16 + 8 * j)));
+        }
+        const __m512i t = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(h0, h1), 8), _mm512_add_epi32(l0, l1));
+        int4_group(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1), sb + 16 * g, group_sums[g], &acc,
+                   &zeros);
     }
     return _mm256_add_ps(acc, zeros);
 }
@@ -481,13 +528,17 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
     const int64_t groups = k / 32;
     split_rows s;
     if (!rows_split(x_in, m, k, flags, &s)) { all_nan(y, m * rows, flags); return; }
+    const int vnni = vnni_products();
 #pragma omp parallel for schedule(static)
     for (int64_t block = 0; block < n / 8; block++)
         for (int64_t i = 0; i < m; i++) {
             const int8_t *hi = s.bytes + 2 * i * k;
-            const __m256 sums = int4_block_sums(w + block * 8 * (k / 2), scales_zeros + block * groups * 16, hi,
-                                                hi + k, s.group_sums + i * groups, groups);
-            put8(y, i, block * 8, rows, _mm256_mul_ps(sums, _mm256_set1_ps(s.steps[i])), bias, flags);
+            const uint8_t *wb = w + block * 8 * (k / 2);
+            const uint16_t *sb = scales_zeros + block * groups * 16;
+            const int32_t *sums = s.group_sums + i * groups;
+            const __m256 total = vnni ? int4_block_sums_vnni(wb, sb, hi, hi + k, sums, groups)
+                                      : int4_block_sums(wb, sb, hi, hi + k, sums, groups);
+            put8(y, i, block * 8, rows, _mm256_mul_ps(total, _mm256_set1_ps(s.steps[i])), bias, flags);
         }
     split_rows_free(&s);
 }
@@ -595,22 +646,6 @@ static void normed(const float *x, float *y, int64_t d, const float *w, const fl
 #define ROUND256(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define ROUND512(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 EXP_LANES(exp8, 256, ROUND256)
-
-/* 16-lane forms of the helpers above, for the passes bound by their arithmetic on CPUs with AVX-512 */
-static int narrow_only = 0;  /* 1: the 8-lane code everywhere (tests run both) */
-
-static inline int wide_lanes(void) {
-    return !narrow_only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-}
-
-/* 8: the 8-lane code on every CPU; 16: the 16-lane code where the CPU has AVX-512 (the default); returns the lanes
- * used now */
-int clozelm_set_lanes(int lanes) {
-    narrow_only = lanes == 8;
-    return wide_lanes() ? 16 : 8;
-}
-
-#define AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 
 AVX512 EXP_LANES(exp16, 512, ROUND512)
 

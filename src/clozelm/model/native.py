@@ -34,6 +34,7 @@ SOURCE = Path(__file__).with_name("native.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 BLOCK = 8  # weight rows and columns per block of the packed layout (native.c)
 GROUP = 32  # int8 and int4: columns per block of the packed layout; int4's per scale and zero (packed.INT4_GROUP)
+INT4_ROW_ORDER = [0, 1, 4, 5, 2, 3, 6, 7]  # int4: a block's rows in its codes (native.c sums pairs of lanes into order)
 SYMBOLS = {torch.float32: "clozelm_product_f32", torch.bfloat16: "clozelm_product_bf16",
            torch.int8: "clozelm_product_int8", torch.uint8: "clozelm_product_int4"}  # uint8: two 4-bit codes a byte
 
@@ -110,7 +111,6 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_step.argtypes = [pointer, pointer, ctypes.c_double, pointer, size, size, pointer, pointer]
     lib.clozelm_step.restype = ctypes.c_int
     lib.clozelm_step_fields.argtypes, lib.clozelm_step_fields.restype = [], size
-    lib.clozelm_set_int8_rows.argtypes, lib.clozelm_set_int8_rows.restype = [ctypes.c_int], ctypes.c_int
     lib.clozelm_causal_softmax.argtypes = [pointer, pointer, pointer, size, size, ctypes.c_float]
     lib.clozelm_causal_softmax_backward.argtypes = [pointer, pointer, pointer, pointer, size, size, ctypes.c_float]
     lib.clozelm_causal_softmax.restype = lib.clozelm_causal_softmax_backward.restype = ctypes.c_int
@@ -134,7 +134,6 @@ def library() -> ctypes.CDLL | None:
     lib.clozelm_set_prefetch.argtypes, lib.clozelm_set_prefetch.restype = [size, size], size
     for weights, ahead in enumerate(prefetch_bytes()):  # native.c's FP32_WEIGHTS, NARROWER_WEIGHTS
         lib.clozelm_set_prefetch(weights, ahead)
-    lib.int8_row_bits = lib.clozelm_set_int8_rows(8 if os.environ.get("CLOZELM_INT8_ROWS") == "8" else 16)
     return lib if _agrees(lib) else None
 
 
@@ -183,13 +182,6 @@ def prefetch_bytes() -> tuple[int, int]:
     return (0, 0) if "avx512f" in flags else (0, 2048)
 
 
-def int8_row_bits() -> int:
-    """How the int8 kernel rounds its input rows: to 16-bit integers per 32 columns, or, where CLOZELM_INT8_ROWS=8
-    asks for it on a CPU with AVX-512 VNNI, to 8-bit ones (native.c); 16 where the library is not loaded."""
-    lib = library()
-    return 16 if lib is None else lib.int8_row_bits
-
-
 def _agrees(lib: ctypes.CDLL) -> bool:
     """Whether the library multiplies a test matrix as torch does, in every format (a padded row count, 3 rows, a
     bias; int8 and int4 to the rounding of their input rows to 16-bit integers), with fp32 and bf16 inputs and
@@ -201,11 +193,9 @@ def _agrees(lib: ctypes.CDLL) -> bool:
     scales = torch.rand(13, generator=generator) + 0.5
     codes = torch.randint(0, 16, (13, 64), generator=generator, dtype=torch.uint8)
     scales_zeros = (torch.rand(13, 2, 2, generator=generator) - 0.5).to(torch.bfloat16)
-    # int8: the rows' rounding, to 1/32767 or 1/127 of a group's largest value (8-bit rows: 2% of the largest output, 14)
-    int8_rows = 1e-3 if lib.int8_row_bits == 16 else 0.3
     cases = [(pack(w), w, 1e-5), (pack(w.to(torch.bfloat16)), w.to(torch.bfloat16).float(), 1e-5),
              (pack(w.round().clamp(-127, 127).to(torch.int8), scales), w.round().clamp(-127, 127) * scales[:, None],
-              int8_rows), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
+              1e-3), (pack(codes, scales_zeros), int4_weight(codes, scales_zeros), 1e-3)]
     with torch.autocast("cpu", enabled=False):  # the first product may come under a caller's autocast
         return all(torch.allclose(_product(lib, x.to(dtype), p.data, p.scales, p.rows, b, dtype).float(),
                                   x.float() @ reference.T + (0 if b is None else b.float()), atol=tolerance,
@@ -237,10 +227,10 @@ def pack(weight: torch.Tensor, scales: torch.Tensor | None = None) -> NativeWeig
     padded = -(-n // BLOCK) * BLOCK
     w = torch.cat([weight.detach(), weight.new_zeros(padded - n, k)]) if padded > n else weight.detach()
     if int4:
-        # [blocks, 8 rows, groups, halves, 4 runs, 4 columns] -> per group 4 runs of [8 rows][4 bytes]; byte b of run
-        # i holds column 4 i + b in its low nibble, 16 + 4 i + b in its high one (the data's last two dimensions,
-        # [8, 16], are those 128 bytes, not rows)
-        w = w.reshape(padded // BLOCK, BLOCK, k // GROUP, 2, 4, 4)
+        # [blocks, 8 rows, groups, nibbles, 2 halves, 8 bytes] -> per group 2 halves of [8 rows][8 bytes], the rows
+        # in the order 0, 1, 4, 5, 2, 3, 6, 7; byte b of half j holds column 8 j + b in its low nibble, 16 + 8 j + b in
+        # its high one (the data's last two dimensions, [8, 16], are those 128 bytes, not rows)
+        w = w.reshape(padded // BLOCK, BLOCK, k // GROUP, 2, 2, 8)[:, INT4_ROW_ORDER]
         data = (w[:, :, :, 0] | (w[:, :, :, 1] << 4)).permute(0, 2, 3, 1, 4).reshape(padded // BLOCK, k // GROUP,
                                                                                     BLOCK, GROUP // 2).contiguous()
         scales = torch.cat([scales.detach().to(torch.bfloat16), scales.new_zeros(padded - n, k // GROUP, 2,
