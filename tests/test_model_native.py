@@ -425,10 +425,11 @@ def test_quantized_products_are_exact_but_for_the_rounding_of_their_rows(kind, k
 @needs_avx2
 @pytest.mark.skipif(not {"avx512_vnni", "avx512vl", "avx512bw"} <= packed.cpu_flags(),
                     reason="VNNI's multiply-adds are for CPUs with AVX-512 VNNI")
-@pytest.mark.parametrize("m,k", [(1, 32), (3, 3072)])
+@pytest.mark.parametrize("m,k", [(1, 32), (3, 3072), (7, 96)])
 def test_int4_products_are_the_same_numbers_with_vnni_s_multiply_adds_as_without(m, k):
     """The int4 kernel's 16-lane form sums each group's codes times the row's bytes with vpdpbusd, its 8-lane one with
-    vpmaddubsw and vpmaddwd: the same integers (exact in both), so the same outputs to the last bit."""
+    vpmaddubsw and vpmaddwd: the same integers (exact in both), so the same outputs to the last bit; with several
+    rows (a draft's: 4, 2 and 1 at a time through the 16-lane form) too."""
     generator = torch.Generator().manual_seed(m + k)
     x = torch.randn(m, k, generator=generator)
     codes = torch.randint(0, 16, (24, k), generator=generator, dtype=torch.uint8)

@@ -12,18 +12,19 @@
  * columns]. The input row is rounded to 16-bit integers per group of 32 columns (a step of the group's largest
  * magnitude / 32767), so that each group of a weight row is two integer multiply-adds (vpmaddwd), one conversion and
  * one fma for the group's step (widening every code to fp32 instead, two conversions and an fma per 8 weights, made
- * the kernel bound by its arithmetic). k must be a multiple of 32.
+ * the kernel bound by its arithmetic). On CPUs with AVX-512 VNNI the row is rounded once, as int4's below, and its
+ * bytes multiply 64 codes in one vpdpbusd, summed in integers over the whole row. k must be a multiple of 32.
  *
  * int4 (clozelm_product_int4): 4-bit codes q in 0..15 with a bf16 scale s and zero z per row and group of 32
- * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][4 runs][8 rows][4 bytes],
- * byte b of run i holding column 4i + b in its low nibble and column 16 + 4i + b in its high one; the scales and
- * zeros beside it, [n / 8][k / 32][8 scales, 8 zeros]. The input row is rounded to 16-bit integers (a step of the
- * row's largest magnitude / 32639: finer, but for rows with a far outlier, than the bf16 row torch's int4 kernel
- * multiplies) and split into two bytes, so that the codes multiply it in multiply-adds of bytes with no conversion:
- * a run of codes (8 rows x 4 columns) times 4 columns of the row is one instruction per byte of the row's integers,
- * the 8 rows' sums side by side in one register, and a group takes one conversion and one fma for its 8 scales and
- * one for the zeros' part (widening every code to fp32 instead made the kernel bound by its arithmetic, slower than
- * torch's). k must be a multiple of 32.
+ * columns, w = (q - 8) * s + z (model/packed.py's int4 format). Blocked [n / 8][k / 32][2 halves][8 rows][8 bytes], the
+ * rows in the order 0, 1, 4, 5, 2, 3, 6, 7, byte b of half j holding column 8j + b in its low nibble and column 16 +
+ * 8j + b in its high one; the scales and zeros beside it, [n / 8][k / 32][8 scales, 8 zeros]. The input row is rounded
+ * to 16-bit integers (a step of the row's largest magnitude / 32639: finer, but for rows with a far outlier, than the
+ * bf16 row torch's int4 kernel multiplies) and split into two bytes, so that the codes multiply it in multiply-adds of
+ * bytes with no conversion: a load of codes times 8 columns of the row is one instruction per byte of the row's
+ * integers (vpmaddubsw on 4 rows, VNNI's vpdpbusd on all 8), and a group takes one conversion and one fma for its 8
+ * scales and one for the zeros' part (widening every code to fp32 instead made the kernel bound by its arithmetic,
+ * slower than torch's). k must be a multiple of 32.
  *
  * Every kernel takes the same arguments: x [m, k] in fp32 or bf16, y [m, rows] written in fp32 or bf16 (the weight's
  * rows, n of them padded to a multiple of 8), and a bias [rows] in fp32 or bf16 or none, added in fp32 before y is
@@ -374,8 +375,8 @@ static inline __m256i integer_sums8(const __m256i *a) {
                             _mm256_permute2x128_si256(s0123, s4567, 0x31));
 }
 
-/* With VNNI: the codes q of a block of 8 int8 weight rows times one split row (hi, lo: rows_split's; row_sum: the sum of
- * its integers), exact, rounded once to fp32, before the row's step and the rows' scales. The codes plus 128 (an
+/* With VNNI: the codes q of a block of 8 int8 weight rows times one split row (hi, lo: rows_split's; row_sum: the sum
+ * of its integers), exact, rounded once to fp32, before the row's step and the rows' scales. The codes plus 128 (an
  * exclusive or of the sign bit) are vpdpbusd's unsigned operand and the row's bytes its signed one, a 64-byte load two
  * weight rows' 32 columns (the row's 32 bytes in both halves): two instructions for 64 weights, summed in int32 over
  * the whole row, H over the hi bytes, L over the lo ones (each term at most 255 * 128: exact for k <=
@@ -449,16 +450,22 @@ void clozelm_product_int8(const int8_t *w, const float *scales, const void *x_in
 /* The sums of a block of 8 int4 weight rows (wb: their codes, sb: their scales and zeros, blocked as above) times one
  * input row split into bytes (hi, lo, group_sums: rows_split's), before the row's step: lane r is row r's. Per group,
  * each load of codes times the same 8 columns of the row in every row's 8 bytes (the low nibbles, then the high ones)
- * in multiply-adds of bytes, hi bytes and lo ones apart; their sums make 256 H + L, the group's codes times its integers
- * (at most 32 * 15 * SPLIT_TOP < 2^24: exact in int32 and in fp32), each row's in two adjacent 32-bit lanes, which one
- * horizontal add puts in row order (the reason for the layout's order of rows); then the group's scales, and the zeros'
- * part, z - 8 s times the group's sum, for all 8 rows at once. */
-static inline void int4_group(__m256i rows0145, __m256i rows2367, const uint16_t *sbg, int32_t group_sum, __m256 *acc,
-                              __m256 *zeros) {
+ * in multiply-adds of bytes, hi bytes and lo ones apart; their sums make 256 H + L, the group's codes times its
+ * integers (at most 32 * 15 * SPLIT_TOP < 2^24: exact in int32 and in fp32), each row's in two adjacent 32-bit lanes,
+ * which one horizontal add puts in row order (the reason for the layout's order of rows); then the group's scales, and
+ * the zeros' part, z - 8 s times the group's sum, for all 8 rows at once. */
+static inline void int4_group(__m256i rows0145, __m256i rows2367, __m256 scale, __m256 zero_part, int32_t group_sum,
+                              __m256 *acc, __m256 *zeros) {
     const __m256i t = _mm256_hadd_epi32(rows0145, rows2367);
-    const __m256 s = from_bf16(sbg), z = from_bf16(sbg + 8);
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), s, *acc);
-    *zeros = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8), s, z), _mm256_set1_ps((float)group_sum), *zeros);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, *acc);
+    *zeros = _mm256_fmadd_ps(zero_part, _mm256_set1_ps((float)group_sum), *zeros);
+}
+
+/* a group's 8 scales s and the zeros' part z - 8 s, from its bf16 scales and zeros at sbg */
+static inline __m256 group_scales(const uint16_t *sbg, __m256 *zero_part) {
+    const __m256 s = from_bf16(sbg);
+    *zero_part = _mm256_fnmadd_ps(_mm256_set1_ps(8), s, from_bf16(sbg + 8));
+    return s;
 }
 
 /* the row's 8 bytes at p, in every 64-bit lane */
@@ -490,38 +497,58 @@ static __m256 int4_block_sums(const uint8_t *wb, const uint16_t *sb, const int8_
                                                                _mm256_maddubs_epi16(second, sl)));
             }
         }
+        __m256 zero_part;
+        const __m256 scale = group_scales(sb + 16 * g, &zero_part);
         int4_group(_mm256_add_epi32(_mm256_madd_epi16(h[0], by_256), _mm256_madd_epi16(l[0], by_1)),
-                   _mm256_add_epi32(_mm256_madd_epi16(h[1], by_256), _mm256_madd_epi16(l[1], by_1)), sb + 16 * g,
+                   _mm256_add_epi32(_mm256_madd_epi16(h[1], by_256), _mm256_madd_epi16(l[1], by_1)), scale, zero_part,
                    group_sums[g], &acc, &zeros);
     }
     return _mm256_add_ps(acc, zeros);
 }
 
-/* with VNNI: a 64-byte load is the 8 rows' 8 bytes; vpdpbusd sums 4 products into int32 in one instruction */
-VNNI static __m256 int4_block_sums_vnni(const uint8_t *wb, const uint16_t *sb, const int8_t *hi, const int8_t *lo,
-                                        const int32_t *group_sums, int64_t groups) {
+/* with VNNI: a 64-byte load is the 8 rows' 8 bytes; vpdpbusd sums 4 products into int32 in one instruction. R input
+ * rows at once (a token and its draft: sums[r] is row i0 + r's), the codes unpacked and the scales converted once for
+ * all of them. */
+VNNI static inline __attribute__((always_inline)) void int4_rows_vnni(const uint8_t *wb, const uint16_t *sb,
+                                                                     const split_rows *s, int64_t i0, int64_t k,
+                                                                     __m256 *sums, const int R) {
+    const int64_t groups = k / 32;
     const __m512i nibble = _mm512_set1_epi8(0x0f);
-    __m256 acc = _mm256_setzero_ps(), zeros = _mm256_setzero_ps();
+    __m256 acc[4], zeros[4];  /* R <= 4 */
+    for (int r = 0; r < R; r++) acc[r] = zeros[r] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         const uint8_t *p = wb + 128 * g;
         prefetch(p, 128, prefetch_ahead[NARROWER_WEIGHTS]);
         prefetch(sb + 16 * g, 32, prefetch_ahead[NARROWER_WEIGHTS]);
-        __m512i h0 = _mm512_setzero_si512(), h1 = h0, l0 = h0, l1 = h0;  /* two chains each: shorter */
-        for (int j = 0; j < 2; j++) {
-            const __m512i b = _mm512_loadu_si512(p + 64 * j);
-            const __m512i first = _mm512_and_si512(b, nibble);
-            const __m512i second = _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble);
-            h0 = _mm512_dpbusd_epi32(h0, first, _mm512_set1_epi64(EVERY_ROW(hi + 32 * g + 8 * j)));
-            h1 = _mm512_dpbusd_epi32(h1, second, _mm512_set1_epi64(EVERY_ROW(hi + 32 * g + 16 + 8 * j)));
-            l0 = _mm512_dpbusd_epi32(l0, first, _mm512_set1_epi64(EVERY_ROW(lo + 32 * g + 8 * j)));
-            l1 = _mm512_dpbusd_epi32(l1, second, _mm512_set1_epi64(EVERY_ROW(lo + 32 * g + 16 + 8 * j)));
+        const __m512i b0 = _mm512_loadu_si512(p), b1 = _mm512_loadu_si512(p + 64);
+        const __m512i first[2] = {_mm512_and_si512(b0, nibble), _mm512_and_si512(b1, nibble)};
+        const __m512i second[2] = {_mm512_and_si512(_mm512_srli_epi16(b0, 4), nibble),
+                                   _mm512_and_si512(_mm512_srli_epi16(b1, 4), nibble)};
+        __m256 zero_part;
+        const __m256 scale = group_scales(sb + 16 * g, &zero_part);
+        for (int r = 0; r < R; r++) {
+            const int8_t *hi = s->bytes + 2 * (i0 + r) * k + 32 * g, *lo = hi + k;
+            __m512i h0 = _mm512_setzero_si512(), h1 = h0, l0 = h0, l1 = h0; /* two chains each: shorter */
+            for (int j = 0; j < 2; j++) {
+                h0 = _mm512_dpbusd_epi32(h0, first[j], _mm512_set1_epi64(EVERY_ROW(hi + 8 * j)));
+                h1 = _mm512_dpbusd_epi32(h1, second[j], _mm512_set1_epi64(EVERY_ROW(hi + 16 + 8 * j)));
+                l0 = _mm512_dpbusd_epi32(l0, first[j], _mm512_set1_epi64(EVERY_ROW(lo + 8 * j)));
+                l1 = _mm512_dpbusd_epi32(l1, second[j], _mm512_set1_epi64(EVERY_ROW(lo + 16 + 8 * j)));
+            }
+            const __m512i t = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(h0, h1), 8),
+                                               _mm512_add_epi32(l0, l1));
+            int4_group(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1), scale, zero_part,
+                       s->group_sums[(i0 + r) * groups + g], &acc[r], &zeros[r]);
         }
-        const __m512i t = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(h0, h1), 8), _mm512_add_epi32(l0, l1));
-        int4_group(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1), sb + 16 * g, group_sums[g], &acc,
-                   &zeros);
     }
-    return _mm256_add_ps(acc, zeros);
+    for (int r = 0; r < R; r++) sums[r] = _mm256_add_ps(acc[r], zeros[r]);
 }
+VNNI static void int4_rows_vnni1(const uint8_t *wb, const uint16_t *sb, const split_rows *s, int64_t i0, int64_t k,
+                                 __m256 *sums) { int4_rows_vnni(wb, sb, s, i0, k, sums, 1); }
+VNNI static void int4_rows_vnni2(const uint8_t *wb, const uint16_t *sb, const split_rows *s, int64_t i0, int64_t k,
+                                 __m256 *sums) { int4_rows_vnni(wb, sb, s, i0, k, sums, 2); }
+VNNI static void int4_rows_vnni4(const uint8_t *wb, const uint16_t *sb, const split_rows *s, int64_t i0, int64_t k,
+                                 __m256 *sums) { int4_rows_vnni(wb, sb, s, i0, k, sums, 4); }
 
 void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const void *x_in, void *y, int64_t m,
                           int64_t n, int64_t k, const void *bias, int64_t rows, int64_t flags) {
@@ -530,16 +557,23 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
     if (!rows_split(x_in, m, k, flags, &s)) { all_nan(y, m * rows, flags); return; }
     const int vnni = vnni_products();
 #pragma omp parallel for schedule(static)
-    for (int64_t block = 0; block < n / 8; block++)
-        for (int64_t i = 0; i < m; i++) {
-            const int8_t *hi = s.bytes + 2 * i * k;
-            const uint8_t *wb = w + block * 8 * (k / 2);
-            const uint16_t *sb = scales_zeros + block * groups * 16;
-            const int32_t *sums = s.group_sums + i * groups;
-            const __m256 total = vnni ? int4_block_sums_vnni(wb, sb, hi, hi + k, sums, groups)
-                                      : int4_block_sums(wb, sb, hi, hi + k, sums, groups);
-            put8(y, i, block * 8, rows, _mm256_mul_ps(total, _mm256_set1_ps(s.steps[i])), bias, flags);
+    for (int64_t block = 0; block < n / 8; block++) {
+        const uint8_t *wb = w + block * 8 * (k / 2);
+        const uint16_t *sb = scales_zeros + block * groups * 16;
+        for (int64_t i = 0; i < m;) {
+            __m256 sums[4];
+            int64_t count = 1;
+            if (vnni) {
+                count = m - i >= 4 ? 4 : m - i >= 2 ? 2 : 1;
+                (count == 4 ? int4_rows_vnni4 : count == 2 ? int4_rows_vnni2 : int4_rows_vnni1)(wb, sb, &s, i, k, sums);
+            } else {
+                const int8_t *hi = s.bytes + 2 * i * k;
+                sums[0] = int4_block_sums(wb, sb, hi, hi + k, s.group_sums + i * groups, groups);
+            }
+            for (int64_t r = 0; r < count; r++, i++)
+                put8(y, i, block * 8, rows, _mm256_mul_ps(sums[r], _mm256_set1_ps(s.steps[i])), bias, flags);
         }
+    }
     split_rows_free(&s);
 }
 
