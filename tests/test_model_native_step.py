@@ -56,11 +56,12 @@ def test_one_call_steps_equal_the_eager_steps(config, kind, dtype):
     keys, across multiples of 8) and the cached keys and values equal the eager step's to fp32 rounding (int8 and
     int4: to a step of the kernels' 16-bit rows, 1/32767 of a group's largest value or 1/32639 of the row's, which
     a difference in the last fp32 bit upstream may move; bf16: to a few bf16 steps, rows rounded where the eager step
-    rounds them but sums in another order)."""
+    rounds them but sums in another order). The step's last operations are the final norm and the vocabulary
+    projection."""
     net = network(config, kind, dtype=dtype)
     ids = torch.randint(0, 96, (21,), generator=torch.Generator().manual_seed(1)).tolist()
     natively, cache = one_token_steps(net, ids, step=True)
-    assert cache.native_step  # taken
+    assert cache.native_step and cache.native_step.vocabulary == net.config.vocab_size  # taken, head included
     eager, eager_cache = one_token_steps(net, ids, step=False)
     tolerance = 3e-6 if kind is None else 5e-4
     if dtype == torch.bfloat16:

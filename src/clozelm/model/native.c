@@ -589,9 +589,12 @@ void clozelm_product_int4(const uint8_t *w, const uint16_t *scales_zeros, const 
  * cos, sin [m, Dh]: the rotary angles of the tokens' positions (the sine's first half negated, as
  * model/transformer.py's _rotate takes it), or NULL for none. A bf16 network (SPEC_BF16): the cache in bf16 and
  * every row rounded to bf16 where its eager step rounds it (after each operation; products, their bias and
- * activation in fp32 and rounded once), the arithmetic between in fp32. The small operations run on one thread (a
- * few thousand numbers each), the attention one head a thread, the products as above. Returns 0, or -1 where
- * memory for the scratch rows ran out. */
+ * activation in fp32 and rounded once), the arithmetic between in fp32. final: NULL, or FINAL_FIELDS numbers, the
+ * final norm's weight and bias (fp32; a weight of 0: no final norm) and the vocabulary projection's product fields
+ * (kind PRODUCT_NONE: none): x's rows are then normed in place, and the rows from `from` on multiplied into logits
+ * [m - from, vocabulary] (so that a token's last Python operations, the norm and the head, are not dispatched one by
+ * one either). The small operations run on one thread (a few thousand numbers each), the attention one head a thread,
+ * the products as above. Returns 0, or -1 where memory for the scratch rows ran out. */
 /* a product's fields: kind (0 fp32, 1 bf16, 2 int8, 3 int4), data, scales, bias, n (padded), k, rows */
 enum { PRODUCT_FIELDS = 7, PRODUCT_NONE = -1 };
 enum { LN1_W, LN1_B, LN2_W, LN2_B, QKV, PROJ = QKV + PRODUCT_FIELDS, FC = PROJ + PRODUCT_FIELDS,
@@ -599,8 +602,10 @@ enum { LN1_W, LN1_B, LN2_W, LN2_B, QKV, PROJ = QKV + PRODUCT_FIELDS, FC = PROJ +
 enum { SPEC_LAYERS, SPEC_D, SPEC_HEADS, SPEC_KV_HEADS, SPEC_HEAD_DIM, SPEC_SLOTS, SPEC_RMS, SPEC_ACTIVATION,
        SPEC_MLP, SPEC_BF16, SPEC_FIELDS };
 enum { ACT_NONE, ACT_GELU_TANH, ACT_GELU, ACT_SILU, ACT_RELU };
+enum { LNF_W, LNF_B, HEAD, FINAL_FIELDS = HEAD + PRODUCT_FIELDS };
 
-int64_t clozelm_step_fields(void) { return LAYER_FIELDS * 1000 + SPEC_FIELDS; }  /* for native_step.py to check */
+/* for native_step.py to check */
+int64_t clozelm_step_fields(void) { return (LAYER_FIELDS * 1000 + SPEC_FIELDS) * 1000 + FINAL_FIELDS; }
 
 /* y [m, rows] = x [m, k] times the product's weight, plus its bias */
 static void product_of(const int64_t *p, const float *x, float *y, int64_t m) {
@@ -781,7 +786,7 @@ static void rotated(float *heads, int64_t count, int64_t dh, const float *cos, c
 }
 
 int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *x, int64_t m, int64_t pos,
-                 const float *cos, const float *sin) {
+                 const float *cos, const float *sin, const int64_t *final, float *logits, int64_t from) {
     const int64_t D = spec[SPEC_D], H = spec[SPEC_HEADS], Hkv = spec[SPEC_KV_HEADS], Dh = spec[SPEC_HEAD_DIM];
     const int64_t slots = spec[SPEC_SLOTS], width = spec[SPEC_MLP], S = pos + m, act = spec[SPEC_ACTIVATION];
     const int rms = (int)spec[SPEC_RMS], bf16 = (int)spec[SPEC_BF16];
@@ -856,6 +861,14 @@ int clozelm_step(const int64_t *layers, const int64_t *spec, double eps, float *
         rounded(added, m * D, bf16);
         for (int64_t i = 0; i < m * D; i++) x[i] += added[i];
         rounded(x, m * D, bf16);
+    }
+    if (final && final[LNF_W])
+        for (int64_t t = 0; t < m; t++)
+            normed(x + t * D, x + t * D, D, (const float *)final[LNF_W], (const float *)final[LNF_B], rms, (float)eps,
+                   bf16);
+    if (final && final[HEAD] != PRODUCT_NONE) {
+        product_of(final + HEAD, x + from * D, logits, m - from);
+        rounded(logits, (m - from) * final[HEAD + PRODUCT_FIELDS - 1], bf16);
     }
     free(normed_x);
     return 0;

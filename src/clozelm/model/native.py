@@ -108,7 +108,8 @@ def library() -> ctypes.CDLL | None:
     for symbol in SYMBOLS.values():
         getattr(lib, symbol).argtypes = [pointer, pointer, pointer, pointer, size, size, size, pointer, size, size]
         getattr(lib, symbol).restype = None
-    lib.clozelm_step.argtypes = [pointer, pointer, ctypes.c_double, pointer, size, size, pointer, pointer]
+    lib.clozelm_step.argtypes = [pointer, pointer, ctypes.c_double, pointer, size, size, pointer, pointer, pointer,
+                                 pointer, size]
     lib.clozelm_step.restype = ctypes.c_int
     lib.clozelm_step_fields.argtypes, lib.clozelm_step_fields.restype = [], size
     lib.clozelm_causal_softmax.argtypes = [pointer, pointer, pointer, size, size, ctypes.c_float]

@@ -6,9 +6,11 @@ cache write, attention over the cache, activations), each dispatched from Python
 compiled steps (model/step.py) fuse those operations, but a token still pays a compiled graph's call a layer and an
 opaque call a product, and the first generation pays seconds of compiling. Here the whole stack of layers is one
 call: native.c's products (on the blocked copies the eager products read where they go through native.c), the small
-operations in C between them, in fp32 as the eager step computes them. Taken on every x86 CPU with AVX2 and FMA,
-a Xeon with AMX included, where the eager fp32 and bf16 products are oneDNN's: there too one call was faster in
-every format than the eager step (docs/performance.md).
+operations in C between them, in fp32 as the eager step computes them, and after them the final norm and the
+vocabulary projection (where its eager product goes through native.c too): the operations a token leaves to Python
+run after its weights have streamed through the caches, each at the cost of a cold start. Taken on every x86 CPU
+with AVX2 and FMA, a Xeon with AMX included, where the eager fp32 and bf16 products are oneDNN's: there too one call
+was faster in every format than the eager step (docs/performance.md).
 
 Taken for a causal pre-norm network whose every product native.c takes: fp32 (its weights fp32, or int8/int4 codes
 with fp32 rows) and bf16, whose rows the C code rounds to bf16 where the eager step rounds them; others keep the
@@ -33,17 +35,22 @@ from . import transformer  # its Transformer and RMSNorm; transformer.py imports
 PRODUCT_FIELDS = 7  # native.c: kind, data, scales, bias, padded rows, columns, rows
 LAYER_FIELDS = 4 + 5 * PRODUCT_FIELDS + 2  # two norms' weight and bias, five products, the cache's keys and values
 SPEC_FIELDS = 10
+FINAL_FIELDS = 2 + PRODUCT_FIELDS  # the final norm's weight and bias, the vocabulary projection
+NO_PRODUCT = [-1] + [0] * (PRODUCT_FIELDS - 1)
 KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # a NativeWeight's data dtype
 ACTIVATIONS = {"gelu_tanh": 1, "gelu": 2, "silu": 3, "relu": 4}
 
 
 @dataclasses.dataclass
 class Plan:
-    """What `clozelm_step` reads for one cache: per layer its fields, the shapes, and the tensors they point into
-    (kept alive here)."""
+    """What `clozelm_step` reads for one cache: per layer its fields, the shapes, the final norm and the vocabulary
+    projection, the rotary angles of every slot's position, and the tensors they point into (kept alive here)."""
     layers: torch.Tensor  # int64 [n_layer, LAYER_FIELDS]
     spec: torch.Tensor  # int64 [SPEC_FIELDS]
     eps: float
+    final: torch.Tensor  # int64 [FINAL_FIELDS]
+    vocabulary: int  # the vocabulary projection's rows, 0 where `final` holds none (the caller multiplies by it)
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, signed sin [slots, head_dim] in fp32, or None
     tensors: list
 
 
@@ -59,18 +66,26 @@ def takes(network, cache) -> bool:
     return bool(cache.native_step) and not torch.is_autocast_enabled("cpu")
 
 
-def run(network, x: torch.Tensor, cache, rope) -> torch.Tensor:
+def run(network, x: torch.Tensor, cache, logits: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """After `takes`: x [1, T, D] after the embeddings (a token, or a token and its draft, each attending to the
-    cache and the tokens before it) -> [1, T, D] before the final norm; their keys and values go into `cache` from
-    its current length (which the caller advances)."""
+    cache and the tokens before it, at the positions that follow it) -> (the rows after the final norm [1, T, D],
+    their logits [1, T or 1, V] where `logits` asks for "all" or the "last" row's and the step holds the vocabulary
+    projection, else None: the caller multiplies by it). Their keys and values go into `cache` from its current
+    length (which the caller advances)."""
     plan = cache.native_step
+    T = x.size(1)
     out = x.detach().reshape(-1).float().clone()  # the call overwrites it, layer by layer (a bf16 row is exact)
-    cos, sin = (None, None) if rope is None else (r.reshape(-1).float().contiguous() for r in rope)
+    cos = sin = None
+    if plan.rope is not None:  # this row's positions count every token before it: the cache's slots
+        step = plan.rope[0].size(1) * plan.rope[0].element_size()
+        cos, sin = (table.data_ptr() + cache.length * step for table in plan.rope)
+    from_row = T - 1 if logits == "last" else 0
+    y = torch.empty(T - from_row, plan.vocabulary) if plan.vocabulary and logits in ("all", "last") else None
     lib = native.library()
-    if lib.clozelm_step(plan.layers.data_ptr(), plan.spec.data_ptr(), plan.eps, out.data_ptr(), x.size(1),
-                        cache.length, None if cos is None else cos.data_ptr(), None if sin is None else sin.data_ptr()):
+    if lib.clozelm_step(plan.layers.data_ptr(), plan.spec.data_ptr(), plan.eps, out.data_ptr(), T, cache.length, cos,
+                        sin, plan.final.data_ptr(), None if y is None else y.data_ptr(), from_row):
         raise MemoryError("no memory for a decoding step's rows")
-    return out.to(x.dtype).view_as(x)
+    return out.to(x.dtype).view_as(x), None if y is None else y.to(x.dtype)[None]
 
 
 def serves(network) -> bool:
@@ -89,11 +104,37 @@ def _plan(network, cache, checked: bool = True) -> Plan | None:
     fields, tensors = layers
     fields = [row + [keys.data_ptr(), values.data_ptr()] for row, keys, values in zip(fields, cache.keys, cache.values)]
     config = network.config
-    spec = [config.n_layer, config.n_embd, config.n_head, config.kv_heads, config.head_dim, cache.keys[0].size(2),
+    slots = cache.keys[0].size(2)
+    spec = [config.n_layer, config.n_embd, config.n_head, config.kv_heads, config.head_dim, slots,
             int(config.norm == "rmsnorm"), ACTIVATIONS[config.activation], network.h[0].mlp.c_fc.out_features,
             int(dtype == torch.bfloat16)]
+    final = _final(network)
+    if final is None:
+        return None
+    final, final_tensors, vocabulary = final
+    rope = None
+    if network.wpe is None:  # rotary: the angles as the eager step computes them, each position's (in its dtype)
+        angles = transformer.rope_cos_sin(config, torch.arange(slots)[None], dtype)
+        rope = tuple(a.reshape(slots, config.head_dim).float().contiguous() for a in angles)
     return Plan(torch.tensor(fields, dtype=torch.int64), torch.tensor(spec, dtype=torch.int64),
-                float(config.layer_norm_eps), [*tensors, *cache.keys, *cache.values])
+                float(config.layer_norm_eps), torch.tensor(final, dtype=torch.int64), vocabulary, rope,
+                [*tensors, *final_tensors, *cache.keys, *cache.values, *(rope or ())])
+
+
+def _final(network) -> tuple[list[int], list, int] | None:
+    """The final norm's and the vocabulary projection's fields, their tensors and the projection's rows (no
+    projection, 0 rows, where its eager product would not go through native.c either: a plain weight on a Xeon with
+    AMX, where oneDNN's is faster); None for a final norm `clozelm_step` does not take."""
+    norm = (None, None) if network.ln_f is None else _norm(network.ln_f)
+    if norm is None:
+        return None
+    config = network.config
+    owner = {"tied": network.wte, "untied": network.lm_head}.get(config.head)
+    copy = None if owner is None else packed.native_copy(owner, owner.weight, plain=packed.native_plain_products())
+    bias = None if owner is None or getattr(owner, "bias", None) is None else _fp32(owner.bias)
+    if copy is None or copy.rows != config.vocab_size:
+        return [_address(t) for t in norm] + NO_PRODUCT, list(norm), 0
+    return [_address(t) for t in norm] + _product(copy, bias), [*norm, copy, bias], copy.rows
 
 
 def _layers(network, checked: bool = True) -> tuple[list[list[int]], list] | None:
@@ -106,7 +147,8 @@ def _layers(network, checked: bool = True) -> tuple[list[list[int]], list] | Non
             or not packed.native_products()):
         return None
     lib = native.library()
-    if lib is None or lib.clozelm_step_fields() != LAYER_FIELDS * 1000 + SPEC_FIELDS or (checked and not _agrees()):
+    fields = (LAYER_FIELDS * 1000 + SPEC_FIELDS) * 1000 + FINAL_FIELDS
+    if lib is None or lib.clozelm_step_fields() != fields or (checked and not _agrees()):
         return None
     tensors, layers = [], []
     for block in network.h:

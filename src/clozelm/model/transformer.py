@@ -540,7 +540,8 @@ class Transformer(nn.Module):
             x = self.wte(input_ids) + self.wpe(torch.as_tensor(position_ids, device=self.device))  # [B, T, D]
         else:
             x = self.wte(input_ids)
-            rope = rope_cos_sin(self.config, torch.as_tensor(position_ids, device=self.device), x.dtype)
+            if not one_call:  # the one-call step keeps every position's angles
+                rope = rope_cos_sin(self.config, torch.as_tensor(position_ids, device=self.device), x.dtype)
         if self.wtt is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else torch.as_tensor(token_type_ids, device=self.device)
             x = x + self.wtt(types)
@@ -548,9 +549,10 @@ class Transformer(nn.Module):
             x = self.ln_emb(x)
         x = self.drop(x)
         probs_per_layer = []
-        stepped, compiled = None, False
-        if one_call:
-            stepped = native_step.run(self, x, cache, rope)
+        stepped, compiled, logits = None, False, None
+        if one_call:  # through the final norm, and the vocabulary projection where the step holds it
+            wanted = "none" if not head or logits_at is not None else "last" if last_logits_only else "all"
+            stepped, logits = native_step.run(self, x, cache, wanted)
         elif one_row_step and T == 1 and mask is None and cache.compiled and step.takes(self, cache):
             stepped = step.run(self, x, cache, rope)
             compiled = stepped is not None
@@ -563,13 +565,12 @@ class Transformer(nn.Module):
                     probs_per_layer.append(probs)
         if cache is not None:
             cache.length += T
-        if self.ln_f is not None:
+        if self.ln_f is not None and not one_call:
             x = self.ln_f(x)
         hidden = x
         h = hidden[:, -1:] if last_logits_only else hidden
         if logits_at is not None:
             h = hidden[torch.as_tensor(logits_at, device=self.device)]  # [N, D]
-        logits = None
         if head and self.config.head is not None and compiled:
             logits = step.head_logits(h, cache)  # None where it failed to compile
         if not head or self.config.head is None or logits is not None:
