@@ -444,6 +444,25 @@ def test_int4_products_are_the_same_numbers_with_vnni_s_multiply_adds_as_without
         lib.clozelm_set_lanes(16)
 
 
+@needs_avx2
+@pytest.mark.parametrize("k", [24, 72, 256])  # odd multiples of 8 (a last block of 8 columns alone) and whole blocks
+@pytest.mark.parametrize("m", [1, 3, 7])  # with AVX-512 BF16: 1, 2 + 1, 4 + 2 + 1 rows at a time
+def test_bf16_products_of_bf16_rows_equal_float64_in_both_forms(k, m, lanes):
+    """Rows of bf16 numbers times bf16 weights: with AVX-512 BF16, vdpbf16ps's exact products summed in fp32 (16
+    lanes), else the weights widened to fp32 (8 lanes); both within fp32's rounding of the sums of float64's product.
+    fp32 rows that are not bf16 numbers keep the fp32 form: nothing of them is rounded away."""
+    generator = torch.Generator().manual_seed(k + m)
+    w = torch.randn(13, k, generator=generator).to(torch.bfloat16)
+    x = torch.randn(m, k, generator=generator).to(torch.bfloat16)
+    weight = native.pack(w)
+    reference = _reference(x.float(), w.float())
+    tolerance = 1e-5 * k ** 0.5 * reference.abs().max().item()
+    for rows in (x, x.float()):  # bf16 rows, and fp32 rows that are bf16 numbers
+        assert torch.allclose(native.product(rows, weight), reference, rtol=1e-5, atol=tolerance)
+    fine = torch.full((1, k), 1 + 2 ** -12)  # not a bf16 number: rounded to bf16 it would be 1
+    assert native.product(fine, native.pack(torch.ones(8, k, dtype=torch.bfloat16)))[0, 0] == k * (1 + 2 ** -12)
+
+
 @pytest.mark.parametrize("n", [5, 16 * 40 + 13])  # a tail alone; 16-lane blocks, an 8-lane one and a padded tail
 def test_gelu_backward_is_float64s_rounded_once(n, lanes):
     """clozelm_gelu_tanh_backward against float64: within one bf16 step of the exact value everywhere, the far
