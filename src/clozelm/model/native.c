@@ -8,6 +8,9 @@
  * side are 8 short streams, and an int8 product read that way ran at less than half the speed). n is padded with
  * zero rows to a multiple of 8 by the packing; k must be a multiple of 8 (of 32 for int8 and int4).
  *
+ * On CPUs with AVX-512 BF16, bf16 weights times rows that are bf16 numbers (a bf16 network's) go through vdpbf16ps
+ * instead: exact products of pairs, summed in fp32 (clozelm_product_bf16).
+ *
  * int8 (clozelm_product_int8): codes q with an fp32 scale s per row, w = q * s. Blocked [n / 8][k / 32][8 rows][32
  * columns]. The input row is rounded to 16-bit integers per group of 32 columns (a step of the group's largest
  * magnitude / 32767), so that each group of a weight row is two integer multiply-adds (vpmaddwd), one conversion and
