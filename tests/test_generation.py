@@ -1,5 +1,7 @@
 """Generation: decoding rules, streaming that never splits a character, stop strings."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -90,6 +92,20 @@ def test_lookup_drafting_gives_exactly_the_greedy_tokens():
         plain = list(generate_ids(model, prompt, 40, lookahead=0))
         drafted = list(generate_ids(model, prompt, 40, lookahead=6))
         assert drafted == plain
+
+
+def test_drafts_shrink_while_they_are_rejected():
+    """Each token of this script follows its own earlier occurrence in the prompt with other tokens than the prompt
+    had, so every draft is rejected: the drafts read shrink by one a pass down to one token, where a full lookahead
+    was on offer each time (and the tokens stay the greedy ones)."""
+    vocabulary = SimpleNamespace(vocab_size=64, eos_id=63)
+    prompt, script = list(range(1, 41)), [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    model = ScriptedLM(vocabulary, script, prompt_len=len(prompt))
+    rows, forward = [], model.forward
+    model.forward = lambda ids, *args, **kwargs: rows.append(torch.as_tensor(ids).size(-1)) or forward(ids, *args,
+                                                                                                      **kwargs)
+    assert list(generate_ids(model, prompt, len(script), lookahead=6)) == script
+    assert rows[1:] == [7, 6, 5, 4, 3, 2, 2, 2, 1]  # after the prompt's pass: a token and its draft (none last)
 
 
 def test_cache_truncate_then_continue_matches_full_pass():

@@ -119,7 +119,9 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 64, *, temp
     and proposing what followed them there (prompt-lookup decoding), then checks the whole draft in one
     forward pass and keeps the part the model agrees with. The output is the greedy output either way;
     on one CPU the check costs about one token's time because decoding is bound by reading the weights,
-    so every accepted draft token is nearly free. `lookahead=0` turns it off. (In bf16, int8 and int4 a step
+    so every accepted draft token is nearly free; rejected ones are not where the weights are few or the
+    products bound by arithmetic, so a draft grows by two tokens (up to `lookahead`) after one accepted whole and
+    shrinks by one (down to one) after one that was not. `lookahead=0` turns it off. (In bf16, int8 and int4 a step
     that reads the draft rounds differently from one that reads a single token, so a near tie may break the
     other way.)
     """
@@ -199,20 +201,22 @@ def compile_steps(model) -> None:
 
 
 def _greedy_with_lookup(model, cache, tokens, logits, max_new_tokens, eos_id, lookahead, known=None):
-    token, produced = int(logits.argmax()), 0
+    token, produced, budget = int(logits.argmax()), 0, lookahead
     while True:
         yield token
         produced += 1
         if token == eos_id or produced == max_new_tokens:
             return
         tokens.append(token)
-        draft = _lookup_draft(tokens, min(lookahead, max_new_tokens - produced - 1))
+        draft = _lookup_draft(tokens, min(budget, max_new_tokens - produced - 1))
         step = _known_only(model(torch.tensor([[token] + draft]), cache=cache).logits[0], known)  # [1 + len(draft), V]
         predicted = step.argmax(-1).tolist()
         accepted = 0
         while accepted < len(draft) and draft[accepted] == predicted[accepted]:
             accepted += 1
         cache.truncate(cache.length - (len(draft) - accepted))  # forget the rejected draft tokens
+        if draft:  # drafts grow while the text repeats and shrink where it does not: a rejected row is not free
+            budget = min(lookahead, budget + 2) if accepted == len(draft) else max(1, budget - 1)
         for t in draft[:accepted]:
             yield t
             produced += 1
