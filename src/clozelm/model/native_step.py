@@ -36,7 +36,7 @@ PRODUCT_FIELDS = 7  # native.c: kind, data, scales, bias, padded rows, columns, 
 LAYER_FIELDS = 4 + 5 * PRODUCT_FIELDS + 2  # two norms' weight and bias, five products, the cache's keys and values
 SPEC_FIELDS = 10
 FINAL_FIELDS = 2 + PRODUCT_FIELDS  # the final norm's weight and bias, the vocabulary projection
-NO_PRODUCT = [-1] + [0] * (PRODUCT_FIELDS - 1)
+NO_PRODUCT = [-1] + [0] * (PRODUCT_FIELDS - 1)  # native.c: PRODUCT_NONE, for a product a network does not have
 KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # a NativeWeight's data dtype
 ACTIVATIONS = {"gelu_tanh": 1, "gelu": 2, "silu": 3, "relu": 4}
 
@@ -159,7 +159,7 @@ def _layers(network, checked: bool = True) -> tuple[list[list[int]], list] | Non
         if any(n is None for n in norms) or any(c is None for c, linear in zip(copies, linears) if linear is not None):
             return None
         biases = [None if linear is None or linear.bias is None else _fp32(linear.bias) for linear in linears]
-        products = [[-1] + [0] * (PRODUCT_FIELDS - 1) if copy is None else _product(copy, bias)
+        products = [NO_PRODUCT if copy is None else _product(copy, bias)
                     for copy, bias in zip(copies, biases)]
         layers.append([_address(t) for norm in norms for t in norm] + [v for p in products for v in p])
         # the copies too: model/packed.py may let its own go
