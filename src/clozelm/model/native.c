@@ -249,20 +249,18 @@ BF16_DOTS static void bf16_rows_dots4(const uint16_t *wb, const uint16_t *xs, in
     bf16_rows_dots(wb, xs, i0, k, sums, 4);
 }
 
-/* x [m, k] (fp32 or bf16, as `flags` says) as bf16 numbers, where every one of them is one (NULL where one is not, or
- * where memory ran out) */
-static uint16_t *rows_as_bf16(const void *x, int64_t m, int64_t k, int64_t flags) {
+/* x [m, k] (fp32 or bf16, as `flags` says) as bf16 numbers, where every one of them is one: x itself where it is bf16,
+ * else a copy in *owned (freed by the caller); NULL where one is not, or where memory ran out */
+static const uint16_t *rows_as_bf16(const void *x, int64_t m, int64_t k, int64_t flags, uint16_t **owned) {
+    *owned = NULL;
+    if (flags & X_BF16) return (const uint16_t *)x;
     uint16_t *out = malloc(m * k * sizeof(uint16_t));
-    if (!out || (flags & X_BF16)) {
-        if (out) memcpy(out, x, m * k * sizeof(uint16_t));
-        return out;
-    }
     const uint32_t *u = (const uint32_t *)x;
-    for (int64_t i = 0; i < m * k; i++) {
+    for (int64_t i = 0; out && i < m * k; i++) {
         if (u[i] & 0xffff) { free(out); return NULL; }
         out[i] = (uint16_t)(u[i] >> 16);
     }
-    return out;
+    return *owned = out;
 }
 
 /* bf16 weights: a load takes two rows' 8 columns, each 32-bit lane a pair of columns (2c, 2c + 1) of one row; the odd
@@ -273,7 +271,8 @@ static uint16_t *rows_as_bf16(const void *x, int64_t m, int64_t k, int64_t flags
 void clozelm_product_bf16(const uint16_t *w, const void *unused, const void *x_in, void *y, int64_t m, int64_t n,
                           int64_t k, const void *bias, int64_t rows, int64_t flags) {
     (void)unused;
-    uint16_t *xs = bf16_dot_products() ? rows_as_bf16(x_in, m, k, flags) : NULL;
+    uint16_t *copied = NULL;
+    const uint16_t *xs = bf16_dot_products() ? rows_as_bf16(x_in, m, k, flags, &copied) : NULL;
     if (xs) {
 #pragma omp parallel for schedule(static)
         for (int64_t block = 0; block < n / 8; block++)
@@ -284,7 +283,7 @@ void clozelm_product_bf16(const uint16_t *w, const void *unused, const void *x_i
                                                                                                  i, k, sums);
                 for (int64_t r = 0; r < count; r++, i++) put8(y, i, block * 8, rows, sums[r], bias, flags);
             }
-        free(xs);
+        free(copied);
         return;
     }
     float *owned;
